@@ -1,0 +1,117 @@
+//! Inputs that the step splits into encoder chunks.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{GradCacheError, Result};
+
+/// An input batch that can be cut into contiguous chunks of items.
+///
+/// The step calls [`Chunk::chunk`] with the same arguments in the
+/// representation pass and the encoder pass, so an implementation must be a
+/// pure function of `self` and its arguments.
+pub trait Chunk: Sized {
+    /// The number of items.
+    fn len(&self) -> usize;
+
+    /// Whether there are no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Items `start .. start + len`.
+    ///
+    /// # Errors
+    /// Any error of the implementation; out-of-range requests never come from
+    /// the step itself.
+    fn chunk(&self, start: usize, len: usize) -> Result<Self>;
+}
+
+/// A plain tensor is chunked along its first axis.
+impl Chunk for Tensor {
+    fn len(&self) -> usize {
+        self.size().first().copied().unwrap_or(0) as usize
+    }
+
+    fn chunk(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(self.f_narrow(0, start as i64, len as i64)?)
+    }
+}
+
+/// Right-padded token ids with their attention mask.
+///
+/// Chunking trims the padding columns that no item of the chunk uses, so a
+/// chunk is only as long as its longest item (dynamic padding).
+///
+/// # Shapes
+/// `ids`: `[n, L]` int64; `mask`: `[n, L]` int64, 1 for a token, 0 for padding,
+/// each row a run of ones followed by zeros.
+#[derive(Debug)]
+pub struct TokenBatch {
+    ids: Tensor,
+    mask: Tensor,
+}
+
+impl TokenBatch {
+    /// Validates and wraps ids and mask.
+    ///
+    /// # Shapes
+    /// `ids`: `[n, L]` int64; `mask`: `[n, L]` (any kind; stored as int64).
+    ///
+    /// # Errors
+    /// [`GradCacheError::Shape`] when the shapes disagree or ids are not int64.
+    pub fn new(ids: Tensor, mask: Tensor) -> Result<Self> {
+        if ids.dim() != 2 || ids.kind() != Kind::Int64 {
+            return Err(GradCacheError::Shape {
+                what: "token ids",
+                expected: "[n, L] int64",
+                got: ids.size(),
+            });
+        }
+        if mask.size() != ids.size() {
+            return Err(GradCacheError::Shape {
+                what: "attention mask",
+                expected: "[n, L] matching the ids",
+                got: mask.size(),
+            });
+        }
+        let mask = mask.f_to_kind(Kind::Int64)?;
+        Ok(TokenBatch { ids, mask })
+    }
+
+    /// Token ids, `[n, L]` int64.
+    pub fn ids(&self) -> &Tensor {
+        &self.ids
+    }
+
+    /// Attention mask, `[n, L]` int64.
+    pub fn mask(&self) -> &Tensor {
+        &self.mask
+    }
+
+    /// Moves both tensors to `device`.
+    pub fn to_device(&self, device: tch::Device) -> Result<TokenBatch> {
+        Ok(TokenBatch {
+            ids: self.ids.f_to_device(device)?,
+            mask: self.mask.f_to_device(device)?,
+        })
+    }
+}
+
+impl Chunk for TokenBatch {
+    fn len(&self) -> usize {
+        self.ids.size()[0] as usize
+    }
+
+    fn chunk(&self, start: usize, len: usize) -> Result<Self> {
+        let (s, l) = (start as i64, len as i64);
+        let ids = self.ids.f_narrow(0, s, l)?;
+        let mask = self.mask.f_narrow(0, s, l)?;
+        // Longest item in the chunk (right padding): trim the columns after it.
+        let width = if len == 0 { 0 } else { mask.f_sum_dim_intlist(1, false, Kind::Int64)?.f_max()?.f_int64_value(&[])? };
+        let width = width.max(1);
+        Ok(TokenBatch {
+            ids: ids.f_narrow(1, 0, width)?,
+            mask: mask.f_narrow(1, 0, width)?,
+        })
+    }
+}

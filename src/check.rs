@@ -1,0 +1,123 @@
+//! Comparing gradients: how the crate checks that the two-cache step equals
+//! the full-batch step.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use tch::{nn, Tensor};
+
+use crate::error::Result;
+use crate::util::max_abs;
+
+/// A copy of the `.grad()` of every variable in a `VarStore`, by name.
+/// A variable that received no gradient is recorded as zeros.
+#[derive(Debug)]
+pub struct GradientSnapshot {
+    grads: BTreeMap<String, Tensor>,
+}
+
+impl GradientSnapshot {
+    /// Copies the current gradients.
+    pub fn take(vs: &nn::VarStore) -> Result<Self> {
+        let mut grads = BTreeMap::new();
+        for (name, var) in vs.variables() {
+            let g = var.f_grad()?;
+            let copy = if g.defined() { g.f_detach_copy()? } else { var.f_zeros_like()? };
+            grads.insert(name, copy);
+        }
+        Ok(GradientSnapshot { grads })
+    }
+
+    /// Parameter names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.grads.keys().map(String::as_str)
+    }
+
+    /// Compares with `reference`, parameter by parameter (the names of
+    /// `reference`; one missing here counts as an infinite difference).
+    pub fn compare(&self, reference: &GradientSnapshot) -> Result<GradientComparison> {
+        let mut parameters = Vec::with_capacity(reference.grads.len());
+        for (name, r) in &reference.grads {
+            let reference_max_abs = max_abs(r)?;
+            let max_abs_diff = match self.grads.get(name) {
+                Some(g) if g.size() == r.size() => max_abs(&g.f_sub(r)?)?,
+                _ => f64::INFINITY,
+            };
+            let max_rel_diff = if max_abs_diff == 0.0 { 0.0 } else { max_abs_diff / reference_max_abs };
+            parameters.push(ParameterDifference { name: name.clone(), max_abs_diff, max_rel_diff, reference_max_abs });
+        }
+        Ok(GradientComparison { parameters })
+    }
+}
+
+/// Zeroes the gradient of every variable in `vs`.
+pub fn zero_grads(vs: &nn::VarStore) {
+    for (_, mut var) in vs.variables() {
+        var.zero_grad();
+    }
+}
+
+/// How one parameter's gradients differ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterDifference {
+    /// The `VarStore` path.
+    pub name: String,
+    /// `max |g − g_ref|`.
+    pub max_abs_diff: f64,
+    /// `max |g − g_ref| / max |g_ref|` (0 when both are 0, ∞ when only the
+    /// reference is 0).
+    pub max_rel_diff: f64,
+    /// `max |g_ref|`.
+    pub reference_max_abs: f64,
+}
+
+/// An absolute-plus-relative tolerance: a parameter passes when
+/// `max |g − g_ref| ≤ abs + rel · max |g_ref|`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Absolute part.
+    pub abs: f64,
+    /// Relative part, scaled by the reference's largest magnitude.
+    pub rel: f64,
+}
+
+impl ParameterDifference {
+    /// Whether this parameter is within `tol`.
+    pub fn within(&self, tol: Tolerance) -> bool {
+        self.max_abs_diff <= tol.abs + tol.rel * self.reference_max_abs
+    }
+}
+
+/// Per-parameter differences between two gradient snapshots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradientComparison {
+    /// One entry per parameter, sorted by name.
+    pub parameters: Vec<ParameterDifference>,
+}
+
+impl GradientComparison {
+    /// The parameters outside `tol`.
+    pub fn failures(&self, tol: Tolerance) -> Vec<&ParameterDifference> {
+        self.parameters.iter().filter(|p| !p.within(tol)).collect()
+    }
+
+    /// The largest relative difference over all parameters.
+    pub fn max_rel_diff(&self) -> f64 {
+        self.parameters.iter().map(|p| p.max_rel_diff).fold(0.0, f64::max)
+    }
+
+    /// The largest absolute difference over all parameters.
+    pub fn max_abs_diff(&self) -> f64 {
+        self.parameters.iter().map(|p| p.max_abs_diff).fold(0.0, f64::max)
+    }
+}
+
+impl fmt::Display for GradientComparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<40} {:>12} {:>12} {:>12}", "parameter", "max|Δ|", "max|Δ|/max|g|", "max|g|")?;
+        for p in &self.parameters {
+            writeln!(f, "{:<40} {:>12.3e} {:>12.3e} {:>12.3e}", p.name, p.max_abs_diff, p.max_rel_diff, p.reference_max_abs)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! The step's configuration.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GradCacheError, Result};
+
+/// How the two-cache step cuts a batch.
+///
+/// Chunk sizes bound the encoder activations held at once, block sizes bound
+/// the head activations held at once; they are set independently. Any batch
+/// size works: the last chunk or block is simply shorter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepConfig {
+    /// Queries encoded together in one encoder chunk.
+    pub query_chunk_size: usize,
+    /// Passages encoded together in one encoder chunk.
+    pub passage_chunk_size: usize,
+    /// Query rows in one head block of the pair grid.
+    pub head_block_queries: usize,
+    /// Passage columns in one head block of the pair grid.
+    pub head_block_passages: usize,
+    /// Train mode (dropout on) for encoders and head.
+    pub train: bool,
+    /// Compare every recomputation in the head and encoder passes with the
+    /// first pass and fail with [`GradCacheError::ReplayMismatch`] when they
+    /// differ by more than `replay_tolerance` (relative to the cached values'
+    /// largest magnitude, at least 1). Costs one subtraction per chunk/block.
+    pub check_replay: bool,
+    /// Relative tolerance of the replay check.
+    pub replay_tolerance: f64,
+}
+
+impl Default for StepConfig {
+    fn default() -> Self {
+        StepConfig {
+            query_chunk_size: 32,
+            passage_chunk_size: 32,
+            head_block_queries: 32,
+            head_block_passages: 128,
+            train: true,
+            check_replay: true,
+            replay_tolerance: 1e-4,
+        }
+    }
+}
+
+impl StepConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("query_chunk_size", self.query_chunk_size),
+            ("passage_chunk_size", self.passage_chunk_size),
+            ("head_block_queries", self.head_block_queries),
+            ("head_block_passages", self.head_block_passages),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1" });
+            }
+        }
+        if !(self.replay_tolerance.is_finite() && self.replay_tolerance >= 0.0) {
+            return Err(GradCacheError::InvalidConfig {
+                field: "replay_tolerance",
+                reason: "must be finite and non-negative",
+            });
+        }
+        Ok(())
+    }
+
+    /// The same config with every chunk and block as large as `n`: with
+    /// `n` ≥ the batch, the representation and score passes run in one piece.
+    pub fn whole_batch(&self, n: usize) -> StepConfig {
+        StepConfig {
+            query_chunk_size: n,
+            passage_chunk_size: n,
+            head_block_queries: n,
+            head_block_passages: n,
+            ..self.clone()
+        }
+    }
+}
+
+/// `(start, len)` of each piece when `total` items are cut into pieces of
+/// `size` (the last one shorter).
+pub(crate) fn pieces(total: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
+    let size = size.max(1);
+    (0..total).step_by(size).map(move |start| (start, size.min(total - start)))
+}

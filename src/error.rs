@@ -1,0 +1,213 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// Which side of a batch an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The queries (rows of the score matrix).
+    Queries,
+    /// The passages (columns of the score matrix).
+    Passages,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Queries => "queries",
+            Side::Passages => "passages",
+        })
+    }
+}
+
+/// The recomputation that disagreed with the cached value in a
+/// [`GradCacheError::ReplayMismatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayStage {
+    /// The encoder pass re-encoded a query chunk.
+    QueryChunk,
+    /// The encoder pass re-encoded a passage chunk.
+    PassageChunk,
+    /// The head pass re-scored a block of pairs.
+    HeadBlock,
+}
+
+impl fmt::Display for ReplayStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplayStage::QueryChunk => "query chunk",
+            ReplayStage::PassageChunk => "passage chunk",
+            ReplayStage::HeadBlock => "head block",
+        })
+    }
+}
+
+/// Everything that can go wrong in gradcache's library code.
+///
+/// No public function panics on bad input; each failure is one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum GradCacheError {
+    /// A batch has no queries or no passages.
+    #[error("the batch has no {side}")]
+    EmptyBatch {
+        /// The empty side.
+        side: Side,
+    },
+
+    /// A configuration value is out of its allowed range.
+    #[error("invalid config: `{field}` {reason}")]
+    InvalidConfig {
+        /// The offending field.
+        field: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
+
+    /// The passage count is not `num_queries × group_size`.
+    #[error(
+        "{num_passages} passages do not fit {num_queries} queries in groups of {group_size} \
+         (expected {expected})",
+        expected = num_queries * group_size
+    )]
+    GroupMismatch {
+        /// Queries in the batch.
+        num_queries: usize,
+        /// Passages in the batch.
+        num_passages: usize,
+        /// Passages per query.
+        group_size: usize,
+    },
+
+    /// A target names a passage outside the batch.
+    #[error("target of query {query} names passage {passage}, but the batch has {num_passages} passages")]
+    TargetOutOfRange {
+        /// The query whose target is wrong.
+        query: usize,
+        /// The passage index it names.
+        passage: usize,
+        /// Passages in the batch.
+        num_passages: usize,
+    },
+
+    /// A query has no positive passage, so the contrastive loss is undefined.
+    #[error("query {query} has no positive passage")]
+    NoPositive {
+        /// The query without a positive.
+        query: usize,
+    },
+
+    /// The targets were built for another batch size.
+    #[error("targets describe {expected} {side}, but the batch has {actual}")]
+    TargetsMismatch {
+        /// The side that disagrees.
+        side: Side,
+        /// The count the targets were built for.
+        expected: usize,
+        /// The count in the batch.
+        actual: usize,
+    },
+
+    /// An operation needs a part of the targets that they do not have.
+    #[error("{what} needs targets with {needs}")]
+    TargetsIncomplete {
+        /// The operation.
+        what: &'static str,
+        /// What the targets lack.
+        needs: &'static str,
+    },
+
+    /// A scoring head returned a tensor of the wrong shape.
+    #[error("scoring head returned shape {got:?} for a block of {queries} queries × {passages} passages (expected [{queries}, {passages}])")]
+    HeadShape {
+        /// Queries in the block.
+        queries: usize,
+        /// Passages in the block.
+        passages: usize,
+        /// The shape it returned.
+        got: Vec<i64>,
+    },
+
+    /// A scoring head returned NaN or infinite scores.
+    #[error("scoring head returned non-finite scores for queries {queries:?} × passages {passages:?}")]
+    NonFiniteScores {
+        /// Query rows of the block.
+        queries: std::ops::Range<usize>,
+        /// Passage columns of the block.
+        passages: std::ops::Range<usize>,
+    },
+
+    /// An encoder returned a representation that does not match its chunk.
+    #[error("encoder returned {got} representations for a chunk of {expected} {side}")]
+    EncoderLength {
+        /// Which encoder.
+        side: Side,
+        /// Inputs in the chunk.
+        expected: usize,
+        /// Rows it returned.
+        got: usize,
+    },
+
+    /// A tensor argument has the wrong shape or kind.
+    #[error("{what}: expected {expected}, got shape {got:?}")]
+    Shape {
+        /// The argument.
+        what: &'static str,
+        /// The expected shape, in words.
+        expected: &'static str,
+        /// The shape it has.
+        got: Vec<i64>,
+    },
+
+    /// A head or an operation got single-vector representations where it needs
+    /// token matrices, or the other way round, or two representations that
+    /// cannot be joined.
+    #[error("{what} needs {expected} representations, got {got}")]
+    RepresentationKind {
+        /// The head or operation.
+        what: &'static str,
+        /// The kind it needs.
+        expected: &'static str,
+        /// The kind it got.
+        got: &'static str,
+    },
+
+    /// The loss is NaN or infinite. No gradient was written.
+    #[error("loss is not finite ({value}); no gradient was written")]
+    NonFiniteLoss {
+        /// The loss value.
+        value: f64,
+    },
+
+    /// The loss did not return a scalar.
+    #[error("loss must be a scalar, got shape {got:?}")]
+    LossShape {
+        /// The shape it returned.
+        got: Vec<i64>,
+    },
+
+    /// A recomputation in the second pass differs from the first pass: the
+    /// gradients would be silently wrong. Usual causes: randomness the step
+    /// does not replay (a private RNG, not torch's global one), state kept
+    /// across calls, or inputs mutated between the passes.
+    #[error(
+        "replay mismatch in {stage} {index}: second pass differs from the first by {max_abs_diff:e} \
+         (tolerance {tolerance:e}); randomness not replayed or state kept across calls?"
+    )]
+    ReplayMismatch {
+        /// Which recomputation.
+        stage: ReplayStage,
+        /// The chunk or block index.
+        index: usize,
+        /// The largest absolute difference.
+        max_abs_diff: f64,
+        /// The tolerance it exceeded.
+        tolerance: f64,
+    },
+
+    /// An error from libtorch.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = GradCacheError> = std::result::Result<T, E>;

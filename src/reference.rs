@@ -1,0 +1,121 @@
+//! Baselines on the same work as the two-cache step: the full-batch step
+//! (the exactness reference) and plain gradient accumulation (the paper's
+//! baseline, which is *not* equivalent: it shrinks the pool of negatives).
+
+use std::time::Instant;
+
+use crate::batch::Chunk;
+use crate::config::pieces;
+use crate::encoder::Encoder;
+use crate::error::{GradCacheError, Result, Side};
+use crate::replay::ReplaySeeds;
+use crate::step::{
+    checked_loss_value, encode_all, first_non_finite_block, score_all, GradCache, PhaseTimings, Representations,
+    StepOutput,
+};
+use crate::targets::Targets;
+use crate::util::{accumulation_kind, all_finite};
+
+impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
+    /// One forward and one backward over the whole batch, every activation
+    /// alive at once: the step that [`GradCache::step`] must equal.
+    ///
+    /// It draws the same random streams as the cached step (each encoder
+    /// chunk and head block of the config seeded alike), so with the same
+    /// generator state both see identical dropout masks. With chunk and
+    /// block sizes at least the batch ([`crate::StepConfig::whole_batch`])
+    /// it is the plain un-chunked step.
+    ///
+    /// # Errors
+    /// As [`GradCache::step`], without replay mismatches.
+    pub fn full_batch_step(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<StepOutput> {
+        self.check_batch(queries, passages, targets)?;
+        let seeds = ReplaySeeds::draw()?;
+        let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, 1.0)?;
+        seeds.finish();
+        Ok(StepOutput { loss, timings, sizes: self.sizes(queries.len(), passages.len(), false) })
+    }
+
+    /// Gradient accumulation: the batch is split into sub-batches of
+    /// `sub_batch_queries` queries with their own groups of passages; each
+    /// runs a full-batch step on its own (its in-batch negatives are only its
+    /// own passages), its loss scaled by its share of the queries. Needs
+    /// grouped targets.
+    ///
+    /// # Errors
+    /// As [`GradCache::full_batch_step`]; [`GradCacheError::InvalidConfig`]
+    /// for `sub_batch_queries = 0`; [`GradCacheError::TargetsIncomplete`]
+    /// without a group layout.
+    pub fn accumulation_step(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        targets: &Targets,
+        sub_batch_queries: usize,
+    ) -> Result<StepOutput> {
+        self.check_batch(queries, passages, targets)?;
+        if sub_batch_queries == 0 {
+            return Err(GradCacheError::InvalidConfig { field: "sub_batch_queries", reason: "must be at least 1" });
+        }
+        let g = targets.group_size().ok_or(GradCacheError::TargetsIncomplete {
+            what: "gradient accumulation",
+            needs: "a group layout (Targets::grouped)",
+        })?;
+        let seeds = ReplaySeeds::draw()?;
+        let n = queries.len();
+        let (mut loss, mut timings) = (0.0, PhaseTimings::default());
+        for (k, (start, len)) in pieces(n, sub_batch_queries).enumerate() {
+            let q = queries.chunk(start, len)?;
+            let p = passages.chunk(start * g, len * g)?;
+            let t = targets.sub_batch(start, len)?;
+            let (l, tm) = self.full_graph(&q, &p, &t, &seeds.child(k), len as f64 / n as f64)?;
+            loss += l;
+            timings.representation += tm.representation;
+            timings.score += tm.score;
+            timings.distance_gradient += tm.distance_gradient;
+            timings.encoder += tm.encoder;
+        }
+        seeds.finish();
+        Ok(StepOutput { loss, timings, sizes: self.sizes(n, passages.len(), false) })
+    }
+
+    /// Forward with graph over every chunk and block, `scale · L`, backward.
+    /// Returns the scaled loss.
+    fn full_graph(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        targets: &Targets,
+        seeds: &ReplaySeeds,
+        scale: f64,
+    ) -> Result<(f64, PhaseTimings)> {
+        let c = &self.config;
+        let mut timings = PhaseTimings::default();
+        tch::with_grad(|| {
+            let t = Instant::now();
+            let reps = Representations {
+                queries: encode_all(self.query_encoder, queries, c.query_chunk_size, Side::Queries, seeds, c.train)?,
+                passages: encode_all(self.passage_encoder, passages, c.passage_chunk_size, Side::Passages, seeds, c.train)?,
+            };
+            timings.representation = t.elapsed();
+
+            let t = Instant::now();
+            let scores = score_all(self.head, &reps, c, seeds)?;
+            if !all_finite(&scores)? {
+                return Err(first_non_finite_block(&scores, c)?);
+            }
+            timings.score = t.elapsed();
+
+            let t = Instant::now();
+            let scores = scores.f_to_kind(accumulation_kind(scores.kind()))?;
+            let loss = self.loss.loss(&scores, targets)?;
+            let value = checked_loss_value(&loss)?;
+            timings.distance_gradient = t.elapsed();
+
+            let t = Instant::now();
+            loss.f_mul_scalar(scale)?.f_backward()?;
+            timings.encoder = t.elapsed();
+            Ok((value * scale, timings))
+        })
+    }
+}

@@ -1,0 +1,550 @@
+//! The two-cache step (Gao et al. 2021, §3.3 extended by §5).
+//!
+//! [`GradCache`] is the one entry point. Its methods are the paper's steps:
+//! [`GradCache::representation_pass`] → [`GradCache::score_pass`] →
+//! [`GradCache::distance_gradient_cache`] → [`GradCache::head_pass`] →
+//! [`GradCache::encoder_pass`]; [`GradCache::step`] runs them in order. The
+//! step only fills gradients: zeroing them and the optimizer step stay with
+//! the caller.
+
+use std::time::{Duration, Instant};
+
+use tch::{Device, Tensor};
+
+use crate::batch::Chunk;
+use crate::config::{pieces, StepConfig};
+use crate::encoder::Encoder;
+use crate::error::{GradCacheError, ReplayStage, Result, Side};
+use crate::head::{RepresentationGradients, ScoringHead};
+use crate::loss::ContrastiveLoss;
+use crate::replay::{ReplaySeeds, Stream};
+use crate::representation::Representation;
+use crate::targets::Targets;
+use crate::util::{accumulation_kind, all_finite};
+
+/// The whole batch's representations, detached: the output of the
+/// representation pass.
+///
+/// # Shapes
+/// `queries`: `N` items; `passages`: `M` items. Token representations of
+/// different chunks are padded to the longest chunk.
+#[derive(Debug)]
+pub struct Representations {
+    /// U.
+    pub queries: Representation,
+    /// V.
+    pub passages: Representation,
+}
+
+/// The loss and the distance-gradient cache.
+///
+/// # Shapes
+/// `weights`: `[N, M]`, `W = ∂L/∂S` (the paper's `w_ij`).
+#[derive(Debug)]
+pub struct DistanceGradients {
+    /// The loss of the batch.
+    pub loss: f64,
+    /// ∂L/∂S.
+    pub weights: Tensor,
+}
+
+/// Wall time of each phase of a step.
+///
+/// For [`GradCache::full_batch_step`] and [`GradCache::accumulation_step`],
+/// `representation` and `score` are the forward passes with graph, `head` is
+/// zero, and `encoder` is the single backward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseTimings {
+    /// Encoders over every chunk (without graph in the cached step).
+    pub representation: Duration,
+    /// Head over every block (without graph in the cached step).
+    pub score: Duration,
+    /// Loss and `W = ∂L/∂S`.
+    pub distance_gradient: Duration,
+    /// Head pass: every block again, with graph, backpropagating `W`.
+    pub head: Duration,
+    /// Encoder pass: every chunk again, with graph, backpropagating ∂L/∂U, ∂L/∂V.
+    pub encoder: Duration,
+}
+
+impl PhaseTimings {
+    /// The sum of all phases.
+    pub fn total(&self) -> Duration {
+        self.representation + self.score + self.distance_gradient + self.head + self.encoder
+    }
+}
+
+/// How the step cut the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepSizes {
+    /// Queries `N`.
+    pub num_queries: usize,
+    /// Passages `M`.
+    pub num_passages: usize,
+    /// Encoder chunks on the query side.
+    pub query_chunks: usize,
+    /// Encoder chunks on the passage side.
+    pub passage_chunks: usize,
+    /// Blocks of the `N × M` pair grid.
+    pub head_blocks: usize,
+    /// Whether the head gave closed-form gradients, so no head pass ran.
+    pub closed_form_head: bool,
+}
+
+/// What a step returns. Gradients are in the parameters' `.grad()`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutput {
+    /// The batch loss.
+    pub loss: f64,
+    /// Time per phase.
+    pub timings: PhaseTimings,
+    /// How the batch was cut.
+    pub sizes: StepSizes,
+}
+
+/// The two-cache gradient step over a query encoder, a passage encoder (the
+/// same one when tied), a scoring head and a loss.
+pub struct GradCache<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> {
+    pub(crate) config: StepConfig,
+    pub(crate) query_encoder: &'m QE,
+    pub(crate) passage_encoder: &'m PE,
+    pub(crate) head: &'m dyn ScoringHead,
+    pub(crate) loss: &'m dyn ContrastiveLoss,
+}
+
+impl<'m, E: Encoder + ?Sized> GradCache<'m, E, E> {
+    /// One encoder for both queries and passages (tied weights).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
+    pub fn tied(
+        config: StepConfig,
+        encoder: &'m E,
+        head: &'m dyn ScoringHead,
+        loss: &'m dyn ContrastiveLoss,
+    ) -> Result<Self> {
+        GradCache::new(config, encoder, encoder, head, loss)
+    }
+}
+
+/// Collects the replay differences of one pass on the device and checks them
+/// with a single synchronisation at the end of the pass.
+struct ReplayLog {
+    stage: ReplayStage,
+    enabled: bool,
+    relative_diffs: Vec<Tensor>,
+}
+
+impl ReplayLog {
+    fn new(stage: ReplayStage, enabled: bool) -> Self {
+        ReplayLog { stage, enabled, relative_diffs: Vec::new() }
+    }
+
+    /// Records `max|recomputed − cached| / max(1, max|cached|)`.
+    fn record(&mut self, recomputed: &Tensor, cached: &Tensor) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let recomputed = recomputed.f_detach()?;
+        if recomputed.size() != cached.size() {
+            return Err(GradCacheError::Shape {
+                what: "recomputation in the second pass",
+                expected: "the shape of the first pass",
+                got: recomputed.size(),
+            });
+        }
+        let diff = recomputed.f_sub(cached)?.f_abs()?.f_max()?;
+        let scale = cached.f_abs()?.f_max()?.f_clamp_min(1.0)?;
+        self.relative_diffs.push(diff.f_div(&scale)?.f_to_kind(tch::Kind::Double)?);
+        Ok(())
+    }
+
+    fn finish(self, tolerance: f64) -> Result<()> {
+        if self.relative_diffs.is_empty() {
+            return Ok(());
+        }
+        let diffs = Tensor::f_stack(&self.relative_diffs, 0)?.f_to_device(Device::Cpu)?;
+        let values: Vec<f64> = Vec::<f64>::try_from(&diffs)?;
+        for (index, &d) in values.iter().enumerate() {
+            // `!(d <= tol)` also catches NaN.
+            if !(d <= tolerance) {
+                return Err(GradCacheError::ReplayMismatch {
+                    stage: self.stage,
+                    index,
+                    max_abs_diff: d,
+                    tolerance,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for queued GPU work so that wall times mean something.
+fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
+    /// Builds the step.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
+    pub fn new(
+        config: StepConfig,
+        query_encoder: &'m QE,
+        passage_encoder: &'m PE,
+        head: &'m dyn ScoringHead,
+        loss: &'m dyn ContrastiveLoss,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(GradCache { config, query_encoder, passage_encoder, head, loss })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StepConfig {
+        &self.config
+    }
+
+    /// Runs the whole step: every gradient of the encoders and the head is
+    /// accumulated into the parameters' `.grad()`, exactly as one backward
+    /// pass over the full batch would, while only one encoder chunk or one
+    /// head block of activations is alive at a time.
+    ///
+    /// The dropout masks are drawn from libtorch's global generator: seeding
+    /// it with `tch::manual_seed` before the step makes the step reproducible.
+    ///
+    /// # Errors
+    /// [`GradCacheError::EmptyBatch`], [`GradCacheError::TargetsMismatch`],
+    /// any error of the encoders, head or loss, [`GradCacheError::HeadShape`],
+    /// [`GradCacheError::NonFiniteScores`], [`GradCacheError::NonFiniteLoss`]
+    /// (before any gradient is written), [`GradCacheError::ReplayMismatch`].
+    /// After an error in the head or encoder pass, gradients may be partly
+    /// accumulated: zero them before the next step.
+    pub fn step(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<StepOutput> {
+        self.check_batch(queries, passages, targets)?;
+        let seeds = ReplaySeeds::draw()?;
+        let mut timings = PhaseTimings::default();
+
+        let t = Instant::now();
+        let reps = self.representation_pass(queries, passages, &seeds)?;
+        timings.representation = t.elapsed();
+
+        let t = Instant::now();
+        let scores = self.score_pass(&reps, &seeds)?;
+        timings.score = t.elapsed();
+
+        let t = Instant::now();
+        let cache = self.distance_gradient_cache(&scores, targets)?;
+        timings.distance_gradient = t.elapsed();
+
+        let t = Instant::now();
+        let (rep_grads, closed_form_head) = self.head_pass(&reps, &scores, &cache.weights, &seeds)?;
+        timings.head = t.elapsed();
+
+        let t = Instant::now();
+        self.encoder_pass(queries, passages, &reps, &rep_grads, &seeds)?;
+        synchronize(scores.device());
+        timings.encoder = t.elapsed();
+
+        seeds.finish();
+        Ok(StepOutput { loss: cache.loss, timings, sizes: self.sizes(queries.len(), passages.len(), closed_form_head) })
+    }
+
+    pub(crate) fn check_batch(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<()> {
+        if queries.is_empty() {
+            return Err(GradCacheError::EmptyBatch { side: Side::Queries });
+        }
+        if passages.is_empty() {
+            return Err(GradCacheError::EmptyBatch { side: Side::Passages });
+        }
+        targets.check_batch(queries.len(), passages.len())
+    }
+
+    pub(crate) fn sizes(&self, n: usize, m: usize, closed_form_head: bool) -> StepSizes {
+        let c = &self.config;
+        StepSizes {
+            num_queries: n,
+            num_passages: m,
+            query_chunks: n.div_ceil(c.query_chunk_size),
+            passage_chunks: m.div_ceil(c.passage_chunk_size),
+            head_blocks: n.div_ceil(c.head_block_queries) * m.div_ceil(c.head_block_passages),
+            closed_form_head,
+        }
+    }
+
+    /// Step 1, the representation pass: encodes every chunk with autograd
+    /// off, after seeding each chunk's random stream.
+    ///
+    /// # Errors
+    /// Encoder errors; [`GradCacheError::EncoderLength`].
+    pub fn representation_pass(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        seeds: &ReplaySeeds,
+    ) -> Result<Representations> {
+        tch::no_grad(|| {
+            Ok(Representations {
+                queries: encode_all(self.query_encoder, queries, self.config.query_chunk_size, Side::Queries, seeds, self.config.train)?,
+                passages: encode_all(self.passage_encoder, passages, self.config.passage_chunk_size, Side::Passages, seeds, self.config.train)?,
+            })
+        })
+    }
+
+    /// Step 2, the score pass: scores every block of the pair grid with
+    /// autograd off.
+    ///
+    /// # Shapes
+    /// Returns `S`: `[N, M]`.
+    ///
+    /// # Errors
+    /// Head errors; [`GradCacheError::HeadShape`];
+    /// [`GradCacheError::NonFiniteScores`] naming the first bad block.
+    pub fn score_pass(&self, reps: &Representations, seeds: &ReplaySeeds) -> Result<Tensor> {
+        let scores = tch::no_grad(|| score_all(self.head, reps, &self.config, seeds))?;
+        if !all_finite(&scores)? {
+            return Err(first_non_finite_block(&scores, &self.config)?);
+        }
+        Ok(scores)
+    }
+
+    /// Step 3, the distance-gradient cache: `L(S)` and `W = ∂L/∂S`.
+    ///
+    /// # Shapes
+    /// `scores`: `[N, M]`; `W` has the same shape, in fp32 when `S` is half
+    /// precision.
+    ///
+    /// # Errors
+    /// Loss errors; [`GradCacheError::LossShape`]; [`GradCacheError::NonFiniteLoss`].
+    pub fn distance_gradient_cache(&self, scores: &Tensor, targets: &Targets) -> Result<DistanceGradients> {
+        let kind = accumulation_kind(scores.kind());
+        let leaf = scores.f_detach()?.f_to_kind(kind)?.set_requires_grad(true);
+        let loss = tch::with_grad(|| self.loss.loss(&leaf, targets))?;
+        let value = checked_loss_value(&loss)?;
+        loss.f_backward()?;
+        Ok(DistanceGradients { loss: value, weights: leaf.f_grad()? })
+    }
+
+    /// Step 4, the head pass: for each block, recomputes the scores with
+    /// autograd on (same random stream as the score pass) and backpropagates
+    /// `W[a, b]` through them. Accumulates ∂L/∂Ω into the head's parameters
+    /// and returns the representation-gradient cache `(∂L/∂U, ∂L/∂V)`. A head
+    /// with closed-form gradients skips the blocks; the flag says so.
+    ///
+    /// # Shapes
+    /// `scores`, `weights`: `[N, M]`; the result has the shapes of U and V, in
+    /// fp32 for half-precision representations.
+    ///
+    /// # Errors
+    /// Head errors; [`GradCacheError::ReplayMismatch`] when a block's
+    /// recomputed scores differ from the score pass.
+    pub fn head_pass(
+        &self,
+        reps: &Representations,
+        scores: &Tensor,
+        weights: &Tensor,
+        seeds: &ReplaySeeds,
+    ) -> Result<(RepresentationGradients, bool)> {
+        if let Some(grads) = self.head.closed_form_gradients(&reps.queries, &reps.passages, weights) {
+            let grads = grads?;
+            for (g, r, what) in [(&grads.queries, &reps.queries, "closed-form ∂L/∂U"), (&grads.passages, &reps.passages, "closed-form ∂L/∂V")] {
+                if g.size() != r.tensor().size() {
+                    return Err(GradCacheError::Shape { what, expected: "the shape of the representations", got: g.size() });
+                }
+            }
+            return Ok((grads, true));
+        }
+        let c = &self.config;
+        let acc = accumulation_kind(reps.queries.kind());
+        let d_passages = reps.passages.tensor().f_zeros_like()?.f_to_kind(acc)?;
+        let mut d_query_blocks = Vec::new();
+        let mut log = ReplayLog::new(ReplayStage::HeadBlock, c.check_replay);
+        let col_blocks: Vec<_> = pieces(reps.passages.len(), c.head_block_passages).collect();
+        for (ai, (a0, al)) in pieces(reps.queries.len(), c.head_block_queries).enumerate() {
+            let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
+            for (bi, &(b0, bl)) in col_blocks.iter().enumerate() {
+                let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
+                seeds.enter(Stream::HeadBlock, ai * col_blocks.len() + bi);
+                let s = tch::with_grad(|| self.head.score(&u, &v, c.train))?;
+                check_block_shape(&s, al, bl)?;
+                let w = weights.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
+                log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
+                // Backward of S_ab with incoming gradient W_ab.
+                s.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?.f_backward()?;
+                let mut slot = d_passages.f_narrow(0, b0 as i64, bl as i64)?;
+                let _ = slot.f_add_(&leaf_grad(v.tensor(), acc)?)?;
+            }
+            d_query_blocks.push(leaf_grad(u.tensor(), acc)?);
+        }
+        log.finish(c.replay_tolerance)?;
+        Ok((
+            RepresentationGradients { queries: Tensor::f_cat(&d_query_blocks, 0)?, passages: d_passages },
+            false,
+        ))
+    }
+
+    /// Step 5, the encoder pass: for each chunk, re-encodes with autograd on
+    /// (same random stream as the representation pass) and backpropagates
+    /// the chunk's slice of ∂L/∂U or ∂L/∂V. Accumulates ∂L/∂θ into the
+    /// encoders' parameters.
+    ///
+    /// # Errors
+    /// Encoder errors; [`GradCacheError::ReplayMismatch`] when a re-encoded
+    /// chunk differs from the representation pass.
+    pub fn encoder_pass(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        reps: &Representations,
+        grads: &RepresentationGradients,
+        seeds: &ReplaySeeds,
+    ) -> Result<()> {
+        let c = &self.config;
+        backprop_all(self.query_encoder, queries, c.query_chunk_size, Side::Queries, &reps.queries, &grads.queries, seeds, c)?;
+        backprop_all(self.passage_encoder, passages, c.passage_chunk_size, Side::Passages, &reps.passages, &grads.passages, seeds, c)
+    }
+}
+
+fn stream_of(side: Side) -> Stream {
+    match side {
+        Side::Queries => Stream::QueryChunk,
+        Side::Passages => Stream::PassageChunk,
+    }
+}
+
+/// Encodes one chunk after seeding its random stream; checks its length.
+pub(crate) fn encode_chunk<E: Encoder + ?Sized>(
+    encoder: &E,
+    input: &E::Input,
+    (start, len): (usize, usize),
+    index: usize,
+    side: Side,
+    seeds: &ReplaySeeds,
+    train: bool,
+) -> Result<Representation> {
+    let chunk = input.chunk(start, len)?;
+    seeds.enter(stream_of(side), index);
+    let rep = encoder.encode(&chunk, train)?;
+    if rep.len() != len {
+        return Err(GradCacheError::EncoderLength { side, expected: len, got: rep.len() });
+    }
+    Ok(rep)
+}
+
+/// Encodes every chunk of `input` (with or without graph, as the caller's
+/// grad mode says) and concatenates.
+pub(crate) fn encode_all<E: Encoder + ?Sized>(
+    encoder: &E,
+    input: &E::Input,
+    chunk_size: usize,
+    side: Side,
+    seeds: &ReplaySeeds,
+    train: bool,
+) -> Result<Representation> {
+    let parts = pieces(input.len(), chunk_size)
+        .enumerate()
+        .map(|(i, piece)| encode_chunk(encoder, input, piece, i, side, seeds, train))
+        .collect::<Result<Vec<_>>>()?;
+    Representation::cat(&parts)
+}
+
+/// Scores every block (with or without graph, as the caller's grad mode
+/// says) and assembles `S`.
+pub(crate) fn score_all(
+    head: &dyn ScoringHead,
+    reps: &Representations,
+    config: &StepConfig,
+    seeds: &ReplaySeeds,
+) -> Result<Tensor> {
+    let col_blocks: Vec<_> = pieces(reps.passages.len(), config.head_block_passages).collect();
+    let mut rows = Vec::new();
+    for (ai, (a0, al)) in pieces(reps.queries.len(), config.head_block_queries).enumerate() {
+        let u = reps.queries.narrow(a0, al)?;
+        let mut row = Vec::with_capacity(col_blocks.len());
+        for (bi, &(b0, bl)) in col_blocks.iter().enumerate() {
+            let v = reps.passages.narrow(b0, bl)?;
+            seeds.enter(Stream::HeadBlock, ai * col_blocks.len() + bi);
+            let s = head.score(&u, &v, config.train)?;
+            check_block_shape(&s, al, bl)?;
+            row.push(s);
+        }
+        rows.push(Tensor::f_cat(&row, 1)?);
+    }
+    Ok(Tensor::f_cat(&rows, 0)?)
+}
+
+fn check_block_shape(s: &Tensor, queries: usize, passages: usize) -> Result<()> {
+    if s.size() != [queries as i64, passages as i64] {
+        return Err(GradCacheError::HeadShape { queries, passages, got: s.size() });
+    }
+    Ok(())
+}
+
+/// Locates the first block with a non-finite score (error path only).
+pub(crate) fn first_non_finite_block(scores: &Tensor, config: &StepConfig) -> Result<GradCacheError> {
+    let (n, m) = (scores.size()[0] as usize, scores.size()[1] as usize);
+    for (a0, al) in pieces(n, config.head_block_queries) {
+        for (b0, bl) in pieces(m, config.head_block_passages) {
+            let block = scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
+            if !all_finite(&block)? {
+                return Ok(GradCacheError::NonFiniteScores { queries: a0..a0 + al, passages: b0..b0 + bl });
+            }
+        }
+    }
+    Ok(GradCacheError::NonFiniteScores { queries: 0..n, passages: 0..m })
+}
+
+/// The loss as f64, after checking it is a finite scalar.
+pub(crate) fn checked_loss_value(loss: &Tensor) -> Result<f64> {
+    if loss.numel() != 1 {
+        return Err(GradCacheError::LossShape { got: loss.size() });
+    }
+    let value = loss.f_to_kind(tch::Kind::Double)?.f_double_value(&[])?;
+    if !value.is_finite() {
+        return Err(GradCacheError::NonFiniteLoss { value });
+    }
+    Ok(value)
+}
+
+/// The gradient of a leaf, in `kind`; zeros if nothing reached it.
+fn leaf_grad(leaf: &Tensor, kind: tch::Kind) -> Result<Tensor> {
+    let g = leaf.f_grad()?;
+    if g.defined() {
+        Ok(g.f_to_kind(kind)?)
+    } else {
+        Ok(leaf.f_zeros_like()?.f_to_kind(kind)?)
+    }
+}
+
+/// Re-encodes every chunk with graph and backpropagates its slice of `grads`.
+#[allow(clippy::too_many_arguments)]
+fn backprop_all<E: Encoder + ?Sized>(
+    encoder: &E,
+    input: &E::Input,
+    chunk_size: usize,
+    side: Side,
+    cached: &Representation,
+    grads: &Tensor,
+    seeds: &ReplaySeeds,
+    config: &StepConfig,
+) -> Result<()> {
+    let stage = match side {
+        Side::Queries => ReplayStage::QueryChunk,
+        Side::Passages => ReplayStage::PassageChunk,
+    };
+    let mut log = ReplayLog::new(stage, config.check_replay);
+    for (i, (start, len)) in pieces(input.len(), chunk_size).enumerate() {
+        let rep = tch::with_grad(|| encode_chunk(encoder, input, (start, len), i, side, seeds, config.train))?;
+        let y = rep.tensor();
+        let (s, l) = (start as i64, len as i64);
+        let cached_chunk = Representation::narrow_tokens_like(&cached.tensor().f_narrow(0, s, l)?, y)?;
+        log.record(y, &cached_chunk)?;
+        let g = Representation::narrow_tokens_like(&grads.f_narrow(0, s, l)?, y)?;
+        // Backward of the chunk's representation with incoming gradient g.
+        y.f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?.f_backward()?;
+    }
+    log.finish(config.replay_tolerance)
+}
