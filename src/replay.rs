@@ -7,6 +7,12 @@
 //! the second, seeds the generator with a value derived from
 //! `(base, stream, index)`. Both passes of a chunk therefore see the same
 //! random numbers, and different chunks see independent ones.
+//!
+//! The generator is process-wide: nothing else may draw from it while a
+//! step runs (another thread's dropout, a second step on another thread).
+//! If something does, the replay check fails the step with
+//! [`crate::GradCacheError::ReplayMismatch`] instead of returning silently
+//! wrong gradients.
 
 use tch::{Device, Kind, Tensor};
 

@@ -1,0 +1,225 @@
+//! Every kind of bad input gets a typed error, never a panic, and never
+//! leaves gradients written.
+
+mod common;
+
+use common::*;
+use gradcache::check::{zero_grads, GradientSnapshot};
+use gradcache::heads::{DotHead, MlpHeadConfig};
+use gradcache::{
+    ContrastiveLoss, GradCache, GradCacheError, InfoNce, ListwiseKl, Representation, ScoringHead, StepConfig, Targets,
+    TokenBatch,
+};
+use tch::{Device, Kind, Tensor};
+
+fn assert_no_gradient_written(model: &Model) {
+    let snap = GradientSnapshot::take(&model.vs).unwrap();
+    for p in snap.compare(&snap).unwrap().parameters {
+        assert_eq!(p.reference_max_abs, 0.0, "{} received a gradient", p.name);
+    }
+}
+
+#[test]
+fn empty_batch() {
+    let _serial = serial();
+    let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
+    let loss = InfoNce::default();
+    let gc = model.step(StepConfig::default(), &loss);
+    let empty = tokens(0, 4);
+    let some = tokens(3, 4);
+    let targets = Targets::grouped(3, 3, 1).unwrap();
+    let err = gc.step(&empty, &some, &targets).unwrap_err();
+    assert!(matches!(err, GradCacheError::EmptyBatch { side: gradcache::error::Side::Queries }), "{err}");
+    let err = gc.step(&some, &empty, &targets).unwrap_err();
+    assert!(matches!(err, GradCacheError::EmptyBatch { side: gradcache::error::Side::Passages }), "{err}");
+    assert!(matches!(Targets::grouped(0, 0, 1), Err(GradCacheError::EmptyBatch { .. })));
+    assert!(matches!(Targets::from_positives(0, vec![vec![0]]), Err(GradCacheError::EmptyBatch { .. })));
+    assert!(matches!(Targets::from_positives(3, vec![]), Err(GradCacheError::EmptyBatch { .. })));
+}
+
+#[test]
+fn zero_chunk_or_block_size() {
+    let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
+    let loss = InfoNce::default();
+    for field in ["query_chunk_size", "passage_chunk_size", "head_block_queries", "head_block_passages"] {
+        let mut config = StepConfig::default();
+        match field {
+            "query_chunk_size" => config.query_chunk_size = 0,
+            "passage_chunk_size" => config.passage_chunk_size = 0,
+            "head_block_queries" => config.head_block_queries = 0,
+            _ => config.head_block_passages = 0,
+        }
+        let err = GradCache::tied(config, &model.query, model.head.as_ref(), &loss).err().unwrap();
+        assert!(matches!(err, GradCacheError::InvalidConfig { field: f, .. } if f == field), "{err}");
+        assert!(err.to_string().contains(field));
+    }
+    let bad = StepConfig { replay_tolerance: f64::NAN, ..StepConfig::default() };
+    assert!(matches!(bad.validate(), Err(GradCacheError::InvalidConfig { field: "replay_tolerance", .. })));
+}
+
+#[test]
+fn config_files_reject_unknown_fields_and_fill_defaults() {
+    let parsed: StepConfig = serde_json::from_str(r#"{"query_chunk_size": 8}"#).unwrap();
+    assert_eq!(parsed, StepConfig { query_chunk_size: 8, ..StepConfig::default() });
+    let err = serde_json::from_str::<StepConfig>(r#"{"query_chunk_sise": 8}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+#[test]
+fn passage_count_that_does_not_fit_the_group_size() {
+    let err = Targets::grouped(3, 7, 2).unwrap_err();
+    assert!(matches!(err, GradCacheError::GroupMismatch { num_queries: 3, num_passages: 7, group_size: 2 }));
+    assert!(err.to_string().contains("expected 6"), "{err}");
+    assert!(matches!(Targets::grouped(3, 0, 0), Err(GradCacheError::GroupMismatch { .. })));
+    assert!(matches!(Targets::grouped_with_positives(3, 6, 2, 3), Err(GradCacheError::InvalidConfig { .. })));
+}
+
+#[test]
+fn targets_out_of_range_or_for_another_batch() {
+    let _serial = serial();
+    let err = Targets::from_positives(4, vec![vec![0], vec![4]]).unwrap_err();
+    assert!(matches!(err, GradCacheError::TargetOutOfRange { query: 1, passage: 4, num_passages: 4 }), "{err}");
+    let err = Targets::from_positives(4, vec![vec![0], vec![]]).unwrap_err();
+    assert!(matches!(err, GradCacheError::NoPositive { query: 1 }), "{err}");
+
+    let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
+    let loss = InfoNce::default();
+    let gc = model.step(StepConfig::default(), &loss);
+    let data = data(3, 2, LossKind::InfoNce, 1);
+    let wrong = Targets::grouped(4, 8, 2).unwrap();
+    let err = gc.step(&data.queries, &data.passages, &wrong).unwrap_err();
+    assert!(matches!(err, GradCacheError::TargetsMismatch { expected: 4, actual: 3, .. }), "{err}");
+}
+
+#[test]
+fn teacher_scores_must_fit_and_be_finite() {
+    let t = Targets::grouped(2, 6, 3).unwrap();
+    let err = t.with_teacher_scores(Tensor::zeros([2, 2], (Kind::Float, Device::Cpu))).unwrap_err();
+    assert!(matches!(err, GradCacheError::Shape { what: "teacher scores", .. }), "{err}");
+    let t = Targets::grouped(2, 6, 3).unwrap();
+    let nan = Tensor::full([2, 3], f64::NAN, (Kind::Float, Device::Cpu));
+    assert!(matches!(t.with_teacher_scores(nan), Err(GradCacheError::Shape { .. })));
+    let free = Targets::from_positives(3, vec![vec![0]]).unwrap();
+    assert!(matches!(
+        free.with_teacher_scores(Tensor::zeros([1, 3], (Kind::Float, Device::Cpu))),
+        Err(GradCacheError::TargetsIncomplete { .. })
+    ));
+    // Listwise KL without teacher scores.
+    let scores = Tensor::zeros([2, 6], (Kind::Float, Device::Cpu));
+    let err = ListwiseKl::default().loss(&scores, &Targets::grouped(2, 6, 3).unwrap()).unwrap_err();
+    assert!(matches!(err, GradCacheError::TargetsIncomplete { what: "listwise KL", .. }), "{err}");
+}
+
+/// A head that adds one column too many.
+struct WrongShape;
+impl ScoringHead for WrongShape {
+    fn score(&self, q: &Representation, p: &Representation, _train: bool) -> gradcache::Result<Tensor> {
+        Ok(Tensor::zeros([q.len() as i64, p.len() as i64 + 1], (Kind::Float, Device::Cpu)))
+    }
+}
+
+/// A head whose scores are NaN in blocks of exactly two passages.
+struct NanInNarrowBlocks(DotHead);
+impl ScoringHead for NanInNarrowBlocks {
+    fn score(&self, q: &Representation, p: &Representation, train: bool) -> gradcache::Result<Tensor> {
+        let s = self.0.score(q, p, train)?;
+        Ok(if p.len() == 2 { s.f_div_scalar(0.0)?.f_mul_scalar(0.0)? } else { s })
+    }
+}
+
+#[test]
+fn head_with_wrong_shape_or_non_finite_scores() {
+    let _serial = serial();
+    let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
+    let loss = InfoNce::default();
+    let data = data(4, 2, LossKind::InfoNce, 1);
+    let gc = GradCache::tied(StepConfig::default(), &model.query, &WrongShape, &loss).unwrap();
+    let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
+    assert!(matches!(err, GradCacheError::HeadShape { queries: 4, passages: 8, .. }), "{err}");
+
+    // Blocks of 2 × 3 over 4 × 8: column blocks 0..3, 3..6, 6..8; only the
+    // last is two wide, so the first bad block is rows 0..2, columns 6..8.
+    let config = StepConfig { head_block_queries: 2, head_block_passages: 3, ..StepConfig::default() };
+    let nan_head = NanInNarrowBlocks(DotHead);
+    let gc = GradCache::tied(config, &model.query, &nan_head, &loss).unwrap();
+    zero_grads(&model.vs);
+    let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
+    match err {
+        GradCacheError::NonFiniteScores { queries, passages } => assert_eq!((queries, passages), (0..2, 6..8)),
+        other => panic!("expected non-finite scores, got {other}"),
+    }
+    assert_no_gradient_written(&model);
+}
+
+/// A loss that is infinite.
+struct InfiniteLoss;
+impl ContrastiveLoss for InfiniteLoss {
+    fn loss(&self, scores: &Tensor, _targets: &Targets) -> gradcache::Result<Tensor> {
+        Ok(scores.f_sum(scores.kind())?.f_add_scalar(f64::INFINITY)?)
+    }
+}
+
+#[test]
+fn non_finite_loss_writes_no_gradient() {
+    let _serial = serial();
+    let model = Model::new(HeadKind::Mlp, false, Kind::Float, 0.1);
+    let data = data(4, 2, LossKind::InfoNce, 1);
+    let gc = model.step(StepConfig::default(), &InfiniteLoss);
+    zero_grads(&model.vs);
+    let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
+    assert!(matches!(err, GradCacheError::NonFiniteLoss { value } if value.is_infinite()), "{err}");
+    assert_no_gradient_written(&model);
+    let err = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap_err();
+    assert!(matches!(err, GradCacheError::NonFiniteLoss { .. }), "{err}");
+    assert_no_gradient_written(&model);
+}
+
+#[test]
+fn bad_losses_and_temperatures() {
+    let _serial = serial();
+    assert!(matches!(InfoNce { temperature: 0.0, symmetric: false }.validate(), Err(GradCacheError::InvalidConfig { .. })));
+    assert!(matches!(
+        ListwiseKl { temperature: 1.0, teacher_temperature: -1.0 }.validate(),
+        Err(GradCacheError::InvalidConfig { field: "teacher_temperature", .. })
+    ));
+    struct VectorLoss;
+    impl ContrastiveLoss for VectorLoss {
+        fn loss(&self, scores: &Tensor, _t: &Targets) -> gradcache::Result<Tensor> {
+            Ok(scores.f_sum_dim_intlist(1, false, scores.kind())?)
+        }
+    }
+    let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
+    let data = data(4, 2, LossKind::InfoNce, 1);
+    let gc = model.step(StepConfig::default(), &VectorLoss);
+    let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
+    assert!(matches!(err, GradCacheError::LossShape { .. }), "{err}");
+}
+
+#[test]
+fn representation_kinds_and_shapes() {
+    let _serial = serial();
+    // Dot and MLP heads need vectors; MaxSim needs tokens.
+    let model = Model::new(HeadKind::MaxSim, true, Kind::Float, 0.0);
+    let loss = InfoNce::default();
+    let data = data(3, 2, LossKind::InfoNce, 1);
+    let gc = GradCache::tied(StepConfig::default(), &model.query, &DotHead, &loss).unwrap();
+    let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
+    assert!(matches!(err, GradCacheError::RepresentationKind { what: "DotHead", expected: "vector", got: "tokens" }), "{err}");
+
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let mlp = MlpHeadConfig { dim: DIM + 1, hidden: 4, dropout: 0.0 }.init(&vs.root()).unwrap();
+    vs.float();
+    let vec_model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
+    let gc = GradCache::tied(StepConfig::default(), &vec_model.query, &mlp, &loss).unwrap();
+    let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
+    assert!(matches!(err, GradCacheError::Shape { what: "MlpHead input", .. }), "{err}");
+    assert!(matches!(MlpHeadConfig { dropout: 1.0, ..MlpHeadConfig::default() }.validate(), Err(GradCacheError::InvalidConfig { .. })));
+
+    assert!(matches!(Representation::vector(Tensor::zeros([2, 3, 4], (Kind::Float, Device::Cpu))), Err(GradCacheError::Shape { .. })));
+    let mask = Tensor::ones([2, 5], (Kind::Int64, Device::Cpu));
+    assert!(matches!(Representation::tokens(Tensor::zeros([2, 3, 4], (Kind::Float, Device::Cpu)), &mask), Err(GradCacheError::Shape { .. })));
+    let ids = Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu));
+    assert!(matches!(TokenBatch::new(ids.shallow_clone(), mask), Err(GradCacheError::Shape { what: "attention mask", .. })));
+    let float_ids = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    assert!(matches!(TokenBatch::new(float_ids, ids), Err(GradCacheError::Shape { what: "token ids", .. })));
+}
