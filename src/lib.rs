@@ -20,7 +20,7 @@
 //! - [`head`], [`heads`]: the [`ScoringHead`] trait and built-in heads;
 //! - [`targets`], [`loss`]: what is positive, and the losses over `S`;
 //! - [`replay`]: identical dropout masks in both passes;
-//! - [`step`]: the two-cache step; [`reference`]: the full-batch and
+//! - [`step`]: the two-cache step; [`reference`](mod@reference): the full-batch and
 //!   gradient-accumulation baselines;
 //! - [`check`]: gradient comparison; [`config`]: [`StepConfig`].
 #![deny(missing_docs)]

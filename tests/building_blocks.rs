@@ -1,0 +1,112 @@
+//! The pieces the step is made of, each against a naive computation.
+
+mod common;
+
+use common::serial;
+use gradcache::heads::{MaxSimHead, MlpHeadConfig};
+use gradcache::replay::{ReplaySeeds, Stream};
+use gradcache::{Chunk, Representation, ScoringHead, TokenBatch};
+use tch::{nn, Device, Kind, Tensor};
+
+fn right_padded(lengths: &[i64], width: i64) -> TokenBatch {
+    let n = lengths.len() as i64;
+    let len = Tensor::from_slice(lengths).view([n, 1]);
+    let mask = Tensor::arange(width, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&len).to_kind(Kind::Int64);
+    let ids = (Tensor::arange(n * width, (Kind::Int64, Device::Cpu)).view([n, width]) + 1) * &mask;
+    TokenBatch::new(ids, mask).unwrap()
+}
+
+#[test]
+fn token_chunks_drop_padding_no_item_uses() {
+    let batch = right_padded(&[3, 1, 5, 2], 6);
+    assert_eq!(batch.chunk(0, 2).unwrap().ids().size(), [2, 3]);
+    assert_eq!(batch.chunk(1, 1).unwrap().ids().size(), [1, 1]);
+    assert_eq!(batch.chunk(1, 3).unwrap().ids().size(), [3, 5]);
+    // The kept columns are the original ones.
+    let c = batch.chunk(2, 2).unwrap();
+    assert!(c.ids().equal(&batch.ids().narrow(0, 2, 2).narrow(1, 0, 5)));
+}
+
+#[test]
+fn concatenated_token_chunks_are_padded_with_masked_zeros() {
+    let a = Representation::tokens(Tensor::ones([1, 2, 3], (Kind::Float, Device::Cpu)), &Tensor::ones([1, 2], (Kind::Int64, Device::Cpu))).unwrap();
+    let b = Representation::tokens(Tensor::ones([2, 4, 3], (Kind::Float, Device::Cpu)), &Tensor::ones([2, 4], (Kind::Int64, Device::Cpu))).unwrap();
+    let cat = Representation::cat(&[a, b]).unwrap();
+    assert_eq!(cat.tensor().size(), [3, 4, 3]);
+    let mask = cat.mask().unwrap();
+    assert_eq!(Vec::<f32>::try_from(mask.narrow(0, 0, 1).flatten(0, -1)).unwrap(), [1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(cat.tensor().narrow(0, 0, 1).narrow(1, 2, 2).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    // Mixing kinds is an error, not a panic.
+    let v = Representation::vector(Tensor::ones([1, 3], (Kind::Float, Device::Cpu))).unwrap();
+    assert!(Representation::cat(&[v, cat]).is_err());
+}
+
+#[test]
+fn seeds_replay_the_same_numbers_and_separate_streams() {
+    let _serial = serial();
+    let seeds = ReplaySeeds::from_base(42);
+    let draw = |stream, index| {
+        seeds.enter(stream, index);
+        Tensor::randn([4], (Kind::Float, Device::Cpu))
+    };
+    assert!(draw(Stream::QueryChunk, 3).equal(&draw(Stream::QueryChunk, 3)));
+    assert!(!draw(Stream::QueryChunk, 3).equal(&draw(Stream::QueryChunk, 4)));
+    assert!(!draw(Stream::QueryChunk, 0).equal(&draw(Stream::PassageChunk, 0)));
+    assert_ne!(seeds.seed(Stream::HeadBlock, 0), ReplaySeeds::from_base(43).seed(Stream::HeadBlock, 0));
+    assert_ne!(seeds.child(0), seeds.child(1));
+}
+
+#[test]
+fn maxsim_equals_the_explicit_double_loop() {
+    let _serial = serial();
+    tch::manual_seed(3);
+    let (a, b, lq, lp, d) = (2, 3, 4, 5, 6);
+    let u = Tensor::randn([a, lq, d], (Kind::Double, Device::Cpu));
+    let v = Tensor::randn([b, lp, d], (Kind::Double, Device::Cpu));
+    let mq = Tensor::from_slice(&[1i64, 1, 1, 0, 1, 1, 0, 0]).view([a, lq]);
+    let mp = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0]).view([b, lp]);
+    let s = MaxSimHead
+        .score(&Representation::tokens(u.shallow_clone(), &mq).unwrap(), &Representation::tokens(v.shallow_clone(), &mp).unwrap(), false)
+        .unwrap();
+    for i in 0..a {
+        for j in 0..b {
+            let mut want = 0.0;
+            for t in 0..lq {
+                if mq.int64_value(&[i, t]) == 0 {
+                    continue;
+                }
+                let mut best = f64::NEG_INFINITY;
+                for k in 0..lp {
+                    if mp.int64_value(&[j, k]) == 1 {
+                        best = best.max(u.get(i).get(t).dot(&v.get(j).get(k)).double_value(&[]));
+                    }
+                }
+                want += best;
+            }
+            assert!((s.double_value(&[i, j]) - want).abs() < 1e-12, "({i},{j}): {} vs {want}", s.double_value(&[i, j]));
+        }
+    }
+}
+
+#[test]
+fn mlp_head_equals_the_feature_concatenation_it_decomposes() {
+    let _serial = serial();
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let head = MlpHeadConfig { dim: 4, hidden: 7, dropout: 0.0 }.init(&(vs.root() / "head")).unwrap();
+    let vars = vs.variables();
+    let (w1, b1) = (&vars["head.first.weight"], &vars["head.first.bias"]);
+    let (w2, b2) = (&vars["head.second.weight"], &vars["head.second.bias"]);
+    let u = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+    let v = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
+    let s = head.score(&Representation::vector(u.shallow_clone()).unwrap(), &Representation::vector(v.shallow_clone()).unwrap(), false).unwrap();
+    for i in 0..3 {
+        for j in 0..5 {
+            let (ui, vj) = (u.get(i), v.get(j));
+            let features = Tensor::cat(&[&ui, &vj, &(&ui - &vj).abs(), &(&ui * &vj)], 0);
+            let hidden = (w1.matmul(&features) + b1).gelu("none");
+            let want = (w2.matmul(&hidden) + b2).double_value(&[0]);
+            assert!((s.double_value(&[i, j]) - want).abs() < 1e-5, "({i},{j}): {} vs {want}", s.double_value(&[i, j]));
+        }
+    }
+}
