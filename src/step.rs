@@ -166,8 +166,7 @@ impl ReplayLog {
         let diffs = Tensor::f_stack(&self.relative_diffs, 0)?.f_to_device(Device::Cpu)?;
         let values: Vec<f64> = Vec::<f64>::try_from(&diffs)?;
         for (index, &d) in values.iter().enumerate() {
-            // `!(d <= tol)` also catches NaN.
-            if !(d <= tolerance) {
+            if d.is_nan() || d > tolerance {
                 return Err(GradCacheError::ReplayMismatch {
                     stage: self.stage,
                     index,
