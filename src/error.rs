@@ -204,9 +204,107 @@ pub enum GradCacheError {
         tolerance: f64,
     },
 
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file (config, checkpoint state) could not be parsed.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A weights file lacks variables the model needs.
+    #[error("{path}: missing {} weight(s), e.g. {}", missing.len(), missing.first().map(String::as_str).unwrap_or(""))]
+    MissingWeights {
+        /// The weights file.
+        path: std::path::PathBuf,
+        /// The model's variable names not found in the file.
+        missing: Vec<String>,
+    },
+
+    /// A weight in a file has another shape than the model's variable.
+    #[error("{path}: weight `{name}` has shape {got:?}, the model expects {expected:?}")]
+    WeightShape {
+        /// The weights file.
+        path: std::path::PathBuf,
+        /// The variable.
+        name: String,
+        /// The model's shape.
+        expected: Vec<i64>,
+        /// The file's shape.
+        got: Vec<i64>,
+    },
+
+    /// A line of a data file is malformed.
+    #[error("{path}:{line}: {reason}")]
+    DataLine {
+        /// The data file.
+        path: std::path::PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: DataLineError,
+    },
+
+    /// A checkpoint is unusable: corrupt, or made by another model or config.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint folder or file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// The vocabulary could not be loaded or a text could not be tokenized.
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] rust_tokenizers::error::TokenizerError),
+
+    /// An error from rust-bert.
+    #[error(transparent)]
+    RustBert(#[from] rust_bert::RustBertError),
+
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+}
+
+/// What is wrong with a line of a data file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataLineError {
+    /// Not valid JSON, or not the expected record.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// A required field is empty.
+    #[error("field `{0}` is empty")]
+    EmptyField(&'static str),
+    /// Wrong number of tab-separated columns.
+    #[error("expected {expected} tab-separated columns, found {found}")]
+    Columns {
+        /// Columns expected.
+        expected: usize,
+        /// Columns found.
+        found: usize,
+    },
+    /// A number could not be parsed.
+    #[error("`{0}` is not a valid number")]
+    Number(String),
+    /// An id refers to nothing in the files read so far.
+    #[error("unknown id `{0}`")]
+    UnknownId(String),
+    /// A structural rule of the format is broken.
+    #[error("{0}")]
+    Format(&'static str),
 }
 
 /// Shorthand for results in this crate.

@@ -22,7 +22,8 @@
 //! - [`replay`]: identical dropout masks in both passes;
 //! - [`step`]: the two-cache step; [`reference`](mod@reference): the full-batch and
 //!   gradient-accumulation baselines;
-//! - [`check`]: gradient comparison; [`config`]: [`StepConfig`].
+//! - [`check`]: gradient comparison; [`config`]: [`StepConfig`];
+//! - [`text`], [`pretrained`], [`weights`]: tokenizers, BERT model folders, safetensors.
 #![deny(missing_docs)]
 
 pub mod batch;
@@ -34,12 +35,15 @@ pub mod error;
 pub mod head;
 pub mod heads;
 pub mod loss;
+pub mod pretrained;
 pub mod reference;
 pub mod replay;
 pub mod representation;
 pub mod step;
 pub mod targets;
+pub mod text;
 mod util;
+pub mod weights;
 
 pub use batch::{Chunk, TokenBatch};
 pub use config::StepConfig;

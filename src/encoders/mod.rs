@@ -1,7 +1,9 @@
 //! Built-in encoders and the pooling they share.
 
+mod bert;
 mod tiny;
 
+pub use bert::{BertEncoder, BertEncoderConfig};
 pub use tiny::{TinyEncoder, TinyEncoderConfig};
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,116 @@
+//! Pretrained BERT-family encoders, through rust-bert.
+
+use rust_bert::bert::{BertEmbeddings, BertModel};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use super::{pool, Pooling};
+use crate::batch::TokenBatch;
+use crate::encoder::Encoder;
+use crate::error::{GradCacheError, Result};
+use crate::pretrained::ModelDir;
+use crate::representation::Representation;
+use crate::weights::LoadReport;
+
+/// How a [`BertEncoder`] turns token states into representations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BertEncoderConfig {
+    /// Mean (sentence-transformers' default), CLS, or token matrices.
+    pub pooling: Pooling,
+    /// Optional linear projection of every token state to this width
+    /// (e.g. 128, ColBERT-style), applied before pooling.
+    pub projection: Option<usize>,
+    /// L2-normalise each vector (or each token vector).
+    pub normalize: bool,
+}
+
+impl Default for BertEncoderConfig {
+    fn default() -> Self {
+        BertEncoderConfig { pooling: Pooling::Mean, projection: None, normalize: false }
+    }
+}
+
+impl BertEncoderConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] for a zero projection width.
+    pub fn validate(&self) -> Result<()> {
+        if self.projection == Some(0) {
+            return Err(GradCacheError::InvalidConfig { field: "projection", reason: "must be at least 1 when set" });
+        }
+        Ok(())
+    }
+
+    /// Builds the encoder under `vs.root() / name` with `model`'s
+    /// architecture and loads its pretrained weights: BERT's under
+    /// `{name}.bert`, a projection (freshly initialised) under
+    /// `{name}.projection`.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`]; weight errors as
+    /// [`ModelDir::load_weights`].
+    pub fn init_pretrained(&self, vs: &nn::VarStore, name: &str, model: &ModelDir) -> Result<(BertEncoder, LoadReport)> {
+        self.validate()?;
+        let path = vs.root() / name;
+        let bert = BertModel::<BertEmbeddings>::new_with_optional_pooler(&path / "bert", model.config(), false);
+        let hidden = model.hidden_size() as i64;
+        let projection = self.projection.map(|d| nn::linear(&path / "projection", hidden, d as i64, Default::default()));
+        let prefix = if name.is_empty() { "bert".to_string() } else { format!("{name}.bert") };
+        let report = model.load_weights(vs, &prefix)?;
+        Ok((BertEncoder { bert, projection, config: self.clone(), prefix }, report))
+    }
+}
+
+/// A BERT encoder with pooling, optional projection and normalisation.
+pub struct BertEncoder {
+    bert: BertModel<BertEmbeddings>,
+    projection: Option<nn::Linear>,
+    config: BertEncoderConfig,
+    prefix: String,
+}
+
+impl std::fmt::Debug for BertEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BertEncoder").field("config", &self.config).field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl BertEncoder {
+    /// The `VarStore` prefix of the BERT body (for export).
+    pub fn bert_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertEncoderConfig {
+        &self.config
+    }
+}
+
+fn l2_normalize(t: &Tensor) -> Result<Tensor> {
+    let norm = t.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?;
+    Ok(t.f_div(&norm)?)
+}
+
+impl Encoder for BertEncoder {
+    type Input = TokenBatch;
+
+    fn encode(&self, input: &TokenBatch, train: bool) -> Result<Representation> {
+        let out = self.bert.forward_t(Some(input.ids()), Some(input.mask()), None, None, None, None, None, train)?;
+        let mut hidden = out.hidden_state;
+        if let Some(p) = &self.projection {
+            hidden = hidden.apply(p);
+        }
+        let rep = pool(&hidden, input.mask(), self.config.pooling)?;
+        if !self.config.normalize {
+            return Ok(rep);
+        }
+        let normalized = l2_normalize(rep.tensor())?;
+        Ok(match &rep {
+            Representation::Vector(_) => rep.with_tensor(normalized),
+            Representation::Tokens { mask, .. } => rep.with_tensor(normalized.f_mul(&mask.f_unsqueeze(2)?)?),
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! Moving weights between a `VarStore` and safetensors files.
+//!
+//! Loading is by name: every variable of the store under `prefix` must find
+//! its name (without the prefix) in the file, with the same shape. Extra
+//! tensors in the file are reported, not loaded (e.g. BERT's
+//! `embeddings.position_ids` buffer).
+
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Tensor};
+
+use crate::error::{GradCacheError, Result};
+
+/// What a load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Variables loaded.
+    pub loaded: usize,
+    /// Tensors in the file that no variable took.
+    pub unused: Vec<String>,
+}
+
+fn strip<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        Some(name)
+    } else {
+        name.strip_prefix(prefix)?.strip_prefix('.')
+    }
+}
+
+/// Reads every tensor of a safetensors file.
+///
+/// # Errors
+/// [`GradCacheError::Io`] when the file is missing; [`GradCacheError::Torch`]
+/// when it is not a valid safetensors file.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if !path.is_file() {
+        return Err(GradCacheError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    Ok(Tensor::read_safetensors(path)?)
+}
+
+/// Loads the variables of `vs` under `prefix` (`""` for all) from `file`,
+/// converting each tensor to the variable's kind and device.
+///
+/// # Errors
+/// [`GradCacheError::MissingWeights`] when the file lacks a variable;
+/// [`GradCacheError::WeightShape`] for a shape mismatch; file errors as
+/// [`read_safetensors`]. On error no variable has been changed.
+pub fn load_safetensors(vs: &nn::VarStore, prefix: &str, file: &Path) -> Result<LoadReport> {
+    let mut tensors: std::collections::HashMap<String, Tensor> = read_safetensors(file)?.into_iter().collect();
+    let variables = vs.variables();
+    let mut plan = Vec::new();
+    let mut missing = Vec::new();
+    for (name, var) in &variables {
+        let Some(key) = strip(name, prefix) else { continue };
+        match tensors.remove(key) {
+            None => missing.push(key.to_string()),
+            Some(t) if t.size() != var.size() => {
+                return Err(GradCacheError::WeightShape {
+                    path: file.to_path_buf(),
+                    name: key.to_string(),
+                    expected: var.size(),
+                    got: t.size(),
+                })
+            }
+            Some(t) => plan.push((var, t)),
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(GradCacheError::MissingWeights { path: file.to_path_buf(), missing });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (var, t) in &plan {
+            let mut var = (*var).shallow_clone();
+            var.f_copy_(&t.f_to_kind(var.kind())?.f_to_device(var.device())?)?;
+        }
+        Ok(())
+    })?;
+    let mut unused: Vec<String> = tensors.into_keys().collect();
+    unused.sort();
+    Ok(LoadReport { loaded: plan.len(), unused })
+}
+
+/// Writes the variables of `vs` under `prefix` to a safetensors file, named
+/// without the prefix, atomically (a temporary file renamed into place).
+///
+/// # Errors
+/// [`GradCacheError::Io`] or [`GradCacheError::Torch`] on write failure.
+pub fn save_safetensors(vs: &nn::VarStore, prefix: &str, file: &Path) -> Result<usize> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(name, var)| strip(&name, prefix).map(|k| (k.to_string(), var)))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let bytes = encode_safetensors(&named)?;
+    write_bytes_atomically(file, &bytes)?;
+    Ok(named.len())
+}
+
+fn dtype_name(kind: tch::Kind) -> Result<&'static str> {
+    use tch::Kind::*;
+    Ok(match kind {
+        Float => "F32",
+        Double => "F64",
+        Half => "F16",
+        BFloat16 => "BF16",
+        Int64 => "I64",
+        Int => "I32",
+        Int8 => "I8",
+        Uint8 => "U8",
+        Bool => "BOOL",
+        _ => {
+            return Err(GradCacheError::Shape { what: "tensor to save", expected: "a float, integer or bool kind", got: vec![] })
+        }
+    })
+}
+
+/// Serialises named tensors in the safetensors format: an 8-byte
+/// little-endian header length, a JSON header (`dtype`, `shape`,
+/// `data_offsets` per tensor, and `__metadata__: {"format": "pt"}`, which
+/// Hugging Face transformers requires), then the raw little-endian data.
+fn encode_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut data = Vec::new();
+    for (name, t) in named {
+        let t = t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+        let numel = t.numel();
+        let start = data.len();
+        data.resize(start + numel * t.kind().elt_size_in_bytes(), 0);
+        t.f_copy_data_u8(&mut data[start..], numel)?;
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype_name(t.kind())?, "shape": t.size(), "data_offsets": [start, data.len()] }),
+        );
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|source| GradCacheError::Json {
+        path: PathBuf::from("<safetensors header>"),
+        source,
+    })?;
+    // Pad the header with spaces so the data starts 8-byte aligned.
+    while (8 + json.len()) % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+/// Writes `file` through `write(tmp)` on a sibling temporary path, then
+/// renames it into place, so readers never see a half-written file.
+///
+/// # Errors
+/// [`GradCacheError::Io`] for the rename; whatever `write` returns.
+pub fn write_atomically(file: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temporary_sibling(file);
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, file).map_err(|source| GradCacheError::Io { path: file.to_path_buf(), source })
+}
+
+/// Writes bytes atomically (see [`write_atomically`]).
+///
+/// # Errors
+/// [`GradCacheError::Io`].
+pub fn write_bytes_atomically(file: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(file, |tmp| std::fs::write(tmp, bytes).map_err(|source| GradCacheError::Io { path: tmp.to_path_buf(), source }))
+}
+
+fn temporary_sibling(file: &Path) -> PathBuf {
+    let mut name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{}.tmp", std::process::id()));
+    file.with_file_name(name)
+}

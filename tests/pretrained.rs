@@ -1,0 +1,232 @@
+//! MiniLM through rust-bert: parity with Hugging Face transformers, export
+//! that transformers loads, exactness of the two-cache step through a real
+//! transformer with dropout, and typed errors for broken model folders.
+//!
+//! Needs `scripts/gradcache.sh setup` (the model files and `.python`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_exact, serial, Comparison, F64_TOL};
+use gradcache::check::{zero_grads, GradientSnapshot};
+use gradcache::encoders::{BertEncoder, BertEncoderConfig, Pooling};
+use gradcache::heads::MlpHeadConfig;
+use gradcache::pretrained::ModelDir;
+use gradcache::{Encoder, GradCache, GradCacheError, InfoNce, StepConfig, Targets};
+use serde::Deserialize;
+use tch::{nn, Device, Kind, Tensor};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn minilm() -> ModelDir {
+    let dir = repo().join(".models/all-MiniLM-L6-v2");
+    ModelDir::open(&dir).unwrap_or_else(|e| panic!("{e}: run scripts/gradcache.sh setup first"))
+}
+
+#[derive(Deserialize)]
+struct Fixture {
+    sentences: Vec<String>,
+    ids: Vec<Vec<i64>>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+fn fixture() -> Fixture {
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/minilm_parity.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn encoder(vs: &nn::VarStore, model: &ModelDir) -> BertEncoder {
+    let config = BertEncoderConfig { pooling: Pooling::Mean, projection: None, normalize: true };
+    let (enc, report) = config.init_pretrained(vs, "encoder", model).unwrap();
+    assert_eq!(report.loaded, 101, "every BERT body tensor is loaded");
+    enc
+}
+
+fn embed(enc: &BertEncoder, model: &ModelDir, sentences: &[String]) -> Tensor {
+    let batch = model.tokenizer(128).unwrap().encode(sentences).unwrap();
+    tch::no_grad(|| enc.encode(&batch, false).unwrap()).tensor().shallow_clone()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Parity with transformers. The reference is tests/fixtures/minilm_parity.json,
+/// written by `./.python tests/fixtures/make_minilm_parity.py` (torch 2.4.0,
+/// transformers 4.44.2): `AutoModel` last_hidden_state, mean over the attention
+/// mask, `F.normalize`.
+#[test]
+fn minilm_matches_transformers() {
+    let _serial = serial();
+    let fx = fixture();
+    let model = minilm();
+    let batch = model.tokenizer(128).unwrap().encode(&fx.sentences).unwrap();
+    for (i, want) in fx.ids.iter().enumerate() {
+        let len = want.len() as i64;
+        let got = Vec::<i64>::try_from(batch.ids().get(i as i64).narrow(0, 0, len)).unwrap();
+        assert_eq!(&got, want, "token ids of {:?}", fx.sentences[i]);
+        assert_eq!(batch.mask().get(i as i64).sum(Kind::Int64).int64_value(&[]), len);
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let enc = encoder(&vs, &model);
+    // MiniLM's file has 104 tensors: the 101 of the body, BERT's position_ids
+    // buffer, and the pooler, which sentence embeddings do not use.
+    let report = model.load_weights(&vs, enc.bert_prefix()).unwrap();
+    assert_eq!(report.unused, ["embeddings.position_ids", "pooler.dense.bias", "pooler.dense.weight"]);
+    let got = embed(&enc, &model, &fx.sentences);
+    let flat: Vec<f32> = fx.embeddings.concat();
+    let want = Tensor::from_slice(&flat).view([fx.sentences.len() as i64, 384]);
+    let diff = max_diff(&got, &want);
+    assert!(diff < 1e-5, "max |Δ| = {diff:e}");
+}
+
+/// Exports a changed encoder, reads it back with Rust and with transformers.
+#[test]
+fn exported_encoder_loads_in_rust_and_in_transformers() {
+    let _serial = serial();
+    let fx = fixture();
+    let model = minilm();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let enc = encoder(&vs, &model);
+    // Change the weights, as training would.
+    tch::manual_seed(0);
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            if name.contains("attention.self.query.weight") {
+                let _ = var.f_add_(&(var.randn_like() * 0.05)).unwrap();
+            }
+        }
+    });
+    let trained = embed(&enc, &model, &fx.sentences);
+    let out = std::env::temp_dir().join(format!("gradcache-export-{}", std::process::id()));
+    model.export(&vs, enc.bert_prefix(), &out).unwrap();
+
+    // Rust: a fresh store from the exported folder.
+    let exported = ModelDir::open(&out).unwrap();
+    let vs2 = nn::VarStore::new(Device::Cpu);
+    let enc2 = encoder(&vs2, &exported);
+    let original = embed(&encoder(&nn::VarStore::new(Device::Cpu), &model), &model, &fx.sentences);
+    assert!(max_diff(&trained, &original) > 1e-3, "the weight change did not change the embeddings");
+    assert!(max_diff(&embed(&enc2, &exported, &fx.sentences), &trained) < 1e-6);
+
+    // transformers: AutoModel on the folder, mean pooling, normalise.
+    let script = r#"
+import json, sys, torch
+from transformers import AutoModel, AutoTokenizer
+path, sentences = sys.argv[1], json.loads(sys.argv[2])
+tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+b = tok(sentences, padding=True, return_tensors="pt")
+with torch.no_grad():
+    h = model(**b).last_hidden_state
+m = b["attention_mask"].unsqueeze(-1).float()
+e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+print(json.dumps(e.tolist()))
+"#;
+    let python = repo().join(".python");
+    let output = Command::new(&python)
+        .args(["-c", script, out.to_str().unwrap(), &serde_json::to_string(&fx.sentences).unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
+    assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<Vec<f32>> = serde_json::from_slice(output.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
+    let theirs = Tensor::from_slice(&rows.concat()).view([fx.sentences.len() as i64, 384]);
+    let diff = max_diff(&theirs, &trained);
+    assert!(diff < 1e-5, "transformers sees other embeddings: max |Δ| = {diff:e}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// The two-cache step through a real 6-layer transformer with its dropout
+/// (0.1 on hidden states and attention), in f64.
+#[test]
+fn two_cache_step_is_exact_through_minilm_with_dropout() {
+    let _serial = serial();
+    let model = minilm();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let config = BertEncoderConfig { pooling: Pooling::Mean, projection: Some(32), normalize: true };
+    let (enc, _) = config.init_pretrained(&vs, "encoder", &model).unwrap();
+    let head = MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1 }.init(&(vs.root() / "head")).unwrap();
+    vs.double();
+    let tok = model.tokenizer(16).unwrap();
+    let queries = tok.encode(&["a bank of a river", "money in the bank", "to bank a plane", "a bank of switches"]).unwrap();
+    let passages = tok
+        .encode(&[
+            "sloping land beside water", "a financial institution", "tip laterally", "an arrangement in a row",
+            "a container for coins", "a flight maneuver", "a long ridge", "the funds held by a gambling house",
+        ])
+        .unwrap();
+    let targets = Targets::grouped(4, 8, 2).unwrap();
+    let loss = InfoNce { temperature: 0.5, symmetric: false };
+    let step = StepConfig { query_chunk_size: 3, passage_chunk_size: 3, head_block_queries: 3, head_block_passages: 5, ..StepConfig::default() };
+    let gc = GradCache::tied(step, &enc, &head, &loss).unwrap();
+    zero_grads(&vs);
+    tch::manual_seed(5);
+    let cached = gc.step(&queries, &passages, &targets).unwrap();
+    let ours = GradientSnapshot::take(&vs).unwrap();
+    zero_grads(&vs);
+    tch::manual_seed(5);
+    let reference = gc.full_batch_step(&queries, &passages, &targets).unwrap();
+    let theirs = GradientSnapshot::take(&vs).unwrap();
+    let c = Comparison { cached_loss: cached.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
+    assert_exact(&c, F64_TOL, "MiniLM + MLP head, f64, dropout 0.1");
+}
+
+fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let src = minilm().root().to_path_buf();
+    let dir = std::env::temp_dir().join(format!("gradcache-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "vocab.txt", "model.safetensors"] {
+        let target = dir.join(f);
+        let _ = std::fs::remove_file(&target);
+        std::os::unix::fs::symlink(src.join(f), &target).unwrap();
+    }
+    edit(&dir);
+    dir
+}
+
+#[test]
+fn broken_model_folders_give_typed_errors() {
+    let _serial = serial();
+    let missing = broken_copy("missing", |d| std::fs::remove_file(d.join("vocab.txt")).unwrap());
+    assert!(matches!(ModelDir::open(&missing), Err(GradCacheError::Io { path, .. }) if path.ends_with("vocab.txt")));
+
+    let bad_json = broken_copy("badjson", |d| {
+        std::fs::remove_file(d.join("config.json")).unwrap();
+        std::fs::write(d.join("config.json"), "{ not json").unwrap();
+    });
+    assert!(matches!(ModelDir::open(&bad_json), Err(GradCacheError::Json { .. })));
+
+    let wider = broken_copy("wider", |d| {
+        let text = std::fs::read_to_string(minilm().root().join("config.json")).unwrap();
+        std::fs::remove_file(d.join("config.json")).unwrap();
+        std::fs::write(d.join("config.json"), text.replace("\"hidden_size\": 384", "\"hidden_size\": 768")).unwrap();
+    });
+    let vs = nn::VarStore::new(Device::Cpu);
+    let err = BertEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&wider).unwrap()).unwrap_err();
+    assert!(matches!(err, GradCacheError::WeightShape { .. }), "{err}");
+
+    let deeper = broken_copy("deeper", |d| {
+        let text = std::fs::read_to_string(minilm().root().join("config.json")).unwrap();
+        std::fs::remove_file(d.join("config.json")).unwrap();
+        std::fs::write(d.join("config.json"), text.replace("\"num_hidden_layers\": 6", "\"num_hidden_layers\": 7")).unwrap();
+    });
+    let vs = nn::VarStore::new(Device::Cpu);
+    let err = BertEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&deeper).unwrap()).unwrap_err();
+    match err {
+        GradCacheError::MissingWeights { missing, .. } => assert!(missing.iter().all(|m| m.starts_with("encoder.layer.6.")), "{missing:?}"),
+        other => panic!("expected missing weights, got {other}"),
+    }
+
+    let garbage = broken_copy("garbage", |d| {
+        std::fs::remove_file(d.join("model.safetensors")).unwrap();
+        std::fs::write(d.join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}").unwrap();
+    });
+    let vs = nn::VarStore::new(Device::Cpu);
+    assert!(BertEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&garbage).unwrap()).is_err());
+    for d in [missing, bad_json, wider, deeper, garbage] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
