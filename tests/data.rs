@@ -1,0 +1,182 @@
+//! Data readers: WordNet, the prepared task, JSONL records and BEIR folders.
+
+use std::path::{Path, PathBuf};
+
+use gradcache::data::beir::read_beir;
+use gradcache::data::jsonl::read_training_records;
+use gradcache::data::wordnet::{parse_data_file, Split, WordSenseData};
+use gradcache::data::Malformed;
+use gradcache::error::DataLineError;
+use gradcache::GradCacheError;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gradcache-data-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let p = dir.join(file);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A miniature WordNet: "bank" has two noun senses and one verb sense.
+fn mini_wordnet() -> PathBuf {
+    let d = temp_dir("wn");
+    write(&d, "data.noun", "  1 This software and database is provided under a license.\n\
+        00000001 06 n 02 bank 0 Bank 1 000 | sloping land beside a body of water; \"they pulled the canoe up on the bank\"; \"he sat on the bank of the river\"\n\
+        00000002 14 n 02 depository_financial_institution 0 bank 0 000 | a financial institution; \"he cashed a check at the bank\"\n\
+        00000003 14 n 01 river 0 000 | a large natural stream of water; \"the river was full\"\n");
+    write(&d, "data.verb", "00000004 40 v 01 bank 0 000 01 + 02 00 | tip laterally; \"the pilot had to bank the aircraft\"\n");
+    write(&d, "data.adj", "00000005 00 s 02 handy 0 ready_to_hand(p) 0 000 | easy to reach; \"a handy spot\"\n");
+    write(&d, "data.adv", "");
+    d
+}
+
+#[test]
+fn parses_wordnet_lines() {
+    let d = mini_wordnet();
+    let nouns = parse_data_file(&d.join("data.noun"), 'n').unwrap();
+    assert_eq!(nouns.len(), 3, "the license header is skipped");
+    assert_eq!(nouns[0].id, "n00000001");
+    assert_eq!(nouns[0].lemmas, ["bank", "bank"]);
+    assert_eq!(nouns[0].definition, "sloping land beside a body of water");
+    assert_eq!(nouns[0].examples, ["they pulled the canoe up on the bank", "he sat on the bank of the river"]);
+    assert_eq!(nouns[1].lemmas, ["depository financial institution", "bank"]);
+    let adj = parse_data_file(&d.join("data.adj"), 'a').unwrap();
+    assert_eq!(adj[0].lemmas, ["handy", "ready to hand"], "adjective markers are stripped");
+}
+
+#[test]
+fn builds_the_task_and_round_trips_it() {
+    let d = mini_wordnet();
+    let data = WordSenseData::from_wordnet(&d).unwrap();
+    // "river" and "handy" have one sense each: nothing to disambiguate.
+    let lemmas: Vec<&str> = data.all_examples().iter().map(|e| e.lemma.as_str()).collect();
+    assert_eq!(lemmas, ["bank", "bank", "bank", "bank"]);
+    assert_eq!(data.senses_of("bank"), ["n00000001", "n00000002", "v00000004"]);
+    assert_eq!(data.sense_text("bank", "v00000004"), "bank: tip laterally");
+    let out = d.join("prepared");
+    data.write(&out).unwrap();
+    assert_eq!(WordSenseData::read(&out).unwrap(), data);
+}
+
+#[test]
+fn malformed_wordnet_line_names_file_and_line() {
+    let d = temp_dir("wnbad");
+    let p = write(&d, "data.noun", "  1 header\n00000001 06 n 0z bank 0 000 | a gloss\n");
+    match parse_data_file(&p, 'n') {
+        Err(GradCacheError::DataLine { path, line: 2, reason: DataLineError::Number(_) }) => assert_eq!(path, p),
+        other => panic!("expected a data line error, got {other:?}"),
+    }
+    let p = write(&d, "data.verb", "00000001 06 v 01 bank 0 000 no separator\n");
+    assert!(matches!(parse_data_file(&p, 'v'), Err(GradCacheError::DataLine { line: 1, .. })));
+}
+
+#[test]
+fn prepared_files_reject_unknown_ids() {
+    let d = temp_dir("prepbad");
+    write(&d, "synsets.tsv", "n1\tsloping land\n");
+    write(&d, "senses.tsv", "bank\tn1 n2\n");
+    write(&d, "examples.tsv", "train\tn1\tbank\tthe bank\n");
+    let err = WordSenseData::read(&d).unwrap_err();
+    assert!(matches!(&err, GradCacheError::DataLine { line: 1, reason: DataLineError::UnknownId(id), .. } if id == "n2"), "{err}");
+    write(&d, "senses.tsv", "bank\tn1\n");
+    write(&d, "examples.tsv", "train\tn1\tbank\tthe bank\nvalid\tn1\tbank\tx\n");
+    assert!(matches!(WordSenseData::read(&d), Err(GradCacheError::DataLine { line: 2, .. })));
+}
+
+fn embedded() -> WordSenseData {
+    WordSenseData::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data/wordnet")).unwrap()
+}
+
+#[test]
+fn embedded_task_keeps_held_out_senses_out_of_training() {
+    let data = embedded();
+    let counts: Vec<usize> = [Split::Train, Split::Dev, Split::Test].iter().map(|s| data.examples(*s).count()).collect();
+    assert!(counts[0] > 20_000 && counts[1] > 2_000 && counts[2] > 2_000, "{counts:?}");
+    // Compare by synset, not text: WordNet has distinct synsets with the
+    // same gloss (e.g. two senses of "mutilate").
+    let records = data.training_records();
+    assert_eq!(records.len(), counts[0]);
+    for (r, e) in records.iter().zip(data.examples(Split::Train)) {
+        let allowed: Vec<String> = data
+            .senses_of(&e.lemma)
+            .iter()
+            .filter(|s| Split::of_synset(s) == Split::Train)
+            .map(|s| data.sense_text(&e.lemma, s))
+            .collect();
+        assert_eq!(r.query, e.text);
+        assert_eq!(r.positives, [data.sense_text(&e.lemma, &e.synset)]);
+        for passage in &r.negatives {
+            assert!(allowed.contains(passage), "held-out sense in training: {passage}");
+        }
+    }
+    assert!(records.iter().filter(|r| !r.negatives.is_empty()).count() > records.len() / 2, "most records have hard negatives");
+}
+
+#[test]
+fn sense_eval_holds_gold_and_distractors() {
+    let data = embedded();
+    let eval = data.sense_eval(Split::Dev, 50);
+    assert_eq!(eval.set.queries.len(), 50);
+    for (q, (cands, gold)) in eval.candidates.iter().zip(&eval.gold).enumerate() {
+        assert!(cands.len() >= 2 && cands.contains(gold));
+        let (qid, _) = &eval.set.queries[q];
+        let (did, _) = &eval.set.corpus[*gold];
+        assert_eq!(eval.set.qrels[qid][did], 1);
+    }
+}
+
+#[test]
+fn jsonl_records_and_their_errors() {
+    let d = temp_dir("jsonl");
+    let p = write(&d, "train.jsonl", r#"{"query": "q1", "positive": "p1", "negatives": ["n1", "n2"]}
+
+{"query": "q2", "positives": ["p2", "p3"]}
+"#);
+    let read = read_training_records(&p, Malformed::Fail).unwrap();
+    assert_eq!(read.items.len(), 2);
+    assert_eq!(read.items[1].positives, ["p2", "p3"]);
+    assert_eq!(read.items[0].negatives, ["n1", "n2"]);
+
+    let bad = write(&d, "bad.jsonl", "{\"query\": \"q1\", \"positive\": \"p1\"}\n{\"query\": \"q2\"}\nnot json\n{\"query\": \"q3\", \"positive\": \"p\", \"extra\": 1}\n");
+    match read_training_records(&bad, Malformed::Fail) {
+        Err(GradCacheError::DataLine { path, line: 2, reason: DataLineError::EmptyField("positive") }) => assert_eq!(path, bad),
+        other => panic!("{other:?}"),
+    }
+    let err = read_training_records(&bad, Malformed::Fail).unwrap_err();
+    assert!(err.to_string().starts_with(&format!("{}:2:", bad.display())), "{err}");
+    let read = read_training_records(&bad, Malformed::Skip).unwrap();
+    assert_eq!((read.items.len(), read.skipped), (1, 3), "unknown fields are malformed too");
+    assert!(matches!(read_training_records(&d.join("none.jsonl"), Malformed::Fail), Err(GradCacheError::Io { .. })));
+}
+
+#[test]
+fn beir_folders_and_their_errors() {
+    let d = temp_dir("beir");
+    write(&d, "corpus.jsonl", "{\"_id\": \"d1\", \"title\": \"Bank\", \"text\": \"land by a river\"}\n{\"_id\": \"d2\", \"text\": \"money\"}\n");
+    write(&d, "queries.jsonl", "{\"_id\": \"q1\", \"text\": \"river side\"}\n{\"_id\": \"q2\", \"text\": \"unjudged\"}\n");
+    write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\n");
+    let (set, skipped) = read_beir(&d, "test", Malformed::Fail).unwrap();
+    assert_eq!(skipped, 0);
+    assert_eq!(set.corpus[0].1, "Bank: land by a river");
+    assert_eq!(set.queries.len(), 1, "queries without a relevant document are dropped");
+    assert_eq!(set.qrels["q1"]["d2"], 0);
+
+    write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td9\t1\n");
+    let err = read_beir(&d, "test", Malformed::Fail).unwrap_err();
+    assert!(matches!(&err, GradCacheError::DataLine { line: 2, reason: DataLineError::UnknownId(id), .. } if id == "d9"), "{err}");
+    write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\tx\n");
+    assert!(matches!(read_beir(&d, "test", Malformed::Fail), Err(GradCacheError::DataLine { line: 2, reason: DataLineError::Number(_), .. })));
+    write(&d, "qrels/test.tsv", "query-id\tcorpus-id\n");
+    assert!(matches!(read_beir(&d, "test", Malformed::Fail), Err(GradCacheError::DataLine { line: 1, reason: DataLineError::Columns { expected: 3, found: 2 }, .. })));
+    let (_, skipped) = {
+        write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\n");
+        read_beir(&d, "test", Malformed::Skip).unwrap()
+    };
+    assert_eq!(skipped, 1);
+}
