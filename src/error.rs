@@ -257,6 +257,13 @@ pub enum GradCacheError {
         reason: DataLineError,
     },
 
+    /// The gradient norm is NaN or infinite; the optimizer step was skipped.
+    #[error("gradient norm is not finite at step {step}; no update was made")]
+    NonFiniteGradient {
+        /// The training step.
+        step: usize,
+    },
+
     /// A checkpoint is unusable: corrupt, or made by another model or config.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

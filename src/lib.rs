@@ -36,6 +36,7 @@ pub mod error;
 pub mod head;
 pub mod heads;
 pub mod loss;
+pub mod metrics;
 pub mod pretrained;
 pub mod reference;
 pub mod replay;
@@ -43,6 +44,7 @@ pub mod representation;
 pub mod step;
 pub mod targets;
 pub mod text;
+pub mod train;
 mod util;
 pub mod weights;
 

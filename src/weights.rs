@@ -125,7 +125,7 @@ fn dtype_name(kind: tch::Kind) -> Result<&'static str> {
 /// little-endian header length, a JSON header (`dtype`, `shape`,
 /// `data_offsets` per tensor, and `__metadata__: {"format": "pt"}`, which
 /// Hugging Face transformers requires), then the raw little-endian data.
-fn encode_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
+pub(crate) fn encode_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut data = Vec::new();

@@ -1,0 +1,106 @@
+//! Ranking metrics over a score matrix.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{GradCacheError, Result};
+
+/// Retrieval quality over a set of queries (each in `[0, 1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalMetrics {
+    /// Share of queries with a relevant document ranked first.
+    pub top1: f64,
+    /// … within the first 5.
+    pub top5: f64,
+    /// … within the first 20.
+    pub top20: f64,
+    /// Mean reciprocal rank of the first relevant document, 0 beyond rank 10.
+    pub mrr10: f64,
+    /// nDCG over the first 10, gain `2^rel − 1`, discount `log2(rank + 1)`.
+    pub ndcg10: f64,
+}
+
+fn rows(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
+    if scores.dim() != 2 {
+        return Err(GradCacheError::Shape { what: "score matrix", expected: "[queries, documents]", got: scores.size() });
+    }
+    let cols = scores.size()[1] as usize;
+    let flat: Vec<f64> = Vec::try_from(scores.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)?;
+    Ok(flat.chunks(cols.max(1)).map(<[f64]>::to_vec).collect())
+}
+
+/// Document indices by descending score (ties: lower index first).
+fn ranking(row: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order
+}
+
+/// Retrieval metrics.
+///
+/// # Shapes
+/// `scores`: `[Q, C]`; `relevance[q]` lists `(document index, grade)` pairs
+/// of query `q` (grade > 0 is relevant).
+///
+/// # Errors
+/// [`GradCacheError::Shape`] when `relevance` has not one entry per query
+/// or names a document outside `C`.
+pub fn retrieval_metrics(scores: &Tensor, relevance: &[Vec<(usize, u32)>]) -> Result<RetrievalMetrics> {
+    let rows = rows(scores)?;
+    if rows.len() != relevance.len() || rows.is_empty() {
+        return Err(GradCacheError::Shape { what: "relevance", expected: "one non-empty list per query", got: scores.size() });
+    }
+    let cols = scores.size()[1] as usize;
+    let (mut top1, mut top5, mut top20, mut mrr, mut ndcg) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (row, rel) in rows.iter().zip(relevance) {
+        if rel.iter().any(|&(d, _)| d >= cols) {
+            return Err(GradCacheError::Shape { what: "relevance", expected: "document indices below C", got: scores.size() });
+        }
+        let grade = |d: usize| rel.iter().find(|&&(i, _)| i == d).map_or(0, |&(_, g)| g);
+        let order = ranking(row);
+        let first = order.iter().position(|&d| grade(d) > 0);
+        if let Some(r) = first {
+            top1 += f64::from(u8::from(r < 1));
+            top5 += f64::from(u8::from(r < 5));
+            top20 += f64::from(u8::from(r < 20));
+            if r < 10 {
+                mrr += 1.0 / (r + 1) as f64;
+            }
+        }
+        let gain = |g: u32| 2f64.powi(g as i32) - 1.0;
+        let dcg: f64 = order.iter().take(10).enumerate().map(|(i, &d)| gain(grade(d)) / ((i + 2) as f64).log2()).sum();
+        let mut ideal: Vec<u32> = rel.iter().map(|&(_, g)| g).collect();
+        ideal.sort_unstable_by(|a, b| b.cmp(a));
+        let idcg: f64 = ideal.iter().take(10).enumerate().map(|(i, &g)| gain(g) / ((i + 2) as f64).log2()).sum();
+        if idcg > 0.0 {
+            ndcg += dcg / idcg;
+        }
+    }
+    let n = rows.len() as f64;
+    Ok(RetrievalMetrics { top1: top1 / n, top5: top5 / n, top20: top20 / n, mrr10: mrr / n, ndcg10: ndcg / n })
+}
+
+/// Share of queries whose gold candidate scores highest among its
+/// candidates (ties count as errors unless the gold is the lowest index).
+///
+/// # Shapes
+/// `scores`: `[Q, C]`; `candidates[q]` and `gold[q]` are column indices.
+///
+/// # Errors
+/// [`GradCacheError::Shape`] for mismatched lengths or indices outside `C`,
+/// or a gold index that is not among its candidates.
+pub fn disambiguation_accuracy(scores: &Tensor, candidates: &[Vec<usize>], gold: &[usize]) -> Result<f64> {
+    let rows = rows(scores)?;
+    if rows.len() != candidates.len() || rows.len() != gold.len() || rows.is_empty() {
+        return Err(GradCacheError::Shape { what: "candidates", expected: "one list and one gold per query", got: scores.size() });
+    }
+    let mut hits = 0usize;
+    for ((row, cands), &g) in rows.iter().zip(candidates).zip(gold) {
+        if !cands.contains(&g) || cands.iter().any(|&c| c >= row.len()) {
+            return Err(GradCacheError::Shape { what: "candidates", expected: "indices below C including the gold", got: scores.size() });
+        }
+        let best = cands.iter().copied().max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)));
+        hits += usize::from(best == Some(g));
+    }
+    Ok(hits as f64 / rows.len() as f64)
+}

@@ -1,0 +1,321 @@
+//! The training loop around the two-cache step: AdamW, warmup and decay,
+//! gradient clipping, evaluation, atomic checkpoints, exact resume, metrics
+//! as JSONL, and progress.
+//!
+//! [`Trainer::run`] takes two closures: `step(i)` builds batch `i` and runs
+//! the step (gradients filled), `evaluate(i)` returns named metrics. Batches
+//! must be a function of the step index (see [`sample_indices`]) and the
+//! trainer seeds libtorch before every step, so a resumed run repeats the
+//! uninterrupted one exactly.
+
+pub mod checkpoint;
+pub mod optim;
+pub mod progress;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::nn;
+
+use crate::check::zero_grads;
+use crate::error::{GradCacheError, Result};
+use crate::step::StepOutput;
+use crate::weights::write_bytes_atomically;
+use optim::{clip_grad_norm, AdamW, LinearSchedule};
+use progress::Progress;
+
+/// How to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps in the whole run.
+    pub steps: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Learning-rate multipliers by variable-name prefix (e.g. `{"head": 50}`
+    /// for a freshly initialised head on a pretrained encoder); the longest
+    /// matching prefix wins.
+    pub lr_multipliers: BTreeMap<String, f64>,
+    /// AdamW's decoupled weight decay (not applied to 1-d parameters).
+    pub weight_decay: f64,
+    /// Linear warmup steps, then linear decay to 0.
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this (`null`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// Evaluate every this many steps (0: only before and after).
+    pub eval_every: usize,
+    /// Checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints to keep.
+    pub keep_checkpoints: usize,
+    /// Seed of batches and dropout.
+    pub seed: u64,
+    /// Show progress on stderr.
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 100,
+            learning_rate: 2e-5,
+            lr_multipliers: BTreeMap::new(),
+            weight_decay: 0.01,
+            warmup_steps: 10,
+            max_grad_norm: Some(1.0),
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            seed: 0,
+            progress: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason| Err(GradCacheError::InvalidConfig { field, reason });
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad("learning_rate", "must be finite and positive");
+        }
+        if self.lr_multipliers.values().any(|m| !(m.is_finite() && *m >= 0.0)) {
+            return bad("lr_multipliers", "must be finite and non-negative");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", "must be finite and non-negative");
+        }
+        if self.max_grad_norm.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+            return bad("max_grad_norm", "must be finite and positive when set");
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Whether a run with `other` may resume a checkpoint of this one: only
+    /// the length of the run, evaluation, checkpointing and progress may
+    /// differ.
+    pub fn compatible_with(&self, other: &TrainConfig) -> bool {
+        let neutral = |c: &TrainConfig| TrainConfig {
+            steps: 0,
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 1,
+            progress: false,
+            ..c.clone()
+        };
+        neutral(self) == neutral(other)
+    }
+
+    fn lr_multiplier(&self, name: &str) -> f64 {
+        self.lr_multipliers
+            .iter()
+            .filter(|(prefix, _)| name == prefix.as_str() || name.starts_with(&format!("{prefix}.")))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map_or(1.0, |(_, m)| *m)
+    }
+}
+
+/// `count` indices below `n` for step `step`: each epoch visits every index
+/// once in an order fixed by `seed` and the epoch, so batch `step` is the
+/// same whether or not the run was interrupted.
+pub fn sample_indices(n: usize, count: usize, step: usize, seed: u64) -> Vec<usize> {
+    let mut out = Vec::with_capacity(count);
+    let mut cache: Option<(usize, Vec<usize>)> = None;
+    for k in 0..count {
+        let position = step * count + k;
+        let (epoch, offset) = (position / n.max(1), position % n.max(1));
+        if cache.as_ref().map(|c| c.0) != Some(epoch) {
+            cache = Some((epoch, permutation(n, seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))));
+        }
+        out.push(cache.as_ref().map_or(0, |c| c.1[offset]));
+    }
+    out
+}
+
+/// A permutation of `0..n` by Fisher–Yates with SplitMix64.
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+/// The metrics log, `metrics.jsonl`: one JSON object a line, rewritten
+/// atomically on every entry.
+#[derive(Debug)]
+struct MetricsLog {
+    path: PathBuf,
+    lines: Vec<String>,
+}
+
+impl MetricsLog {
+    /// Opens the log, keeping only entries up to `step` (those of a resumed
+    /// checkpoint).
+    fn open(path: PathBuf, keep_through: Option<usize>) -> Result<Self> {
+        let lines = match (keep_through, std::fs::read_to_string(&path)) {
+            (Some(step), Ok(text)) => text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                        .is_some_and(|s| s as usize <= step)
+                })
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(MetricsLog { path, lines })
+    }
+
+    fn push(&mut self, entry: serde_json::Value) -> Result<()> {
+        self.lines.push(entry.to_string());
+        let mut text = self.lines.join("\n");
+        text.push('\n');
+        write_bytes_atomically(&self.path, text.as_bytes())
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// The step the run started from (non-zero after a resume).
+    pub first_step: usize,
+    /// Completed steps.
+    pub steps: usize,
+    /// Loss of every step run here, in order.
+    pub losses: Vec<f64>,
+    /// Metrics before training (absent after a resume).
+    pub before: Option<BTreeMap<String, f64>>,
+    /// Metrics after the last step.
+    pub after: BTreeMap<String, f64>,
+    /// The last checkpoint written.
+    pub checkpoint: PathBuf,
+}
+
+/// Runs training over a `VarStore`, writing into an output folder:
+/// `metrics.jsonl`, `train_config.json` and `checkpoints/`.
+#[derive(Debug)]
+pub struct Trainer<'v> {
+    config: TrainConfig,
+    vs: &'v nn::VarStore,
+    out: PathBuf,
+    optimizer: AdamW,
+    first_step: usize,
+    log: MetricsLog,
+}
+
+impl<'v> Trainer<'v> {
+    /// Prepares a run. With `resume`, continues from the newest checkpoint in
+    /// `out/checkpoints` when there is one.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`]; [`GradCacheError::Io`]; checkpoint
+    /// errors from [`checkpoint::restore`].
+    pub fn new(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool) -> Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(out).map_err(|source| GradCacheError::Io { path: out.to_path_buf(), source })?;
+        let mut optimizer = AdamW::new(config.weight_decay);
+        let mut first_step = 0;
+        if resume {
+            if let Some((_, path)) = checkpoint::list(&out.join("checkpoints"))?.pop() {
+                first_step = checkpoint::restore(&path, vs, &mut optimizer, &config)?.step;
+            }
+        }
+        let log = MetricsLog::open(out.join("metrics.jsonl"), resume.then_some(first_step))?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|source| GradCacheError::Json { path: out.join("train_config.json"), source })?;
+        write_bytes_atomically(&out.join("train_config.json"), &json)?;
+        Ok(Trainer { config, vs, out: out.to_path_buf(), optimizer, first_step, log })
+    }
+
+    /// The step this run starts from.
+    pub fn first_step(&self) -> usize {
+        self.first_step
+    }
+
+    /// Trains from [`Trainer::first_step`] to `config.steps`.
+    ///
+    /// # Errors
+    /// Errors of the closures; [`GradCacheError::NonFiniteGradient`];
+    /// file errors.
+    pub fn run(
+        &mut self,
+        mut step: impl FnMut(usize) -> Result<StepOutput>,
+        mut evaluate: impl FnMut(usize) -> Result<BTreeMap<String, f64>>,
+    ) -> Result<TrainSummary> {
+        let c = self.config.clone();
+        let schedule = LinearSchedule { peak: c.learning_rate, warmup: c.warmup_steps, total: c.steps };
+        let mut progress = Progress::new(self.first_step, c.steps, c.progress);
+        let before = if self.first_step == 0 { Some(self.evaluate(0, &mut evaluate, &progress)?) } else { None };
+        let mut losses = Vec::new();
+        let mut checkpoint_path = None;
+        let mut after = BTreeMap::new();
+        for i in self.first_step..c.steps {
+            let started = Instant::now();
+            zero_grads(self.vs);
+            tch::manual_seed((crate::replay::ReplaySeeds::from_base(c.seed).seed(crate::replay::Stream::After, i) >> 1) as i64);
+            let out = step(i)?;
+            let norm = clip_grad_norm(self.vs, c.max_grad_norm)?;
+            if !norm.is_finite() {
+                return Err(GradCacheError::NonFiniteGradient { step: i + 1 });
+            }
+            let lr = schedule.lr(i);
+            self.optimizer.step_with(self.vs, |name| lr * c.lr_multiplier(name))?;
+            let done = i + 1;
+            losses.push(out.loss);
+            self.log.push(serde_json::json!({
+                "step": done, "loss": out.loss, "lr": lr, "grad_norm": norm,
+                "seconds": started.elapsed().as_secs_f64(),
+            }))?;
+            progress.update(done, out.loss);
+            if done == c.steps || (c.eval_every > 0 && done % c.eval_every == 0) {
+                after = self.evaluate(done, &mut evaluate, &progress)?;
+            }
+            if done == c.steps || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0) {
+                let state = checkpoint::CheckpointState { step: done, config: c.clone() };
+                checkpoint_path = Some(checkpoint::save(&self.out.join("checkpoints"), self.vs, &self.optimizer, &state, c.keep_checkpoints)?);
+            }
+        }
+        let checkpoint = match checkpoint_path {
+            Some(p) => p,
+            None => checkpoint::list(&self.out.join("checkpoints"))?.pop().map(|(_, p)| p).unwrap_or_default(),
+        };
+        Ok(TrainSummary { first_step: self.first_step, steps: c.steps, losses, before, after, checkpoint })
+    }
+
+    fn evaluate(
+        &mut self,
+        step: usize,
+        evaluate: &mut impl FnMut(usize) -> Result<BTreeMap<String, f64>>,
+        progress: &Progress,
+    ) -> Result<BTreeMap<String, f64>> {
+        let metrics = tch::no_grad(|| evaluate(step))?;
+        if !metrics.is_empty() {
+            let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            progress.message(&format!("eval @ step {step}: {}", shown.join(", ")));
+            self.log.push(serde_json::json!({ "step": step, "eval": metrics }))?;
+        }
+        Ok(metrics)
+    }
+}
