@@ -1,89 +1,338 @@
-//! Trains a tiny randomly initialised tied encoder with a learned MLP head on
-//! generated data, with the two-cache step at a batch 8× the encoder chunk,
-//! and prints the loss falling and held-out top-1 accuracy before and after.
+//! Trains a reranker-style model on the embedded WordNet task: MiniLM query
+//! and passage encoders (tied by default) and a learned cross-interaction
+//! head, with the two-cache step at a batch several times the encoder
+//! chunk. Reports dev metrics before and after training, next to the
+//! pretrained encoder's plain cosine similarity.
 //!
-//! The task: a query is a random token sequence; its positive passage is the
-//! query with 30% of the tokens replaced; the other passages are random.
+//!     cargo run --release --example train_reranker -- [--config FILE] [--steps N] [--device cuda] ...
+//!
+//! Writes into `--output-dir`: `config.json` (resolved), `train_config.json`,
+//! `metrics.jsonl`, `checkpoints/`, `results.json`, and the trained model
+//! (`encoder/` as a Hugging Face folder, `head.safetensors`).
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 use clap::Parser;
-use gradcache::encoders::{Pooling, TinyEncoderConfig};
+use gradcache::data::jsonl::read_training_records;
+use gradcache::data::wordnet::{SenseEval, Split, WordSenseData};
+use gradcache::data::{Malformed, TrainingRecord};
+use gradcache::encoders::{BertEncoder, BertEncoderConfig};
+use gradcache::eval::{score_corpus, sense_metrics};
 use gradcache::heads::MlpHeadConfig;
-use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
-use tch::nn::OptimizerConfig;
-use tch::{nn, Device, Kind, Tensor};
+use gradcache::pretrained::ModelDir;
+use gradcache::runtime::{parse_device, tune_allocator};
+use gradcache::text::TextTokenizer;
+use gradcache::train::{sample_indices, TrainConfig, Trainer};
+use gradcache::weights::{save_safetensors, write_bytes_atomically};
+use gradcache::{Encoder, GradCache, InfoNce, StepConfig, Targets, TokenBatch};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
 
-#[derive(Parser, Debug)]
-struct Args {
-    /// Training steps.
-    #[arg(long, default_value_t = 150)]
-    steps: usize,
+/// Everything the run needs; JSON with these fields, all optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RerankerConfig {
+    model_dir: PathBuf,
+    /// The prepared WordNet task (dev metrics always come from it).
+    data_dir: PathBuf,
+    /// Train on these JSONL records instead of the WordNet training split.
+    train_jsonl: Option<PathBuf>,
+    skip_malformed: bool,
+    output_dir: PathBuf,
+    device: String,
+    /// Longest tokenized text.
+    max_len: usize,
     /// Queries per batch.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Encoder chunk size.
-    #[arg(long, default_value_t = 16)]
-    chunk: usize,
-    /// Seed.
-    #[arg(long, default_value_t = 0)]
-    seed: i64,
+    batch_size: usize,
+    /// Passages per query: one positive and `group_size - 1` hard negatives.
+    group_size: usize,
+    /// Dev queries evaluated before and after training.
+    dev_queries: usize,
+    /// One encoder for queries and passages.
+    tied: bool,
+    encoder: BertEncoderConfig,
+    head: MlpHeadConfig,
+    loss: InfoNce,
+    step: StepConfig,
+    train: TrainConfig,
 }
 
-const VOCAB: i64 = 500;
-const LEN: i64 = 12;
+impl Default for RerankerConfig {
+    fn default() -> Self {
+        RerankerConfig {
+            model_dir: ".models/all-MiniLM-L6-v2".into(),
+            data_dir: "examples/data/wordnet".into(),
+            train_jsonl: None,
+            skip_malformed: false,
+            output_dir: "runs/train_reranker".into(),
+            device: "auto".into(),
+            max_len: 48,
+            batch_size: 64,
+            group_size: 2,
+            dev_queries: 300,
+            tied: true,
+            encoder: BertEncoderConfig::default(),
+            head: MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1 },
+            loss: InfoNce { temperature: 1.0, symmetric: false },
+            step: StepConfig { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() },
+            train: TrainConfig {
+                steps: 120,
+                learning_rate: 3e-5,
+                lr_multipliers: BTreeMap::from([("head".to_string(), 30.0)]),
+                warmup_steps: 10,
+                checkpoint_every: 40,
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
 
-/// `n` queries and their `2n` passages (positive, random negative).
-fn batch(n: i64) -> (TokenBatch, TokenBatch) {
-    let opts = (Kind::Int64, Device::Cpu);
-    let q = Tensor::randint_low(1, VOCAB, [n, LEN], opts);
-    let noise = Tensor::randint_low(1, VOCAB, [n, LEN], opts);
-    let keep = Tensor::rand([n, LEN], (Kind::Float, Device::Cpu)).ge(0.3);
-    let positive = q.where_self(&keep, &noise);
-    let negative = Tensor::randint_low(1, VOCAB, [n, LEN], opts);
-    let passages = Tensor::stack(&[positive, negative], 1).view([2 * n, LEN]);
-    let ones = |k: i64| Tensor::ones([k, LEN], opts);
-    (TokenBatch::new(q, ones(n)).unwrap(), TokenBatch::new(passages, ones(2 * n)).unwrap())
+impl RerankerConfig {
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.group_size == 0 || self.dev_queries == 0 {
+            bail!("batch_size, group_size and dev_queries must be at least 1");
+        }
+        let width = self.encoder.projection.unwrap_or(384);
+        if self.head.dim != width {
+            bail!("head.dim ({}) must equal the encoder's output width ({width})", self.head.dim);
+        }
+        self.encoder.validate()?;
+        self.head.validate()?;
+        self.loss.validate()?;
+        self.step.validate()?;
+        self.train.validate()?;
+        Ok(())
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Train MiniLM + a learned head with the two-cache step on the WordNet task")]
+struct Args {
+    /// JSON config (any subset of the fields; flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Encoder chunk size (queries and passages).
+    #[arg(long)]
+    chunk_size: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    dev_queries: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    #[arg(long)]
+    train_jsonl: Option<PathBuf>,
+    /// Continue from the newest checkpoint in the output folder.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn resolve(args: &Args) -> Result<RerankerConfig> {
+    let mut c: RerankerConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => RerankerConfig::default(),
+    };
+    if let Some(v) = args.steps {
+        c.train.steps = v;
+    }
+    if let Some(v) = args.batch_size {
+        c.batch_size = v;
+    }
+    if let Some(v) = args.chunk_size {
+        c.step.query_chunk_size = v;
+        c.step.passage_chunk_size = v;
+        c.step.head_block_queries = v;
+        c.step.head_block_passages = 4 * v;
+    }
+    if let Some(v) = args.learning_rate {
+        c.train.learning_rate = v;
+    }
+    if let Some(v) = args.dev_queries {
+        c.dev_queries = v;
+    }
+    if let Some(v) = args.seed {
+        c.train.seed = v;
+    }
+    if let Some(v) = &args.device {
+        c.device = v.clone();
+    }
+    if let Some(v) = &args.output_dir {
+        c.output_dir = v.clone();
+    }
+    if let Some(v) = &args.train_jsonl {
+        c.train_jsonl = Some(v.clone());
+    }
+    if args.quiet {
+        c.train.progress = false;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// Batch `step`: `batch_size` records, each with its positive and
+/// `group_size - 1` hard negatives (rotating through the record's
+/// negatives; records with none borrow the next record's positive). Every
+/// column whose text equals a query's positive counts as a positive.
+fn batch(
+    records: &[TrainingRecord],
+    c: &RerankerConfig,
+    tok: &TextTokenizer,
+    step: usize,
+    device: Device,
+) -> gradcache::Result<(TokenBatch, TokenBatch, Targets)> {
+    let picks = sample_indices(records.len(), c.batch_size, step, c.train.seed);
+    let mut queries = Vec::with_capacity(picks.len());
+    let mut passages = Vec::with_capacity(picks.len() * c.group_size);
+    for (k, &r) in picks.iter().enumerate() {
+        let rec = &records[r];
+        queries.push(rec.query.as_str());
+        passages.push(rec.positives[step % rec.positives.len()].as_str());
+        for n in 0..c.group_size - 1 {
+            let negative = if rec.negatives.is_empty() {
+                let other = &records[picks[(k + 1 + n) % picks.len()]];
+                other.positives[0].as_str()
+            } else {
+                rec.negatives[(step + n) % rec.negatives.len()].as_str()
+            };
+            passages.push(negative);
+        }
+    }
+    let positives = (0..queries.len())
+        .map(|i| {
+            let gold = passages[i * c.group_size];
+            passages.iter().enumerate().filter(|(_, p)| **p == gold).map(|(j, _)| j).collect()
+        })
+        .collect();
+    let targets = Targets::from_positives(passages.len(), positives)?;
+    Ok((tok.encode(&queries)?.to_device(device)?, tok.encode(&passages)?.to_device(device)?, targets))
+}
+
+/// The pretrained encoder's cosine similarity, for reference.
+fn cosine_baseline(enc: &BertEncoder, queries: &TokenBatch, corpus: &TokenBatch, eval: &SenseEval, chunk: usize) -> Result<BTreeMap<String, f64>> {
+    let encode = |input: &TokenBatch| -> Result<Tensor> {
+        let n = gradcache::Chunk::len(input);
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(chunk) {
+            let part = gradcache::Chunk::chunk(input, start, chunk.min(n - start))?;
+            let v = tch::no_grad(|| enc.encode(&part, false))?.tensor().shallow_clone();
+            parts.push(&v / v.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12));
+        }
+        Ok(Tensor::cat(&parts, 0))
+    };
+    let scores = encode(queries)?.matmul(&encode(corpus)?.tr());
+    Ok(sense_metrics(&scores, eval)?)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    write_bytes_atomically(path, &serde_json::to_vec_pretty(value)?)?;
+    Ok(())
 }
 
 fn main() -> Result<()> {
+    tune_allocator();
     let args = Args::parse();
-    tch::manual_seed(args.seed);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let encoder = TinyEncoderConfig { vocab_size: VOCAB as usize, max_len: LEN as usize, dim: 64, dropout: 0.1, pooling: Pooling::Mean }
-        .init(&(vs.root() / "encoder"))?;
-    let head = MlpHeadConfig { dim: 64, hidden: 64, dropout: 0.1 }.init(&(vs.root() / "head"))?;
-    let loss = InfoNce { temperature: 1.0, symmetric: false };
-    let config = StepConfig {
-        query_chunk_size: args.chunk,
-        passage_chunk_size: args.chunk,
-        head_block_queries: args.chunk,
-        head_block_passages: 4 * args.chunk,
-        ..StepConfig::default()
-    };
-    let gc = GradCache::tied(config, &encoder, &head, &loss)?;
-    let mut opt = nn::AdamW::default().build(&vs, 1e-3)?;
+    let c = resolve(&args)?;
+    let device = parse_device(&c.device)?;
+    std::fs::create_dir_all(&c.output_dir)?;
+    write_json(&c.output_dir.join("config.json"), &c)?;
 
-    let n = args.batch as i64;
-    let (dev_q, dev_p) = batch(256);
-    let eval = |gc: &GradCache<_, _>| -> Result<f64> {
-        // Top-1 over all 512 passages, dropout off, via the full-batch scorer.
-        let reps = tch::no_grad(|| gc.representation_pass(&dev_q, &dev_p, &gradcache::replay::ReplaySeeds::from_base(0)))?;
-        let s = tch::no_grad(|| gradcache::ScoringHead::score(&head, &reps.queries, &reps.passages, false))?;
-        let hits = s.argmax(1, false).eq_tensor(&(Tensor::arange(256, (Kind::Int64, Device::Cpu)) * 2));
-        Ok(hits.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]))
-    };
-    println!("batch {n} queries / {} passages, encoder chunk {}, head block {}x{}", 2 * n, args.chunk, args.chunk, 4 * args.chunk);
-    println!("before training: held-out top-1 = {:.3}", eval(&gc)?);
-    for step in 1..=args.steps {
-        let (q, p) = batch(n);
-        let targets = Targets::grouped(n as usize, 2 * n as usize, 2)?;
-        opt.zero_grad();
-        let out = gc.step(&q, &p, &targets)?;
-        opt.step();
-        if step % 25 == 0 || step == 1 {
-            println!("step {step:>4}  loss {:.4}  ({:.0} ms)", out.loss, out.timings.total().as_secs_f64() * 1e3);
+    let model = ModelDir::open(&c.model_dir).with_context(|| "model folder missing: run scripts/gradcache.sh setup")?;
+    let tok = model.tokenizer(c.max_len)?;
+    let task = WordSenseData::read(&c.data_dir)?;
+    let records = match &c.train_jsonl {
+        Some(path) => {
+            let malformed = if c.skip_malformed { Malformed::Skip } else { Malformed::Fail };
+            let read = read_training_records(path, malformed)?;
+            if read.skipped > 0 {
+                eprintln!("skipped {} malformed lines of {}", read.skipped, path.display());
+            }
+            read.items
         }
+        None => task.training_records(),
+    };
+    if records.is_empty() {
+        bail!("no training records");
     }
-    println!("after training:  held-out top-1 = {:.3}", eval(&gc)?);
+    let dev = task.sense_eval(Split::Dev, c.dev_queries);
+    let dev_queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
+    let dev_corpus: Vec<&str> = dev.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+    let dev_q = tok.encode(&dev_queries)?.to_device(device)?;
+    let dev_c = tok.encode(&dev_corpus)?.to_device(device)?;
+
+    let vs = nn::VarStore::new(device);
+    let (query_enc, _) = c.encoder.init_pretrained(&vs, if c.tied { "encoder" } else { "query" }, &model)?;
+    let passage_enc = if c.tied { None } else { Some(c.encoder.init_pretrained(&vs, "passage", &model)?.0) };
+    let head = c.head.init(&(vs.root() / "head"))?;
+    let passage_ref = passage_enc.as_ref().unwrap_or(&query_enc);
+    let gc = GradCache::new(c.step.clone(), &query_enc, passage_ref, &head, &c.loss)?;
+
+    println!(
+        "train_reranker: {} training records, dev {} queries x {} senses, device {device:?}",
+        records.len(),
+        dev.set.queries.len(),
+        dev.set.corpus.len()
+    );
+    println!(
+        "batch {} queries x {} passages each ({} passages), encoder chunk {}, head block {}x{}, {} steps",
+        c.batch_size,
+        c.group_size,
+        c.batch_size * c.group_size,
+        c.step.query_chunk_size,
+        c.step.head_block_queries,
+        c.step.head_block_passages,
+        c.train.steps
+    );
+    let cosine = cosine_baseline(&query_enc, &dev_q, &dev_c, &dev, c.step.query_chunk_size)?;
+
+    let mut trainer = Trainer::new(c.train.clone(), &vs, &c.output_dir, args.resume)?;
+    let summary = trainer.run(
+        |i| {
+            let (q, p, t) = batch(&records, &c, &tok, i, device)?;
+            gc.step(&q, &p, &t)
+        },
+        |_| sense_metrics(&score_corpus(&gc, &dev_q, &dev_c)?, &dev),
+    )?;
+
+    model.export(&vs, query_enc.bert_prefix(), &c.output_dir.join("encoder"))?;
+    save_safetensors(&vs, "head", &c.output_dir.join("head.safetensors"))?;
+    let mut results = BTreeMap::from([("pretrained_cosine".to_string(), cosine.clone()), ("after".to_string(), summary.after.clone())]);
+    if let Some(before) = &summary.before {
+        results.insert("before".to_string(), before.clone());
+    }
+    write_json(&c.output_dir.join("results.json"), &results)?;
+
+    println!("\ndev metrics ({} queries)         {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}", dev.set.queries.len(), "WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10");
+    let row = |name: &str, m: &BTreeMap<String, f64>| {
+        println!(
+            "{name:<33}{:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            m["wsd_accuracy"], m["top1"], m["top5"], m["top20"], m["mrr10"], m["ndcg10"]
+        )
+    };
+    row("pretrained MiniLM, cosine", &cosine);
+    if let Some(before) = &summary.before {
+        row("encoder + untrained head", before);
+    }
+    row(&format!("after {} two-cache steps", summary.steps), &summary.after);
+    if let Some(first) = summary.losses.first() {
+        println!("loss {:.4} -> {:.4}", first, summary.losses.last().copied().unwrap_or(*first));
+    }
+    println!("outputs in {}", c.output_dir.display());
     Ok(())
 }

@@ -207,6 +207,15 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         &self.config
     }
 
+    /// The same encoders, head and loss with another configuration (e.g.
+    /// `train: false` for evaluation).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
+    pub fn with_config(&self, config: StepConfig) -> Result<Self> {
+        GradCache::new(config, self.query_encoder, self.passage_encoder, self.head, self.loss)
+    }
+
     /// Runs the whole step: every gradient of the encoders and the head is
     /// accumulated into the parameters' `.grad()`, exactly as one backward
     /// pass over the full batch would, while only one encoder chunk or one

@@ -266,8 +266,13 @@ impl<'v> Trainer<'v> {
     ) -> Result<TrainSummary> {
         let c = self.config.clone();
         let schedule = LinearSchedule { peak: c.learning_rate, warmup: c.warmup_steps, total: c.steps };
+        let before = if self.first_step == 0 {
+            Some(self.evaluate(0, &mut evaluate, &Progress::new(0, c.steps, c.progress))?)
+        } else {
+            None
+        };
+        // Started after the first evaluation, so steps/s and ETA are about steps.
         let mut progress = Progress::new(self.first_step, c.steps, c.progress);
-        let before = if self.first_step == 0 { Some(self.evaluate(0, &mut evaluate, &progress)?) } else { None };
         let mut losses = Vec::new();
         let mut checkpoint_path = None;
         let mut after = BTreeMap::new();

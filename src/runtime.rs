@@ -1,0 +1,50 @@
+//! Process-level settings for gradcache's binaries: the device, and glibc's
+//! allocator.
+
+use tch::Device;
+
+use crate::error::{GradCacheError, Result};
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA device 0 when libtorch
+/// sees one, else the CPU).
+///
+/// # Errors
+/// [`GradCacheError::InvalidConfig`] for anything else, or a CUDA device
+/// libtorch does not see.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let bad = |reason| GradCacheError::InvalidConfig { field: "device", reason };
+    let device = match name.trim() {
+        "cpu" => Device::Cpu,
+        "auto" => Device::cuda_if_available(),
+        "cuda" => Device::Cuda(0),
+        other => {
+            let index = other.strip_prefix("cuda:").ok_or(bad("must be cpu, cuda, cuda:N or auto"))?;
+            Device::Cuda(index.parse().map_err(|_| bad("must be cpu, cuda, cuda:N or auto"))?)
+        }
+    };
+    if let Device::Cuda(i) = device {
+        if i >= tch::Cuda::device_count() as usize {
+            return Err(bad("names a CUDA device that libtorch does not see"));
+        }
+    }
+    Ok(device)
+}
+
+/// Keeps glibc from mapping and unmapping large tensor buffers on every
+/// allocation: raises the mmap threshold to 32 MiB and the trim threshold to
+/// 1 GiB. Measured on BERT training (see `docs/encoder-speed.md`), the
+/// default thresholds cost millions of page faults per few steps. Call it
+/// first thing in `main`; returns whether glibc accepted both settings
+/// (always false off glibc).
+pub fn tune_allocator() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters; it is called
+        // with valid constants and has no memory-safety preconditions.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
