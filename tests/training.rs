@@ -154,6 +154,21 @@ fn resuming_without_the_optimizer_state_would_diverge() {
 }
 
 #[test]
+fn a_fresh_run_keeps_the_previous_one_aside() {
+    let _serial = serial();
+    let dir = out_dir("fresh");
+    train(&dir, 6, false);
+    train(&dir, 3, false);
+    let steps = |d: &str| -> Vec<usize> {
+        gradcache::train::checkpoint::list(&dir.join(d)).unwrap().into_iter().map(|(s, _)| s).collect()
+    };
+    assert_eq!(steps("checkpoints"), [3], "no stale checkpoint of the earlier run");
+    assert_eq!(steps("checkpoints.previous"), [3, 6]);
+    let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().count();
+    assert_eq!((lines("metrics.jsonl"), lines("metrics.previous.jsonl")), (3, 6));
+}
+
+#[test]
 fn unusable_checkpoints_are_clear_errors() {
     let _serial = serial();
     let dir = out_dir("corrupt");

@@ -197,6 +197,23 @@ impl MetricsLog {
     }
 }
 
+/// Renames `path` to `previous` (replacing an older one), if it exists.
+fn set_aside(path: &Path, previous: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| GradCacheError::Io { path: p, source }
+    };
+    if previous.is_dir() {
+        std::fs::remove_dir_all(previous).map_err(io(previous))?;
+    } else if previous.exists() {
+        std::fs::remove_file(previous).map_err(io(previous))?;
+    }
+    std::fs::rename(path, previous).map_err(io(path))
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSummary {
@@ -228,7 +245,10 @@ pub struct Trainer<'v> {
 
 impl<'v> Trainer<'v> {
     /// Prepares a run. With `resume`, continues from the newest checkpoint in
-    /// `out/checkpoints` when there is one.
+    /// `out/checkpoints` when there is one. Without, a previous run's
+    /// `checkpoints/` and `metrics.jsonl` are kept one generation back, as
+    /// `checkpoints.previous/` and `metrics.previous.jsonl`, so a fresh run
+    /// never mixes with (or silently deletes) the last one.
     ///
     /// # Errors
     /// [`GradCacheError::InvalidConfig`]; [`GradCacheError::Io`]; checkpoint
@@ -242,6 +262,9 @@ impl<'v> Trainer<'v> {
             if let Some((_, path)) = checkpoint::list(&out.join("checkpoints"))?.pop() {
                 first_step = checkpoint::restore(&path, vs, &mut optimizer, &config)?.step;
             }
+        } else {
+            set_aside(&out.join("checkpoints"), &out.join("checkpoints.previous"))?;
+            set_aside(&out.join("metrics.jsonl"), &out.join("metrics.previous.jsonl"))?;
         }
         let log = MetricsLog::open(out.join("metrics.jsonl"), resume.then_some(first_step))?;
         let json = serde_json::to_vec_pretty(&config).map_err(|source| GradCacheError::Json { path: out.join("train_config.json"), source })?;
