@@ -3,16 +3,35 @@
 //! | head | representations | parameters | closed form |
 //! |---|---|---|---|
 //! | [`DotHead`] | vectors | none | yes: `∂L/∂U = W V`, `∂L/∂V = Wᵀ U` |
+//! | [`CosineHead`] | vectors | temperature | no |
+//! | [`BilinearHead`] | vectors | `W` or `A`, `B` | no |
 //! | [`MlpHead`] | vectors | two linear layers | no |
 //! | [`MaxSimHead`] | tokens | none | no (the max is data-dependent) |
+//! | [`WeightedMaxSimHead`] | tokens | per-token weight | no |
+//! | [`PolyEncoderHead`] | tokens | `m` codes | no |
+//! | [`InteractionHead`] | tokens | cross/self attention, FFN | no |
+//!
+//! `docs/heads.md` gives each head's formula, cost per pair and activation
+//! memory per block.
 
+mod attention;
+mod bilinear;
+mod cosine;
 mod dot;
+mod interaction;
 mod maxsim;
 mod mlp;
+mod poly;
+mod weighted_maxsim;
 
+pub use bilinear::{BilinearHead, BilinearHeadConfig};
+pub use cosine::{CosineHead, CosineHeadConfig};
 pub use dot::DotHead;
+pub use interaction::{InteractionConfig, InteractionHead};
 pub use maxsim::MaxSimHead;
 pub use mlp::{MlpHead, MlpHeadConfig};
+pub use poly::{PolyEncoderConfig, PolyEncoderHead};
+pub use weighted_maxsim::{WeightedMaxSimConfig, WeightedMaxSimHead};
 
 use tch::Tensor;
 

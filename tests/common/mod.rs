@@ -4,7 +4,10 @@
 
 use gradcache::check::{zero_grads, GradientComparison, GradientSnapshot, Tolerance};
 use gradcache::encoders::{Pooling, TinyEncoder, TinyEncoderConfig};
-use gradcache::heads::{DotHead, MaxSimHead, MlpHeadConfig};
+use gradcache::heads::{
+    BilinearHeadConfig, CosineHeadConfig, DotHead, InteractionConfig, MaxSimHead, MlpHeadConfig, PolyEncoderConfig,
+    WeightedMaxSimConfig,
+};
 use gradcache::{ContrastiveLoss, GradCache, InfoNce, ListwiseKl, ScoringHead, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -23,11 +26,34 @@ pub const MAX_LEN: usize = 12;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadKind {
     Dot,
+    Cosine,
+    Bilinear,
+    LowRankBilinear,
     Mlp,
     MaxSim,
+    WeightedMaxSim,
+    Poly,
+    Interaction,
 }
 
-pub const HEADS: [HeadKind; 3] = [HeadKind::Dot, HeadKind::Mlp, HeadKind::MaxSim];
+pub const HEADS: [HeadKind; 9] = [
+    HeadKind::Dot,
+    HeadKind::Cosine,
+    HeadKind::Bilinear,
+    HeadKind::LowRankBilinear,
+    HeadKind::Mlp,
+    HeadKind::MaxSim,
+    HeadKind::WeightedMaxSim,
+    HeadKind::Poly,
+    HeadKind::Interaction,
+];
+
+impl HeadKind {
+    /// Whether the head reads token matrices (else vectors).
+    pub fn tokens(self) -> bool {
+        matches!(self, HeadKind::MaxSim | HeadKind::WeightedMaxSim | HeadKind::Poly | HeadKind::Interaction)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossKind {
@@ -52,14 +78,21 @@ impl Model {
         tch::manual_seed(1234);
         let mut vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
-        let pooling = if head == HeadKind::MaxSim { Pooling::Tokens } else { Pooling::Mean };
+        let pooling = if head.tokens() { Pooling::Tokens } else { Pooling::Mean };
         let enc = TinyEncoderConfig { vocab_size: VOCAB, max_len: MAX_LEN, dim: DIM, dropout, pooling };
         let query = enc.init(&(&root / if tied { "encoder" } else { "query" })).unwrap();
         let passage = (!tied).then(|| enc.init(&(&root / "passage")).unwrap());
+        let path = &root / "head";
         let head: Box<dyn ScoringHead> = match head {
             HeadKind::Dot => Box::new(DotHead),
+            HeadKind::Cosine => Box::new(CosineHeadConfig { initial_temperature: 0.5 }.init(&path).unwrap()),
+            HeadKind::Bilinear => Box::new(BilinearHeadConfig { dim: DIM, rank: None, dropout }.init(&path).unwrap()),
+            HeadKind::LowRankBilinear => Box::new(BilinearHeadConfig { dim: DIM, rank: Some(4), dropout }.init(&path).unwrap()),
+            HeadKind::Mlp => Box::new(MlpHeadConfig { dim: DIM, hidden: 24, dropout }.init(&path).unwrap()),
             HeadKind::MaxSim => Box::new(MaxSimHead),
-            HeadKind::Mlp => Box::new(MlpHeadConfig { dim: DIM, hidden: 24, dropout }.init(&(&root / "head")).unwrap()),
+            HeadKind::WeightedMaxSim => Box::new(WeightedMaxSimConfig { dim: DIM }.init(&path).unwrap()),
+            HeadKind::Poly => Box::new(PolyEncoderConfig { dim: DIM, codes: 3, dropout }.init(&path).unwrap()),
+            HeadKind::Interaction => Box::new(InteractionConfig { dim: DIM, heads: 2, ffn: 20, dropout }.init(&path).unwrap()),
         };
         if kind == Kind::Double {
             vs.double();
@@ -131,8 +164,10 @@ pub fn compare(model: &Model, data: &Data, loss: &dyn ContrastiveLoss, config: S
     let theirs = GradientSnapshot::take(&model.vs).unwrap();
     // Guard against a vacuous pass: every parameter must get a gradient.
     // Exception: every loss here is a softmax over scores, invariant to adding
-    // a constant to all scores, so the MLP's output bias has ∂L/∂b₂ = Σ W = 0.
-    for p in theirs.compare(&theirs).unwrap().parameters.iter().filter(|p| p.name != "head.second.bias") {
+    // a constant to all scores, so a bias added to every score (the MLP's
+    // and the interaction block's output bias) has ∂L/∂b = Σ W = 0.
+    let score_offsets = ["head.second.bias", "head.score.bias"];
+    for p in theirs.compare(&theirs).unwrap().parameters.iter().filter(|p| !score_offsets.contains(&p.name.as_str())) {
         assert!(p.reference_max_abs > 0.0, "reference gradient of {} is zero: the comparison would prove nothing", p.name);
     }
     Comparison { cached_loss: cached.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() }

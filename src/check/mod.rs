@@ -121,3 +121,6 @@ impl fmt::Display for GradientComparison {
         Ok(())
     }
 }
+
+mod head;
+pub use head::{check_head, CouplingCheck, HeadCheckReport};
