@@ -20,7 +20,8 @@ use gradcache::data::wordnet::{SenseEval, Split, WordSenseData};
 use gradcache::data::{Malformed, TrainingRecord};
 use gradcache::encoders::{BertEncoder, BertEncoderConfig};
 use gradcache::eval::{score_corpus, sense_metrics};
-use gradcache::heads::MlpHeadConfig;
+use gradcache::encoders::Pooling;
+use gradcache::heads::{HeadConfig, MlpHeadConfig};
 use gradcache::pretrained::ModelDir;
 use gradcache::runtime::{parse_device, tune_allocator};
 use gradcache::text::TextTokenizer;
@@ -53,7 +54,8 @@ struct RerankerConfig {
     /// One encoder for queries and passages.
     tied: bool,
     encoder: BertEncoderConfig,
-    head: MlpHeadConfig,
+    /// Any built-in head: `{"kind": "mlp", …}`, `{"kind": "interaction", …}`.
+    head: HeadConfig,
     loss: InfoNce,
     step: StepConfig,
     train: TrainConfig,
@@ -74,7 +76,7 @@ impl Default for RerankerConfig {
             dev_queries: 300,
             tied: true,
             encoder: BertEncoderConfig::default(),
-            head: MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1 },
+            head: HeadConfig::Mlp(MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1 }),
             loss: InfoNce { temperature: 1.0, symmetric: false },
             step: StepConfig { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() },
             train: TrainConfig {
@@ -95,11 +97,15 @@ impl RerankerConfig {
             bail!("batch_size, group_size and dev_queries must be at least 1");
         }
         let width = self.encoder.projection.unwrap_or(384);
-        if self.head.dim != width {
-            bail!("head.dim ({}) must equal the encoder's output width ({width})", self.head.dim);
+        if let Some(dim) = self.head.dim() {
+            if dim != width {
+                bail!("head dim ({dim}) must equal the encoder's output width ({width}: its projection, or 384)");
+            }
+        }
+        if self.head.reads_tokens() != (self.encoder.pooling == Pooling::Tokens) {
+            bail!("a head that reads token matrices needs encoder pooling \"tokens\", and only such a head does");
         }
         self.encoder.validate()?;
-        self.head.validate()?;
         self.loss.validate()?;
         self.step.validate()?;
         self.train.validate()?;
@@ -281,7 +287,7 @@ fn main() -> Result<()> {
     let passage_enc = if c.tied { None } else { Some(c.encoder.init_pretrained(&vs, "passage", &model)?.0) };
     let head = c.head.init(&(vs.root() / "head"))?;
     let passage_ref = passage_enc.as_ref().unwrap_or(&query_enc);
-    let gc = GradCache::new(c.step.clone(), &query_enc, passage_ref, &head, &c.loss)?;
+    let gc = GradCache::new(c.step.clone(), &query_enc, passage_ref, head.as_ref(), &c.loss)?;
 
     println!(
         "train_reranker: {} training records, dev {} queries x {} senses, device {device:?}",
@@ -299,7 +305,12 @@ fn main() -> Result<()> {
         c.step.head_block_passages,
         c.train.steps
     );
-    let cosine = cosine_baseline(&query_enc, &dev_q, &dev_c, &dev, c.step.query_chunk_size)?;
+    // Cosine of mean-pooled vectors; token encoders have no such baseline.
+    let cosine = if c.encoder.pooling == Pooling::Tokens {
+        None
+    } else {
+        Some(cosine_baseline(&query_enc, &dev_q, &dev_c, &dev, c.step.query_chunk_size)?)
+    };
 
     let mut trainer = Trainer::new(c.train.clone(), &vs, &c.output_dir, args.resume)?;
     let summary = trainer.run(
@@ -312,7 +323,10 @@ fn main() -> Result<()> {
 
     model.export(&vs, query_enc.bert_prefix(), &c.output_dir.join("encoder"))?;
     save_safetensors(&vs, "head", &c.output_dir.join("head.safetensors"))?;
-    let mut results = BTreeMap::from([("pretrained_cosine".to_string(), cosine.clone()), ("after".to_string(), summary.after.clone())]);
+    let mut results = BTreeMap::from([("after".to_string(), summary.after.clone())]);
+    if let Some(cosine) = &cosine {
+        results.insert("pretrained_cosine".to_string(), cosine.clone());
+    }
     if let Some(before) = &summary.before {
         results.insert("before".to_string(), before.clone());
     }
@@ -325,7 +339,9 @@ fn main() -> Result<()> {
             m["wsd_accuracy"], m["top1"], m["top5"], m["top20"], m["mrr10"], m["ndcg10"]
         )
     };
-    row("pretrained MiniLM, cosine", &cosine);
+    if let Some(cosine) = &cosine {
+        row("pretrained MiniLM, cosine", cosine);
+    }
     if let Some(before) = &summary.before {
         row("encoder + untrained head", before);
     }

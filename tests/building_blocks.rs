@@ -110,3 +110,20 @@ fn mlp_head_equals_the_feature_concatenation_it_decomposes() {
         }
     }
 }
+
+#[test]
+fn head_configs_parse_by_kind_and_reject_unknown_fields() {
+    use gradcache::heads::{HeadConfig, InteractionConfig};
+    let c: HeadConfig = serde_json::from_str(r#"{"kind": "interaction", "dim": 32, "heads": 4}"#).unwrap();
+    assert_eq!(c, HeadConfig::Interaction(InteractionConfig { dim: 32, heads: 4, ..InteractionConfig::default() }));
+    assert!(c.reads_tokens());
+    assert_eq!(serde_json::from_str::<HeadConfig>(r#"{"kind": "dot"}"#).unwrap(), HeadConfig::Dot);
+    let err = serde_json::from_str::<HeadConfig>(r#"{"kind": "mlp", "dim": 8, "hiden": 4}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+    assert!(serde_json::from_str::<HeadConfig>(r#"{"kind": "nope"}"#).is_err());
+    for kind in HeadConfig::KINDS {
+        let c = HeadConfig::named(kind, 12, 0.1).unwrap();
+        assert_eq!(serde_json::from_str::<HeadConfig>(&serde_json::to_string(&c).unwrap()).unwrap(), c, "{kind}");
+    }
+    assert!(HeadConfig::named("nope", 12, 0.1).is_err());
+}

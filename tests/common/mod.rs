@@ -5,8 +5,7 @@
 use gradcache::check::{zero_grads, GradientComparison, GradientSnapshot, Tolerance};
 use gradcache::encoders::{Pooling, TinyEncoder, TinyEncoderConfig};
 use gradcache::heads::{
-    BilinearHeadConfig, CosineHeadConfig, DotHead, InteractionConfig, MaxSimHead, MlpHeadConfig, PolyEncoderConfig,
-    WeightedMaxSimConfig,
+    BilinearHeadConfig, CosineHeadConfig, HeadConfig, InteractionConfig, MlpHeadConfig, PolyEncoderConfig, WeightedMaxSimConfig,
 };
 use gradcache::{ContrastiveLoss, GradCache, InfoNce, ListwiseKl, ScoringHead, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
@@ -49,9 +48,19 @@ pub const HEADS: [HeadKind; 9] = [
 ];
 
 impl HeadKind {
-    /// Whether the head reads token matrices (else vectors).
-    pub fn tokens(self) -> bool {
-        matches!(self, HeadKind::MaxSim | HeadKind::WeightedMaxSim | HeadKind::Poly | HeadKind::Interaction)
+    /// Small versions of the built-in heads, for width `DIM`.
+    pub fn config(self, dropout: f64) -> HeadConfig {
+        match self {
+            HeadKind::Dot => HeadConfig::Dot,
+            HeadKind::Cosine => HeadConfig::Cosine(CosineHeadConfig { initial_temperature: 0.5 }),
+            HeadKind::Bilinear => HeadConfig::Bilinear(BilinearHeadConfig { dim: DIM, rank: None, dropout }),
+            HeadKind::LowRankBilinear => HeadConfig::Bilinear(BilinearHeadConfig { dim: DIM, rank: Some(4), dropout }),
+            HeadKind::Mlp => HeadConfig::Mlp(MlpHeadConfig { dim: DIM, hidden: 24, dropout }),
+            HeadKind::MaxSim => HeadConfig::MaxSim,
+            HeadKind::WeightedMaxSim => HeadConfig::WeightedMaxSim(WeightedMaxSimConfig { dim: DIM }),
+            HeadKind::Poly => HeadConfig::Poly(PolyEncoderConfig { dim: DIM, codes: 3, dropout }),
+            HeadKind::Interaction => HeadConfig::Interaction(InteractionConfig { dim: DIM, heads: 2, ffn: 20, dropout }),
+        }
     }
 }
 
@@ -78,22 +87,12 @@ impl Model {
         tch::manual_seed(1234);
         let mut vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
-        let pooling = if head.tokens() { Pooling::Tokens } else { Pooling::Mean };
+        let head = head.config(dropout);
+        let pooling = if head.reads_tokens() { Pooling::Tokens } else { Pooling::Mean };
         let enc = TinyEncoderConfig { vocab_size: VOCAB, max_len: MAX_LEN, dim: DIM, dropout, pooling };
         let query = enc.init(&(&root / if tied { "encoder" } else { "query" })).unwrap();
         let passage = (!tied).then(|| enc.init(&(&root / "passage")).unwrap());
-        let path = &root / "head";
-        let head: Box<dyn ScoringHead> = match head {
-            HeadKind::Dot => Box::new(DotHead),
-            HeadKind::Cosine => Box::new(CosineHeadConfig { initial_temperature: 0.5 }.init(&path).unwrap()),
-            HeadKind::Bilinear => Box::new(BilinearHeadConfig { dim: DIM, rank: None, dropout }.init(&path).unwrap()),
-            HeadKind::LowRankBilinear => Box::new(BilinearHeadConfig { dim: DIM, rank: Some(4), dropout }.init(&path).unwrap()),
-            HeadKind::Mlp => Box::new(MlpHeadConfig { dim: DIM, hidden: 24, dropout }.init(&path).unwrap()),
-            HeadKind::MaxSim => Box::new(MaxSimHead),
-            HeadKind::WeightedMaxSim => Box::new(WeightedMaxSimConfig { dim: DIM }.init(&path).unwrap()),
-            HeadKind::Poly => Box::new(PolyEncoderConfig { dim: DIM, codes: 3, dropout }.init(&path).unwrap()),
-            HeadKind::Interaction => Box::new(InteractionConfig { dim: DIM, heads: 2, ffn: 20, dropout }.init(&path).unwrap()),
-        };
+        let head = head.init(&(&root / "head")).unwrap();
         if kind == Kind::Double {
             vs.double();
         }
