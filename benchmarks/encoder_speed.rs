@@ -1,12 +1,13 @@
 //! MiniLM forward+backward in train mode on one fixed batch, the work of one
 //! encoder chunk: median seconds per step, minor page faults and system
-//! time. `--no-tune-allocator` leaves glibc's defaults, to measure the fix in
+//! time. `--rust-bert` runs rust-bert's layers instead of gradcache's fused
+//! ones; `--no-tune-allocator` leaves glibc's defaults, to measure the fix in
 //! `gradcache::runtime::tune_allocator`. Run by `benchmarks/encoder_speed.sh`
 //! next to `benchmarks/peers/hf_encoder.py` on the same work.
 
 use anyhow::Result;
 use clap::Parser;
-use gradcache::encoders::BertEncoderConfig;
+use gradcache::encoders::{BertEncoderConfig, BertImplementation};
 use gradcache::pretrained::ModelDir;
 use gradcache::runtime::tune_allocator;
 use gradcache::{Encoder, TokenBatch};
@@ -27,6 +28,9 @@ struct Args {
     /// Keep glibc's default mmap/trim thresholds.
     #[arg(long)]
     no_tune_allocator: bool,
+    /// Use rust-bert's BERT instead of gradcache's fused one.
+    #[arg(long)]
+    rust_bert: bool,
 }
 
 fn usage() -> (i64, f64) {
@@ -46,7 +50,8 @@ fn main() -> Result<()> {
     tch::manual_seed(0);
     let model = ModelDir::open(&args.model)?;
     let vs = nn::VarStore::new(Device::Cpu);
-    let (enc, _) = BertEncoderConfig::default().init_pretrained(&vs, "encoder", &model)?;
+    let implementation = if args.rust_bert { BertImplementation::RustBert } else { BertImplementation::Fused };
+    let (enc, _) = BertEncoderConfig { implementation, ..Default::default() }.init_pretrained(&vs, "encoder", &model)?;
     let ids = Tensor::randint_low(1000, 30000, [args.batch, args.tokens], (Kind::Int64, Device::Cpu));
     let batch = TokenBatch::new(ids, Tensor::ones([args.batch, args.tokens], (Kind::Int64, Device::Cpu)))?;
     let mut times = Vec::new();
@@ -65,7 +70,8 @@ fn main() -> Result<()> {
     let end = usage();
     times.sort_by(f64::total_cmp);
     println!(
-        "{{\"impl\": \"gradcache (rust-bert)\", \"allocator_tuned\": {tuned}, \"median_s\": {:.4}, \"minor_faults\": {}, \"system_s\": {:.2}, \"steps\": {}}}",
+        "{{\"impl\": \"gradcache ({})\", \"allocator_tuned\": {tuned}, \"median_s\": {:.4}, \"minor_faults\": {}, \"system_s\": {:.2}, \"steps\": {}}}",
+        if args.rust_bert { "rust-bert" } else { "fused" },
         times[times.len() / 2],
         end.0 - start_usage.0,
         end.1 - start_usage.1,

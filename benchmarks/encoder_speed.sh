@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The encoder, side by side: gradcache's MiniLM (rust-bert) with and without
-# the allocator fix, and Hugging Face transformers (eager and SDPA), each in
-# its own process on the same work. Writes docs/results/encoder_speed.{jsonl,md}.
+# The encoder, side by side: gradcache's MiniLM (fused layers; rust-bert's
+# layers with and without the allocator fix) and Hugging Face transformers
+# (eager and SDPA), each in its own process on the same work. Writes docs/results/encoder_speed.{jsonl,md}.
 #
 #   benchmarks/encoder_speed.sh [ROUNDS]
 set -euo pipefail
@@ -14,7 +14,8 @@ out=docs/results/encoder_speed.jsonl
 for round in $(seq "$rounds"); do
     # Interleaved, so drift in the machine hits every implementation alike.
     ./target/release/examples/bench_encoder_speed >> "$out.tmp"
-    ./target/release/examples/bench_encoder_speed --no-tune-allocator >> "$out.tmp"
+    ./target/release/examples/bench_encoder_speed --rust-bert >> "$out.tmp"
+    ./target/release/examples/bench_encoder_speed --rust-bert --no-tune-allocator >> "$out.tmp"
     ./.python benchmarks/peers/hf_encoder.py --attn eager 2>/dev/null >> "$out.tmp"
     ./.python benchmarks/peers/hf_encoder.py --attn sdpa 2>/dev/null >> "$out.tmp"
 done

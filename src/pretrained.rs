@@ -16,7 +16,19 @@ use crate::weights::{load_safetensors, save_safetensors, write_bytes_atomically,
 pub struct ModelDir {
     root: PathBuf,
     config: BertConfig,
+    layer_norm_eps: f64,
     lowercase: bool,
+}
+
+/// Fields of `config.json` that rust-bert's `BertConfig` does not read.
+#[derive(Deserialize)]
+struct ExtraConfig {
+    #[serde(default = "default_layer_norm_eps")]
+    layer_norm_eps: f64,
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-12
 }
 
 #[derive(Deserialize)]
@@ -50,13 +62,14 @@ impl ModelDir {
             }
         }
         let config: BertConfig = read_json(&root.join("config.json"))?;
+        let extra: ExtraConfig = read_json(&root.join("config.json"))?;
         let tokenizer_config = root.join("tokenizer_config.json");
         let lowercase = if tokenizer_config.is_file() {
             read_json::<TokenizerConfig>(&tokenizer_config)?.do_lower_case.unwrap_or(true)
         } else {
             true
         };
-        Ok(ModelDir { root, config, lowercase })
+        Ok(ModelDir { root, config, layer_norm_eps: extra.layer_norm_eps, lowercase })
     }
 
     /// The folder.
@@ -67,6 +80,11 @@ impl ModelDir {
     /// The architecture from `config.json`.
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// LayerNorm's ε from `config.json` (default 1e-12).
+    pub fn layer_norm_eps(&self) -> f64 {
+        self.layer_norm_eps
     }
 
     /// Hidden width of the model.

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::{assert_exact, serial, Comparison, F64_TOL};
 use gradcache::check::{zero_grads, GradientSnapshot};
-use gradcache::encoders::{BertEncoder, BertEncoderConfig, Pooling};
+use gradcache::encoders::{BertEncoder, BertEncoderConfig, BertImplementation, Pooling};
 use gradcache::heads::MlpHeadConfig;
 use gradcache::pretrained::ModelDir;
 use gradcache::{Encoder, GradCache, GradCacheError, InfoNce, StepConfig, Targets};
@@ -39,11 +39,17 @@ fn fixture() -> Fixture {
     serde_json::from_str(&text).unwrap()
 }
 
-fn encoder(vs: &nn::VarStore, model: &ModelDir) -> BertEncoder {
-    let config = BertEncoderConfig { pooling: Pooling::Mean, projection: None, normalize: true };
+const IMPLEMENTATIONS: [BertImplementation; 2] = [BertImplementation::Fused, BertImplementation::RustBert];
+
+fn encoder_with(vs: &nn::VarStore, model: &ModelDir, implementation: BertImplementation) -> BertEncoder {
+    let config = BertEncoderConfig { implementation, pooling: Pooling::Mean, projection: None, normalize: true };
     let (enc, report) = config.init_pretrained(vs, "encoder", model).unwrap();
     assert_eq!(report.loaded, 101, "every BERT body tensor is loaded");
     enc
+}
+
+fn encoder(vs: &nn::VarStore, model: &ModelDir) -> BertEncoder {
+    encoder_with(vs, model, BertImplementation::Fused)
 }
 
 fn embed(enc: &BertEncoder, model: &ModelDir, sentences: &[String]) -> Tensor {
@@ -71,17 +77,19 @@ fn minilm_matches_transformers() {
         assert_eq!(&got, want, "token ids of {:?}", fx.sentences[i]);
         assert_eq!(batch.mask().get(i as i64).sum(Kind::Int64).int64_value(&[]), len);
     }
-    let vs = nn::VarStore::new(Device::Cpu);
-    let enc = encoder(&vs, &model);
-    // MiniLM's file has 104 tensors: the 101 of the body, BERT's position_ids
-    // buffer, and the pooler, which sentence embeddings do not use.
-    let report = model.load_weights(&vs, enc.bert_prefix()).unwrap();
-    assert_eq!(report.unused, ["embeddings.position_ids", "pooler.dense.bias", "pooler.dense.weight"]);
-    let got = embed(&enc, &model, &fx.sentences);
     let flat: Vec<f32> = fx.embeddings.concat();
     let want = Tensor::from_slice(&flat).view([fx.sentences.len() as i64, 384]);
-    let diff = max_diff(&got, &want);
-    assert!(diff < 1e-5, "max |Δ| = {diff:e}");
+    for implementation in IMPLEMENTATIONS {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = encoder_with(&vs, &model, implementation);
+        // MiniLM's file has 104 tensors: the 101 of the body, BERT's position_ids
+        // buffer, and the pooler, which sentence embeddings do not use.
+        let report = model.load_weights(&vs, enc.bert_prefix()).unwrap();
+        assert_eq!(report.unused, ["embeddings.position_ids", "pooler.dense.bias", "pooler.dense.weight"]);
+        let got = embed(&enc, &model, &fx.sentences);
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-5, "{implementation:?}: max |Δ| = {diff:e}");
+    }
 }
 
 /// Exports a changed encoder, reads it back with Rust and with transformers.
@@ -140,13 +148,19 @@ print(json.dumps(e.tolist()))
 }
 
 /// The two-cache step through a real 6-layer transformer with its dropout
-/// (0.1 on hidden states and attention), in f64.
+/// (0.1 on hidden states and attention), in f64, for both implementations.
 #[test]
 fn two_cache_step_is_exact_through_minilm_with_dropout() {
     let _serial = serial();
+    for implementation in IMPLEMENTATIONS {
+        exact_through_minilm(implementation);
+    }
+}
+
+fn exact_through_minilm(implementation: BertImplementation) {
     let model = minilm();
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let config = BertEncoderConfig { pooling: Pooling::Mean, projection: Some(32), normalize: true };
+    let config = BertEncoderConfig { implementation, pooling: Pooling::Mean, projection: Some(32), normalize: true };
     let (enc, _) = config.init_pretrained(&vs, "encoder", &model).unwrap();
     let head = MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1 }.init(&(vs.root() / "head")).unwrap();
     vs.double();
@@ -171,7 +185,7 @@ fn two_cache_step_is_exact_through_minilm_with_dropout() {
     let reference = gc.full_batch_step(&queries, &passages, &targets).unwrap();
     let theirs = GradientSnapshot::take(&vs).unwrap();
     let c = Comparison { cached_loss: cached.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
-    assert_exact(&c, F64_TOL, "MiniLM + MLP head, f64, dropout 0.1");
+    assert_exact(&c, F64_TOL, &format!("MiniLM ({implementation:?}) + MLP head, f64, dropout 0.1"));
 }
 
 fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
@@ -229,4 +243,21 @@ fn broken_model_folders_give_typed_errors() {
     for d in [missing, bad_json, wider, deeper, garbage] {
         std::fs::remove_dir_all(d).unwrap();
     }
+}
+
+/// Control for the exactness test above: dropout (including SDPA's own) is
+/// active in train mode, and replayed by re-seeding.
+#[test]
+fn fused_encoder_dropout_acts_in_train_mode_and_replays() {
+    let _serial = serial();
+    let model = minilm();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let enc = encoder(&vs, &model);
+    let batch = model.tokenizer(16).unwrap().encode(&["a bank of a river", "money"]).unwrap();
+    let run = |seed| {
+        tch::manual_seed(seed);
+        tch::no_grad(|| enc.encode(&batch, true).unwrap()).tensor().shallow_clone()
+    };
+    assert!(max_diff(&run(1), &run(2)) > 1e-3);
+    assert_eq!(max_diff(&run(1), &run(1)), 0.0);
 }

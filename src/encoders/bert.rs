@@ -4,6 +4,7 @@ use rust_bert::bert::{BertEmbeddings, BertModel};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+use super::fused_bert::FusedBert;
 use super::{pool, Pooling};
 use crate::batch::TokenBatch;
 use crate::encoder::Encoder;
@@ -12,10 +13,24 @@ use crate::pretrained::ModelDir;
 use crate::representation::Representation;
 use crate::weights::LoadReport;
 
+/// Which code runs BERT's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BertImplementation {
+    /// gradcache's own forward pass: fused GELU and scaled-dot-product
+    /// attention (faster; see `docs/encoder-speed.md`).
+    #[default]
+    Fused,
+    /// rust-bert's `BertModel`.
+    RustBert,
+}
+
 /// How a [`BertEncoder`] turns token states into representations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BertEncoderConfig {
+    /// Which code runs BERT's layers. Both read the same weights.
+    pub implementation: BertImplementation,
     /// Mean (sentence-transformers' default), CLS, or token matrices.
     pub pooling: Pooling,
     /// Optional linear projection of every token state to this width
@@ -27,7 +42,7 @@ pub struct BertEncoderConfig {
 
 impl Default for BertEncoderConfig {
     fn default() -> Self {
-        BertEncoderConfig { pooling: Pooling::Mean, projection: None, normalize: false }
+        BertEncoderConfig { implementation: BertImplementation::Fused, pooling: Pooling::Mean, projection: None, normalize: false }
     }
 }
 
@@ -54,7 +69,12 @@ impl BertEncoderConfig {
     pub fn init_pretrained(&self, vs: &nn::VarStore, name: &str, model: &ModelDir) -> Result<(BertEncoder, LoadReport)> {
         self.validate()?;
         let path = vs.root() / name;
-        let bert = BertModel::<BertEmbeddings>::new_with_optional_pooler(&path / "bert", model.config(), false);
+        let bert = match self.implementation {
+            BertImplementation::Fused => Body::Fused(Box::new(FusedBert::new(&(&path / "bert"), model.config(), model.layer_norm_eps())?)),
+            BertImplementation::RustBert => {
+                Body::RustBert(Box::new(BertModel::<BertEmbeddings>::new_with_optional_pooler(&path / "bert", model.config(), false)))
+            }
+        };
         let hidden = model.hidden_size() as i64;
         let projection = self.projection.map(|d| nn::linear(&path / "projection", hidden, d as i64, Default::default()));
         let prefix = if name.is_empty() { "bert".to_string() } else { format!("{name}.bert") };
@@ -63,9 +83,14 @@ impl BertEncoderConfig {
     }
 }
 
+enum Body {
+    Fused(Box<FusedBert>),
+    RustBert(Box<BertModel<BertEmbeddings>>),
+}
+
 /// A BERT encoder with pooling, optional projection and normalisation.
 pub struct BertEncoder {
-    bert: BertModel<BertEmbeddings>,
+    bert: Body,
     projection: Option<nn::Linear>,
     config: BertEncoderConfig,
     prefix: String,
@@ -98,8 +123,10 @@ impl Encoder for BertEncoder {
     type Input = TokenBatch;
 
     fn encode(&self, input: &TokenBatch, train: bool) -> Result<Representation> {
-        let out = self.bert.forward_t(Some(input.ids()), Some(input.mask()), None, None, None, None, None, train)?;
-        let mut hidden = out.hidden_state;
+        let mut hidden = match &self.bert {
+            Body::Fused(b) => b.forward(input.ids(), input.mask(), train)?,
+            Body::RustBert(b) => b.forward_t(Some(input.ids()), Some(input.mask()), None, None, None, None, None, train)?.hidden_state,
+        };
         if let Some(p) = &self.projection {
             hidden = hidden.apply(p);
         }

@@ -1,9 +1,10 @@
 //! Built-in encoders and the pooling they share.
 
 mod bert;
+mod fused_bert;
 mod tiny;
 
-pub use bert::{BertEncoder, BertEncoderConfig};
+pub use bert::{BertEncoder, BertEncoderConfig, BertImplementation};
 pub use tiny::{TinyEncoder, TinyEncoderConfig};
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,149 @@
+//! BERT's forward pass with fused GELU and scaled-dot-product attention,
+//! over the same weight names as Hugging Face's `BertModel` (and rust-bert's).
+//!
+//! rust-bert computes GELU as five element-wise operations and attention as
+//! matmul + softmax + matmul; here each is one libtorch kernel
+//! (`gelu`, `scaled_dot_product_attention`), which moves a fraction of the
+//! memory. `docs/encoder-speed.md` has the measurements.
+
+use rust_bert::bert::BertConfig;
+use rust_bert::Activation;
+use tch::{nn, Kind, Tensor};
+
+use crate::error::{GradCacheError, Result};
+
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(p: nn::Path, input: i64, output: i64) -> Result<Self> {
+        Ok(Linear { weight: p.f_var("weight", &[output, input], nn::Init::Const(0.0))?, bias: p.f_var("bias", &[output], nn::Init::Const(0.0))? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, Some(&self.bias))?)
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(p: nn::Path, dim: i64, eps: f64) -> Result<Self> {
+        Ok(LayerNorm { weight: p.f_var("weight", &[dim], nn::Init::Const(1.0))?, bias: p.f_var("bias", &[dim], nn::Init::Const(0.0))?, eps })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = *x.size().last().unwrap_or(&0);
+        Ok(x.f_layer_norm([d], Some(&self.weight), Some(&self.bias), self.eps, true)?)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// The BERT body: embeddings and encoder layers, no pooler.
+pub(crate) struct FusedBert {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: i64,
+    hidden_dropout: f64,
+    attention_dropout: f64,
+    activation: Activation,
+}
+
+impl FusedBert {
+    /// Creates the variables under `p` (`embeddings.*`, `encoder.layer.N.*`).
+    pub(crate) fn new(p: &nn::Path, config: &BertConfig, layer_norm_eps: f64) -> Result<Self> {
+        let activation = match config.hidden_act {
+            a @ (Activation::gelu | Activation::gelu_new | Activation::relu) => a,
+            _ => return Err(GradCacheError::InvalidConfig { field: "hidden_act", reason: "must be gelu, gelu_new or relu" }),
+        };
+        let d = config.hidden_size;
+        if config.num_attention_heads <= 0 || d % config.num_attention_heads != 0 {
+            return Err(GradCacheError::InvalidConfig { field: "num_attention_heads", reason: "must divide hidden_size" });
+        }
+        let e = p / "embeddings";
+        let zeros = nn::Init::Const(0.0);
+        let mut layers = Vec::new();
+        for i in 0..config.num_hidden_layers {
+            let l = p / "encoder" / "layer" / i;
+            let (attn, out) = (&l / "attention", &l / "output");
+            layers.push(Layer {
+                query: Linear::new(&attn / "self" / "query", d, d)?,
+                key: Linear::new(&attn / "self" / "key", d, d)?,
+                value: Linear::new(&attn / "self" / "value", d, d)?,
+                attention_output: Linear::new(&attn / "output" / "dense", d, d)?,
+                attention_norm: LayerNorm::new(&attn / "output" / "LayerNorm", d, layer_norm_eps)?,
+                intermediate: Linear::new(&l / "intermediate" / "dense", d, config.intermediate_size)?,
+                output: Linear::new(&out / "dense", config.intermediate_size, d)?,
+                output_norm: LayerNorm::new(&out / "LayerNorm", d, layer_norm_eps)?,
+            });
+        }
+        Ok(FusedBert {
+            word: (&e / "word_embeddings").f_var("weight", &[config.vocab_size, d], zeros)?,
+            position: (&e / "position_embeddings").f_var("weight", &[config.max_position_embeddings, d], zeros)?,
+            token_type: (&e / "token_type_embeddings").f_var("weight", &[config.type_vocab_size, d], zeros)?,
+            embedding_norm: LayerNorm::new(&e / "LayerNorm", d, layer_norm_eps)?,
+            layers,
+            heads: config.num_attention_heads,
+            hidden_dropout: config.hidden_dropout_prob,
+            attention_dropout: config.attention_probs_dropout_prob,
+            activation,
+        })
+    }
+
+    fn activate(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.activation {
+            Activation::gelu_new => x.f_gelu("tanh")?,
+            Activation::relu => x.f_relu()?,
+            _ => x.f_gelu("none")?,
+        })
+    }
+
+    /// Token states.
+    ///
+    /// # Shapes
+    /// `ids`, `mask`: `[n, L]` int64; returns `[n, L, d]`.
+    pub(crate) fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, len) = (ids.size()[0], ids.size()[1]);
+        let positions = Tensor::f_arange(len, (Kind::Int64, ids.device()))?;
+        let x = Tensor::f_embedding(&self.word, ids, -1, false, false)?
+            .f_add(&Tensor::f_embedding(&self.position, &positions, -1, false, false)?)?
+            .f_add(&self.token_type.f_get(0)?)?;
+        let mut x = self.embedding_norm.forward(&x)?.f_dropout(self.hidden_dropout, train)?;
+        // SDPA's boolean mask: true where a key may be attended.
+        let keys = mask.f_ne(0)?.f_view([n, 1, 1, len])?;
+        let d = *x.size().last().unwrap_or(&0);
+        let split = |t: Tensor| -> Result<Tensor> { Ok(t.f_view([n, len, self.heads, d / self.heads])?.f_transpose(1, 2)?) };
+        let p_attention = if train { self.attention_dropout } else { 0.0 };
+        for layer in &self.layers {
+            let (q, k, v) = (split(layer.query.forward(&x)?)?, split(layer.key.forward(&x)?)?, split(layer.value.forward(&x)?)?);
+            let context = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(&keys), p_attention, false, None)?
+                .f_transpose(1, 2)?
+                .f_reshape([n, len, d])?;
+            let attended = layer.attention_output.forward(&context)?.f_dropout(self.hidden_dropout, train)?;
+            let a = layer.attention_norm.forward(&attended.f_add(&x)?)?;
+            let hidden = self.activate(&layer.intermediate.forward(&a)?)?;
+            let out = layer.output.forward(&hidden)?.f_dropout(self.hidden_dropout, train)?;
+            x = layer.output_norm.forward(&out.f_add(&a)?)?;
+        }
+        Ok(x)
+    }
+}
