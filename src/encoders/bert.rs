@@ -17,12 +17,13 @@ use crate::weights::LoadReport;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BertImplementation {
-    /// gradcache's own forward pass: fused GELU and scaled-dot-product
-    /// attention (faster; see `docs/encoder-speed.md`).
+    /// rust-bert's `BertModel` (the default).
     #[default]
-    Fused,
-    /// rust-bert's `BertModel`.
     RustBert,
+    /// gradcache's own forward pass with fused GELU and scaled-dot-product
+    /// attention: on the CPU as fast as rust-bert, not faster
+    /// (`docs/encoder-speed.md`); meant for devices where SDPA has fused kernels.
+    Fused,
 }
 
 /// How a [`BertEncoder`] turns token states into representations.
@@ -42,7 +43,7 @@ pub struct BertEncoderConfig {
 
 impl Default for BertEncoderConfig {
     fn default() -> Self {
-        BertEncoderConfig { implementation: BertImplementation::Fused, pooling: Pooling::Mean, projection: None, normalize: false }
+        BertEncoderConfig { implementation: BertImplementation::RustBert, pooling: Pooling::Mean, projection: None, normalize: false }
     }
 }
 

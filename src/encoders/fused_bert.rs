@@ -2,9 +2,10 @@
 //! over the same weight names as Hugging Face's `BertModel` (and rust-bert's).
 //!
 //! rust-bert computes GELU as five element-wise operations and attention as
-//! matmul + softmax + matmul; here each is one libtorch kernel
-//! (`gelu`, `scaled_dot_product_attention`), which moves a fraction of the
-//! memory. `docs/encoder-speed.md` has the measurements.
+//! matmul + softmax + matmul; here each is one libtorch kernel (`gelu`,
+//! `scaled_dot_product_attention`). On the CPU this measured no faster than
+//! rust-bert with the allocator fix (`docs/encoder-speed.md`), so it is not
+//! the default; it is kept, tested, for devices where SDPA has fused kernels.
 
 use rust_bert::bert::BertConfig;
 use rust_bert::Activation;
@@ -18,8 +19,10 @@ struct Linear {
 }
 
 impl Linear {
-    fn new(p: nn::Path, input: i64, output: i64) -> Result<Self> {
-        Ok(Linear { weight: p.f_var("weight", &[output, input], nn::Init::Const(0.0))?, bias: p.f_var("bias", &[output], nn::Init::Const(0.0))? })
+    /// BERT's initialisation: weights N(0, σ), biases 0.
+    fn new(p: nn::Path, input: i64, output: i64, sigma: f64) -> Result<Self> {
+        let init = nn::Init::Randn { mean: 0.0, stdev: sigma };
+        Ok(Linear { weight: p.f_var("weight", &[output, input], init)?, bias: p.f_var("bias", &[output], nn::Init::Const(0.0))? })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -69,7 +72,9 @@ pub(crate) struct FusedBert {
 }
 
 impl FusedBert {
-    /// Creates the variables under `p` (`embeddings.*`, `encoder.layer.N.*`).
+    /// Creates the variables under `p` (`embeddings.*`, `encoder.layer.N.*`),
+    /// initialised as BERT is (N(0, `initializer_range`), LayerNorm 1 and 0),
+    /// ready to be overwritten by pretrained weights.
     pub(crate) fn new(p: &nn::Path, config: &BertConfig, layer_norm_eps: f64) -> Result<Self> {
         let activation = match config.hidden_act {
             a @ (Activation::gelu | Activation::gelu_new | Activation::relu) => a,
@@ -80,26 +85,27 @@ impl FusedBert {
             return Err(GradCacheError::InvalidConfig { field: "num_attention_heads", reason: "must divide hidden_size" });
         }
         let e = p / "embeddings";
-        let zeros = nn::Init::Const(0.0);
+        let sigma = f64::from(config.initializer_range);
+        let normal = nn::Init::Randn { mean: 0.0, stdev: sigma };
         let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
             let l = p / "encoder" / "layer" / i;
             let (attn, out) = (&l / "attention", &l / "output");
             layers.push(Layer {
-                query: Linear::new(&attn / "self" / "query", d, d)?,
-                key: Linear::new(&attn / "self" / "key", d, d)?,
-                value: Linear::new(&attn / "self" / "value", d, d)?,
-                attention_output: Linear::new(&attn / "output" / "dense", d, d)?,
+                query: Linear::new(&attn / "self" / "query", d, d, sigma)?,
+                key: Linear::new(&attn / "self" / "key", d, d, sigma)?,
+                value: Linear::new(&attn / "self" / "value", d, d, sigma)?,
+                attention_output: Linear::new(&attn / "output" / "dense", d, d, sigma)?,
                 attention_norm: LayerNorm::new(&attn / "output" / "LayerNorm", d, layer_norm_eps)?,
-                intermediate: Linear::new(&l / "intermediate" / "dense", d, config.intermediate_size)?,
-                output: Linear::new(&out / "dense", config.intermediate_size, d)?,
+                intermediate: Linear::new(&l / "intermediate" / "dense", d, config.intermediate_size, sigma)?,
+                output: Linear::new(&out / "dense", config.intermediate_size, d, sigma)?,
                 output_norm: LayerNorm::new(&out / "LayerNorm", d, layer_norm_eps)?,
             });
         }
         Ok(FusedBert {
-            word: (&e / "word_embeddings").f_var("weight", &[config.vocab_size, d], zeros)?,
-            position: (&e / "position_embeddings").f_var("weight", &[config.max_position_embeddings, d], zeros)?,
-            token_type: (&e / "token_type_embeddings").f_var("weight", &[config.type_vocab_size, d], zeros)?,
+            word: (&e / "word_embeddings").f_var("weight", &[config.vocab_size, d], normal)?,
+            position: (&e / "position_embeddings").f_var("weight", &[config.max_position_embeddings, d], normal)?,
+            token_type: (&e / "token_type_embeddings").f_var("weight", &[config.type_vocab_size, d], normal)?,
             embedding_norm: LayerNorm::new(&e / "LayerNorm", d, layer_norm_eps)?,
             layers,
             heads: config.num_attention_heads,
@@ -128,7 +134,10 @@ impl FusedBert {
             .f_add(&Tensor::f_embedding(&self.position, &positions, -1, false, false)?)?
             .f_add(&self.token_type.f_get(0)?)?;
         let mut x = self.embedding_norm.forward(&x)?.f_dropout(self.hidden_dropout, train)?;
-        // SDPA's boolean mask: true where a key may be attended.
+        // SDPA's boolean mask: true where a key may be attended. (A mask-free
+        // call, which would let SDPA pick its fused kernels when nothing is
+        // padded, fails through tch 0.17 with libtorch 2.4: the absent mask
+        // arrives as an undefined tensor that SDPA's input check rejects.)
         let keys = mask.f_ne(0)?.f_view([n, 1, 1, len])?;
         let d = *x.size().last().unwrap_or(&0);
         let split = |t: Tensor| -> Result<Tensor> { Ok(t.f_view([n, len, self.heads, d / self.heads])?.f_transpose(1, 2)?) };
