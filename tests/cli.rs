@@ -50,20 +50,3 @@ fn prepare_wordnet_writes_the_task_and_its_license() {
     assert!(!ok && text.contains("apt-get install wordnet-base"), "{text}");
 }
 
-/// `cargo test --all-targets` builds the examples next to the test binaries.
-fn example(name: &str) -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-    let path = deps.parent().unwrap().join("examples").join(name);
-    assert!(path.is_file(), "{} not built: run the suite with `cargo test --all-targets`", path.display());
-    path
-}
-
-#[test]
-fn custom_head_example_checks_and_trains_its_head() {
-    let out = Command::new(example("custom_head")).env("RUST_BACKTRACE", "0").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("head check: PASSED"), "{text}");
-    let top1 = |label: &str| -> f64 { text.lines().find(|l| l.contains(label)).unwrap().rsplit(' ').next().unwrap().parse().unwrap() };
-    assert!(top1("after training") > top1("before training") + 0.1, "{text}");
-}

@@ -1,6 +1,6 @@
 //! Pretrained BERT-family encoders, through rust-bert.
 
-use rust_bert::bert::{BertEmbeddings, BertModel};
+use rust_bert::bert::{BertConfig, BertEmbeddings, BertModel};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
@@ -68,19 +68,29 @@ impl BertEncoderConfig {
     /// [`GradCacheError::InvalidConfig`]; weight errors as
     /// [`ModelDir::load_weights`].
     pub fn init_pretrained(&self, vs: &nn::VarStore, name: &str, model: &ModelDir) -> Result<(BertEncoder, LoadReport)> {
+        let encoder = self.init_fresh(vs, name, model.config(), model.layer_norm_eps())?;
+        let report = model.load_weights(vs, &encoder.prefix)?;
+        Ok((encoder, report))
+    }
+
+    /// Builds a freshly initialised encoder of any BERT architecture under
+    /// `vs.root() / name` (no pretrained weights): for tests and benchmarks.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`].
+    pub fn init_fresh(&self, vs: &nn::VarStore, name: &str, config: &BertConfig, layer_norm_eps: f64) -> Result<BertEncoder> {
         self.validate()?;
         let path = vs.root() / name;
         let bert = match self.implementation {
-            BertImplementation::Fused => Body::Fused(Box::new(FusedBert::new(&(&path / "bert"), model.config(), model.layer_norm_eps())?)),
+            BertImplementation::Fused => Body::Fused(Box::new(FusedBert::new(&(&path / "bert"), config, layer_norm_eps)?)),
             BertImplementation::RustBert => {
-                Body::RustBert(Box::new(BertModel::<BertEmbeddings>::new_with_optional_pooler(&path / "bert", model.config(), false)))
+                Body::RustBert(Box::new(BertModel::<BertEmbeddings>::new_with_optional_pooler(&path / "bert", config, false)))
             }
         };
-        let hidden = model.hidden_size() as i64;
+        let hidden = config.hidden_size;
         let projection = self.projection.map(|d| nn::linear(&path / "projection", hidden, d as i64, Default::default()));
         let prefix = if name.is_empty() { "bert".to_string() } else { format!("{name}.bert") };
-        let report = model.load_weights(vs, &prefix)?;
-        Ok((BertEncoder { bert, projection, config: self.clone(), prefix }, report))
+        Ok(BertEncoder { bert, projection, config: self.clone(), prefix })
     }
 }
 
