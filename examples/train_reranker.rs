@@ -80,7 +80,7 @@ impl Default for RerankerConfig {
             loss: InfoNce { temperature: 1.0, symmetric: false },
             step: StepConfig { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() },
             train: TrainConfig {
-                steps: 120,
+                steps: 100,
                 learning_rate: 3e-5,
                 lr_multipliers: BTreeMap::from([("head".to_string(), 30.0)]),
                 warmup_steps: 10,
@@ -282,6 +282,8 @@ fn main() -> Result<()> {
     let dev_q = tok.encode(&dev_queries)?.to_device(device)?;
     let dev_c = tok.encode(&dev_corpus)?.to_device(device)?;
 
+    // Initialisation (the head, a projection) is reproducible from the seed too.
+    tch::manual_seed(c.train.seed as i64);
     let vs = nn::VarStore::new(device);
     let (query_enc, _) = c.encoder.init_pretrained(&vs, if c.tied { "encoder" } else { "query" }, &model)?;
     let passage_enc = if c.tied { None } else { Some(c.encoder.init_pretrained(&vs, "passage", &model)?.0) };

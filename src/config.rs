@@ -84,6 +84,18 @@ impl StepConfig {
     }
 }
 
+/// Checks a dropout probability: it must lie in `[0, 1)`.
+///
+/// # Errors
+/// [`GradCacheError::InvalidConfig`] naming the field `dropout`.
+pub(crate) fn check_dropout(p: f64) -> Result<()> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(GradCacheError::InvalidConfig { field: "dropout", reason: "must be in [0, 1)" })
+    }
+}
+
 /// `(start, len)` of each piece when `total` items are cut into pieces of
 /// `size` (the last one shorter).
 pub(crate) fn pieces(total: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {

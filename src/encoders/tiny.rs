@@ -42,9 +42,7 @@ impl TinyEncoderConfig {
                 return Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1" });
             }
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(GradCacheError::InvalidConfig { field: "dropout", reason: "must be in [0, 1)" });
-        }
+        crate::config::check_dropout(self.dropout)?;
         Ok(())
     }
 

@@ -37,9 +37,7 @@ impl BilinearHeadConfig {
         if self.dim == 0 || self.rank == Some(0) {
             return Err(GradCacheError::InvalidConfig { field: "dim", reason: "dim and rank must be at least 1" });
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(GradCacheError::InvalidConfig { field: "dropout", reason: "must be in [0, 1)" });
-        }
+        crate::config::check_dropout(self.dropout)?;
         let d = self.dim as i64;
         let form = match self.rank {
             None => {

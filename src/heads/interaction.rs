@@ -45,9 +45,7 @@ impl InteractionConfig {
         if !heads_divide(self.dim, self.heads) {
             return Err(GradCacheError::InvalidConfig { field: "heads", reason: "must divide dim" });
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(GradCacheError::InvalidConfig { field: "dropout", reason: "must be in [0, 1)" });
-        }
+        crate::config::check_dropout(self.dropout)?;
         let (d, f) = (self.dim as i64, self.ffn as i64);
         let lin = |p: nn::Path, i, o| nn::linear(p, i, o, Default::default());
         let attention = |p: nn::Path| Attention {

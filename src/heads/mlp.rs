@@ -38,9 +38,7 @@ impl MlpHeadConfig {
         if self.hidden == 0 {
             return Err(GradCacheError::InvalidConfig { field: "hidden", reason: "must be at least 1" });
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(GradCacheError::InvalidConfig { field: "dropout", reason: "must be in [0, 1)" });
-        }
+        crate::config::check_dropout(self.dropout)?;
         Ok(())
     }
 

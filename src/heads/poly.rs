@@ -36,9 +36,7 @@ impl PolyEncoderConfig {
         if self.dim == 0 || self.codes == 0 {
             return Err(GradCacheError::InvalidConfig { field: "codes", reason: "dim and codes must be at least 1" });
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(GradCacheError::InvalidConfig { field: "dropout", reason: "must be in [0, 1)" });
-        }
+        crate::config::check_dropout(self.dropout)?;
         let init = nn::Init::Randn { mean: 0.0, stdev: 1.0 / (self.dim as f64).sqrt() };
         Ok(PolyEncoderHead { codes: path.f_var("codes", &[self.codes as i64, self.dim as i64], init)?, config: self.clone() })
     }
