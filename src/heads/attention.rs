@@ -54,6 +54,6 @@ pub(crate) fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 /// Whether `heads` (≥ 1) divides `dim`.
 pub(crate) fn heads_divide(dim: usize, heads: usize) -> bool {
-    heads > 0 && dim % heads == 0
+    heads > 0 && dim.is_multiple_of(heads)
 }
 

@@ -101,7 +101,7 @@ impl HeadConfig {
             "weighted_max_sim" => HeadConfig::WeightedMaxSim(WeightedMaxSimConfig { dim }),
             "poly" => HeadConfig::Poly(PolyEncoderConfig { dim, codes: 8, dropout }),
             "interaction" => {
-                let heads = [8, 6, 4, 2, 1].into_iter().find(|h| dim % h == 0).unwrap_or(1);
+                let heads = [8, 6, 4, 2, 1].into_iter().find(|h| dim.is_multiple_of(*h)).unwrap_or(1);
                 HeadConfig::Interaction(InteractionConfig { dim, heads, ffn: 2 * dim, dropout })
             }
             _ => return Err(GradCacheError::InvalidConfig { field: "kind", reason: "must be one of dot, cosine, bilinear, mlp, max_sim, weighted_max_sim, poly, interaction" }),

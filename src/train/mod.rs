@@ -302,7 +302,7 @@ impl<'v> Trainer<'v> {
         for i in self.first_step..c.steps {
             let started = Instant::now();
             zero_grads(self.vs);
-            tch::manual_seed((crate::replay::ReplaySeeds::from_base(c.seed).seed(crate::replay::Stream::After, i) >> 1) as i64);
+            tch::manual_seed(crate::replay::ReplaySeeds::from_base(c.seed).seed(crate::replay::Stream::After, i) >> 1);
             let out = step(i)?;
             let norm = clip_grad_norm(self.vs, c.max_grad_norm)?;
             if !norm.is_finite() {

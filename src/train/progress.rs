@@ -56,7 +56,7 @@ impl Progress {
             if done == self.total {
                 let _ = writeln!(err);
             }
-        } else if done % tenth == 0 || done == self.total || done == self.first + 1 {
+        } else if done.is_multiple_of(tenth) || done == self.total || done == self.first + 1 {
             let _ = writeln!(err, "{line}");
         }
         let _ = err.flush();
