@@ -21,15 +21,15 @@ use gradcache::data::{Malformed, TrainingRecord};
 use gradcache::encoders::{BertEncoder, BertEncoderConfig};
 use gradcache::eval::{score_corpus, sense_metrics};
 use gradcache::encoders::Pooling;
-use gradcache::heads::{HeadConfig, MlpHeadConfig};
+use gradcache::heads::{CosineHeadConfig, HeadConfig, MlpHeadConfig};
 use gradcache::pretrained::ModelDir;
 use gradcache::runtime::{parse_device, tune_allocator};
 use gradcache::text::TextTokenizer;
 use gradcache::train::{sample_indices, TrainConfig, Trainer};
 use gradcache::weights::{save_safetensors, write_bytes_atomically};
-use gradcache::{Encoder, GradCache, InfoNce, StepConfig, Targets, TokenBatch};
+use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device};
 
 /// Everything the run needs; JSON with these fields, all optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,20 +230,14 @@ fn batch(
     Ok((tok.encode(&queries)?.to_device(device)?, tok.encode(&passages)?.to_device(device)?, targets))
 }
 
-/// The pretrained encoder's cosine similarity, for reference.
-fn cosine_baseline(enc: &BertEncoder, queries: &TokenBatch, corpus: &TokenBatch, eval: &SenseEval, chunk: usize) -> Result<BTreeMap<String, f64>> {
-    let encode = |input: &TokenBatch| -> Result<Tensor> {
-        let n = gradcache::Chunk::len(input);
-        let mut parts = Vec::new();
-        for start in (0..n).step_by(chunk) {
-            let part = gradcache::Chunk::chunk(input, start, chunk.min(n - start))?;
-            let v = tch::no_grad(|| enc.encode(&part, false))?.tensor().shallow_clone();
-            parts.push(&v / v.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12));
-        }
-        Ok(Tensor::cat(&parts, 0))
-    };
-    let scores = encode(queries)?.matmul(&encode(corpus)?.tr());
-    Ok(sense_metrics(&scores, eval)?)
+/// The pretrained encoder's cosine similarity, for reference: a cosine head
+/// (its scale does not change rankings) through the same eval-mode passes.
+fn cosine_baseline(enc: &BertEncoder, queries: &TokenBatch, corpus: &TokenBatch, eval: &SenseEval, step: &StepConfig) -> Result<BTreeMap<String, f64>> {
+    let scratch = nn::VarStore::new(queries.ids().device());
+    let cosine = CosineHeadConfig::default().init(&scratch.root())?;
+    let loss = InfoNce::default();
+    let gc = GradCache::tied(step.clone(), enc, &cosine, &loss)?;
+    Ok(sense_metrics(&score_corpus(&gc, queries, corpus)?, eval)?)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -311,7 +305,7 @@ fn main() -> Result<()> {
     let cosine = if c.encoder.pooling == Pooling::Tokens {
         None
     } else {
-        Some(cosine_baseline(&query_enc, &dev_q, &dev_c, &dev, c.step.query_chunk_size)?)
+        Some(cosine_baseline(&query_enc, &dev_q, &dev_c, &dev, &c.step)?)
     };
 
     let mut trainer = Trainer::new(c.train.clone(), &vs, &c.output_dir, args.resume)?;
