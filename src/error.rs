@@ -314,5 +314,15 @@ pub enum DataLineError {
     Format(&'static str),
 }
 
+/// Wraps an I/O error on `path`: `.map_err(io_error(path))`.
+pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> GradCacheError + '_ {
+    move |source| GradCacheError::Io { path: path.to_path_buf(), source }
+}
+
+/// The error for a required file that is not there.
+pub(crate) fn not_found(path: &std::path::Path, why: &str) -> GradCacheError {
+    GradCacheError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::NotFound, why.to_string()) }
+}
+
 /// Shorthand for results in this crate.
 pub type Result<T, E = GradCacheError> = std::result::Result<T, E>;

@@ -38,7 +38,7 @@ struct TokenizerConfig {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| GradCacheError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
     serde_json::from_str(&text).map_err(|source| GradCacheError::Json { path: path.to_path_buf(), source })
 }
 
@@ -55,10 +55,7 @@ impl ModelDir {
         for file in ["config.json", "vocab.txt", "model.safetensors"] {
             let path = root.join(file);
             if !path.is_file() {
-                return Err(GradCacheError::Io {
-                    path,
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder lacks this file"),
-                });
+                return Err(crate::error::not_found(&path, "model folder lacks this file"));
             }
         }
         let config: BertConfig = read_json(&root.join("config.json"))?;
@@ -118,11 +115,11 @@ impl ModelDir {
     /// # Errors
     /// [`GradCacheError::Io`] on any file error.
     pub fn export(&self, vs: &nn::VarStore, prefix: &str, out: &Path) -> Result<()> {
-        std::fs::create_dir_all(out).map_err(|source| GradCacheError::Io { path: out.to_path_buf(), source })?;
+        std::fs::create_dir_all(out).map_err(crate::error::io_error(out))?;
         for file in ["config.json", "vocab.txt", "tokenizer_config.json"] {
             let src = self.root.join(file);
             if src.is_file() {
-                let bytes = std::fs::read(&src).map_err(|source| GradCacheError::Io { path: src.clone(), source })?;
+                let bytes = std::fs::read(&src).map_err(crate::error::io_error(&src))?;
                 write_bytes_atomically(&out.join(file), &bytes)?;
             }
         }

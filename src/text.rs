@@ -34,10 +34,7 @@ impl TextTokenizer {
             return Err(GradCacheError::InvalidConfig { field: "max_len", reason: "must be at least 2 ([CLS] and [SEP])" });
         }
         if !vocab.is_file() {
-            return Err(GradCacheError::Io {
-                path: vocab.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            });
+            return Err(crate::error::not_found(vocab, "no such file"));
         }
         Ok(TextTokenizer { inner: BertTokenizer::from_file(vocab, lowercase, lowercase)?, max_len })
     }

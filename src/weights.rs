@@ -35,10 +35,7 @@ fn strip<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
 /// when it is not a valid safetensors file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
-        return Err(GradCacheError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        });
+        return Err(crate::error::not_found(path, "no such file"));
     }
     Ok(Tensor::read_safetensors(path)?)
 }
@@ -166,7 +163,7 @@ pub fn write_atomically(file: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, file).map_err(|source| GradCacheError::Io { path: file.to_path_buf(), source })
+    std::fs::rename(&tmp, file).map_err(crate::error::io_error(file))
 }
 
 /// Writes bytes atomically (see [`write_atomically`]).
@@ -174,7 +171,7 @@ pub fn write_atomically(file: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
 /// # Errors
 /// [`GradCacheError::Io`].
 pub fn write_bytes_atomically(file: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically(file, |tmp| std::fs::write(tmp, bytes).map_err(|source| GradCacheError::Io { path: tmp.to_path_buf(), source }))
+    write_atomically(file, |tmp| std::fs::write(tmp, bytes).map_err(crate::error::io_error(tmp)))
 }
 
 fn temporary_sibling(file: &Path) -> PathBuf {

@@ -66,7 +66,7 @@ pub(crate) fn read_lines<T>(
     malformed: Malformed,
     mut parse: impl FnMut(usize, &str) -> std::result::Result<Option<T>, DataLineError>,
 ) -> Result<Read<T>> {
-    let text = std::fs::read_to_string(path).map_err(|source| GradCacheError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
     let mut items = Vec::new();
     let mut skipped = 0;
     for (i, line) in text.lines().enumerate() {

@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{read_lines, Malformed, RetrievalSet, TrainingRecord};
-use crate::error::{DataLineError, GradCacheError, Result};
+use crate::error::{DataLineError, Result};
 use crate::weights::write_bytes_atomically;
 
 /// A split of the task.
@@ -210,7 +210,7 @@ impl WordSenseData {
     /// # Errors
     /// [`GradCacheError::Io`].
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| GradCacheError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(crate::error::io_error(dir))?;
         let clean = |s: &str| s.replace(['\t', '\n'], " ");
         let synsets: String = self.definitions.iter().map(|(id, d)| format!("{id}\t{}\n", clean(d))).collect();
         let senses: String = self.senses.iter().map(|(l, ids)| format!("{l}\t{}\n", ids.join(" "))).collect();

@@ -10,7 +10,7 @@ use tch::nn;
 
 use super::optim::AdamW;
 use super::TrainConfig;
-use crate::error::{GradCacheError, Result};
+use crate::error::{io_error as io, GradCacheError, Result};
 use crate::weights::{load_safetensors, save_safetensors, write_bytes_atomically};
 
 /// What `state.json` records.
@@ -21,10 +21,6 @@ pub struct CheckpointState {
     pub step: usize,
     /// The training configuration of the run.
     pub config: TrainConfig,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GradCacheError + '_ {
-    move |source| GradCacheError::Io { path: path.to_path_buf(), source }
 }
 
 /// The complete checkpoints under `dir`, oldest first.

@@ -202,10 +202,7 @@ fn set_aside(path: &Path, previous: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| GradCacheError::Io { path: p, source }
-    };
+    let io = crate::error::io_error;
     if previous.is_dir() {
         std::fs::remove_dir_all(previous).map_err(io(previous))?;
     } else if previous.exists() {
@@ -255,7 +252,7 @@ impl<'v> Trainer<'v> {
     /// errors from [`checkpoint::restore`].
     pub fn new(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool) -> Result<Self> {
         config.validate()?;
-        std::fs::create_dir_all(out).map_err(|source| GradCacheError::Io { path: out.to_path_buf(), source })?;
+        std::fs::create_dir_all(out).map_err(crate::error::io_error(out))?;
         let mut optimizer = AdamW::new(config.weight_decay);
         let mut first_step = 0;
         if resume {
