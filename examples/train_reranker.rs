@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use gradcache::data::jsonl::read_training_records;
 use gradcache::data::wordnet::{SenseEval, Split, WordSenseData};
-use gradcache::data::{Malformed, TrainingRecord};
+use gradcache::data::{grouped_batch, Malformed, TrainingRecord};
 use gradcache::encoders::{BertEncoder, BertEncoderConfig};
 use gradcache::eval::{score_corpus, sense_metrics};
 use gradcache::encoders::Pooling;
@@ -193,9 +193,7 @@ fn resolve(args: &Args) -> Result<RerankerConfig> {
 }
 
 /// Batch `step`: `batch_size` records, each with its positive and
-/// `group_size - 1` hard negatives (rotating through the record's
-/// negatives; records with none borrow the next record's positive). Every
-/// column whose text equals a query's positive counts as a positive.
+/// `group_size - 1` hard negatives ([`grouped_batch`]).
 fn batch(
     records: &[TrainingRecord],
     c: &RerankerConfig,
@@ -204,30 +202,9 @@ fn batch(
     device: Device,
 ) -> gradcache::Result<(TokenBatch, TokenBatch, Targets)> {
     let picks = sample_indices(records.len(), c.batch_size, step, c.train.seed);
-    let mut queries = Vec::with_capacity(picks.len());
-    let mut passages = Vec::with_capacity(picks.len() * c.group_size);
-    for (k, &r) in picks.iter().enumerate() {
-        let rec = &records[r];
-        queries.push(rec.query.as_str());
-        passages.push(rec.positives[step % rec.positives.len()].as_str());
-        for n in 0..c.group_size - 1 {
-            let negative = if rec.negatives.is_empty() {
-                let other = &records[picks[(k + 1 + n) % picks.len()]];
-                other.positives[0].as_str()
-            } else {
-                rec.negatives[(step + n) % rec.negatives.len()].as_str()
-            };
-            passages.push(negative);
-        }
-    }
-    let positives = (0..queries.len())
-        .map(|i| {
-            let gold = passages[i * c.group_size];
-            passages.iter().enumerate().filter(|(_, p)| **p == gold).map(|(j, _)| j).collect()
-        })
-        .collect();
-    let targets = Targets::from_positives(passages.len(), positives)?;
-    Ok((tok.encode(&queries)?.to_device(device)?, tok.encode(&passages)?.to_device(device)?, targets))
+    let b = grouped_batch(records, &picks, c.group_size, step)?;
+    let targets = Targets::from_positives(b.passages.len(), b.positives)?;
+    Ok((tok.encode(&b.queries)?.to_device(device)?, tok.encode(&b.passages)?.to_device(device)?, targets))
 }
 
 /// The pretrained encoder's cosine similarity, for reference: a cosine head

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use gradcache::data::beir::read_beir;
 use gradcache::data::jsonl::read_training_records;
 use gradcache::data::wordnet::{parse_data_file, Split, WordSenseData};
-use gradcache::data::Malformed;
+use gradcache::data::{grouped_batch, Malformed, TrainingRecord};
 use gradcache::error::DataLineError;
 use gradcache::GradCacheError;
 
@@ -179,4 +179,42 @@ fn beir_folders_and_their_errors() {
         read_beir(&d, "test", Malformed::Skip).unwrap()
     };
     assert_eq!(skipped, 1);
+}
+
+fn record(q: &str, positives: &[&str], negatives: &[&str]) -> TrainingRecord {
+    TrainingRecord {
+        query: q.into(),
+        positives: positives.iter().map(|s| s.to_string()).collect(),
+        negatives: negatives.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn grouped_batch_lays_out_positive_then_negatives_and_finds_shared_positives() {
+    let records = vec![
+        record("q0", &["p0a", "p0b"], &["n0a", "n0b", "n0c"]),
+        record("q1", &["shared"], &[]),
+        record("q2", &["shared"], &["n2"]),
+    ];
+    // Rotation 1: second positive of q0, negatives from index 1 on.
+    let b = grouped_batch(&records, &[0, 1, 2], 3, 1).unwrap();
+    assert_eq!(b.queries, ["q0", "q1", "q2"]);
+    assert_eq!(
+        b.passages,
+        // q1 has no negatives: it borrows the positives of q2 and (wrapping) q0.
+        ["p0b", "n0b", "n0c", "shared", "shared", "p0a", "shared", "n2", "n2"]
+    );
+    // q1 and q2 share a positive text: both count every copy of it.
+    assert_eq!(b.positives, vec![vec![0], vec![3, 4, 6], vec![3, 4, 6]]);
+}
+
+#[test]
+fn grouped_batch_rejects_bad_requests_with_typed_errors() {
+    let records = vec![record("q0", &["p"], &[]), record("q1", &[], &[])];
+    for (picks, group) in [(vec![0], 0), (vec![], 2), (vec![5], 2), (vec![1], 2)] {
+        match grouped_batch(&records, &picks, group, 0) {
+            Err(GradCacheError::InvalidConfig { .. }) => {}
+            other => panic!("picks {picks:?}, group {group}: expected InvalidConfig, got {other:?}"),
+        }
+    }
 }

@@ -28,6 +28,65 @@ pub struct TrainingRecord {
     pub negatives: Vec<String>,
 }
 
+/// The texts of one training batch built from [`TrainingRecord`]s, grouped
+/// per query, and which passages are each query's positives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupedBatch<'a> {
+    /// One text per picked record.
+    pub queries: Vec<&'a str>,
+    /// `group_size` texts per query, in query order: its positive first,
+    /// then `group_size - 1` negatives.
+    pub passages: Vec<&'a str>,
+    /// Per query, the indices into `passages` whose text equals its
+    /// positive (its own, and any identical text elsewhere in the batch).
+    pub positives: Vec<Vec<usize>>,
+}
+
+/// Builds a batch from `records[picks[k]]`: each query with one positive
+/// (rotating through its positives with `rotation`) and `group_size - 1`
+/// hard negatives (rotating the same way); a record without negatives
+/// borrows the positives of the records after it in the batch.
+///
+/// # Errors
+/// [`GradCacheError::InvalidConfig`] for `group_size = 0`, an empty `picks`,
+/// an index past `records`, or a record without positives.
+pub fn grouped_batch<'a>(records: &'a [TrainingRecord], picks: &[usize], group_size: usize, rotation: usize) -> Result<GroupedBatch<'a>> {
+    if group_size == 0 {
+        return Err(GradCacheError::InvalidConfig { field: "group_size", reason: "must be at least 1" });
+    }
+    if picks.is_empty() {
+        return Err(GradCacheError::InvalidConfig { field: "picks", reason: "must name at least one record" });
+    }
+    let picked: Vec<&TrainingRecord> = picks
+        .iter()
+        .map(|&r| records.get(r).ok_or(GradCacheError::InvalidConfig { field: "picks", reason: "index past the records" }))
+        .collect::<Result<_>>()?;
+    if picked.iter().any(|r| r.positives.is_empty()) {
+        return Err(GradCacheError::InvalidConfig { field: "records", reason: "every training record needs a positive" });
+    }
+    let mut queries = Vec::with_capacity(picked.len());
+    let mut passages = Vec::with_capacity(picked.len() * group_size);
+    for (k, rec) in picked.iter().enumerate() {
+        queries.push(rec.query.as_str());
+        passages.push(rec.positives[rotation % rec.positives.len()].as_str());
+        for n in 0..group_size - 1 {
+            let negative = if rec.negatives.is_empty() {
+                picked[(k + 1 + n) % picked.len()].positives[0].as_str()
+            } else {
+                rec.negatives[(rotation + n) % rec.negatives.len()].as_str()
+            };
+            passages.push(negative);
+        }
+    }
+    let positives = (0..queries.len())
+        .map(|i| {
+            let gold = passages[i * group_size];
+            passages.iter().enumerate().filter(|(_, p)| **p == gold).map(|(j, _)| j).collect()
+        })
+        .collect();
+    Ok(GroupedBatch { queries, passages, positives })
+}
+
 /// An evaluation set: queries, a corpus, and graded relevance.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RetrievalSet {
