@@ -1,0 +1,131 @@
+//! gradcache's side of the comparison with sentence-transformers'
+//! CachedMultipleNegativesRankingLoss (benchmarks/peers/st_cmnrl.py): the
+//! same MiniLM weights, the same (query, positive, hard negative) triples,
+//! the same batch, encoder chunk (their `mini_batch_size`) and thread count.
+//! The score is cosine × 20 and the loss cross-entropy over every passage in
+//! the batch, as in theirs. One step = zeroed gradients, the two-cache step
+//! (loss and every gradient); the optimizer is left out on both sides.
+//!
+//! Prints one JSON line: median step seconds after one warm-up step, peak
+//! resident memory (VmHWM) before the first step and at the end. With
+//! `--write-triples FILE` it first writes the triples as JSONL for the peer.
+//! Run by `benchmarks/peer_cmnrl.sh`.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use gradcache::data::wordnet::WordSenseData;
+use gradcache::encoders::{BertEncoderConfig, BertImplementation};
+use gradcache::heads::CosineHeadConfig;
+use gradcache::pretrained::ModelDir;
+use gradcache::{GradCache, InfoNce, StepConfig, Targets};
+use tch::{nn, Device};
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value = ".models/all-MiniLM-L6-v2")]
+    model: std::path::PathBuf,
+    #[arg(long, default_value = "examples/data/wordnet")]
+    data: std::path::PathBuf,
+    /// Queries per batch; each brings a positive and a hard negative.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Texts per encoder chunk (their `mini_batch_size`).
+    #[arg(long, default_value_t = 16)]
+    chunk: usize,
+    /// Measured steps, after one warm-up step.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// gradcache's own fused BERT layers instead of rust-bert's.
+    #[arg(long)]
+    fused: bool,
+    /// Write the batch's triples as JSONL (`query`, `positive`, `negative`).
+    #[arg(long)]
+    write_triples: Option<std::path::PathBuf>,
+}
+
+/// Peak resident set of this process so far, in MB.
+fn vm_hwm_mb() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/self/status")?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse::<f64>()? / 1024.0)
+}
+
+fn main() -> Result<()> {
+    gradcache::runtime::tune_allocator();
+    let a = Args::parse();
+    if a.steps == 0 || a.batch == 0 || a.chunk == 0 {
+        bail!("--steps, --batch and --chunk must be at least 1");
+    }
+    tch::set_num_threads(a.threads);
+    tch::manual_seed(0);
+    // The first `batch` training examples that have a hard negative.
+    let task = WordSenseData::read(&a.data)?;
+    let triples: Vec<(String, String, String)> = task
+        .training_records()
+        .into_iter()
+        .filter(|r| !r.negatives.is_empty())
+        .take(a.batch)
+        .map(|r| (r.query, r.positives[0].clone(), r.negatives[0].clone()))
+        .collect();
+    if triples.len() < a.batch {
+        bail!("only {} training examples with a hard negative", triples.len());
+    }
+    if let Some(path) = &a.write_triples {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        for (q, p, n) in &triples {
+            writeln!(f, "{}", serde_json::json!({"query": q, "positive": p, "negative": n}))?;
+        }
+        f.flush()?;
+    }
+
+    let model = ModelDir::open(&a.model)?;
+    let tok = model.tokenizer(a.max_len)?;
+    let queries: Vec<&str> = triples.iter().map(|t| t.0.as_str()).collect();
+    // Passages grouped per query: [positive, negative] for each.
+    let passages: Vec<&str> = triples.iter().flat_map(|t| [t.1.as_str(), t.2.as_str()]).collect();
+    let (q, p) = (tok.encode(&queries)?, tok.encode(&passages)?);
+    let targets = Targets::grouped(a.batch, 2 * a.batch, 2)?;
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let implementation = if a.fused { BertImplementation::Fused } else { BertImplementation::RustBert };
+    let (encoder, _) = BertEncoderConfig { implementation, ..Default::default() }.init_pretrained(&vs, "encoder", &model)?;
+    // τ = 1/20: their default scale.
+    let head = CosineHeadConfig { initial_temperature: 0.05 }.init(&(vs.root() / "head"))?;
+    let loss = InfoNce { temperature: 1.0, symmetric: false };
+    let config = StepConfig {
+        query_chunk_size: a.chunk,
+        passage_chunk_size: a.chunk,
+        // Like theirs: `chunk` query rows against every passage at once.
+        head_block_queries: a.chunk,
+        head_block_passages: 2 * a.batch,
+        ..StepConfig::default()
+    };
+    let gc = GradCache::tied(config, &encoder, &head, &loss)?;
+    let before_mb = vm_hwm_mb()?;
+    let (mut times, mut losses) = (Vec::new(), Vec::new());
+    for step in 0..=a.steps {
+        gradcache::check::zero_grads(&vs);
+        let t = std::time::Instant::now();
+        let out = gc.step(&q, &p, &targets)?;
+        if step > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        losses.push(out.loss);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": if a.fused { "gradcache two-cache (fused layers)" } else { "gradcache two-cache" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
+            "median_s": times[times.len() / 2], "peak_mb": vm_hwm_mb()?, "before_step_mb": before_mb,
+            "first_loss": losses[0], "steps": times.len(),
+        })
+    );
+    Ok(())
+}
