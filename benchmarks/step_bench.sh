@@ -9,7 +9,7 @@
 # two-cache step runs every size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/gradcache.sh setup
+scripts/gradcache.sh setup-bench
 cargo build --release --example bench_step
 bin=./target/release/examples/bench_step
 if [ "${1:-}" = "--quick" ]; then

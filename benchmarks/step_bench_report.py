@@ -39,3 +39,34 @@ for head in heads:
     out.append(f"| {head} | {t} | {m} | {g} |")
 open(path.replace(".jsonl", ".md"), "w").write("\n".join(out) + "\n")
 print("\n".join(out))
+
+# PNG plots beside the table: peak memory and step time against batch size,
+# one panel per head (matplotlib, installed by scripts/gradcache.sh setup-bench).
+try:
+    import matplotlib
+except ImportError:
+    print("step_bench plots not written: matplotlib missing (scripts/gradcache.sh setup-bench)", file=sys.stderr)
+    sys.exit(0)
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+labels = {"Full": "full batch", "Accumulation": "gradient accumulation", "RepCache": "representation cache only (§3)",
+          "TwoCache": "two-cache (§5)"}
+for key, unit, scale, name in [("peak_mb", "peak resident memory (GiB)", 1 / 1024, "memory"), ("median_s", "seconds per step", 1, "time")]:
+    fig, axes = plt.subplots(1, len(heads), figsize=(4 * len(heads), 3.6), squeeze=False)
+    for ax, head in zip(axes[0], heads):
+        for m in methods:
+            pts = [(b, by[(head, m, b)][key] * scale) for b in batches if (head, m, b) in by]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[m])
+        ax.set_xscale("log", base=2)
+        if key == "median_s":
+            ax.set_yscale("log")
+        ax.set_title(f"{head} head")
+        ax.set_xlabel("queries per batch")
+        ax.set_ylabel(unit)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Step {name} per method (command: {command})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path.replace(".jsonl", f"_{name}.png"), dpi=110)

@@ -6,6 +6,9 @@
 #                                # transformers (parity checks) into a cached venv
 #   scripts/gradcache.sh train   # the main job: a real training run
 #   scripts/gradcache.sh test    # the test suite (what CI runs)
+#   scripts/gradcache.sh setup-bench  # setup + the benchmarks' Python peers
+#                                     # (sentence-transformers) and matplotlib
+#   scripts/gradcache.sh reproduce [--quick]  # examples/reproduce_extension
 #
 # GRADCACHE_HOME (default ~/.cache/gradcache) holds the venv, shared by clones.
 set -euo pipefail
@@ -45,6 +48,19 @@ setup() {
     printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" > "$repo/.python.tmp" && chmod +x "$repo/.python.tmp" && mv "$repo/.python.tmp" "$repo/.python"
 }
 
+# For benchmarks/ and the reproduction only: the sentence-transformers peer
+# (a version that runs on torch 2.4 and transformers 4.44) and matplotlib
+# for the PNG plots.
+setup_bench() {
+    setup
+    local py="$venv/bin/python"
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('sentence-transformers') != '5.7.0' or m.version('matplotlib') != '3.9.2')" 2>/dev/null; then
+        log "installing sentence-transformers==5.7.0 and matplotlib==3.9.2"
+        "$py" -m pip install --quiet --disable-pip-version-check "sentence-transformers==5.7.0" "matplotlib==3.9.2" \
+            "transformers==4.44.2" "torch==$torch_version"
+    fi
+}
+
 link() {
     if [ "$(readlink "$2" 2>/dev/null)" != "$1" ]; then
         ln -sfn "$1" "$2"
@@ -55,6 +71,12 @@ cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
     setup) setup ;;
+    setup-bench) setup_bench ;;
+    reproduce)
+        setup_bench
+        cd "$repo"
+        exec cargo run --release --example reproduce_extension -- "$@"
+        ;;
     train)
         setup
         cd "$repo"
@@ -66,7 +88,7 @@ case "$cmd" in
         exec cargo test --all-targets "$@"
         ;;
     *)
-        echo "usage: scripts/gradcache.sh {setup|train|test} [args...]" >&2
+        echo "usage: scripts/gradcache.sh {setup|setup-bench|train|test|reproduce} [args...]" >&2
         exit 2
         ;;
 esac
