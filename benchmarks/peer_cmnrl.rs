@@ -49,13 +49,6 @@ struct Args {
     write_triples: Option<std::path::PathBuf>,
 }
 
-/// Peak resident set of this process so far, in MB.
-fn vm_hwm_mb() -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/self/status")?;
-    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse::<f64>()? / 1024.0)
-}
-
 fn main() -> Result<()> {
     gradcache::runtime::tune_allocator();
     let a = Args::parse();
@@ -107,7 +100,7 @@ fn main() -> Result<()> {
         ..StepConfig::default()
     };
     let gc = GradCache::tied(config, &encoder, &head, &loss)?;
-    let before_mb = vm_hwm_mb()?;
+    let before_mb = gradcache::runtime::peak_resident_mb()?;
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     for step in 0..=a.steps {
         gradcache::check::zero_grads(&vs);
@@ -123,7 +116,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({
             "impl": if a.fused { "gradcache two-cache (fused layers)" } else { "gradcache two-cache" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
-            "median_s": times[times.len() / 2], "peak_mb": vm_hwm_mb()?, "before_step_mb": before_mb,
+            "median_s": times[times.len() / 2], "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": before_mb,
             "first_loss": losses[0], "steps": times.len(),
         })
     );

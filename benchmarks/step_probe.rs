@@ -57,13 +57,6 @@ pub struct ProbeArgs {
     pub no_check_replay: bool,
 }
 
-fn vm_hwm_mb() -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
-    let kb: f64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
-    Ok(kb / 1024.0)
-}
-
 /// The benchmark's model under `vs`: a small BERT (2 layers, width 128,
 /// 4 heads, vocabulary 8000, fresh weights) shaped for `head` (mean pooling
 /// for vector heads, token states for token heads, 32-d token projections
@@ -129,7 +122,7 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
     let gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
     let (q, p) = (tokens(n, a.tokens)?, tokens(m, a.tokens)?);
     let targets = Targets::grouped(n, m, a.group)?;
-    let idle_mb = vm_hwm_mb()?;
+    let idle_mb = gradcache::runtime::peak_resident_mb()?;
     let (mut times, mut phases) = (Vec::new(), Vec::new());
     for step in 0..=a.steps {
         gradcache::check::zero_grads(&vs);
@@ -159,6 +152,6 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "method": format!("{:?}", a.method), "head": a.head, "batch": n, "passages": m, "chunk": a.chunk,
         "check_replay": !a.no_check_replay, "median_s": times[times.len() / 2], "phase_s": phase_s,
-        "peak_mb": vm_hwm_mb()?, "before_step_mb": idle_mb, "steps": times.len(),
+        "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": idle_mb, "steps": times.len(),
     }))
 }

@@ -48,3 +48,20 @@ pub fn tune_allocator() -> bool {
         false
     }
 }
+
+/// The process's peak resident set so far (`VmHWM` in `/proc/self/status`),
+/// in MiB: what the benchmarks report as peak memory on the CPU.
+///
+/// # Errors
+/// [`GradCacheError::Io`] when the file cannot be read (not Linux);
+/// [`GradCacheError::InvalidConfig`] when it has no readable `VmHWM` line.
+pub fn peak_resident_mb() -> Result<f64> {
+    let path = std::path::Path::new("/proc/self/status");
+    let status = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .ok_or(GradCacheError::InvalidConfig { field: "VmHWM", reason: "missing from /proc/self/status" })
+}

@@ -1,6 +1,6 @@
 //! Device names and the allocator setting.
 
-use gradcache::runtime::{parse_device, tune_allocator};
+use gradcache::runtime::{parse_device, peak_resident_mb, tune_allocator};
 use gradcache::GradCacheError;
 use tch::Device;
 
@@ -23,4 +23,22 @@ fn device_names() {
 #[test]
 fn allocator_tuning_is_accepted_by_glibc() {
     assert_eq!(tune_allocator(), cfg!(all(target_os = "linux", target_env = "gnu")));
+}
+
+#[test]
+fn peak_resident_memory_grows_with_a_touched_buffer_and_never_falls() {
+    let before = peak_resident_mb().unwrap();
+    assert!(before > 1.0, "{before}");
+    // Touch 64 MiB: the peak must rise by about that much, and stay up
+    // after the buffer is freed.
+    let buffer = vec![1u8; 64 << 20];
+    let during = peak_resident_mb().unwrap();
+    assert_eq!(buffer.iter().map(|&b| b as usize).sum::<usize>(), 64 << 20);
+    drop(buffer);
+    let after = peak_resident_mb().unwrap();
+    assert!(during - before > 48.0, "{before} -> {during}");
+    // The kernel syncs per-thread RSS counters lazily (every 64 faults), so
+    // two readings may differ by a little in either direction; a peak that
+    // fell back with the freed buffer would drop by ~64 MiB.
+    assert!(after > during - 8.0, "{during} -> {after}");
 }
