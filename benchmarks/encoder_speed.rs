@@ -31,6 +31,10 @@ struct Args {
     /// Use rust-bert's BERT instead of gradcache's fused one.
     #[arg(long)]
     rust_bert: bool,
+    /// Forward only, without a graph (the representation pass), still in
+    /// train mode.
+    #[arg(long)]
+    forward_only: bool,
 }
 
 fn usage() -> (i64, f64) {
@@ -61,8 +65,11 @@ fn main() -> Result<()> {
             start_usage = usage(); // after two warm-up steps
         }
         let t = std::time::Instant::now();
-        let rep = enc.encode(&batch, true)?;
-        rep.tensor().sum(Kind::Float).backward();
+        if args.forward_only {
+            tch::no_grad(|| enc.encode(&batch, true))?;
+        } else {
+            enc.encode(&batch, true)?.tensor().sum(Kind::Float).backward();
+        }
         if step >= 2 {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -70,8 +77,9 @@ fn main() -> Result<()> {
     let end = usage();
     times.sort_by(f64::total_cmp);
     println!(
-        "{{\"impl\": \"gradcache ({})\", \"allocator_tuned\": {tuned}, \"median_s\": {:.4}, \"minor_faults\": {}, \"system_s\": {:.2}, \"steps\": {}}}",
+        "{{\"impl\": \"gradcache ({})\", \"pass\": \"{}\", \"allocator_tuned\": {tuned}, \"median_s\": {:.4}, \"minor_faults\": {}, \"system_s\": {:.2}, \"steps\": {}}}",
         if args.rust_bert { "rust-bert" } else { "fused" },
+        if args.forward_only { "forward" } else { "forward+backward" },
         times[times.len() / 2],
         end.0 - start_usage.0,
         end.1 - start_usage.1,

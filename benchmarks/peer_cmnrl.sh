@@ -2,8 +2,8 @@
 # gradcache's two-cache step next to sentence-transformers'
 # CachedMultipleNegativesRankingLoss on the same work (MiniLM, the same
 # WordNet triples, batch, chunk and 2 threads), each configuration in its own
-# process, interleaved over ROUNDS rounds; gradcache with rust-bert's layers
-# (its default) and with its own fused layers. Writes docs/results/peer_cmnrl.{jsonl,md}.
+# process, interleaved over ROUNDS rounds. (`bench_peer_cmnrl --fused` runs
+# gradcache's own fused BERT layers instead of rust-bert's.) Writes docs/results/peer_cmnrl.{jsonl,md}.
 #
 #   benchmarks/peer_cmnrl.sh [ROUNDS]      (BATCHES="32 128 512" CHUNK=16 by default)
 set -euo pipefail
@@ -20,7 +20,6 @@ for round in $(seq "$rounds"); do
     for batch in $batches; do
         echo "[peer_cmnrl] round $round batch $batch" >&2
         "$bin" --batch "$batch" --chunk "$chunk" --write-triples "$triples" >> "$out.tmp"
-        "$bin" --batch "$batch" --chunk "$chunk" --fused >> "$out.tmp"
         ./.python benchmarks/peers/st_cmnrl.py --triples "$triples" --chunk "$chunk" 2>/dev/null >> "$out.tmp"
     done
 done
