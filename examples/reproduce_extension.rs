@@ -398,9 +398,9 @@ fn jsonl(rows: &[serde_json::Value]) -> String {
 }
 
 /// The markdown report of whichever parts ran.
-fn report(plan: &Plan, args_head: &str, command: &str, grads: &[serde_json::Value], mem: &[serde_json::Value], runs: &[serde_json::Value]) -> String {
+fn report(plan: &Plan, args: &Args, command: &str, grads: &[serde_json::Value], mem: &[serde_json::Value], runs: &[serde_json::Value]) -> String {
     let mut s = String::from("# Reproducing the two-cache extension (Gradient Cache, Section 5)\n\n");
-    s += &format!("Command: `{command}`. {} CPUs, {} threads, files written by that command.\n\n", std::thread::available_parallelism().map_or(0, |n| n.get()), 2);
+    s += &format!("Command: `{command}`. {} CPUs, {} threads, files written by that command.\n\n", std::thread::available_parallelism().map_or(0, |n| n.get()), args.threads);
     if !grads.is_empty() {
         s += "## 1. Gradient equality\n\nTwo-cache step against one full-batch graph with the same dropout masks: small BERT (2 layers, width 128), \
               24 queries x 2 passages, 16 tokens, query chunks of 10, passage chunks of 7, head blocks of 5 x 13 (uneven on purpose), \
@@ -464,7 +464,7 @@ fn report(plan: &Plan, args_head: &str, command: &str, grads: &[serde_json::Valu
              Small batch = {} queries per update; accumulation = {} queries per update in sub-batches of {} (negatives only within a \
              sub-batch); two-cache and full batch = {} queries per update, all negatives shared. Test split: {} queries against every sense of \
              their words. Mean ± sample standard deviation over {} seed(s) (seed = initialisation, data order and dropout).\n\n",
-            if args_head == "interaction" {
+            if args.table_head == "interaction" {
                 "interaction block (cross + self attention, 4 heads, FFN 128, dropout 0.1) over token states projected to 64-d"
             } else {
                 "MLP over [u; v; |u-v|; u*v] of mean-pooled vectors (hidden 256, dropout 0.1), the main job's model"
@@ -545,7 +545,7 @@ fn main() -> Result<()> {
     if !runs.is_empty() {
         write(&out.join("runs.jsonl"), &jsonl(&runs))?;
     }
-    let mut text = report(&plan, &args.table_head, &command, &grads, &mem, &runs);
+    let mut text = report(&plan, &args, &command, &grads, &mem, &runs);
     text += &format!("\nWall time of the command: {:.1} min.\n", started.elapsed().as_secs_f64() / 60.0);
     write(&out.join("README.md"), &text)?;
     println!("\n{text}");
