@@ -36,7 +36,8 @@ use gradcache::heads::{HeadConfig, InteractionConfig, MlpHeadConfig};
 use gradcache::pretrained::ModelDir;
 use gradcache::train::{sample_indices, TrainConfig, Trainer};
 use gradcache::weights::write_bytes_atomically;
-use gradcache::{GradCache, InfoNce, StepConfig, Targets};
+use gradcache::text::TextTokenizer;
+use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind};
 
 #[path = "../benchmarks/step_probe.rs"]
@@ -103,30 +104,27 @@ struct Plan {
 
 impl Plan {
     fn new(args: &Args) -> Plan {
-        if args.quick {
-            Plan {
-                seeds: args.seeds.unwrap_or(1),
-                grad_heads: HeadConfig::KINDS.to_vec(),
-                memory_head: "interaction",
-                memory_batches: vec![16, 32, 64, 128],
-                memory_full_max: 64,
-                small_batch: 8,
-                large_batch: 64,
-                examples: 64 * 16,
-                test_queries: 100,
-            }
-        } else {
-            Plan {
-                seeds: args.seeds.unwrap_or(3),
-                grad_heads: HeadConfig::KINDS.to_vec(),
-                memory_head: "interaction",
-                memory_batches: vec![16, 32, 64, 128, 256, 512],
-                memory_full_max: 128,
-                small_batch: 8,
-                large_batch: 64,
-                examples: 64 * 60,
-                test_queries: 300,
-            }
+        let full = Plan {
+            seeds: args.seeds.unwrap_or(3),
+            grad_heads: HeadConfig::KINDS.to_vec(),
+            memory_head: "interaction",
+            memory_batches: vec![16, 32, 64, 128, 256, 512],
+            memory_full_max: 128,
+            small_batch: 8,
+            large_batch: 64,
+            examples: 64 * 60,
+            test_queries: 300,
+        };
+        if !args.quick {
+            return full;
+        }
+        Plan {
+            seeds: args.seeds.unwrap_or(1),
+            memory_batches: vec![16, 32, 64, 128],
+            memory_full_max: 64,
+            examples: 64 * 16,
+            test_queries: 100,
+            ..full
         }
     }
 }
@@ -294,8 +292,12 @@ fn table_model(head: &str) -> (BertEncoderConfig, HeadConfig) {
 struct TableData {
     head: String,
     model: ModelDir,
+    tok: TextTokenizer,
     records: Vec<gradcache::data::TrainingRecord>,
     test: gradcache::data::wordnet::SenseEval,
+    /// The test queries and corpus, tokenized once for every run.
+    test_q: TokenBatch,
+    test_c: TokenBatch,
 }
 
 /// One training run of the table: returns its JSON row.
@@ -303,7 +305,7 @@ fn train_one(plan: &Plan, data: &TableData, method: Method, seed: u64, runs_dir:
     let started = Instant::now();
     let batch = if method == Method::SmallBatch { plan.small_batch } else { plan.large_batch };
     let steps = plan.examples / batch;
-    let tok = data.model.tokenizer(48)?;
+    let tok = &data.tok;
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let (encoder_config, head_config) = table_model(&data.head);
@@ -323,9 +325,6 @@ fn train_one(plan: &Plan, data: &TableData, method: Method, seed: u64, runs_dir:
         progress: !quiet,
         ..TrainConfig::default()
     };
-    let test_q: Vec<&str> = data.test.set.queries.iter().map(|(_, t)| t.as_str()).collect();
-    let test_c: Vec<&str> = data.test.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
-    let (test_q, test_c) = (tok.encode(&test_q)?, tok.encode(&test_c)?);
     let out = runs_dir.join(format!("{}_seed{seed}", method.slug()));
     let mut trainer = Trainer::new(train, &vs, &out, false)?;
     let summary = trainer.run(
@@ -345,7 +344,7 @@ fn train_one(plan: &Plan, data: &TableData, method: Method, seed: u64, runs_dir:
             }
         },
         // Only the trained model is evaluated (step 0 is skipped to save time).
-        |i| if i == 0 { Ok(BTreeMap::new()) } else { sense_metrics(&score_corpus(&gc, &test_q, &test_c)?, &data.test) },
+        |i| if i == 0 { Ok(BTreeMap::new()) } else { sense_metrics(&score_corpus(&gc, &data.test_q, &data.test_c)?, &data.test) },
     )?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
@@ -364,7 +363,12 @@ fn train_one(plan: &Plan, data: &TableData, method: Method, seed: u64, runs_dir:
 fn table(plan: &Plan, args: &Args) -> Result<Vec<serde_json::Value>> {
     let model = ModelDir::open(&args.model).context("model folder missing: run scripts/gradcache.sh setup")?;
     let task = WordSenseData::read(&args.data)?;
-    let data = TableData { head: args.table_head.clone(), records: task.training_records(), test: task.sense_eval(Split::Test, plan.test_queries), model };
+    let tok = model.tokenizer(48)?;
+    let test = task.sense_eval(Split::Test, plan.test_queries);
+    let test_q: Vec<&str> = test.set.queries.iter().map(|(_, t)| t.as_str()).collect();
+    let test_c: Vec<&str> = test.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+    let (test_q, test_c) = (tok.encode(&test_q)?, tok.encode(&test_c)?);
+    let data = TableData { head: args.table_head.clone(), records: task.training_records(), test, test_q, test_c, tok, model };
     println!(
         "[table] {} training examples per run, test {} queries x {} senses, {} seed(s)",
         plan.examples,
