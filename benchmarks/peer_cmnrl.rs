@@ -41,9 +41,9 @@ struct Args {
     threads: i32,
     #[arg(long, default_value_t = 128)]
     max_len: usize,
-    /// gradcache's own fused BERT layers instead of rust-bert's.
+    /// rust-bert's BERT layers instead of gradcache's fused ones (the default).
     #[arg(long)]
-    fused: bool,
+    rust_bert: bool,
     /// Write the batch's triples as JSONL (`query`, `positive`, `negative`).
     #[arg(long)]
     write_triples: Option<std::path::PathBuf>,
@@ -86,7 +86,7 @@ fn main() -> Result<()> {
     let targets = Targets::grouped(a.batch, 2 * a.batch, 2)?;
 
     let vs = nn::VarStore::new(Device::Cpu);
-    let implementation = if a.fused { BertImplementation::Fused } else { BertImplementation::RustBert };
+    let implementation = if a.rust_bert { BertImplementation::RustBert } else { BertImplementation::Fused };
     let (encoder, _) = BertEncoderConfig { implementation, ..Default::default() }.init_pretrained(&vs, "encoder", &model)?;
     // τ = 1/20: their default scale.
     let head = CosineHeadConfig { initial_temperature: 0.05 }.init(&(vs.root() / "head"))?;
@@ -115,7 +115,7 @@ fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": if a.fused { "gradcache two-cache (fused layers)" } else { "gradcache two-cache" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
+            "impl": if a.rust_bert { "gradcache two-cache (rust-bert layers)" } else { "gradcache two-cache" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
             "median_s": times[times.len() / 2], "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": before_mb,
             "first_loss": losses[0], "steps": times.len(),
         })

@@ -2,8 +2,9 @@
 # gradcache's two-cache step next to sentence-transformers'
 # CachedMultipleNegativesRankingLoss on the same work (MiniLM, the same
 # WordNet triples, batch, chunk and 2 threads), each configuration in its own
-# process, interleaved over ROUNDS rounds. (`bench_peer_cmnrl --fused` runs
-# gradcache's own fused BERT layers instead of rust-bert's.) Writes docs/results/peer_cmnrl.{jsonl,md}.
+# process, interleaved over ROUNDS rounds. (`bench_peer_cmnrl --rust-bert`
+# runs rust-bert's BERT layers instead of gradcache's default fused ones.)
+# Writes docs/results/peer_cmnrl.{jsonl,md}.
 #
 #   benchmarks/peer_cmnrl.sh [ROUNDS]      (BATCHES="32 128 512" CHUNK=16 by default)
 set -euo pipefail

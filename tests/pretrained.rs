@@ -261,3 +261,16 @@ fn fused_encoder_dropout_acts_in_train_mode_and_replays() {
     assert!(max_diff(&run(1), &run(2)) > 1e-3);
     assert_eq!(max_diff(&run(1), &run(1)), 0.0);
 }
+
+/// Configs name the implementation in snake case; a config without the field
+/// gets the fused layers (the default since they matched transformers' speed,
+/// docs/encoder-speed.md), and configs written before that, which say
+/// `rust_bert`, keep reading as rust-bert.
+#[test]
+fn implementation_names_in_configs() {
+    let parse = |json: &str| serde_json::from_str::<BertEncoderConfig>(json).map(|c| c.implementation);
+    assert_eq!(parse(r#"{"implementation": "rust_bert"}"#).unwrap(), BertImplementation::RustBert);
+    assert_eq!(parse(r#"{"implementation": "fused"}"#).unwrap(), BertImplementation::Fused);
+    assert_eq!(parse("{}").unwrap(), BertImplementation::Fused);
+    assert!(parse(r#"{"implementation": "eager"}"#).is_err());
+}
