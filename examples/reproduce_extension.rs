@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand};
 use gradcache::check::{zero_grads, GradientSnapshot};
 use gradcache::data::grouped_batch;
 use gradcache::data::wordnet::{Split, WordSenseData};
-use gradcache::encoders::{BertEncoderConfig, Pooling};
+use gradcache::encoders::{BertEncoderConfig, BertImplementation, Pooling};
 use gradcache::eval::{score_corpus, sense_metrics};
 use gradcache::heads::{HeadConfig, InteractionConfig, MlpHeadConfig};
 use gradcache::pretrained::ModelDir;
@@ -461,13 +461,17 @@ fn report(plan: &Plan, args: &Args, command: &str, grads: &[serde_json::Value], 
     }
     if !runs.is_empty() {
         s += &format!(
-            "## 3. Table 1 analogue: a deep head on WordNet usage → sense\n\nMiniLM (pretrained, tied) with a fresh learned head: {}; \
+            "## 3. Table 1 analogue: a deep head on WordNet usage → sense\n\nMiniLM (pretrained, tied; {} BERT layers) with a fresh learned head: {}; \
              InfoNCE at temperature 1 over every passage in the batch (each query brings its positive and one hard negative: another \
              sense of the same word; only its own positive counts as positive); {} training examples per run in the same order; AdamW, \
              peak learning rate 3e-5 (x30 for the head and any projection), 10% warm-up then linear decay, clipping at 1. \
              Small batch = {} queries per update; accumulation = {} queries per update in sub-batches of {} (negatives only within a \
              sub-batch); two-cache and full batch = {} queries per update, all negatives shared. Test split: {} queries against every sense of \
              their words. Mean ± sample standard deviation over {} seed(s) (seed = initialisation, data order and dropout).\n\n",
+            match table_model(&args.table_head).0.implementation {
+                BertImplementation::Fused => "gradcache's fused",
+                BertImplementation::RustBert => "rust-bert's",
+            },
             if args.table_head == "interaction" {
                 "interaction block (cross + self attention, 4 heads, FFN 128, dropout 0.1) over token states projected to 64-d"
             } else {
