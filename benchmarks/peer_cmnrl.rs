@@ -115,7 +115,7 @@ fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": if a.rust_bert { "gradcache two-cache (rust-bert layers)" } else { "gradcache two-cache" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
+            "impl": "gradcache two-cache", "layers": if a.rust_bert { "rust-bert" } else { "fused" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
             "median_s": times[times.len() / 2], "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": before_mb,
             "first_loss": losses[0], "steps": times.len(),
         })

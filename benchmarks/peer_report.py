@@ -14,8 +14,11 @@ print(f"Command: `{sys.argv[2]}`. MiniLM (all-MiniLM-L6-v2), WordNet (query, pos
 print("| ours | queries | chunk | ours s/step | theirs s/step | time ours/theirs | ours peak MB | theirs peak MB | peak ours/theirs "
       "| ours growth MB | theirs growth MB | growth ours/theirs | time ours/theirs per round (min-max) | first loss ours / theirs |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for ours, batch in sorted({(r["impl"], r["batch"]) for r in rows if r["impl"] != theirs}):
-    a = [r for r in rows if r["batch"] == batch and r["impl"] == ours]
+# Our rows name their BERT layers; rows from before that field existed ran
+# rust-bert's (then the default).
+layers = lambda r: r.get("layers", "rust-bert")
+for ours, batch in sorted({(layers(r), r["batch"]) for r in rows if r["impl"] != theirs}):
+    a = [r for r in rows if r["batch"] == batch and r["impl"] != theirs and layers(r) == ours]
     b = [r for r in rows if r["batch"] == batch and r["impl"] == theirs]
     if not a or not b:
         continue
@@ -25,5 +28,5 @@ for ours, batch in sorted({(r["impl"], r["batch"]) for r in rows if r["impl"] !=
     gb = statistics.median(r["peak_mb"] - r["before_step_mb"] for r in b)
     # Rows come in rounds, so the k-th of each side ran next to each other.
     paired = [x["median_s"] / y["median_s"] for x, y in zip(a, b)]
-    print(f"| {ours.removeprefix('gradcache two-cache').strip(' ()') or 'rust-bert layers'} | {batch} | {a[0]['chunk']} | {ta:.3f} | {tb:.3f} | {ta / tb:.2f}x | {pa:.0f} | {pb:.0f} | {pa / pb:.2f}x "
+    print(f"| {ours} layers | {batch} | {a[0]['chunk']} | {ta:.3f} | {tb:.3f} | {ta / tb:.2f}x | {pa:.0f} | {pb:.0f} | {pa / pb:.2f}x "
           f"| {ga:.0f} | {gb:.0f} | {ga / max(gb, 1e-9):.2f}x | {min(paired):.2f}-{max(paired):.2f}x | {med(a, 'first_loss'):.3f} / {med(b, 'first_loss'):.3f} |")
