@@ -46,7 +46,7 @@ pub struct BertEncoderConfig {
 
 impl Default for BertEncoderConfig {
     fn default() -> Self {
-        BertEncoderConfig { implementation: BertImplementation::Fused, pooling: Pooling::Mean, projection: None, normalize: false }
+        BertEncoderConfig { implementation: BertImplementation::default(), pooling: Pooling::Mean, projection: None, normalize: false }
     }
 }
 
