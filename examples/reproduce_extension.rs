@@ -281,10 +281,10 @@ fn table_model(head: &str) -> (BertEncoderConfig, HeadConfig) {
     if head == "interaction" {
         (
             BertEncoderConfig { pooling: Pooling::Tokens, projection: Some(64), ..Default::default() },
-            HeadConfig::Interaction(InteractionConfig { dim: 64, heads: 4, ffn: 128, dropout: 0.1 }),
+            HeadConfig::Interaction(InteractionConfig { dim: 64, heads: 4, ffn: 128, dropout: 0.1, residual: None, ..InteractionConfig::default() }),
         )
     } else {
-        (BertEncoderConfig::default(), HeadConfig::Mlp(MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1 }))
+        (BertEncoderConfig::default(), HeadConfig::Mlp(MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1, residual: None }))
     }
 }
 

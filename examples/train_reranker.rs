@@ -19,7 +19,7 @@ use gradcache::data::jsonl::read_training_records;
 use gradcache::data::wordnet::{SenseEval, Split, WordSenseData};
 use gradcache::data::{grouped_batch, Malformed, TrainingRecord};
 use gradcache::encoders::{BertEncoder, BertEncoderConfig};
-use gradcache::eval::{score_corpus, sense_metrics};
+use gradcache::eval::{score_corpus, sense_metrics, ReferenceResults};
 use gradcache::encoders::Pooling;
 use gradcache::heads::{CosineHeadConfig, HeadConfig, MlpHeadConfig};
 use gradcache::pretrained::ModelDir;
@@ -49,8 +49,14 @@ struct RerankerConfig {
     batch_size: usize,
     /// Passages per query: one positive and `group_size - 1` hard negatives.
     group_size: usize,
-    /// Dev queries evaluated before and after training.
+    /// Queries evaluated before and after training.
     dev_queries: usize,
+    /// The WordNet split evaluated: `dev` (choosing configurations) or `test`.
+    eval_split: Split,
+    /// Fine-tuned baselines measured at the default budget
+    /// (`benchmarks/heads_compare.sh`), printed beside the run when its
+    /// budget is the same; `null`: none.
+    baselines: Option<PathBuf>,
     /// One encoder for queries and passages.
     tied: bool,
     encoder: BertEncoderConfig,
@@ -74,9 +80,11 @@ impl Default for RerankerConfig {
             batch_size: 64,
             group_size: 2,
             dev_queries: 300,
+            eval_split: Split::Dev,
+            baselines: Some("docs/results/heads/baselines.json".into()),
             tied: true,
             encoder: BertEncoderConfig::default(),
-            head: HeadConfig::Mlp(MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1 }),
+            head: HeadConfig::Mlp(MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1, ..MlpHeadConfig::default() }),
             loss: InfoNce { temperature: 1.0, symmetric: false },
             step: StepConfig { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() },
             train: TrainConfig {
@@ -130,6 +138,9 @@ struct Args {
     learning_rate: Option<f64>,
     #[arg(long)]
     dev_queries: Option<usize>,
+    /// dev or test.
+    #[arg(long, value_parser = parse_split)]
+    eval_split: Option<Split>,
     #[arg(long)]
     seed: Option<u64>,
     /// cpu, cuda, cuda:N or auto.
@@ -145,6 +156,25 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_split(s: &str) -> Result<Split> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).with_context(|| format!("unknown split `{s}`: dev, test or train"))
+}
+
+/// The settings that make two runs' metrics comparable.
+fn budget(c: &RerankerConfig) -> BTreeMap<String, serde_json::Value> {
+    let data = c.train_jsonl.as_ref().map_or("wordnet".to_string(), |p| p.display().to_string());
+    BTreeMap::from([
+        ("steps".to_string(), c.train.steps.into()),
+        ("batch_size".to_string(), c.batch_size.into()),
+        ("group_size".to_string(), c.group_size.into()),
+        ("learning_rate".to_string(), c.train.learning_rate.into()),
+        ("max_len".to_string(), c.max_len.into()),
+        ("train_data".to_string(), data.into()),
+        ("eval_split".to_string(), serde_json::to_value(c.eval_split).unwrap_or_default()),
+        ("eval_queries".to_string(), c.dev_queries.into()),
+    ])
 }
 
 fn resolve(args: &Args) -> Result<RerankerConfig> {
@@ -172,6 +202,9 @@ fn resolve(args: &Args) -> Result<RerankerConfig> {
     }
     if let Some(v) = args.dev_queries {
         c.dev_queries = v;
+    }
+    if let Some(v) = args.eval_split {
+        c.eval_split = v;
     }
     if let Some(v) = args.seed {
         c.train.seed = v;
@@ -247,7 +280,7 @@ fn main() -> Result<()> {
     if records.is_empty() {
         bail!("no training records");
     }
-    let dev = task.sense_eval(Split::Dev, c.dev_queries);
+    let dev = task.sense_eval(c.eval_split, c.dev_queries);
     let dev_queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
     let dev_corpus: Vec<&str> = dev.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
     let dev_q = tok.encode(&dev_queries)?.to_device(device)?;
@@ -258,7 +291,7 @@ fn main() -> Result<()> {
     let vs = nn::VarStore::new(device);
     let (query_enc, _) = c.encoder.init_pretrained(&vs, if c.tied { "encoder" } else { "query" }, &model)?;
     let passage_enc = if c.tied { None } else { Some(c.encoder.init_pretrained(&vs, "passage", &model)?.0) };
-    let head = c.head.init(&(vs.root() / "head"))?;
+    let head = c.head.init_with_encoder(&vs, "head", &query_enc)?;
     let passage_ref = passage_enc.as_ref().unwrap_or(&query_enc);
     let gc = GradCache::new(c.step.clone(), &query_enc, passage_ref, head.as_ref(), &c.loss)?;
 
@@ -303,14 +336,24 @@ fn main() -> Result<()> {
     if let Some(before) = &summary.before {
         results.insert("before".to_string(), before.clone());
     }
+    let split = serde_json::to_value(c.eval_split)?.as_str().unwrap_or("dev").to_string();
+    let mut results = serde_json::to_value(&results)?;
+    results["split"] = split.clone().into();
+    results["budget"] = serde_json::to_value(budget(&c))?;
     write_json(&c.output_dir.join("results.json"), &results)?;
 
-    println!("\ndev metrics ({} queries)         {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}", dev.set.queries.len(), "WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10");
+    let header: Vec<String> = ["WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10"].iter().map(|h| format!("{h:>13}")).collect();
+    println!("\n{:<48}{}", format!("{split} metrics ({} queries)", dev.set.queries.len()), header.join(" "));
+    const METRICS: [&str; 6] = ["wsd_accuracy", "top1", "top5", "top20", "mrr10", "ndcg10"];
     let row = |name: &str, m: &BTreeMap<String, f64>| {
-        println!(
-            "{name:<33}{:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
-            m["wsd_accuracy"], m["top1"], m["top5"], m["top20"], m["mrr10"], m["ndcg10"]
-        )
+        let cells: Vec<String> = METRICS.iter().map(|k| format!("{:>13.3}", m.get(*k).copied().unwrap_or(f64::NAN))).collect();
+        println!("{name:<48}{}", cells.join(" "));
+    };
+    // Fine-tuned baselines from the committed results file, when they were
+    // measured at this run's budget.
+    let reference = match &c.baselines {
+        Some(path) if path.exists() => Some((path, ReferenceResults::read(path)?)),
+        _ => None,
     };
     if let Some(cosine) = &cosine {
         row("pretrained MiniLM, cosine", cosine);
@@ -318,7 +361,21 @@ fn main() -> Result<()> {
     if let Some(before) = &summary.before {
         row("encoder + untrained head", before);
     }
-    row(&format!("after {} two-cache steps", summary.steps), &summary.after);
+    if let Some((path, reference)) = &reference {
+        let differs = reference.differences(&budget(&c));
+        if differs.is_empty() {
+            for r in &reference.rows {
+                let cells: Vec<String> = METRICS
+                    .iter()
+                    .map(|k| format!("{:>6.3}±{:<6.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN)))
+                    .collect();
+                println!("{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "));
+            }
+        } else {
+            println!("(baselines in {} were measured at another budget: {} differ)", path.display(), differs.join(", "));
+        }
+    }
+    row(&format!("this run: {} two-cache steps, seed {}", summary.steps, c.train.seed), &summary.after);
     if let Some(first) = summary.losses.first() {
         println!("loss {:.4} -> {:.4}", first, summary.losses.last().copied().unwrap_or(*first));
     }

@@ -246,6 +246,18 @@ pub enum GradCacheError {
         got: Vec<i64>,
     },
 
+    /// A head's weights could not be copied from an encoder layer: a
+    /// variable is missing on one side, or the shapes differ.
+    #[error("initialising `{head}` from encoder layer `{layer}`: {reason}")]
+    LayerInit {
+        /// The head's variable prefix.
+        head: String,
+        /// The encoder layer's variable prefix.
+        layer: String,
+        /// What did not fit.
+        reason: String,
+    },
+
     /// A line of a data file is malformed.
     #[error("{path}:{line}: {reason}")]
     DataLine {

@@ -64,3 +64,55 @@ pub fn sense_metrics(scores: &Tensor, eval: &SenseEval) -> Result<BTreeMap<Strin
         ("ndcg10".to_string(), r.ndcg10),
     ]))
 }
+
+/// Metrics of runs made elsewhere, for printing beside a new run: e.g. the
+/// fine-tuned baselines committed in `docs/results/heads/baselines.json`
+/// (written by `benchmarks/heads_report.py`), so that a short run can show
+/// them without training them again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceResults {
+    /// The settings the rows were measured at; rows are comparable with a
+    /// run only when its own budget is equal.
+    pub budget: BTreeMap<String, serde_json::Value>,
+    /// The command that produced the rows.
+    pub command: String,
+    /// One row per configuration.
+    pub rows: Vec<ReferenceRow>,
+}
+
+/// One configuration's metrics over several seeds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceRow {
+    /// What was trained.
+    pub name: String,
+    /// Runs averaged.
+    pub seeds: usize,
+    /// Mean of each metric over the seeds.
+    pub mean: BTreeMap<String, f64>,
+    /// Sample standard deviation of each metric over the seeds.
+    pub sd: BTreeMap<String, f64>,
+}
+
+impl ReferenceResults {
+    /// Reads a results file.
+    ///
+    /// # Errors
+    /// [`crate::GradCacheError::Io`] or [`crate::GradCacheError::Json`]
+    /// naming the file.
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+        serde_json::from_str(&text)
+            .map_err(|source| crate::GradCacheError::Json { path: path.to_path_buf(), source })
+    }
+
+    /// The budget fields whose values differ from `budget` (or that one side
+    /// lacks); empty when the rows are comparable with a run at `budget`.
+    pub fn differences(&self, budget: &BTreeMap<String, serde_json::Value>) -> Vec<String> {
+        let mut keys: Vec<&String> = self.budget.keys().chain(budget.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().filter(|k| self.budget.get(*k) != budget.get(*k)).cloned().collect()
+    }
+}

@@ -207,7 +207,7 @@ fn representation_kinds_and_shapes() {
     assert!(matches!(err, GradCacheError::RepresentationKind { what: "DotHead", expected: "vector", got: "tokens" }), "{err}");
 
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
-    let mlp = MlpHeadConfig { dim: DIM + 1, hidden: 4, dropout: 0.0 }.init(&vs.root()).unwrap();
+    let mlp = MlpHeadConfig { dim: DIM + 1, hidden: 4, dropout: 0.0, residual: None }.init(&vs.root()).unwrap();
     vs.float();
     let vec_model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
     let gc = GradCache::tied(StepConfig::default(), &vec_model.query, &mlp, &loss).unwrap();

@@ -93,7 +93,7 @@ fn mlp_head_equals_the_feature_concatenation_it_decomposes() {
     let _serial = serial();
     tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
-    let head = MlpHeadConfig { dim: 4, hidden: 7, dropout: 0.0 }.init(&(vs.root() / "head")).unwrap();
+    let head = MlpHeadConfig { dim: 4, hidden: 7, dropout: 0.0, residual: None }.init(&(vs.root() / "head")).unwrap();
     let vars = vs.variables();
     let (w1, b1) = (&vars["head.first.weight"], &vars["head.first.bias"]);
     let (w2, b2) = (&vars["head.second.weight"], &vars["head.second.bias"]);

@@ -162,7 +162,7 @@ fn exact_through_minilm(implementation: BertImplementation) {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let config = BertEncoderConfig { implementation, pooling: Pooling::Mean, projection: Some(32), normalize: true };
     let (enc, _) = config.init_pretrained(&vs, "encoder", &model).unwrap();
-    let head = MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1 }.init(&(vs.root() / "head")).unwrap();
+    let head = MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: None }.init(&(vs.root() / "head")).unwrap();
     vs.double();
     let tok = model.tokenizer(16).unwrap();
     let queries = tok.encode(&["a bank of a river", "money in the bank", "to bank a plane", "a bank of switches"]).unwrap();

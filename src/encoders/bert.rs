@@ -93,7 +93,8 @@ impl BertEncoderConfig {
         let hidden = config.hidden_size;
         let projection = self.projection.map(|d| nn::linear(&path / "projection", hidden, d as i64, Default::default()));
         let prefix = if name.is_empty() { "bert".to_string() } else { format!("{name}.bert") };
-        Ok(BertEncoder { bert, projection, config: self.clone(), prefix })
+        let (layers, heads) = (config.num_hidden_layers, config.num_attention_heads);
+        Ok(BertEncoder { bert, projection, config: self.clone(), prefix, layers, heads })
     }
 }
 
@@ -108,6 +109,8 @@ pub struct BertEncoder {
     projection: Option<nn::Linear>,
     config: BertEncoderConfig,
     prefix: String,
+    layers: i64,
+    heads: i64,
 }
 
 impl std::fmt::Debug for BertEncoder {
@@ -120,6 +123,18 @@ impl BertEncoder {
     /// The `VarStore` prefix of the BERT body (for export).
     pub fn bert_prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The `VarStore` prefix of the last transformer layer
+    /// (`{prefix}.encoder.layer.{n - 1}`), e.g. for
+    /// [`crate::heads::copy_bert_layer`].
+    pub fn top_layer_prefix(&self) -> String {
+        format!("{}.encoder.layer.{}", self.prefix, self.layers - 1)
+    }
+
+    /// Attention heads per layer.
+    pub fn attention_heads(&self) -> usize {
+        self.heads as usize
     }
 
     /// The configuration.

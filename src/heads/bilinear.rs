@@ -19,11 +19,13 @@ pub struct BilinearHeadConfig {
     pub rank: Option<usize>,
     /// Dropout on `uᵀ A` (or `uᵀ W`), train mode only.
     pub dropout: f64,
+    /// The residual start (`null`: off): see [`super::ResidualConfig`].
+    pub residual: Option<super::ResidualConfig>,
 }
 
 impl Default for BilinearHeadConfig {
     fn default() -> Self {
-        BilinearHeadConfig { dim: 384, rank: None, dropout: 0.0 }
+        BilinearHeadConfig { dim: 384, rank: None, dropout: 0.0, residual: super::residual_default() }
     }
 }
 

@@ -44,7 +44,7 @@ pub struct CosineHead {
     log_scale: Tensor,
 }
 
-fn unit(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn unit(t: &Tensor) -> Result<Tensor> {
     Ok(t.f_div(&t.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?)?)
 }
 

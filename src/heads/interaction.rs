@@ -22,11 +22,30 @@ pub struct InteractionConfig {
     pub ffn: usize,
     /// Dropout on attention weights and on each sub-layer's output.
     pub dropout: f64,
+    /// The residual start (`null`: off): see [`super::ResidualConfig`].
+    pub residual: Option<super::ResidualConfig>,
+    /// Where the weights start: random, or copied from the encoder's top
+    /// transformer layer ([`copy_bert_layer`]; MORES' initialisation), which
+    /// needs `dim`, `heads` and `ffn` equal to that layer's.
+    pub init: InteractionInit,
+}
+
+/// Where an [`InteractionHead`]'s weights start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InteractionInit {
+    /// Random (the score layer too).
+    #[default]
+    Random,
+    /// Cross- and self-attention both from the top layer's attention, the
+    /// feed-forward layer from its feed-forward layer, every LayerNorm from
+    /// the one that follows the copied sub-layer; the score layer random.
+    EncoderTopLayer,
 }
 
 impl Default for InteractionConfig {
     fn default() -> Self {
-        InteractionConfig { dim: 384, heads: 6, ffn: 768, dropout: 0.1 }
+        InteractionConfig { dim: 384, heads: 6, ffn: 768, dropout: 0.1, residual: super::residual_default(), init: InteractionInit::Random }
     }
 }
 
@@ -82,12 +101,18 @@ struct Attention {
 /// then a feed-forward layer (`x = LN(x + W₂ gelu(W₁ x))`); the score is
 /// `wᵀ x₀ + b` from the query's first token.
 ///
+/// Only `x₀` is read, and after the cross-attention every sub-layer acts on
+/// each position separately except through the self-attention's keys and
+/// values; so the self-attention is computed for position 0 alone (its keys
+/// and values still from every position) and the feed-forward layer on `x₀`
+/// alone: the same score for a fraction of the work.
+///
 /// Per block, the cross-attention's query projection runs once per query
 /// and its key/value projections once per passage; everything after is
 /// per pair. Parameters: `8d² + 2df + d` weights plus biases and norms.
-/// Cost per pair: `Lq·Lp·d` (cross) + `4·Lq·d²` + `Lq²·d` (self) +
-/// `2·Lq·d·f` (FFN). Activation memory per block: `[a, b, H, Lq, Lp]`
-/// attention weights and a few `[a, b, Lq, d]`, `[a, b, Lq, f]` tensors.
+/// Cost per pair: `Lq·Lp·d + Lq·d²` (cross) + `2·Lq·d² + Lq·d + 2d²`
+/// (self) + `2·d·f` (FFN). Activation memory per block: `[a, b, H, Lq, Lp]`
+/// attention weights and a few `[a, b, Lq, d]` tensors.
 #[derive(Debug)]
 pub struct InteractionHead {
     cross: Attention,
@@ -116,10 +141,63 @@ impl ScoringHead for InteractionHead {
         let cross = multi_head(&q, &k, &val, &mp.f_unsqueeze(0)?, h, p, train)?; // [a, b, Lq, d]
         let x = u.f_unsqueeze(1)?.f_add(&cross.apply(&self.cross.output).f_dropout(p, train)?)?.apply(&self.cross_norm);
         let sa = &self.self_attention;
-        let own = multi_head(&x.apply(&sa.query), &x.apply(&sa.key), &x.apply(&sa.value), &mq.f_unsqueeze(1)?, h, p, train)?;
-        let x = x.f_add(&own.apply(&sa.output).f_dropout(p, train)?)?.apply(&self.self_norm);
-        let ffn = x.apply(&self.up).f_gelu("none")?.apply(&self.down).f_dropout(p, train)?;
-        let x = x.f_add(&ffn)?.apply(&self.ffn_norm);
-        Ok(x.f_select(2, 0)?.apply(&self.score).f_squeeze_dim(-1)?)
+        let first = x.f_narrow(2, 0, 1)?; // [a, b, 1, d]
+        let own = multi_head(&first.apply(&sa.query), &x.apply(&sa.key), &x.apply(&sa.value), &mq.f_unsqueeze(1)?, h, p, train)?;
+        let x0 = first.f_add(&own.apply(&sa.output).f_dropout(p, train)?)?.apply(&self.self_norm);
+        let ffn = x0.apply(&self.up).f_gelu("none")?.apply(&self.down).f_dropout(p, train)?;
+        let x0 = x0.f_add(&ffn)?.apply(&self.ffn_norm);
+        Ok(x0.f_squeeze_dim(2)?.apply(&self.score).f_squeeze_dim(-1)?)
     }
+}
+
+/// Which BERT layer variable each interaction-block variable is copied from
+/// (suffixes of `.weight` and `.bias`).
+const FROM_BERT_LAYER: [(&str, &str); 13] = [
+    ("cross.query", "attention.self.query"),
+    ("cross.key", "attention.self.key"),
+    ("cross.value", "attention.self.value"),
+    ("cross.output", "attention.output.dense"),
+    ("cross_norm", "attention.output.LayerNorm"),
+    ("self.query", "attention.self.query"),
+    ("self.key", "attention.self.key"),
+    ("self.value", "attention.self.value"),
+    ("self.output", "attention.output.dense"),
+    ("self_norm", "attention.output.LayerNorm"),
+    ("ffn.up", "intermediate.dense"),
+    ("ffn.down", "output.dense"),
+    ("ffn_norm", "output.LayerNorm"),
+];
+
+/// Copies a BERT layer's weights into an interaction block in the same
+/// `VarStore` (MORES' initialisation): the layer's self-attention into both
+/// the cross- and the self-attention, its feed-forward layer into the
+/// block's; the score layer keeps its own initialisation.
+///
+/// `layer` is the layer's variable prefix (e.g.
+/// `encoder.bert.encoder.layer.5`, see
+/// [`crate::encoders::BertEncoder::top_layer_prefix`]), `head` the block's
+/// (e.g. `head`). The attention is only the same function when the block
+/// has the layer's number of heads: the caller checks that
+/// (`InteractionConfig::heads` against the model's `num_attention_heads`).
+///
+/// # Errors
+/// [`GradCacheError::LayerInit`] naming the first variable that is missing
+/// on either side or whose shapes differ.
+pub fn copy_bert_layer(vs: &nn::VarStore, layer: &str, head: &str) -> Result<()> {
+    let vars = vs.variables();
+    let fail = |reason: String| GradCacheError::LayerInit { head: head.to_string(), layer: layer.to_string(), reason };
+    tch::no_grad(|| {
+        for (to, from) in FROM_BERT_LAYER {
+            for part in ["weight", "bias"] {
+                let (dst_name, src_name) = (format!("{head}.{to}.{part}"), format!("{layer}.{from}.{part}"));
+                let dst = vars.get(&dst_name).ok_or_else(|| fail(format!("the head has no variable `{dst_name}`")))?;
+                let src = vars.get(&src_name).ok_or_else(|| fail(format!("the encoder has no variable `{src_name}`")))?;
+                if dst.size() != src.size() {
+                    return Err(fail(format!("`{dst_name}` is {:?} but `{src_name}` is {:?}", dst.size(), src.size())));
+                }
+                dst.shallow_clone().f_copy_(src)?;
+            }
+        }
+        Ok(())
+    })
 }

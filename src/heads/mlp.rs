@@ -18,11 +18,13 @@ pub struct MlpHeadConfig {
     pub hidden: usize,
     /// Dropout on the hidden layer (train mode only).
     pub dropout: f64,
+    /// The residual start (`null`: off): see [`super::ResidualConfig`].
+    pub residual: Option<super::ResidualConfig>,
 }
 
 impl Default for MlpHeadConfig {
     fn default() -> Self {
-        MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1 }
+        MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1, residual: super::residual_default() }
     }
 }
 

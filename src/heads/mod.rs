@@ -11,6 +11,10 @@
 //! | [`PolyEncoderHead`] | tokens | `m` codes | no |
 //! | [`InteractionHead`] | tokens | cross/self attention, FFN | no |
 //!
+//! Every learned head (bilinear, MLP, weighted MaxSim, poly-encoder,
+//! interaction) starts as a [`ResidualHead`] by default: the encoders'
+//! cosine (or MaxSim) plus a gated correction that is zero at step 0.
+//!
 //! `docs/heads.md` gives each head's formula, cost per pair and activation
 //! memory per block.
 
@@ -22,15 +26,17 @@ mod interaction;
 mod maxsim;
 mod mlp;
 mod poly;
+mod residual;
 mod weighted_maxsim;
 
 pub use bilinear::{BilinearHead, BilinearHeadConfig};
 pub use cosine::{CosineHead, CosineHeadConfig};
 pub use dot::DotHead;
-pub use interaction::{InteractionConfig, InteractionHead};
+pub use interaction::{copy_bert_layer, InteractionConfig, InteractionHead, InteractionInit};
 pub use maxsim::MaxSimHead;
 pub use mlp::{MlpHead, MlpHeadConfig};
 pub use poly::{PolyEncoderConfig, PolyEncoderHead};
+pub use residual::{ResidualBase, ResidualConfig, ResidualHead};
 pub use weighted_maxsim::{WeightedMaxSimConfig, WeightedMaxSimHead};
 
 use tch::Tensor;
@@ -95,14 +101,14 @@ impl HeadConfig {
         Ok(match kind {
             "dot" => HeadConfig::Dot,
             "cosine" => HeadConfig::Cosine(CosineHeadConfig::default()),
-            "bilinear" => HeadConfig::Bilinear(BilinearHeadConfig { dim, rank: None, dropout }),
-            "mlp" => HeadConfig::Mlp(MlpHeadConfig { dim, hidden: 2 * dim, dropout }),
+            "bilinear" => HeadConfig::Bilinear(BilinearHeadConfig { dim, rank: None, dropout, residual: residual_default() }),
+            "mlp" => HeadConfig::Mlp(MlpHeadConfig { dim, hidden: 2 * dim, dropout, residual: residual_default() }),
             "max_sim" => HeadConfig::MaxSim,
-            "weighted_max_sim" => HeadConfig::WeightedMaxSim(WeightedMaxSimConfig { dim }),
-            "poly" => HeadConfig::Poly(PolyEncoderConfig { dim, codes: 8, dropout }),
+            "weighted_max_sim" => HeadConfig::WeightedMaxSim(WeightedMaxSimConfig { dim, residual: residual_default() }),
+            "poly" => HeadConfig::Poly(PolyEncoderConfig { dim, codes: 8, dropout, residual: residual_default() }),
             "interaction" => {
                 let heads = [8, 6, 4, 2, 1].into_iter().find(|h| dim.is_multiple_of(*h)).unwrap_or(1);
-                HeadConfig::Interaction(InteractionConfig { dim, heads, ffn: 2 * dim, dropout })
+                HeadConfig::Interaction(InteractionConfig { dim, heads, ffn: 2 * dim, dropout, ..InteractionConfig::default() })
             }
             _ => return Err(GradCacheError::InvalidConfig { field: "kind", reason: "must be one of dot, cosine, bilinear, mlp, max_sim, weighted_max_sim, poly, interaction" }),
         })
@@ -125,12 +131,57 @@ impl HeadConfig {
         }
     }
 
-    /// Creates the head's weights under `path`.
+    /// Creates the head's weights under `path`: Φ's as the head's own
+    /// config names them, and with the residual start on, `residual.log_scale`
+    /// and `residual.gate` around them ([`ResidualHead`]). This is the one
+    /// place the residual start is applied: a head config's own `init`
+    /// builds Φ alone.
     ///
     /// # Errors
-    /// The head's own config errors.
+    /// The head's own config errors; [`GradCacheError::InvalidConfig`] for
+    /// an interaction block that starts from the encoder's weights (use
+    /// [`HeadConfig::init_with_encoder`]).
     pub fn init(&self, path: &tch::nn::Path) -> Result<Box<dyn crate::head::ScoringHead>> {
-        Ok(match self {
+        if let HeadConfig::Interaction(InteractionConfig { init: InteractionInit::EncoderTopLayer, .. }) = self {
+            return Err(GradCacheError::InvalidConfig {
+                field: "init",
+                reason: "\"encoder_top_layer\" reads the encoder's weights: create the head with HeadConfig::init_with_encoder",
+            });
+        }
+        self.init_weights(path)
+    }
+
+    /// Creates the head under `vs.root() / name` as [`HeadConfig::init`]
+    /// does, then applies what reads the encoder's own weights: an
+    /// interaction block with `"init": "encoder_top_layer"` gets the
+    /// encoder's top transformer layer ([`copy_bert_layer`]).
+    ///
+    /// # Errors
+    /// As [`HeadConfig::init`]; [`GradCacheError::InvalidConfig`] when the
+    /// block's `heads` differ from the encoder's attention heads;
+    /// [`GradCacheError::LayerInit`] when the shapes differ (e.g. `dim`
+    /// against a projection, or `ffn` against the layer's intermediate size).
+    pub fn init_with_encoder(
+        &self,
+        vs: &tch::nn::VarStore,
+        name: &str,
+        encoder: &crate::encoders::BertEncoder,
+    ) -> Result<Box<dyn crate::head::ScoringHead>> {
+        let head = self.init_weights(&(vs.root() / name))?;
+        if let HeadConfig::Interaction(c @ InteractionConfig { init: InteractionInit::EncoderTopLayer, .. }) = self {
+            if c.heads != encoder.attention_heads() {
+                return Err(GradCacheError::InvalidConfig {
+                    field: "heads",
+                    reason: "an interaction block initialised from the encoder's top layer needs the encoder's number of attention heads",
+                });
+            }
+            copy_bert_layer(vs, &encoder.top_layer_prefix(), name)?;
+        }
+        Ok(head)
+    }
+
+    fn init_weights(&self, path: &tch::nn::Path) -> Result<Box<dyn crate::head::ScoringHead>> {
+        let head: Box<dyn crate::head::ScoringHead> = match self {
             HeadConfig::Dot => Box::new(DotHead),
             HeadConfig::Cosine(c) => Box::new(c.init(path)?),
             HeadConfig::Bilinear(c) => Box::new(c.init(path)?),
@@ -139,6 +190,52 @@ impl HeadConfig {
             HeadConfig::WeightedMaxSim(c) => Box::new(c.init(path)?),
             HeadConfig::Poly(c) => Box::new(c.init(path)?),
             HeadConfig::Interaction(c) => Box::new(c.init(path)?),
+        };
+        Ok(match self.residual() {
+            Some(r) => Box::new(r.init(&(path / "residual"), ResidualBase::for_tokens(self.reads_tokens()), head)?),
+            None => head,
         })
     }
+
+    /// The same head as the exactness checker should see it: a residual
+    /// gate of 0 opened to 0.5 (a closed gate zeroes Φ's gradients, so the
+    /// check would compare zeros), and an interaction block that reads the
+    /// encoder's layer started randomly instead (the check has no encoder).
+    pub fn for_checking(&self) -> HeadConfig {
+        let mut c = self.clone();
+        let residual = match &mut c {
+            HeadConfig::Dot | HeadConfig::Cosine(_) | HeadConfig::MaxSim => None,
+            HeadConfig::Bilinear(c) => c.residual.as_mut(),
+            HeadConfig::Mlp(c) => c.residual.as_mut(),
+            HeadConfig::WeightedMaxSim(c) => c.residual.as_mut(),
+            HeadConfig::Poly(c) => c.residual.as_mut(),
+            HeadConfig::Interaction(c) => {
+                c.init = InteractionInit::Random;
+                c.residual.as_mut()
+            }
+        };
+        if let Some(r) = residual.filter(|r| r.gate == 0.0) {
+            r.gate = 0.5;
+        }
+        c
+    }
+
+    /// The residual start of a learned head, if it is on (never for the
+    /// parameter-free heads and the cosine head, which are bases themselves).
+    pub fn residual(&self) -> Option<&ResidualConfig> {
+        match self {
+            HeadConfig::Dot | HeadConfig::Cosine(_) | HeadConfig::MaxSim => None,
+            HeadConfig::Bilinear(c) => c.residual.as_ref(),
+            HeadConfig::Mlp(c) => c.residual.as_ref(),
+            HeadConfig::WeightedMaxSim(c) => c.residual.as_ref(),
+            HeadConfig::Poly(c) => c.residual.as_ref(),
+            HeadConfig::Interaction(c) => c.residual.as_ref(),
+        }
+    }
+}
+
+/// The residual start every learned head has unless its config says
+/// `"residual": null`: the one source of that default.
+pub(crate) fn residual_default() -> Option<ResidualConfig> {
+    Some(ResidualConfig::default())
 }

@@ -19,11 +19,13 @@ pub struct PolyEncoderConfig {
     pub codes: usize,
     /// Dropout on the passage's attention over the codes.
     pub dropout: f64,
+    /// The residual start (`null`: off): see [`super::ResidualConfig`].
+    pub residual: Option<super::ResidualConfig>,
 }
 
 impl Default for PolyEncoderConfig {
     fn default() -> Self {
-        PolyEncoderConfig { dim: 384, codes: 16, dropout: 0.1 }
+        PolyEncoderConfig { dim: 384, codes: 16, dropout: 0.1, residual: super::residual_default() }
     }
 }
 

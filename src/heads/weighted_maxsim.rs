@@ -14,11 +14,13 @@ use crate::representation::Representation;
 pub struct WeightedMaxSimConfig {
     /// Representation width `d`.
     pub dim: usize,
+    /// The residual start (`null`: off): see [`super::ResidualConfig`].
+    pub residual: Option<super::ResidualConfig>,
 }
 
 impl Default for WeightedMaxSimConfig {
     fn default() -> Self {
-        WeightedMaxSimConfig { dim: 128 }
+        WeightedMaxSimConfig { dim: 128, residual: super::residual_default() }
     }
 }
 

@@ -5,7 +5,7 @@
 use gradcache::check::{zero_grads, GradientComparison, GradientSnapshot, Tolerance};
 use gradcache::encoders::{Pooling, TinyEncoder, TinyEncoderConfig};
 use gradcache::heads::{
-    BilinearHeadConfig, CosineHeadConfig, HeadConfig, InteractionConfig, MlpHeadConfig, PolyEncoderConfig, WeightedMaxSimConfig,
+    BilinearHeadConfig, CosineHeadConfig, HeadConfig, InteractionConfig, MlpHeadConfig, PolyEncoderConfig, ResidualConfig, WeightedMaxSimConfig,
 };
 use gradcache::{ContrastiveLoss, GradCache, InfoNce, ListwiseKl, ScoringHead, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
@@ -33,9 +33,14 @@ pub enum HeadKind {
     WeightedMaxSim,
     Poly,
     Interaction,
+    /// The MLP head with the residual start over cosine, its gate opened so
+    /// that Φ's gradients are not zero.
+    ResidualMlp,
+    /// The interaction block with the residual start over MaxSim, gate open.
+    ResidualInteraction,
 }
 
-pub const HEADS: [HeadKind; 9] = [
+pub const HEADS: [HeadKind; 11] = [
     HeadKind::Dot,
     HeadKind::Cosine,
     HeadKind::Bilinear,
@@ -45,6 +50,8 @@ pub const HEADS: [HeadKind; 9] = [
     HeadKind::WeightedMaxSim,
     HeadKind::Poly,
     HeadKind::Interaction,
+    HeadKind::ResidualMlp,
+    HeadKind::ResidualInteraction,
 ];
 
 impl HeadKind {
@@ -53,15 +60,30 @@ impl HeadKind {
         match self {
             HeadKind::Dot => HeadConfig::Dot,
             HeadKind::Cosine => HeadConfig::Cosine(CosineHeadConfig { initial_temperature: 0.5 }),
-            HeadKind::Bilinear => HeadConfig::Bilinear(BilinearHeadConfig { dim: DIM, rank: None, dropout }),
-            HeadKind::LowRankBilinear => HeadConfig::Bilinear(BilinearHeadConfig { dim: DIM, rank: Some(4), dropout }),
-            HeadKind::Mlp => HeadConfig::Mlp(MlpHeadConfig { dim: DIM, hidden: 24, dropout }),
+            HeadKind::Bilinear => HeadConfig::Bilinear(BilinearHeadConfig { dim: DIM, rank: None, dropout, residual: None }),
+            HeadKind::LowRankBilinear => HeadConfig::Bilinear(BilinearHeadConfig { dim: DIM, rank: Some(4), dropout, residual: None }),
+            HeadKind::Mlp => HeadConfig::Mlp(MlpHeadConfig { dim: DIM, hidden: 24, dropout, residual: None }),
             HeadKind::MaxSim => HeadConfig::MaxSim,
-            HeadKind::WeightedMaxSim => HeadConfig::WeightedMaxSim(WeightedMaxSimConfig { dim: DIM }),
-            HeadKind::Poly => HeadConfig::Poly(PolyEncoderConfig { dim: DIM, codes: 3, dropout }),
-            HeadKind::Interaction => HeadConfig::Interaction(InteractionConfig { dim: DIM, heads: 2, ffn: 20, dropout }),
+            HeadKind::WeightedMaxSim => HeadConfig::WeightedMaxSim(WeightedMaxSimConfig { dim: DIM, residual: None }),
+            HeadKind::Poly => HeadConfig::Poly(PolyEncoderConfig { dim: DIM, codes: 3, dropout, residual: None }),
+            HeadKind::Interaction => HeadConfig::Interaction(InteractionConfig { dim: DIM, heads: 2, ffn: 20, dropout, residual: None, ..Default::default() }),
+            HeadKind::ResidualMlp => HeadConfig::Mlp(MlpHeadConfig { dim: DIM, hidden: 24, dropout, residual: Some(open_gate()) }),
+            HeadKind::ResidualInteraction => HeadConfig::Interaction(InteractionConfig {
+                dim: DIM,
+                heads: 2,
+                ffn: 20,
+                dropout,
+                residual: Some(open_gate()),
+                ..Default::default()
+            }),
         }
     }
+}
+
+/// A residual start whose gate is not 0 (so Φ gets gradients at once) and
+/// whose base scale is not the default.
+pub fn open_gate() -> ResidualConfig {
+    ResidualConfig { base_scale: Some(3.0), gate: 0.7 }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
