@@ -68,6 +68,16 @@ def main():
             "last10_loss": statistics.fmean(statistics.fmean(l[-10:]) for l in loss if l) if any(loss) else None,
             "budget": results[0].get("budget"),
         })
+        tested = [r["test_after"] for r in results if "test_after" in r]
+        if tested:
+            rows[-1]["test"] = {
+                "seeds": len(tested),
+                "mean": {m: summarise([t[m] for t in tested])[0] for m in METRICS},
+                "sd": {m: summarise([t[m] for t in tested])[1] for m in METRICS},
+            }
+            for r in results:
+                if "test_pretrained_cosine" in r:
+                    pretrained["test_pretrained_cosine"] = r["test_pretrained_cosine"]
     rows.sort(key=lambda r: -r["mean"]["mrr10"])
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,11 +96,27 @@ def main():
         "| configuration | seeds | " + " | ".join(TITLES) + " | loss: step 1 → last 10 |",
         "|---|---|" + "---|" * len(TITLES) + "---|",
     ]
-    for key, m in pretrained.items():
-        lines.append(f"| pretrained MiniLM, cosine (no training) | – | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " | – |")
+    if "pretrained_cosine" in pretrained:
+        m = pretrained["pretrained_cosine"]
+        lines.append("| pretrained MiniLM, cosine (no training) | – | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " | – |")
     for r in rows:
         loss = f"{r['first_loss']:.3f} → {r['last10_loss']:.3f}" if r["first_loss"] is not None else "–"
         lines.append(f"| `{r['name']}` | {r['seeds']} | " + " | ".join(cell(r["mean"][k], r["sd"][k]) for k in METRICS) + f" | {loss} |")
+    tested = [r for r in rows if "test" in r]
+    if tested:
+        lines += [
+            "",
+            f"The same trained models on the test split (`--test-queries`), for the runs that evaluated it:",
+            "",
+            "| configuration | seeds | " + " | ".join(TITLES) + " |",
+            "|---|---|" + "---|" * len(TITLES),
+        ]
+        if "test_pretrained_cosine" in pretrained:
+            m = pretrained["test_pretrained_cosine"]
+            lines.append("| pretrained MiniLM, cosine (no training) | – | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
+        for r in sorted(tested, key=lambda r: -r["test"]["mean"]["mrr10"]):
+            t = r["test"]
+            lines.append(f"| `{r['name']}` | {t['seeds']} | " + " | ".join(cell(t["mean"][k], t["sd"][k]) for k in METRICS) + " |")
     (out / f"{a.split}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

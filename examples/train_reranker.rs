@@ -53,6 +53,9 @@ struct RerankerConfig {
     dev_queries: usize,
     /// The WordNet split evaluated: `dev` (choosing configurations) or `test`.
     eval_split: Split,
+    /// After training, also evaluate this many test-split queries (0: none),
+    /// into `results.json` as `test_after` (and `test_pretrained_cosine`).
+    test_queries: usize,
     /// Fine-tuned baselines measured at the default budget
     /// (`benchmarks/heads_compare.sh`), printed beside the run when its
     /// budget is the same; `null`: none.
@@ -81,6 +84,7 @@ impl Default for RerankerConfig {
             group_size: 2,
             dev_queries: 300,
             eval_split: Split::Dev,
+            test_queries: 0,
             baselines: Some("docs/results/heads/baselines.json".into()),
             tied: true,
             encoder: BertEncoderConfig::default(),
@@ -138,6 +142,12 @@ struct Args {
     learning_rate: Option<f64>,
     #[arg(long)]
     dev_queries: Option<usize>,
+    /// After training, also evaluate this many test-split queries.
+    #[arg(long)]
+    test_queries: Option<usize>,
+    /// Also evaluate every N steps (into metrics.jsonl; 0: only before and after).
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// dev or test.
     #[arg(long, value_parser = parse_split)]
     eval_split: Option<Split>,
@@ -181,7 +191,10 @@ fn resolve(args: &Args) -> Result<RerankerConfig> {
     let mut c: RerankerConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            let user: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            // Partial nested blocks keep the documented defaults of the fields they do not name.
+            let merged = gradcache::config::layered(serde_json::to_value(RerankerConfig::default())?, user);
+            serde_json::from_value(merged).with_context(|| format!("reading the settings in {}", path.display()))?
         }
         None => RerankerConfig::default(),
     };
@@ -202,6 +215,12 @@ fn resolve(args: &Args) -> Result<RerankerConfig> {
     }
     if let Some(v) = args.dev_queries {
         c.dev_queries = v;
+    }
+    if let Some(v) = args.test_queries {
+        c.test_queries = v;
+    }
+    if let Some(v) = args.eval_every {
+        c.train.eval_every = v;
     }
     if let Some(v) = args.eval_split {
         c.eval_split = v;
@@ -330,6 +349,19 @@ fn main() -> Result<()> {
     model.export(&vs, query_enc.bert_prefix(), &c.output_dir.join("encoder"))?;
     save_safetensors(&vs, "head", &c.output_dir.join("head.safetensors"))?;
     let mut results = BTreeMap::from([("after".to_string(), summary.after.clone())]);
+    if c.test_queries > 0 {
+        let test = task.sense_eval(Split::Test, c.test_queries);
+        let test_q = tok.encode(&test.set.queries.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>())?.to_device(device)?;
+        let test_c = tok.encode(&test.set.corpus.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>())?.to_device(device)?;
+        results.insert("test_after".to_string(), sense_metrics(&score_corpus(&gc, &test_q, &test_c)?, &test)?);
+        if c.encoder.pooling != Pooling::Tokens {
+            // The pretrained encoder, loaded again: the trained one has moved.
+            let fresh = nn::VarStore::new(device);
+            let (pretrained, _) = c.encoder.init_pretrained(&fresh, "encoder", &model)?;
+            results.insert("test_pretrained_cosine".to_string(), cosine_baseline(&pretrained, &test_q, &test_c, &test, &c.step)?);
+        }
+        println!("test split ({} queries): {:?}", test.set.queries.len(), results["test_after"]);
+    }
     if let Some(cosine) = &cosine {
         results.insert("pretrained_cosine".to_string(), cosine.clone());
     }

@@ -102,3 +102,35 @@ pub(crate) fn pieces(total: usize, size: usize) -> impl Iterator<Item = (usize, 
     let size = size.max(1);
     (0..total).step_by(size).map(move |start| (start, size.min(total - start)))
 }
+
+/// `user` laid over `defaults`, field by field: a nested object merges into
+/// the default object of the same name, so a partial block (`{"train":
+/// {"checkpoint_every": 2}}`) changes the fields it names and keeps the
+/// documented defaults of the others; any other value (numbers, strings,
+/// arrays, `null`) replaces the default. An object whose `"kind"` tag names
+/// another variant than the default's (e.g. `{"head": {"kind": "cosine"}}`
+/// over an MLP head) replaces it whole, since the default's fields belong to
+/// the other variant.
+///
+/// Deserialize the result into the config type to get its own checks
+/// (unknown fields, types).
+pub fn layered(defaults: serde_json::Value, user: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (defaults, user) {
+        (Value::Object(mut base), Value::Object(over)) => {
+            let other_kind = matches!((base.get("kind"), over.get("kind")), (Some(a), Some(b)) if a != b);
+            if other_kind {
+                return Value::Object(over);
+            }
+            for (key, value) in over {
+                let merged = match base.remove(&key) {
+                    Some(default) => layered(default, value),
+                    None => value,
+                };
+                base.insert(key, merged);
+            }
+            Value::Object(base)
+        }
+        (_, user) => user,
+    }
+}

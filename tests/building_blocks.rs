@@ -127,3 +127,27 @@ fn head_configs_parse_by_kind_and_reject_unknown_fields() {
     }
     assert!(HeadConfig::named("nope", 12, 0.1).is_err());
 }
+
+#[test]
+fn layered_configs_keep_the_defaults_a_partial_block_does_not_name() {
+    use gradcache::config::layered;
+    use gradcache::train::TrainConfig;
+    use serde_json::json;
+    // The documented defaults of a program: not the library's TrainConfig::default().
+    let documented = TrainConfig { learning_rate: 3e-5, lr_multipliers: [("head".to_string(), 30.0)].into(), ..TrainConfig::default() };
+    let defaults = json!({ "batch_size": 64, "train": documented, "head": {"kind": "mlp", "dim": 384, "hidden": 256} });
+    let merged = layered(defaults.clone(), json!({ "train": { "checkpoint_every": 2 } }));
+    let train: TrainConfig = serde_json::from_value(merged["train"].clone()).unwrap();
+    assert_eq!(train, TrainConfig { checkpoint_every: 2, ..documented.clone() });
+    // Deserializing the block alone is what loses the documented values (the bug this guards against).
+    let alone: TrainConfig = serde_json::from_value(json!({ "checkpoint_every": 2 })).unwrap();
+    assert_ne!(alone, TrainConfig { checkpoint_every: 2, ..documented.clone() });
+    // Maps merge by key, values replace, null replaces.
+    let merged = layered(defaults.clone(), json!({ "train": { "lr_multipliers": { "head.residual.gate": 300.0 }, "max_grad_norm": null } }));
+    assert_eq!(merged["train"]["lr_multipliers"], json!({ "head": 30.0, "head.residual.gate": 300.0 }));
+    assert_eq!(merged["train"]["max_grad_norm"], serde_json::Value::Null);
+    assert_eq!(merged["batch_size"], json!(64));
+    // Same head kind: fields merge. Another kind: the block replaces the default.
+    assert_eq!(layered(defaults.clone(), json!({ "head": { "hidden": 512 } }))["head"], json!({ "kind": "mlp", "dim": 384, "hidden": 512 }));
+    assert_eq!(layered(defaults, json!({ "head": { "kind": "cosine" } }))["head"], json!({ "kind": "cosine" }));
+}
