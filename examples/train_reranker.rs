@@ -94,7 +94,11 @@ impl Default for RerankerConfig {
             train: TrainConfig {
                 steps: 100,
                 learning_rate: 3e-5,
-                lr_multipliers: BTreeMap::from([("head".to_string(), 30.0)]),
+                // The residual gate is one scalar that Adam moves by about
+                // one learning rate per step: at the head's ×30 it reached
+                // only -0.04 in 100 steps, leaving Φ no say
+                // (docs/heads-results.md).
+                lr_multipliers: BTreeMap::from([("head".to_string(), 30.0), ("head.residual.gate".to_string(), 300.0)]),
                 warmup_steps: 10,
                 checkpoint_every: 40,
                 ..TrainConfig::default()
