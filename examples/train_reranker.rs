@@ -403,7 +403,7 @@ fn main() -> Result<()> {
             for r in &reference.rows {
                 let cells: Vec<String> = METRICS
                     .iter()
-                    .map(|k| format!("{:>6.3}±{:<6.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN)))
+                    .map(|k| format!("{:>13}", format!("{:.3}±{:.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN))))
                     .collect();
                 println!("{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "));
             }
