@@ -72,14 +72,7 @@ fn learned_heads(residual: Option<ResidualConfig>) -> Vec<HeadConfig> {
     let mut out = Vec::new();
     for kind in ["bilinear", "mlp", "weighted_max_sim", "poly", "interaction"] {
         let mut c = HeadConfig::named(kind, D, 0.3).unwrap();
-        match &mut c {
-            HeadConfig::Bilinear(c) => c.residual = residual.clone(),
-            HeadConfig::Mlp(c) => c.residual = residual.clone(),
-            HeadConfig::WeightedMaxSim(c) => c.residual = residual.clone(),
-            HeadConfig::Poly(c) => c.residual = residual.clone(),
-            HeadConfig::Interaction(c) => c.residual = residual.clone(),
-            _ => unreachable!(),
-        }
+        *c.residual_slot().expect("a learned head has a residual field") = residual.clone();
         out.push(c);
     }
     out

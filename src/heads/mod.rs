@@ -203,21 +203,26 @@ impl HeadConfig {
     /// encoder's layer started randomly instead (the check has no encoder).
     pub fn for_checking(&self) -> HeadConfig {
         let mut c = self.clone();
-        let residual = match &mut c {
-            HeadConfig::Dot | HeadConfig::Cosine(_) | HeadConfig::MaxSim => None,
-            HeadConfig::Bilinear(c) => c.residual.as_mut(),
-            HeadConfig::Mlp(c) => c.residual.as_mut(),
-            HeadConfig::WeightedMaxSim(c) => c.residual.as_mut(),
-            HeadConfig::Poly(c) => c.residual.as_mut(),
-            HeadConfig::Interaction(c) => {
-                c.init = InteractionInit::Random;
-                c.residual.as_mut()
-            }
-        };
-        if let Some(r) = residual.filter(|r| r.gate == 0.0) {
+        if let HeadConfig::Interaction(i) = &mut c {
+            i.init = InteractionInit::Random;
+        }
+        if let Some(r) = c.residual_slot().and_then(Option::as_mut).filter(|r| r.gate == 0.0) {
             r.gate = 0.5;
         }
         c
+    }
+
+    /// The `residual` field of a learned head's config, to read or set
+    /// (`None` for the heads that have no such field).
+    pub fn residual_slot(&mut self) -> Option<&mut Option<ResidualConfig>> {
+        match self {
+            HeadConfig::Dot | HeadConfig::Cosine(_) | HeadConfig::MaxSim => None,
+            HeadConfig::Bilinear(c) => Some(&mut c.residual),
+            HeadConfig::Mlp(c) => Some(&mut c.residual),
+            HeadConfig::WeightedMaxSim(c) => Some(&mut c.residual),
+            HeadConfig::Poly(c) => Some(&mut c.residual),
+            HeadConfig::Interaction(c) => Some(&mut c.residual),
+        }
     }
 
     /// The residual start of a learned head, if it is on (never for the
