@@ -246,6 +246,26 @@ pub enum GradCacheError {
         got: Vec<i64>,
     },
 
+    /// A relevance judgement names a document that is not in the corpus.
+    #[error("query `{query}` is judged against document `{document}`, which is not in the corpus")]
+    UnknownDocument {
+        /// The query id.
+        query: String,
+        /// The missing document id.
+        document: String,
+    },
+
+    /// A model bundle of a format version this version cannot read.
+    #[error("{path}: bundle format {found}, this version of gradcache reads format {supported}")]
+    BundleFormat {
+        /// The bundle's `gradcache.json`.
+        path: std::path::PathBuf,
+        /// The format it declares.
+        found: u32,
+        /// The format this version reads.
+        supported: u32,
+    },
+
     /// A head's weights could not be copied from an encoder layer: a
     /// variable is missing on one side, or the shapes differ.
     #[error("initialising `{head}` from encoder layer `{layer}`: {reason}")]

@@ -42,18 +42,11 @@ pub fn score_corpus<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
 /// `scores`: `[Q, C]` over `eval`'s queries and corpus.
 ///
 /// # Errors
-/// [`crate::GradCacheError::Shape`] when the scores do not fit `eval`.
+/// [`crate::GradCacheError::Shape`] when the scores do not fit `eval`;
+/// [`crate::GradCacheError::UnknownDocument`] for a judgement outside the
+/// corpus.
 pub fn sense_metrics(scores: &Tensor, eval: &SenseEval) -> Result<BTreeMap<String, f64>> {
-    let doc_index: std::collections::HashMap<&str, usize> =
-        eval.set.corpus.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
-    let relevance: Vec<Vec<(usize, u32)>> = eval
-        .set
-        .queries
-        .iter()
-        .map(|(qid, _)| {
-            eval.set.qrels.get(qid).map_or_else(Vec::new, |r| r.iter().map(|(d, &g)| (doc_index[d.as_str()], g)).collect())
-        })
-        .collect();
+    let relevance = eval.set.relevance()?;
     let r = retrieval_metrics(scores, &relevance)?;
     Ok(BTreeMap::from([
         ("wsd_accuracy".to_string(), disambiguation_accuracy(scores, &eval.candidates, &eval.gold)?),

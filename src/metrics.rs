@@ -18,6 +18,9 @@ pub struct RetrievalMetrics {
     pub mrr10: f64,
     /// nDCG over the first 10, gain `2^rel − 1`, discount `log2(rank + 1)`.
     pub ndcg10: f64,
+    /// Share of each query's relevant documents within the first 100,
+    /// averaged over queries.
+    pub recall100: f64,
 }
 
 fn rows(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
@@ -31,8 +34,13 @@ fn rows(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
 
 /// Document indices by descending score (ties: lower index first).
 fn ranking(row: &[f64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    sorted_by_score(row).into_iter().map(|(i, _)| i).collect()
+}
+
+/// `(index, score)` by descending score (ties: lower index first).
+pub fn sorted_by_score(scores: &[f64]) -> Vec<(usize, f64)> {
+    let mut order: Vec<(usize, f64)> = scores.iter().copied().enumerate().collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     order
 }
 
@@ -51,13 +59,30 @@ pub fn retrieval_metrics(scores: &Tensor, relevance: &[Vec<(usize, u32)>]) -> Re
         return Err(GradCacheError::Shape { what: "relevance", expected: "one non-empty list per query", got: scores.size() });
     }
     let cols = scores.size()[1] as usize;
-    let (mut top1, mut top5, mut top20, mut mrr, mut ndcg) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (row, rel) in rows.iter().zip(relevance) {
-        if rel.iter().any(|&(d, _)| d >= cols) {
-            return Err(GradCacheError::Shape { what: "relevance", expected: "document indices below C", got: scores.size() });
-        }
+    if relevance.iter().flatten().any(|&(d, _)| d >= cols) {
+        return Err(GradCacheError::Shape { what: "relevance", expected: "document indices below C", got: scores.size() });
+    }
+    let orders: Vec<Vec<usize>> = rows.iter().map(|r| ranking(r)).collect();
+    ranked_metrics(&orders, relevance)
+}
+
+/// Retrieval metrics of rankings (each query's documents, best first; a
+/// ranking may be cut short, e.g. a first stage's top k: documents it
+/// lacks count as not retrieved).
+///
+/// # Errors
+/// [`GradCacheError::Shape`] when there is not one ranking per query.
+pub fn ranked_metrics(rankings: &[Vec<usize>], relevance: &[Vec<(usize, u32)>]) -> Result<RetrievalMetrics> {
+    if rankings.len() != relevance.len() || rankings.is_empty() {
+        return Err(GradCacheError::Shape {
+            what: "rankings",
+            expected: "one ranking per query, at least one query",
+            got: vec![rankings.len() as i64, relevance.len() as i64],
+        });
+    }
+    let (mut top1, mut top5, mut top20, mut mrr, mut ndcg, mut recall) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (order, rel) in rankings.iter().zip(relevance) {
         let grade = |d: usize| rel.iter().find(|&&(i, _)| i == d).map_or(0, |&(_, g)| g);
-        let order = ranking(row);
         let first = order.iter().position(|&d| grade(d) > 0);
         if let Some(r) = first {
             top1 += f64::from(u8::from(r < 1));
@@ -75,9 +100,13 @@ pub fn retrieval_metrics(scores: &Tensor, relevance: &[Vec<(usize, u32)>]) -> Re
         if idcg > 0.0 {
             ndcg += dcg / idcg;
         }
+        let relevant = rel.iter().filter(|&&(_, g)| g > 0).count();
+        if relevant > 0 {
+            recall += order.iter().take(100).filter(|&&d| grade(d) > 0).count() as f64 / relevant as f64;
+        }
     }
-    let n = rows.len() as f64;
-    Ok(RetrievalMetrics { top1: top1 / n, top5: top5 / n, top20: top20 / n, mrr10: mrr / n, ndcg10: ndcg / n })
+    let n = rankings.len() as f64;
+    Ok(RetrievalMetrics { top1: top1 / n, top5: top5 / n, top20: top20 / n, mrr10: mrr / n, ndcg10: ndcg / n, recall100: recall / n })
 }
 
 /// Share of queries whose gold candidate scores highest among its

@@ -136,6 +136,21 @@ impl Representation {
         })
     }
 
+    /// The rows at `indices` (an `Int64` tensor on the same device), in
+    /// that order: a copy.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Torch`] for an index out of range.
+    pub fn select(&self, indices: &Tensor) -> Result<Representation> {
+        Ok(match self {
+            Representation::Vector(v) => Representation::Vector(v.f_index_select(0, indices)?),
+            Representation::Tokens { tokens, mask } => Representation::Tokens {
+                tokens: tokens.f_index_select(0, indices)?,
+                mask: mask.f_index_select(0, indices)?,
+            },
+        })
+    }
+
     /// A detached copy whose tensor is a fresh autograd leaf that requires
     /// grad: the input of one head block in the head pass.
     pub fn detached_leaf(&self) -> Result<Representation> {

@@ -98,6 +98,35 @@ pub struct RetrievalSet {
     pub qrels: HashMap<String, HashMap<String, u32>>,
 }
 
+impl RetrievalSet {
+    /// Each query's judged documents as `(index into corpus, grade)`, in
+    /// query order (empty for a query without judgements).
+    ///
+    /// # Errors
+    /// [`GradCacheError::UnknownDocument`] for a judgement naming a document
+    /// that is not in the corpus.
+    pub fn relevance(&self) -> Result<Vec<Vec<(usize, u32)>>> {
+        let index: HashMap<&str, usize> = self.corpus.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
+        self.queries
+            .iter()
+            .map(|(qid, _)| {
+                let Some(judged) = self.qrels.get(qid) else { return Ok(Vec::new()) };
+                let mut row = judged
+                    .iter()
+                    .map(|(d, &g)| {
+                        index.get(d.as_str()).map(|&i| (i, g)).ok_or_else(|| GradCacheError::UnknownDocument {
+                            query: qid.clone(),
+                            document: d.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                row.sort_unstable();
+                Ok(row)
+            })
+            .collect()
+    }
+}
+
 /// Whether to stop at a malformed line or to skip and count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
