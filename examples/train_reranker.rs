@@ -7,8 +7,9 @@
 //!     cargo run --release --example train_reranker -- [--config FILE] [--steps N] [--device cuda] ...
 //!
 //! Writes into `--output-dir`: `config.json` (resolved), `train_config.json`,
-//! `metrics.jsonl`, `checkpoints/`, `results.json`, and the trained model
-//! (`encoder/` as a Hugging Face folder, `head.safetensors`).
+//! `metrics.jsonl`, `checkpoints/`, `results.json`, and the trained model as
+//! a bundle, `model/` (read by `gradcache eval` and `gradcache rerank`; see
+//! docs/inference.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,20 +17,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use gradcache::data::jsonl::read_training_records;
-use gradcache::data::wordnet::{SenseEval, Split, WordSenseData};
+use gradcache::data::wordnet::{Split, WordSenseData};
 use gradcache::data::{grouped_batch, Malformed, TrainingRecord};
-use gradcache::encoders::{BertEncoder, BertEncoderConfig};
-use gradcache::eval::{score_corpus, sense_metrics, ReferenceResults};
+use gradcache::encoders::BertEncoderConfig;
+use gradcache::eval::{sense_metrics, ReferenceResults};
 use gradcache::encoders::Pooling;
 use gradcache::heads::{CosineHeadConfig, HeadConfig, MlpHeadConfig};
 use gradcache::pretrained::ModelDir;
 use gradcache::runtime::{parse_device, tune_allocator};
 use gradcache::text::TextTokenizer;
 use gradcache::train::{sample_indices, TrainConfig, Trainer};
-use gradcache::weights::{save_safetensors, write_bytes_atomically};
-use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
+use gradcache::scorer::{ModelConfig, ScoringLayout};
+use gradcache::weights::write_bytes_atomically;
+use gradcache::{GradCache, InfoNce, Scorer, StepConfig, Targets, TokenBatch};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device};
+use tch::Device;
 
 /// Everything the run needs; JSON with these fields, all optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,16 +114,9 @@ impl RerankerConfig {
         if self.batch_size == 0 || self.group_size == 0 || self.dev_queries == 0 {
             bail!("batch_size, group_size and dev_queries must be at least 1");
         }
-        let width = self.encoder.projection.unwrap_or(384);
-        if let Some(dim) = self.head.dim() {
-            if dim != width {
-                bail!("head dim ({dim}) must equal the encoder's output width ({width}: its projection, or 384)");
-            }
-        }
-        if self.head.reads_tokens() != (self.encoder.pooling == Pooling::Tokens) {
-            bail!("a head that reads token matrices needs encoder pooling \"tokens\", and only such a head does");
-        }
-        self.encoder.validate()?;
+        // Encoder and head (their widths against the model's own config.json
+        // too) are checked by Scorer::from_pretrained.
+        model_config(self).validate()?;
         self.loss.validate()?;
         self.step.validate()?;
         self.train.validate()?;
@@ -263,14 +258,9 @@ fn batch(
     Ok((tok.encode(&b.queries)?.to_device(device)?, tok.encode(&b.passages)?.to_device(device)?, targets))
 }
 
-/// The pretrained encoder's cosine similarity, for reference: a cosine head
-/// (its scale does not change rankings) through the same eval-mode passes.
-fn cosine_baseline(enc: &BertEncoder, queries: &TokenBatch, corpus: &TokenBatch, eval: &SenseEval, step: &StepConfig) -> Result<BTreeMap<String, f64>> {
-    let scratch = nn::VarStore::new(queries.ids().device());
-    let cosine = CosineHeadConfig::default().init(&scratch.root())?;
-    let loss = InfoNce::default();
-    let gc = GradCache::tied(step.clone(), enc, &cosine, &loss)?;
-    Ok(sense_metrics(&score_corpus(&gc, queries, corpus)?, eval)?)
+/// The model part of the run's configuration (what its bundle records).
+fn model_config(c: &RerankerConfig) -> ModelConfig {
+    ModelConfig::new(c.encoder.clone(), c.max_len, c.tied, c.head.clone(), ScoringLayout::of(&c.step))
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -306,17 +296,11 @@ fn main() -> Result<()> {
     let dev = task.sense_eval(c.eval_split, c.dev_queries);
     let dev_queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
     let dev_corpus: Vec<&str> = dev.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
-    let dev_q = tok.encode(&dev_queries)?.to_device(device)?;
-    let dev_c = tok.encode(&dev_corpus)?.to_device(device)?;
 
     // Initialisation (the head, a projection) is reproducible from the seed too.
     tch::manual_seed(c.train.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let (query_enc, _) = c.encoder.init_pretrained(&vs, if c.tied { "encoder" } else { "query" }, &model)?;
-    let passage_enc = if c.tied { None } else { Some(c.encoder.init_pretrained(&vs, "passage", &model)?.0) };
-    let head = c.head.init_with_encoder(&vs, "head", &query_enc)?;
-    let passage_ref = passage_enc.as_ref().unwrap_or(&query_enc);
-    let gc = GradCache::new(c.step.clone(), &query_enc, passage_ref, head.as_ref(), &c.loss)?;
+    let scorer = Scorer::from_pretrained(model_config(&c), &model, device)?;
+    let gc = GradCache::new(c.step.clone(), scorer.query_encoder(), scorer.passage_encoder(), scorer.head(), &c.loss)?;
 
     println!(
         "train_reranker: {} training records, dev {} queries x {} senses, device {device:?}",
@@ -334,35 +318,35 @@ fn main() -> Result<()> {
         c.step.head_block_passages,
         c.train.steps
     );
-    // Cosine of mean-pooled vectors; token encoders have no such baseline.
-    let cosine = if c.encoder.pooling == Pooling::Tokens {
+    // The pretrained encoder's cosine of mean-pooled vectors; token
+    // encoders have no such baseline.
+    let pretrained = if c.encoder.pooling == Pooling::Tokens {
         None
     } else {
-        Some(cosine_baseline(&query_enc, &dev_q, &dev_c, &dev, &c.step)?)
+        let cosine = ModelConfig { head: HeadConfig::Cosine(CosineHeadConfig::default()), ..model_config(&c) };
+        Some(Scorer::from_pretrained(cosine, &model, device)?)
     };
+    let cosine = pretrained.as_ref().map(|p| sense_metrics(&p.score(&dev_queries, &dev_corpus)?, &dev)).transpose()?;
 
-    let mut trainer = Trainer::new(c.train.clone(), &vs, &c.output_dir, args.resume)?;
+    let mut trainer = Trainer::new(c.train.clone(), scorer.var_store(), &c.output_dir, args.resume)?;
     let summary = trainer.run(
         |i| {
             let (q, p, t) = batch(&records, &c, &tok, i, device)?;
             gc.step(&q, &p, &t)
         },
-        |_| sense_metrics(&score_corpus(&gc, &dev_q, &dev_c)?, &dev),
+        |_| sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev),
     )?;
 
-    model.export(&vs, query_enc.bert_prefix(), &c.output_dir.join("encoder"))?;
-    save_safetensors(&vs, "head", &c.output_dir.join("head.safetensors"))?;
+    let bundle = c.output_dir.join("model");
+    scorer.save(&bundle)?;
     let mut results = BTreeMap::from([("after".to_string(), summary.after.clone())]);
     if c.test_queries > 0 {
         let test = task.sense_eval(Split::Test, c.test_queries);
-        let test_q = tok.encode(&test.set.queries.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>())?.to_device(device)?;
-        let test_c = tok.encode(&test.set.corpus.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>())?.to_device(device)?;
-        results.insert("test_after".to_string(), sense_metrics(&score_corpus(&gc, &test_q, &test_c)?, &test)?);
-        if c.encoder.pooling != Pooling::Tokens {
-            // The pretrained encoder, loaded again: the trained one has moved.
-            let fresh = nn::VarStore::new(device);
-            let (pretrained, _) = c.encoder.init_pretrained(&fresh, "encoder", &model)?;
-            results.insert("test_pretrained_cosine".to_string(), cosine_baseline(&pretrained, &test_q, &test_c, &test, &c.step)?);
+        let test_q: Vec<&str> = test.set.queries.iter().map(|(_, t)| t.as_str()).collect();
+        let test_c: Vec<&str> = test.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+        results.insert("test_after".to_string(), sense_metrics(&scorer.score(&test_q, &test_c)?, &test)?);
+        if let Some(p) = &pretrained {
+            results.insert("test_pretrained_cosine".to_string(), sense_metrics(&p.score(&test_q, &test_c)?, &test)?);
         }
         println!("test split ({} queries): {:?}", test.set.queries.len(), results["test_after"]);
     }
@@ -415,6 +399,7 @@ fn main() -> Result<()> {
     if let Some(first) = summary.losses.first() {
         println!("loss {:.4} -> {:.4}", first, summary.losses.last().copied().unwrap_or(*first));
     }
+    println!("model bundle in {} (gradcache eval / rerank --model {})", bundle.display(), bundle.display());
     println!("outputs in {}", c.output_dir.display());
     Ok(())
 }

@@ -175,13 +175,22 @@ impl Scorer {
     /// `passage.*`, and `head.*`.
     ///
     /// # Errors
-    /// [`GradCacheError::InvalidConfig`] from [`ModelConfig::validate`] or a
-    /// format other than [`BUNDLE_FORMAT`]; model-folder and weight errors.
+    /// [`GradCacheError::InvalidConfig`] from [`ModelConfig::validate`], a
+    /// format other than [`BUNDLE_FORMAT`], or a head whose `dim` is not the
+    /// encoder's output width (the projection's, or the model's
+    /// `hidden_size`); model-folder and weight errors.
     pub fn from_pretrained(config: ModelConfig, model: &ModelDir, device: Device) -> Result<Self> {
         if config.format != BUNDLE_FORMAT {
             return Err(GradCacheError::InvalidConfig { field: "format", reason: "only format 1 exists" });
         }
         config.validate()?;
+        let width = config.encoder.projection.unwrap_or_else(|| model.hidden_size());
+        if config.head.dim().is_some_and(|dim| dim != width) {
+            return Err(GradCacheError::InvalidConfig {
+                field: "head.dim",
+                reason: "must equal the encoder's output width: its projection, or the model's hidden_size",
+            });
+        }
         let vs = nn::VarStore::new(device);
         let (q_name, p_name) = encoder_names(config.tied);
         let (query, _) = config.encoder.init_pretrained(&vs, q_name, model)?;

@@ -50,3 +50,127 @@ fn prepare_wordnet_writes_the_task_and_its_license() {
     assert!(!ok && text.contains("apt-get install wordnet-base"), "{text}");
 }
 
+
+mod common;
+
+use gradcache::data::beir::{read_beir, write_beir};
+use gradcache::data::wordnet::{Split, WordSenseData};
+use gradcache::data::Malformed;
+use gradcache::heads::{HeadConfig, MlpHeadConfig, ResidualConfig};
+use gradcache::metrics::retrieval_metrics;
+use gradcache::scorer::{ModelConfig, ScoringLayout};
+use gradcache::Scorer;
+
+/// A small "trained" bundle: a tiny BERT with a residual MLP head whose
+/// weights (gate included) were moved off their initialisation.
+fn bundle(dir: &std::path::Path) -> Scorer {
+    let model = common::tiny_bert_folder(&dir.join("bert"), 32, 4, 2, 1);
+    let head = HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }) });
+    let layout = ScoringLayout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 4, head_block_passages: 16 };
+    tch::manual_seed(2);
+    let scorer = Scorer::from_pretrained(ModelConfig::new(Default::default(), 32, true, head, layout), &model, tch::Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in scorer.var_store().variables() {
+            let noise = v.randn_like() * 0.05;
+            let _ = v.f_add_(&noise).unwrap();
+        }
+    });
+    scorer.save(&dir.join("model")).unwrap();
+    scorer
+}
+
+#[test]
+fn eval_on_the_wordnet_beir_export_reproduces_the_full_grid_metrics() {
+    let _serial = common::serial();
+    let dir = common::scratch("cli-eval");
+    let scorer = bundle(&dir);
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let beir = dir.join("beir");
+    let (ok, text) = gradcache(&["prepare-wordnet", "--out", repo.join("examples/data/wordnet").to_str().unwrap(), "--beir", beir.to_str().unwrap(), "--queries", "24"]);
+    assert!(ok, "{text}");
+    // The export is the set the training run evaluates.
+    let task = WordSenseData::read(&repo.join("examples/data/wordnet")).unwrap();
+    let dev = task.sense_eval(Split::Dev, 24);
+    let (read, skipped) = read_beir(&beir.join("dev"), "dev", Malformed::Fail).unwrap();
+    assert_eq!((read, skipped), (dev.set.clone(), 0));
+
+    let out = dir.join("eval-out");
+    let corpus = dev.set.corpus.len().to_string();
+    let (ok, text) = gradcache(&[
+        "eval", "--model", dir.join("model").to_str().unwrap(), "--data", beir.join("dev").to_str().unwrap(), "--split", "dev",
+        "--retrieve-k", &corpus, "--output", out.to_str().unwrap(), "--quiet",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("first stage") && text.contains("reranked by the head"), "{text}");
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    // What the training run prints: the head over the whole grid.
+    let queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
+    let docs: Vec<&str> = dev.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+    let grid = retrieval_metrics(&scorer.score(&queries, &docs).unwrap(), &dev.set.relevance().unwrap()).unwrap();
+    for (name, want) in [("top1", grid.top1), ("top5", grid.top5), ("mrr10", grid.mrr10), ("ndcg10", grid.ndcg10)] {
+        let got = metrics["reranked"][name].as_f64().unwrap();
+        approx::assert_abs_diff_eq!(got, want, epsilon = 1e-9);
+    }
+    let run = std::fs::read_to_string(out.join("run.trec")).unwrap();
+    assert_eq!(run.lines().count(), dev.set.queries.len() * dev.set.corpus.len());
+    assert!(run.lines().next().unwrap().starts_with("q0 Q0 "), "{run}");
+}
+
+#[test]
+fn eval_names_a_qrel_outside_the_corpus() {
+    let _serial = common::serial();
+    let dir = common::scratch("cli-eval-bad");
+    bundle(&dir);
+    let set = gradcache::data::RetrievalSet {
+        queries: vec![("q1".into(), "a query".into())],
+        corpus: vec![("d1".into(), "a document".into())],
+        qrels: [("q1".to_string(), [("d1".to_string(), 1)].into())].into(),
+    };
+    let data = dir.join("beir");
+    write_beir(&set, &data, "test").unwrap();
+    std::fs::write(data.join("qrels/test.tsv"), "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td404\t1\n").unwrap();
+    let (ok, text) = gradcache(&["eval", "--model", dir.join("model").to_str().unwrap(), "--data", data.to_str().unwrap(), "--quiet"]);
+    assert!(!ok);
+    assert!(text.contains("test.tsv:3") && text.contains("d404"), "{text}");
+}
+
+#[test]
+fn rerank_sorts_each_line_and_keeps_its_fields() {
+    let _serial = common::serial();
+    let dir = common::scratch("cli-rerank");
+    let scorer = bundle(&dir);
+    let input = dir.join("requests.jsonl");
+    let cands = ["a dog barks at night", "the stock market fell", "puppies play in the yard"];
+    std::fs::write(
+        &input,
+        format!(
+            "{}\n\n{}\n",
+            serde_json::json!({"query": "pets at home", "candidates": [cands[0], {"id": 7, "text": cands[1]}, cands[2]], "qid": "x"}),
+            serde_json::json!({"query": "no candidates", "candidates": []})
+        ),
+    )
+    .unwrap();
+    let output = dir.join("ranked.jsonl");
+    let (ok, text) = gradcache(&["rerank", "--model", dir.join("model").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["qid"], "x");
+    let want = scorer.rerank("pets at home", &cands).unwrap();
+    let got = lines[0]["candidates"].as_array().unwrap();
+    assert_eq!(got.len(), 3);
+    for ((i, s), g) in want.iter().zip(got) {
+        assert_eq!(g["text"], cands[*i]);
+        approx::assert_abs_diff_eq!(g["score"].as_f64().unwrap(), *s, epsilon = 1e-6);
+    }
+    let with_id = got.iter().find(|g| g["text"] == cands[1]).unwrap();
+    assert_eq!(with_id["id"], 7);
+    assert_eq!(lines[1]["candidates"], serde_json::json!([]));
+
+    // A malformed line names the file and the line; no output is written.
+    std::fs::write(&input, "{\"query\": \"q\", \"candidates\": [\"a\"]}\n{\"query\": \"q\", \"candidates\": \"a\"}\n").unwrap();
+    let fresh = dir.join("not-written.jsonl");
+    let (ok, text) = gradcache(&["rerank", "--model", dir.join("model").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", fresh.to_str().unwrap()]);
+    assert!(!ok && text.contains("requests.jsonl:2"), "{text}");
+    assert!(!fresh.exists());
+}

@@ -1,16 +1,27 @@
 //! The `gradcache` command-line tool.
 //!
+//!     gradcache eval --model runs/train_reranker/model --data wordnet-beir/dev --split dev
+//!     gradcache rerank --model runs/train_reranker/model --input requests.jsonl
 //!     gradcache check-head --head interaction      # is this head exact under the two-cache step?
 //!     gradcache prepare-wordnet                    # rebuild examples/data/wordnet from WordNet 3.0
+//!     gradcache prepare-wordnet --beir wordnet-beir  # its dev and test splits as BEIR folders
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use gradcache::check::{check_head, Tolerance};
+use gradcache::data::beir::{read_beir, write_beir};
+use gradcache::data::rerank::read_rerank_requests;
 use gradcache::data::wordnet::{Split, WordSenseData};
+use gradcache::data::Malformed;
+use gradcache::retrieval::{evaluate_two_stage, write_trec_run};
+use gradcache::runtime::parse_device;
+use gradcache::weights::write_bytes_atomically;
+use gradcache::Scorer;
 use gradcache::encoders::{Pooling, TinyEncoderConfig};
 use gradcache::heads::HeadConfig;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
@@ -50,12 +61,66 @@ enum Command {
         f32: bool,
     },
     /// Rebuild the WordNet task from WordNet 3.0's data files
-    /// (Debian: apt-get install wordnet-base).
+    /// (Debian: apt-get install wordnet-base); with --beir, write the
+    /// prepared task's dev and test evaluation sets as BEIR folders instead.
     PrepareWordnet {
         #[arg(long, default_value = "/usr/share/wordnet")]
         wordnet: PathBuf,
+        /// The prepared task (written, or read with --beir).
         #[arg(long, default_value = "examples/data/wordnet")]
         out: PathBuf,
+        /// Write OUT/dev and OUT/test as BEIR folders (corpus.jsonl,
+        /// queries.jsonl, qrels/{dev,test}.tsv): the sets the training run
+        /// evaluates.
+        #[arg(long)]
+        beir: Option<PathBuf>,
+        /// Queries per split in the BEIR folders (the training run's
+        /// default dev_queries is 300).
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+    },
+    /// Evaluate a model bundle on a BEIR folder: the first stage (the
+    /// encoders' cosine over the whole corpus, streaming top-k) and the
+    /// head's reranking of each query's top k, side by side; writes
+    /// metrics.json and run.trec.
+    Eval {
+        /// A model bundle (e.g. runs/train_reranker/model).
+        #[arg(long)]
+        model: PathBuf,
+        /// A BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Candidates per query passed from the first stage to the head.
+        #[arg(long, default_value_t = 100)]
+        retrieve_k: usize,
+        /// Where metrics.json and run.trec go (default: eval/<data folder>-<split>).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Skip malformed lines of the data (counted) instead of stopping.
+        #[arg(long)]
+        skip_malformed: bool,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// No progress on stderr.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Rerank candidate lists with a model bundle: JSONL lines
+    /// {"query": "...", "candidates": ["...", {"id": 7, "text": "..."}]} in;
+    /// the same lines out, candidates sorted by score with their scores.
+    Rerank {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Output file (default: stdout); written atomically.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
 }
 
@@ -110,6 +175,94 @@ fn check(head: Option<String>, config: Option<PathBuf>, dim: usize, dropout: f64
     Ok(report.passed())
 }
 
+/// Progress on stderr with rate and ETA: rewritten in place on a terminal,
+/// a line per tenth otherwise.
+fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
+    let mut started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last = (String::new(), 0usize);
+    move |what: &str, done: usize, total: usize| {
+        if quiet {
+            return;
+        }
+        if last.0 != what {
+            last = (what.to_string(), 0);
+            started = Instant::now();
+        }
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let eta = (total - done.min(total)) as f64 / rate.max(1e-9);
+        let line = format!("{what}: {done}/{total} ({rate:.0}/s, ETA {eta:.0} s)");
+        let tenth = (total / 10).max(1);
+        if tty {
+            eprint!("\r{line}\x1b[K");
+            if done >= total {
+                eprintln!();
+            }
+        } else if done >= total || done / tenth > last.1 / tenth {
+            eprintln!("{line}");
+        }
+        last.1 = done;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Option<PathBuf>, skip: bool, device: &str, quiet: bool) -> Result<()> {
+    let device = parse_device(device)?;
+    let scorer = Scorer::load(model, device).with_context(|| format!("loading the model bundle {}", model.display()))?;
+    let (set, skipped) = read_beir(data, split, if skip { Malformed::Skip } else { Malformed::Fail })?;
+    if skipped > 0 {
+        eprintln!("skipped {skipped} malformed lines in {}", data.display());
+    }
+    let k = retrieve_k.max(1).min(set.corpus.len());
+    eprintln!("{} queries, {} documents; the head reranks each query's top {k}", set.queries.len(), set.corpus.len());
+    let started = Instant::now();
+    let run = evaluate_two_stage(&scorer, &set, k, &mut progress_printer(quiet))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let name = data.file_name().map_or("data".into(), |n| n.to_string_lossy().into_owned());
+    let out = output.unwrap_or_else(|| PathBuf::from("eval").join(format!("{name}-{split}")));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    write_trec_run(&out.join("run.trec"), &set, &run.reranked, "gradcache")?;
+    let metrics = serde_json::json!({
+        "model": model, "data": data, "split": split, "queries": set.queries.len(), "documents": set.corpus.len(),
+        "retrieve_k": k, "seconds": seconds,
+        "first_stage": run.first_stage_metrics, "reranked": run.reranked_metrics,
+    });
+    write_bytes_atomically(&out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?.as_bytes())?;
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{:<34}{:>8}{:>8}{:>8}{:>8}{:>9}{:>12}", format!("{name} {split} ({} queries)", set.queries.len()), "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10", "Recall@100")?;
+    for (label, m) in [("first stage (encoder cosine)", &run.first_stage_metrics), (&*format!("reranked by the head (top {k})"), &run.reranked_metrics)] {
+        writeln!(o, "{label:<34}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>9.3}{:>12.3}", m.top1, m.top5, m.top20, m.mrr10, m.ndcg10, m.recall100)?;
+    }
+    writeln!(o, "{seconds:.0} s; wrote {} and {}", out.join("metrics.json").display(), out.join("run.trec").display())?;
+    Ok(())
+}
+
+fn rerank(model: &Path, input: &Path, output: Option<&Path>, device: &str) -> Result<()> {
+    let scorer = Scorer::load(model, parse_device(device)?).with_context(|| format!("loading the model bundle {}", model.display()))?;
+    let requests = read_rerank_requests(input, Malformed::Fail)?;
+    let mut text = String::new();
+    for r in &requests.items {
+        let ranked = if r.candidates.is_empty() {
+            Vec::new()
+        } else {
+            let texts: Vec<&str> = r.candidates.iter().map(|c| c.text.as_str()).collect();
+            scorer.rerank(&r.query, &texts)?
+        };
+        text += &(r.answer(&ranked).to_string() + "\n");
+    }
+    match output {
+        Some(path) => write_bytes_atomically(path, text.as_bytes())?,
+        None => {
+            let written = std::io::stdout().lock().write_all(text.as_bytes());
+            match written {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<ExitCode> {
     gradcache::runtime::tune_allocator();
     match Cli::parse().command {
@@ -117,7 +270,25 @@ fn main() -> Result<ExitCode> {
             let passed = check(head, config, dim, dropout, queries, group, f32)?;
             Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::PrepareWordnet { wordnet, out } => {
+        Command::PrepareWordnet { out, beir: Some(beir), queries, .. } => {
+            let data = WordSenseData::read(&out).with_context(|| format!("reading the prepared task in {}", out.display()))?;
+            for (split, name) in [(Split::Dev, "dev"), (Split::Test, "test")] {
+                let eval = data.sense_eval(split, queries);
+                let dir = beir.join(name);
+                write_beir(&eval.set, &dir, name)?;
+                println!("{name}: {} queries, {} documents -> {}", eval.set.queries.len(), eval.set.corpus.len(), dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { model, data, split, retrieve_k, output, skip_malformed, device, quiet } => {
+            eval(&model, &data, &split, retrieve_k, output, skip_malformed, &device, quiet)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rerank { model, input, output, device } => {
+            rerank(&model, &input, output.as_deref(), &device)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrepareWordnet { wordnet, out, beir: None, .. } => {
             let data = WordSenseData::from_wordnet(&wordnet)
                 .with_context(|| format!("reading WordNet from {} (apt-get install wordnet-base)", wordnet.display()))?;
             data.write(&out)?;

@@ -72,3 +72,28 @@ pub fn read_beir(dir: &Path, split: &str, malformed: Malformed) -> Result<(Retri
     let skipped = corpus.skipped + queries.skipped + rows.skipped;
     Ok((RetrievalSet { queries: queries_kept, corpus: corpus.items, qrels }, skipped))
 }
+
+/// Writes a retrieval set as a BEIR folder that [`read_beir`] reads back:
+/// `corpus.jsonl`, `queries.jsonl` and `qrels/{split}.tsv` (with a header),
+/// each file atomically, in the set's order.
+///
+/// # Errors
+/// [`GradCacheError::Io`].
+pub fn write_beir(set: &RetrievalSet, dir: &Path, split: &str) -> Result<()> {
+    let line = |id: &str, text: &str| serde_json::json!({ "_id": id, "text": text }).to_string() + "\n";
+    let corpus: String = set.corpus.iter().map(|(id, t)| line(id, t)).collect();
+    let queries: String = set.queries.iter().map(|(id, t)| line(id, t)).collect();
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for (qid, _) in &set.queries {
+        let mut judged: Vec<(&String, &u32)> = set.qrels.get(qid).map(|r| r.iter().collect()).unwrap_or_default();
+        judged.sort();
+        for (d, g) in judged {
+            qrels += &format!("{qid}\t{d}\t{g}\n");
+        }
+    }
+    let qrels_dir = dir.join("qrels");
+    std::fs::create_dir_all(&qrels_dir).map_err(crate::error::io_error(&qrels_dir))?;
+    crate::weights::write_bytes_atomically(&dir.join("corpus.jsonl"), corpus.as_bytes())?;
+    crate::weights::write_bytes_atomically(&dir.join("queries.jsonl"), queries.as_bytes())?;
+    crate::weights::write_bytes_atomically(&qrels_dir.join(format!("{split}.tsv")), qrels.as_bytes())
+}

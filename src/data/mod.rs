@@ -10,6 +10,7 @@
 
 pub mod beir;
 pub mod jsonl;
+pub mod rerank;
 pub mod wordnet;
 
 use std::collections::HashMap;
