@@ -46,12 +46,35 @@ impl fmt::Display for ReplayStage {
 ///
 /// No public function panics on bad input; each failure is one of these.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GradCacheError {
     /// A batch has no queries or no passages.
     #[error("the batch has no {side}")]
     EmptyBatch {
         /// The empty side.
         side: Side,
+    },
+
+    /// A call that needs at least one item got none (texts to tokenize,
+    /// pairs to score).
+    #[error("no {what} given")]
+    EmptyInput {
+        /// What was empty.
+        what: &'static str,
+    },
+
+    /// Teacher scores for distillation hold NaN or infinity.
+    #[error("teacher scores hold a non-finite value (first at query {query})")]
+    NonFiniteTeacherScores {
+        /// The first query whose teacher row is not finite.
+        query: usize,
+    },
+
+    /// The process's peak memory cannot be read on this system.
+    #[error("peak memory unavailable: {reason}")]
+    PeakMemoryUnavailable {
+        /// Why.
+        reason: &'static str,
     },
 
     /// A configuration value is out of its allowed range.
@@ -320,6 +343,7 @@ pub enum GradCacheError {
 
 /// What is wrong with a line of a data file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DataLineError {
     /// Not valid JSON, or not the expected record.
     #[error("{0}")]

@@ -125,17 +125,54 @@ pub fn first_stage<Q: AsRef<str> + Sync, D: AsRef<str> + Sync>(
     k: usize,
     progress: ProgressFn,
 ) -> Result<Vec<Ranked>> {
-    if corpus.is_empty() {
-        return Err(GradCacheError::EmptyBatch { side: crate::error::Side::Passages });
-    }
+    let block = first_stage_block(scorer);
+    let blocks = corpus.chunks(block).map(Ok);
+    first_stage_streamed(scorer, queries, blocks, corpus.len(), k, progress)
+}
+
+/// Documents per first-stage block: several encoder chunks.
+pub fn first_stage_block(scorer: &Scorer) -> usize {
+    scorer.config().layout.passage_chunk_size * CORPUS_BLOCK_CHUNKS
+}
+
+/// [`first_stage`] over a corpus that arrives in blocks (e.g. read from
+/// disk or generated), so that neither the corpus nor any `[Q, C]` matrix
+/// is ever held: memory is the queries' vectors, one block, and the
+/// running top k. Document indices count across blocks; `total` is only
+/// for progress.
+///
+/// # Errors
+/// [`GradCacheError::EmptyBatch`] for no queries or no documents; the
+/// first error a block carries; encoder errors.
+pub fn first_stage_streamed<Q, D, B>(
+    scorer: &Scorer,
+    queries: &[Q],
+    blocks: impl Iterator<Item = Result<B>>,
+    total: usize,
+    k: usize,
+    progress: ProgressFn,
+) -> Result<Vec<Ranked>>
+where
+    Q: AsRef<str> + Sync,
+    D: AsRef<str> + Sync,
+    B: AsRef<[D]>,
+{
     let q = first_stage_vectors(&scorer.encode_queries(queries)?)?;
     let mut top = StreamingTopK::new(k);
-    let block = scorer.config().layout.passage_chunk_size * CORPUS_BLOCK_CHUNKS;
-    for start in (0..corpus.len()).step_by(block) {
-        let end = (start + block).min(corpus.len());
-        let c = first_stage_vectors(&scorer.encode_passages(&corpus[start..end])?)?;
+    let mut done = 0;
+    for block in blocks {
+        let block = block?;
+        let texts = block.as_ref();
+        if texts.is_empty() {
+            continue;
+        }
+        let c = first_stage_vectors(&scorer.encode_passages(texts)?)?;
         top.push(&tch::no_grad(|| q.f_matmul(&c.f_transpose(0, 1)?))?)?;
-        progress("encoding the corpus", end, corpus.len());
+        done += texts.len();
+        progress("encoding the corpus", done, total.max(done));
+    }
+    if done == 0 {
+        return Err(GradCacheError::EmptyBatch { side: crate::error::Side::Passages });
     }
     top.finish()
 }

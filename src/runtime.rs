@@ -54,7 +54,8 @@ pub fn tune_allocator() -> bool {
 ///
 /// # Errors
 /// [`GradCacheError::Io`] when the file cannot be read (not Linux);
-/// [`GradCacheError::InvalidConfig`] when it has no readable `VmHWM` line.
+/// [`GradCacheError::PeakMemoryUnavailable`] when it has no readable
+/// `VmHWM` line.
 pub fn peak_resident_mb() -> Result<f64> {
     let path = std::path::Path::new("/proc/self/status");
     let status = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
@@ -63,5 +64,5 @@ pub fn peak_resident_mb() -> Result<f64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
-        .ok_or(GradCacheError::InvalidConfig { field: "VmHWM", reason: "missing from /proc/self/status" })
+        .ok_or(GradCacheError::PeakMemoryUnavailable { reason: "no readable VmHWM line in /proc/self/status" })
 }

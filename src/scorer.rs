@@ -402,10 +402,10 @@ impl Scorer {
     /// Returns `[k]` for `k` pairs, in the pairs' order.
     ///
     /// # Errors
-    /// [`GradCacheError::EmptyBatch`] for no pairs; encoder and head errors.
+    /// [`GradCacheError::EmptyInput`] for no pairs; encoder and head errors.
     pub fn score_pairs<Q: AsRef<str> + Sync, P: AsRef<str> + Sync>(&self, pairs: &[(Q, P)]) -> Result<Tensor> {
         if pairs.is_empty() {
-            return Err(GradCacheError::EmptyBatch { side: Side::Queries });
+            return Err(GradCacheError::EmptyInput { what: "pairs to score" });
         }
         let mut distinct: Vec<&str> = Vec::new();
         let mut index = std::collections::HashMap::new();

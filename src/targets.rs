@@ -102,7 +102,8 @@ impl Targets {
     ///
     /// # Errors
     /// [`GradCacheError::TargetsIncomplete`] without a group layout;
-    /// [`GradCacheError::Shape`] for another shape or non-finite values.
+    /// [`GradCacheError::Shape`] for another shape;
+    /// [`GradCacheError::NonFiniteTeacherScores`] for NaN or infinity.
     pub fn with_teacher_scores(mut self, teacher: Tensor) -> Result<Self> {
         let g = self.group_size.ok_or(GradCacheError::TargetsIncomplete {
             what: "teacher scores",
@@ -116,11 +117,9 @@ impl Targets {
             });
         }
         if !all_finite(&teacher)? {
-            return Err(GradCacheError::Shape {
-                what: "teacher scores",
-                expected: "finite values",
-                got: teacher.size(),
-            });
+            let rows = teacher.f_isfinite()?.f_all_dim(1, false)?;
+            let query = Vec::<bool>::try_from(rows)?.iter().position(|ok| !ok).unwrap_or(0);
+            return Err(GradCacheError::NonFiniteTeacherScores { query });
         }
         self.teacher = Some(teacher);
         Ok(self)

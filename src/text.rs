@@ -50,10 +50,10 @@ impl TextTokenizer {
     /// Returns ids and mask `[n, L]`, `L` the longest tokenized text (≤ `max_len`).
     ///
     /// # Errors
-    /// [`GradCacheError::EmptyBatch`] for no texts.
+    /// [`GradCacheError::EmptyInput`] for no texts.
     pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<TokenBatch> {
         if texts.is_empty() {
-            return Err(GradCacheError::EmptyBatch { side: crate::error::Side::Queries });
+            return Err(GradCacheError::EmptyInput { what: "texts to tokenize" });
         }
         let encoded =
             MultiThreadedTokenizer::encode_list(&self.inner, texts, self.max_len, &TruncationStrategy::LongestFirst, 0);

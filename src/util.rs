@@ -1,6 +1,6 @@
 //! Small tensor helpers shared by the step, the heads and the checks.
 
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::error::Result;
 
@@ -24,4 +24,20 @@ pub(crate) fn accumulation_kind(kind: Kind) -> Kind {
         Kind::Half | Kind::BFloat16 => Kind::Float,
         k => k,
     }
+}
+
+/// `x Wᵀ + b` of a `nn::Linear`, fallibly (`apply` panics on a libtorch
+/// error; the same operation).
+pub(crate) fn linear(x: &Tensor, l: &nn::Linear) -> Result<Tensor> {
+    Ok(x.f_linear(&l.ws, l.bs.as_ref())?)
+}
+
+/// A `nn::LayerNorm` made with the default config (ε = 1e-5), fallibly.
+pub(crate) fn layer_norm(x: &Tensor, n: &nn::LayerNorm) -> Result<Tensor> {
+    Ok(x.f_layer_norm(n.normalized_shape.as_slice(), n.ws.as_ref(), n.bs.as_ref(), 1e-5, true)?)
+}
+
+/// A `nn::Embedding` made with the default config, fallibly.
+pub(crate) fn embed(ids: &Tensor, e: &nn::Embedding) -> Result<Tensor> {
+    Ok(Tensor::f_embedding(&e.ws, ids, -1, false, false)?)
 }

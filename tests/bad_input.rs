@@ -97,8 +97,10 @@ fn teacher_scores_must_fit_and_be_finite() {
     let err = t.with_teacher_scores(Tensor::zeros([2, 2], (Kind::Float, Device::Cpu))).unwrap_err();
     assert!(matches!(err, GradCacheError::Shape { what: "teacher scores", .. }), "{err}");
     let t = Targets::grouped(2, 6, 3).unwrap();
-    let nan = Tensor::full([2, 3], f64::NAN, (Kind::Float, Device::Cpu));
-    assert!(matches!(t.with_teacher_scores(nan), Err(GradCacheError::Shape { .. })));
+    // Row 1 holds the infinity: the error names that query.
+    let bad = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    let _ = bad.get(1).get(2).fill_(f64::INFINITY);
+    assert!(matches!(t.with_teacher_scores(bad), Err(GradCacheError::NonFiniteTeacherScores { query: 1 })));
     let free = Targets::from_positives(3, vec![vec![0]]).unwrap();
     assert!(matches!(
         free.with_teacher_scores(Tensor::zeros([1, 3], (Kind::Float, Device::Cpu))),
@@ -222,4 +224,12 @@ fn representation_kinds_and_shapes() {
     assert!(matches!(TokenBatch::new(ids.shallow_clone(), mask), Err(GradCacheError::Shape { what: "attention mask", .. })));
     let float_ids = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
     assert!(matches!(TokenBatch::new(float_ids, ids), Err(GradCacheError::Shape { what: "token ids", .. })));
+}
+
+#[test]
+fn tokenizing_nothing_is_an_empty_input_not_an_empty_query_side() {
+    let vocab = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/all-MiniLM-L6-v2/vocab.txt");
+    let tok = gradcache::text::TextTokenizer::from_vocab(&vocab, true, 16).unwrap();
+    let none: [&str; 0] = [];
+    assert!(matches!(tok.encode(&none), Err(GradCacheError::EmptyInput { what: "texts to tokenize" })));
 }

@@ -252,3 +252,17 @@ fn a_judgement_outside_the_corpus_is_a_typed_error_not_a_panic() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_model_of_another_width_works_and_a_head_of_the_wrong_width_is_named() {
+    let _serial = common::serial();
+    let dir = common::scratch("bundle-width");
+    // Width 48, not MiniLM's 384: the head's dim is checked against the
+    // model's own config.json.
+    let model = common::tiny_bert_folder(&dir.join("bert"), 48, 4, 1, 0);
+    let head = |dim| HeadConfig::Mlp(MlpHeadConfig { dim, hidden: 8, dropout: 0.0, residual: None });
+    let ok = Scorer::from_pretrained(ModelConfig::new(BertEncoderConfig::default(), 16, true, head(48), layout()), &model, Device::Cpu).unwrap();
+    assert_eq!(ok.score(&QUERIES, &PASSAGES).unwrap().size(), [3, 5]);
+    let err = Scorer::from_pretrained(ModelConfig::new(BertEncoderConfig::default(), 16, true, head(384), layout()), &model, Device::Cpu).unwrap_err();
+    assert!(matches!(err, GradCacheError::InvalidConfig { field: "head.dim", .. }), "{err}");
+}

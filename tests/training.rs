@@ -138,6 +138,29 @@ fn resume_continues_exactly() {
 }
 
 #[test]
+fn resuming_a_finished_run_reports_the_model_as_it_stands() {
+    let _serial = serial();
+    let dir = out_dir("finished");
+    train(&dir, 3, false);
+    let model = Model::new(HeadKind::Mlp, true, Kind::Float, 0.2);
+    let mut trainer = Trainer::new(config(3), &model.vs, &dir, true).unwrap();
+    assert_eq!(trainer.first_step(), 3);
+    let mut evaluated = Vec::new();
+    let summary = trainer
+        .run(
+            |_| panic!("no step is left to run"),
+            |i| {
+                evaluated.push(i);
+                Ok(BTreeMap::from([("wsd_accuracy".to_string(), 0.5)]))
+            },
+        )
+        .unwrap();
+    assert!(summary.losses.is_empty());
+    assert_eq!(evaluated, [3]);
+    assert_eq!(summary.after["wsd_accuracy"], 0.5);
+}
+
+#[test]
 fn resuming_without_the_optimizer_state_would_diverge() {
     // Control for the test above: it passes because the checkpoint carries
     // AdamW's moments, not by accident. Replace them with a fresh state and

@@ -157,7 +157,7 @@ impl Encoder for BertEncoder {
             Body::RustBert(b) => b.forward_t(Some(input.ids()), Some(input.mask()), None, None, None, None, None, train)?.hidden_state,
         };
         if let Some(p) = &self.projection {
-            hidden = hidden.apply(p);
+            hidden = crate::util::linear(&hidden, p)?;
         }
         let rep = pool(&hidden, input.mask(), self.config.pooling)?;
         if !self.config.normalize {

@@ -8,6 +8,7 @@ use crate::batch::TokenBatch;
 use crate::encoder::Encoder;
 use crate::error::{GradCacheError, Result};
 use crate::representation::Representation;
+use crate::util::{embed, linear};
 
 /// Configuration of [`TinyEncoder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,8 +84,8 @@ impl Encoder for TinyEncoder {
             return Err(GradCacheError::Shape { what: "TinyEncoder input", expected: "at most max_len tokens", got: ids.size() });
         }
         let positions = Tensor::f_arange(len, (Kind::Int64, ids.device()))?;
-        let e = ids.apply(&self.token).f_add(&positions.apply(&self.position))?;
-        let h = e.f_add(&e.apply(&self.mix).f_tanh()?)?.f_dropout(self.config.dropout, train)?;
+        let e = embed(ids, &self.token)?.f_add(&embed(&positions, &self.position)?)?;
+        let h = e.f_add(&linear(&e, &self.mix)?.f_tanh()?)?.f_dropout(self.config.dropout, train)?;
         pool(&h, input.mask(), self.config.pooling)
     }
 }

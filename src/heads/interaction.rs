@@ -9,6 +9,7 @@ use super::expect_tokens;
 use crate::error::{GradCacheError, Result};
 use crate::head::ScoringHead;
 use crate::representation::Representation;
+use crate::util::{layer_norm, linear};
 
 /// Configuration of [`InteractionHead`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,18 +136,18 @@ impl ScoringHead for InteractionHead {
         }
         let (h, p) = (self.config.heads as i64, self.config.dropout);
         // One side only, once per block: [a, 1, Lq, d] and [1, b, Lp, d].
-        let q = u.apply(&self.cross.query).f_unsqueeze(1)?;
-        let k = v.apply(&self.cross.key).f_unsqueeze(0)?;
-        let val = v.apply(&self.cross.value).f_unsqueeze(0)?;
+        let q = linear(u, &self.cross.query)?.f_unsqueeze(1)?;
+        let k = linear(v, &self.cross.key)?.f_unsqueeze(0)?;
+        let val = linear(v, &self.cross.value)?.f_unsqueeze(0)?;
         let cross = multi_head(&q, &k, &val, &mp.f_unsqueeze(0)?, h, p, train)?; // [a, b, Lq, d]
-        let x = u.f_unsqueeze(1)?.f_add(&cross.apply(&self.cross.output).f_dropout(p, train)?)?.apply(&self.cross_norm);
+        let x = layer_norm(&u.f_unsqueeze(1)?.f_add(&linear(&cross, &self.cross.output)?.f_dropout(p, train)?)?, &self.cross_norm)?;
         let sa = &self.self_attention;
         let first = x.f_narrow(2, 0, 1)?; // [a, b, 1, d]
-        let own = multi_head(&first.apply(&sa.query), &x.apply(&sa.key), &x.apply(&sa.value), &mq.f_unsqueeze(1)?, h, p, train)?;
-        let x0 = first.f_add(&own.apply(&sa.output).f_dropout(p, train)?)?.apply(&self.self_norm);
-        let ffn = x0.apply(&self.up).f_gelu("none")?.apply(&self.down).f_dropout(p, train)?;
-        let x0 = x0.f_add(&ffn)?.apply(&self.ffn_norm);
-        Ok(x0.f_squeeze_dim(2)?.apply(&self.score).f_squeeze_dim(-1)?)
+        let own = multi_head(&linear(&first, &sa.query)?, &linear(&x, &sa.key)?, &linear(&x, &sa.value)?, &mq.f_unsqueeze(1)?, h, p, train)?;
+        let x0 = layer_norm(&first.f_add(&linear(&own, &sa.output)?.f_dropout(p, train)?)?, &self.self_norm)?;
+        let ffn = linear(&linear(&x0, &self.up)?.f_gelu("none")?, &self.down)?.f_dropout(p, train)?;
+        let x0 = layer_norm(&x0.f_add(&ffn)?, &self.ffn_norm)?;
+        Ok(linear(&x0.f_squeeze_dim(2)?, &self.score)?.f_squeeze_dim(-1)?)
     }
 }
 

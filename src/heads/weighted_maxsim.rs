@@ -55,7 +55,7 @@ impl ScoringHead for WeightedMaxSimHead {
     fn score(&self, queries: &Representation, passages: &Representation, _train: bool) -> Result<Tensor> {
         let (u, mq) = expect_tokens(queries, "WeightedMaxSimHead")?;
         let (v, mp) = expect_tokens(passages, "WeightedMaxSimHead")?;
-        let weights = u.apply(&self.token_weight).f_squeeze_dim(2)?.f_softplus()?.f_mul(mq)?; // [a, Lq]
+        let weights = crate::util::linear(u, &self.token_weight)?.f_squeeze_dim(2)?.f_softplus()?.f_mul(mq)?; // [a, Lq]
         let best = token_maxima(u, v, mp)?; // [a, b, Lq]
         Ok(best.f_mul(&weights.f_unsqueeze(1)?)?.f_sum_dim_intlist(2, false, best.kind())?)
     }

@@ -161,19 +161,18 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     p
 }
 
-/// The metrics log, `metrics.jsonl`: one JSON object a line, rewritten
-/// atomically on every entry.
+/// The metrics log, `metrics.jsonl`: one JSON object a line, appended
+/// entry by entry.
 #[derive(Debug)]
 struct MetricsLog {
     path: PathBuf,
-    lines: Vec<String>,
 }
 
 impl MetricsLog {
     /// Opens the log, keeping only entries up to `step` (those of a resumed
     /// checkpoint).
     fn open(path: PathBuf, keep_through: Option<usize>) -> Result<Self> {
-        let lines = match (keep_through, std::fs::read_to_string(&path)) {
+        let kept: Vec<String> = match (keep_through, std::fs::read_to_string(&path)) {
             (Some(step), Ok(text)) => text
                 .lines()
                 .filter(|l| {
@@ -182,18 +181,23 @@ impl MetricsLog {
                         .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
                         .is_some_and(|s| s as usize <= step)
                 })
-                .map(str::to_string)
+                .map(|l| format!("{l}\n"))
                 .collect(),
             _ => Vec::new(),
         };
-        Ok(MetricsLog { path, lines })
+        // Rewritten once (atomically) to the resumed checkpoint's entries;
+        // after that each entry is appended.
+        write_bytes_atomically(&path, kept.concat().as_bytes())?;
+        Ok(MetricsLog { path })
     }
 
     fn push(&mut self, entry: serde_json::Value) -> Result<()> {
-        self.lines.push(entry.to_string());
-        let mut text = self.lines.join("\n");
-        text.push('\n');
-        write_bytes_atomically(&self.path, text.as_bytes())
+        use std::io::Write;
+        let io = crate::error::io_error(&self.path);
+        let mut file = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(crate::error::io_error(&self.path))?;
+        // One write per line: a crash leaves at most a torn last line, which
+        // `open` drops on resume (it keeps only parseable entries).
+        file.write_all(format!("{entry}\n").as_bytes()).and_then(|()| file.flush()).map_err(io)
     }
 }
 
@@ -321,6 +325,11 @@ impl<'v> Trainer<'v> {
                 let state = checkpoint::CheckpointState { step: done, config: c.clone() };
                 checkpoint_path = Some(checkpoint::save(&self.out.join("checkpoints"), self.vs, &self.optimizer, &state, c.keep_checkpoints)?);
             }
+        }
+        if self.first_step >= c.steps {
+            // Resumed at the last step: nothing ran, so measure the model as
+            // it stands rather than report nothing.
+            after = self.evaluate(c.steps, &mut evaluate, &progress)?;
         }
         let checkpoint = match checkpoint_path {
             Some(p) => p,
