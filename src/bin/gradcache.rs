@@ -1,5 +1,6 @@
 //! The `gradcache` command-line tool.
 //!
+//!     gradcache train --steps 100                 # the main job; writes runs/train_reranker/model
 //!     gradcache eval --model runs/train_reranker/model --data wordnet-beir/dev --split dev
 //!     gradcache rerank --model runs/train_reranker/model --input requests.jsonl
 //!     gradcache check-head --head interaction      # is this head exact under the two-cache step?
@@ -21,6 +22,7 @@ use gradcache::data::Malformed;
 use gradcache::retrieval::{evaluate_two_stage, write_trec_run};
 use gradcache::runtime::parse_device;
 use gradcache::weights::write_bytes_atomically;
+use gradcache::train::{self, reranker::TrainArgs};
 use gradcache::Scorer;
 use gradcache::encoders::{Pooling, TinyEncoderConfig};
 use gradcache::heads::HeadConfig;
@@ -36,6 +38,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model with the two-cache step (the recipe of
+    /// examples/train_reranker): writes OUTPUT/model, a bundle for
+    /// `eval` and `rerank`.
+    Train(TrainArgs),
     /// Check a built-in head, or one from a JSON head config, against the
     /// full-batch step: replay, coupling between pairs, and every gradient.
     CheckHead {
@@ -278,6 +284,11 @@ fn main() -> Result<ExitCode> {
                 write_beir(&eval.set, &dir, name)?;
                 println!("{name}: {} queries, {} documents -> {}", eval.set.queries.len(), eval.set.corpus.len(), dir.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) => {
+            let config = args.resolve().context("reading the run's settings")?;
+            train::reranker::run(&config, args.resume).with_context(|| format!("training into {}", config.output_dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { model, data, split, retrieve_k, output, skip_malformed, device, quiet } => {

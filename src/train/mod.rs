@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod optim;
 pub mod progress;
+pub mod reranker;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

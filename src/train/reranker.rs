@@ -1,0 +1,459 @@
+//! The training recipe behind `gradcache train` and
+//! `examples/train_reranker` (the README's main job): a BERT folder's
+//! encoder (tied by default) and a learned head, trained with the two-cache
+//! step on the embedded WordNet task or the user's JSONL records, evaluated
+//! on WordNet's dev (or test) split before and after, and saved as a model
+//! bundle ([`crate::scorer`]).
+//!
+//! A run writes into its output folder: `config.json` (the resolved
+//! config), `train_config.json`, `metrics.jsonl`, `checkpoints/`,
+//! `results.json` and the bundle `model/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::data::jsonl::read_training_records;
+use crate::data::wordnet::{Split, WordSenseData};
+use crate::data::{grouped_batch, Malformed, TrainingRecord};
+use crate::encoders::{BertEncoderConfig, Pooling};
+use crate::error::{GradCacheError, Result};
+use crate::eval::{sense_metrics, ReferenceResults};
+use crate::heads::{CosineHeadConfig, HeadConfig, MlpHeadConfig};
+use crate::loss::InfoNce;
+use crate::pretrained::ModelDir;
+use crate::runtime::parse_device;
+use crate::scorer::{ModelConfig, Scorer, ScoringLayout};
+use crate::text::TextTokenizer;
+use crate::train::{sample_indices, TrainConfig, Trainer};
+use crate::weights::write_bytes_atomically;
+use crate::{GradCache, StepConfig, Targets, TokenBatch};
+
+/// Everything a run needs; JSON with these fields, all optional (nested
+/// blocks merge over the defaults, see [`crate::config::layered`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankerConfig {
+    /// A BERT folder (`config.json`, `vocab.txt`, `model.safetensors`).
+    pub model_dir: PathBuf,
+    /// The prepared WordNet task (dev metrics always come from it).
+    pub data_dir: PathBuf,
+    /// Train on these JSONL records instead of the WordNet training split.
+    pub train_jsonl: Option<PathBuf>,
+    /// Skip (and count) malformed JSONL lines instead of stopping.
+    pub skip_malformed: bool,
+    /// The run folder.
+    pub output_dir: PathBuf,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// Longest tokenized text.
+    pub max_len: usize,
+    /// Queries per batch.
+    pub batch_size: usize,
+    /// Passages per query: one positive and `group_size - 1` hard negatives.
+    pub group_size: usize,
+    /// Queries evaluated before and after training.
+    pub dev_queries: usize,
+    /// The WordNet split evaluated: `dev` (choosing configurations) or `test`.
+    pub eval_split: Split,
+    /// After training, also evaluate this many test-split queries (0: none),
+    /// into `results.json` as `test_after` (and `test_pretrained_cosine`).
+    pub test_queries: usize,
+    /// Fine-tuned baselines measured at the default budget
+    /// (`benchmarks/heads_compare.sh`), printed beside the run when its
+    /// budget is the same; `null`: none.
+    pub baselines: Option<PathBuf>,
+    /// One encoder for queries and passages.
+    pub tied: bool,
+    /// Pooling, projection, normalisation, implementation.
+    pub encoder: BertEncoderConfig,
+    /// Any built-in head: `{"kind": "mlp", …}`, `{"kind": "interaction", …}`.
+    pub head: HeadConfig,
+    /// The contrastive loss.
+    pub loss: InfoNce,
+    /// Chunk and block sizes of the two-cache step.
+    pub step: StepConfig,
+    /// Steps, learning rate and its multipliers, warm-up, checkpoints, seed.
+    pub train: TrainConfig,
+}
+
+impl Default for RerankerConfig {
+    fn default() -> Self {
+        RerankerConfig {
+            model_dir: ".models/all-MiniLM-L6-v2".into(),
+            data_dir: "examples/data/wordnet".into(),
+            train_jsonl: None,
+            skip_malformed: false,
+            output_dir: "runs/train_reranker".into(),
+            device: "auto".into(),
+            max_len: 48,
+            batch_size: 64,
+            group_size: 2,
+            dev_queries: 300,
+            eval_split: Split::Dev,
+            test_queries: 0,
+            baselines: Some("docs/results/heads/baselines.json".into()),
+            tied: true,
+            encoder: BertEncoderConfig::default(),
+            head: HeadConfig::Mlp(MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1, ..MlpHeadConfig::default() }),
+            loss: InfoNce { temperature: 1.0, symmetric: false },
+            step: StepConfig { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() },
+            train: TrainConfig {
+                steps: 100,
+                learning_rate: 3e-5,
+                // The residual gate is one scalar that Adam moves by about
+                // one learning rate per step: at the head's ×30 it reached
+                // only -0.04 in 100 steps, leaving Φ no say
+                // (docs/heads-results.md).
+                lr_multipliers: BTreeMap::from([("head".to_string(), 30.0), ("head.residual.gate".to_string(), 300.0)]),
+                warmup_steps: 10,
+                checkpoint_every: 40,
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
+
+impl RerankerConfig {
+    /// Checks every part (the head's width against the model's own
+    /// `hidden_size` is checked when the model is built).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.group_size == 0 || self.dev_queries == 0 {
+            return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "batch_size, group_size and dev_queries must be at least 1" });
+        }
+        self.model_config().validate()?;
+        self.loss.validate()?;
+        self.step.validate()?;
+        self.train.validate()?;
+        Ok(())
+    }
+
+    /// The model part (what the run's bundle records).
+    pub fn model_config(&self) -> ModelConfig {
+        ModelConfig::new(self.encoder.clone(), self.max_len, self.tied, self.head.clone(), ScoringLayout::of(&self.step))
+    }
+
+    /// Reads a JSON config file: any subset of the fields, nested blocks
+    /// merged over the defaults.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Io`]; [`GradCacheError::Json`] naming the file for
+    /// bad JSON, an unknown field or a wrong type.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+        let json = |source| GradCacheError::Json { path: path.to_path_buf(), source };
+        let user: serde_json::Value = serde_json::from_str(&text).map_err(json)?;
+        let defaults = serde_json::to_value(RerankerConfig::default()).map_err(json)?;
+        serde_json::from_value(crate::config::layered(defaults, user)).map_err(json)
+    }
+
+    /// The settings that make two runs' metrics comparable.
+    pub fn budget(&self) -> BTreeMap<String, serde_json::Value> {
+        let data = self.train_jsonl.as_ref().map_or("wordnet".to_string(), |p| p.display().to_string());
+        BTreeMap::from([
+            ("steps".to_string(), self.train.steps.into()),
+            ("batch_size".to_string(), self.batch_size.into()),
+            ("group_size".to_string(), self.group_size.into()),
+            ("learning_rate".to_string(), self.train.learning_rate.into()),
+            ("max_len".to_string(), self.max_len.into()),
+            ("train_data".to_string(), data.into()),
+            ("eval_split".to_string(), serde_json::to_value(self.eval_split).unwrap_or_default()),
+            ("eval_queries".to_string(), self.dev_queries.into()),
+        ])
+    }
+}
+
+/// Command-line settings of a run: a config file and flags over it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// JSON config (any subset of the fields; flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Training steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Queries per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Encoder chunk size (queries and passages).
+    #[arg(long)]
+    pub chunk_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Queries evaluated before and after training.
+    #[arg(long)]
+    pub dev_queries: Option<usize>,
+    /// After training, also evaluate this many test-split queries.
+    #[arg(long)]
+    pub test_queries: Option<usize>,
+    /// Also evaluate every N steps (into metrics.jsonl; 0: only before and after).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// dev or test.
+    #[arg(long, value_parser = parse_split)]
+    pub eval_split: Option<Split>,
+    /// Seed of initialisation, data order and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// The run folder.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Train on these JSONL records instead of the WordNet training split.
+    #[arg(long)]
+    pub train_jsonl: Option<PathBuf>,
+    /// Continue from the newest checkpoint in the output folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_split(s: &str) -> std::result::Result<Split, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("unknown split `{s}`: dev, test or train"))
+}
+
+impl TrainArgs {
+    /// The run's configuration: the config file (or the defaults) with the
+    /// flags over it, validated.
+    ///
+    /// # Errors
+    /// As [`RerankerConfig::read`] and [`RerankerConfig::validate`].
+    pub fn resolve(&self) -> Result<RerankerConfig> {
+        let mut c = match &self.config {
+            Some(path) => RerankerConfig::read(path)?,
+            None => RerankerConfig::default(),
+        };
+        if let Some(v) = self.steps {
+            c.train.steps = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if let Some(v) = self.chunk_size {
+            c.step.query_chunk_size = v;
+            c.step.passage_chunk_size = v;
+            c.step.head_block_queries = v;
+            c.step.head_block_passages = 4 * v;
+        }
+        if let Some(v) = self.learning_rate {
+            c.train.learning_rate = v;
+        }
+        if let Some(v) = self.dev_queries {
+            c.dev_queries = v;
+        }
+        if let Some(v) = self.test_queries {
+            c.test_queries = v;
+        }
+        if let Some(v) = self.eval_every {
+            c.train.eval_every = v;
+        }
+        if let Some(v) = self.eval_split {
+            c.eval_split = v;
+        }
+        if let Some(v) = self.seed {
+            c.train.seed = v;
+        }
+        if let Some(v) = &self.device {
+            c.device = v.clone();
+        }
+        if let Some(v) = &self.output_dir {
+            c.output_dir = v.clone();
+        }
+        if let Some(v) = &self.train_jsonl {
+            c.train_jsonl = Some(v.clone());
+        }
+        if self.quiet {
+            c.train.progress = false;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+
+/// Batch `step`: `batch_size` records, each with its positive and
+/// `group_size - 1` hard negatives ([`grouped_batch`]).
+fn batch(
+    records: &[TrainingRecord],
+    c: &RerankerConfig,
+    tok: &TextTokenizer,
+    step: usize,
+    device: Device,
+) -> Result<(TokenBatch, TokenBatch, Targets)> {
+    let picks = sample_indices(records.len(), c.batch_size, step, c.train.seed);
+    let b = grouped_batch(records, &picks, c.group_size, step)?;
+    let targets = Targets::from_positives(b.passages.len(), b.positives)?;
+    Ok((tok.encode(&b.queries)?.to_device(device)?, tok.encode(&b.passages)?.to_device(device)?, targets))
+}
+
+
+/// What a finished run left.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The content of `results.json`.
+    pub results: serde_json::Value,
+    /// The model bundle.
+    pub bundle: PathBuf,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| GradCacheError::Json { path: path.to_path_buf(), source })?;
+    write_bytes_atomically(path, &bytes)
+}
+
+/// Runs the recipe: trains, evaluates, saves the bundle, prints progress
+/// and the comparison table (with the committed baselines when the budget
+/// matches) and returns the results.
+///
+/// # Errors
+/// Any configuration, data, model, training or file error, typed.
+pub fn run(c: &RerankerConfig, resume: bool) -> Result<TrainReport> {
+    c.validate()?;
+    let device = parse_device(&c.device)?;
+    std::fs::create_dir_all(&c.output_dir).map_err(crate::error::io_error(&c.output_dir))?;
+    write_json(&c.output_dir.join("config.json"), c)?;
+
+    if !c.model_dir.is_dir() {
+        return Err(crate::error::not_found(&c.model_dir, "model folder missing: run scripts/gradcache.sh setup"));
+    }
+    let model = ModelDir::open(&c.model_dir)?;
+    let tok = model.tokenizer(c.max_len)?;
+    let task = WordSenseData::read(&c.data_dir)?;
+    let records = match &c.train_jsonl {
+        Some(path) => {
+            let malformed = if c.skip_malformed { Malformed::Skip } else { Malformed::Fail };
+            let read = read_training_records(path, malformed)?;
+            if read.skipped > 0 {
+                eprintln!("skipped {} malformed lines of {}", read.skipped, path.display());
+            }
+            read.items
+        }
+        None => task.training_records(),
+    };
+    if records.is_empty() {
+        return Err(GradCacheError::EmptyInput { what: "training records" });
+    }
+    let dev = task.sense_eval(c.eval_split, c.dev_queries);
+    let dev_queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
+    let dev_corpus: Vec<&str> = dev.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+
+    // Initialisation (the head, a projection) is reproducible from the seed too.
+    tch::manual_seed(c.train.seed as i64);
+    let scorer = Scorer::from_pretrained(c.model_config(), &model, device)?;
+    let gc = GradCache::new(c.step.clone(), scorer.query_encoder(), scorer.passage_encoder(), scorer.head(), &c.loss)?;
+
+    println!(
+        "train_reranker: {} training records, dev {} queries x {} senses, device {device:?}",
+        records.len(),
+        dev.set.queries.len(),
+        dev.set.corpus.len()
+    );
+    println!(
+        "batch {} queries x {} passages each ({} passages), encoder chunk {}, head block {}x{}, {} steps",
+        c.batch_size,
+        c.group_size,
+        c.batch_size * c.group_size,
+        c.step.query_chunk_size,
+        c.step.head_block_queries,
+        c.step.head_block_passages,
+        c.train.steps
+    );
+    // The pretrained encoder's cosine of mean-pooled vectors; token
+    // encoders have no such baseline.
+    let pretrained = if c.encoder.pooling == Pooling::Tokens {
+        None
+    } else {
+        let cosine = ModelConfig { head: HeadConfig::Cosine(CosineHeadConfig::default()), ..c.model_config() };
+        Some(Scorer::from_pretrained(cosine, &model, device)?)
+    };
+    let cosine = pretrained.as_ref().map(|p| sense_metrics(&p.score(&dev_queries, &dev_corpus)?, &dev)).transpose()?;
+
+    let mut trainer = Trainer::new(c.train.clone(), scorer.var_store(), &c.output_dir, resume)?;
+    let summary = trainer.run(
+        |i| {
+            let (q, p, t) = batch(&records, &c, &tok, i, device)?;
+            gc.step(&q, &p, &t)
+        },
+        |_| sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev),
+    )?;
+
+    let bundle = c.output_dir.join("model");
+    scorer.save(&bundle)?;
+    let mut results = BTreeMap::from([("after".to_string(), summary.after.clone())]);
+    if c.test_queries > 0 {
+        let test = task.sense_eval(Split::Test, c.test_queries);
+        let test_q: Vec<&str> = test.set.queries.iter().map(|(_, t)| t.as_str()).collect();
+        let test_c: Vec<&str> = test.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+        results.insert("test_after".to_string(), sense_metrics(&scorer.score(&test_q, &test_c)?, &test)?);
+        if let Some(p) = &pretrained {
+            results.insert("test_pretrained_cosine".to_string(), sense_metrics(&p.score(&test_q, &test_c)?, &test)?);
+        }
+        println!("test split ({} queries): {:?}", test.set.queries.len(), results["test_after"]);
+    }
+    if let Some(cosine) = &cosine {
+        results.insert("pretrained_cosine".to_string(), cosine.clone());
+    }
+    if let Some(before) = &summary.before {
+        results.insert("before".to_string(), before.clone());
+    }
+    let split = match c.eval_split {
+        Split::Train => "train",
+        Split::Dev => "dev",
+        Split::Test => "test",
+    };
+    let mut results = serde_json::json!(results);
+    results["split"] = split.into();
+    results["budget"] = serde_json::json!(c.budget());
+    write_json(&c.output_dir.join("results.json"), &results)?;
+
+    let header: Vec<String> = ["WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10"].iter().map(|h| format!("{h:>13}")).collect();
+    println!("\n{:<48}{}", format!("{split} metrics ({} queries)", dev.set.queries.len()), header.join(" "));
+    const METRICS: [&str; 6] = ["wsd_accuracy", "top1", "top5", "top20", "mrr10", "ndcg10"];
+    let row = |name: &str, m: &BTreeMap<String, f64>| {
+        let cells: Vec<String> = METRICS.iter().map(|k| format!("{:>13.3}", m.get(*k).copied().unwrap_or(f64::NAN))).collect();
+        println!("{name:<48}{}", cells.join(" "));
+    };
+    // Fine-tuned baselines from the committed results file, when they were
+    // measured at this run's budget.
+    let reference = match &c.baselines {
+        Some(path) if path.exists() => Some((path, ReferenceResults::read(path)?)),
+        _ => None,
+    };
+    if let Some(cosine) = &cosine {
+        row("pretrained MiniLM, cosine", cosine);
+    }
+    if let Some(before) = &summary.before {
+        row("encoder + untrained head", before);
+    }
+    if let Some((path, reference)) = &reference {
+        let differs = reference.differences(&c.budget());
+        if differs.is_empty() {
+            for r in &reference.rows {
+                let cells: Vec<String> = METRICS
+                    .iter()
+                    .map(|k| format!("{:>13}", format!("{:.3}±{:.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN))))
+                    .collect();
+                println!("{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "));
+            }
+        } else {
+            println!("(baselines in {} were measured at another budget: {} differ)", path.display(), differs.join(", "));
+        }
+    }
+    row(&format!("this run: {} two-cache steps, seed {}", summary.steps, c.train.seed), &summary.after);
+    if let Some(first) = summary.losses.first() {
+        println!("loss {:.4} -> {:.4}", first, summary.losses.last().copied().unwrap_or(*first));
+    }
+    println!("model bundle in {} (gradcache eval / rerank --model {})", bundle.display(), bundle.display());
+    println!("outputs in {}", c.output_dir.display());
+    Ok(TrainReport { results, bundle })
+}
