@@ -121,6 +121,17 @@ impl Representation {
         }
     }
 
+    /// The same representation on `device` (tensor and mask).
+    ///
+    /// # Errors
+    /// [`GradCacheError::Torch`].
+    pub fn to_device(&self, device: tch::Device) -> Result<Representation> {
+        Ok(match self {
+            Representation::Vector(v) => Representation::Vector(v.f_to_device(device)?),
+            Representation::Tokens { tokens, mask } => Representation::Tokens { tokens: tokens.f_to_device(device)?, mask: mask.f_to_device(device)? },
+        })
+    }
+
     /// Rows `start .. start + len` (a view, no copy).
     ///
     /// # Errors

@@ -361,6 +361,29 @@ impl Scorer {
         self.encode(texts, Side::Queries)
     }
 
+    /// Representations of many texts for storage: encoded block by block
+    /// (`progress` after each), moved to the CPU, concatenated.
+    ///
+    /// # Shapes
+    /// As [`Scorer::encode_queries`].
+    ///
+    /// # Errors
+    /// [`GradCacheError::EmptyBatch`] for no texts; encoder errors.
+    pub fn encode_many<S: AsRef<str> + Sync>(&self, texts: &[S], side: Side, progress: &mut dyn FnMut(usize, usize)) -> Result<Representation> {
+        if texts.is_empty() {
+            return Err(GradCacheError::EmptyBatch { side });
+        }
+        let block = 16 * self.config.layout.passage_chunk_size.max(self.config.layout.query_chunk_size);
+        let mut parts = Vec::new();
+        for start in (0..texts.len()).step_by(block) {
+            let end = (start + block).min(texts.len());
+            let rep = self.encode(&texts[start..end], side)?;
+            parts.push(rep.to_device(Device::Cpu)?);
+            progress(end, texts.len());
+        }
+        Representation::cat(&parts)
+    }
+
     /// Passage representations, as [`Scorer::encode_queries`].
     ///
     /// # Errors

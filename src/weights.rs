@@ -95,61 +95,71 @@ pub fn save_safetensors(vs: &nn::VarStore, prefix: &str, file: &Path) -> Result<
         .filter_map(|(name, var)| strip(&name, prefix).map(|k| (k.to_string(), var)))
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let bytes = encode_safetensors(&named)?;
+    let bytes = encode_safetensors(&named, &[])?;
     write_bytes_atomically(file, &bytes)?;
     Ok(named.len())
 }
 
-fn dtype_name(kind: tch::Kind) -> Result<&'static str> {
+fn dtype_of(kind: tch::Kind) -> Result<safetensors::Dtype> {
+    use safetensors::Dtype;
     use tch::Kind::*;
     Ok(match kind {
-        Float => "F32",
-        Double => "F64",
-        Half => "F16",
-        BFloat16 => "BF16",
-        Int64 => "I64",
-        Int => "I32",
-        Int8 => "I8",
-        Uint8 => "U8",
-        Bool => "BOOL",
-        _ => {
-            return Err(GradCacheError::Shape { what: "tensor to save", expected: "a float, integer or bool kind", got: vec![] })
-        }
+        Float => Dtype::F32,
+        Double => Dtype::F64,
+        Half => Dtype::F16,
+        BFloat16 => Dtype::BF16,
+        Int64 => Dtype::I64,
+        Int => Dtype::I32,
+        Int8 => Dtype::I8,
+        Uint8 => Dtype::U8,
+        Bool => Dtype::BOOL,
+        _ => return Err(GradCacheError::Shape { what: "tensor to save", expected: "a float, integer or bool kind", got: vec![] }),
     })
 }
 
-/// Serialises named tensors in the safetensors format: an 8-byte
-/// little-endian header length, a JSON header (`dtype`, `shape`,
-/// `data_offsets` per tensor, and `__metadata__: {"format": "pt"}`, which
-/// Hugging Face transformers requires), then the raw little-endian data.
-pub(crate) fn encode_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
-    let mut data = Vec::new();
+/// One tensor's bytes as the `safetensors` crate reads them.
+struct TensorBytes {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl safetensors::View for TensorBytes {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Serialises named tensors in the safetensors format with the
+/// `safetensors` crate, with `metadata` plus `"format": "pt"` (which
+/// Hugging Face transformers requires) in the header.
+///
+/// # Errors
+/// [`GradCacheError::Torch`] copying a tensor; [`GradCacheError::Shape`] for
+/// a kind safetensors has no name for or a failed serialisation.
+pub fn encode_safetensors(named: &[(String, Tensor)], metadata: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let mut views = Vec::with_capacity(named.len());
     for (name, t) in named {
         let t = t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
         let numel = t.numel();
-        let start = data.len();
-        data.resize(start + numel * t.kind().elt_size_in_bytes(), 0);
-        t.f_copy_data_u8(&mut data[start..], numel)?;
-        header.insert(
-            name.clone(),
-            serde_json::json!({ "dtype": dtype_name(t.kind())?, "shape": t.size(), "data_offsets": [start, data.len()] }),
-        );
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, numel)?;
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        views.push((name.clone(), TensorBytes { dtype: dtype_of(t.kind())?, shape, bytes }));
     }
-    let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|source| GradCacheError::Json {
-        path: PathBuf::from("<safetensors header>"),
-        source,
-    })?;
-    // Pad the header with spaces so the data starts 8-byte aligned.
-    while (8 + json.len()) % 8 != 0 {
-        json.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + json.len() + data.len());
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&data);
-    Ok(out)
+    let mut info: std::collections::HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    info.insert("format".into(), "pt".into());
+    safetensors::serialize(views, &Some(info))
+        .map_err(|_| GradCacheError::Shape { what: "safetensors serialisation", expected: "tensors the format can hold", got: vec![named.len() as i64] })
 }
 
 /// Writes `file` through `write(tmp)` on a sibling temporary path, then

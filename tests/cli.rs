@@ -174,3 +174,21 @@ fn rerank_sorts_each_line_and_keeps_its_fields() {
     assert!(!ok && text.contains("requests.jsonl:2"), "{text}");
     assert!(!fresh.exists());
 }
+
+#[test]
+fn encode_writes_the_encoder_vectors_and_the_ids() {
+    let _serial = common::serial();
+    let dir = common::scratch("cli-encode");
+    let scorer = bundle(&dir);
+    let input = dir.join("texts.jsonl");
+    std::fs::write(&input, "{\"_id\": \"a\", \"text\": \"first text\"}\n{\"id\": 2, \"title\": \"T\", \"text\": \"second\"}\n\"third, bare\"\n").unwrap();
+    let out = dir.join("emb.safetensors");
+    let (ok, text) = gradcache(&["encode", "--model", dir.join("model").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--quiet"]);
+    assert!(ok, "{text}");
+    let tensors = tch::Tensor::read_safetensors(&out).unwrap();
+    let (name, emb) = &tensors[0];
+    assert_eq!(name, "embeddings");
+    let want = scorer.encode_passages(&["first text", "T: second", "third, bare"]).unwrap();
+    assert!(emb.allclose(want.tensor(), 1e-6, 1e-6, false), "{emb} vs {}", want.tensor());
+    assert_eq!(std::fs::read_to_string(dir.join("emb.safetensors.ids.txt")).unwrap(), "a\n2\n\n");
+}

@@ -17,6 +17,10 @@ use clap::{Parser, Subcommand};
 use gradcache::check::{check_head, Tolerance};
 use gradcache::data::beir::{read_beir, write_beir};
 use gradcache::data::rerank::read_rerank_requests;
+use gradcache::data::texts::read_texts;
+use gradcache::error::Side;
+use gradcache::weights::encode_safetensors;
+use gradcache::Representation;
 use gradcache::data::wordnet::{Split, WordSenseData};
 use gradcache::data::Malformed;
 use gradcache::retrieval::{evaluate_two_stage, write_trec_run};
@@ -114,6 +118,27 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Encode texts with a model bundle's encoder into a safetensors file:
+    /// `embeddings` [n, d] for a pooled encoder, `tokens` [n, L, d] and
+    /// `mask` [n, L] for a token encoder; ids (when lines have them) in
+    /// OUTPUT.ids.txt, one a line in row order (empty for a line without).
+    Encode {
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL: a JSON string a line, or {"id" | "_id": ..., "text": ...}
+        /// (a BEIR corpus.jsonl works).
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Which encoder: passages or queries (the same one when tied).
+        #[arg(long, default_value = "passages", value_parser = ["passages", "queries"])]
+        side: String,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Rerank candidate lists with a model bundle: JSONL lines
     /// {"query": "...", "candidates": ["...", {"id": 7, "text": "..."}]} in;
     /// the same lines out, candidates sorted by score with their scores.
@@ -184,7 +209,10 @@ fn check(head: Option<String>, config: Option<PathBuf>, dim: usize, dropout: f64
 /// Progress on stderr with rate and ETA: rewritten in place on a terminal,
 /// a line per tenth otherwise.
 fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
+    // A stage's clock starts when the previous stage last reported (the
+    // first report comes after the first block's work).
     let mut started = Instant::now();
+    let mut previous_report = started;
     let tty = std::io::stderr().is_terminal();
     let mut last = (String::new(), 0usize);
     move |what: &str, done: usize, total: usize| {
@@ -193,8 +221,9 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
         }
         if last.0 != what {
             last = (what.to_string(), 0);
-            started = Instant::now();
+            started = previous_report;
         }
+        previous_report = Instant::now();
         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let eta = (total - done.min(total)) as f64 / rate.max(1e-9);
         let line = format!("{what}: {done}/{total} ({rate:.0}/s, ETA {eta:.0} s)");
@@ -240,6 +269,35 @@ fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Optio
         writeln!(o, "{label:<34}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>9.3}{:>12.3}", m.top1, m.top5, m.top20, m.mrr10, m.ndcg10, m.recall100)?;
     }
     writeln!(o, "{seconds:.0} s; wrote {} and {}", out.join("metrics.json").display(), out.join("run.trec").display())?;
+    Ok(())
+}
+
+fn encode(model: &Path, input: &Path, output: &Path, side: &str, device: &str, quiet: bool) -> Result<()> {
+    let scorer = Scorer::load(model, parse_device(device)?).with_context(|| format!("loading the model bundle {}", model.display()))?;
+    let lines = read_texts(input, Malformed::Fail)?.items;
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    let side = if side == "queries" { Side::Queries } else { Side::Passages };
+    let mut printer = progress_printer(quiet);
+    let started = Instant::now();
+    let rep = scorer.encode_many(&texts, side, &mut |done, total| printer("encoding", done, total))?;
+    let named: Vec<(String, tch::Tensor)> = match &rep {
+        Representation::Vector(v) => vec![("embeddings".into(), v.shallow_clone())],
+        Representation::Tokens { tokens, mask } => vec![("tokens".into(), tokens.shallow_clone()), ("mask".into(), mask.shallow_clone())],
+    };
+    let model_text = model.display().to_string();
+    let count = texts.len().to_string();
+    let side_name = format!("{side}");
+    let bytes = encode_safetensors(&named, &[("model", &model_text), ("side", &side_name), ("count", &count)])?;
+    write_bytes_atomically(output, &bytes)?;
+    if lines.iter().any(|l| l.id.is_some()) {
+        // A line without an id gets an empty line, so row i is line i.
+        let ids: String = lines.iter().map(|l| l.id.clone().unwrap_or_default() + "\n").collect();
+        let mut ids_path = output.as_os_str().to_owned();
+        ids_path.push(".ids.txt");
+        write_bytes_atomically(Path::new(&ids_path), ids.as_bytes())?;
+    }
+    let shapes: Vec<String> = named.iter().map(|(n, t)| format!("{n} {:?}", t.size())).collect();
+    println!("{} texts in {:.1} s -> {} ({})", texts.len(), started.elapsed().as_secs_f64(), output.display(), shapes.join(", "));
     Ok(())
 }
 
@@ -293,6 +351,10 @@ fn main() -> Result<ExitCode> {
         }
         Command::Eval { model, data, split, retrieve_k, output, skip_malformed, device, quiet } => {
             eval(&model, &data, &split, retrieve_k, output, skip_malformed, &device, quiet)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Encode { model, input, output, side, device, quiet } => {
+            encode(&model, &input, &output, &side, &device, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rerank { model, input, output, device } => {

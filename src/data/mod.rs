@@ -11,6 +11,7 @@
 pub mod beir;
 pub mod jsonl;
 pub mod rerank;
+pub mod texts;
 pub mod wordnet;
 
 use std::collections::HashMap;

@@ -90,7 +90,7 @@ impl AdamW {
             named.push((format!("exp_avg.{name}"), m.shallow_clone()));
             named.push((format!("exp_avg_sq.{name}"), v.shallow_clone()));
         }
-        write_bytes_atomically(file, &crate::weights::encode_safetensors(&named)?)
+        write_bytes_atomically(file, &crate::weights::encode_safetensors(&named, &[])?)
     }
 
     /// Restores what [`AdamW::save`] wrote, onto the variables of `vs`.
