@@ -110,7 +110,7 @@ fn parse_synset(pos: char, line: &str) -> std::result::Result<Synset, DataLineEr
 /// license header (lines starting with spaces) is skipped.
 ///
 /// # Errors
-/// [`GradCacheError::Io`]; [`GradCacheError::DataLine`] for a malformed line.
+/// [`crate::GradCacheError::Io`]; [`crate::GradCacheError::DataLine`] for a malformed line.
 pub fn parse_data_file(path: &Path, pos: char) -> Result<Vec<Synset>> {
     Ok(read_lines(path, Malformed::Fail, |_, line| {
         if line.starts_with(' ') {
@@ -208,7 +208,7 @@ impl WordSenseData {
     /// (`lemma \t id id …`) and `examples.tsv` (`split \t synset \t lemma \t text`).
     ///
     /// # Errors
-    /// [`GradCacheError::Io`].
+    /// [`crate::GradCacheError::Io`].
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(crate::error::io_error(dir))?;
         let clean = |s: &str| s.replace(['\t', '\n'], " ");
@@ -227,7 +227,7 @@ impl WordSenseData {
     /// Reads the files [`WordSenseData::write`] made.
     ///
     /// # Errors
-    /// [`GradCacheError::Io`]; [`GradCacheError::DataLine`] for a malformed
+    /// [`crate::GradCacheError::Io`]; [`crate::GradCacheError::DataLine`] for a malformed
     /// line or an id that the other files do not define.
     pub fn read(dir: &Path) -> Result<Self> {
         let tabs = |line: &str, n: usize| -> std::result::Result<Vec<String>, DataLineError> {
