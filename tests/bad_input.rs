@@ -233,3 +233,26 @@ fn tokenizing_nothing_is_an_empty_input_not_an_empty_query_side() {
     let none: [&str; 0] = [];
     assert!(matches!(tok.encode(&none), Err(GradCacheError::EmptyInput { what: "texts to tokenize" })));
 }
+
+#[test]
+fn libtorch_errors_inside_heads_and_encoders_are_returned_not_panicked() {
+    // Double-precision inputs against single-precision weights: libtorch
+    // refuses the matmul. The interaction block and the tiny encoder used
+    // to call the panicking `apply` there.
+    use gradcache::encoders::{Pooling, TinyEncoderConfig};
+    use gradcache::heads::InteractionConfig;
+    use gradcache::{Encoder, Representation, ScoringHead};
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let head = InteractionConfig { dim: 8, heads: 2, ffn: 16, dropout: 0.0, residual: None, ..InteractionConfig::default() }.init(&(vs.root() / "head")).unwrap();
+    let mask = Tensor::ones([2, 3], (Kind::Int64, Device::Cpu));
+    let u = Representation::tokens(Tensor::randn([2, 3, 8], (Kind::Double, Device::Cpu)), &mask).unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| head.score(&u, &u, false)));
+    assert!(matches!(outcome, Ok(Err(GradCacheError::Torch(_)))), "a typed error, not a panic");
+
+    let enc = TinyEncoderConfig { vocab_size: 10, max_len: 4, dim: 8, dropout: 0.0, pooling: Pooling::Mean }.init(&(vs.root() / "enc")).unwrap();
+    // Ids beyond the vocabulary: the embedding lookup fails.
+    let ids = Tensor::from_slice(&[3i64, 99, 1, 2]).view([1, 4]);
+    let batch = TokenBatch::new(ids, Tensor::ones([1, 4], (Kind::Int64, Device::Cpu))).unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| enc.encode(&batch, false)));
+    assert!(matches!(outcome, Ok(Err(GradCacheError::Torch(_)))), "a typed error, not a panic");
+}

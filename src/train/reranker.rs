@@ -381,7 +381,7 @@ pub fn run(c: &RerankerConfig, resume: bool) -> Result<TrainReport> {
     let mut trainer = Trainer::new(c.train.clone(), scorer.var_store(), &c.output_dir, resume)?;
     let summary = trainer.run(
         |i| {
-            let (q, p, t) = batch(&records, &c, &tok, i, device)?;
+            let (q, p, t) = batch(&records, c, &tok, i, device)?;
             gc.step(&q, &p, &t)
         },
         |_| sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev),
