@@ -23,6 +23,6 @@ fn main() -> Result<()> {
     gradcache::runtime::tune_allocator();
     let cli = Cli::parse();
     let config = cli.args.resolve().context("reading the run's settings")?;
-    run(&config, cli.args.resume).with_context(|| format!("training into {}", config.output_dir.display()))?;
+    run(&config, cli.args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
     Ok(())
 }

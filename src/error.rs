@@ -278,6 +278,45 @@ pub enum GradCacheError {
         document: String,
     },
 
+    /// A resume was refused: the run asked for differs from the one that
+    /// wrote the checkpoint.
+    #[error("{path}: made by another run; these settings differ: {}", fields.join(", "))]
+    ResumeMismatch {
+        /// The checkpoint.
+        path: std::path::PathBuf,
+        /// Each differing field, as `name: checkpoint value -> requested value`.
+        fields: Vec<String>,
+    },
+
+    /// The output folder holds another run, and neither resuming it nor
+    /// overwriting it was asked for.
+    #[error("{path} already holds a run: pass --resume to continue it or --overwrite to start over (the old checkpoints are kept one generation back)")]
+    RunExists {
+        /// The output folder.
+        path: std::path::PathBuf,
+    },
+
+    /// A data file holds no records at all.
+    #[error("{path}: no {what} in the file")]
+    NoRecords {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was expected.
+        what: &'static str,
+    },
+
+    /// A training record has some hard negatives but fewer than a group
+    /// needs; reusing them would silently weight them twice.
+    #[error("training record {record} has {has} hard negative(s) but group_size {group_size} needs {}", group_size - 1)]
+    TooFewNegatives {
+        /// The record's index.
+        record: usize,
+        /// Its negatives.
+        has: usize,
+        /// The configured group size.
+        group_size: usize,
+    },
+
     /// A model bundle of a format version this version cannot read.
     #[error("{path}: bundle format {found}, this version of gradcache reads format {supported}")]
     BundleFormat {
@@ -325,7 +364,7 @@ pub enum GradCacheError {
         /// The checkpoint folder or file.
         path: std::path::PathBuf,
         /// What is wrong.
-        reason: &'static str,
+        reason: String,
     },
 
     /// The vocabulary could not be loaded or a text could not be tokenized.
@@ -345,6 +384,12 @@ pub enum GradCacheError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataLineError {
+    /// The line's bytes are not UTF-8.
+    #[error("not UTF-8 (from byte {byte} of the line)")]
+    NotUtf8 {
+        /// The first bad byte, counting from 1.
+        byte: usize,
+    },
     /// Not valid JSON, or not the expected record.
     #[error("{0}")]
     Json(#[from] serde_json::Error),

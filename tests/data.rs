@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use gradcache::data::beir::read_beir;
 use gradcache::data::jsonl::read_training_records;
 use gradcache::data::wordnet::{parse_data_file, Split, WordSenseData};
-use gradcache::data::{grouped_batch, Malformed, TrainingRecord};
+use gradcache::data::{check_negatives, grouped_batch, Malformed, TrainingRecord};
 use gradcache::error::DataLineError;
 use gradcache::GradCacheError;
 
@@ -194,7 +194,7 @@ fn grouped_batch_lays_out_positive_then_negatives_and_finds_shared_positives() {
     let records = vec![
         record("q0", &["p0a", "p0b"], &["n0a", "n0b", "n0c"]),
         record("q1", &["shared"], &[]),
-        record("q2", &["shared"], &["n2"]),
+        record("q2", &["shared"], &["n2a", "n2b"]),
     ];
     // Rotation 1: second positive of q0, negatives from index 1 on.
     let b = grouped_batch(&records, &[0, 1, 2], 3, 1).unwrap();
@@ -202,7 +202,7 @@ fn grouped_batch_lays_out_positive_then_negatives_and_finds_shared_positives() {
     assert_eq!(
         b.passages,
         // q1 has no negatives: it borrows the positives of q2 and (wrapping) q0.
-        ["p0b", "n0b", "n0c", "shared", "shared", "p0a", "shared", "n2", "n2"]
+        ["p0b", "n0b", "n0c", "shared", "shared", "p0a", "shared", "n2b", "n2a"]
     );
     // q1 and q2 share a positive text: both count every copy of it.
     assert_eq!(b.positives, vec![vec![0], vec![3, 4, 6], vec![3, 4, 6]]);
@@ -217,4 +217,34 @@ fn grouped_batch_rejects_bad_requests_with_typed_errors() {
             other => panic!("picks {picks:?}, group {group}: expected InvalidConfig, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_record_short_of_negatives_is_an_error_not_a_silent_reuse() {
+    // Group of 3 needs 2 negatives; q1 has 1. It used to be repeated.
+    let records = vec![record("q0", &["p0"], &["a", "b"]), record("q1", &["p1"], &["only"])];
+    match grouped_batch(&records, &[0, 1], 3, 0) {
+        Err(GradCacheError::TooFewNegatives { record: 1, has: 1, group_size: 3 }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(check_negatives(&records, 3), Err(GradCacheError::TooFewNegatives { record: 1, .. })));
+    assert!(check_negatives(&records, 2).is_ok());
+    // A record without negatives takes other queries' positives: allowed.
+    assert!(check_negatives(&[record("q", &["p"], &[])], 5).is_ok());
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_named_and_skippable() {
+    let d = temp_dir("utf8");
+    let p = d.join("train.jsonl");
+    let mut bytes = b"{\"query\": \"q1\", \"positive\": \"p1\"}\n{\"query\": \"q\xff2\", \"positive\": \"p2\"}\n".to_vec();
+    bytes.extend_from_slice(b"{\"query\": \"q3\", \"positive\": \"p3\"}\r\n");
+    std::fs::write(&p, bytes).unwrap();
+    match read_training_records(&p, Malformed::Fail) {
+        Err(GradCacheError::DataLine { line: 2, reason: DataLineError::NotUtf8 { byte: 13 }, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let read = read_training_records(&p, Malformed::Skip).unwrap();
+    assert_eq!((read.items.len(), read.skipped), (2, 1));
+    assert_eq!(read.items[1].positives, ["p3"], "a CRLF line ending is not part of the text");
 }

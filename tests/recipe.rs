@@ -7,24 +7,26 @@ mod common;
 use gradcache::data::wordnet::{Split, WordSenseData};
 use gradcache::eval::sense_metrics;
 use gradcache::heads::{HeadConfig, MlpHeadConfig};
-use gradcache::train::reranker::{run, RerankerConfig, TrainArgs};
+use gradcache::train::reranker::{run, RerankerConfig, Start, TrainArgs};
 use gradcache::{GradCacheError, Scorer};
 
 fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[test]
-fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
-    let _serial = common::serial();
-    let dir = common::scratch("recipe");
-    common::tiny_bert_folder(&dir.join("bert"), 32, 4, 1, 0);
-    let records = [
-        r#"{"query": "how do I reset my router", "positive": "hold the reset button", "negatives": ["the bakery opens at seven"]}"#,
-        r#"{"query": "capital of france", "positive": "paris is the capital", "negatives": ["berlin is in germany"]}"#,
-        r#"{"query": "boil an egg", "positive": "eight minutes in boiling water", "negatives": ["hens lay eggs"]}"#,
-    ];
-    std::fs::write(dir.join("train.jsonl"), records.join("\n")).unwrap();
+const RECORDS: [&str; 3] = [
+    r#"{"query": "how do I reset my router", "positive": "hold the reset button", "negatives": ["the bakery opens at seven"]}"#,
+    r#"{"query": "capital of france", "positive": "paris is the capital", "negatives": ["berlin is in germany"]}"#,
+    r#"{"query": "boil an egg", "positive": "eight minutes in boiling water", "negatives": ["hens lay eggs"]}"#,
+];
+
+/// A small run in `dir`: a 1-layer width-32 BERT, three JSONL records,
+/// `steps` steps with a checkpoint after each.
+fn small_run(dir: &std::path::Path, steps: usize) -> RerankerConfig {
+    if !dir.join("bert").is_dir() {
+        common::tiny_bert_folder(&dir.join("bert"), 32, 4, 1, 0);
+    }
+    std::fs::write(dir.join("train.jsonl"), RECORDS.join("\n")).unwrap();
     let mut c = RerankerConfig {
         model_dir: dir.join("bert"),
         data_dir: repo().join("examples/data/wordnet"),
@@ -37,9 +39,19 @@ fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
         head: HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 8, ..MlpHeadConfig::default() }),
         ..RerankerConfig::default()
     };
-    c.train.steps = 2;
+    c.train.steps = steps;
+    c.train.checkpoint_every = 1;
+    c.train.keep_checkpoints = 3;
     c.train.progress = false;
-    let report = run(&c, false).unwrap();
+    c
+}
+
+#[test]
+fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
+    let _serial = common::serial();
+    let dir = common::scratch("recipe");
+    let c = small_run(&dir, 2);
+    let report = run(&c, Start::New).unwrap();
     assert_eq!(report.bundle, dir.join("run/model"));
     for f in ["config.json", "results.json", "metrics.jsonl", "model/gradcache.json", "model/head.safetensors"] {
         assert!(dir.join("run").join(f).is_file(), "{f}");
@@ -68,4 +80,121 @@ fn config_files_merge_over_the_defaults_and_name_unknown_fields() {
     assert!(matches!(RerankerConfig::read(&path), Err(GradCacheError::Json { path: p, .. }) if p == path));
     let bad = RerankerConfig { batch_size: 0, ..RerankerConfig::default() };
     assert!(matches!(bad.validate(), Err(GradCacheError::InvalidConfig { .. })));
+}
+
+fn folder_snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_run_folder_changes_only_for_a_valid_resume_or_an_explicit_overwrite() {
+    let _serial = common::serial();
+    let dir = common::scratch("recipe-folder");
+    let c = small_run(&dir, 2);
+    run(&c, Start::New).unwrap();
+    let before = folder_snapshot(&c.output_dir);
+
+    // A second new run into the same folder is refused.
+    assert!(matches!(run(&c, Start::New), Err(GradCacheError::RunExists { .. })));
+    // A resume with a setting that shapes training changed is refused,
+    // naming it; so is a changed training file and a changed training block.
+    let mut other = c.clone();
+    other.batch_size = 2;
+    other.loss.temperature = 0.5;
+    match run(&other, Start::Resume) {
+        Err(GradCacheError::ResumeMismatch { fields, .. }) => {
+            assert!(fields.iter().any(|f| f.starts_with("batch_size: 3 -> 2")), "{fields:?}");
+            assert!(fields.iter().any(|f| f.starts_with("loss.temperature")), "{fields:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut lr = c.clone();
+    lr.train.learning_rate = 1.0;
+    assert!(matches!(run(&lr, Start::Resume), Err(GradCacheError::ResumeMismatch { fields, .. }) if fields[0].starts_with("train.learning_rate")));
+    std::fs::write(dir.join("train.jsonl"), RECORDS[..2].join("\n")).unwrap();
+    assert!(matches!(run(&c, Start::Resume), Err(GradCacheError::ResumeMismatch { fields, .. }) if fields[0].starts_with("data.sha256")));
+    std::fs::write(dir.join("train.jsonl"), RECORDS.join("\n")).unwrap();
+    // Bad data fails before anything is written.
+    let mut empty = c.clone();
+    std::fs::write(dir.join("empty.jsonl"), "\n").unwrap();
+    empty.train_jsonl = Some(dir.join("empty.jsonl"));
+    assert!(matches!(run(&empty, Start::Overwrite), Err(GradCacheError::NoRecords { path, .. }) if path == dir.join("empty.jsonl")));
+    assert!(folder_snapshot(&c.output_dir) == before, "the refused runs changed the run folder");
+
+    // More steps may be asked on resume; the report keeps the run's "before".
+    let mut longer = c.clone();
+    longer.train.steps = 3;
+    let report = run(&longer, Start::Resume).unwrap();
+    assert!(report.results.get("before").is_some(), "{}", report.results);
+    // An explicit overwrite starts over, keeping the old run one generation back.
+    run(&c, Start::Overwrite).unwrap();
+    assert!(c.output_dir.join("checkpoints.previous").is_dir());
+}
+
+#[test]
+fn a_custom_model_folder_that_is_missing_is_named_without_the_setup_hint() {
+    let dir = common::scratch("recipe-model");
+    let c = RerankerConfig { model_dir: dir.join("nope"), output_dir: dir.join("run"), ..RerankerConfig::default() };
+    let err = run(&c, Start::New).unwrap_err();
+    assert!(matches!(&err, GradCacheError::Io { path, .. } if path == &dir.join("nope")), "{err}");
+    assert!(!err.to_string().contains("setup"), "{err}");
+    assert!(!c.output_dir.exists(), "nothing written");
+}
+
+/// Damage done to the newest checkpoint: each is caught, and resume falls
+/// back to the older intact one (or says none is left), never a silent load.
+#[test]
+fn damaged_checkpoints_are_skipped_for_the_newest_intact_one() {
+    let _serial = common::serial();
+    let dir = common::scratch("recipe-damage");
+    let c = small_run(&dir, 3);
+    run(&c, Start::New).unwrap();
+    let newest = c.output_dir.join("checkpoints/step-000003");
+    let pristine = folder_snapshot(&newest);
+    type Damage = fn(&std::path::Path);
+    let damages: [(&str, Damage); 3] = [
+        ("truncate", |p| {
+            let b = std::fs::read(p).unwrap();
+            std::fs::write(p, &b[..b.len() / 2]).unwrap()
+        }),
+        ("flip", |p| {
+            let mut b = std::fs::read(p).unwrap();
+            let at = b.len() - 5;
+            b[at] ^= 0x55;
+            std::fs::write(p, b).unwrap()
+        }),
+        ("delete", |p| std::fs::remove_file(p).unwrap()),
+    ];
+    for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        for (name, damage) in damages {
+            for (p, bytes) in &pristine {
+                std::fs::write(p, bytes).unwrap();
+            }
+            damage(&newest.join(file));
+            let mut longer = c.clone();
+            longer.train.steps = 4;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&longer, Start::Resume)));
+            let result = outcome.unwrap_or_else(|_| panic!("{file} {name}: panicked"));
+            result.unwrap_or_else(|e| panic!("{file} {name}: {e}"));
+            // Resumed from step 2: one metrics line per step 1..4, each once.
+            let log = std::fs::read_to_string(c.output_dir.join("metrics.jsonl")).unwrap();
+            let steps: Vec<u64> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v.get("loss").is_some()).map(|v| v["step"].as_u64().unwrap()).collect();
+            assert_eq!(steps, [1, 2, 3, 4], "{file} {name}");
+            // Back to the 3-step state for the next damage.
+            std::fs::remove_dir_all(c.output_dir.join("checkpoints/step-000004")).unwrap();
+        }
+    }
 }

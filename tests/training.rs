@@ -169,7 +169,13 @@ fn resuming_without_the_optimizer_state_would_diverge() {
     let (full_losses, _) = train(&out_dir("control-full"), 6, false);
     let dir = out_dir("control");
     train(&dir, 3, false);
-    AdamW::new(0.01).save(&dir.join("checkpoints/step-000003/optimizer.safetensors")).unwrap();
+    let ckpt = dir.join("checkpoints/step-000003");
+    AdamW::new(0.01).save(&ckpt.join("optimizer.safetensors")).unwrap();
+    // Record the replacement's checksum, as if the checkpoint had been
+    // written that way (otherwise the resume rightly refuses the file).
+    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json")).unwrap()).unwrap();
+    state["checksums"]["optimizer.safetensors"] = gradcache::train::checkpoint::sha256_file(&ckpt.join("optimizer.safetensors")).unwrap().into();
+    std::fs::write(ckpt.join("state.json"), state.to_string()).unwrap();
     let (rest, _) = train(&dir, 6, true);
     assert_eq!(rest.len(), 3, "still resumes at step 3");
     assert_eq!(rest[0], full_losses[3], "step 4's loss only depends on the restored weights");
@@ -203,7 +209,7 @@ fn unusable_checkpoints_are_clear_errors() {
     // Another training configuration.
     let other = TrainConfig { learning_rate: 0.5, ..config(6) };
     let err = Trainer::new(other, &model.vs, &dir, true).unwrap_err();
-    assert!(matches!(err, GradCacheError::Checkpoint { .. }), "{err}");
+    assert!(matches!(&err, GradCacheError::ResumeMismatch { fields, .. } if fields == &["train.learning_rate: 0.01 -> 0.5"]), "{err}");
 
     // Another model: separate encoders instead of a tied one.
     let separate = Model::new(HeadKind::Mlp, false, Kind::Float, 0.2);
@@ -214,7 +220,7 @@ fn unusable_checkpoints_are_clear_errors() {
     let state = std::fs::read(ckpt.join("state.json")).unwrap();
     std::fs::write(ckpt.join("state.json"), b"{\"step\": 3, \"conf").unwrap();
     let err = Trainer::new(config(6), &model.vs, &dir, true).unwrap_err();
-    assert!(matches!(err, GradCacheError::Checkpoint { reason: "state.json is corrupt", .. }), "{err}");
+    assert!(matches!(&err, GradCacheError::Checkpoint { reason, .. } if reason.contains("state.json is corrupt")), "{err}");
     std::fs::write(ckpt.join("state.json"), state).unwrap();
     let weights = std::fs::read(ckpt.join("model.safetensors")).unwrap();
     std::fs::write(ckpt.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();

@@ -346,7 +346,7 @@ fn main() -> Result<ExitCode> {
         }
         Command::Train(args) => {
             let config = args.resolve().context("reading the run's settings")?;
-            train::reranker::run(&config, args.resume).with_context(|| format!("training into {}", config.output_dir.display()))?;
+            train::reranker::run(&config, args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { model, data, split, retrieve_k, output, skip_malformed, device, quiet } => {

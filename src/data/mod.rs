@@ -66,6 +66,9 @@ pub fn grouped_batch<'a>(records: &'a [TrainingRecord], picks: &[usize], group_s
     if picked.iter().any(|r| r.positives.is_empty()) {
         return Err(GradCacheError::InvalidConfig { field: "records", reason: "every training record needs a positive" });
     }
+    if let Some(k) = picked.iter().position(|r| !r.negatives.is_empty() && r.negatives.len() < group_size - 1) {
+        return Err(GradCacheError::TooFewNegatives { record: picks[k], has: picked[k].negatives.len(), group_size });
+    }
     let mut queries = Vec::with_capacity(picked.len());
     let mut passages = Vec::with_capacity(picked.len() * group_size);
     for (k, rec) in picked.iter().enumerate() {
@@ -87,6 +90,21 @@ pub fn grouped_batch<'a>(records: &'a [TrainingRecord], picks: &[usize], group_s
         })
         .collect();
     Ok(GroupedBatch { queries, passages, positives })
+}
+
+/// Checks that every record with hard negatives has enough for a group of
+/// `group_size` passages (its positive and `group_size - 1` negatives).
+/// Records without negatives are fine: they take other queries' positives.
+///
+/// # Errors
+/// [`GradCacheError::TooFewNegatives`] naming the first record short of
+/// negatives.
+pub fn check_negatives(records: &[TrainingRecord], group_size: usize) -> Result<()> {
+    let needs = group_size.saturating_sub(1);
+    match records.iter().position(|r| !r.negatives.is_empty() && r.negatives.len() < needs) {
+        Some(record) => Err(GradCacheError::TooFewNegatives { record, has: records[record].negatives.len(), group_size }),
+        None => Ok(()),
+    }
 }
 
 /// An evaluation set: queries, a corpus, and graded relevance.
@@ -156,14 +174,18 @@ pub(crate) fn read_lines<T>(
     malformed: Malformed,
     mut parse: impl FnMut(usize, &str) -> std::result::Result<Option<T>, DataLineError>,
 ) -> Result<Read<T>> {
-    let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+    // Bytes, not a string: a line that is not UTF-8 is a malformed line
+    // with its number (skippable), not a failure of the whole file.
+    let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
     let mut items = Vec::new();
     let mut skipped = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse(i + 1, line) {
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let parsed = match std::str::from_utf8(raw) {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => parse(i + 1, line.strip_suffix('\r').unwrap_or(line)),
+            Err(e) => Err(DataLineError::NotUtf8 { byte: e.valid_up_to() + 1 }),
+        };
+        match parsed {
             Ok(Some(item)) => items.push(item),
             Ok(None) => {}
             Err(reason) => match malformed {

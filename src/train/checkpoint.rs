@@ -1,17 +1,33 @@
 //! Checkpoints: `checkpoints/step-NNNNNN/` holding `model.safetensors`
-//! (every variable), `optimizer.safetensors` and `state.json`. Each is
-//! written into a temporary folder that is renamed into place when
-//! complete, so a crash never leaves a half-written checkpoint.
+//! (every variable), `optimizer.safetensors` and `state.json` (the step,
+//! the training configuration, the run's fingerprint and a SHA-256 of each
+//! weights file). Each is written into a temporary folder that is renamed
+//! into place when complete, so a crash never leaves a half-written
+//! checkpoint; damage after the fact is caught by the checksums.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tch::nn;
 
 use super::optim::AdamW;
 use super::TrainConfig;
+use crate::config::{differing_fields, flatten};
 use crate::error::{io_error as io, GradCacheError, Result};
 use crate::weights::{load_safetensors, save_safetensors, write_bytes_atomically};
+
+/// The files of a checkpoint that carry a checksum.
+const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "optimizer.safetensors"];
+
+/// Training settings that may change when a run is resumed.
+pub const MAY_CHANGE_ON_RESUME: [&str; 5] = ["steps", "eval_every", "checkpoint_every", "keep_checkpoints", "progress"];
+
+/// What a run is beyond its training configuration (the resolved model and
+/// data settings, checksums of the model and the data), as flat
+/// `name → value` pairs; compared on resume.
+pub type RunFingerprint = BTreeMap<String, serde_json::Value>;
 
 /// What `state.json` records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,9 +37,30 @@ pub struct CheckpointState {
     pub step: usize,
     /// The training configuration of the run.
     pub config: TrainConfig,
+    /// The rest of the run's identity.
+    #[serde(default)]
+    pub run: RunFingerprint,
+    /// SHA-256 (hex) of each weights file, by file name.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
 }
 
-/// The complete checkpoints under `dir`, oldest first.
+/// SHA-256 of a file, in hex.
+///
+/// # Errors
+/// [`GradCacheError::Io`].
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io(path))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The checkpoints under `dir`, oldest first (complete ones: a folder is
+/// renamed into place only once written).
+///
+/// # Errors
+/// [`GradCacheError::Io`] for an unreadable folder.
 pub fn list(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
@@ -40,8 +77,9 @@ pub fn list(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(found)
 }
 
-/// Writes a checkpoint of `vs` and `optimizer` after `step` steps and keeps
-/// only the newest `keep`.
+/// Writes a checkpoint of `vs` and `optimizer` after `state.step` steps,
+/// with the checksums of its weights files, and keeps only the newest
+/// `keep`.
 ///
 /// # Errors
 /// [`GradCacheError::Io`], [`GradCacheError::Torch`].
@@ -53,7 +91,11 @@ pub fn save(dir: &Path, vs: &nn::VarStore, optimizer: &AdamW, state: &Checkpoint
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     save_safetensors(vs, "", &tmp.join("model.safetensors"))?;
     optimizer.save(&tmp.join("optimizer.safetensors"))?;
-    let json = serde_json::to_vec_pretty(state).map_err(|source| GradCacheError::Json { path: tmp.join("state.json"), source })?;
+    let mut state = state.clone();
+    for file in WEIGHT_FILES {
+        state.checksums.insert(file.to_string(), sha256_file(&tmp.join(file))?);
+    }
+    let json = serde_json::to_vec_pretty(&state).map_err(|source| GradCacheError::Json { path: tmp.join("state.json"), source })?;
     write_bytes_atomically(&tmp.join("state.json"), &json)?;
     if final_path.exists() {
         std::fs::remove_dir_all(&final_path).map_err(io(&final_path))?;
@@ -66,31 +108,73 @@ pub fn save(dir: &Path, vs: &nn::VarStore, optimizer: &AdamW, state: &Checkpoint
     Ok(final_path)
 }
 
-/// Restores the checkpoint at `path` into `vs` and `optimizer` and returns
-/// its state, after checking it was made by a compatible run.
+/// Reads a checkpoint's state and checks every weights file against its
+/// checksum: whether the checkpoint is intact, before anything is loaded.
 ///
 /// # Errors
-/// [`GradCacheError::Checkpoint`] for an unreadable state, a model with
-/// other variables, or an incompatible training configuration;
-/// [`GradCacheError::MissingWeights`] / [`GradCacheError::WeightShape`] for
-/// weights that do not fit.
-pub fn restore(path: &Path, vs: &nn::VarStore, optimizer: &mut AdamW, config: &TrainConfig) -> Result<CheckpointState> {
+/// [`GradCacheError::Checkpoint`] naming the file that is missing,
+/// unreadable, corrupt or changed.
+pub fn verify(path: &Path) -> Result<CheckpointState> {
+    let bad = |file: &Path, reason: String| GradCacheError::Checkpoint { path: file.to_path_buf(), reason };
     let state_path = path.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: CheckpointState = serde_json::from_str(&text)
-        .map_err(|_| GradCacheError::Checkpoint { path: state_path.clone(), reason: "state.json is corrupt" })?;
-    if !state.config.compatible_with(config) {
-        return Err(GradCacheError::Checkpoint {
-            path: path.to_path_buf(),
-            reason: "made with another training configuration (only steps, eval_every, checkpoint_every, keep_checkpoints and progress may change on resume)",
-        });
+    let bytes = std::fs::read(&state_path).map_err(|e| bad(&state_path, format!("unreadable: {e}")))?;
+    let state: CheckpointState = serde_json::from_slice(&bytes).map_err(|e| bad(&state_path, format!("state.json is corrupt ({e})")))?;
+    for file in WEIGHT_FILES {
+        let p = path.join(file);
+        if !p.is_file() {
+            return Err(bad(&p, "missing".into()));
+        }
+        match state.checksums.get(file) {
+            Some(want) => {
+                let got = sha256_file(&p).map_err(|e| bad(&p, format!("unreadable: {e}")))?;
+                if &got != want {
+                    return Err(bad(&p, "checksum mismatch: the file was changed or damaged after it was written".into()));
+                }
+            }
+            None if !state.checksums.is_empty() => return Err(bad(&p, "no checksum recorded for it".into())),
+            // A checkpoint from before checksums: loading checks what it can.
+            None => {}
+        }
+    }
+    Ok(state)
+}
+
+/// Whether a run with `config` and `run` may resume a checkpoint with
+/// `state`: every differing field, as `name: checkpoint -> requested`
+/// (empty when it may). Only [`MAY_CHANGE_ON_RESUME`] may differ in the
+/// training configuration.
+pub fn differences(state: &CheckpointState, config: &TrainConfig, run: &RunFingerprint) -> Vec<String> {
+    let flat = |c: &TrainConfig| flatten(&serde_json::to_value(c).unwrap_or_default());
+    let mut out: Vec<String> = differing_fields(&flat(&state.config), &flat(config), &MAY_CHANGE_ON_RESUME)
+        .into_iter()
+        .map(|d| format!("train.{d}"))
+        .collect();
+    out.extend(differing_fields(&state.run, run, &[]));
+    out
+}
+
+/// Restores the intact checkpoint at `path` (see [`verify`]) into `vs` and
+/// `optimizer` and returns its state, after checking it was made by the
+/// same run.
+///
+/// # Errors
+/// As [`verify`]; [`GradCacheError::ResumeMismatch`] naming every setting
+/// that differs; [`GradCacheError::Checkpoint`] for a model with other
+/// variables; [`GradCacheError::MissingWeights`] /
+/// [`GradCacheError::WeightShape`] for weights that do not fit. On error,
+/// no variable has changed.
+pub fn restore(path: &Path, vs: &nn::VarStore, optimizer: &mut AdamW, config: &TrainConfig, run: &RunFingerprint) -> Result<CheckpointState> {
+    let state = verify(path)?;
+    let fields = differences(&state, config, run);
+    if !fields.is_empty() {
+        return Err(GradCacheError::ResumeMismatch { path: path.to_path_buf(), fields });
     }
     // Check the optimizer file before touching any weight.
     let mut restored = AdamW::new(optimizer.weight_decay);
     restored.load(vs, &path.join("optimizer.safetensors"))?;
     let report = load_safetensors(vs, "", &path.join("model.safetensors"))?;
     if !report.unused.is_empty() {
-        return Err(GradCacheError::Checkpoint { path: path.to_path_buf(), reason: "holds weights this model does not have" });
+        return Err(GradCacheError::Checkpoint { path: path.to_path_buf(), reason: "holds weights this model does not have".into() });
     }
     *optimizer = restored;
     Ok(state)

@@ -167,6 +167,8 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
 #[derive(Debug)]
 struct MetricsLog {
     path: PathBuf,
+    /// The entries kept from a resumed run's log.
+    kept: Vec<serde_json::Value>,
 }
 
 impl MetricsLog {
@@ -189,7 +191,16 @@ impl MetricsLog {
         // Rewritten once (atomically) to the resumed checkpoint's entries;
         // after that each entry is appended.
         write_bytes_atomically(&path, kept.concat().as_bytes())?;
-        Ok(MetricsLog { path })
+        let kept = kept.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        Ok(MetricsLog { path, kept })
+    }
+
+    /// The metrics an evaluation at `step` logged, among the kept entries.
+    fn logged_eval(&self, step: usize) -> Option<BTreeMap<String, f64>> {
+        self.kept
+            .iter()
+            .find(|e| e.get("step").and_then(serde_json::Value::as_u64) == Some(step as u64) && e.get("eval").is_some())
+            .and_then(|e| serde_json::from_value(e["eval"].clone()).ok())
     }
 
     fn push(&mut self, entry: serde_json::Value) -> Result<()> {
@@ -225,7 +236,8 @@ pub struct TrainSummary {
     pub steps: usize,
     /// Loss of every step run here, in order.
     pub losses: Vec<f64>,
-    /// Metrics before training (absent after a resume).
+    /// Metrics before training (after a resume: as the first run logged
+    /// them, if it did).
     pub before: Option<BTreeMap<String, f64>>,
     /// Metrics after the last step.
     pub after: BTreeMap<String, f64>,
@@ -243,6 +255,9 @@ pub struct Trainer<'v> {
     optimizer: AdamW,
     first_step: usize,
     log: MetricsLog,
+    run: checkpoint::RunFingerprint,
+    resumed_from: Option<PathBuf>,
+    skipped: Vec<(PathBuf, String)>,
 }
 
 impl<'v> Trainer<'v> {
@@ -256,22 +271,66 @@ impl<'v> Trainer<'v> {
     /// [`GradCacheError::InvalidConfig`]; [`GradCacheError::Io`]; checkpoint
     /// errors from [`checkpoint::restore`].
     pub fn new(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool) -> Result<Self> {
+        Self::for_run(config, vs, out, resume, checkpoint::RunFingerprint::new())
+    }
+
+    /// [`Trainer::new`] for a run with an identity beyond its training
+    /// configuration (`run`: its model and data settings and checksums):
+    /// stored in every checkpoint, and a resume with another identity is
+    /// refused. Resuming skips damaged checkpoints (see
+    /// [`checkpoint::verify`]) for the newest intact one
+    /// ([`Trainer::skipped_checkpoints`] says which and why).
+    ///
+    /// # Errors
+    /// As [`Trainer::new`]; [`GradCacheError::ResumeMismatch`] naming every
+    /// setting that differs from the checkpoint's run;
+    /// [`GradCacheError::Checkpoint`] when checkpoints exist but none is
+    /// intact. Nothing in `out` changes on error.
+    pub fn for_run(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool, run: checkpoint::RunFingerprint) -> Result<Self> {
         config.validate()?;
         std::fs::create_dir_all(out).map_err(crate::error::io_error(out))?;
         let mut optimizer = AdamW::new(config.weight_decay);
         let mut first_step = 0;
+        let mut resumed_from = None;
+        let mut skipped = Vec::new();
         if resume {
-            if let Some((_, path)) = checkpoint::list(&out.join("checkpoints"))?.pop() {
-                first_step = checkpoint::restore(&path, vs, &mut optimizer, &config)?.step;
+            let all = checkpoint::list(&out.join("checkpoints"))?;
+            for (_, path) in all.iter().rev() {
+                if let Err(e) = checkpoint::verify(path) {
+                    skipped.push((path.clone(), e.to_string()));
+                    continue;
+                }
+                first_step = checkpoint::restore(path, vs, &mut optimizer, &config, &run)?.step;
+                resumed_from = Some(path.clone());
+                break;
+            }
+            if !all.is_empty() && resumed_from.is_none() {
+                let reasons: Vec<String> = skipped.iter().map(|(_, r)| r.clone()).collect();
+                return Err(GradCacheError::Checkpoint {
+                    path: out.join("checkpoints"),
+                    reason: format!("no intact checkpoint to resume from: {}", reasons.join("; ")),
+                });
             }
         } else {
             set_aside(&out.join("checkpoints"), &out.join("checkpoints.previous"))?;
             set_aside(&out.join("metrics.jsonl"), &out.join("metrics.previous.jsonl"))?;
         }
-        let log = MetricsLog::open(out.join("metrics.jsonl"), resume.then_some(first_step))?;
+        // Keep the log up to the checkpoint resumed from; with nothing to
+        // resume, the run starts over and so does its log.
+        let log = MetricsLog::open(out.join("metrics.jsonl"), resumed_from.as_ref().map(|_| first_step))?;
         let json = serde_json::to_vec_pretty(&config).map_err(|source| GradCacheError::Json { path: out.join("train_config.json"), source })?;
         write_bytes_atomically(&out.join("train_config.json"), &json)?;
-        Ok(Trainer { config, vs, out: out.to_path_buf(), optimizer, first_step, log })
+        Ok(Trainer { config, vs, out: out.to_path_buf(), optimizer, first_step, log, run, resumed_from, skipped })
+    }
+
+    /// The checkpoint this run resumed from, if any.
+    pub fn resumed_from(&self) -> Option<&Path> {
+        self.resumed_from.as_deref()
+    }
+
+    /// Damaged checkpoints a resume passed over, newest first, with why.
+    pub fn skipped_checkpoints(&self) -> &[(PathBuf, String)] {
+        &self.skipped
     }
 
     /// The step this run starts from.
@@ -294,7 +353,9 @@ impl<'v> Trainer<'v> {
         let before = if self.first_step == 0 {
             Some(self.evaluate(0, &mut evaluate, &Progress::new(0, c.steps, c.progress))?)
         } else {
-            None
+            // A resumed run: the first run's evaluation before training, as
+            // its log recorded it.
+            self.log.logged_eval(0)
         };
         // Started after the first evaluation, so steps/s and ETA are about steps.
         let mut progress = Progress::new(self.first_step, c.steps, c.progress);
@@ -323,7 +384,7 @@ impl<'v> Trainer<'v> {
                 after = self.evaluate(done, &mut evaluate, &progress)?;
             }
             if done == c.steps || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0) {
-                let state = checkpoint::CheckpointState { step: done, config: c.clone() };
+                let state = checkpoint::CheckpointState { step: done, config: c.clone(), run: self.run.clone(), checksums: BTreeMap::new() };
                 checkpoint_path = Some(checkpoint::save(&self.out.join("checkpoints"), self.vs, &self.optimizer, &state, c.keep_checkpoints)?);
             }
         }

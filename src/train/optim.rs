@@ -99,7 +99,7 @@ impl AdamW {
     /// [`GradCacheError::Checkpoint`] when the file holds moments for
     /// variables `vs` lacks or with other shapes, or no step count.
     pub fn load(&mut self, vs: &nn::VarStore, file: &Path) -> Result<()> {
-        let bad = |reason| GradCacheError::Checkpoint { path: file.to_path_buf(), reason };
+        let bad = |reason: &str| GradCacheError::Checkpoint { path: file.to_path_buf(), reason: reason.to_string() };
         let vars = vs.variables();
         let mut step = None;
         let mut first: BTreeMap<String, Tensor> = BTreeMap::new();

@@ -210,12 +210,77 @@ pub struct TrainArgs {
     /// Train on these JSONL records instead of the WordNet training split.
     #[arg(long)]
     pub train_jsonl: Option<PathBuf>,
-    /// Continue from the newest checkpoint in the output folder.
-    #[arg(long)]
+    /// Continue from the newest intact checkpoint in the output folder
+    /// (refused when any setting that shapes training differs).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start over in an output folder that holds another run (its
+    /// checkpoints and metrics are kept one generation back, as
+    /// checkpoints.previous/ and metrics.previous.jsonl).
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// How a run treats its output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: refused when the folder already holds one.
+    New,
+    /// Continue the run in the folder from its newest intact checkpoint.
+    Resume,
+    /// A new run in a folder that holds another (set one generation back).
+    Overwrite,
+}
+
+impl TrainArgs {
+    /// The start the flags ask for.
+    pub fn start(&self) -> Start {
+        match (self.resume, self.overwrite) {
+            (true, _) => Start::Resume,
+            (false, true) => Start::Overwrite,
+            (false, false) => Start::New,
+        }
+    }
+}
+
+/// Settings of a run that do not shape what is trained: they may change
+/// between a run and its resume. (The training block's own rule is
+/// [`crate::train::checkpoint::MAY_CHANGE_ON_RESUME`].)
+const NOT_IN_FINGERPRINT: [&str; 10] =
+    ["model_dir", "data_dir", "train_jsonl", "output_dir", "device", "dev_queries", "eval_split", "test_queries", "baselines", "train"];
+
+/// The run's identity beyond its training block: every other setting that
+/// shapes training, and SHA-256 checksums of the model weights and of the
+/// training data (so a moved folder is the same run, a changed file is
+/// not).
+fn fingerprint(c: &RerankerConfig, model: &ModelDir) -> Result<crate::train::checkpoint::RunFingerprint> {
+    use crate::train::checkpoint::sha256_file;
+    let json = serde_json::to_value(c).map_err(|source| GradCacheError::Json { path: c.output_dir.join("config.json"), source })?;
+    let mut run = crate::config::flatten(&json);
+    run.retain(|k, _| !NOT_IN_FINGERPRINT.iter().any(|i| k == i || k.starts_with(&format!("{i}."))));
+    run.insert("model.sha256".into(), sha256_file(&model.root().join("model.safetensors"))?.into());
+    let data = match &c.train_jsonl {
+        Some(path) => sha256_file(path)?,
+        None => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&c.data_dir)
+                .map_err(crate::error::io_error(&c.data_dir))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            files.iter().map(|f| sha256_file(f)).collect::<Result<Vec<_>>>()?.join("+")
+        }
+    };
+    run.insert("data.sha256".into(), data.into());
+    Ok(run)
+}
+
+/// Whether a folder holds a run (its config or checkpoints).
+fn holds_run(dir: &Path) -> bool {
+    dir.join("config.json").exists() || dir.join("checkpoints").exists() || dir.join("metrics.jsonl").exists()
 }
 
 fn parse_split(s: &str) -> std::result::Result<Split, String> {
@@ -317,14 +382,21 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 ///
 /// # Errors
 /// Any configuration, data, model, training or file error, typed.
-pub fn run(c: &RerankerConfig, resume: bool) -> Result<TrainReport> {
+pub fn run(c: &RerankerConfig, start: Start) -> Result<TrainReport> {
+    // Everything is checked before anything is written: a run that fails
+    // here leaves an existing run folder as it was.
     c.validate()?;
     let device = parse_device(&c.device)?;
-    std::fs::create_dir_all(&c.output_dir).map_err(crate::error::io_error(&c.output_dir))?;
-    write_json(&c.output_dir.join("config.json"), c)?;
-
+    if start == Start::New && holds_run(&c.output_dir) {
+        return Err(GradCacheError::RunExists { path: c.output_dir.clone() });
+    }
     if !c.model_dir.is_dir() {
-        return Err(crate::error::not_found(&c.model_dir, "model folder missing: run scripts/gradcache.sh setup"));
+        let why = if c.model_dir == RerankerConfig::default().model_dir {
+            "model folder missing: run scripts/gradcache.sh setup"
+        } else {
+            "model folder missing (a BERT folder: config.json, vocab.txt, model.safetensors)"
+        };
+        return Err(crate::error::not_found(&c.model_dir, why));
     }
     let model = ModelDir::open(&c.model_dir)?;
     let tok = model.tokenizer(c.max_len)?;
@@ -341,8 +413,10 @@ pub fn run(c: &RerankerConfig, resume: bool) -> Result<TrainReport> {
         None => task.training_records(),
     };
     if records.is_empty() {
-        return Err(GradCacheError::EmptyInput { what: "training records" });
+        let path = c.train_jsonl.clone().unwrap_or_else(|| c.data_dir.clone());
+        return Err(GradCacheError::NoRecords { path, what: "training records" });
     }
+    crate::data::check_negatives(&records, c.group_size)?;
     let dev = task.sense_eval(c.eval_split, c.dev_queries);
     let dev_queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
     let dev_corpus: Vec<&str> = dev.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
@@ -378,7 +452,17 @@ pub fn run(c: &RerankerConfig, resume: bool) -> Result<TrainReport> {
     };
     let cosine = pretrained.as_ref().map(|p| sense_metrics(&p.score(&dev_queries, &dev_corpus)?, &dev)).transpose()?;
 
-    let mut trainer = Trainer::new(c.train.clone(), scorer.var_store(), &c.output_dir, resume)?;
+    let mut trainer = Trainer::for_run(c.train.clone(), scorer.var_store(), &c.output_dir, start == Start::Resume, fingerprint(c, &model)?)?;
+    // Only a run that may use this folder records its config there.
+    write_json(&c.output_dir.join("config.json"), c)?;
+    for (path, why) in trainer.skipped_checkpoints() {
+        eprintln!("resume: skipped damaged checkpoint {}: {why}", path.display());
+    }
+    match trainer.resumed_from() {
+        Some(path) => println!("resuming from {} (step {} of {})", path.display(), trainer.first_step(), c.train.steps),
+        None if start == Start::Resume => println!("nothing to resume in {}: starting at step 0", c.output_dir.display()),
+        None => {}
+    }
     let summary = trainer.run(
         |i| {
             let (q, p, t) = batch(&records, c, &tok, i, device)?;
