@@ -198,3 +198,26 @@ fn damaged_checkpoints_are_skipped_for_the_newest_intact_one() {
         }
     }
 }
+
+#[test]
+fn a_partial_block_keeps_the_documented_values_of_every_field_it_does_not_name() {
+    // One field per block; every other field of the block must keep the
+    // recipe's documented default (not the block type's own Default).
+    let dir = common::scratch("recipe-blocks");
+    let defaults = serde_json::to_value(RerankerConfig::default()).unwrap();
+    let cases = [
+        ("train", "checkpoint_every", serde_json::json!(2)),
+        ("step", "head_block_passages", serde_json::json!(32)),
+        ("encoder", "normalize", serde_json::json!(true)),
+        ("loss", "temperature", serde_json::json!(0.5)),
+        ("head", "hidden", serde_json::json!(64)),
+    ];
+    for (block, field, value) in cases {
+        let path = dir.join(format!("{block}.json"));
+        std::fs::write(&path, serde_json::json!({ block: { field: value.clone() } }).to_string()).unwrap();
+        let got = serde_json::to_value(RerankerConfig::read(&path).unwrap()).unwrap();
+        let mut want = defaults.clone();
+        want[block][field] = value;
+        assert_eq!(got, want, "block {block}");
+    }
+}
