@@ -29,6 +29,9 @@ pub struct StepConfig {
     pub check_replay: bool,
     /// Relative tolerance of the replay check.
     pub replay_tolerance: f64,
+    /// Which first-pass graphs the step keeps instead of recomputing
+    /// ([`crate::plan::MemoryConfig`]; default: recompute all).
+    pub memory: crate::plan::MemoryConfig,
 }
 
 impl Default for StepConfig {
@@ -41,6 +44,7 @@ impl Default for StepConfig {
             train: true,
             check_replay: true,
             replay_tolerance: 1e-4,
+            memory: crate::plan::MemoryConfig::default(),
         }
     }
 }

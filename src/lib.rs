@@ -80,6 +80,7 @@ pub mod head;
 pub mod heads;
 pub mod loss;
 pub mod metrics;
+pub mod plan;
 pub mod pretrained;
 pub mod reference;
 pub mod replay;

@@ -8,6 +8,7 @@ use crate::batch::Chunk;
 use crate::config::pieces;
 use crate::encoder::Encoder;
 use crate::error::{GradCacheError, Result, Side};
+use crate::plan::{Plan, RetainCounts};
 use crate::replay::ReplaySeeds;
 use crate::step::{
     checked_loss_value, encode_all, first_non_finite_block, score_all, GradCache, PhaseTimings, Representations,
@@ -33,7 +34,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let seeds = ReplaySeeds::draw()?;
         let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, 1.0)?;
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: self.sizes(queries.len(), passages.len(), false) })
+        Ok(StepOutput { loss, timings, sizes: self.sizes(queries.len(), passages.len(), false), retained: RetainCounts::default() })
     }
 
     /// Gradient accumulation: the batch is split into sub-batches of
@@ -76,7 +77,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             timings.encoder += tm.encoder;
         }
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: self.sizes(n, passages.len(), false) })
+        Ok(StepOutput { loss, timings, sizes: self.sizes(n, passages.len(), false), retained: RetainCounts::default() })
     }
 
     /// Forward with graph over every chunk and block, `scale · L`, backward.
@@ -90,19 +91,22 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         scale: f64,
     ) -> Result<(f64, PhaseTimings)> {
         let c = &self.config;
+        // The same chunks and blocks as the step (so the same random
+        // streams), all with graph at once: nothing is retained or recomputed.
+        let plan = Plan::with_retained(c, queries.len(), passages.len(), RetainCounts::default());
         let mut timings = PhaseTimings::default();
         tch::with_grad(|| {
             let t = Instant::now();
             let reps = Representations {
-                queries: encode_all(self.query_encoder, queries, c.query_chunk_size, Side::Queries, seeds, c.train)?,
-                passages: encode_all(self.passage_encoder, passages, c.passage_chunk_size, Side::Passages, seeds, c.train)?,
+                queries: encode_all(self.query_encoder, queries, &plan, Side::Queries, seeds, c.train)?.0,
+                passages: encode_all(self.passage_encoder, passages, &plan, Side::Passages, seeds, c.train)?.0,
             };
             timings.representation = t.elapsed();
 
             let t = Instant::now();
-            let scores = score_all(self.head, &reps, c, seeds)?;
+            let scores = score_all(self.head, &reps, &plan, c.train, seeds)?.0;
             if !all_finite(&scores)? {
-                return Err(first_non_finite_block(&scores, c)?);
+                return Err(first_non_finite_block(&scores, &plan)?);
             }
             timings.score = t.elapsed();
 

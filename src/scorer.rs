@@ -402,7 +402,9 @@ impl Scorer {
     /// Head errors; [`GradCacheError::HeadShape`].
     pub fn score_representations(&self, queries: &Representation, passages: &Representation) -> Result<Tensor> {
         let reps = Representations { queries: queries.with_tensor(queries.tensor().shallow_clone()), passages: passages.with_tensor(passages.tensor().shallow_clone()) };
-        tch::no_grad(|| score_all(self.head.as_ref(), &reps, &self.config.layout.eval_step(), &ReplaySeeds::from_base(0)))
+        let step = self.config.layout.eval_step();
+        let plan = crate::plan::Plan::with_retained(&step, queries.len(), passages.len(), Default::default());
+        Ok(tch::no_grad(|| score_all(self.head.as_ref(), &reps, &plan, false, &ReplaySeeds::from_base(0)))?.0)
     }
 
     /// Scores every query against every passage.

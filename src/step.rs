@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
 use crate::batch::Chunk;
-use crate::config::{pieces, StepConfig};
+use crate::config::StepConfig;
+use crate::plan::{Plan, RetainCounts};
 use crate::encoder::Encoder;
 use crate::error::{GradCacheError, ReplayStage, Result, Side};
 use crate::head::{RepresentationGradients, ScoringHead};
@@ -100,6 +101,9 @@ pub struct StepOutput {
     pub timings: PhaseTimings,
     /// How the batch was cut.
     pub sizes: StepSizes,
+    /// How many chunks and blocks kept their first-pass graph (zero under
+    /// the default `{"recompute": "all"}`).
+    pub retained: RetainCounts,
 }
 
 /// The two-cache gradient step over a query encoder, a passage encoder (the
@@ -233,15 +237,16 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// accumulated: zero them before the next step.
     pub fn step(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<StepOutput> {
         self.check_batch(queries, passages, targets)?;
+        let plan = Plan::new(&self.config, queries.len(), passages.len())?;
         let seeds = ReplaySeeds::draw()?;
         let mut timings = PhaseTimings::default();
 
         let t = Instant::now();
-        let reps = self.representation_pass(queries, passages, &seeds)?;
+        let (reps, kept_queries, kept_passages) = self.planned_representation_pass(queries, passages, &seeds, &plan)?;
         timings.representation = t.elapsed();
 
         let t = Instant::now();
-        let scores = self.score_pass(&reps, &seeds)?;
+        let (scores, kept_blocks) = self.planned_score_pass(&reps, &seeds, &plan)?;
         timings.score = t.elapsed();
 
         let t = Instant::now();
@@ -249,16 +254,23 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         timings.distance_gradient = t.elapsed();
 
         let t = Instant::now();
-        let (rep_grads, closed_form_head) = self.head_pass(&reps, &scores, &cache.weights, &seeds)?;
+        let (rep_grads, closed_form_head) = self.planned_head_pass(&reps, &scores, &cache.weights, &seeds, &plan, kept_blocks)?;
         timings.head = t.elapsed();
 
         let t = Instant::now();
-        self.encoder_pass(queries, passages, &reps, &rep_grads, &seeds)?;
+        let c = &self.config;
+        backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &rep_grads.queries, &seeds, c, kept_queries)?;
+        backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &rep_grads.passages, &seeds, c, kept_passages)?;
         synchronize(scores.device());
         timings.encoder = t.elapsed();
 
         seeds.finish();
-        Ok(StepOutput { loss: cache.loss, timings, sizes: self.sizes(queries.len(), passages.len(), closed_form_head) })
+        Ok(StepOutput {
+            loss: cache.loss,
+            timings,
+            sizes: self.sizes(queries.len(), passages.len(), closed_form_head),
+            retained: plan.retained(),
+        })
     }
 
     pub(crate) fn check_batch(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<()> {
@@ -294,11 +306,30 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         passages: &PE::Input,
         seeds: &ReplaySeeds,
     ) -> Result<Representations> {
+        let plan = self.recompute_all(queries.len(), passages.len());
+        Ok(self.planned_representation_pass(queries, passages, seeds, &plan)?.0)
+    }
+
+    /// The plan of this step's chunks and blocks with nothing retained: the
+    /// layout the public pass methods use.
+    fn recompute_all(&self, n: usize, m: usize) -> Plan {
+        Plan::with_retained(&self.config, n, m, crate::plan::RetainCounts::default())
+    }
+
+    /// Step 1 under `plan`: retained chunks are encoded with graph and kept
+    /// (returned per chunk, `None` for recomputed ones).
+    #[allow(clippy::type_complexity)]
+    fn planned_representation_pass(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        seeds: &ReplaySeeds,
+        plan: &Plan,
+    ) -> Result<(Representations, Vec<Option<Representation>>, Vec<Option<Representation>>)> {
         tch::no_grad(|| {
-            Ok(Representations {
-                queries: encode_all(self.query_encoder, queries, self.config.query_chunk_size, Side::Queries, seeds, self.config.train)?,
-                passages: encode_all(self.passage_encoder, passages, self.config.passage_chunk_size, Side::Passages, seeds, self.config.train)?,
-            })
+            let (q, kept_q) = encode_all(self.query_encoder, queries, plan, Side::Queries, seeds, self.config.train)?;
+            let (p, kept_p) = encode_all(self.passage_encoder, passages, plan, Side::Passages, seeds, self.config.train)?;
+            Ok((Representations { queries: q, passages: p }, kept_q, kept_p))
         })
     }
 
@@ -312,11 +343,18 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// Head errors; [`GradCacheError::HeadShape`];
     /// [`GradCacheError::NonFiniteScores`] naming the first bad block.
     pub fn score_pass(&self, reps: &Representations, seeds: &ReplaySeeds) -> Result<Tensor> {
-        let scores = tch::no_grad(|| score_all(self.head, reps, &self.config, seeds))?;
+        let plan = self.recompute_all(reps.queries.len(), reps.passages.len());
+        Ok(self.planned_score_pass(reps, seeds, &plan)?.0)
+    }
+
+    /// Step 2 under `plan`: retained blocks keep their graph (scores and
+    /// input leaves), returned per block.
+    fn planned_score_pass(&self, reps: &Representations, seeds: &ReplaySeeds, plan: &Plan) -> Result<(Tensor, Vec<Option<KeptBlock>>)> {
+        let (scores, kept) = tch::no_grad(|| score_all(self.head, reps, plan, self.config.train, seeds))?;
         if !all_finite(&scores)? {
-            return Err(first_non_finite_block(&scores, &self.config)?);
+            return Err(first_non_finite_block(&scores, plan)?);
         }
-        Ok(scores)
+        Ok((scores, kept))
     }
 
     /// Step 3, the distance-gradient cache: `L(S)` and `W = ∂L/∂S`.
@@ -356,6 +394,22 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         weights: &Tensor,
         seeds: &ReplaySeeds,
     ) -> Result<(RepresentationGradients, bool)> {
+        let plan = self.recompute_all(reps.queries.len(), reps.passages.len());
+        let kept = (0..plan.blocks().count()).map(|_| None).collect();
+        self.planned_head_pass(reps, scores, weights, seeds, &plan, kept)
+    }
+
+    /// Step 4 under `plan`: a retained block is backpropagated through the
+    /// graph the score pass kept; the others are recomputed.
+    fn planned_head_pass(
+        &self,
+        reps: &Representations,
+        scores: &Tensor,
+        weights: &Tensor,
+        seeds: &ReplaySeeds,
+        plan: &Plan,
+        mut kept: Vec<Option<KeptBlock>>,
+    ) -> Result<(RepresentationGradients, bool)> {
         if let Some(grads) = self.head.closed_form_gradients(&reps.queries, &reps.passages, weights) {
             let grads = grads?;
             for (g, r, what) in [(&grads.queries, &reps.queries, "closed-form ∂L/∂U"), (&grads.passages, &reps.passages, "closed-form ∂L/∂V")] {
@@ -368,30 +422,52 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let c = &self.config;
         let acc = accumulation_kind(reps.queries.kind());
         let d_passages = reps.passages.tensor().f_zeros_like()?.f_to_kind(acc)?;
-        let mut d_query_blocks = Vec::new();
+        let d_queries = reps.queries.tensor().f_zeros_like()?.f_to_kind(acc)?;
         let mut log = ReplayLog::new(ReplayStage::HeadBlock, c.check_replay);
-        let col_blocks: Vec<_> = pieces(reps.passages.len(), c.head_block_passages).collect();
-        for (ai, (a0, al)) in pieces(reps.queries.len(), c.head_block_queries).enumerate() {
-            let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
-            for (bi, &(b0, bl)) in col_blocks.iter().enumerate() {
-                let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
-                seeds.enter(Stream::HeadBlock, ai * col_blocks.len() + bi);
-                let s = tch::with_grad(|| self.head.score(&u, &v, c.train))?;
-                check_block_shape(&s, al, bl)?;
-                let w = weights.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
-                log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
-                // Backward of S_ab with incoming gradient W_ab.
-                s.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?.f_backward()?;
-                let mut slot = d_passages.f_narrow(0, b0 as i64, bl as i64)?;
-                let _ = slot.f_add_(&leaf_grad(v.tensor(), acc)?)?;
+        // One leaf per row of blocks for the recomputed blocks, so that a
+        // row's query gradient accumulates in it.
+        let mut row_leaf: Vec<Option<Representation>> = plan.rows().iter().map(|_| None).collect();
+        for block in plan.blocks() {
+            let (a0, al, b0, bl) = (block.queries.start, block.queries.len, block.passages.start, block.passages.len);
+            let w = weights.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
+            let (s, own_leaf, v) = match kept.get_mut(block.index).and_then(Option::take) {
+                Some(k) => (k.scores, Some(k.queries), k.passages),
+                None => {
+                    let u = match &row_leaf[block.row] {
+                        Some(u) => u.with_tensor(u.tensor().shallow_clone()),
+                        None => {
+                            let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
+                            row_leaf[block.row] = Some(u.with_tensor(u.tensor().shallow_clone()));
+                            u
+                        }
+                    };
+                    let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
+                    seeds.enter(Stream::HeadBlock, block.index);
+                    let s = tch::with_grad(|| self.head.score(&u, &v, c.train))?;
+                    check_block_shape(&s, al, bl)?;
+                    log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
+                    // The row's shared leaf collects its gradient below, once.
+                    (s, None, v)
+                }
+            };
+            // Backward of S_ab with incoming gradient W_ab.
+            s.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?.f_backward()?;
+            let mut slot = d_passages.f_narrow(0, b0 as i64, bl as i64)?;
+            let _ = slot.f_add_(&leaf_grad(v.tensor(), acc)?)?;
+            if let Some(u) = own_leaf {
+                // A retained block's own query leaf.
+                let mut rows = d_queries.f_narrow(0, a0 as i64, al as i64)?;
+                let _ = rows.f_add_(&leaf_grad(u.tensor(), acc)?)?;
             }
-            d_query_blocks.push(leaf_grad(u.tensor(), acc)?);
+        }
+        for (row, leaf) in plan.rows().iter().zip(&row_leaf) {
+            if let Some(u) = leaf {
+                let mut rows = d_queries.f_narrow(0, row.start as i64, row.len as i64)?;
+                let _ = rows.f_add_(&leaf_grad(u.tensor(), acc)?)?;
+            }
         }
         log.finish(c.replay_tolerance)?;
-        Ok((
-            RepresentationGradients { queries: Tensor::f_cat(&d_query_blocks, 0)?, passages: d_passages },
-            false,
-        ))
+        Ok((RepresentationGradients { queries: d_queries, passages: d_passages }, false))
     }
 
     /// Step 5, the encoder pass: for each chunk, re-encodes with autograd on
@@ -411,9 +487,19 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         seeds: &ReplaySeeds,
     ) -> Result<()> {
         let c = &self.config;
-        backprop_all(self.query_encoder, queries, c.query_chunk_size, Side::Queries, &reps.queries, &grads.queries, seeds, c)?;
-        backprop_all(self.passage_encoder, passages, c.passage_chunk_size, Side::Passages, &reps.passages, &grads.passages, seeds, c)
+        let plan = self.recompute_all(queries.len(), passages.len());
+        let none = |side| plan.chunks(side).iter().map(|_| None).collect();
+        backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &grads.queries, seeds, c, none(Side::Queries))?;
+        backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &grads.passages, seeds, c, none(Side::Passages))
     }
+}
+
+/// A head block whose graph the score pass kept: its scores and its input
+/// leaves.
+pub(crate) struct KeptBlock {
+    scores: Tensor,
+    queries: Representation,
+    passages: Representation,
 }
 
 fn stream_of(side: Side) -> Stream {
@@ -442,46 +528,66 @@ pub(crate) fn encode_chunk<E: Encoder + ?Sized>(
     Ok(rep)
 }
 
-/// Encodes every chunk of `input` (with or without graph, as the caller's
-/// grad mode says) and concatenates.
+/// Encodes every chunk of `input` as `plan` cuts it (with or without graph,
+/// as the caller's grad mode says) and concatenates; a retained chunk is
+/// encoded with graph whatever the mode, kept, and enters the
+/// concatenation detached.
 pub(crate) fn encode_all<E: Encoder + ?Sized>(
     encoder: &E,
     input: &E::Input,
-    chunk_size: usize,
+    plan: &Plan,
     side: Side,
     seeds: &ReplaySeeds,
     train: bool,
-) -> Result<Representation> {
-    let parts = pieces(input.len(), chunk_size)
-        .enumerate()
-        .map(|(i, piece)| encode_chunk(encoder, input, piece, i, side, seeds, train))
-        .collect::<Result<Vec<_>>>()?;
-    Representation::cat(&parts)
+) -> Result<(Representation, Vec<Option<Representation>>)> {
+    let mut parts = Vec::new();
+    let mut kept = Vec::new();
+    for (i, &(piece, retained)) in plan.chunks(side).iter().enumerate() {
+        if retained {
+            let rep = tch::with_grad(|| encode_chunk(encoder, input, (piece.start, piece.len), i, side, seeds, train))?;
+            parts.push(rep.detach()?);
+            kept.push(Some(rep));
+        } else {
+            parts.push(encode_chunk(encoder, input, (piece.start, piece.len), i, side, seeds, train)?);
+            kept.push(None);
+        }
+    }
+    Ok((Representation::cat(&parts)?, kept))
 }
 
-/// Scores every block (with or without graph, as the caller's grad mode
-/// says) and assembles `S`.
+/// Scores every block of `plan` (with or without graph, as the caller's
+/// grad mode says) and assembles `S`; a retained block is scored with graph
+/// on fresh input leaves whatever the mode, kept, and enters `S` detached.
 pub(crate) fn score_all(
     head: &dyn ScoringHead,
     reps: &Representations,
-    config: &StepConfig,
+    plan: &Plan,
+    train: bool,
     seeds: &ReplaySeeds,
-) -> Result<Tensor> {
-    let col_blocks: Vec<_> = pieces(reps.passages.len(), config.head_block_passages).collect();
-    let mut rows = Vec::new();
-    for (ai, (a0, al)) in pieces(reps.queries.len(), config.head_block_queries).enumerate() {
-        let u = reps.queries.narrow(a0, al)?;
-        let mut row = Vec::with_capacity(col_blocks.len());
-        for (bi, &(b0, bl)) in col_blocks.iter().enumerate() {
-            let v = reps.passages.narrow(b0, bl)?;
-            seeds.enter(Stream::HeadBlock, ai * col_blocks.len() + bi);
-            let s = head.score(&u, &v, config.train)?;
+) -> Result<(Tensor, Vec<Option<KeptBlock>>)> {
+    let mut rows: Vec<Vec<Tensor>> = plan.rows().iter().map(|_| Vec::new()).collect();
+    let mut kept = Vec::new();
+    for block in plan.blocks() {
+        let (a0, al, b0, bl) = (block.queries.start, block.queries.len, block.passages.start, block.passages.len);
+        seeds.enter(Stream::HeadBlock, block.index);
+        if block.retained {
+            let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
+            let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
+            let s = tch::with_grad(|| head.score(&u, &v, train))?;
             check_block_shape(&s, al, bl)?;
-            row.push(s);
+            rows[block.row].push(s.f_detach()?);
+            kept.push(Some(KeptBlock { scores: s, queries: u, passages: v }));
+        } else {
+            let u = reps.queries.narrow(a0, al)?;
+            let v = reps.passages.narrow(b0, bl)?;
+            let s = head.score(&u, &v, train)?;
+            check_block_shape(&s, al, bl)?;
+            rows[block.row].push(s);
+            kept.push(None);
         }
-        rows.push(Tensor::f_cat(&row, 1)?);
     }
-    Ok(Tensor::f_cat(&rows, 0)?)
+    let rows = rows.iter().map(|r| Tensor::f_cat(r, 1)).collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((Tensor::f_cat(&rows, 0)?, kept))
 }
 
 fn check_block_shape(s: &Tensor, queries: usize, passages: usize) -> Result<()> {
@@ -492,14 +598,13 @@ fn check_block_shape(s: &Tensor, queries: usize, passages: usize) -> Result<()> 
 }
 
 /// Locates the first block with a non-finite score (error path only).
-pub(crate) fn first_non_finite_block(scores: &Tensor, config: &StepConfig) -> Result<GradCacheError> {
+pub(crate) fn first_non_finite_block(scores: &Tensor, plan: &Plan) -> Result<GradCacheError> {
     let (n, m) = (scores.size()[0] as usize, scores.size()[1] as usize);
-    for (a0, al) in pieces(n, config.head_block_queries) {
-        for (b0, bl) in pieces(m, config.head_block_passages) {
-            let block = scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
-            if !all_finite(&block)? {
-                return Ok(GradCacheError::NonFiniteScores { queries: a0..a0 + al, passages: b0..b0 + bl });
-            }
+    for b in plan.blocks() {
+        let (a0, al, b0, bl) = (b.queries.start, b.queries.len, b.passages.start, b.passages.len);
+        let block = scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
+        if !all_finite(&block)? {
+            return Ok(GradCacheError::NonFiniteScores { queries: a0..a0 + al, passages: b0..b0 + bl });
         }
     }
     Ok(GradCacheError::NonFiniteScores { queries: 0..n, passages: 0..m })
@@ -527,29 +632,38 @@ fn leaf_grad(leaf: &Tensor, kind: tch::Kind) -> Result<Tensor> {
     }
 }
 
-/// Re-encodes every chunk with graph and backpropagates its slice of `grads`.
+/// Backpropagates each chunk's slice of `grads`: through the graph kept in
+/// the representation pass for a retained chunk, or through a re-encoding
+/// (same random stream, checked against the first pass) for the others.
 #[allow(clippy::too_many_arguments)]
 fn backprop_all<E: Encoder + ?Sized>(
     encoder: &E,
     input: &E::Input,
-    chunk_size: usize,
+    plan: &Plan,
     side: Side,
     cached: &Representation,
     grads: &Tensor,
     seeds: &ReplaySeeds,
     config: &StepConfig,
+    mut kept: Vec<Option<Representation>>,
 ) -> Result<()> {
     let stage = match side {
         Side::Queries => ReplayStage::QueryChunk,
         Side::Passages => ReplayStage::PassageChunk,
     };
     let mut log = ReplayLog::new(stage, config.check_replay);
-    for (i, (start, len)) in pieces(input.len(), chunk_size).enumerate() {
-        let rep = tch::with_grad(|| encode_chunk(encoder, input, (start, len), i, side, seeds, config.train))?;
+    for (i, &(piece, _)) in plan.chunks(side).iter().enumerate() {
+        let (s, l) = (piece.start as i64, piece.len as i64);
+        let rep = match kept.get_mut(i).and_then(Option::take) {
+            Some(rep) => rep,
+            None => {
+                let rep = tch::with_grad(|| encode_chunk(encoder, input, (piece.start, piece.len), i, side, seeds, config.train))?;
+                let cached_chunk = Representation::narrow_tokens_like(&cached.tensor().f_narrow(0, s, l)?, rep.tensor())?;
+                log.record(rep.tensor(), &cached_chunk)?;
+                rep
+            }
+        };
         let y = rep.tensor();
-        let (s, l) = (start as i64, len as i64);
-        let cached_chunk = Representation::narrow_tokens_like(&cached.tensor().f_narrow(0, s, l)?, y)?;
-        log.record(y, &cached_chunk)?;
         let g = Representation::narrow_tokens_like(&grads.f_narrow(0, s, l)?, y)?;
         // Backward of the chunk's representation with incoming gradient g.
         y.f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?.f_backward()?;

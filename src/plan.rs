@@ -1,0 +1,177 @@
+//! The layout of one two-cache step as one object: the encoder chunks of
+//! each side, the grid of head blocks, the replay stream of each (its
+//! index), and for each chunk and block whether the first pass keeps its
+//! graph (**retained**: the second pass backpropagates through it directly)
+//! or drops it (**recomputed**: the second pass runs it again from the same
+//! random stream). Every pass of the step reads the same `Plan`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{pieces, StepConfig};
+use crate::error::{GradCacheError, Result};
+
+/// How much of the first passes' graphs a step keeps.
+///
+/// JSON: `{"recompute": "all"}` (the default: flat memory, every chunk and
+/// block runs twice), `{"recompute": "none"}` (every graph kept: the cost of
+/// the full-batch step), or `{"retain": {"query_chunks": 2,
+/// "passage_chunks": 4, "head_blocks": 8}}` (the first so many of each kept,
+/// the rest recomputed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MemoryConfig {
+    /// Recompute all or none.
+    Recompute {
+        /// `all` or `none`.
+        recompute: Recompute,
+    },
+    /// Keep the first so many chunks and blocks.
+    Retain {
+        /// How many of each.
+        retain: RetainCounts,
+    },
+}
+
+/// Which graphs to recompute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Every chunk and block (flat memory).
+    All,
+    /// None: every graph is kept from the first pass.
+    None,
+}
+
+/// How many chunks and blocks keep their graphs (the first ones in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetainCounts {
+    /// Query chunks.
+    pub query_chunks: usize,
+    /// Passage chunks.
+    pub passage_chunks: usize,
+    /// Head blocks (row by row).
+    pub head_blocks: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig::Recompute { recompute: Recompute::All }
+    }
+}
+
+/// One contiguous piece of a side or of the grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// First item.
+    pub start: usize,
+    /// Items.
+    pub len: usize,
+}
+
+/// One block of the pair grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// Its replay stream index (row-major over the grid).
+    pub index: usize,
+    /// Its row of blocks.
+    pub row: usize,
+    /// Query rows.
+    pub queries: Piece,
+    /// Passage columns.
+    pub passages: Piece,
+    /// Whether the score pass keeps its graph.
+    pub retained: bool,
+}
+
+/// The layout of one step (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    query_chunks: Vec<(Piece, bool)>,
+    passage_chunks: Vec<(Piece, bool)>,
+    rows: Vec<Piece>,
+    cols: Vec<Piece>,
+    retained_blocks: usize,
+}
+
+fn cut(total: usize, size: usize, keep: usize) -> Vec<(Piece, bool)> {
+    pieces(total, size).enumerate().map(|(i, (start, len))| (Piece { start, len }, i < keep)).collect()
+}
+
+impl Plan {
+    /// The plan of `config` for `n` queries and `m` passages.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
+    pub fn new(config: &StepConfig, n: usize, m: usize) -> Result<Plan> {
+        config.validate()?;
+        let counts = match config.memory {
+            MemoryConfig::Recompute { recompute: Recompute::All } => RetainCounts::default(),
+            MemoryConfig::Recompute { recompute: Recompute::None } => {
+                RetainCounts { query_chunks: usize::MAX, passage_chunks: usize::MAX, head_blocks: usize::MAX }
+            }
+            MemoryConfig::Retain { retain } => retain,
+        };
+        Ok(Plan::with_retained(config, n, m, counts))
+    }
+
+    /// The layout of `config` with the first `counts` of each kept.
+    pub fn with_retained(config: &StepConfig, n: usize, m: usize, counts: RetainCounts) -> Plan {
+        Plan {
+            query_chunks: cut(n, config.query_chunk_size, counts.query_chunks),
+            passage_chunks: cut(m, config.passage_chunk_size, counts.passage_chunks),
+            rows: pieces(n, config.head_block_queries).map(|(start, len)| Piece { start, len }).collect(),
+            cols: pieces(m, config.head_block_passages).map(|(start, len)| Piece { start, len }).collect(),
+            retained_blocks: counts.head_blocks,
+        }
+    }
+
+    /// The encoder chunks of a side and whether each is retained; a chunk's
+    /// replay stream is its position.
+    pub fn chunks(&self, side: crate::error::Side) -> &[(Piece, bool)] {
+        match side {
+            crate::error::Side::Queries => &self.query_chunks,
+            crate::error::Side::Passages => &self.passage_chunks,
+        }
+    }
+
+    /// Blocks of the pair grid per row.
+    pub fn blocks_per_row(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Every block of the pair grid, row by row.
+    pub fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
+        self.rows.iter().enumerate().flat_map(move |(row, &queries)| {
+            self.cols.iter().enumerate().map(move |(col, &passages)| {
+                let index = row * self.cols.len() + col;
+                Block { index, row, queries, passages, retained: index < self.retained_blocks }
+            })
+        })
+    }
+
+    /// The rows of blocks (query pieces).
+    pub fn rows(&self) -> &[Piece] {
+        &self.rows
+    }
+
+    /// How many chunks of each side and blocks keep their graphs.
+    pub fn retained(&self) -> RetainCounts {
+        let kept = |c: &[(Piece, bool)]| c.iter().filter(|(_, r)| *r).count();
+        RetainCounts {
+            query_chunks: kept(&self.query_chunks),
+            passage_chunks: kept(&self.passage_chunks),
+            head_blocks: self.retained_blocks.min(self.rows.len() * self.cols.len()),
+        }
+    }
+
+    /// The block holding pair `(i, j)`.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Shape`] for a pair outside the grid.
+    pub fn block_of(&self, i: usize, j: usize) -> Result<Block> {
+        self.blocks()
+            .find(|b| (b.queries.start..b.queries.start + b.queries.len).contains(&i) && (b.passages.start..b.passages.start + b.passages.len).contains(&j))
+            .ok_or(GradCacheError::Shape { what: "pair", expected: "inside the grid", got: vec![i as i64, j as i64] })
+    }
+}
