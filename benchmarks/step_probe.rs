@@ -55,6 +55,10 @@ pub struct ProbeArgs {
     /// Skip the replay check (compare its cost).
     #[arg(long)]
     pub no_check_replay: bool,
+    /// The two-cache step's memory plan, as JSON (`StepConfig.memory`), e.g.
+    /// '{"recompute": "none"}'.
+    #[arg(long)]
+    pub memory: Option<String>,
 }
 
 /// The benchmark's model under `vs`: a small BERT (2 layers, width 128,
@@ -118,7 +122,11 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
         Method::RepCache => StepConfig { head_block_queries: n, head_block_passages: m, ..layout },
         Method::Accumulation | Method::TwoCache => layout,
     };
-    let config = StepConfig { check_replay: !a.no_check_replay, ..config };
+    let memory = match &a.memory {
+        Some(json) => serde_json::from_str(json)?,
+        None => gradcache::plan::MemoryConfig::default(),
+    };
+    let config = StepConfig { check_replay: !a.no_check_replay, memory, ..config };
     let gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
     let (q, p) = (tokens(n, a.tokens)?, tokens(m, a.tokens)?);
     let targets = Targets::grouped(n, m, a.group)?;
@@ -151,7 +159,11 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
     times.sort_by(f64::total_cmp);
     Ok(serde_json::json!({
         "method": format!("{:?}", a.method), "head": a.head, "batch": n, "passages": m, "chunk": a.chunk,
-        "check_replay": !a.no_check_replay, "median_s": times[times.len() / 2], "phase_s": phase_s,
+        "check_replay": !a.no_check_replay, "memory": config_memory(&a.memory), "median_s": times[times.len() / 2], "phase_s": phase_s,
         "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": idle_mb, "steps": times.len(),
     }))
+}
+
+fn config_memory(memory: &Option<String>) -> serde_json::Value {
+    memory.as_deref().and_then(|m| serde_json::from_str(m).ok()).unwrap_or(serde_json::json!({"recompute": "all"}))
 }
