@@ -23,6 +23,9 @@ for head in $heads; do
     "$bin" --method two-cache "${common[@]}" >> "$out.tmp"
     "$bin" --method two-cache --memory "$half" "${common[@]}" >> "$out.tmp"
     "$bin" --method two-cache --memory '{"recompute": "none"}' "${common[@]}" >> "$out.tmp"
+    for budget in ${BUDGETS:-100 400}; do
+        "$bin" --method two-cache --memory "{\"budget_mb\": $budget}" "${common[@]}" >> "$out.tmp"
+    done
 done
 mv "$out.tmp" "$out"
 ./.python - "$out" "benchmarks/retention_bench.sh (HEADS=\"$heads\" BATCH=$batch STEPS=$steps)" <<'PY' | tee docs/results/retention_bench.md
@@ -31,8 +34,8 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print("# Two-cache step with retained graphs\n")
 print(f"Command: `{sys.argv[2]}`. Small BERT (2 layers, width 128), chunks of 16, blocks of 16 x 64, median step time "
       "after one warm-up step; peak resident set (VmHWM) of the process. Ratios against the full-batch step of the same head.\n")
-print("| head | configuration | s/step | x full batch | peak MB | x full batch |")
-print("|---|---|---|---|---|---|")
+print("| head | configuration | retained (query chunks / passage chunks / blocks) | s/step | x full batch | peak MB | x full batch |")
+print("|---|---|---|---|---|---|---|")
 def name(r):
     if r["method"] == "Full":
         return "full batch"
@@ -41,10 +44,16 @@ def name(r):
         return "two-cache, recompute all (default)"
     if m.get("recompute") == "none":
         return "two-cache, retain all"
+    if "budget_mb" in m:
+        est = r["retained"].get("estimate_mb")
+        return f"two-cache, budget {m['budget_mb']} MB (estimate {est:.0f} MB)"
     return "two-cache, retain half"
+def kept(r):
+    k = r.get("retained") or {}
+    return f"{k.get('query_chunks', 0)} / {k.get('passage_chunks', 0)} / {k.get('head_blocks', 0)}" if k else "–"
 for head in dict.fromkeys(r["head"] for r in rows):
     hr = [r for r in rows if r["head"] == head]
     full = next(r for r in hr if r["method"] == "Full")
     for r in hr:
-        print(f"| {head} | {name(r)} | {r['median_s']:.3f} | {r['median_s'] / full['median_s']:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / full['peak_mb']:.2f} |")
+        print(f"| {head} | {name(r)} | {kept(r)} | {r['median_s']:.3f} | {r['median_s'] / full['median_s']:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / full['peak_mb']:.2f} |")
 PY

@@ -132,6 +132,7 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
     let targets = Targets::grouped(n, m, a.group)?;
     let idle_mb = gradcache::runtime::peak_resident_mb()?;
     let (mut times, mut phases) = (Vec::new(), Vec::new());
+    let mut kept = serde_json::Value::Null;
     for step in 0..=a.steps {
         gradcache::check::zero_grads(&vs);
         let t = std::time::Instant::now();
@@ -144,6 +145,10 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
             times.push(t.elapsed().as_secs_f64()); // step 0 is warm-up
             phases.push(out.timings);
         }
+        kept = serde_json::json!({
+            "query_chunks": out.retained.query_chunks, "passage_chunks": out.retained.passage_chunks,
+            "head_blocks": out.retained.head_blocks, "estimate_mb": out.retained_estimate_mb,
+        });
     }
     if times.is_empty() {
         bail!("--steps must be at least 1");
@@ -159,7 +164,7 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
     times.sort_by(f64::total_cmp);
     Ok(serde_json::json!({
         "method": format!("{:?}", a.method), "head": a.head, "batch": n, "passages": m, "chunk": a.chunk,
-        "check_replay": !a.no_check_replay, "memory": config_memory(&a.memory), "median_s": times[times.len() / 2], "phase_s": phase_s,
+        "check_replay": !a.no_check_replay, "memory": config_memory(&a.memory), "retained": kept, "median_s": times[times.len() / 2], "phase_s": phase_s,
         "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": idle_mb, "steps": times.len(),
     }))
 }

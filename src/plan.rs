@@ -14,10 +14,13 @@ use crate::error::{GradCacheError, Result};
 ///
 /// JSON: `{"recompute": "all"}` (the default: flat memory, every chunk and
 /// block runs twice), `{"recompute": "none"}` (every graph kept: the cost of
-/// the full-batch step), or `{"retain": {"query_chunks": 2,
+/// the full-batch step), `{"retain": {"query_chunks": 2,
 /// "passage_chunks": 4, "head_blocks": 8}}` (the first so many of each kept,
-/// the rest recomputed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// the rest recomputed), or `{"budget_mb": 500}`: keep what fits in that
+/// many MB of retained activations, as measured by a probe on the first
+/// step ([`CostModel`]), query chunks first, then passage chunks, then head
+/// blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MemoryConfig {
     /// Recompute all or none.
@@ -30,6 +33,29 @@ pub enum MemoryConfig {
         /// How many of each.
         retain: RetainCounts,
     },
+    /// Keep what fits in a budget for retained activations.
+    Budget {
+        /// Megabytes (2^20 bytes) of retained graphs at most.
+        budget_mb: f64,
+    },
+}
+
+/// Activation memory of a retained graph, measured: bytes per item of an
+/// encoder chunk (its graph and output), and per pair of a head block.
+///
+/// Measured on the first budgeted step by encoding the first chunk of each
+/// side and scoring the first block with graph, and reading the allocator's
+/// bytes in use before and after (glibc's `mallinfo2` on the CPU). It
+/// assumes later chunks cost alike per item: texts much longer than the
+/// first chunk's cost more than estimated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostModel {
+    /// Bytes per query of a query chunk's graph.
+    pub query_item_bytes: f64,
+    /// Bytes per passage of a passage chunk's graph.
+    pub passage_item_bytes: f64,
+    /// Bytes per pair of a head block's graph.
+    pub pair_bytes: f64,
 }
 
 /// Which graphs to recompute.
@@ -106,6 +132,9 @@ impl Plan {
     pub fn new(config: &StepConfig, n: usize, m: usize) -> Result<Plan> {
         config.validate()?;
         let counts = match config.memory {
+            MemoryConfig::Budget { .. } => {
+                return Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget needs a cost model: use Plan::within_budget" })
+            }
             MemoryConfig::Recompute { recompute: Recompute::All } => RetainCounts::default(),
             MemoryConfig::Recompute { recompute: Recompute::None } => {
                 RetainCounts { query_chunks: usize::MAX, passage_chunks: usize::MAX, head_blocks: usize::MAX }
@@ -113,6 +142,40 @@ impl Plan {
             MemoryConfig::Retain { retain } => retain,
         };
         Ok(Plan::with_retained(config, n, m, counts))
+    }
+
+    /// The layout of `config` keeping, in order, query chunks, passage
+    /// chunks and head blocks while their estimated cost stays within
+    /// `budget_bytes`; returns the plan and its estimate.
+    pub fn within_budget(config: &StepConfig, n: usize, m: usize, costs: &CostModel, budget_bytes: f64) -> (Plan, f64) {
+        let mut plan = Plan::with_retained(config, n, m, RetainCounts::default());
+        let mut used = 0.0;
+        let mut fits = |cost: f64| {
+            let ok = used + cost <= budget_bytes;
+            if ok {
+                used += cost;
+            }
+            ok
+        };
+        for (piece, retained) in plan.query_chunks.iter_mut() {
+            *retained = fits(costs.query_item_bytes * piece.len as f64);
+            if !*retained {
+                break;
+            }
+        }
+        if plan.query_chunks.iter().all(|(_, r)| *r) {
+            for (piece, retained) in plan.passage_chunks.iter_mut() {
+                *retained = fits(costs.passage_item_bytes * piece.len as f64);
+                if !*retained {
+                    break;
+                }
+            }
+        }
+        if plan.passage_chunks.iter().all(|(_, r)| *r) && plan.query_chunks.iter().all(|(_, r)| *r) {
+            let blocks: Vec<Block> = plan.blocks().collect();
+            plan.retained_blocks = blocks.iter().take_while(|b| fits(costs.pair_bytes * (b.queries.len * b.passages.len) as f64)).count();
+        }
+        (plan, used)
     }
 
     /// The layout of `config` with the first `counts` of each kept.

@@ -66,3 +66,23 @@ pub fn peak_resident_mb() -> Result<f64> {
         .map(|kb| kb / 1024.0)
         .ok_or(GradCacheError::PeakMemoryUnavailable { reason: "no readable VmHWM line in /proc/self/status" })
 }
+
+/// Bytes the C allocator has handed out and not taken back (glibc's
+/// `mallinfo2`: heap in use plus mmapped blocks): what a graph's CPU tensors
+/// occupy, to the byte, unlike the resident set, which freed-but-kept heap
+/// keeps high.
+///
+/// # Errors
+/// [`GradCacheError::PeakMemoryUnavailable`] off glibc.
+pub fn allocated_bytes() -> Result<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let info = unsafe { libc::mallinfo2() };
+        Ok(info.uordblks + info.hblkhd)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        Err(GradCacheError::PeakMemoryUnavailable { reason: "allocator statistics need glibc" })
+    }
+}

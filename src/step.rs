@@ -13,7 +13,9 @@ use tch::{Device, Tensor};
 
 use crate::batch::Chunk;
 use crate::config::StepConfig;
-use crate::plan::{Plan, RetainCounts};
+use crate::plan::{CostModel, MemoryConfig, Plan, RetainCounts};
+
+const MB: f64 = (1u64 << 20) as f64;
 use crate::encoder::Encoder;
 use crate::error::{GradCacheError, ReplayStage, Result, Side};
 use crate::head::{RepresentationGradients, ScoringHead};
@@ -104,6 +106,9 @@ pub struct StepOutput {
     /// How many chunks and blocks kept their first-pass graph (zero under
     /// the default `{"recompute": "all"}`).
     pub retained: RetainCounts,
+    /// Under a memory budget: the plan's estimate of its retained graphs'
+    /// memory, in MB (never above the budget).
+    pub retained_estimate_mb: Option<f64>,
 }
 
 /// The two-cache gradient step over a query encoder, a passage encoder (the
@@ -114,6 +119,8 @@ pub struct GradCache<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> {
     pub(crate) passage_encoder: &'m PE,
     pub(crate) head: &'m dyn ScoringHead,
     pub(crate) loss: &'m dyn ContrastiveLoss,
+    /// The activation costs measured on the first budgeted step.
+    pub(crate) costs: std::cell::Cell<Option<CostModel>>,
 }
 
 impl<'m, E: Encoder + ?Sized> GradCache<'m, E, E> {
@@ -203,7 +210,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         loss: &'m dyn ContrastiveLoss,
     ) -> Result<Self> {
         config.validate()?;
-        Ok(GradCache { config, query_encoder, passage_encoder, head, loss })
+        Ok(GradCache { config, query_encoder, passage_encoder, head, loss, costs: std::cell::Cell::new(None) })
     }
 
     /// The configuration.
@@ -237,8 +244,22 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// accumulated: zero them before the next step.
     pub fn step(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<StepOutput> {
         self.check_batch(queries, passages, targets)?;
-        let plan = Plan::new(&self.config, queries.len(), passages.len())?;
         let seeds = ReplaySeeds::draw()?;
+        let (plan, estimate) = match self.config.memory {
+            MemoryConfig::Budget { budget_mb } => {
+                let costs = match self.costs.get() {
+                    Some(c) => c,
+                    None => {
+                        let c = self.probe_costs(queries, passages, &seeds)?;
+                        self.costs.set(Some(c));
+                        c
+                    }
+                };
+                let (plan, bytes) = Plan::within_budget(&self.config, queries.len(), passages.len(), &costs, budget_mb * MB);
+                (plan, Some(bytes / MB))
+            }
+            _ => (Plan::new(&self.config, queries.len(), passages.len())?, None),
+        };
         let mut timings = PhaseTimings::default();
 
         let t = Instant::now();
@@ -270,6 +291,56 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             timings,
             sizes: self.sizes(queries.len(), passages.len(), closed_form_head),
             retained: plan.retained(),
+            retained_estimate_mb: estimate,
+        })
+    }
+
+    /// The activation costs under this step's layout, measured: the first
+    /// chunk of each side encoded and the first block scored with graph,
+    /// each from its own replay stream, with the allocator's bytes in use
+    /// read before and after. The graphs are dropped.
+    ///
+    /// # Errors
+    /// [`GradCacheError::PeakMemoryUnavailable`] where the allocator cannot
+    /// be read (off glibc, or on a GPU); encoder and head errors.
+    pub fn probe_costs(&self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<CostModel> {
+        let plan = self.recompute_all(queries.len(), passages.len());
+        let train = self.config.train;
+        let measure = |f: &mut dyn FnMut() -> Result<Box<dyn std::any::Any>>| -> Result<f64> {
+            let before = crate::runtime::allocated_bytes()?;
+            let kept = f()?;
+            let after = crate::runtime::allocated_bytes()?;
+            drop(kept);
+            Ok(after.saturating_sub(before) as f64)
+        };
+        let q = plan.chunks(Side::Queries)[0].0;
+        let p = plan.chunks(Side::Passages)[0].0;
+        let (mut u, mut v) = (None, None);
+        let q_bytes = measure(&mut || {
+            let rep = tch::with_grad(|| encode_chunk(self.query_encoder, queries, (q.start, q.len), 0, Side::Queries, seeds, train))?;
+            u = Some(rep.detach()?);
+            Ok(Box::new(rep))
+        })?;
+        let p_bytes = measure(&mut || {
+            let rep = tch::with_grad(|| encode_chunk(self.passage_encoder, passages, (p.start, p.len), 0, Side::Passages, seeds, train))?;
+            v = Some(rep.detach()?);
+            Ok(Box::new(rep))
+        })?;
+        let (u, v) = (u.ok_or(GradCacheError::EmptyBatch { side: Side::Queries })?, v.ok_or(GradCacheError::EmptyBatch { side: Side::Passages })?);
+        if u.tensor().device() != Device::Cpu {
+            return Err(GradCacheError::PeakMemoryUnavailable { reason: "a memory budget is measured on the CPU only so far (GPU allocator statistics are not read yet)" });
+        }
+        let (a, b) = (u.len().min(self.config.head_block_queries), v.len().min(self.config.head_block_passages));
+        let pair_bytes = measure(&mut || {
+            let (ul, vl) = (u.narrow(0, a)?.detached_leaf()?, v.narrow(0, b)?.detached_leaf()?);
+            seeds.enter(Stream::HeadBlock, 0);
+            let s = tch::with_grad(|| self.head.score(&ul, &vl, train))?;
+            Ok(Box::new((s, ul, vl)))
+        })?;
+        Ok(CostModel {
+            query_item_bytes: q_bytes / q.len as f64,
+            passage_item_bytes: p_bytes / p.len as f64,
+            pair_bytes: pair_bytes / (a * b) as f64,
         })
     }
 

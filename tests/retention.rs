@@ -87,8 +87,64 @@ fn memory_configs_read_from_json_and_unknown_forms_are_errors() {
         read(r#"{"retain": {"head_blocks": 3}}"#).unwrap(),
         MemoryConfig::Retain { retain: RetainCounts { query_chunks: 0, passage_chunks: 0, head_blocks: 3 } }
     );
+    assert_eq!(read(r#"{"budget_mb": 250.5}"#).unwrap(), MemoryConfig::Budget { budget_mb: 250.5 });
     assert!(read(r#"{"recompute": "some"}"#).is_err());
     assert!(read(r#"{"retain": {"blocks": 3}}"#).is_err());
     let step: StepConfig = serde_json::from_str(r#"{"memory": {"recompute": "none"}}"#).unwrap();
     assert_eq!(step.memory, MemoryConfig::Recompute { recompute: Recompute::None });
+}
+
+#[test]
+fn a_budget_keeps_what_its_measured_cost_allows_and_stays_exact() {
+    use gradcache::plan::CostModel;
+    let _serial = serial();
+    // The greedy order, on synthetic costs: query chunks, then passage
+    // chunks, then blocks, each only once the previous kind is all kept.
+    let costs = CostModel { query_item_bytes: 100.0, passage_item_bytes: 10.0, pair_bytes: 1.0 };
+    let config = layout(MemoryConfig::default());
+    // 5 queries (chunks 2, 2, 1: 200, 200, 100 bytes), 15 passages (chunks
+    // 4, 4, 4, 3: 40, 40, 40, 30), blocks of 2 x 6 pairs, the last column
+    // 2 x 3 (row 0: 12, 12, 6 bytes; then 12, 12, 6 again).
+    for (budget, want) in [
+        (0.0, RetainCounts::default()),
+        (450.0, RetainCounts { query_chunks: 2, passage_chunks: 0, head_blocks: 0 }),
+        (500.0 + 115.0, RetainCounts { query_chunks: 3, passage_chunks: 2, head_blocks: 0 }),
+        (500.0 + 150.0 + 29.0, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 2 }),
+        (500.0 + 150.0 + 30.0, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 3 }),
+        (1e9, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 }),
+    ] {
+        let (plan, used) = Plan::within_budget(&config, 5, 15, &costs, budget);
+        assert_eq!(plan.retained(), want, "budget {budget}");
+        assert!(used <= budget, "budget {budget}: estimate {used}");
+    }
+
+    // On a real model: the probe's costs, budgets between nothing and
+    // everything, each step exact against the full batch.
+    let model = Model::new(HeadKind::Interaction, true, Kind::Double, 0.2);
+    let data = data(5, 3, LossKind::InfoNce, 11);
+    let loss = loss(LossKind::InfoNce);
+    let gc = model.step(config.clone(), loss.as_ref());
+    let seeds = gradcache::replay::ReplaySeeds::from_base(1);
+    // The first probe of a process also counts one-time allocations (it
+    // overestimates, the safe side); the budgets below use a settled one.
+    gc.probe_costs(&data.queries, &data.passages, &seeds).unwrap();
+    let measured = gc.probe_costs(&data.queries, &data.passages, &seeds).unwrap();
+    assert!(measured.query_item_bytes > 0.0 && measured.passage_item_bytes > 0.0 && measured.pair_bytes > 0.0, "{measured:?}");
+    let mb = 1048576.0;
+    let one_and_a_half_chunks = 3.0 * measured.query_item_bytes / mb;
+    for budget_mb in [0.0, one_and_a_half_chunks, 1e6] {
+        let config = layout(MemoryConfig::Budget { budget_mb });
+        let gc = model.step(config.clone(), loss.as_ref());
+        let out = gc.step(&data.queries, &data.passages, &data.targets).unwrap();
+        let estimate = out.retained_estimate_mb.unwrap();
+        assert!(estimate <= budget_mb, "estimate {estimate} MB over the budget {budget_mb} MB");
+        let kept = out.retained;
+        match budget_mb {
+            b if b == 0.0 => assert_eq!(kept, RetainCounts::default()),
+            b if b >= 1e6 => assert_eq!(kept, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 }),
+            _ => assert_eq!(kept.query_chunks, 1, "{kept:?}"),
+        }
+        let c = compare(&model, &data, loss.as_ref(), config);
+        assert_exact(&c, F64_TOL, &format!("budget {budget_mb} MB"));
+    }
 }
