@@ -80,6 +80,13 @@ case "$cmd" in
     train)
         setup
         cd "$repo"
+        # The main job is meant to be re-run: unless told to resume (or
+        # already told to overwrite), a re-run starts over in its folder,
+        # keeping the previous run's checkpoints and log one generation back.
+        case " $* " in
+            *" --resume "*|*" --overwrite "*) ;;
+            *) set -- --overwrite "$@" ;;
+        esac
         exec cargo run --release --example train_reranker -- "$@"
         ;;
     test)
