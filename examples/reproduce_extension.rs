@@ -9,17 +9,20 @@
 //!    two-cache step, each configuration in a process of its own (CSV and a
 //!    PNG plot);
 //! 3. **table**: an analogue of the paper's Table 1 for a deep head: MiniLM
-//!    with the interaction-block head on the WordNet task, trained on the
-//!    same examples in the same order from the same seed by a small batch,
-//!    gradient accumulation to a large batch, the two-cache step at that
-//!    large batch, and the full large batch; Top-1/5/20 and MRR@10 on test
-//!    queries, mean and spread over seeds.
+//!    with the interaction-block head (from MiniLM's top layer, residual
+//!    start) on the WordNet task, trained on the same examples in the same
+//!    order from the same seed by a small batch, gradient accumulation to a
+//!    large batch, the two-cache step at that large batch, and the full
+//!    large batch; beside them the bi-encoder baselines at the same budget
+//!    (pretrained cosine; cosine head and MaxSim fine-tuned with the
+//!    two-cache step); Top-1/5/20, MRR@10 and WSD accuracy on test queries,
+//!    mean and spread over seeds.
 //!
-//!     cargo run --release --example reproduce_extension -- [--quick] [--seeds N] [--parts gradients,memory,table]
+//!     cargo run --release --example reproduce_extension -- [--quick] [--seeds N] [--parts gradients,memory,table] [--table-head interaction|mlp] [--skip-baselines]
 //!
-//! The default run takes about an hour on 2 cores; `--quick` about ten
-//! minutes (one seed, fewer examples, fewer test queries; its results go to
-//! `docs/results/reproduce_extension_quick/`).
+//! The default run (one seed) took 91 minutes on 2 cores with other work
+//! beside it (docs/reproduction.md); `--quick` runs fewer examples and test
+//! queries (its results go to `docs/results/reproduce_extension_quick/`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +35,7 @@ use gradcache::data::grouped_batch;
 use gradcache::data::wordnet::{Split, WordSenseData};
 use gradcache::encoders::{BertEncoderConfig, BertImplementation, Pooling};
 use gradcache::eval::{score_corpus, sense_metrics};
-use gradcache::heads::{HeadConfig, InteractionConfig, MlpHeadConfig};
+use gradcache::heads::{CosineHeadConfig, HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig};
 use gradcache::pretrained::ModelDir;
 use gradcache::train::{sample_indices, TrainConfig, Trainer};
 use gradcache::weights::write_bytes_atomically;
@@ -48,21 +51,25 @@ mod step_probe;
 struct Args {
     #[command(subcommand)]
     probe: Option<Probe>,
-    /// About ten minutes instead of about an hour.
+    /// Fewer examples and test queries, smaller memory sweep.
     #[arg(long)]
     quick: bool,
-    /// Seeds for the table (default 3; 1 with --quick).
+    /// Seeds for the table (default 1 for the interaction head, whose runs
+    /// take about an hour per seed on 2 cores, 3 for the MLP; 1 with --quick).
     #[arg(long)]
     seeds: Option<u64>,
     /// Comma-separated: gradients, memory, table.
     #[arg(long, default_value = "gradients,memory,table")]
     parts: String,
-    /// The table's learned head: `mlp` (over [u; v; |u-v|; u*v] of mean-pooled
-    /// MiniLM vectors) or `interaction` (the MORES-style block over 64-d
-    /// token states; learns nothing at the default budget, see
-    /// docs/reproduction.md).
-    #[arg(long, default_value = "mlp", value_parser = ["mlp", "interaction"])]
+    /// The table's learned head: `interaction` (the MORES-style block over
+    /// MiniLM's token states, initialised from its top layer, residual start)
+    /// or `mlp` (the main job's residual MLP over mean-pooled vectors).
+    #[arg(long, default_value = "interaction", value_parser = ["interaction", "mlp"])]
     table_head: String,
+    /// Leave out the baseline rows (pretrained cosine, fine-tuned cosine and
+    /// MaxSim), e.g. for a second table with the other head.
+    #[arg(long)]
+    skip_baselines: bool,
     /// Results folder (default docs/results/reproduce_extension[_quick]).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -105,7 +112,7 @@ struct Plan {
 impl Plan {
     fn new(args: &Args) -> Plan {
         let full = Plan {
-            seeds: args.seeds.unwrap_or(3),
+            seeds: args.seeds.unwrap_or(if args.table_head == "interaction" { 1 } else { 3 }),
             grad_heads: HeadConfig::KINDS.to_vec(),
             memory_head: "interaction",
             memory_batches: vec![16, 32, 64, 128, 256, 512],
@@ -275,16 +282,62 @@ impl Method {
     }
 }
 
-/// The table's encoder and head: `mlp` (the main job's model) or
-/// `interaction` (64-d token states into an interaction block).
-fn table_model(head: &str) -> (BertEncoderConfig, HeadConfig) {
-    if head == "interaction" {
-        (
-            BertEncoderConfig { pooling: Pooling::Tokens, projection: Some(64), ..Default::default() },
-            HeadConfig::Interaction(InteractionConfig { dim: 64, heads: 4, ffn: 128, dropout: 0.1, residual: None, ..InteractionConfig::default() }),
-        )
-    } else {
-        (BertEncoderConfig::default(), HeadConfig::Mlp(MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1, residual: None }))
+/// What a table row trains: the learned head under study, or one of the
+/// bi-encoder baselines at the same budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    /// The table's learned head (`--table-head`).
+    Head,
+    /// The encoder's cosine with one learned temperature.
+    Cosine,
+    /// ColBERT-style MaxSim over L2-normalised token states, no head weights.
+    MaxSim,
+}
+
+impl Model {
+    fn slug(self, table_head: &str) -> &str {
+        match self {
+            Model::Head => table_head,
+            Model::Cosine => "cosine",
+            Model::MaxSim => "max_sim",
+        }
+    }
+}
+
+/// The heads of the rows, with the learning-rate multipliers the main job
+/// uses (the residual gate is one scalar that needs a larger step).
+fn lr_multipliers() -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("head".to_string(), 30.0),
+        ("head.residual.gate".to_string(), 300.0),
+        ("encoder.projection".to_string(), 30.0),
+    ])
+}
+
+/// A row's encoder, head and InfoNCE temperature. `interaction`: MiniLM's
+/// token states into an interaction block initialised from MiniLM's top
+/// layer, with the residual start (MaxSim + gated block), the best
+/// interaction configuration measured in docs/heads-results.md; `mlp`: the
+/// main job's residual MLP. The baselines are those of docs/heads-results.md:
+/// cosine head from temperature 0.05; MaxSim over normalised tokens at
+/// InfoNCE temperature 0.2.
+fn table_model(head: &str, model: Model) -> (BertEncoderConfig, HeadConfig, f64) {
+    match model {
+        Model::Cosine => (BertEncoderConfig::default(), HeadConfig::Cosine(CosineHeadConfig { initial_temperature: 0.05 }), 1.0),
+        Model::MaxSim => (BertEncoderConfig { pooling: Pooling::Tokens, normalize: true, ..Default::default() }, HeadConfig::MaxSim, 0.2),
+        Model::Head if head == "interaction" => (
+            BertEncoderConfig { pooling: Pooling::Tokens, ..Default::default() },
+            HeadConfig::Interaction(InteractionConfig {
+                dim: 384,
+                heads: 12,
+                ffn: 1536,
+                dropout: 0.1,
+                init: InteractionInit::EncoderTopLayer,
+                ..InteractionConfig::default()
+            }),
+            1.0,
+        ),
+        Model::Head => (BertEncoderConfig::default(), HeadConfig::Mlp(MlpHeadConfig::default()), 1.0),
     }
 }
 
@@ -301,23 +354,22 @@ struct TableData {
 }
 
 /// One training run of the table: returns its JSON row.
-fn train_one(plan: &Plan, data: &TableData, method: Method, seed: u64, runs_dir: &Path, quiet: bool) -> Result<serde_json::Value> {
+fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: u64, runs_dir: &Path, quiet: bool) -> Result<serde_json::Value> {
     let started = Instant::now();
     let batch = if method == Method::SmallBatch { plan.small_batch } else { plan.large_batch };
     let steps = plan.examples / batch;
     let tok = &data.tok;
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let (encoder_config, head_config) = table_model(&data.head);
+    let (encoder_config, head_config, temperature) = table_model(&data.head, model);
     let (encoder, _) = encoder_config.init_pretrained(&vs, "encoder", &data.model)?;
-    let head = head_config.init(&(vs.root() / "head"))?;
-    let loss = InfoNce { temperature: 1.0, symmetric: false };
-    let step_config = StepConfig { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() };
-    let gc = GradCache::tied(step_config, &encoder, head.as_ref(), &loss)?;
+    let head = head_config.init_with_encoder(&vs, "head", &encoder)?;
+    let loss = InfoNce { temperature, symmetric: false };
+    let gc = GradCache::tied(table_step_config(), &encoder, head.as_ref(), &loss)?;
     let train = TrainConfig {
         steps,
         learning_rate: 3e-5,
-        lr_multipliers: BTreeMap::from([("head".to_string(), 30.0), ("encoder.projection".to_string(), 30.0)]),
+        lr_multipliers: lr_multipliers(),
         warmup_steps: steps / 10,
         checkpoint_every: 0,
         keep_checkpoints: 1,
@@ -325,7 +377,7 @@ fn train_one(plan: &Plan, data: &TableData, method: Method, seed: u64, runs_dir:
         progress: !quiet,
         ..TrainConfig::default()
     };
-    let out = runs_dir.join(format!("{}_seed{seed}", method.slug()));
+    let out = runs_dir.join(format!("{}_{}_seed{seed}", model.slug(&data.head), method.slug()));
     let mut trainer = Trainer::new(train, &vs, &out, false)?;
     let summary = trainer.run(
         |i| {
@@ -347,17 +399,59 @@ fn train_one(plan: &Plan, data: &TableData, method: Method, seed: u64, runs_dir:
         |i| if i == 0 { Ok(BTreeMap::new()) } else { sense_metrics(&score_corpus(&gc, &data.test_q, &data.test_c)?, &data.test) },
     )?;
     let seconds = started.elapsed().as_secs_f64();
+    let label = row_label(model, method, &data.head);
     println!(
-        "[table] {:<22} seed {seed}: {steps} steps of {batch}, Top-1 {:.3}, Top-20 {:.3}, MRR@10 {:.3} ({seconds:.0} s)",
-        method.name(),
+        "[table] {label:<40} seed {seed}: {steps} steps of {batch}, Top-1 {:.3}, Top-20 {:.3}, MRR@10 {:.3} ({seconds:.0} s)",
         summary.after["top1"],
         summary.after["top20"],
         summary.after["mrr10"]
     );
     Ok(serde_json::json!({
-        "method": method.name(), "seed": seed, "batch": batch, "steps": steps, "examples": steps * batch,
+        "row": label, "model": model.slug(&data.head), "method": method.name(), "seed": seed, "batch": batch, "steps": steps, "examples": steps * batch,
         "final_loss": summary.losses.last(), "metrics": summary.after, "seconds": seconds,
     }))
+}
+
+/// Chunks and blocks of every table run (and of its evaluation).
+fn table_step_config() -> StepConfig {
+    StepConfig { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() }
+}
+
+/// A table row's name.
+fn row_label(model: Model, method: Method, head: &str) -> String {
+    match model {
+        Model::Head => format!("{head} head, {}", method.name()),
+        Model::Cosine => format!("bi-encoder fine-tuned, cosine, {}", method.name()),
+        Model::MaxSim => format!("bi-encoder fine-tuned, MaxSim, {}", method.name()),
+    }
+}
+
+const PRETRAINED_ROW: &str = "pretrained MiniLM, cosine, no training";
+
+/// The pretrained encoder's cosine on the test queries (no training, so no
+/// seed).
+fn pretrained_row(data: &TableData) -> Result<serde_json::Value> {
+    let started = Instant::now();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (encoder_config, head_config, temperature) = table_model(&data.head, Model::Cosine);
+    let (encoder, _) = encoder_config.init_pretrained(&vs, "encoder", &data.model)?;
+    let head = head_config.init(&(vs.root() / "head"))?;
+    let loss = InfoNce { temperature, symmetric: false };
+    let gc = GradCache::tied(table_step_config(), &encoder, head.as_ref(), &loss)?;
+    let metrics = sense_metrics(&score_corpus(&gc, &data.test_q, &data.test_c)?, &data.test)?;
+    println!("[table] {PRETRAINED_ROW:<40} Top-1 {:.3}, Top-20 {:.3}, MRR@10 {:.3}", metrics["top1"], metrics["top20"], metrics["mrr10"]);
+    Ok(serde_json::json!({
+        "row": PRETRAINED_ROW, "model": "pretrained", "method": "none", "seed": null, "batch": 0, "steps": 0, "examples": 0,
+        "final_loss": null, "metrics": metrics, "seconds": started.elapsed().as_secs_f64(),
+    }))
+}
+
+/// The trained rows of one seed, baselines first: the bi-encoders with the
+/// two-cache step at the large batch, then the learned head by each method.
+fn trained_rows(baselines: bool) -> Vec<(Model, Method)> {
+    let base = [(Model::Cosine, Method::TwoCache), (Model::MaxSim, Method::TwoCache)];
+    let head = Method::ALL.map(|m| (Model::Head, m));
+    if baselines { base.iter().chain(head.iter()).copied().collect() } else { head.to_vec() }
 }
 
 fn table(plan: &Plan, args: &Args) -> Result<Vec<serde_json::Value>> {
@@ -370,16 +464,20 @@ fn table(plan: &Plan, args: &Args) -> Result<Vec<serde_json::Value>> {
     let (test_q, test_c) = (tok.encode(&test_q)?, tok.encode(&test_c)?);
     let data = TableData { head: args.table_head.clone(), records: task.training_records(), test, test_q, test_c, tok, model };
     println!(
-        "[table] {} training examples per run, test {} queries x {} senses, {} seed(s)",
+        "[table] {} head, {} training examples per run, test {} queries x {} senses, {} seed(s)",
+        data.head,
         plan.examples,
         data.test.set.queries.len(),
         data.test.set.corpus.len(),
         plan.seeds
     );
     let mut rows = Vec::new();
+    if !args.skip_baselines {
+        rows.push(pretrained_row(&data)?);
+    }
     for seed in 0..plan.seeds {
-        for method in Method::ALL {
-            rows.push(train_one(plan, &data, method, seed, &args.runs_dir, args.quiet)?);
+        for (model, method) in trained_rows(!args.skip_baselines) {
+            rows.push(train_one(plan, &data, model, method, seed, &args.runs_dir, args.quiet)?);
         }
     }
     Ok(rows)
@@ -460,41 +558,50 @@ fn report(plan: &Plan, args: &Args, command: &str, grads: &[serde_json::Value], 
         s += "\n";
     }
     if !runs.is_empty() {
+        let head = if args.table_head == "interaction" {
+            "the interaction block (cross-attention of the query's tokens to the passage's, self-attention, feed-forward; 12 heads, FFN 1536, \
+             dropout 0.1) over MiniLM's token states, initialised from MiniLM's top layer, with the residual start (score = e^λ·MaxSim + α·block, \
+             α = 0 at step 0), the best interaction configuration of docs/heads-results.md"
+        } else {
+            "the main job's MLP over [u; v; |u-v|; u*v] of mean-pooled vectors (hidden 256, dropout 0.1) with the residual start \
+             (score = e^λ·cosine + α·MLP, α = 0 at step 0)"
+        };
         s += &format!(
-            "## 3. Table 1 analogue: a deep head on WordNet usage → sense\n\nMiniLM (pretrained, tied; {} BERT layers) with a fresh learned head: {}; \
+            "## 3. Table 1 analogue: a deep head on WordNet usage → sense\n\nMiniLM (pretrained, tied; {} BERT layers) with a learned head: {head}; \
              InfoNCE at temperature 1 over every passage in the batch (each query brings its positive and one hard negative: another \
              sense of the same word; only its own positive counts as positive); {} training examples per run in the same order; AdamW, \
-             peak learning rate 3e-5 (x30 for the head and any projection), 10% warm-up then linear decay, clipping at 1. \
+             peak learning rate 3e-5 (x30 for the head, x300 for its residual gate), 10% warm-up then linear decay, clipping at 1. \
              Small batch = {} queries per update; accumulation = {} queries per update in sub-batches of {} (negatives only within a \
-             sub-batch); two-cache and full batch = {} queries per update, all negatives shared. Test split: {} queries against every sense of \
-             their words. Mean ± sample standard deviation over {} seed(s) (seed = initialisation, data order and dropout).\n\n",
-            match table_model(&args.table_head).0.implementation {
+             sub-batch); two-cache and full batch = {} queries per update, all negatives shared. Baselines at the same budget (same \
+             examples, order and updates, two-cache step at the large batch): the pretrained encoder's cosine; the encoder fine-tuned \
+             with a cosine head (one learned temperature, from 0.05); ColBERT-style MaxSim over normalised token states, no head weights, \
+             InfoNCE at temperature 0.2. Test split: {} queries against every sense of their words. Mean ± sample standard deviation \
+             over {} seed(s) (seed = initialisation, data order and dropout; ± 0.000 with one seed is no spread measured).\n\n",
+            match table_model(&args.table_head, Model::Head).0.implementation {
                 BertImplementation::Fused => "gradcache's fused",
                 BertImplementation::RustBert => "rust-bert's",
             },
-            if args.table_head == "interaction" {
-                "interaction block (cross + self attention, 4 heads, FFN 128, dropout 0.1) over token states projected to 64-d"
-            } else {
-                "MLP over [u; v; |u-v|; u*v] of mean-pooled vectors (hidden 256, dropout 0.1), the main job's model"
-            },
             plan.examples, plan.small_batch, plan.large_batch, plan.small_batch, plan.large_batch, plan.test_queries, plan.seeds
         );
-        s += "| method | queries/update | updates | Top-1 | Top-5 | Top-20 | MRR@10 | WSD acc. | minutes/run |\n|---|---|---|---|---|---|---|---|---|\n";
-        for m in Method::ALL {
-            let rs: Vec<&serde_json::Value> = runs.iter().filter(|r| r["method"] == m.name()).collect();
-            if rs.is_empty() {
-                continue;
+        s += "| row | queries/update | updates | Top-1 | Top-5 | Top-20 | MRR@10 | WSD acc. | minutes/run |\n|---|---|---|---|---|---|---|---|---|\n";
+        let mut labels: Vec<&str> = Vec::new();
+        for r in runs {
+            let label = r["row"].as_str().unwrap_or("");
+            if !labels.contains(&label) {
+                labels.push(label);
             }
+        }
+        for label in labels {
+            let rs: Vec<&serde_json::Value> = runs.iter().filter(|r| r["row"] == label).collect();
             let stat = |k: &str| {
                 let xs: Vec<f64> = rs.iter().map(|r| r["metrics"][k].as_f64().unwrap_or(f64::NAN)).collect();
                 let (mean, std) = mean_std(&xs);
                 format!("{mean:.3} ± {std:.3}")
             };
             let minutes = rs.iter().map(|r| r["seconds"].as_f64().unwrap_or(0.0)).sum::<f64>() / 60.0 / rs.len() as f64;
+            let per_update = if rs[0]["batch"] == 0 { "–".to_string() } else { rs[0]["batch"].to_string() };
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {minutes:.1} |\n",
-                m.name(),
-                rs[0]["batch"],
+                "| {label} | {per_update} | {} | {} | {} | {} | {} | {} | {minutes:.1} |\n",
                 rs[0]["steps"],
                 stat("top1"),
                 stat("top5"),
