@@ -11,7 +11,6 @@
 //! width 64, 2 layers) and the texts are synthetic: the memory curve, not
 //! retrieval quality, is measured.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -23,7 +22,7 @@ use gradcache::retrieval::{first_stage_block, first_stage_streamed, first_stage_
 use gradcache::runtime::peak_resident_mb;
 use gradcache::scorer::{ModelConfig, ScoringLayout};
 use gradcache::Scorer;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Parser)]
 struct Args {
@@ -57,29 +56,13 @@ fn text(words: &[String], i: usize, salt: u64) -> String {
         .join(" ")
 }
 
-/// A small random BERT folder in `dir` with MiniLM's vocabulary.
-fn tiny_model(dir: &Path, vocab_from: &Path) -> Result<ModelDir> {
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(vocab_from.join("config.json")).context("run scripts/gradcache.sh setup")?)?;
-    config["hidden_size"] = 64.into();
-    config["num_attention_heads"] = 4.into();
-    config["num_hidden_layers"] = 2.into();
-    config["intermediate_size"] = 128.into();
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("config.json"), config.to_string())?;
-    std::fs::copy(vocab_from.join("vocab.txt"), dir.join("vocab.txt"))?;
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let enc = BertEncoderConfig::default().init_fresh(&vs, "x", &serde_json::from_value(config)?, 1e-12)?;
-    gradcache::weights::save_safetensors(&vs, enc.bert_prefix(), &dir.join("model.safetensors"))?;
-    Ok(ModelDir::open(dir)?)
-}
-
 fn main() -> Result<()> {
     gradcache::runtime::tune_allocator();
     let args = Args::parse();
     tch::set_num_threads(args.threads);
     let dir = std::env::temp_dir().join(format!("gradcache-bench-retrieval-{}", std::process::id()));
-    let model = tiny_model(&dir, &args.vocab_from)?;
+    let base = ModelDir::open(&args.vocab_from).context("run scripts/gradcache.sh setup")?;
+    let model = base.write_random(&dir, 64, 4, 2, 0)?;
     let words: Vec<String> = std::fs::read_to_string(dir.join("vocab.txt"))?
         .lines()
         .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()) && w.len() > 2)

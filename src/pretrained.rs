@@ -126,4 +126,33 @@ impl ModelDir {
         save_safetensors(vs, prefix, &out.join("model.safetensors"))?;
         Ok(())
     }
+
+    /// Writes a new, randomly initialised BERT folder at `out` with this
+    /// folder's vocabulary and config, except `hidden_size`,
+    /// `num_attention_heads`, `num_hidden_layers` (and `intermediate_size`
+    /// = 2 × hidden), weights drawn from `seed`; opens it. For tests and
+    /// benchmarks that need a small model of another shape.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Io`], [`GradCacheError::Json`], and the errors of
+    /// building the encoder (e.g. heads not dividing the width).
+    pub fn write_random(&self, out: &Path, hidden: usize, heads: usize, layers: usize, seed: i64) -> Result<ModelDir> {
+        let source = self.root.join("config.json");
+        let mut config: serde_json::Value = read_json(&source)?;
+        config["hidden_size"] = hidden.into();
+        config["num_attention_heads"] = heads.into();
+        config["num_hidden_layers"] = layers.into();
+        config["intermediate_size"] = (2 * hidden).into();
+        std::fs::create_dir_all(out).map_err(crate::error::io_error(out))?;
+        let json = |source| GradCacheError::Json { path: out.join("config.json"), source };
+        write_bytes_atomically(&out.join("config.json"), serde_json::to_string_pretty(&config).map_err(json)?.as_bytes())?;
+        let vocab = std::fs::read(self.root.join("vocab.txt")).map_err(crate::error::io_error(&self.root.join("vocab.txt")))?;
+        write_bytes_atomically(&out.join("vocab.txt"), &vocab)?;
+        let bert: BertConfig = serde_json::from_value(config).map_err(json)?;
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let encoder = crate::encoders::BertEncoderConfig::default().init_fresh(&vs, "random", &bert, self.layer_norm_eps)?;
+        save_safetensors(&vs, encoder.bert_prefix(), &out.join("model.safetensors"))?;
+        ModelDir::open(out)
+    }
 }

@@ -232,27 +232,11 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     d
 }
 
-/// Writes a small randomly initialised BERT folder (MiniLM's vocabulary and
-/// config with the given sizes, weights drawn from `seed`) and opens it:
-/// a model of another width than MiniLM's, fast enough for tests.
+/// A small randomly initialised BERT folder (MiniLM's vocabulary and
+/// config with the given sizes, weights drawn from `seed`), opened: a model
+/// of another width than MiniLM's, fast enough for tests.
 pub fn tiny_bert_folder(dir: &std::path::Path, hidden: usize, heads: usize, layers: usize, seed: i64) -> gradcache::pretrained::ModelDir {
-    use gradcache::encoders::BertEncoderConfig;
-    use gradcache::pretrained::ModelDir;
     let minilm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/all-MiniLM-L6-v2");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).expect("run scripts/gradcache.sh setup first")).unwrap();
-    config["hidden_size"] = hidden.into();
-    config["num_attention_heads"] = heads.into();
-    config["num_hidden_layers"] = layers.into();
-    config["intermediate_size"] = (2 * hidden).into();
-    config["max_position_embeddings"] = 64.into();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    std::fs::copy(minilm.join("vocab.txt"), dir.join("vocab.txt")).unwrap();
-    let bert_config: rust_bert::bert::BertConfig = serde_json::from_value(config).unwrap();
-    tch::manual_seed(seed);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let enc = BertEncoderConfig::default().init_fresh(&vs, "x", &bert_config, 1e-12).unwrap();
-    gradcache::weights::save_safetensors(&vs, enc.bert_prefix(), &dir.join("model.safetensors")).unwrap();
-    ModelDir::open(dir).unwrap()
+    let base = gradcache::pretrained::ModelDir::open(&minilm).expect("run scripts/gradcache.sh setup first");
+    base.write_random(dir, hidden, heads, layers, seed).unwrap()
 }
