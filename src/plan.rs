@@ -198,11 +198,6 @@ impl Plan {
         }
     }
 
-    /// Blocks of the pair grid per row.
-    pub fn blocks_per_row(&self) -> usize {
-        self.cols.len()
-    }
-
     /// Every block of the pair grid, row by row.
     pub fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
         self.rows.iter().enumerate().flat_map(move |(row, &queries)| {
@@ -228,13 +223,15 @@ impl Plan {
         }
     }
 
-    /// The block holding pair `(i, j)`.
-    ///
-    /// # Errors
-    /// [`GradCacheError::Shape`] for a pair outside the grid.
-    pub fn block_of(&self, i: usize, j: usize) -> Result<Block> {
-        self.blocks()
-            .find(|b| (b.queries.start..b.queries.start + b.queries.len).contains(&i) && (b.passages.start..b.passages.start + b.passages.len).contains(&j))
-            .ok_or(GradCacheError::Shape { what: "pair", expected: "inside the grid", got: vec![i as i64, j as i64] })
+    /// How the plan cuts the batch, as a step reports it.
+    pub fn sizes(&self, closed_form_head: bool) -> crate::step::StepSizes {
+        crate::step::StepSizes {
+            num_queries: self.rows.iter().map(|r| r.len).sum(),
+            num_passages: self.cols.iter().map(|c| c.len).sum(),
+            query_chunks: self.query_chunks.len(),
+            passage_chunks: self.passage_chunks.len(),
+            head_blocks: self.rows.len() * self.cols.len(),
+            closed_form_head,
+        }
     }
 }

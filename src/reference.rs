@@ -34,7 +34,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let seeds = ReplaySeeds::draw()?;
         let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, 1.0)?;
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: self.sizes(queries.len(), passages.len(), false), retained: RetainCounts::default(), retained_estimate_mb: None })
+        Ok(StepOutput { loss, timings, sizes: Plan::with_retained(&self.config, queries.len(), passages.len(), RetainCounts::default()).sizes(false), retained: RetainCounts::default(), retained_estimate_mb: None })
     }
 
     /// Gradient accumulation: the batch is split into sub-batches of
@@ -77,7 +77,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             timings.encoder += tm.encoder;
         }
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: self.sizes(n, passages.len(), false), retained: RetainCounts::default(), retained_estimate_mb: None })
+        Ok(StepOutput { loss, timings, sizes: Plan::with_retained(&self.config, n, passages.len(), RetainCounts::default()).sizes(false), retained: RetainCounts::default(), retained_estimate_mb: None })
     }
 
     /// Forward with graph over every chunk and block, `scale · L`, backward.

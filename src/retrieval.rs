@@ -109,9 +109,6 @@ impl StreamingTopK {
     }
 }
 
-/// Passages encoded per first-stage block (several encoder chunks).
-const CORPUS_BLOCK_CHUNKS: usize = 16;
-
 /// Stage one: every query's `k` best documents of `corpus` by the cosine of
 /// [`first_stage_vectors`], encoding the corpus block by block.
 ///
@@ -132,7 +129,7 @@ pub fn first_stage<Q: AsRef<str> + Sync, D: AsRef<str> + Sync>(
 
 /// Documents per first-stage block: several encoder chunks.
 pub fn first_stage_block(scorer: &Scorer) -> usize {
-    scorer.config().layout.passage_chunk_size * CORPUS_BLOCK_CHUNKS
+    scorer.block_size(crate::error::Side::Passages)
 }
 
 /// [`first_stage`] over a corpus that arrives in blocks (e.g. read from

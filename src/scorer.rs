@@ -373,7 +373,7 @@ impl Scorer {
         if texts.is_empty() {
             return Err(GradCacheError::EmptyBatch { side });
         }
-        let block = 16 * self.config.layout.passage_chunk_size.max(self.config.layout.query_chunk_size);
+        let block = self.block_size(side);
         let mut parts = Vec::new();
         for start in (0..texts.len()).step_by(block) {
             let end = (start + block).min(texts.len());
@@ -382,6 +382,16 @@ impl Scorer {
             progress(end, texts.len());
         }
         Representation::cat(&parts)
+    }
+
+    /// Texts per block when many are encoded in a stream (a corpus, a file):
+    /// 16 encoder chunks of that side, so each block fills whole chunks and
+    /// progress comes at a useful rate.
+    pub fn block_size(&self, side: Side) -> usize {
+        16 * match side {
+            Side::Queries => self.config.layout.query_chunk_size,
+            Side::Passages => self.config.layout.passage_chunk_size,
+        }
     }
 
     /// Passage representations, as [`Scorer::encode_queries`].

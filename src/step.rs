@@ -14,8 +14,6 @@ use tch::{Device, Tensor};
 use crate::batch::Chunk;
 use crate::config::StepConfig;
 use crate::plan::{CostModel, MemoryConfig, Plan, RetainCounts};
-
-const MB: f64 = (1u64 << 20) as f64;
 use crate::encoder::Encoder;
 use crate::error::{GradCacheError, ReplayStage, Result, Side};
 use crate::head::{RepresentationGradients, ScoringHead};
@@ -24,6 +22,8 @@ use crate::replay::{ReplaySeeds, Stream};
 use crate::representation::Representation;
 use crate::targets::Targets;
 use crate::util::{accumulation_kind, all_finite};
+
+const MB: f64 = (1u64 << 20) as f64;
 
 /// The whole batch's representations, detached: the output of the
 /// representation pass.
@@ -289,7 +289,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         Ok(StepOutput {
             loss: cache.loss,
             timings,
-            sizes: self.sizes(queries.len(), passages.len(), closed_form_head),
+            sizes: plan.sizes(closed_form_head),
             retained: plan.retained(),
             retained_estimate_mb: estimate,
         })
@@ -352,18 +352,6 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             return Err(GradCacheError::EmptyBatch { side: Side::Passages });
         }
         targets.check_batch(queries.len(), passages.len())
-    }
-
-    pub(crate) fn sizes(&self, n: usize, m: usize, closed_form_head: bool) -> StepSizes {
-        let c = &self.config;
-        StepSizes {
-            num_queries: n,
-            num_passages: m,
-            query_chunks: n.div_ceil(c.query_chunk_size),
-            passage_chunks: m.div_ceil(c.passage_chunk_size),
-            head_blocks: n.div_ceil(c.head_block_queries) * m.div_ceil(c.head_block_passages),
-            closed_form_head,
-        }
     }
 
     /// Step 1, the representation pass: encodes every chunk with autograd
@@ -466,8 +454,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         seeds: &ReplaySeeds,
     ) -> Result<(RepresentationGradients, bool)> {
         let plan = self.recompute_all(reps.queries.len(), reps.passages.len());
-        let kept = (0..plan.blocks().count()).map(|_| None).collect();
-        self.planned_head_pass(reps, scores, weights, seeds, &plan, kept)
+        self.planned_head_pass(reps, scores, weights, seeds, &plan, Vec::new())
     }
 
     /// Step 4 under `plan`: a retained block is backpropagated through the
@@ -559,9 +546,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     ) -> Result<()> {
         let c = &self.config;
         let plan = self.recompute_all(queries.len(), passages.len());
-        let none = |side| plan.chunks(side).iter().map(|_| None).collect();
-        backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &grads.queries, seeds, c, none(Side::Queries))?;
-        backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &grads.passages, seeds, c, none(Side::Passages))
+        backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &grads.queries, seeds, c, Vec::new())?;
+        backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &grads.passages, seeds, c, Vec::new())
     }
 }
 

@@ -103,21 +103,6 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Whether a run with `other` may resume a checkpoint of this one: only
-    /// the length of the run, evaluation, checkpointing and progress may
-    /// differ.
-    pub fn compatible_with(&self, other: &TrainConfig) -> bool {
-        let neutral = |c: &TrainConfig| TrainConfig {
-            steps: 0,
-            eval_every: 0,
-            checkpoint_every: 0,
-            keep_checkpoints: 1,
-            progress: false,
-            ..c.clone()
-        };
-        neutral(self) == neutral(other)
-    }
-
     fn lr_multiplier(&self, name: &str) -> f64 {
         self.lr_multipliers
             .iter()
