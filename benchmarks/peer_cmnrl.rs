@@ -47,6 +47,10 @@ struct Args {
     /// Write the batch's triples as JSONL (`query`, `positive`, `negative`).
     #[arg(long)]
     write_triples: Option<std::path::PathBuf>,
+    /// The step's memory plan as JSON (`StepConfig.memory`), e.g.
+    /// '{"budget_mb": 400}'.
+    #[arg(long, default_value = r#"{"recompute": "all"}"#)]
+    memory: String,
 }
 
 fn main() -> Result<()> {
@@ -97,11 +101,13 @@ fn main() -> Result<()> {
         // Like theirs: `chunk` query rows against every passage at once.
         head_block_queries: a.chunk,
         head_block_passages: 2 * a.batch,
+        memory: serde_json::from_str(&a.memory).with_context(|| format!("--memory {}", a.memory))?,
         ..StepConfig::default()
     };
     let gc = GradCache::tied(config, &encoder, &head, &loss)?;
     let before_mb = gradcache::runtime::peak_resident_mb()?;
     let (mut times, mut losses) = (Vec::new(), Vec::new());
+    let mut plan = serde_json::Value::Null;
     for step in 0..=a.steps {
         gradcache::check::zero_grads(&vs);
         let t = std::time::Instant::now();
@@ -110,6 +116,7 @@ fn main() -> Result<()> {
             times.push(t.elapsed().as_secs_f64());
         }
         losses.push(out.loss);
+        plan = out.plan_json();
     }
     times.sort_by(f64::total_cmp);
     println!(
@@ -117,7 +124,7 @@ fn main() -> Result<()> {
         serde_json::json!({
             "impl": "gradcache two-cache", "layers": if a.rust_bert { "rust-bert" } else { "fused" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
             "median_s": times[times.len() / 2], "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": before_mb,
-            "first_loss": losses[0], "steps": times.len(),
+            "first_loss": losses[0], "steps": times.len(), "memory": serde_json::from_str::<serde_json::Value>(&a.memory)?, "plan": plan,
         })
     );
     Ok(())

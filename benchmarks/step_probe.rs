@@ -147,7 +147,8 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
         }
         kept = serde_json::json!({
             "query_chunks": out.retained.query_chunks, "passage_chunks": out.retained.passage_chunks,
-            "head_blocks": out.retained.head_blocks, "estimate_mb": out.retained_estimate_mb,
+            "head_blocks": out.retained.head_blocks,
+            "budget_mb": out.budget.map(|b| b.budget_mb), "estimate_mb": out.budget.map(|b| b.estimated_peak_mb),
         });
     }
     if times.is_empty() {

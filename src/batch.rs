@@ -24,6 +24,13 @@ pub trait Chunk: Sized {
     /// Any error of the implementation; out-of-range requests never come from
     /// the step itself.
     fn chunk(&self, start: usize, len: usize) -> Result<Self>;
+
+    /// The encoder work of these items in the unit a memory budget prices:
+    /// padded tokens for token batches (items × longest item), items
+    /// otherwise.
+    fn padded_tokens(&self) -> usize {
+        self.len()
+    }
 }
 
 /// A plain tensor is chunked along its first axis.
@@ -100,6 +107,10 @@ impl TokenBatch {
 impl Chunk for TokenBatch {
     fn len(&self) -> usize {
         self.ids.size()[0] as usize
+    }
+
+    fn padded_tokens(&self) -> usize {
+        (self.ids.size()[0] * self.ids.size()[1]) as usize
     }
 
     fn chunk(&self, start: usize, len: usize) -> Result<Self> {

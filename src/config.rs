@@ -72,7 +72,7 @@ impl StepConfig {
                 reason: "must be finite and non-negative",
             });
         }
-        Ok(())
+        self.memory.validate()
     }
 
     /// The same config with every chunk and block as large as `n`: with

@@ -77,6 +77,16 @@ pub enum GradCacheError {
         reason: &'static str,
     },
 
+    /// A memory budget below what the step needs with every chunk and block
+    /// recomputed, at the configured chunk and block sizes.
+    #[error("memory budget of {budget_mb:.1} MB is below the {needed_mb:.1} MB the step needs with every chunk and block recomputed: raise the budget or use smaller chunks and blocks")]
+    BudgetTooSmall {
+        /// The budget.
+        budget_mb: f64,
+        /// The estimated need at these sizes.
+        needed_mb: f64,
+    },
+
     /// A configuration value is out of its allowed range.
     #[error("invalid config: `{field}` {reason}")]
     InvalidConfig {

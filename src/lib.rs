@@ -103,5 +103,5 @@ pub use head::{RepresentationGradients, ScoringHead};
 pub use loss::{ContrastiveLoss, InfoNce, ListwiseKl};
 pub use representation::Representation;
 pub use scorer::{ModelConfig, Scorer};
-pub use step::{GradCache, StepOutput};
+pub use step::{BudgetReport, GradCache, StepOutput};
 pub use targets::Targets;

@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{pieces, StepConfig};
-use crate::error::{GradCacheError, Result};
+use crate::error::{GradCacheError, Result, Side};
+
+const MB: f64 = (1u64 << 20) as f64;
 
 /// How much of the first passes' graphs a step keeps.
 ///
@@ -16,10 +18,11 @@ use crate::error::{GradCacheError, Result};
 /// block runs twice), `{"recompute": "none"}` (every graph kept: the cost of
 /// the full-batch step), `{"retain": {"query_chunks": 2,
 /// "passage_chunks": 4, "head_blocks": 8}}` (the first so many of each kept,
-/// the rest recomputed), or `{"budget_mb": 500}`: keep what fits in that
-/// many MB of retained activations, as measured by a probe on the first
-/// step ([`CostModel`]), query chunks first, then passage chunks, then head
-/// blocks.
+/// the rest recomputed), `{"budget_mb": 500}`: keep what fits when the
+/// step's activation memory may grow by at most that many MB (see
+/// [`Plan::fit`]), or `{"budget": "auto"}`: the same with half the memory
+/// the system reports available (`MemAvailable` in `/proc/meminfo`) when the
+/// first step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MemoryConfig {
@@ -33,29 +36,99 @@ pub enum MemoryConfig {
         /// How many of each.
         retain: RetainCounts,
     },
-    /// Keep what fits in a budget for retained activations.
+    /// Keep what fits in a budget.
     Budget {
-        /// Megabytes (2^20 bytes) of retained graphs at most.
+        /// Megabytes (2^20 bytes) the step's activations may take at most.
         budget_mb: f64,
+    },
+    /// Keep what fits in half the available memory.
+    Auto {
+        /// `auto`.
+        budget: AutoBudget,
     },
 }
 
-/// Activation memory of a retained graph, measured: bytes per item of an
-/// encoder chunk (its graph and output), and per pair of a head block.
+/// The one value of `{"budget": "auto"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoBudget {
+    /// Half of `MemAvailable`.
+    Auto,
+}
+
+/// The share of available memory that `{"budget": "auto"}` takes.
+pub const AUTO_BUDGET_SHARE: f64 = 0.5;
+
+impl MemoryConfig {
+    /// Checks a budget: finite and positive.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] naming `memory.budget_mb`.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            MemoryConfig::Budget { budget_mb } if !(budget_mb.is_finite() && *budget_mb > 0.0) => {
+                Err(GradCacheError::InvalidConfig { field: "memory.budget_mb", reason: "must be a positive number of MB" })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the plan is fitted to a budget (and needs a [`CostModel`]).
+    pub fn is_budget(&self) -> bool {
+        matches!(self, MemoryConfig::Budget { .. } | MemoryConfig::Auto { .. })
+    }
+}
+
+/// Activation memory, measured by a probe ([`crate::GradCache::probe_costs`])
+/// on the widest chunk of each side and on one head block cut from them:
+/// the allocator's bytes in use before and after running it with graph
+/// (glibc's `mallinfo2` on the CPU).
 ///
-/// Measured on the first budgeted step by encoding the first chunk of each
-/// side and scoring the first block with graph, and reading the allocator's
-/// bytes in use before and after (glibc's `mallinfo2` on the CPU). It
-/// assumes later chunks cost alike per item: texts much longer than the
-/// first chunk's cost more than estimated.
+/// An encoder chunk's graph is taken to cost alike per padded token (items ×
+/// the chunk's longest item): attention's share grows with the square of the
+/// length, so a chunk wider than the probed one would cost more per token;
+/// the step probes again whenever a batch has a wider chunk than the probe
+/// saw. A head block's graph costs `pair_bytes` per pair at the
+/// representations' width.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CostModel {
-    /// Bytes per query of a query chunk's graph.
-    pub query_item_bytes: f64,
-    /// Bytes per passage of a passage chunk's graph.
-    pub passage_item_bytes: f64,
-    /// Bytes per pair of a head block's graph.
-    pub pair_bytes: f64,
+    /// Bytes per padded token of a query chunk's graph (its output included).
+    pub query_token_bytes: f64,
+    /// Bytes per padded token of a passage chunk's graph.
+    pub passage_token_bytes: f64,
+    /// Bytes per item of the query representations U (and of ∂L/∂U).
+    pub query_rep_bytes: f64,
+    /// Bytes per item of the passage representations V (and of ∂L/∂V).
+    pub passage_rep_bytes: f64,
+    /// Bytes per element of `S` and of `W`.
+    pub score_bytes: f64,
+    /// Bytes per pair of a head block's graph; `None` for a head with
+    /// closed-form gradients, which runs no head pass (nothing to retain).
+    pub pair_bytes: Option<f64>,
+    /// The widths (tokens per item) of the probed chunks.
+    pub probed_widths: (f64, f64),
+    /// What a graph's backward pass adds to its memory while it runs, as a
+    /// factor on the graph's size: the gradients of the activations and
+    /// libtorch's temporaries, which the probe cannot see (it reads the
+    /// allocator before and after, not its peak). [`BACKWARD_HEADROOM`] by
+    /// default.
+    pub backward_headroom: f64,
+}
+
+/// The measured ratio of a step's resident-memory growth to the graph
+/// sizes the probe measures: 1.32–1.71 on the small BERT with the dot and
+/// MLP heads at budgets from 60 MB to 1.2 GB (`benchmarks/budget_sweep.sh`,
+/// `docs/benchmarks.md`); the largest is taken, so the estimate errs high.
+pub const BACKWARD_HEADROOM: f64 = 1.7;
+
+/// The encoder work of each chunk of a batch, as [`crate::batch::Chunk::padded_tokens`]
+/// counts it: what a [`CostModel`] prices.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChunkTokens {
+    /// Padded tokens of each query chunk, in order.
+    pub queries: Vec<usize>,
+    /// Padded tokens of each passage chunk, in order.
+    pub passages: Vec<usize>,
 }
 
 /// Which graphs to recompute.
@@ -132,50 +205,156 @@ impl Plan {
     pub fn new(config: &StepConfig, n: usize, m: usize) -> Result<Plan> {
         config.validate()?;
         let counts = match config.memory {
-            MemoryConfig::Budget { .. } => {
-                return Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget needs a cost model: use Plan::within_budget" })
+            MemoryConfig::Budget { .. } | MemoryConfig::Auto { .. } => {
+                return Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget needs a cost model: use Plan::fit" })
             }
             MemoryConfig::Recompute { recompute: Recompute::All } => RetainCounts::default(),
-            MemoryConfig::Recompute { recompute: Recompute::None } => {
-                RetainCounts { query_chunks: usize::MAX, passage_chunks: usize::MAX, head_blocks: usize::MAX }
-            }
+            MemoryConfig::Recompute { recompute: Recompute::None } => return Ok(Plan::whole(config, n, m)),
             MemoryConfig::Retain { retain } => retain,
         };
         Ok(Plan::with_retained(config, n, m, counts))
     }
 
-    /// The layout of `config` keeping, in order, query chunks, passage
-    /// chunks and head blocks while their estimated cost stays within
-    /// `budget_bytes`; returns the plan and its estimate.
-    pub fn within_budget(config: &StepConfig, n: usize, m: usize, costs: &CostModel, budget_bytes: f64) -> (Plan, f64) {
-        let mut plan = Plan::with_retained(config, n, m, RetainCounts::default());
-        let mut used = 0.0;
-        let mut fits = |cost: f64| {
-            let ok = used + cost <= budget_bytes;
-            if ok {
-                used += cost;
-            }
-            ok
-        };
-        for (piece, retained) in plan.query_chunks.iter_mut() {
-            *retained = fits(costs.query_item_bytes * piece.len as f64);
-            if !*retained {
-                break;
-            }
-        }
-        if plan.query_chunks.iter().all(|(_, r)| *r) {
-            for (piece, retained) in plan.passage_chunks.iter_mut() {
-                *retained = fits(costs.passage_item_bytes * piece.len as f64);
-                if !*retained {
-                    break;
+    /// The step's estimated peak of activation memory under this plan, in
+    /// bytes above what the model holds before the step: the caches (U, V,
+    /// `S`, `W`, ∂L/∂U, ∂L/∂V), the retained encoder graphs, and the larger
+    /// of the retained head graphs and one recomputed block (the head pass
+    /// backpropagates the retained blocks first, then recomputes the rest,
+    /// while the encoder graphs are still held), or one recomputed chunk (the
+    /// encoder pass backpropagates the retained chunks first, in one call,
+    /// then recomputes the rest one at a time), whichever is larger.
+    ///
+    /// The graphs are scaled by [`CostModel::backward_headroom`] for what
+    /// their backward pass adds. Not counted: the parameters' gradients
+    /// (allocated once, on the first step). `docs/benchmarks.md` gives the
+    /// measured error.
+    pub fn estimate_peak(&self, costs: &CostModel, tokens: &ChunkTokens) -> f64 {
+        let (n, m) = (self.rows.iter().map(|r| r.len).sum::<usize>() as f64, self.cols.iter().map(|c| c.len).sum::<usize>() as f64);
+        let caches = 2.0 * (n * costs.query_rep_bytes + m * costs.passage_rep_bytes) + 2.0 * n * m * costs.score_bytes;
+        let (mut retained_enc, mut chunk_work) = (0.0_f64, 0.0_f64);
+        for (chunks, counts, per_token) in [
+            (&self.query_chunks, &tokens.queries, costs.query_token_bytes),
+            (&self.passage_chunks, &tokens.passages, costs.passage_token_bytes),
+        ] {
+            for ((_, retained), &t) in chunks.iter().zip(counts) {
+                let cost = per_token * t as f64;
+                if *retained {
+                    retained_enc += cost;
+                } else {
+                    chunk_work = chunk_work.max(cost);
                 }
             }
         }
-        if plan.passage_chunks.iter().all(|(_, r)| *r) && plan.query_chunks.iter().all(|(_, r)| *r) {
-            let blocks: Vec<Block> = plan.blocks().collect();
-            plan.retained_blocks = blocks.iter().take_while(|b| fits(costs.pair_bytes * (b.queries.len * b.passages.len) as f64)).count();
+        let (mut retained_head, mut block_work) = (0.0_f64, 0.0_f64);
+        if let Some(pair) = costs.pair_bytes {
+            for b in self.blocks() {
+                let cost = pair * (b.queries.len * b.passages.len) as f64;
+                if b.retained {
+                    retained_head += cost;
+                } else {
+                    block_work = block_work.max(cost);
+                }
+            }
         }
-        (plan, used)
+        caches + costs.backward_headroom * (retained_enc + retained_head.max(block_work)).max(chunk_work)
+    }
+
+    /// The layout fitted to `budget_bytes`: the full-batch layout
+    /// ([`Plan::whole`]) when its [`Plan::estimate_peak`] fits; otherwise
+    /// `config`'s chunks and blocks, keeping greedily and in order query
+    /// chunks, passage chunks and head blocks (each kind as a prefix) while
+    /// the estimate stays within the budget. Returns the plan and its
+    /// estimate. A head with closed-form gradients (`pair_bytes: None`) gets
+    /// no retained blocks.
+    ///
+    /// # Errors
+    /// [`GradCacheError::BudgetTooSmall`] when even recomputing everything
+    /// is estimated above the budget (smaller chunks or blocks need less);
+    /// [`GradCacheError::InvalidConfig`] when `tokens` does not match the
+    /// plan's chunks.
+    pub fn fit(config: &StepConfig, n: usize, m: usize, costs: &CostModel, tokens: &ChunkTokens, budget_bytes: f64) -> Result<(Plan, f64)> {
+        let mut plan = Plan::with_retained(config, n, m, RetainCounts::default());
+        if tokens.queries.len() != plan.query_chunks.len() || tokens.passages.len() != plan.passage_chunks.len() {
+            return Err(GradCacheError::InvalidConfig { field: "memory", reason: "the token counts do not match the plan's chunks" });
+        }
+        // Everything fits: the full-batch layout, priced at each side's
+        // widest chunk (one piece is padded to its longest item).
+        let whole_tokens = |chunks: &[(Piece, bool)], tokens: &[usize], items: usize| -> Vec<usize> {
+            let width = chunks.iter().zip(tokens).map(|((p, _), &t)| t as f64 / p.len.max(1) as f64).fold(0.0, f64::max);
+            vec![(width * items as f64).ceil() as usize]
+        };
+        let whole = Plan::whole(config, n, m);
+        let whole_tokens = ChunkTokens {
+            queries: whole_tokens(&plan.query_chunks, &tokens.queries, n),
+            passages: whole_tokens(&plan.passage_chunks, &tokens.passages, m),
+        };
+        let estimate = whole.estimate_peak(costs, &whole_tokens);
+        if estimate <= budget_bytes {
+            return Ok((whole, estimate));
+        }
+        let mut estimate = plan.estimate_peak(costs, tokens);
+        if estimate > budget_bytes {
+            return Err(GradCacheError::BudgetTooSmall { budget_mb: budget_bytes / MB, needed_mb: estimate / MB });
+        }
+        for side in [Side::Queries, Side::Passages] {
+            for i in 0..plan.chunks(side).len() {
+                plan.chunks_mut(side)[i].1 = true;
+                let e = plan.estimate_peak(costs, tokens);
+                if e > budget_bytes {
+                    plan.chunks_mut(side)[i].1 = false;
+                    break;
+                }
+                estimate = e;
+            }
+        }
+        if costs.pair_bytes.is_some() {
+            let total = plan.rows.len() * plan.cols.len();
+            while plan.retained_blocks < total {
+                plan.retained_blocks += 1;
+                let e = plan.estimate_peak(costs, tokens);
+                if e > budget_bytes {
+                    plan.retained_blocks -= 1;
+                    break;
+                }
+                estimate = e;
+            }
+        }
+        Ok((plan, estimate))
+    }
+
+    fn chunks_mut(&mut self, side: Side) -> &mut [(Piece, bool)] {
+        match side {
+            Side::Queries => &mut self.query_chunks,
+            Side::Passages => &mut self.passage_chunks,
+        }
+    }
+
+    /// The same layout with nothing retained.
+    pub fn without_retained(mut self) -> Plan {
+        for (_, r) in self.query_chunks.iter_mut().chain(self.passage_chunks.iter_mut()) {
+            *r = false;
+        }
+        self.retained_blocks = 0;
+        self
+    }
+
+    /// The same plan with no head block retained (for a head with
+    /// closed-form gradients, whose blocks never run a second time).
+    pub fn without_retained_blocks(mut self) -> Plan {
+        self.retained_blocks = 0;
+        self
+    }
+
+    /// Everything kept, each side's encoder work in one piece (the
+    /// full-batch step's encoder layout: cutting a batch that is kept whole
+    /// anyway only adds per-chunk overhead), the pair grid in `config`'s
+    /// blocks, all kept (one block over every pair is slower than cache-sized
+    /// blocks for a head with hidden layers: measured in
+    /// `docs/benchmarks.md`). Encoder streams as for chunk 0.
+    pub fn whole(config: &StepConfig, n: usize, m: usize) -> Plan {
+        let all = RetainCounts { query_chunks: 1, passage_chunks: 1, head_blocks: usize::MAX };
+        let one = n.max(m).max(1);
+        Plan::with_retained(&StepConfig { query_chunk_size: one, passage_chunk_size: one, ..config.clone() }, n, m, all)
     }
 
     /// The layout of `config` with the first `counts` of each kept.
@@ -191,10 +370,10 @@ impl Plan {
 
     /// The encoder chunks of a side and whether each is retained; a chunk's
     /// replay stream is its position.
-    pub fn chunks(&self, side: crate::error::Side) -> &[(Piece, bool)] {
+    pub fn chunks(&self, side: Side) -> &[(Piece, bool)] {
         match side {
-            crate::error::Side::Queries => &self.query_chunks,
-            crate::error::Side::Passages => &self.passage_chunks,
+            Side::Queries => &self.query_chunks,
+            Side::Passages => &self.passage_chunks,
         }
     }
 

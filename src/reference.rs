@@ -21,20 +21,21 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// One forward and one backward over the whole batch, every activation
     /// alive at once: the step that [`GradCache::step`] must equal.
     ///
-    /// It draws the same random streams as the cached step (each encoder
-    /// chunk and head block of the config seeded alike), so with the same
-    /// generator state both see identical dropout masks. With chunk and
-    /// block sizes at least the batch ([`crate::StepConfig::whole_batch`])
-    /// it is the plain un-chunked step.
+    /// It cuts the batch as the cached step's plan does and draws the same
+    /// random streams (each encoder chunk and head block seeded alike), so
+    /// with the same generator state both see identical dropout masks. With
+    /// chunk and block sizes at least the batch
+    /// ([`crate::StepConfig::whole_batch`]) it is the plain un-chunked step.
     ///
     /// # Errors
     /// As [`GradCache::step`], without replay mismatches.
     pub fn full_batch_step(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<StepOutput> {
         self.check_batch(queries, passages, targets)?;
         let seeds = ReplaySeeds::draw()?;
-        let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, 1.0)?;
+        let (plan, _) = self.plan(queries, passages, &seeds)?;
+        let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: Plan::with_retained(&self.config, queries.len(), passages.len(), RetainCounts::default()).sizes(false), retained: RetainCounts::default(), retained_estimate_mb: None })
+        Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None })
     }
 
     /// Gradient accumulation: the batch is split into sub-batches of
@@ -69,7 +70,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let q = queries.chunk(start, len)?;
             let p = passages.chunk(start * g, len * g)?;
             let t = targets.sub_batch(start, len)?;
-            let (l, tm) = self.full_graph(&q, &p, &t, &seeds.child(k), len as f64 / n as f64)?;
+            let plan = Plan::with_retained(&self.config, len, len * g, RetainCounts::default());
+            let (l, tm) = self.full_graph(&q, &p, &t, &seeds.child(k), &plan, len as f64 / n as f64)?;
             loss += l;
             timings.representation += tm.representation;
             timings.score += tm.score;
@@ -77,7 +79,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             timings.encoder += tm.encoder;
         }
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: Plan::with_retained(&self.config, n, passages.len(), RetainCounts::default()).sizes(false), retained: RetainCounts::default(), retained_estimate_mb: None })
+        Ok(StepOutput { loss, timings, sizes: Plan::with_retained(&self.config, n, passages.len(), RetainCounts::default()).sizes(false), retained: RetainCounts::default(), budget: None })
     }
 
     /// Forward with graph over every chunk and block, `scale · L`, backward.
@@ -88,12 +90,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         passages: &PE::Input,
         targets: &Targets,
         seeds: &ReplaySeeds,
+        plan: &Plan,
         scale: f64,
     ) -> Result<(f64, PhaseTimings)> {
         let c = &self.config;
-        // The same chunks and blocks as the step (so the same random
-        // streams), all with graph at once: nothing is retained or recomputed.
-        let plan = Plan::with_retained(c, queries.len(), passages.len(), RetainCounts::default());
+        // Under `with_grad` every piece keeps its graph as part of the one
+        // graph of the batch: none is set aside as "retained".
+        let plan = plan.clone().without_retained();
         let mut timings = PhaseTimings::default();
         tch::with_grad(|| {
             let t = Instant::now();

@@ -86,3 +86,21 @@ pub fn allocated_bytes() -> Result<usize> {
         Err(GradCacheError::PeakMemoryUnavailable { reason: "allocator statistics need glibc" })
     }
 }
+
+/// The memory the system reports available for new work (`MemAvailable`
+/// in `/proc/meminfo`), in bytes: what `{"budget": "auto"}` takes a share
+/// of.
+///
+/// # Errors
+/// [`GradCacheError::Io`] when the file cannot be read (not Linux);
+/// [`GradCacheError::PeakMemoryUnavailable`] when it has no readable
+/// `MemAvailable` line.
+pub fn available_bytes() -> Result<u64> {
+    let path = std::path::Path::new("/proc/meminfo");
+    let info = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or(GradCacheError::PeakMemoryUnavailable { reason: "no readable MemAvailable line in /proc/meminfo" })
+}

@@ -13,7 +13,7 @@ use tch::{Device, Tensor};
 
 use crate::batch::Chunk;
 use crate::config::StepConfig;
-use crate::plan::{CostModel, MemoryConfig, Plan, RetainCounts};
+use crate::plan::{ChunkTokens, CostModel, MemoryConfig, Piece, Plan, RetainCounts, AUTO_BUDGET_SHARE};
 use crate::encoder::Encoder;
 use crate::error::{GradCacheError, ReplayStage, Result, Side};
 use crate::head::{RepresentationGradients, ScoringHead};
@@ -106,9 +106,44 @@ pub struct StepOutput {
     /// How many chunks and blocks kept their first-pass graph (zero under
     /// the default `{"recompute": "all"}`).
     pub retained: RetainCounts,
-    /// Under a memory budget: the plan's estimate of its retained graphs'
-    /// memory, in MB (never above the budget).
-    pub retained_estimate_mb: Option<f64>,
+    /// Under a memory budget: the budget and the plan's estimate.
+    pub budget: Option<BudgetReport>,
+}
+
+impl StepOutput {
+    /// One line on how the step cut the batch and what it kept, e.g.
+    /// `step plan: 64 queries in 2 chunks, 128 passages in 4 chunks, 2 × 1
+    /// head blocks; retained 2 / 4 / 0 (budget 500 MB, estimated peak 312 MB)`.
+    pub fn describe_plan(&self) -> String {
+        let (s, r) = (&self.sizes, &self.retained);
+        let head = if s.closed_form_head { " (closed-form head: no head pass)" } else { "" };
+        let budget = self.budget.map(|b| format!(" (budget {:.0} MB, estimated peak {:.0} MB)", b.budget_mb, b.estimated_peak_mb)).unwrap_or_default();
+        format!(
+            "step plan: {} queries in {} chunks, {} passages in {} chunks, {} head blocks{head}; retained query chunks / passage chunks / head blocks: {} / {} / {}{budget}",
+            s.num_queries, s.query_chunks, s.num_passages, s.passage_chunks, s.head_blocks, r.query_chunks, r.passage_chunks, r.head_blocks
+        )
+    }
+
+    /// The same as JSON (the trainer's first log line carries it).
+    pub fn plan_json(&self) -> serde_json::Value {
+        let s = &self.sizes;
+        serde_json::json!({
+            "queries": s.num_queries, "passages": s.num_passages,
+            "query_chunks": s.query_chunks, "passage_chunks": s.passage_chunks, "head_blocks": s.head_blocks,
+            "closed_form_head": s.closed_form_head, "retained": self.retained,
+            "budget_mb": self.budget.map(|b| b.budget_mb), "estimated_peak_mb": self.budget.map(|b| b.estimated_peak_mb),
+        })
+    }
+}
+
+/// A budgeted step's memory figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetReport {
+    /// The budget in MB (resolved, for `{"budget": "auto"}`).
+    pub budget_mb: f64,
+    /// The plan's estimated activation peak in MB ([`Plan::estimate_peak`]),
+    /// never above the budget.
+    pub estimated_peak_mb: f64,
 }
 
 /// The two-cache gradient step over a query encoder, a passage encoder (the
@@ -121,6 +156,8 @@ pub struct GradCache<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> {
     pub(crate) loss: &'m dyn ContrastiveLoss,
     /// The activation costs measured on the first budgeted step.
     pub(crate) costs: std::cell::Cell<Option<CostModel>>,
+    /// `{"budget": "auto"}` resolved on the first step, in bytes.
+    pub(crate) auto_budget: std::cell::Cell<Option<f64>>,
 }
 
 impl<'m, E: Encoder + ?Sized> GradCache<'m, E, E> {
@@ -210,7 +247,14 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         loss: &'m dyn ContrastiveLoss,
     ) -> Result<Self> {
         config.validate()?;
-        Ok(GradCache { config, query_encoder, passage_encoder, head, loss, costs: std::cell::Cell::new(None) })
+        Ok(GradCache { config, query_encoder, passage_encoder, head, loss, costs: std::cell::Cell::new(None), auto_budget: std::cell::Cell::new(None) })
+    }
+
+    /// Uses `costs` for the budget plans of later steps instead of probing
+    /// (e.g. a cost model measured once for several steps; a step still
+    /// probes again when a batch has a wider chunk than `costs` saw).
+    pub fn set_costs(&self, costs: CostModel) {
+        self.costs.set(Some(costs));
     }
 
     /// The configuration.
@@ -245,25 +289,16 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     pub fn step(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<StepOutput> {
         self.check_batch(queries, passages, targets)?;
         let seeds = ReplaySeeds::draw()?;
-        let (plan, estimate) = match self.config.memory {
-            MemoryConfig::Budget { budget_mb } => {
-                let costs = match self.costs.get() {
-                    Some(c) => c,
-                    None => {
-                        let c = self.probe_costs(queries, passages, &seeds)?;
-                        self.costs.set(Some(c));
-                        c
-                    }
-                };
-                let (plan, bytes) = Plan::within_budget(&self.config, queries.len(), passages.len(), &costs, budget_mb * MB);
-                (plan, Some(bytes / MB))
-            }
-            _ => (Plan::new(&self.config, queries.len(), passages.len())?, None),
-        };
+        let (mut plan, budget) = self.plan(queries, passages, &seeds)?;
         let mut timings = PhaseTimings::default();
 
         let t = Instant::now();
         let (reps, kept_queries, kept_passages) = self.planned_representation_pass(queries, passages, &seeds, &plan)?;
+        if plan.retained().head_blocks > 0 && self.closed_form(&reps)? {
+            // Its blocks never run a second time: keeping their graphs
+            // would only cost memory.
+            plan = plan.without_retained_blocks();
+        }
         timings.representation = t.elapsed();
 
         let t = Instant::now();
@@ -280,8 +315,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
 
         let t = Instant::now();
         let c = &self.config;
-        backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &rep_grads.queries, &seeds, c, kept_queries)?;
-        backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &rep_grads.passages, &seeds, c, kept_passages)?;
+        backprop_kept(&[(&plan, Side::Queries, kept_queries, &rep_grads.queries), (&plan, Side::Passages, kept_passages, &rep_grads.passages)])?;
+        backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &rep_grads.queries, &seeds, c)?;
+        backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &rep_grads.passages, &seeds, c)?;
         synchronize(scores.device());
         timings.encoder = t.elapsed();
 
@@ -291,14 +327,60 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             timings,
             sizes: plan.sizes(closed_form_head),
             retained: plan.retained(),
-            retained_estimate_mb: estimate,
+            budget,
         })
     }
 
-    /// The activation costs under this step's layout, measured: the first
-    /// chunk of each side encoded and the first block scored with graph,
-    /// each from its own replay stream, with the allocator's bytes in use
-    /// read before and after. The graphs are dropped.
+    /// The step's plan: the config's layout, or under a budget the layout
+    /// fitted to it with the measured costs (probed on the first step, and
+    /// again when a batch has a chunk wider than the probe saw).
+    pub(crate) fn plan(&self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<(Plan, Option<BudgetReport>)> {
+        let (n, m) = (queries.len(), passages.len());
+        let budget_bytes = match self.config.memory {
+            MemoryConfig::Budget { budget_mb } => budget_mb * MB,
+            MemoryConfig::Auto { .. } => match self.auto_budget.get() {
+                Some(b) => b,
+                None => {
+                    let b = AUTO_BUDGET_SHARE * crate::runtime::available_bytes()? as f64;
+                    self.auto_budget.set(Some(b));
+                    b
+                }
+            },
+            _ => return Ok((Plan::new(&self.config, n, m)?, None)),
+        };
+        let layout = self.recompute_all(n, m);
+        let tokens = ChunkTokens {
+            queries: chunk_tokens(queries, layout.chunks(Side::Queries))?,
+            passages: chunk_tokens(passages, layout.chunks(Side::Passages))?,
+        };
+        let widest = |t: &[usize], side| {
+            layout.chunks(side).iter().zip(t).map(|((p, _), &t)| t as f64 / p.len as f64).fold(0.0, f64::max)
+        };
+        let widths = (widest(&tokens.queries, Side::Queries), widest(&tokens.passages, Side::Passages));
+        let costs = match self.costs.get() {
+            Some(c) if widths.0 <= c.probed_widths.0 && widths.1 <= c.probed_widths.1 => c,
+            _ => {
+                let c = self.probe_costs(queries, passages, seeds)?;
+                self.costs.set(Some(c));
+                c
+            }
+        };
+        let (plan, estimate) = Plan::fit(&self.config, n, m, &costs, &tokens, budget_bytes)?;
+        Ok((plan, Some(BudgetReport { budget_mb: budget_bytes / MB, estimated_peak_mb: estimate / MB })))
+    }
+
+    /// Whether the head gives closed-form gradients (asked on one pair).
+    fn closed_form(&self, reps: &Representations) -> Result<bool> {
+        let (u, v) = (reps.queries.narrow(0, 1)?, reps.passages.narrow(0, 1)?);
+        let w = Tensor::f_zeros([1, 1], (accumulation_kind(u.kind()), u.tensor().device()))?;
+        Ok(self.head.closed_form_gradients(&u, &v, &w).is_some())
+    }
+
+    /// The activation costs of this step's layout, measured: the widest
+    /// chunk of each side encoded with graph, and one block cut from their
+    /// outputs scored with graph, each from its own replay stream, with the
+    /// allocator's bytes in use read before and after. The graphs are
+    /// dropped.
     ///
     /// # Errors
     /// [`GradCacheError::PeakMemoryUnavailable`] where the allocator cannot
@@ -313,16 +395,23 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             drop(kept);
             Ok(after.saturating_sub(before) as f64)
         };
-        let q = plan.chunks(Side::Queries)[0].0;
-        let p = plan.chunks(Side::Passages)[0].0;
+        let widest = |tokens: &[usize], side| -> (usize, Piece, usize) {
+            let chunks = plan.chunks(side);
+            let i = (0..chunks.len()).max_by(|&a, &b| (tokens[a] * chunks[b].0.len).cmp(&(tokens[b] * chunks[a].0.len))).unwrap_or(0);
+            (i, chunks[i].0, tokens[i])
+        };
+        let q_tokens = chunk_tokens(queries, plan.chunks(Side::Queries))?;
+        let p_tokens = chunk_tokens(passages, plan.chunks(Side::Passages))?;
+        let (qi, q, qt) = widest(&q_tokens, Side::Queries);
+        let (pi, p, pt) = widest(&p_tokens, Side::Passages);
         let (mut u, mut v) = (None, None);
         let q_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_chunk(self.query_encoder, queries, (q.start, q.len), 0, Side::Queries, seeds, train))?;
+            let rep = tch::with_grad(|| encode_chunk(self.query_encoder, queries, (q.start, q.len), qi, Side::Queries, seeds, train))?;
             u = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
         let p_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_chunk(self.passage_encoder, passages, (p.start, p.len), 0, Side::Passages, seeds, train))?;
+            let rep = tch::with_grad(|| encode_chunk(self.passage_encoder, passages, (p.start, p.len), pi, Side::Passages, seeds, train))?;
             v = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
@@ -330,17 +419,30 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         if u.tensor().device() != Device::Cpu {
             return Err(GradCacheError::PeakMemoryUnavailable { reason: "a memory budget is measured on the CPU only so far (GPU allocator statistics are not read yet)" });
         }
-        let (a, b) = (u.len().min(self.config.head_block_queries), v.len().min(self.config.head_block_passages));
-        let pair_bytes = measure(&mut || {
-            let (ul, vl) = (u.narrow(0, a)?.detached_leaf()?, v.narrow(0, b)?.detached_leaf()?);
-            seeds.enter(Stream::HeadBlock, 0);
-            let s = tch::with_grad(|| self.head.score(&ul, &vl, train))?;
-            Ok(Box::new((s, ul, vl)))
-        })?;
+        let reps = Representations { queries: u, passages: v };
+        let bytes_of = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as f64;
+        let pair_bytes = if self.closed_form(&reps)? {
+            None
+        } else {
+            let (a, b) = (reps.queries.len().min(self.config.head_block_queries), reps.passages.len().min(self.config.head_block_passages));
+            let bytes = measure(&mut || {
+                let (ul, vl) = (reps.queries.narrow(0, a)?.detached_leaf()?, reps.passages.narrow(0, b)?.detached_leaf()?);
+                seeds.enter(Stream::HeadBlock, 0);
+                let s = tch::with_grad(|| self.head.score(&ul, &vl, train))?;
+                Ok(Box::new((s, ul, vl)))
+            })?;
+            Some(bytes / (a * b) as f64)
+        };
+        let acc = accumulation_kind(reps.queries.kind());
         Ok(CostModel {
-            query_item_bytes: q_bytes / q.len as f64,
-            passage_item_bytes: p_bytes / p.len as f64,
-            pair_bytes: pair_bytes / (a * b) as f64,
+            query_token_bytes: q_bytes / qt.max(1) as f64,
+            passage_token_bytes: p_bytes / pt.max(1) as f64,
+            query_rep_bytes: bytes_of(reps.queries.tensor()) / q.len as f64,
+            passage_rep_bytes: bytes_of(reps.passages.tensor()) / p.len as f64,
+            score_bytes: acc.elt_size_in_bytes() as f64,
+            pair_bytes,
+            probed_widths: (qt as f64 / q.len as f64, pt as f64 / p.len as f64),
+            backward_headroom: crate::plan::BACKWARD_HEADROOM,
         })
     }
 
@@ -482,41 +584,59 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let d_passages = reps.passages.tensor().f_zeros_like()?.f_to_kind(acc)?;
         let d_queries = reps.queries.tensor().f_zeros_like()?.f_to_kind(acc)?;
         let mut log = ReplayLog::new(ReplayStage::HeadBlock, c.check_replay);
+        let w_of = |b: &crate::plan::Block| -> Result<Tensor> {
+            Ok(weights.f_narrow(0, b.queries.start as i64, b.queries.len as i64)?.f_narrow(1, b.passages.start as i64, b.passages.len as i64)?)
+        };
+        // Retained blocks first, all in one backward call (the per-call
+        // overhead is what would otherwise separate retaining everything
+        // from the full-batch step), which frees their graphs before any
+        // block is recomputed.
+        let retained: Vec<(crate::plan::Block, KeptBlock)> =
+            plan.blocks().filter_map(|b| kept.get_mut(b.index).and_then(Option::take).map(|k| (b, k))).collect();
+        if !retained.is_empty() {
+            let mut total: Option<Tensor> = None;
+            for (b, k) in &retained {
+                let w = w_of(b)?;
+                let term = k.scores.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?;
+                total = Some(match total {
+                    Some(t) => t.f_add(&term)?,
+                    None => term,
+                });
+            }
+            if let Some(t) = total {
+                t.f_backward()?;
+            }
+            for (b, k) in retained {
+                let mut cols = d_passages.f_narrow(0, b.passages.start as i64, b.passages.len as i64)?;
+                let _ = cols.f_add_(&leaf_grad(k.passages.tensor(), acc)?)?;
+                let mut rows = d_queries.f_narrow(0, b.queries.start as i64, b.queries.len as i64)?;
+                let _ = rows.f_add_(&leaf_grad(k.queries.tensor(), acc)?)?;
+            }
+        }
         // One leaf per row of blocks for the recomputed blocks, so that a
         // row's query gradient accumulates in it.
         let mut row_leaf: Vec<Option<Representation>> = plan.rows().iter().map(|_| None).collect();
-        for block in plan.blocks() {
+        for block in plan.blocks().filter(|b| !b.retained) {
             let (a0, al, b0, bl) = (block.queries.start, block.queries.len, block.passages.start, block.passages.len);
-            let w = weights.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
-            let (s, own_leaf, v) = match kept.get_mut(block.index).and_then(Option::take) {
-                Some(k) => (k.scores, Some(k.queries), k.passages),
+            let w = w_of(&block)?;
+            let u = match &row_leaf[block.row] {
+                Some(u) => u.with_tensor(u.tensor().shallow_clone()),
                 None => {
-                    let u = match &row_leaf[block.row] {
-                        Some(u) => u.with_tensor(u.tensor().shallow_clone()),
-                        None => {
-                            let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
-                            row_leaf[block.row] = Some(u.with_tensor(u.tensor().shallow_clone()));
-                            u
-                        }
-                    };
-                    let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
-                    seeds.enter(Stream::HeadBlock, block.index);
-                    let s = tch::with_grad(|| self.head.score(&u, &v, c.train))?;
-                    check_block_shape(&s, al, bl)?;
-                    log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
-                    // The row's shared leaf collects its gradient below, once.
-                    (s, None, v)
+                    let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
+                    row_leaf[block.row] = Some(u.with_tensor(u.tensor().shallow_clone()));
+                    u
                 }
             };
-            // Backward of S_ab with incoming gradient W_ab.
+            let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
+            seeds.enter(Stream::HeadBlock, block.index);
+            let s = tch::with_grad(|| self.head.score(&u, &v, c.train))?;
+            check_block_shape(&s, al, bl)?;
+            log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
+            // Backward of S_ab with incoming gradient W_ab; the row's shared
+            // query leaf collects its gradient below, once.
             s.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?.f_backward()?;
             let mut slot = d_passages.f_narrow(0, b0 as i64, bl as i64)?;
             let _ = slot.f_add_(&leaf_grad(v.tensor(), acc)?)?;
-            if let Some(u) = own_leaf {
-                // A retained block's own query leaf.
-                let mut rows = d_queries.f_narrow(0, a0 as i64, al as i64)?;
-                let _ = rows.f_add_(&leaf_grad(u.tensor(), acc)?)?;
-            }
         }
         for (row, leaf) in plan.rows().iter().zip(&row_leaf) {
             if let Some(u) = leaf {
@@ -546,8 +666,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     ) -> Result<()> {
         let c = &self.config;
         let plan = self.recompute_all(queries.len(), passages.len());
-        backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &grads.queries, seeds, c, Vec::new())?;
-        backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &grads.passages, seeds, c, Vec::new())
+        backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &grads.queries, seeds, c)?;
+        backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &grads.passages, seeds, c)
     }
 }
 
@@ -689,9 +809,32 @@ fn leaf_grad(leaf: &Tensor, kind: tch::Kind) -> Result<Tensor> {
     }
 }
 
-/// Backpropagates each chunk's slice of `grads`: through the graph kept in
-/// the representation pass for a retained chunk, or through a re-encoding
-/// (same random stream, checked against the first pass) for the others.
+/// Backpropagates the retained chunks of every listed side through the
+/// graphs the representation pass kept, all in one backward call (as the
+/// full-batch step does), which frees them before anything is recomputed.
+fn backprop_kept(sides: &[(&Plan, Side, Vec<Option<Representation>>, &Tensor)]) -> Result<()> {
+    let mut total: Option<Tensor> = None;
+    for (plan, side, kept, grads) in sides {
+        for ((piece, _), rep) in plan.chunks(*side).iter().zip(kept) {
+            let Some(rep) = rep else { continue };
+            let y = rep.tensor();
+            let g = Representation::narrow_tokens_like(&grads.f_narrow(0, piece.start as i64, piece.len as i64)?, y)?;
+            let term = y.f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?;
+            total = Some(match total {
+                Some(t) => t.f_add(&term.f_to_kind(t.kind())?)?,
+                None => term,
+            });
+        }
+    }
+    if let Some(t) = total {
+        t.f_backward()?;
+    }
+    Ok(())
+}
+
+/// Backpropagates each recomputed chunk's slice of `grads` through a
+/// re-encoding (same random stream, checked against the first pass); the
+/// plan's retained chunks are left to [`backprop_kept`].
 #[allow(clippy::too_many_arguments)]
 fn backprop_all<E: Encoder + ?Sized>(
     encoder: &E,
@@ -702,28 +845,29 @@ fn backprop_all<E: Encoder + ?Sized>(
     grads: &Tensor,
     seeds: &ReplaySeeds,
     config: &StepConfig,
-    mut kept: Vec<Option<Representation>>,
 ) -> Result<()> {
     let stage = match side {
         Side::Queries => ReplayStage::QueryChunk,
         Side::Passages => ReplayStage::PassageChunk,
     };
     let mut log = ReplayLog::new(stage, config.check_replay);
-    for (i, &(piece, _)) in plan.chunks(side).iter().enumerate() {
+    for (i, &(piece, retained)) in plan.chunks(side).iter().enumerate() {
+        if retained {
+            continue;
+        }
         let (s, l) = (piece.start as i64, piece.len as i64);
-        let rep = match kept.get_mut(i).and_then(Option::take) {
-            Some(rep) => rep,
-            None => {
-                let rep = tch::with_grad(|| encode_chunk(encoder, input, (piece.start, piece.len), i, side, seeds, config.train))?;
-                let cached_chunk = Representation::narrow_tokens_like(&cached.tensor().f_narrow(0, s, l)?, rep.tensor())?;
-                log.record(rep.tensor(), &cached_chunk)?;
-                rep
-            }
-        };
+        let rep = tch::with_grad(|| encode_chunk(encoder, input, (piece.start, piece.len), i, side, seeds, config.train))?;
+        let cached_chunk = Representation::narrow_tokens_like(&cached.tensor().f_narrow(0, s, l)?, rep.tensor())?;
+        log.record(rep.tensor(), &cached_chunk)?;
         let y = rep.tensor();
         let g = Representation::narrow_tokens_like(&grads.f_narrow(0, s, l)?, y)?;
         // Backward of the chunk's representation with incoming gradient g.
         y.f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?.f_backward()?;
     }
     log.finish(config.replay_tolerance)
+}
+
+/// The padded tokens of each chunk of `input`.
+fn chunk_tokens<C: Chunk>(input: &C, chunks: &[(Piece, bool)]) -> Result<Vec<usize>> {
+    chunks.iter().map(|(p, _)| Ok(input.chunk(p.start, p.len)?.padded_tokens())).collect()
 }

@@ -5,9 +5,10 @@
 mod common;
 
 use common::*;
-use gradcache::plan::{MemoryConfig, Plan, Recompute, RetainCounts};
+use gradcache::plan::{ChunkTokens, CostModel, MemoryConfig, Plan, Recompute, RetainCounts};
+use gradcache::Chunk;
 use gradcache::StepConfig;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 fn layout(memory: MemoryConfig) -> StepConfig {
     // Uneven on purpose: 5 queries in chunks of 2, 15 passages in chunks of
@@ -88,65 +89,214 @@ fn memory_configs_read_from_json_and_unknown_forms_are_errors() {
         MemoryConfig::Retain { retain: RetainCounts { query_chunks: 0, passage_chunks: 0, head_blocks: 3 } }
     );
     assert_eq!(read(r#"{"budget_mb": 250.5}"#).unwrap(), MemoryConfig::Budget { budget_mb: 250.5 });
+    assert_eq!(read(r#"{"budget": "auto"}"#).unwrap(), MemoryConfig::Auto { budget: gradcache::plan::AutoBudget::Auto });
+    assert!(read(r#"{"budget": "half"}"#).is_err());
+    for bad in [r#"{"memory": {"budget_mb": 0}}"#, r#"{"memory": {"budget_mb": -5}}"#] {
+        let step: StepConfig = serde_json::from_str(bad).unwrap();
+        assert!(step.validate().is_err(), "{bad} should be refused");
+    }
     assert!(read(r#"{"recompute": "some"}"#).is_err());
     assert!(read(r#"{"retain": {"blocks": 3}}"#).is_err());
     let step: StepConfig = serde_json::from_str(r#"{"memory": {"recompute": "none"}}"#).unwrap();
     assert_eq!(step.memory, MemoryConfig::Recompute { recompute: Recompute::None });
 }
 
-#[test]
-fn a_budget_keeps_what_its_measured_cost_allows_and_stays_exact() {
-    use gradcache::plan::CostModel;
-    let _serial = serial();
-    // The greedy order, on synthetic costs: query chunks, then passage
-    // chunks, then blocks, each only once the previous kind is all kept.
-    let costs = CostModel { query_item_bytes: 100.0, passage_item_bytes: 10.0, pair_bytes: 1.0 };
-    let config = layout(MemoryConfig::default());
-    // 5 queries (chunks 2, 2, 1: 200, 200, 100 bytes), 15 passages (chunks
-    // 4, 4, 4, 3: 40, 40, 40, 30), blocks of 2 x 6 pairs, the last column
-    // 2 x 3 (row 0: 12, 12, 6 bytes; then 12, 12, 6 again).
-    for (budget, want) in [
-        (0.0, RetainCounts::default()),
-        (450.0, RetainCounts { query_chunks: 2, passage_chunks: 0, head_blocks: 0 }),
-        (500.0 + 115.0, RetainCounts { query_chunks: 3, passage_chunks: 2, head_blocks: 0 }),
-        (500.0 + 150.0 + 29.0, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 2 }),
-        (500.0 + 150.0 + 30.0, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 3 }),
-        (1e9, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 }),
-    ] {
-        let (plan, used) = Plan::within_budget(&config, 5, 15, &costs, budget);
-        assert_eq!(plan.retained(), want, "budget {budget}");
-        assert!(used <= budget, "budget {budget}: estimate {used}");
+/// Synthetic costs: 100 bytes per query token, 10 per passage token, 1 per
+/// pair, nothing for the caches; the inputs' "tokens" are items.
+fn synthetic() -> CostModel {
+    CostModel {
+        query_token_bytes: 100.0,
+        passage_token_bytes: 10.0,
+        query_rep_bytes: 0.0,
+        passage_rep_bytes: 0.0,
+        score_bytes: 0.0,
+        pair_bytes: Some(1.0),
+        probed_widths: (1.0, 1.0),
+        backward_headroom: 1.0,
     }
+}
 
-    // On a real model: the probe's costs, budgets between nothing and
-    // everything, each step exact against the full batch.
+fn item_tokens() -> ChunkTokens {
+    // 5 queries in chunks of 2, 2, 1; 15 passages in chunks of 4, 4, 4, 3.
+    ChunkTokens { queries: vec![2, 2, 1], passages: vec![4, 4, 4, 3] }
+}
+
+#[test]
+fn the_peak_estimate_counts_caches_retained_graphs_and_the_largest_recomputed_piece() {
+    let config = layout(MemoryConfig::default());
+    let costs = CostModel { query_rep_bytes: 1.0, passage_rep_bytes: 2.0, score_bytes: 0.5, ..synthetic() };
+    let retain = |q, p, b| Plan::with_retained(&config, 5, 15, RetainCounts { query_chunks: q, passage_chunks: p, head_blocks: b });
+    // Caches: U, ∂L/∂U (5 × 1 each), V, ∂L/∂V (15 × 2 each), S and W
+    // (75 × 0.5 each): 145 bytes.
+    // Nothing kept: the largest chunk, the first query chunk (200 bytes).
+    assert_eq!(retain(0, 0, 0).estimate_peak(&costs, &item_tokens()), 145.0 + 200.0);
+    // One query chunk kept (200) plus the largest recomputed block (2 × 6
+    // pairs = 12), above the largest recomputed chunk (200).
+    assert_eq!(retain(1, 0, 0).estimate_peak(&costs, &item_tokens()), 145.0 + 212.0);
+    // Everything kept: 500 + 150 of encoder graphs, 75 of head graphs.
+    assert_eq!(retain(3, 4, 9).estimate_peak(&costs, &item_tokens()), 145.0 + 725.0);
+    // A closed-form head has no head graphs at all.
+    let dot = CostModel { pair_bytes: None, ..costs };
+    assert_eq!(retain(3, 4, 9).estimate_peak(&dot, &item_tokens()), 145.0 + 650.0);
+}
+
+#[test]
+fn a_budget_keeps_greedily_what_fits_and_refuses_what_cannot_fit() {
+    let config = layout(MemoryConfig::default());
+    let fit = |budget: f64| Plan::fit(&config, 5, 15, &synthetic(), &item_tokens(), budget);
+    // Worked by hand. Recomputing everything needs the largest chunk: 200.
+    match fit(199.0) {
+        Err(gradcache::GradCacheError::BudgetTooSmall { needed_mb, .. }) => assert_eq!(needed_mb * 1048576.0, 200.0),
+        other => panic!("expected BudgetTooSmall, got {other:?}"),
+    }
+    for (budget, want, estimate) in [
+        // The first query chunk (200) would need 200 + a block (12) held
+        // with the next recomputed chunk (200) still to come: 212 > 200. The
+        // passage chunks fit (150 + 12 ≤ 200), then blocks while
+        // 150 + 12 + 12 + 6 + 12 ... ≤ 200: four (42). The peak is still the
+        // recomputed query chunk's 200.
+        (200.0, RetainCounts { query_chunks: 0, passage_chunks: 4, head_blocks: 4 }, 200.0),
+        // One query chunk (200), not two (400 + 12); all passage chunks
+        // (350), four blocks (392).
+        (400.0, RetainCounts { query_chunks: 1, passage_chunks: 4, head_blocks: 4 }, 392.0),
+        // Just short of everything: every chunk (500 + 150), and blocks
+        // while 650 + 12 + 12 + 6 + ... ≤ 724: eight (72).
+        (724.0, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 8 }, 722.0),
+    ] {
+        let (plan, used) = fit(budget).unwrap();
+        assert_eq!(plan.retained(), want, "budget {budget}");
+        assert_eq!(used, estimate, "budget {budget}");
+        assert!(used <= budget);
+    }
+    // Everything (725): each side in one chunk, every block kept.
+    let (plan, used) = fit(725.0).unwrap();
+    assert_eq!((plan.retained(), plan.sizes(false).query_chunks, plan.sizes(false).head_blocks, used), (RetainCounts { query_chunks: 1, passage_chunks: 1, head_blocks: 9 }, 1, 9, 725.0));
+    // The backward headroom scales the graphs, not the caches.
+    let costs = CostModel { backward_headroom: 2.0, query_rep_bytes: 1.0, ..synthetic() };
+    let plan = Plan::with_retained(&config, 5, 15, RetainCounts::default());
+    assert_eq!(plan.estimate_peak(&costs, &item_tokens()), 10.0 + 2.0 * 200.0);
+    // Without head graphs (closed form) no block is ever retained.
+    let dot = CostModel { pair_bytes: None, ..synthetic() };
+    let (plan, _) = Plan::fit(&config, 5, 15, &dot, &item_tokens(), 649.0).unwrap();
+    assert_eq!(plan.retained(), RetainCounts { query_chunks: 3, passage_chunks: 3, head_blocks: 0 });
+}
+
+#[test]
+fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
+    let _serial = serial();
     let model = Model::new(HeadKind::Interaction, true, Kind::Double, 0.2);
     let data = data(5, 3, LossKind::InfoNce, 11);
     let loss = loss(LossKind::InfoNce);
+    let config = layout(MemoryConfig::default());
     let gc = model.step(config.clone(), loss.as_ref());
     let seeds = gradcache::replay::ReplaySeeds::from_base(1);
     // The first probe of a process also counts one-time allocations (it
     // overestimates, the safe side); the budgets below use a settled one.
     gc.probe_costs(&data.queries, &data.passages, &seeds).unwrap();
-    let measured = gc.probe_costs(&data.queries, &data.passages, &seeds).unwrap();
-    assert!(measured.query_item_bytes > 0.0 && measured.passage_item_bytes > 0.0 && measured.pair_bytes > 0.0, "{measured:?}");
+    let costs = gc.probe_costs(&data.queries, &data.passages, &seeds).unwrap();
+    assert!(costs.query_token_bytes > 0.0 && costs.passage_token_bytes > 0.0 && costs.pair_bytes.unwrap() > 0.0, "{costs:?}");
+    let tokens = ChunkTokens {
+        queries: [(0, 2), (2, 2), (4, 1)].map(|(s, l)| data.queries.chunk(s, l).unwrap().padded_tokens()).to_vec(),
+        passages: [(0, 4), (4, 4), (8, 4), (12, 3)].map(|(s, l)| data.passages.chunk(s, l).unwrap().padded_tokens()).to_vec(),
+    };
     let mb = 1048576.0;
-    let one_and_a_half_chunks = 3.0 * measured.query_item_bytes / mb;
-    for budget_mb in [0.0, one_and_a_half_chunks, 1e6] {
+    let least = Plan::with_retained(&config, 5, 15, RetainCounts::default()).estimate_peak(&costs, &tokens) / mb;
+    let most = Plan::new(&layout(MemoryConfig::Recompute { recompute: Recompute::None }), 5, 15).unwrap().estimate_peak(&costs, &tokens) / mb;
+    assert!(most > least * 1.5, "retaining everything should cost more: {least} vs {most} MB");
+
+    let too_small = model.step(layout(MemoryConfig::Budget { budget_mb: least * 0.5 }), loss.as_ref());
+    too_small.set_costs(costs);
+    let err = too_small.step(&data.queries, &data.passages, &data.targets).unwrap_err();
+    assert!(matches!(err, gradcache::GradCacheError::BudgetTooSmall { .. }), "{err}");
+
+    // Each step below reuses the probe of the step before it (a fresh probe
+    // on a model this small reads a few hundred kB of allocator noise).
+    for (budget_mb, expect) in [(least * 1.1, "little"), ((least + most) / 2.0, "some"), (most * 1.1, "all")] {
         let config = layout(MemoryConfig::Budget { budget_mb });
         let gc = model.step(config.clone(), loss.as_ref());
+        gc.set_costs(costs);
+        gradcache::check::zero_grads(&model.vs);
+        tch::manual_seed(99);
         let out = gc.step(&data.queries, &data.passages, &data.targets).unwrap();
-        let estimate = out.retained_estimate_mb.unwrap();
-        assert!(estimate <= budget_mb, "estimate {estimate} MB over the budget {budget_mb} MB");
+        let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+        let report = out.budget.unwrap();
+        assert_eq!(report.budget_mb, budget_mb);
+        assert!(report.estimated_peak_mb <= budget_mb, "estimate {} MB over the budget {budget_mb} MB", report.estimated_peak_mb);
         let kept = out.retained;
-        if budget_mb == 0.0 {
-            assert_eq!(kept, RetainCounts::default());
-        } else if budget_mb >= 1e6 {
-            assert_eq!(kept, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 });
-        } else {
-            assert_eq!(kept.query_chunks, 1, "{kept:?}");
+        match expect {
+            // One chunk per side, every block kept.
+            "all" => assert_eq!((kept, out.sizes.query_chunks, out.sizes.head_blocks), (RetainCounts { query_chunks: 1, passage_chunks: 1, head_blocks: 9 }, 1, 9)),
+            "some" => assert!(kept.query_chunks + kept.passage_chunks + kept.head_blocks > 0 && out.sizes.query_chunks == 3, "{kept:?}"),
+            _ => assert_eq!(out.sizes.query_chunks, 3),
         }
-        let c = compare(&model, &data, loss.as_ref(), config);
-        assert_exact(&c, F64_TOL, &format!("budget {budget_mb} MB"));
+        gradcache::check::zero_grads(&model.vs);
+        tch::manual_seed(99);
+        let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
+        let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+        let c = Comparison { cached_loss: out.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
+        assert_exact(&c, F64_TOL, &format!("budget {budget_mb} MB ({expect})"));
     }
+}
+
+/// The reference that shares nothing with the step's layout code: the
+/// whole batch through each encoder in one call, the head over the whole
+/// grid in one call, the loss and one backward. No `Plan`, no chunks, no
+/// blocks, no replay streams.
+fn whole_batch(model: &Model, data: &Data, loss: &dyn gradcache::ContrastiveLoss) -> (f64, gradcache::check::GradientSnapshot) {
+    use gradcache::Encoder;
+    gradcache::check::zero_grads(&model.vs);
+    let passage_encoder = model.passage.as_ref().unwrap_or(&model.query);
+    let l = tch::with_grad(|| {
+        let u = model.query.encode(&data.queries, true).unwrap();
+        let v = passage_encoder.encode(&data.passages, true).unwrap();
+        let s = model.head.score(&u, &v, true).unwrap();
+        let l = loss.loss(&s, &data.targets).unwrap();
+        l.backward();
+        l.double_value(&[])
+    });
+    (l, gradcache::check::GradientSnapshot::take(&model.vs).unwrap())
+}
+
+#[test]
+fn chunked_partly_retained_steps_equal_one_unchunked_forward_and_backward() {
+    // Dropout off: an unchunked forward draws its masks in another order
+    // than a chunked one, so with dropout on the two would differ by design.
+    // Dropout with retention is checked against the full-batch step above.
+    let _serial = serial();
+    for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::Interaction, HeadKind::MaxSim] {
+        for tied in [true, false] {
+            for (name, memory) in mixes().into_iter().chain([("recompute all", MemoryConfig::default())]) {
+                let model = Model::new(head, tied, Kind::Double, 0.0);
+                let data = data(5, 3, LossKind::InfoNce, 12);
+                let loss = loss(LossKind::InfoNce);
+                let (reference_loss, theirs) = whole_batch(&model, &data, loss.as_ref());
+                gradcache::check::zero_grads(&model.vs);
+                let out = model.step(layout(memory), loss.as_ref()).step(&data.queries, &data.passages, &data.targets).unwrap();
+                let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+                let c = Comparison { cached_loss: out.loss, reference_loss, grads: ours.compare(&theirs).unwrap() };
+                assert_exact(&c, F64_TOL, &format!("{head:?}, tied {tied}: {name} against the unchunked step"));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_unchunked_reference_catches_a_chunking_bug() {
+    // A step whose passage chunks are cut at the wrong place (its "chunks"
+    // overlap, as an off-by-one in the layout would do) must fail the
+    // comparison: here, the passage input is shifted by one item before the
+    // step, which is what encoding the wrong slice amounts to.
+    let _serial = serial();
+    let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.0);
+    let data = data(5, 3, LossKind::InfoNce, 12);
+    let loss = loss(LossKind::InfoNce);
+    let (reference_loss, theirs) = whole_batch(&model, &data, loss.as_ref());
+    let idx = Tensor::from_slice(&[1i64, 0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    let shifted = gradcache::TokenBatch::new(data.passages.ids().index_select(0, &idx), data.passages.mask().index_select(0, &idx)).unwrap();
+    gradcache::check::zero_grads(&model.vs);
+    let memory = MemoryConfig::Retain { retain: RetainCounts { query_chunks: 1, passage_chunks: 2, head_blocks: 4 } };
+    let out = model.step(layout(memory), loss.as_ref()).step(&data.queries, &shifted, &data.targets).unwrap();
+    let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+    let c = Comparison { cached_loss: out.loss, reference_loss, grads: ours.compare(&theirs).unwrap() };
+    assert!(!c.grads.failures(F64_TOL).is_empty(), "two swapped passages went unnoticed");
 }

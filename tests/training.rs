@@ -135,6 +135,17 @@ fn resume_continues_exactly() {
     let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    // The step plan is logged once, on the first step (not again on resume).
+    let planned: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e.get("plan").is_some())
+        .map(|e| {
+            assert!(e["plan"]["query_chunks"].as_u64().unwrap() >= 1, "{e}");
+            e["step"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(planned, [1]);
 }
 
 #[test]

@@ -360,10 +360,20 @@ impl<'v> Trainer<'v> {
             self.optimizer.step_with(self.vs, |name| lr * c.lr_multiplier(name))?;
             let done = i + 1;
             losses.push(out.loss);
-            self.log.push(serde_json::json!({
+            let mut entry = serde_json::json!({
                 "step": done, "loss": out.loss, "lr": lr, "grad_norm": norm,
                 "seconds": started.elapsed().as_secs_f64(),
-            }))?;
+            });
+            // The layout stays the same while the batch's shape does: shown
+            // once per process, logged once per run (on the first step, so a
+            // resumed run's log reads like an uninterrupted one's).
+            if i == self.first_step {
+                progress.message(&out.describe_plan());
+            }
+            if i == 0 {
+                entry["plan"] = out.plan_json();
+            }
+            self.log.push(entry)?;
             progress.update(done, out.loss);
             if done == c.steps || (c.eval_every > 0 && done % c.eval_every == 0) {
                 after = self.evaluate(done, &mut evaluate, &progress)?;
