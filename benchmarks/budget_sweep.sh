@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The memory budget's trade-off: step time and peak memory of the two-cache
 # step from "recompute all" (the default) through budgets to "retain all",
-# beside the full-batch step; small BERT (bench_step's model: 2 layers,
+# beside the full-batch step ("recompute none" = each side in one chunk,
+# every block kept; "retain every chunk and block" keeps the configured
+# chunks); small BERT (bench_step's model: 2 layers,
 # width 128, 16 tokens), 2 passages per query, chunks of 16, blocks of
 # 16 x 64; each configuration in its own process. A budget below what the
 # step needs is recorded with the error it gets. The full-batch step and
@@ -44,8 +46,12 @@ for head in $heads; do
             memory="{\"budget_mb\": $budget}"
             run "$head $batch budget $budget" --method two-cache --memory "$memory" "${common[@]}"
         done
-        memory='{"recompute": "none"}'
-        [ $whole = 1 ] && run "$head $batch retain all" --method two-cache --memory "$memory" "${common[@]}"
+        if [ $whole = 1 ]; then
+            memory='{"retain": {"query_chunks": 1000000, "passage_chunks": 1000000, "head_blocks": 1000000}}'
+            run "$head $batch retain every chunk and block" --method two-cache --memory "$memory" "${common[@]}"
+            memory='{"recompute": "none"}'
+            run "$head $batch recompute none" --method two-cache --memory "$memory" "${common[@]}"
+        fi
     done
 done
 mv "$out.tmp" "$out"

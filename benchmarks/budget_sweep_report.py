@@ -25,7 +25,9 @@ def name(r):
     if m.get("recompute") == "all":
         return "recompute all (default)"
     if m.get("recompute") == "none":
-        return "retain all"
+        return "recompute none (one chunk per side)"
+    if "retain" in m:
+        return "retain every chunk and block"
     return f"budget {m['budget_mb']} MB"
 
 

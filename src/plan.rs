@@ -48,6 +48,27 @@ pub enum MemoryConfig {
     },
 }
 
+/// The command-line form: `all` (recompute all), `none` (recompute none),
+/// `auto`, a budget in MB (`2000`), or the JSON forms.
+impl std::str::FromStr for MemoryConfig {
+    type Err = GradCacheError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = GradCacheError::InvalidConfig { field: "memory", reason: "must be all, none, auto, a budget in MB, or StepConfig.memory's JSON" };
+        let config = match s.trim() {
+            "all" => MemoryConfig::Recompute { recompute: Recompute::All },
+            "none" => MemoryConfig::Recompute { recompute: Recompute::None },
+            "auto" => MemoryConfig::Auto { budget: AutoBudget::Auto },
+            other => match other.parse::<f64>() {
+                Ok(budget_mb) => MemoryConfig::Budget { budget_mb },
+                Err(_) => serde_json::from_str(other).map_err(|_| bad)?,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 /// The one value of `{"budget": "auto"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -228,7 +249,14 @@ impl Plan {
     /// their backward pass adds. Not counted: the parameters' gradients
     /// (allocated once, on the first step). `docs/benchmarks.md` gives the
     /// measured error.
-    pub fn estimate_peak(&self, costs: &CostModel, tokens: &ChunkTokens) -> f64 {
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] when `tokens` does not list this
+    /// plan's chunks.
+    pub fn estimate_peak(&self, costs: &CostModel, tokens: &ChunkTokens) -> Result<f64> {
+        if tokens.queries.len() != self.query_chunks.len() || tokens.passages.len() != self.passage_chunks.len() {
+            return Err(GradCacheError::InvalidConfig { field: "memory", reason: "the token counts do not match the plan's chunks" });
+        }
         let (n, m) = (self.rows.iter().map(|r| r.len).sum::<usize>() as f64, self.cols.iter().map(|c| c.len).sum::<usize>() as f64);
         let caches = 2.0 * (n * costs.query_rep_bytes + m * costs.passage_rep_bytes) + 2.0 * n * m * costs.score_bytes;
         let (mut retained_enc, mut chunk_work) = (0.0_f64, 0.0_f64);
@@ -256,16 +284,19 @@ impl Plan {
                 }
             }
         }
-        caches + costs.backward_headroom * (retained_enc + retained_head.max(block_work)).max(chunk_work)
+        Ok(caches + costs.backward_headroom * (retained_enc + retained_head.max(block_work)).max(chunk_work))
     }
 
-    /// The layout fitted to `budget_bytes`: the full-batch layout
-    /// ([`Plan::whole`]) when its [`Plan::estimate_peak`] fits; otherwise
-    /// `config`'s chunks and blocks, keeping greedily and in order query
-    /// chunks, passage chunks and head blocks (each kind as a prefix) while
-    /// the estimate stays within the budget. Returns the plan and its
-    /// estimate. A head with closed-form gradients (`pair_bytes: None`) gets
-    /// no retained blocks.
+    /// The layout fitted to `budget_bytes`: `config`'s chunks and blocks,
+    /// keeping greedily and in order query chunks, passage chunks and head
+    /// blocks (each kind as a prefix) while [`Plan::estimate_peak`] stays
+    /// within the budget. Returns the plan and its estimate. A head with
+    /// closed-form gradients (`pair_bytes: None`) gets no retained blocks.
+    ///
+    /// It never merges chunks (as [`Plan::whole`] does): dropout masks are
+    /// drawn per chunk, so a layout chosen from a measurement would make a
+    /// run's random draws, and so its trajectory, depend on the
+    /// measurement. What is retained does not change them.
     ///
     /// # Errors
     /// [`GradCacheError::BudgetTooSmall`] when even recomputing everything
@@ -274,32 +305,14 @@ impl Plan {
     /// plan's chunks.
     pub fn fit(config: &StepConfig, n: usize, m: usize, costs: &CostModel, tokens: &ChunkTokens, budget_bytes: f64) -> Result<(Plan, f64)> {
         let mut plan = Plan::with_retained(config, n, m, RetainCounts::default());
-        if tokens.queries.len() != plan.query_chunks.len() || tokens.passages.len() != plan.passage_chunks.len() {
-            return Err(GradCacheError::InvalidConfig { field: "memory", reason: "the token counts do not match the plan's chunks" });
-        }
-        // Everything fits: the full-batch layout, priced at each side's
-        // widest chunk (one piece is padded to its longest item).
-        let whole_tokens = |chunks: &[(Piece, bool)], tokens: &[usize], items: usize| -> Vec<usize> {
-            let width = chunks.iter().zip(tokens).map(|((p, _), &t)| t as f64 / p.len.max(1) as f64).fold(0.0, f64::max);
-            vec![(width * items as f64).ceil() as usize]
-        };
-        let whole = Plan::whole(config, n, m);
-        let whole_tokens = ChunkTokens {
-            queries: whole_tokens(&plan.query_chunks, &tokens.queries, n),
-            passages: whole_tokens(&plan.passage_chunks, &tokens.passages, m),
-        };
-        let estimate = whole.estimate_peak(costs, &whole_tokens);
-        if estimate <= budget_bytes {
-            return Ok((whole, estimate));
-        }
-        let mut estimate = plan.estimate_peak(costs, tokens);
+        let mut estimate = plan.estimate_peak(costs, tokens)?;
         if estimate > budget_bytes {
             return Err(GradCacheError::BudgetTooSmall { budget_mb: budget_bytes / MB, needed_mb: estimate / MB });
         }
         for side in [Side::Queries, Side::Passages] {
             for i in 0..plan.chunks(side).len() {
                 plan.chunks_mut(side)[i].1 = true;
-                let e = plan.estimate_peak(costs, tokens);
+                let e = plan.estimate_peak(costs, tokens)?;
                 if e > budget_bytes {
                     plan.chunks_mut(side)[i].1 = false;
                     break;
@@ -311,7 +324,7 @@ impl Plan {
             let total = plan.rows.len() * plan.cols.len();
             while plan.retained_blocks < total {
                 plan.retained_blocks += 1;
-                let e = plan.estimate_peak(costs, tokens);
+                let e = plan.estimate_peak(costs, tokens)?;
                 if e > budget_bytes {
                     plan.retained_blocks -= 1;
                     break;
@@ -350,7 +363,9 @@ impl Plan {
     /// anyway only adds per-chunk overhead), the pair grid in `config`'s
     /// blocks, all kept (one block over every pair is slower than cache-sized
     /// blocks for a head with hidden layers: measured in
-    /// `docs/benchmarks.md`). Encoder streams as for chunk 0.
+    /// `docs/benchmarks.md`). Encoder streams as for chunk 0, so its dropout
+    /// masks differ from a chunked step's: it is chosen only explicitly,
+    /// by `{"recompute": "none"}`.
     pub fn whole(config: &StepConfig, n: usize, m: usize) -> Plan {
         let all = RetainCounts { query_chunks: 1, passage_chunks: 1, head_blocks: usize::MAX };
         let one = n.max(m).max(1);

@@ -97,6 +97,16 @@ fn memory_configs_read_from_json_and_unknown_forms_are_errors() {
     }
     assert!(read(r#"{"recompute": "some"}"#).is_err());
     assert!(read(r#"{"retain": {"blocks": 3}}"#).is_err());
+    // The command line's short forms.
+    let parse = |s: &str| s.parse::<MemoryConfig>();
+    assert_eq!(parse("all").unwrap(), MemoryConfig::default());
+    assert_eq!(parse("none").unwrap(), MemoryConfig::Recompute { recompute: Recompute::None });
+    assert_eq!(parse("auto").unwrap(), MemoryConfig::Auto { budget: gradcache::plan::AutoBudget::Auto });
+    assert_eq!(parse("1500").unwrap(), MemoryConfig::Budget { budget_mb: 1500.0 });
+    assert_eq!(parse(r#"{"retain": {"query_chunks": 2}}"#).unwrap(), MemoryConfig::Retain { retain: RetainCounts { query_chunks: 2, ..Default::default() } });
+    for bad in ["-3", "0", "lots", "{\"budget_mb\": \"x\"}"] {
+        assert!(parse(bad).is_err(), "{bad} should be refused");
+    }
     let step: StepConfig = serde_json::from_str(r#"{"memory": {"recompute": "none"}}"#).unwrap();
     assert_eq!(step.memory, MemoryConfig::Recompute { recompute: Recompute::None });
 }
@@ -129,15 +139,18 @@ fn the_peak_estimate_counts_caches_retained_graphs_and_the_largest_recomputed_pi
     // Caches: U, ∂L/∂U (5 × 1 each), V, ∂L/∂V (15 × 2 each), S and W
     // (75 × 0.5 each): 145 bytes.
     // Nothing kept: the largest chunk, the first query chunk (200 bytes).
-    assert_eq!(retain(0, 0, 0).estimate_peak(&costs, &item_tokens()), 145.0 + 200.0);
+    assert_eq!(retain(0, 0, 0).estimate_peak(&costs, &item_tokens()).unwrap(), 145.0 + 200.0);
     // One query chunk kept (200) plus the largest recomputed block (2 × 6
     // pairs = 12), above the largest recomputed chunk (200).
-    assert_eq!(retain(1, 0, 0).estimate_peak(&costs, &item_tokens()), 145.0 + 212.0);
+    assert_eq!(retain(1, 0, 0).estimate_peak(&costs, &item_tokens()).unwrap(), 145.0 + 212.0);
     // Everything kept: 500 + 150 of encoder graphs, 75 of head graphs.
-    assert_eq!(retain(3, 4, 9).estimate_peak(&costs, &item_tokens()), 145.0 + 725.0);
+    assert_eq!(retain(3, 4, 9).estimate_peak(&costs, &item_tokens()).unwrap(), 145.0 + 725.0);
     // A closed-form head has no head graphs at all.
     let dot = CostModel { pair_bytes: None, ..costs };
-    assert_eq!(retain(3, 4, 9).estimate_peak(&dot, &item_tokens()), 145.0 + 650.0);
+    assert_eq!(retain(3, 4, 9).estimate_peak(&dot, &item_tokens()).unwrap(), 145.0 + 650.0);
+    // Token counts for another layout are refused, not zipped short.
+    let short = ChunkTokens { queries: vec![5], passages: vec![15] };
+    assert!(retain(0, 0, 0).estimate_peak(&costs, &short).is_err());
 }
 
 #[test]
@@ -168,13 +181,14 @@ fn a_budget_keeps_greedily_what_fits_and_refuses_what_cannot_fit() {
         assert_eq!(used, estimate, "budget {budget}");
         assert!(used <= budget);
     }
-    // Everything (725): each side in one chunk, every block kept.
+    // Everything (725), in the configured chunks: a budget never merges
+    // them (that would change the dropout streams).
     let (plan, used) = fit(725.0).unwrap();
-    assert_eq!((plan.retained(), plan.sizes(false).query_chunks, plan.sizes(false).head_blocks, used), (RetainCounts { query_chunks: 1, passage_chunks: 1, head_blocks: 9 }, 1, 9, 725.0));
+    assert_eq!((plan.retained(), plan.sizes(false).query_chunks, used), (RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 }, 3, 725.0));
     // The backward headroom scales the graphs, not the caches.
     let costs = CostModel { backward_headroom: 2.0, query_rep_bytes: 1.0, ..synthetic() };
     let plan = Plan::with_retained(&config, 5, 15, RetainCounts::default());
-    assert_eq!(plan.estimate_peak(&costs, &item_tokens()), 10.0 + 2.0 * 200.0);
+    assert_eq!(plan.estimate_peak(&costs, &item_tokens()).unwrap(), 10.0 + 2.0 * 200.0);
     // Without head graphs (closed form) no block is ever retained.
     let dot = CostModel { pair_bytes: None, ..synthetic() };
     let (plan, _) = Plan::fit(&config, 5, 15, &dot, &item_tokens(), 649.0).unwrap();
@@ -200,8 +214,9 @@ fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
         passages: [(0, 4), (4, 4), (8, 4), (12, 3)].map(|(s, l)| data.passages.chunk(s, l).unwrap().padded_tokens()).to_vec(),
     };
     let mb = 1048576.0;
-    let least = Plan::with_retained(&config, 5, 15, RetainCounts::default()).estimate_peak(&costs, &tokens) / mb;
-    let most = Plan::new(&layout(MemoryConfig::Recompute { recompute: Recompute::None }), 5, 15).unwrap().estimate_peak(&costs, &tokens) / mb;
+    let least = Plan::with_retained(&config, 5, 15, RetainCounts::default()).estimate_peak(&costs, &tokens).unwrap() / mb;
+    let everything = RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 };
+    let most = Plan::with_retained(&config, 5, 15, everything).estimate_peak(&costs, &tokens).unwrap() / mb;
     assert!(most > least * 1.5, "retaining everything should cost more: {least} vs {most} MB");
 
     let too_small = model.step(layout(MemoryConfig::Budget { budget_mb: least * 0.5 }), loss.as_ref());
@@ -224,8 +239,7 @@ fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
         assert!(report.estimated_peak_mb <= budget_mb, "estimate {} MB over the budget {budget_mb} MB", report.estimated_peak_mb);
         let kept = out.retained;
         match expect {
-            // One chunk per side, every block kept.
-            "all" => assert_eq!((kept, out.sizes.query_chunks, out.sizes.head_blocks), (RetainCounts { query_chunks: 1, passage_chunks: 1, head_blocks: 9 }, 1, 9)),
+            "all" => assert_eq!(kept, RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 }),
             "some" => assert!(kept.query_chunks + kept.passage_chunks + kept.head_blocks > 0 && out.sizes.query_chunks == 3, "{kept:?}"),
             _ => assert_eq!(out.sizes.query_chunks, 3),
         }

@@ -183,6 +183,11 @@ pub struct TrainArgs {
     /// Encoder chunk size (queries and passages).
     #[arg(long)]
     pub chunk_size: Option<usize>,
+    /// What the step keeps instead of recomputing: `all` (recompute all,
+    /// the default), `none` (keep everything), `auto` (half the available
+    /// memory), a budget in MB (e.g. `2000`), or `StepConfig.memory`'s JSON.
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<crate::plan::MemoryConfig>,
     /// Peak learning rate.
     #[arg(long)]
     pub learning_rate: Option<f64>,
@@ -283,6 +288,10 @@ fn holds_run(dir: &Path) -> bool {
     dir.join("config.json").exists() || dir.join("checkpoints").exists() || dir.join("metrics.jsonl").exists()
 }
 
+fn parse_memory(s: &str) -> std::result::Result<crate::plan::MemoryConfig, String> {
+    s.parse().map_err(|e: GradCacheError| e.to_string())
+}
+
 fn parse_split(s: &str) -> std::result::Result<Split, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("unknown split `{s}`: dev, test or train"))
 }
@@ -303,6 +312,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.batch_size {
             c.batch_size = v;
+        }
+        if let Some(v) = self.memory {
+            c.step.memory = v;
         }
         if let Some(v) = self.chunk_size {
             c.step.query_chunk_size = v;
