@@ -28,8 +28,8 @@ run() {
     echo "[budget_sweep] $label" >&2
     local err
     err=$(mktemp)
-    if ! "$bin" "$@" >> "$out.tmp" 2> "$err"; then
-        ./.python -c 'import json, sys; print(json.dumps({"head": sys.argv[1], "batch": int(sys.argv[2]), "memory": json.loads(sys.argv[3]), "error": open(sys.argv[4]).read().strip().splitlines()[-1]}))' \
+    if ! RUST_BACKTRACE=0 "$bin" "$@" >> "$out.tmp" 2> "$err"; then
+        ./.python -c 'import json, sys; print(json.dumps({"head": sys.argv[1], "batch": int(sys.argv[2]), "memory": json.loads(sys.argv[3]), "error": [l for l in open(sys.argv[4]).read().splitlines() if l.startswith("Error")][-1]}))' \
             "$head" "$batch" "$memory" "$err" >> "$out.tmp"
     fi
     rm -f "$err"

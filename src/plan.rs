@@ -372,6 +372,33 @@ impl Plan {
         Plan::with_retained(&StepConfig { query_chunk_size: one, passage_chunk_size: one, ..config.clone() }, n, m, all)
     }
 
+    /// The layout of a batch split across processes: `query_shards[r]`
+    /// queries and `passage_shards[r]` passages on rank `r`, in rank order.
+    /// Each shard is cut into `config`'s chunks on its own (a chunk never
+    /// spans two processes); chunks are numbered, and so seeded, across the
+    /// whole batch, so every chunk of every process has its own random
+    /// stream. The pair grid is `config`'s blocks over the whole batch.
+    /// Nothing is retained.
+    pub fn sharded(config: &StepConfig, query_shards: &[usize], passage_shards: &[usize]) -> Plan {
+        let cut_shards = |shards: &[usize], size: usize| {
+            let mut chunks = Vec::new();
+            let mut offset = 0;
+            for &items in shards {
+                chunks.extend(pieces(items, size).map(|(start, len)| (Piece { start: offset + start, len }, false)));
+                offset += items;
+            }
+            chunks
+        };
+        let (n, m) = (query_shards.iter().sum(), passage_shards.iter().sum());
+        Plan {
+            query_chunks: cut_shards(query_shards, config.query_chunk_size),
+            passage_chunks: cut_shards(passage_shards, config.passage_chunk_size),
+            rows: pieces(n, config.head_block_queries).map(|(start, len)| Piece { start, len }).collect(),
+            cols: pieces(m, config.head_block_passages).map(|(start, len)| Piece { start, len }).collect(),
+            retained_blocks: 0,
+        }
+    }
+
     /// The layout of `config` with the first `counts` of each kept.
     pub fn with_retained(config: &StepConfig, n: usize, m: usize, counts: RetainCounts) -> Plan {
         Plan {

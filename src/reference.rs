@@ -38,6 +38,34 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None })
     }
 
+    /// The full-batch step over a batch that [`GradCache::distributed_step`]
+    /// would see split across processes (`query_shards[r]` queries and
+    /// `passage_shards[r]` passages on rank `r`): the whole batch here, cut
+    /// into the same chunks ([`Plan::sharded`]) so that every chunk draws
+    /// the same random stream; the distributed step must equal it.
+    ///
+    /// # Errors
+    /// As [`GradCache::full_batch_step`]; [`GradCacheError::InvalidConfig`]
+    /// when the shards do not add up to the batch.
+    pub fn sharded_full_batch_step(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        targets: &Targets,
+        query_shards: &[usize],
+        passage_shards: &[usize],
+    ) -> Result<StepOutput> {
+        self.check_batch(queries, passages, targets)?;
+        if query_shards.iter().sum::<usize>() != queries.len() || passage_shards.iter().sum::<usize>() != passages.len() {
+            return Err(GradCacheError::InvalidConfig { field: "shards", reason: "must add up to the batch's queries and passages" });
+        }
+        let seeds = ReplaySeeds::draw()?;
+        let plan = Plan::sharded(&self.config, query_shards, passage_shards);
+        let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
+        seeds.finish();
+        Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None })
+    }
+
     /// Gradient accumulation: the batch is split into sub-batches of
     /// `sub_batch_queries` queries with their own groups of passages; each
     /// runs a full-batch step on its own (its in-batch negatives are only its

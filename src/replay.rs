@@ -68,6 +68,12 @@ impl ReplaySeeds {
         Ok(ReplaySeeds { base: t.f_int64_value(&[0])? as u64 })
     }
 
+    /// The base all of this step's seeds derive from (what a distributed
+    /// step shares across processes).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
     /// The seed of piece `index` of `stream`.
     pub fn seed(&self, stream: Stream, index: usize) -> i64 {
         let z = mix(self.base ^ mix(stream.tag() << 56 ^ index as u64));

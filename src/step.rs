@@ -177,19 +177,19 @@ impl<'m, E: Encoder + ?Sized> GradCache<'m, E, E> {
 
 /// Collects the replay differences of one pass on the device and checks them
 /// with a single synchronisation at the end of the pass.
-struct ReplayLog {
+pub(crate) struct ReplayLog {
     stage: ReplayStage,
     enabled: bool,
     relative_diffs: Vec<Tensor>,
 }
 
 impl ReplayLog {
-    fn new(stage: ReplayStage, enabled: bool) -> Self {
+    pub(crate) fn new(stage: ReplayStage, enabled: bool) -> Self {
         ReplayLog { stage, enabled, relative_diffs: Vec::new() }
     }
 
     /// Records `max|recomputed − cached| / max(1, max|cached|)`.
-    fn record(&mut self, recomputed: &Tensor, cached: &Tensor) -> Result<()> {
+    pub(crate) fn record(&mut self, recomputed: &Tensor, cached: &Tensor) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }
@@ -207,7 +207,7 @@ impl ReplayLog {
         Ok(())
     }
 
-    fn finish(self, tolerance: f64) -> Result<()> {
+    pub(crate) fn finish(self, tolerance: f64) -> Result<()> {
         if self.relative_diffs.is_empty() {
             return Ok(());
         }
@@ -767,7 +767,7 @@ pub(crate) fn score_all(
     Ok((Tensor::f_cat(&rows, 0)?, kept))
 }
 
-fn check_block_shape(s: &Tensor, queries: usize, passages: usize) -> Result<()> {
+pub(crate) fn check_block_shape(s: &Tensor, queries: usize, passages: usize) -> Result<()> {
     if s.size() != [queries as i64, passages as i64] {
         return Err(GradCacheError::HeadShape { queries, passages, got: s.size() });
     }
@@ -800,7 +800,7 @@ pub(crate) fn checked_loss_value(loss: &Tensor) -> Result<f64> {
 }
 
 /// The gradient of a leaf, in `kind`; zeros if nothing reached it.
-fn leaf_grad(leaf: &Tensor, kind: tch::Kind) -> Result<Tensor> {
+pub(crate) fn leaf_grad(leaf: &Tensor, kind: tch::Kind) -> Result<Tensor> {
     let g = leaf.f_grad()?;
     if g.defined() {
         Ok(g.f_to_kind(kind)?)

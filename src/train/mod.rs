@@ -151,7 +151,8 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
 /// entry by entry.
 #[derive(Debug)]
 struct MetricsLog {
-    path: PathBuf,
+    /// `None` for a process that does not write (a follower).
+    path: Option<PathBuf>,
     /// The entries kept from a resumed run's log.
     kept: Vec<serde_json::Value>,
 }
@@ -159,7 +160,7 @@ struct MetricsLog {
 impl MetricsLog {
     /// Opens the log, keeping only entries up to `step` (those of a resumed
     /// checkpoint).
-    fn open(path: PathBuf, keep_through: Option<usize>) -> Result<Self> {
+    fn open(path: PathBuf, keep_through: Option<usize>, writes: bool) -> Result<Self> {
         let kept: Vec<String> = match (keep_through, std::fs::read_to_string(&path)) {
             (Some(step), Ok(text)) => text
                 .lines()
@@ -175,9 +176,11 @@ impl MetricsLog {
         };
         // Rewritten once (atomically) to the resumed checkpoint's entries;
         // after that each entry is appended.
-        write_bytes_atomically(&path, kept.concat().as_bytes())?;
+        if writes {
+            write_bytes_atomically(&path, kept.concat().as_bytes())?;
+        }
         let kept = kept.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        Ok(MetricsLog { path, kept })
+        Ok(MetricsLog { path: writes.then_some(path), kept })
     }
 
     /// The metrics an evaluation at `step` logged, among the kept entries.
@@ -190,8 +193,9 @@ impl MetricsLog {
 
     fn push(&mut self, entry: serde_json::Value) -> Result<()> {
         use std::io::Write;
-        let io = crate::error::io_error(&self.path);
-        let mut file = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(crate::error::io_error(&self.path))?;
+        let Some(path) = &self.path else { return Ok(()) };
+        let io = crate::error::io_error(path);
+        let mut file = std::fs::OpenOptions::new().append(true).open(path).map_err(crate::error::io_error(path))?;
         // One write per line: a crash leaves at most a torn last line, which
         // `open` drops on resume (it keeps only parseable entries).
         file.write_all(format!("{entry}\n").as_bytes()).and_then(|()| file.flush()).map_err(io)
@@ -243,6 +247,9 @@ pub struct Trainer<'v> {
     run: checkpoint::RunFingerprint,
     resumed_from: Option<PathBuf>,
     skipped: Vec<(PathBuf, String)>,
+    /// Whether this process writes the run folder (false for the other
+    /// processes of a distributed run).
+    writes: bool,
 }
 
 impl<'v> Trainer<'v> {
@@ -272,8 +279,25 @@ impl<'v> Trainer<'v> {
     /// [`GradCacheError::Checkpoint`] when checkpoints exist but none is
     /// intact. Nothing in `out` changes on error.
     pub fn for_run(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool, run: checkpoint::RunFingerprint) -> Result<Self> {
+        Self::open(config, vs, out, resume, run, true)
+    }
+
+    /// [`Trainer::for_run`] for the other processes of a distributed run:
+    /// it resumes from the same checkpoint (read from the same folder) and
+    /// trains alike, but writes nothing — no log, no checkpoint, no
+    /// progress; the writing process (rank 0) does.
+    ///
+    /// # Errors
+    /// As [`Trainer::for_run`].
+    pub fn follower(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool, run: checkpoint::RunFingerprint) -> Result<Self> {
+        Self::open(config, vs, out, resume, run, false)
+    }
+
+    fn open(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool, run: checkpoint::RunFingerprint, writes: bool) -> Result<Self> {
         config.validate()?;
-        std::fs::create_dir_all(out).map_err(crate::error::io_error(out))?;
+        if writes {
+            std::fs::create_dir_all(out).map_err(crate::error::io_error(out))?;
+        }
         let mut optimizer = AdamW::new(config.weight_decay);
         let mut first_step = 0;
         let mut resumed_from = None;
@@ -296,16 +320,18 @@ impl<'v> Trainer<'v> {
                     reason: format!("no intact checkpoint to resume from: {}", reasons.join("; ")),
                 });
             }
-        } else {
+        } else if writes {
             set_aside(&out.join("checkpoints"), &out.join("checkpoints.previous"))?;
             set_aside(&out.join("metrics.jsonl"), &out.join("metrics.previous.jsonl"))?;
         }
         // Keep the log up to the checkpoint resumed from; with nothing to
         // resume, the run starts over and so does its log.
-        let log = MetricsLog::open(out.join("metrics.jsonl"), resumed_from.as_ref().map(|_| first_step))?;
-        let json = serde_json::to_vec_pretty(&config).map_err(|source| GradCacheError::Json { path: out.join("train_config.json"), source })?;
-        write_bytes_atomically(&out.join("train_config.json"), &json)?;
-        Ok(Trainer { config, vs, out: out.to_path_buf(), optimizer, first_step, log, run, resumed_from, skipped })
+        let log = MetricsLog::open(out.join("metrics.jsonl"), resumed_from.as_ref().map(|_| first_step), writes)?;
+        if writes {
+            let json = serde_json::to_vec_pretty(&config).map_err(|source| GradCacheError::Json { path: out.join("train_config.json"), source })?;
+            write_bytes_atomically(&out.join("train_config.json"), &json)?;
+        }
+        Ok(Trainer { config, vs, out: out.to_path_buf(), optimizer, first_step, log, run, resumed_from, skipped, writes })
     }
 
     /// The checkpoint this run resumed from, if any.
@@ -336,14 +362,14 @@ impl<'v> Trainer<'v> {
         let c = self.config.clone();
         let schedule = LinearSchedule { peak: c.learning_rate, warmup: c.warmup_steps, total: c.steps };
         let before = if self.first_step == 0 {
-            Some(self.evaluate(0, &mut evaluate, &Progress::new(0, c.steps, c.progress))?)
+            Some(self.evaluate(0, &mut evaluate, &Progress::new(0, c.steps, c.progress && self.writes))?)
         } else {
             // A resumed run: the first run's evaluation before training, as
             // its log recorded it.
             self.log.logged_eval(0)
         };
         // Started after the first evaluation, so steps/s and ETA are about steps.
-        let mut progress = Progress::new(self.first_step, c.steps, c.progress);
+        let mut progress = Progress::new(self.first_step, c.steps, c.progress && self.writes);
         let mut losses = Vec::new();
         let mut checkpoint_path = None;
         let mut after = BTreeMap::new();
@@ -378,7 +404,7 @@ impl<'v> Trainer<'v> {
             if done == c.steps || (c.eval_every > 0 && done % c.eval_every == 0) {
                 after = self.evaluate(done, &mut evaluate, &progress)?;
             }
-            if done == c.steps || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0) {
+            if self.writes && (done == c.steps || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0)) {
                 let state = checkpoint::CheckpointState { step: done, config: c.clone(), run: self.run.clone(), checksums: BTreeMap::new() };
                 checkpoint_path = Some(checkpoint::save(&self.out.join("checkpoints"), self.vs, &self.optimizer, &state, c.keep_checkpoints)?);
             }

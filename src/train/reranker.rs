@@ -29,7 +29,8 @@ use crate::scorer::{ModelConfig, Scorer, ScoringLayout};
 use crate::text::TextTokenizer;
 use crate::train::{sample_indices, TrainConfig, Trainer};
 use crate::weights::write_bytes_atomically;
-use crate::{GradCache, StepConfig, Targets, TokenBatch};
+use crate::distributed::Collective;
+use crate::{Chunk, GradCache, StepConfig, Targets, TokenBatch};
 
 /// Everything a run needs; JSON with these fields, all optional (nested
 /// blocks merge over the defaults, see [`crate::config::layered`]).
@@ -77,6 +78,9 @@ pub struct RerankerConfig {
     pub step: StepConfig,
     /// Steps, learning rate and its multipliers, warm-up, checkpoints, seed.
     pub train: TrainConfig,
+    /// Under `mpirun`: compare a checksum of the weights across processes
+    /// every so many steps and stop if they differ (0: never).
+    pub check_weights_every: usize,
 }
 
 impl Default for RerankerConfig {
@@ -112,6 +116,7 @@ impl Default for RerankerConfig {
                 checkpoint_every: 40,
                 ..TrainConfig::default()
             },
+            check_weights_every: 0,
         }
     }
 }
@@ -254,8 +259,19 @@ impl TrainArgs {
 /// Settings of a run that do not shape what is trained: they may change
 /// between a run and its resume. (The training block's own rule is
 /// [`crate::train::checkpoint::MAY_CHANGE_ON_RESUME`].)
-const NOT_IN_FINGERPRINT: [&str; 10] =
-    ["model_dir", "data_dir", "train_jsonl", "output_dir", "device", "dev_queries", "eval_split", "test_queries", "baselines", "train"];
+const NOT_IN_FINGERPRINT: [&str; 11] = [
+    "model_dir",
+    "data_dir",
+    "train_jsonl",
+    "output_dir",
+    "device",
+    "dev_queries",
+    "eval_split",
+    "test_queries",
+    "baselines",
+    "train",
+    "check_weights_every",
+];
 
 /// The run's identity beyond its training block: every other setting that
 /// shapes training, and SHA-256 checksums of the model weights and of the
@@ -377,7 +393,8 @@ fn batch(
 /// What a finished run left.
 #[derive(Debug, Clone)]
 pub struct TrainReport {
-    /// The content of `results.json`.
+    /// The content of `results.json` (`null` on the processes of a
+    /// distributed run other than rank 0).
     pub results: serde_json::Value,
     /// The model bundle.
     pub bundle: PathBuf,
@@ -392,16 +409,39 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 /// and the comparison table (with the committed baselines when the budget
 /// matches) and returns the results.
 ///
+/// Launched by `mpirun -np R` (and built with the `mpi` feature), the R
+/// processes train one model together ([`crate::distributed::launched`]):
+/// each takes its share of every global batch of `batch_size` queries,
+/// rank 0 alone prints, evaluates and writes the run folder.
+///
 /// # Errors
 /// Any configuration, data, model, training or file error, typed.
 pub fn run(c: &RerankerConfig, start: Start) -> Result<TrainReport> {
+    let world = crate::distributed::launched()?;
+    run_with(c, start, world.as_ref())
+}
+
+/// [`run`] over the processes of `world` ([`crate::distributed::SingleProcess`]
+/// for one).
+///
+/// # Errors
+/// As [`run`]; [`GradCacheError::InvalidConfig`] when `batch_size` is
+/// smaller than the number of processes.
+pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Result<TrainReport> {
     // Everything is checked before anything is written: a run that fails
     // here leaves an existing run folder as it was.
     c.validate()?;
     let device = parse_device(&c.device)?;
+    let (rank, ranks) = (world.rank(), world.world_size());
+    let lead = rank == 0;
+    if c.batch_size < ranks {
+        return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "must be at least the number of processes" });
+    }
     if start == Start::New && holds_run(&c.output_dir) {
         return Err(GradCacheError::RunExists { path: c.output_dir.clone() });
     }
+    // Every process has looked at the folder before rank 0 writes to it.
+    world.barrier();
     if !c.model_dir.is_dir() {
         let why = if c.model_dir == RerankerConfig::default().model_dir {
             "model folder missing: run scripts/gradcache.sh setup"
@@ -438,22 +478,31 @@ pub fn run(c: &RerankerConfig, start: Start) -> Result<TrainReport> {
     let scorer = Scorer::from_pretrained(c.model_config(), &model, device)?;
     let gc = GradCache::new(c.step.clone(), scorer.query_encoder(), scorer.passage_encoder(), scorer.head(), &c.loss)?;
 
-    println!(
-        "train_reranker: {} training records, dev {} queries x {} senses, device {device:?}",
-        records.len(),
-        dev.set.queries.len(),
-        dev.set.corpus.len()
-    );
-    println!(
-        "batch {} queries x {} passages each ({} passages), encoder chunk {}, head block {}x{}, {} steps",
-        c.batch_size,
-        c.group_size,
-        c.batch_size * c.group_size,
-        c.step.query_chunk_size,
-        c.step.head_block_queries,
-        c.step.head_block_passages,
-        c.train.steps
-    );
+    // Each process's share of a global batch: contiguous, in rank order,
+    // the first ones one query fewer when it does not divide evenly.
+    let shares: Vec<usize> = (0..ranks).map(|r| c.batch_size / ranks + usize::from(r >= ranks - c.batch_size % ranks)).collect();
+    let own_start: usize = shares[..rank].iter().sum();
+    if lead {
+        println!(
+            "train_reranker: {} training records, dev {} queries x {} senses, device {device:?}",
+            records.len(),
+            dev.set.queries.len(),
+            dev.set.corpus.len()
+        );
+        println!(
+            "batch {} queries x {} passages each ({} passages), encoder chunk {}, head block {}x{}, {} steps",
+            c.batch_size,
+            c.group_size,
+            c.batch_size * c.group_size,
+            c.step.query_chunk_size,
+            c.step.head_block_queries,
+            c.step.head_block_passages,
+            c.train.steps
+        );
+        if ranks > 1 {
+            println!("{ranks} processes (MPI), queries per process {shares:?}: one global batch per step");
+        }
+    }
     // The pretrained encoder's cosine of mean-pooled vectors; token
     // encoders have no such baseline.
     let pretrained = if c.encoder.pooling == Pooling::Tokens {
@@ -462,28 +511,51 @@ pub fn run(c: &RerankerConfig, start: Start) -> Result<TrainReport> {
         let cosine = ModelConfig { head: HeadConfig::Cosine(CosineHeadConfig::default()), ..c.model_config() };
         Some(Scorer::from_pretrained(cosine, &model, device)?)
     };
-    let cosine = pretrained.as_ref().map(|p| sense_metrics(&p.score(&dev_queries, &dev_corpus)?, &dev)).transpose()?;
+    let cosine = match &pretrained {
+        Some(p) if lead => Some(sense_metrics(&p.score(&dev_queries, &dev_corpus)?, &dev)?),
+        _ => None,
+    };
 
-    let mut trainer = Trainer::for_run(c.train.clone(), scorer.var_store(), &c.output_dir, start == Start::Resume, fingerprint(c, &model)?)?;
-    // Only a run that may use this folder records its config there.
-    write_json(&c.output_dir.join("config.json"), c)?;
-    for (path, why) in trainer.skipped_checkpoints() {
-        eprintln!("resume: skipped damaged checkpoint {}: {why}", path.display());
-    }
-    match trainer.resumed_from() {
-        Some(path) => println!("resuming from {} (step {} of {})", path.display(), trainer.first_step(), c.train.steps),
-        None if start == Start::Resume => println!("nothing to resume in {}: starting at step 0", c.output_dir.display()),
-        None => {}
+    let run = fingerprint(c, &model)?;
+    let resume = start == Start::Resume;
+    let mut trainer = if lead {
+        Trainer::for_run(c.train.clone(), scorer.var_store(), &c.output_dir, resume, run)?
+    } else {
+        Trainer::follower(c.train.clone(), scorer.var_store(), &c.output_dir, resume, run)?
+    };
+    if lead {
+        // Only a run that may use this folder records its config there.
+        write_json(&c.output_dir.join("config.json"), c)?;
+        for (path, why) in trainer.skipped_checkpoints() {
+            eprintln!("resume: skipped damaged checkpoint {}: {why}", path.display());
+        }
+        match trainer.resumed_from() {
+            Some(path) => println!("resuming from {} (step {} of {})", path.display(), trainer.first_step(), c.train.steps),
+            None if resume => println!("nothing to resume in {}: starting at step 0", c.output_dir.display()),
+            None => {}
+        }
     }
     let summary = trainer.run(
         |i| {
             let (q, p, t) = batch(&records, c, &tok, i, device)?;
-            gc.step(&q, &p, &t)
+            if ranks == 1 {
+                return gc.step(&q, &p, &t);
+            }
+            if c.check_weights_every > 0 && i % c.check_weights_every == 0 {
+                crate::distributed::check_same_weights(scorer.var_store(), world, i)?;
+            }
+            let g = c.group_size;
+            let (q, p) = (q.chunk(own_start, shares[rank])?, p.chunk(own_start * g, shares[rank] * g)?);
+            gc.distributed_step(&q, &p, &t, scorer.var_store(), world)
         },
-        |_| sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev),
+        // Rank 0 evaluates; the others wait for it at the next step.
+        |_| if lead { sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev) } else { Ok(BTreeMap::new()) },
     )?;
 
     let bundle = c.output_dir.join("model");
+    if !lead {
+        return Ok(TrainReport { results: serde_json::Value::Null, bundle });
+    }
     scorer.save(&bundle)?;
     let mut results = BTreeMap::from([("after".to_string(), summary.after.clone())]);
     if c.test_queries > 0 {

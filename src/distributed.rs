@@ -1,0 +1,511 @@
+//! Data-parallel two-cache steps across processes.
+//!
+//! Several processes together make one large batch: process `r` holds
+//! `N_r` queries and `M_r` passages, and every passage of every process is
+//! a negative for every query. [`GradCache::distributed_step`] runs the
+//! paper's steps with the representations gathered between them:
+//!
+//! 1. representation pass over the local chunks;
+//! 2. all-gather of `U` and `V` (detached: only representations move);
+//! 3. score pass: each process scores its share of the global block grid
+//!    (a contiguous run of blocks, row by row), and an all-gather of the
+//!    scores assembles the global `S` on each;
+//! 4. distance-gradient cache: `L(S)` and `W = ∂L/∂S` on every process
+//!    alike;
+//! 5. head pass over the same share of blocks, then a sum over processes
+//!    of `∂L/∂U`, `∂L/∂V` (a closed-form head computes them whole, with no
+//!    traffic), of which each process keeps its own rows;
+//! 6. encoder pass over the local chunks;
+//! 7. a sum over processes of every parameter's gradient from this step.
+//!
+//! The targets are **global**: query `i` of rank `r` is row `Σ_{s<r} N_s + i`
+//! of `S`, and passages are numbered the same way; [`Targets::grouped`]
+//! over the global sizes is right when each process holds whole groups.
+//! The loss and gradients are those of the global batch, equal to
+//! [`GradCache::sharded_full_batch_step`] (the full-batch step over the
+//! whole batch cut the same way) to rounding.
+//!
+//! Transport is a [`Collective`]: [`SingleProcess`] (world size 1, no
+//! transport), or [`mpi::MpiCollective`] over MPI (cargo feature `mpi`).
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use tch::{nn, Kind, Tensor};
+
+use crate::batch::Chunk;
+use crate::encoder::Encoder;
+use crate::error::{GradCacheError, ReplayStage, Result, Side};
+use crate::plan::{MemoryConfig, Piece, Plan, Recompute, RetainCounts};
+use crate::replay::{ReplaySeeds, Stream};
+use crate::representation::Representation;
+use crate::step::{encode_chunk, first_non_finite_block, GradCache, PhaseTimings, ReplayLog, StepOutput};
+use crate::targets::Targets;
+use crate::util::{accumulation_kind, all_finite};
+
+/// What the collectives of a process moved so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traffic {
+    /// Collective calls.
+    pub calls: u64,
+    /// Bytes this process contributed (sent), summed over calls.
+    pub bytes_sent: u64,
+    /// Wall time inside collective calls.
+    pub time: Duration,
+}
+
+/// The operations the distributed step needs, over tensors. Every process
+/// must make the same calls in the same order.
+pub trait Collective {
+    /// This process's rank, `0..world_size()`.
+    fn rank(&self) -> usize;
+
+    /// The number of processes.
+    fn world_size(&self) -> usize;
+
+    /// Every process's `local`, concatenated along the first axis in rank
+    /// order.
+    ///
+    /// # Shapes
+    /// `local`: `[n_r, ...]`, the trailing shape and the kind alike on every
+    /// process; returns `[Σ n_r, ...]`.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Distributed`] for an unsupported kind or mismatched
+    /// trailing shapes; libtorch errors.
+    fn all_gather(&self, local: &Tensor) -> Result<Tensor>;
+
+    /// The elementwise sum of `tensor` over all processes.
+    ///
+    /// # Shapes
+    /// The same on every process; returned unchanged.
+    ///
+    /// # Errors
+    /// As [`Collective::all_gather`].
+    fn all_reduce_sum(&self, tensor: &Tensor) -> Result<Tensor>;
+
+    /// Rank `root`'s `tensor` on every process.
+    ///
+    /// # Errors
+    /// As [`Collective::all_gather`].
+    fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<Tensor>;
+
+    /// Waits for every process.
+    fn barrier(&self);
+
+    /// What this process's collectives moved so far.
+    fn traffic(&self) -> Traffic;
+}
+
+/// One process: every collective is the identity.
+#[derive(Debug, Default)]
+pub struct SingleProcess;
+
+impl Collective for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world_size(&self) -> usize {
+        1
+    }
+
+    fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
+        Ok(local.f_detach_copy()?)
+    }
+
+    fn all_reduce_sum(&self, tensor: &Tensor) -> Result<Tensor> {
+        Ok(tensor.f_detach_copy()?)
+    }
+
+    fn broadcast(&self, tensor: &Tensor, _root: usize) -> Result<Tensor> {
+        Ok(tensor.f_detach_copy()?)
+    }
+
+    fn barrier(&self) {}
+
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
+    }
+}
+
+/// Counts calls, bytes and time for a [`Collective`] implementation.
+#[derive(Debug, Default)]
+pub struct TrafficMeter(Cell<Traffic>);
+
+impl TrafficMeter {
+    /// Runs `f`, counting one call that sends `bytes`.
+    pub fn count<T>(&self, bytes: usize, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        let mut traffic = self.0.get();
+        traffic.calls += 1;
+        traffic.bytes_sent += bytes as u64;
+        traffic.time += t.elapsed();
+        self.0.set(traffic);
+        out
+    }
+
+    /// The totals so far.
+    pub fn get(&self) -> Traffic {
+        self.0.get()
+    }
+}
+
+/// How the global batch is split: each rank's `(N_r, M_r)`, and this rank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shards {
+    /// Queries per rank.
+    pub queries: Vec<usize>,
+    /// Passages per rank.
+    pub passages: Vec<usize>,
+    /// This process's rank.
+    pub rank: usize,
+}
+
+impl Shards {
+    /// Learns every rank's local sizes (one small all-gather).
+    ///
+    /// # Errors
+    /// Collective errors.
+    pub fn exchange(collective: &dyn Collective, num_queries: usize, num_passages: usize) -> Result<Shards> {
+        let local = Tensor::from_slice(&[num_queries as i64, num_passages as i64]).f_view([1, 2])?;
+        let all = Vec::<i64>::try_from(&collective.all_gather(&local)?.f_flatten(0, -1)?)?;
+        Ok(Shards {
+            queries: all.iter().step_by(2).map(|&n| n as usize).collect(),
+            passages: all.iter().skip(1).step_by(2).map(|&m| m as usize).collect(),
+            rank: collective.rank(),
+        })
+    }
+
+    /// This rank's rows of the global batch.
+    pub fn own(&self, side: Side) -> Piece {
+        let sizes = match side {
+            Side::Queries => &self.queries,
+            Side::Passages => &self.passages,
+        };
+        Piece { start: sizes[..self.rank].iter().sum(), len: sizes[self.rank] }
+    }
+}
+
+/// Pads a token representation to `width` tokens (zeros, masked out).
+fn pad_tokens(rep: &Representation, width: i64) -> Result<Representation> {
+    match rep {
+        Representation::Vector(_) => Ok(rep.with_tensor(rep.tensor().shallow_clone())),
+        Representation::Tokens { tokens, mask } => {
+            let l = tokens.size()[1];
+            if l == width {
+                return Ok(rep.with_tensor(tokens.shallow_clone()));
+            }
+            let (n, d) = (tokens.size()[0], tokens.size()[2]);
+            let pad = Tensor::f_zeros([n, width - l, d], (tokens.kind(), tokens.device()))?;
+            let mask_pad = Tensor::f_zeros([n, width - l], (mask.kind(), mask.device()))?;
+            Representation::tokens(Tensor::f_cat(&[tokens, &pad], 1)?, &Tensor::f_cat(&[mask, &mask_pad], 1)?)
+        }
+    }
+}
+
+/// Every process's representations, concatenated in rank order (token
+/// matrices padded to the widest).
+fn gather(rep: &Representation, collective: &dyn Collective) -> Result<Representation> {
+    match rep {
+        Representation::Vector(v) => Representation::vector(collective.all_gather(v)?),
+        Representation::Tokens { tokens, .. } => {
+            let width = Tensor::from_slice(&[tokens.size()[1]]);
+            let widest = Vec::<i64>::try_from(&collective.all_gather(&width)?)?.into_iter().max().unwrap_or(0);
+            let padded = pad_tokens(rep, widest)?;
+            let mask = padded.mask().map(Tensor::shallow_clone).unwrap_or_else(|| Tensor::new());
+            Representation::tokens(collective.all_gather(padded.tensor())?, &collective.all_gather(&mask)?)
+        }
+    }
+}
+
+/// The sum over processes of this step's gradient of every variable, in
+/// buckets of at most `BUCKET` elements, name order (the same on every
+/// process). `before` holds the gradients as they were before the step, so
+/// that gradients accumulated over earlier steps are not summed again.
+fn all_reduce_gradients(vars: &[(String, Tensor)], before: &[Tensor], collective: &dyn Collective) -> Result<()> {
+    const BUCKET: i64 = 8 << 20;
+    let mut start = 0;
+    while start < vars.len() {
+        let mut end = start;
+        let mut elements = 0;
+        while end < vars.len() && (end == start || elements + vars[end].1.numel() as i64 <= BUCKET) {
+            elements += vars[end].1.numel() as i64;
+            end += 1;
+        }
+        let deltas = vars[start..end]
+            .iter()
+            .zip(&before[start..end])
+            .map(|((_, v), b)| Ok(v.f_grad()?.f_sub(b)?.f_flatten(0, -1)?))
+            .collect::<Result<Vec<_>>>()?;
+        let summed = collective.all_reduce_sum(&Tensor::f_cat(&deltas, 0)?)?;
+        let mut offset = 0;
+        for ((_, v), b) in vars[start..end].iter().zip(&before[start..end]) {
+            let numel = v.numel() as i64;
+            let delta = summed.f_narrow(0, offset, numel)?.f_view_as(v)?;
+            v.f_grad()?.f_copy_(&b.f_add(&delta)?)?;
+            offset += numel;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
+    /// One two-cache step over a batch split across processes (see the
+    /// module docs): `queries` and `passages` are this process's shard,
+    /// `targets` index the **global** batch, `vs` holds every trainable
+    /// parameter of the encoders and the head (the same on every process).
+    /// Afterwards every process holds the global batch's gradients, added
+    /// to what `.grad()` held before, and the global loss.
+    ///
+    /// Every process must call it with the same generator state
+    /// (`tch::manual_seed`) — the step's seeds are taken from rank 0
+    /// anyway — and the same config. Dropout differs across processes
+    /// (each chunk of the global batch has its own stream) and is replayed
+    /// within each.
+    ///
+    /// # Errors
+    /// [`GradCacheError::EmptyBatch`] when any process has no query or no
+    /// passage; [`GradCacheError::TargetsMismatch`] when `targets` do not
+    /// have the global sizes; [`GradCacheError::InvalidConfig`] for a
+    /// memory plan other than `{"recompute": "all"}` (not supported across
+    /// processes yet); as [`GradCache::step`] otherwise.
+    pub fn distributed_step(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        targets: &Targets,
+        vs: &nn::VarStore,
+        collective: &dyn Collective,
+    ) -> Result<StepOutput> {
+        if self.config.memory != (MemoryConfig::Recompute { recompute: Recompute::All }) {
+            return Err(GradCacheError::InvalidConfig {
+                field: "memory",
+                reason: "must be {\"recompute\": \"all\"} for a step across processes (retention is not supported there yet)",
+            });
+        }
+        let shards = Shards::exchange(collective, queries.len(), passages.len())?;
+        if shards.queries.contains(&0) {
+            return Err(GradCacheError::EmptyBatch { side: Side::Queries });
+        }
+        if shards.passages.contains(&0) {
+            return Err(GradCacheError::EmptyBatch { side: Side::Passages });
+        }
+        let plan = Plan::sharded(&self.config, &shards.queries, &shards.passages);
+        let (n, m) = (shards.queries.iter().sum::<usize>(), shards.passages.iter().sum::<usize>());
+        targets.check_batch(n, m)?;
+        let (rank, world) = (collective.rank(), collective.world_size());
+        let c = &self.config;
+
+        // Every parameter gets a defined gradient on every process (a rank
+        // that scores no head block would leave the head's undefined), and
+        // what they held before is kept aside.
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        if vars.iter().any(|(_, v)| !v.f_grad().map(|g| g.defined()).unwrap_or(false)) {
+            let mut zero: Option<Tensor> = None;
+            for (_, v) in &vars {
+                let term = v.f_sum(v.kind())?.f_mul_scalar(0.0)?;
+                zero = Some(match zero {
+                    Some(z) => z.f_add(&term.f_to_kind(z.kind())?)?,
+                    None => term,
+                });
+            }
+            if let Some(z) = zero {
+                tch::with_grad(|| z.f_backward())?;
+            }
+        }
+        let before = vars.iter().map(|(_, v)| Ok(v.f_grad()?.f_detach_copy()?)).collect::<Result<Vec<_>>>()?;
+
+        // The same seeds on every process: rank 0's.
+        let drawn = ReplaySeeds::draw()?;
+        let base = Tensor::from_slice(&[drawn.base() as i64]);
+        let seeds = ReplaySeeds::from_base(Vec::<i64>::try_from(&collective.broadcast(&base, 0)?)?[0] as u64);
+        let mut timings = PhaseTimings::default();
+
+        // 1–2. Local chunks, then everyone's representations.
+        let t = Instant::now();
+        let own_q = shards.own(Side::Queries);
+        let own_p = shards.own(Side::Passages);
+        let local_chunks = |side: Side, own: Piece| -> Vec<(usize, Piece)> {
+            plan.chunks(side)
+                .iter()
+                .enumerate()
+                .filter(|(_, (p, _))| p.start >= own.start && p.start < own.start + own.len)
+                .map(|(i, (p, _))| (i, Piece { start: p.start - own.start, len: p.len }))
+                .collect()
+        };
+        let (q_chunks, p_chunks) = (local_chunks(Side::Queries, own_q), local_chunks(Side::Passages, own_p));
+        let (u_local, v_local) = tch::no_grad(|| -> Result<_> {
+            let encode = |enc: &dyn Fn(&Piece, usize) -> Result<Representation>, chunks: &[(usize, Piece)]| -> Result<Representation> {
+                Representation::cat(&chunks.iter().map(|(i, p)| enc(p, *i)).collect::<Result<Vec<_>>>()?)
+            };
+            let u = encode(&|p, i| encode_chunk(self.query_encoder, queries, (p.start, p.len), i, Side::Queries, &seeds, c.train), &q_chunks)?;
+            let v = encode(&|p, i| encode_chunk(self.passage_encoder, passages, (p.start, p.len), i, Side::Passages, &seeds, c.train), &p_chunks)?;
+            Ok((u, v))
+        })?;
+        let reps = crate::step::Representations { queries: gather(&u_local, collective)?, passages: gather(&v_local, collective)? };
+        timings.representation = t.elapsed();
+
+        // 3. This process's blocks (a contiguous run of the grid, row by
+        // row), gathered into the global S: every score crosses once.
+        let t = Instant::now();
+        let blocks: Vec<crate::plan::Block> = plan.blocks().collect();
+        let (lo, hi) = (blocks.len() * rank / world, blocks.len() * (rank + 1) / world);
+        let owned = |index: usize| (lo..hi).contains(&index);
+        let mine = tch::no_grad(|| -> Result<Vec<Tensor>> {
+            blocks[lo..hi]
+                .iter()
+                .map(|block| {
+                    let (a0, al, b0, bl) = (block.queries.start, block.queries.len, block.passages.start, block.passages.len);
+                    seeds.enter(Stream::HeadBlock, block.index);
+                    let s = self.head.score(&reps.queries.narrow(a0, al)?, &reps.passages.narrow(b0, bl)?, c.train)?;
+                    crate::step::check_block_shape(&s, al, bl)?;
+                    Ok(s.f_flatten(0, -1)?)
+                })
+                .collect()
+        })?;
+        let local = match mine.is_empty() {
+            false => Tensor::f_cat(&mine, 0)?,
+            // A process with no block still joins the gather, with nothing
+            // of the scores' kind (learned from one pair).
+            true => {
+                let kind = tch::no_grad(|| self.head.score(&reps.queries.narrow(0, 1)?, &reps.passages.narrow(0, 1)?, false))?.kind();
+                Tensor::f_zeros([0], (kind, reps.queries.tensor().device()))?
+            }
+        };
+        let flat = collective.all_gather(&local)?;
+        let scores = Tensor::f_zeros([n as i64, m as i64], (flat.kind(), flat.device()))?;
+        let mut offset = 0;
+        for block in &blocks {
+            let (a0, al, b0, bl) = (block.queries.start as i64, block.queries.len as i64, block.passages.start as i64, block.passages.len as i64);
+            scores.f_narrow(0, a0, al)?.f_narrow(1, b0, bl)?.f_copy_(&flat.f_narrow(0, offset, al * bl)?.f_view([al, bl])?)?;
+            offset += al * bl;
+        }
+        if !all_finite(&scores)? {
+            return Err(first_non_finite_block(&scores, &plan)?);
+        }
+        timings.score = t.elapsed();
+
+        // 4.
+        let t = Instant::now();
+        let cache = self.distance_gradient_cache(&scores, targets)?;
+        timings.distance_gradient = t.elapsed();
+
+        // 5.
+        let t = Instant::now();
+        let acc = accumulation_kind(reps.queries.kind());
+        let (d_queries, d_passages, closed_form) = match self.head.closed_form_gradients(&reps.queries, &reps.passages, &cache.weights) {
+            Some(grads) => {
+                let grads = grads?;
+                (grads.queries, grads.passages, true)
+            }
+            None => {
+                let d_queries = reps.queries.tensor().f_zeros_like()?.f_to_kind(acc)?;
+                let d_passages = reps.passages.tensor().f_zeros_like()?.f_to_kind(acc)?;
+                let mut log = ReplayLog::new(ReplayStage::HeadBlock, c.check_replay);
+                for block in plan.blocks().filter(|b| owned(b.index)) {
+                    let (a0, al, b0, bl) = (block.queries.start, block.queries.len, block.passages.start, block.passages.len);
+                    let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
+                    let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
+                    seeds.enter(Stream::HeadBlock, block.index);
+                    let s = tch::with_grad(|| self.head.score(&u, &v, c.train))?;
+                    log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
+                    let w = cache.weights.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
+                    s.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?.f_backward()?;
+                    let _ = d_queries.f_narrow(0, a0 as i64, al as i64)?.f_add_(&crate::step::leaf_grad(u.tensor(), acc)?)?;
+                    let _ = d_passages.f_narrow(0, b0 as i64, bl as i64)?.f_add_(&crate::step::leaf_grad(v.tensor(), acc)?)?;
+                }
+                log.finish(c.replay_tolerance)?;
+                (collective.all_reduce_sum(&d_queries)?, collective.all_reduce_sum(&d_passages)?, false)
+            }
+        };
+        timings.head = t.elapsed();
+
+        // 6. Own rows of ∂L/∂U, ∂L/∂V through the local chunks, re-encoded.
+        let t = Instant::now();
+        let sides: [(Side, &[(usize, Piece)], &Representation, Tensor); 2] = [
+            (Side::Queries, &q_chunks, &u_local, d_queries.f_narrow(0, own_q.start as i64, own_q.len as i64)?),
+            (Side::Passages, &p_chunks, &v_local, d_passages.f_narrow(0, own_p.start as i64, own_p.len as i64)?),
+        ];
+        for (side, chunks, cached, grads) in sides {
+            let stage = if side == Side::Queries { ReplayStage::QueryChunk } else { ReplayStage::PassageChunk };
+            let mut log = ReplayLog::new(stage, c.check_replay);
+            for (i, piece) in chunks {
+                let rep = tch::with_grad(|| match side {
+                    Side::Queries => encode_chunk(self.query_encoder, queries, (piece.start, piece.len), *i, side, &seeds, c.train),
+                    Side::Passages => encode_chunk(self.passage_encoder, passages, (piece.start, piece.len), *i, side, &seeds, c.train),
+                })?;
+                let (s, l) = (piece.start as i64, piece.len as i64);
+                log.record(rep.tensor(), &Representation::narrow_tokens_like(&cached.tensor().f_narrow(0, s, l)?, rep.tensor())?)?;
+                let g = Representation::narrow_tokens_like(&grads.f_narrow(0, s, l)?, rep.tensor())?;
+                rep.tensor().f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?.f_backward()?;
+            }
+            log.finish(c.replay_tolerance)?;
+        }
+
+        // 7.
+        all_reduce_gradients(&vars, &before, collective)?;
+        timings.encoder = t.elapsed();
+        seeds.finish();
+        Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form), retained: RetainCounts::default(), budget: None })
+    }
+}
+
+/// The processes this one was launched among: under `mpirun -np R` with
+/// `R > 1` (Open MPI's `OMPI_COMM_WORLD_SIZE`, or `PMI_SIZE`), MPI;
+/// otherwise [`SingleProcess`].
+///
+/// # Errors
+/// [`GradCacheError::Distributed`] when launched as one of several
+/// processes by a build without the `mpi` feature (each would otherwise
+/// train alone into the same folder).
+pub fn launched() -> Result<Box<dyn Collective>> {
+    let size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok());
+    match size {
+        Some(n) if n > 1 => launch_mpi(n),
+        _ => Ok(Box::new(SingleProcess)),
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn launch_mpi(_: usize) -> Result<Box<dyn Collective>> {
+    Ok(Box::new(mpi::MpiCollective::init()?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn launch_mpi(n: usize) -> Result<Box<dyn Collective>> {
+    Err(GradCacheError::Distributed {
+        reason: format!("launched as one of {n} processes (mpirun), but this build has no MPI support: build with `--features mpi`"),
+    })
+}
+
+/// Checks that every process holds the same weights: a checksum of all of
+/// them (f64 sums of the values and of their squares, name order) compared
+/// across processes, bit for bit.
+///
+/// # Errors
+/// [`GradCacheError::Distributed`] naming `step` and the checksums when
+/// they differ.
+pub fn check_same_weights(vs: &nn::VarStore, collective: &dyn Collective, step: usize) -> Result<()> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut sum, mut squares) = (0.0, 0.0);
+    for (_, v) in &vars {
+        let v = v.f_to_kind(Kind::Double)?;
+        sum += v.f_sum(Kind::Double)?.f_double_value(&[])?;
+        squares += v.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
+    }
+    let all = Vec::<f64>::try_from(&collective.all_gather(&Tensor::from_slice(&[sum, squares]).f_view([1, 2])?)?.f_flatten(0, -1)?)?;
+    if all.chunks(2).any(|c| c[0].to_bits() != sum.to_bits() || c[1].to_bits() != squares.to_bits()) {
+        return Err(GradCacheError::Distributed {
+            reason: format!("the processes' weights differ before step {step}: checksums (sum, sum of squares) per rank {all:?}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(feature = "mpi")]
+pub mod mpi;

@@ -1,0 +1,238 @@
+//! The distributed step: its layout, the one-process path, and (feature
+//! `mpi`) exactness under `mpirun -np 2` and `-np 3` against the
+//! single-process full-batch step on the same global batch.
+
+mod common;
+
+use common::*;
+use gradcache::distributed::{Collective, Shards, SingleProcess};
+use gradcache::error::Side;
+use gradcache::plan::{MemoryConfig, Plan, Recompute};
+use gradcache::StepConfig;
+use tch::Kind;
+
+#[test]
+fn a_sharded_plan_cuts_each_shard_on_its_own_and_numbers_chunks_globally() {
+    let config = StepConfig { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5, ..StepConfig::default() };
+    // Ranks hold 3, 1 and 4 queries: chunks [0,2) [2,3) | [3,4) | [4,6) [6,8).
+    let plan = Plan::sharded(&config, &[3, 1, 4], &[6, 2, 8]);
+    let q: Vec<(usize, usize)> = plan.chunks(Side::Queries).iter().map(|(p, _)| (p.start, p.len)).collect();
+    assert_eq!(q, [(0, 2), (2, 1), (3, 1), (4, 2), (6, 2)]);
+    let p: Vec<(usize, usize)> = plan.chunks(Side::Passages).iter().map(|(p, _)| (p.start, p.len)).collect();
+    assert_eq!(p, [(0, 4), (4, 2), (6, 2), (8, 4), (12, 4)]);
+    // The pair grid is global: 8 queries in rows of 3, 16 passages in 5s.
+    assert_eq!(plan.sizes(false).head_blocks, 3 * 4);
+    // One shard is the plain layout.
+    assert_eq!(Plan::sharded(&config, &[8], &[16]), Plan::new(&config, 8, 16).unwrap());
+}
+
+#[test]
+fn one_process_equals_the_full_batch_step() {
+    let _serial = serial();
+    let config = StepConfig { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5, ..StepConfig::default() };
+    for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::Interaction] {
+        let model = Model::new(head, true, Kind::Double, 0.2);
+        let data = data(5, 2, LossKind::InfoNce, 3);
+        let loss = loss(LossKind::InfoNce);
+        let gc = model.step(config.clone(), loss.as_ref());
+        gradcache::check::zero_grads(&model.vs);
+        tch::manual_seed(7);
+        let ours = gc.distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap();
+        let ours_grads = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+        gradcache::check::zero_grads(&model.vs);
+        tch::manual_seed(7);
+        let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
+        let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+        let c = Comparison { cached_loss: ours.loss, reference_loss: reference.loss, grads: ours_grads.compare(&theirs).unwrap() };
+        assert_exact(&c, F64_TOL, &format!("{head:?}, one process"));
+    }
+}
+
+#[test]
+fn gradients_from_earlier_steps_are_kept_not_summed_again() {
+    // Two accumulated distributed steps equal two accumulated full-batch
+    // steps: the sum over processes covers only each step's own gradient.
+    let _serial = serial();
+    let config = StepConfig { query_chunk_size: 2, passage_chunk_size: 3, ..StepConfig::default() };
+    let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.2);
+    let data = data(4, 2, LossKind::InfoNce, 4);
+    let loss = loss(LossKind::InfoNce);
+    let gc = model.step(config, loss.as_ref());
+    gradcache::check::zero_grads(&model.vs);
+    tch::manual_seed(8);
+    for _ in 0..2 {
+        gc.distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap();
+    }
+    let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+    gradcache::check::zero_grads(&model.vs);
+    tch::manual_seed(8);
+    for _ in 0..2 {
+        gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
+    }
+    let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+    let c = Comparison { cached_loss: 0.0, reference_loss: 0.0, grads: ours.compare(&theirs).unwrap() };
+    assert_exact(&c, F64_TOL, "two accumulated steps");
+}
+
+#[test]
+fn shards_and_unsupported_settings_are_checked() {
+    let _serial = serial();
+    let shards = Shards::exchange(&SingleProcess, 3, 6).unwrap();
+    assert_eq!((shards.queries.clone(), shards.passages.clone(), shards.own(Side::Passages).len), (vec![3], vec![6], 6));
+    let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.2);
+    let data = data(3, 2, LossKind::InfoNce, 5);
+    let loss = loss(LossKind::InfoNce);
+    let retain = StepConfig { memory: MemoryConfig::Recompute { recompute: Recompute::None }, ..StepConfig::default() };
+    let err = model.step(retain, loss.as_ref()).distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap_err();
+    assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "memory", .. }), "{err}");
+    assert_eq!(SingleProcess.world_size(), 1);
+}
+
+/// `mpirun` with the flags this machine needs (as root: allowed
+/// explicitly; more ranks than cores: oversubscribed).
+#[cfg(feature = "mpi")]
+fn mpirun(ranks: usize) -> std::process::Output {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("examples").join("mpi_exactness");
+    assert!(bin.exists(), "{} is not built (cargo test --features mpi --all-targets builds it)", bin.display());
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", &ranks.to_string()]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.arg(&bin).output().expect("mpirun (Open MPI) must be installed: scripts/gradcache.sh setup")
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn two_and_three_processes_equal_the_full_batch_step_and_catch_local_targets() {
+    for ranks in [2, 3] {
+        let out = mpirun(ranks);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "mpirun -np {ranks} failed:\n{stdout}\n{stderr}");
+        // Every rank reported every case, and the control was caught.
+        let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("rank ")).collect();
+        assert_eq!(lines.iter().filter(|l| l.ends_with(": ok")).count(), 9 * ranks, "{stdout}");
+        assert_eq!(lines.iter().filter(|l| l.ends_with("caught (ok)")).count(), ranks, "{stdout}");
+    }
+}
+
+/// A small recipe run's config: a 1-layer width-32 BERT, eight JSONL
+/// records, batches of 4 queries in chunks of 2 (so each of 2 processes
+/// holds whole chunks, and draws the same dropout streams as one process).
+#[cfg(feature = "mpi")]
+fn small_recipe(dir: &std::path::Path) -> gradcache::train::reranker::RerankerConfig {
+    use gradcache::heads::{HeadConfig, MlpHeadConfig};
+    common::tiny_bert_folder(&dir.join("bert"), 32, 4, 1, 0);
+    let records: Vec<String> = (0..8)
+        .map(|i| serde_json::json!({"query": format!("question {i} about topic {}", i * 7), "positive": format!("answer {i} on topic {}", i * 7), "negatives": [format!("unrelated text {i}")]}).to_string())
+        .collect();
+    std::fs::write(dir.join("train.jsonl"), records.join("\n")).unwrap();
+    let mut c = gradcache::train::reranker::RerankerConfig {
+        model_dir: dir.join("bert"),
+        data_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data/wordnet"),
+        train_jsonl: Some(dir.join("train.jsonl")),
+        device: "cpu".into(),
+        batch_size: 4,
+        dev_queries: 8,
+        baselines: None,
+        head: HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 8, ..MlpHeadConfig::default() }),
+        check_weights_every: 1,
+        ..Default::default()
+    };
+    c.step.query_chunk_size = 2;
+    c.step.passage_chunk_size = 2;
+    c.train.steps = 3;
+    c.train.checkpoint_every = 1;
+    c.train.progress = false;
+    c
+}
+
+#[cfg(feature = "mpi")]
+fn bundle_weights(dir: &std::path::Path) -> Vec<(String, tch::Tensor)> {
+    let mut all = Vec::new();
+    for file in ["model/head.safetensors", "model/query_encoder/model.safetensors"] {
+        let mut named = tch::Tensor::read_safetensors(dir.join(file)).unwrap();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        all.extend(named.into_iter().map(|(n, t)| (format!("{file}:{n}"), t)));
+    }
+    all
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn a_two_process_training_run_writes_the_weights_of_a_one_process_run() {
+    let _serial = serial();
+    let dir = scratch("distributed_recipe");
+    let mut c = small_recipe(&dir);
+    let config = dir.join("config.json");
+    std::fs::write(&config, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("examples").join("train_reranker");
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", "2"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--allow-run-as-root");
+    }
+    let two = dir.join("two");
+    let out = cmd.arg(&bin).arg("--config").arg(&config).arg("--output-dir").arg(&two).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 processes (MPI)"), "{stdout}");
+    // Rank 0 alone wrote the folder: one log line per step.
+    let log = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("\"loss\"")).count(), 3, "{log}");
+
+    c.output_dir = dir.join("one");
+    gradcache::train::reranker::run(&c, gradcache::train::reranker::Start::New).unwrap();
+    let (a, b) = (bundle_weights(&two), bundle_weights(&c.output_dir));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f64;
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let d = (x - y).abs().max().double_value(&[]);
+        worst = worst.max(d);
+        assert!(d <= 1e-5, "{name}: the two runs' weights differ by {d}");
+    }
+    println!("largest weight difference, 2 processes vs 1: {worst:e}");
+}
+
+/// A pretend second process whose every gathered row is this one's, with
+/// its first value nudged: what a diverged process would report.
+struct DivergedPeer;
+
+impl Collective for DivergedPeer {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        2
+    }
+    fn all_gather(&self, local: &tch::Tensor) -> gradcache::Result<tch::Tensor> {
+        let other = local.copy();
+        let _ = other.flatten(0, -1).get(0).f_add_scalar_(1e-12)?;
+        Ok(tch::Tensor::cat(&[local, &other], 0))
+    }
+    fn all_reduce_sum(&self, tensor: &tch::Tensor) -> gradcache::Result<tch::Tensor> {
+        Ok(tensor * 2)
+    }
+    fn broadcast(&self, tensor: &tch::Tensor, _root: usize) -> gradcache::Result<tch::Tensor> {
+        Ok(tensor.copy())
+    }
+    fn barrier(&self) {}
+    fn traffic(&self) -> gradcache::distributed::Traffic {
+        Default::default()
+    }
+}
+
+#[test]
+fn the_weight_check_passes_for_one_process_and_catches_a_diverged_one() {
+    let _serial = serial();
+    let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.2);
+    gradcache::distributed::check_same_weights(&model.vs, &SingleProcess, 5).unwrap();
+    let err = gradcache::distributed::check_same_weights(&model.vs, &DivergedPeer, 5).unwrap_err();
+    assert!(err.to_string().contains("differ before step 5"), "{err}");
+}

@@ -1,0 +1,102 @@
+//! Run under `mpirun -np R` by `tests/distributed.rs` (built as the example
+//! `mpi_exactness`, feature `mpi`): on every rank, the distributed step over
+//! this rank's uneven shard of a global batch, against the full-batch step
+//! over the whole batch cut the same way (`sharded_full_batch_step`), for
+//! vector and token heads, every loss, f64 and f32, tied and separate
+//! encoders, dropout on; then a control with targets left in local indices
+//! (not re-indexed after the gather), which must fail the comparison. Each
+//! rank prints one line per case; the exit status is 1 if any case fails.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::*;
+use gradcache::check::{zero_grads, GradientSnapshot};
+use gradcache::distributed::mpi::MpiCollective;
+use gradcache::distributed::Collective;
+use gradcache::{Chunk, StepConfig, Targets};
+use tch::Kind;
+
+const GROUP: usize = 2;
+
+/// Uneven query shards for `world` ranks over `n` queries.
+fn shards(n: usize, world: usize) -> Vec<usize> {
+    // Rank r gets about n / world, the last ones one more.
+    let base = n / world;
+    let extra = n % world;
+    (0..world).map(|r| base + usize::from(r >= world - extra)).collect()
+}
+
+fn main() {
+    let collective = MpiCollective::init().expect("MPI");
+    tch::set_num_threads(1);
+    let (rank, world) = (collective.rank(), collective.world_size());
+    let n = 2 * world + 1;
+    let q_shards = shards(n, world);
+    let p_shards: Vec<usize> = q_shards.iter().map(|q| q * GROUP).collect();
+    let q_off: usize = q_shards[..rank].iter().sum();
+    let config = StepConfig { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5, ..StepConfig::default() };
+
+    let mut cases = Vec::new();
+    for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::MaxSim, HeadKind::Interaction] {
+        cases.push((head, LossKind::InfoNce, Kind::Double, true));
+    }
+    for loss in [LossKind::MultiPositive, LossKind::Symmetric, LossKind::Distill] {
+        cases.push((HeadKind::Mlp, loss, Kind::Double, true));
+    }
+    cases.push((HeadKind::Bilinear, LossKind::InfoNce, Kind::Double, false));
+    cases.push((HeadKind::Interaction, LossKind::InfoNce, Kind::Float, true));
+
+    let mut failed = 0;
+    let run = |model: &Model, data: &Data, loss_kind: LossKind, targets: &Targets| {
+        let loss = loss(loss_kind);
+        let gc = model.step(config.clone(), loss.as_ref());
+        let local_q = data.queries.chunk(q_off, q_shards[rank]).unwrap();
+        let local_p = data.passages.chunk(q_off * GROUP, p_shards[rank]).unwrap();
+        zero_grads(&model.vs);
+        tch::manual_seed(99);
+        let ours = gc.distributed_step(&local_q, &local_p, targets, &model.vs, &collective).unwrap();
+        let ours_grads = GradientSnapshot::take(&model.vs).unwrap();
+        zero_grads(&model.vs);
+        tch::manual_seed(99);
+        let reference = gc.sharded_full_batch_step(&data.queries, &data.passages, &data.targets, &q_shards, &p_shards).unwrap();
+        let theirs = GradientSnapshot::take(&model.vs).unwrap();
+        (ours.loss, reference.loss, ours_grads.compare(&theirs).unwrap())
+    };
+    for (head, loss_kind, kind, tied) in cases {
+        let model = Model::new(head, tied, kind, 0.2);
+        let data = data(n, GROUP, loss_kind, 21);
+        let (ours, theirs, grads) = run(&model, &data, loss_kind, &data.targets);
+        let tol = if kind == Kind::Double { F64_TOL } else { F32_TOL };
+        let loss_ok = (ours - theirs).abs() <= tol.abs + tol.rel * theirs.abs();
+        let ok = loss_ok && grads.failures(tol).is_empty();
+        failed += usize::from(!ok);
+        println!(
+            "rank {rank}/{world}: {head:?} {loss_kind:?} {kind:?} tied {tied}: loss {ours:.15} vs {theirs:.15}, max |grad diff| {:.1e}: {}",
+            grads.max_abs_diff(),
+            if ok { "ok" } else { "FAILED" }
+        );
+    }
+
+    // The control: every rank labels its queries' positives with local
+    // passage indices (query i of rank r → passage i·g, not
+    // (offset_r + i)·g), as a gather that forgets to re-index would.
+    let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.2);
+    let data = data(n, GROUP, LossKind::InfoNce, 21);
+    let mut positives = Vec::new();
+    for &q in &q_shards {
+        positives.extend((0..q).map(|i| vec![i * GROUP]));
+    }
+    let local_targets = Targets::from_positives(n * GROUP, positives).unwrap();
+    let (ours, theirs, grads) = run(&model, &data, LossKind::InfoNce, &local_targets);
+    let caught = (ours - theirs).abs() > 1e-6 || !grads.failures(F64_TOL).is_empty();
+    failed += usize::from(!caught);
+    println!(
+        "rank {rank}/{world}: control, targets in local indices: loss {ours:.6} vs {theirs:.6}: {}",
+        if caught { "caught (ok)" } else { "NOT CAUGHT" }
+    );
+    collective.barrier();
+    // MPI is finalised when the collective is dropped: before exiting.
+    drop(collective);
+    std::process::exit(i32::from(failed > 0));
+}
