@@ -31,6 +31,23 @@ pub trait Chunk: Sized {
     fn padded_tokens(&self) -> usize {
         self.len()
     }
+
+    /// Each item's length, for length-sorted chunking
+    /// (`StepConfig::sort_by_length`); `None` (the default) when items
+    /// have no length to sort by.
+    fn lengths(&self) -> Result<Option<Vec<usize>>> {
+        Ok(None)
+    }
+
+    /// The items at `indices`, in that order.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] by default: an input type that
+    /// cannot be reordered cannot be cut by length.
+    fn select(&self, indices: &[usize]) -> Result<Self> {
+        let _ = indices;
+        Err(GradCacheError::InvalidConfig { field: "sort_by_length", reason: "this input type cannot be reordered" })
+    }
 }
 
 /// A plain tensor is chunked along its first axis.
@@ -41,6 +58,11 @@ impl Chunk for Tensor {
 
     fn chunk(&self, start: usize, len: usize) -> Result<Self> {
         Ok(self.f_narrow(0, start as i64, len as i64)?)
+    }
+
+    fn select(&self, indices: &[usize]) -> Result<Self> {
+        let index = Tensor::from_slice(&indices.iter().map(|&i| i as i64).collect::<Vec<_>>()).f_to_device(self.device())?;
+        Ok(self.f_index_select(0, &index)?)
     }
 }
 
@@ -111,6 +133,18 @@ impl Chunk for TokenBatch {
 
     fn padded_tokens(&self) -> usize {
         (self.ids.size()[0] * self.ids.size()[1]) as usize
+    }
+
+    fn lengths(&self) -> Result<Option<Vec<usize>>> {
+        let lengths = self.mask.f_sum_dim_intlist(1, false, Kind::Int64)?.f_to_device(tch::Device::Cpu)?;
+        Ok(Some(Vec::<i64>::try_from(&lengths)?.into_iter().map(|l| l as usize).collect()))
+    }
+
+    fn select(&self, indices: &[usize]) -> Result<Self> {
+        let index = Tensor::from_slice(&indices.iter().map(|&i| i as i64).collect::<Vec<_>>()).f_to_device(self.ids.device())?;
+        let picked = TokenBatch { ids: self.ids.f_index_select(0, &index)?, mask: self.mask.f_index_select(0, &index)? };
+        // Trim the padding columns no picked item uses, as `chunk` does.
+        picked.chunk(0, indices.len())
     }
 
     fn chunk(&self, start: usize, len: usize) -> Result<Self> {

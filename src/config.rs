@@ -32,6 +32,13 @@ pub struct StepConfig {
     /// Which first-pass graphs the step keeps instead of recomputing
     /// ([`crate::plan::MemoryConfig`]; default: recompute all).
     pub memory: crate::plan::MemoryConfig,
+    /// Cut encoder chunks from the items sorted by length, longest first,
+    /// so that each chunk pads only to lengths like its own (less padding,
+    /// less work and memory for mixed lengths); representations and
+    /// gradients come back in the batch's order. Needs an input that knows
+    /// its items' lengths ([`crate::Chunk::lengths`], e.g.
+    /// [`crate::TokenBatch`]). Default: off.
+    pub sort_by_length: bool,
 }
 
 impl Default for StepConfig {
@@ -45,6 +52,7 @@ impl Default for StepConfig {
             check_replay: true,
             replay_tolerance: 1e-4,
             memory: crate::plan::MemoryConfig::default(),
+            sort_by_length: false,
         }
     }
 }

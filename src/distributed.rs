@@ -286,6 +286,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                 reason: "must be {\"recompute\": \"all\"} for a step across processes (retention is not supported there yet)",
             });
         }
+        if self.config.sort_by_length {
+            return Err(GradCacheError::InvalidConfig { field: "sort_by_length", reason: "is not supported for a step across processes yet" });
+        }
         let shards = Shards::exchange(collective, queries.len(), passages.len())?;
         if shards.queries.contains(&0) {
             return Err(GradCacheError::EmptyBatch { side: Side::Queries });

@@ -12,6 +12,13 @@ use crate::error::{GradCacheError, Result, Side};
 
 const MB: f64 = (1u64 << 20) as f64;
 
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Queries => 0,
+        Side::Passages => 1,
+    }
+}
+
 /// How much of the first passes' graphs a step keeps.
 ///
 /// JSON: `{"recompute": "all"}` (the default: flat memory, every chunk and
@@ -207,6 +214,9 @@ pub struct Block {
 /// The layout of one step (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// Per side, the order items are chunked in (position → item), when
+    /// chunks are cut from the items sorted by length.
+    orders: [Option<Vec<usize>>; 2],
     query_chunks: Vec<(Piece, bool)>,
     passage_chunks: Vec<(Piece, bool)>,
     rows: Vec<Piece>,
@@ -391,6 +401,7 @@ impl Plan {
         };
         let (n, m) = (query_shards.iter().sum(), passage_shards.iter().sum());
         Plan {
+            orders: [None, None],
             query_chunks: cut_shards(query_shards, config.query_chunk_size),
             passage_chunks: cut_shards(passage_shards, config.passage_chunk_size),
             rows: pieces(n, config.head_block_queries).map(|(start, len)| Piece { start, len }).collect(),
@@ -402,11 +413,83 @@ impl Plan {
     /// The layout of `config` with the first `counts` of each kept.
     pub fn with_retained(config: &StepConfig, n: usize, m: usize, counts: RetainCounts) -> Plan {
         Plan {
+            orders: [None, None],
             query_chunks: cut(n, config.query_chunk_size, counts.query_chunks),
             passage_chunks: cut(m, config.passage_chunk_size, counts.passage_chunks),
             rows: pieces(n, config.head_block_queries).map(|(start, len)| Piece { start, len }).collect(),
             cols: pieces(m, config.head_block_passages).map(|(start, len)| Piece { start, len }).collect(),
             retained_blocks: counts.head_blocks,
+        }
+    }
+
+    /// The same plan with each side's items chunked in `orders` (position
+    /// → item; `None`: the batch's order), as [`Plan::length_orders`] gives.
+    pub fn with_orders(mut self, orders: [Option<Vec<usize>>; 2]) -> Plan {
+        self.orders = orders;
+        self
+    }
+
+    /// For each side of `config`'s batch, the items sorted by length,
+    /// longest first (stable), when `config.sort_by_length` asks for it.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] when an input cannot report its
+    /// items' lengths.
+    pub fn length_orders<Q: crate::batch::Chunk, P: crate::batch::Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<Vec<usize>>; 2]> {
+        if !config.sort_by_length {
+            return Ok([None, None]);
+        }
+        let order = |lengths: Option<Vec<usize>>| -> Result<Option<Vec<usize>>> {
+            let lengths = lengths.ok_or(GradCacheError::InvalidConfig { field: "sort_by_length", reason: "needs an input whose items have lengths (e.g. TokenBatch)" })?;
+            let mut order: Vec<usize> = (0..lengths.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+            Ok(Some(order))
+        };
+        Ok([order(queries.lengths()?)?, order(passages.lengths()?)?])
+    }
+
+    /// The items of `piece` of a side, cut from `input` (in the plan's
+    /// order for that side).
+    ///
+    /// # Errors
+    /// The input's errors.
+    pub fn cut<C: crate::batch::Chunk>(&self, side: Side, input: &C, piece: Piece) -> Result<C> {
+        match &self.orders[side_index(side)] {
+            Some(order) => input.select(&order[piece.start..piece.start + piece.len]),
+            None => input.chunk(piece.start, piece.len),
+        }
+    }
+
+    /// The rows of `piece` of a side from a tensor over the whole side
+    /// (representations or their gradients, in the batch's order).
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn rows_of(&self, side: Side, tensor: &tch::Tensor, piece: Piece) -> Result<tch::Tensor> {
+        match &self.orders[side_index(side)] {
+            Some(order) => {
+                let index: Vec<i64> = order[piece.start..piece.start + piece.len].iter().map(|&i| i as i64).collect();
+                Ok(tensor.f_index_select(0, &tch::Tensor::from_slice(&index).f_to_device(tensor.device())?)?)
+            }
+            None => Ok(tensor.f_narrow(0, piece.start as i64, piece.len as i64)?),
+        }
+    }
+
+    /// Puts a side's representations, concatenated chunk by chunk, back in
+    /// the batch's order.
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn in_batch_order(&self, side: Side, chunked: crate::representation::Representation) -> Result<crate::representation::Representation> {
+        match &self.orders[side_index(side)] {
+            Some(order) => {
+                let mut inverse = vec![0i64; order.len()];
+                for (position, &item) in order.iter().enumerate() {
+                    inverse[item] = position as i64;
+                }
+                chunked.select(&tch::Tensor::from_slice(&inverse).f_to_device(chunked.tensor().device())?)
+            }
+            None => Ok(chunked),
         }
     }
 

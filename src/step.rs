@@ -346,12 +346,12 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                     b
                 }
             },
-            _ => return Ok((Plan::new(&self.config, n, m)?, None)),
+            _ => return Ok((Plan::new(&self.config, n, m)?.with_orders(Plan::length_orders(&self.config, queries, passages)?), None)),
         };
-        let layout = self.recompute_all(n, m);
+        let layout = self.layout(queries, passages)?;
         let tokens = ChunkTokens {
-            queries: chunk_tokens(queries, layout.chunks(Side::Queries))?,
-            passages: chunk_tokens(passages, layout.chunks(Side::Passages))?,
+            queries: chunk_tokens(&layout, Side::Queries, queries)?,
+            passages: chunk_tokens(&layout, Side::Passages, passages)?,
         };
         let widest = |t: &[usize], side| {
             layout.chunks(side).iter().zip(t).map(|((p, _), &t)| t as f64 / p.len as f64).fold(0.0, f64::max)
@@ -366,6 +366,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             }
         };
         let (plan, estimate) = Plan::fit(&self.config, n, m, &costs, &tokens, budget_bytes)?;
+        let plan = plan.with_orders(Plan::length_orders(&self.config, queries, passages)?);
         Ok((plan, Some(BudgetReport { budget_mb: budget_bytes / MB, estimated_peak_mb: estimate / MB })))
     }
 
@@ -386,7 +387,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// [`GradCacheError::PeakMemoryUnavailable`] where the allocator cannot
     /// be read (off glibc, or on a GPU); encoder and head errors.
     pub fn probe_costs(&self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<CostModel> {
-        let plan = self.recompute_all(queries.len(), passages.len());
+        let plan = self.layout(queries, passages)?;
         let train = self.config.train;
         let measure = |f: &mut dyn FnMut() -> Result<Box<dyn std::any::Any>>| -> Result<f64> {
             let before = crate::runtime::allocated_bytes()?;
@@ -400,18 +401,18 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let i = (0..chunks.len()).max_by(|&a, &b| (tokens[a] * chunks[b].0.len).cmp(&(tokens[b] * chunks[a].0.len))).unwrap_or(0);
             (i, chunks[i].0, tokens[i])
         };
-        let q_tokens = chunk_tokens(queries, plan.chunks(Side::Queries))?;
-        let p_tokens = chunk_tokens(passages, plan.chunks(Side::Passages))?;
+        let q_tokens = chunk_tokens(&plan, Side::Queries, queries)?;
+        let p_tokens = chunk_tokens(&plan, Side::Passages, passages)?;
         let (qi, q, qt) = widest(&q_tokens, Side::Queries);
         let (pi, p, pt) = widest(&p_tokens, Side::Passages);
         let (mut u, mut v) = (None, None);
         let q_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_chunk(self.query_encoder, queries, (q.start, q.len), qi, Side::Queries, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(self.query_encoder, &plan.cut(Side::Queries, queries, q)?, qi, Side::Queries, seeds, train))?;
             u = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
         let p_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_chunk(self.passage_encoder, passages, (p.start, p.len), pi, Side::Passages, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(self.passage_encoder, &plan.cut(Side::Passages, passages, p)?, pi, Side::Passages, seeds, train))?;
             v = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
@@ -467,8 +468,14 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         passages: &PE::Input,
         seeds: &ReplaySeeds,
     ) -> Result<Representations> {
-        let plan = self.recompute_all(queries.len(), passages.len());
+        let plan = self.layout(queries, passages)?;
         Ok(self.planned_representation_pass(queries, passages, seeds, &plan)?.0)
+    }
+
+    /// This step's chunks and blocks for these inputs with nothing retained
+    /// (sorted by length when the config asks).
+    fn layout(&self, queries: &QE::Input, passages: &PE::Input) -> Result<Plan> {
+        Ok(self.recompute_all(queries.len(), passages.len()).with_orders(Plan::length_orders(&self.config, queries, passages)?))
     }
 
     /// The plan of this step's chunks and blocks with nothing retained: the
@@ -665,7 +672,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         seeds: &ReplaySeeds,
     ) -> Result<()> {
         let c = &self.config;
-        let plan = self.recompute_all(queries.len(), passages.len());
+        let plan = self.layout(queries, passages)?;
         backprop_all(self.query_encoder, queries, &plan, Side::Queries, &reps.queries, &grads.queries, seeds, c)?;
         backprop_all(self.passage_encoder, passages, &plan, Side::Passages, &reps.passages, &grads.passages, seeds, c)
     }
@@ -686,7 +693,8 @@ fn stream_of(side: Side) -> Stream {
     }
 }
 
-/// Encodes one chunk after seeding its random stream; checks its length.
+/// Encodes items `start .. start + len` of `input` after seeding the
+/// chunk's random stream; checks the length.
 pub(crate) fn encode_chunk<E: Encoder + ?Sized>(
     encoder: &E,
     input: &E::Input,
@@ -696,9 +704,15 @@ pub(crate) fn encode_chunk<E: Encoder + ?Sized>(
     seeds: &ReplaySeeds,
     train: bool,
 ) -> Result<Representation> {
-    let chunk = input.chunk(start, len)?;
+    encode_cut(encoder, &input.chunk(start, len)?, index, side, seeds, train)
+}
+
+/// Encodes one chunk, already cut, after seeding its random stream; checks
+/// its length.
+pub(crate) fn encode_cut<E: Encoder + ?Sized>(encoder: &E, chunk: &E::Input, index: usize, side: Side, seeds: &ReplaySeeds, train: bool) -> Result<Representation> {
+    let len = chunk.len();
     seeds.enter(stream_of(side), index);
-    let rep = encoder.encode(&chunk, train)?;
+    let rep = encoder.encode(chunk, train)?;
     if rep.len() != len {
         return Err(GradCacheError::EncoderLength { side, expected: len, got: rep.len() });
     }
@@ -720,16 +734,17 @@ pub(crate) fn encode_all<E: Encoder + ?Sized>(
     let mut parts = Vec::new();
     let mut kept = Vec::new();
     for (i, &(piece, retained)) in plan.chunks(side).iter().enumerate() {
+        let chunk = plan.cut(side, input, piece)?;
         if retained {
-            let rep = tch::with_grad(|| encode_chunk(encoder, input, (piece.start, piece.len), i, side, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(encoder, &chunk, i, side, seeds, train))?;
             parts.push(rep.detach()?);
             kept.push(Some(rep));
         } else {
-            parts.push(encode_chunk(encoder, input, (piece.start, piece.len), i, side, seeds, train)?);
+            parts.push(encode_cut(encoder, &chunk, i, side, seeds, train)?);
             kept.push(None);
         }
     }
-    Ok((Representation::cat(&parts)?, kept))
+    Ok((plan.in_batch_order(side, Representation::cat(&parts)?)?, kept))
 }
 
 /// Scores every block of `plan` (with or without graph, as the caller's
@@ -818,7 +833,7 @@ fn backprop_kept(sides: &[(&Plan, Side, Vec<Option<Representation>>, &Tensor)]) 
         for ((piece, _), rep) in plan.chunks(*side).iter().zip(kept) {
             let Some(rep) = rep else { continue };
             let y = rep.tensor();
-            let g = Representation::narrow_tokens_like(&grads.f_narrow(0, piece.start as i64, piece.len as i64)?, y)?;
+            let g = Representation::narrow_tokens_like(&plan.rows_of(*side, grads, *piece)?, y)?;
             let term = y.f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?;
             total = Some(match total {
                 Some(t) => t.f_add(&term.f_to_kind(t.kind())?)?,
@@ -855,19 +870,19 @@ fn backprop_all<E: Encoder + ?Sized>(
         if retained {
             continue;
         }
-        let (s, l) = (piece.start as i64, piece.len as i64);
-        let rep = tch::with_grad(|| encode_chunk(encoder, input, (piece.start, piece.len), i, side, seeds, config.train))?;
-        let cached_chunk = Representation::narrow_tokens_like(&cached.tensor().f_narrow(0, s, l)?, rep.tensor())?;
+        let chunk = plan.cut(side, input, piece)?;
+        let rep = tch::with_grad(|| encode_cut(encoder, &chunk, i, side, seeds, config.train))?;
+        let cached_chunk = Representation::narrow_tokens_like(&plan.rows_of(side, cached.tensor(), piece)?, rep.tensor())?;
         log.record(rep.tensor(), &cached_chunk)?;
         let y = rep.tensor();
-        let g = Representation::narrow_tokens_like(&grads.f_narrow(0, s, l)?, y)?;
+        let g = Representation::narrow_tokens_like(&plan.rows_of(side, grads, piece)?, y)?;
         // Backward of the chunk's representation with incoming gradient g.
         y.f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?.f_backward()?;
     }
     log.finish(config.replay_tolerance)
 }
 
-/// The padded tokens of each chunk of `input`.
-fn chunk_tokens<C: Chunk>(input: &C, chunks: &[(Piece, bool)]) -> Result<Vec<usize>> {
-    chunks.iter().map(|(p, _)| Ok(input.chunk(p.start, p.len)?.padded_tokens())).collect()
+/// The padded tokens of each chunk of a side of `plan`.
+fn chunk_tokens<C: Chunk>(plan: &Plan, side: Side, input: &C) -> Result<Vec<usize>> {
+    plan.chunks(side).iter().map(|(p, _)| Ok(plan.cut(side, input, *p)?.padded_tokens())).collect()
 }

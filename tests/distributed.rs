@@ -236,3 +236,44 @@ fn the_weight_check_passes_for_one_process_and_catches_a_diverged_one() {
     let err = gradcache::distributed::check_same_weights(&model.vs, &DivergedPeer, 5).unwrap_err();
     assert!(err.to_string().contains("differ before step 5"), "{err}");
 }
+
+#[cfg(feature = "mpi")]
+fn mpirun_recipe(config: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("examples").join("train_reranker");
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", "2"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--allow-run-as-root");
+    }
+    let run = cmd.arg(&bin).arg("--config").arg(config).arg("--output-dir").arg(out).args(extra).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    stdout
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn a_two_process_run_resumed_under_two_processes_ends_like_an_uninterrupted_one() {
+    let _serial = serial();
+    let dir = scratch("distributed_resume");
+    let mut c = small_recipe(&dir);
+    c.train.steps = 4;
+    let config = dir.join("config.json");
+    std::fs::write(&config, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+    mpirun_recipe(&config, &dir.join("whole"), &[]);
+    // The same run stopped after 2 steps (the checkpoint of step 2 is what
+    // a crash at step 3 would leave), then resumed to 4.
+    let mut first = c.clone();
+    first.train.steps = 2;
+    let short = dir.join("short.json");
+    std::fs::write(&short, serde_json::to_string_pretty(&first).unwrap()).unwrap();
+    let split = dir.join("split");
+    mpirun_recipe(&short, &split, &[]);
+    let resumed = mpirun_recipe(&config, &split, &["--resume"]);
+    assert!(resumed.contains("resuming from"), "{resumed}");
+    for ((name, x), (_, y)) in bundle_weights(&dir.join("whole")).iter().zip(&bundle_weights(&split)) {
+        assert!(x.equal(y), "{name} differs after the resume");
+    }
+}

@@ -314,3 +314,61 @@ fn the_unchunked_reference_catches_a_chunking_bug() {
     let c = Comparison { cached_loss: out.loss, reference_loss, grads: ours.compare(&theirs).unwrap() };
     assert!(!c.grads.failures(F64_TOL).is_empty(), "two swapped passages went unnoticed");
 }
+
+fn sorted(memory: MemoryConfig) -> StepConfig {
+    StepConfig { sort_by_length: true, ..layout(memory) }
+}
+
+#[test]
+fn length_sorted_chunks_pad_less_and_give_the_same_gradients() {
+    let _serial = serial();
+    // Padding: random lengths 1..=12 in chunks of 2 (queries) and 4
+    // (passages); sorted, each chunk pads only to lengths like its own.
+    let data = data(9, 3, LossKind::InfoNce, 13);
+    let padded = |config: &StepConfig| -> usize {
+        let plan = Plan::new(config, 9, 27).unwrap().with_orders(Plan::length_orders(config, &data.queries, &data.passages).unwrap());
+        [gradcache::error::Side::Queries, gradcache::error::Side::Passages]
+            .iter()
+            .map(|&side| {
+                let input = if side == gradcache::error::Side::Queries { &data.queries } else { &data.passages };
+                plan.chunks(side).iter().map(|(p, _)| plan.cut(side, input, *p).unwrap().padded_tokens()).sum::<usize>()
+            })
+            .sum()
+    };
+    let (plain, by_length) = (padded(&layout(MemoryConfig::default())), padded(&sorted(MemoryConfig::default())));
+    assert!(by_length < plain, "sorting should cut padding: {by_length} vs {plain} padded tokens");
+
+    // Dropout off: against one unchunked forward, every head kind, with
+    // and without retention.
+    for head in [HeadKind::Mlp, HeadKind::Interaction, HeadKind::MaxSim] {
+        for (name, memory) in [("recompute all", MemoryConfig::default()), ("half", mixes()[2].1)] {
+            let model = Model::new(head, true, Kind::Double, 0.0);
+            let loss = loss(LossKind::InfoNce);
+            let (reference_loss, theirs) = whole_batch(&model, &data, loss.as_ref());
+            gradcache::check::zero_grads(&model.vs);
+            let out = model.step(sorted(memory), loss.as_ref()).step(&data.queries, &data.passages, &data.targets).unwrap();
+            let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+            let c = Comparison { cached_loss: out.loss, reference_loss, grads: ours.compare(&theirs).unwrap() };
+            assert_exact(&c, F64_TOL, &format!("{head:?} sorted, {name}, against the unchunked step"));
+        }
+    }
+    // Dropout on: against the full-batch step (same sorted chunks, same
+    // streams), tied and separate encoders, under a budget too.
+    for tied in [true, false] {
+        for (name, memory) in [("recompute all", MemoryConfig::default()), ("first of each", mixes()[1].1), ("budget", MemoryConfig::Budget { budget_mb: 1e6 })] {
+            let model = Model::new(HeadKind::Interaction, tied, Kind::Double, 0.2);
+            let loss = loss(LossKind::InfoNce);
+            let c = compare(&model, &data, loss.as_ref(), sorted(memory));
+            assert_exact(&c, F64_TOL, &format!("sorted, tied {tied}, {name}, dropout on"));
+        }
+    }
+}
+
+#[test]
+fn sorting_needs_inputs_with_lengths() {
+    let t = Tensor::zeros([3, 4], (Kind::Float, tch::Device::Cpu));
+    let err = Plan::length_orders(&sorted(MemoryConfig::default()), &t, &t).unwrap_err();
+    assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "sort_by_length", .. }), "{err}");
+    // Off, nothing is asked of the input.
+    assert_eq!(Plan::length_orders(&layout(MemoryConfig::default()), &t, &t).unwrap(), [None, None]);
+}
