@@ -181,7 +181,7 @@ fn a_two_process_training_run_writes_the_weights_of_a_one_process_run() {
     let two = dir.join("two");
     let out = cmd.arg(&bin).arg("--config").arg(&config).arg("--output-dir").arg(&two).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{}\n(the example is built by `cargo test --all-targets --features mpi`)", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("2 processes (MPI)"), "{stdout}");
     // Rank 0 alone wrote the folder: one log line per step.
     let log = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
@@ -249,7 +249,7 @@ fn mpirun_recipe(config: &std::path::Path, out: &std::path::Path, extra: &[&str]
     }
     let run = cmd.arg(&bin).arg("--config").arg(config).arg("--output-dir").arg(out).args(extra).output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}\n{}\n(the example is built by `cargo test --all-targets --features mpi`)", String::from_utf8_lossy(&run.stderr));
     stdout
 }
 
