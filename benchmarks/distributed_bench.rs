@@ -71,7 +71,7 @@ fn main() -> Result<()> {
     let config = StepConfig { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() };
     let gc = GradCache::tied(config, &encoder, &head, &loss)?;
     let before_mb = gradcache::runtime::peak_resident_mb()?;
-    let (mut times, mut losses) = (Vec::new(), Vec::new());
+    let (mut times, mut losses, mut score_s, mut head_s) = (Vec::new(), Vec::new(), 0.0, 0.0);
     let mut traffic_before = world.traffic();
     for step in 0..=a.steps {
         gradcache::check::zero_grads(&vs);
@@ -80,6 +80,8 @@ fn main() -> Result<()> {
         let out = if ranks == 1 { gc.step(&q, &p, &targets)? } else { gc.distributed_step(&local_q, &local_p, &targets, &vs, world.as_ref())? };
         if step > 0 {
             times.push(t.elapsed().as_secs_f64());
+            score_s += out.timings.score.as_secs_f64() / a.steps as f64;
+            head_s += out.timings.head.as_secs_f64() / a.steps as f64;
         } else {
             traffic_before = world.traffic();
         }
@@ -96,6 +98,7 @@ fn main() -> Result<()> {
             "collective_s_per_step": (traffic.time - traffic_before.time).as_secs_f64() / steps,
             "sent_mb_per_step": (traffic.bytes_sent - traffic_before.bytes_sent) as f64 / steps / 1048576.0,
             "calls_per_step": (traffic.calls - traffic_before.calls) as f64 / steps,
+            "score_pass_s": score_s, "head_pass_s": head_s,
             "losses": losses,
         })
     );

@@ -140,6 +140,9 @@ case "$cmd" in
         cd "$repo"
         # The API docs build without warnings (broken links fail here).
         RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features mpi
+        # The multi-process tests launch examples under mpirun: cargo test
+        # compiles examples but leaves no runnable copy at a known path.
+        cargo build --features mpi --examples --quiet
         cargo test --all-targets --features mpi "$@"
         exec cargo test --doc --features mpi "$@"
         ;;
