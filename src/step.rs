@@ -112,15 +112,24 @@ pub struct StepOutput {
 
 impl StepOutput {
     /// One line on how the step cut the batch and what it kept, e.g.
-    /// `step plan: 64 queries in 2 chunks, 128 passages in 4 chunks, 2 × 1
-    /// head blocks; retained 2 / 4 / 0 (budget 500 MB, estimated peak 312 MB)`.
+    /// `step plan: 64 queries in 4 chunks, 128 passages in 8 chunks, 8 head
+    /// blocks; retained query chunks / passage chunks / head blocks: 4 / 3 / 0
+    /// (budget 500 MB, estimated peak 487 MB)`.
     pub fn describe_plan(&self) -> String {
         let (s, r) = (&self.sizes, &self.retained);
         let head = if s.closed_form_head { " (closed-form head: no head pass)" } else { "" };
         let budget = self.budget.map(|b| format!(" (budget {:.0} MB, estimated peak {:.0} MB)", b.budget_mb, b.estimated_peak_mb)).unwrap_or_default();
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         format!(
-            "step plan: {} queries in {} chunks, {} passages in {} chunks, {} head blocks{head}; retained query chunks / passage chunks / head blocks: {} / {} / {}{budget}",
-            s.num_queries, s.query_chunks, s.num_passages, s.passage_chunks, s.head_blocks, r.query_chunks, r.passage_chunks, r.head_blocks
+            "step plan: {} queries in {}, {} passages in {}, {}{head}; retained query chunks / passage chunks / head blocks: {} / {} / {}{budget}",
+            s.num_queries,
+            count(s.query_chunks, "chunk"),
+            s.num_passages,
+            count(s.passage_chunks, "chunk"),
+            count(s.head_blocks, "head block"),
+            r.query_chunks,
+            r.passage_chunks,
+            r.head_blocks
         )
     }
 

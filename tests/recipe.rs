@@ -76,6 +76,11 @@ fn config_files_merge_over_the_defaults_and_name_unknown_fields() {
     assert_eq!(c.train.learning_rate, RerankerConfig::default().train.learning_rate, "unnamed fields keep their defaults");
     let args = TrainArgs { config: Some(path.clone()), steps: Some(3), ..TrainArgs::default() };
     assert_eq!(args.resolve().unwrap().train.steps, 3, "flags override the file");
+    // The memory flags reach the step's config.
+    let memory = "1500".parse::<gradcache::plan::MemoryConfig>().unwrap();
+    let args = TrainArgs { config: Some(path.clone()), memory: Some(memory), sort_by_length: true, ..TrainArgs::default() };
+    let step = args.resolve().unwrap().step;
+    assert_eq!((step.memory, step.sort_by_length), (gradcache::plan::MemoryConfig::Budget { budget_mb: 1500.0 }, true));
     std::fs::write(&path, r#"{"train": {"stepz": 7}}"#).unwrap();
     assert!(matches!(RerankerConfig::read(&path), Err(GradCacheError::Json { path: p, .. }) if p == path));
     let bad = RerankerConfig { batch_size: 0, ..RerankerConfig::default() };

@@ -193,6 +193,9 @@ pub struct TrainArgs {
     /// memory), a budget in MB (e.g. `2000`), or `StepConfig.memory`'s JSON.
     #[arg(long, value_parser = parse_memory)]
     pub memory: Option<crate::plan::MemoryConfig>,
+    /// Cut encoder chunks from the texts sorted by length (less padding).
+    #[arg(long)]
+    pub sort_by_length: bool,
     /// Peak learning rate.
     #[arg(long)]
     pub learning_rate: Option<f64>,
@@ -331,6 +334,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.memory {
             c.step.memory = v;
+        }
+        if self.sort_by_length {
+            c.step.sort_by_length = true;
         }
         if let Some(v) = self.chunk_size {
             c.step.query_chunk_size = v;
