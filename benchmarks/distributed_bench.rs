@@ -7,9 +7,11 @@
 //! collectives, the bytes it sent and the calls. Run by
 //! `benchmarks/distributed_bench.sh`.
 
+#[path = "triples.rs"]
+mod triples;
+
 use anyhow::{bail, Result};
 use clap::Parser;
-use gradcache::data::wordnet::WordSenseData;
 use gradcache::encoders::BertEncoderConfig;
 use gradcache::heads::MlpHeadConfig;
 use gradcache::pretrained::ModelDir;
@@ -47,14 +49,7 @@ fn main() -> Result<()> {
     }
     tch::set_num_threads(a.threads);
     tch::manual_seed(0);
-    let task = WordSenseData::read(&a.data)?;
-    let triples: Vec<(String, String, String)> = task
-        .training_records()
-        .into_iter()
-        .filter(|r| !r.negatives.is_empty())
-        .take(a.batch)
-        .map(|r| (r.query, r.positives[0].clone(), r.negatives[0].clone()))
-        .collect();
+    let triples = triples::wordnet_triples(&a.data, a.batch)?;
     let model = ModelDir::open(&a.model)?;
     let tok = model.tokenizer(64)?;
     let queries: Vec<&str> = triples.iter().map(|t| t.0.as_str()).collect();

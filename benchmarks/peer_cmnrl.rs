@@ -11,11 +11,13 @@
 //! `--write-triples FILE` it first writes the triples as JSONL for the peer.
 //! Run by `benchmarks/peer_cmnrl.sh`.
 
+#[path = "triples.rs"]
+mod triples;
+
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use gradcache::data::wordnet::WordSenseData;
 use gradcache::encoders::{BertEncoderConfig, BertImplementation};
 use gradcache::heads::CosineHeadConfig;
 use gradcache::pretrained::ModelDir;
@@ -61,18 +63,7 @@ fn main() -> Result<()> {
     }
     tch::set_num_threads(a.threads);
     tch::manual_seed(0);
-    // The first `batch` training examples that have a hard negative.
-    let task = WordSenseData::read(&a.data)?;
-    let triples: Vec<(String, String, String)> = task
-        .training_records()
-        .into_iter()
-        .filter(|r| !r.negatives.is_empty())
-        .take(a.batch)
-        .map(|r| (r.query, r.positives[0].clone(), r.negatives[0].clone()))
-        .collect();
-    if triples.len() < a.batch {
-        bail!("only {} training examples with a hard negative", triples.len());
-    }
+    let triples = triples::wordnet_triples(&a.data, a.batch)?;
     if let Some(path) = &a.write_triples {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
         for (q, p, n) in &triples {
