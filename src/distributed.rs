@@ -188,6 +188,13 @@ impl Shards {
     }
 }
 
+/// Every variable of `vs` in name order: the order every process agrees on.
+fn by_name(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
 /// Pads a token representation to `width` tokens (zeros, masked out).
 fn pad_tokens(rep: &Representation, width: i64) -> Result<Representation> {
     match rep {
@@ -305,20 +312,10 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         // Every parameter gets a defined gradient on every process (a rank
         // that scores no head block would leave the head's undefined), and
         // what they held before is kept aside.
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let vars: Vec<(String, Tensor)> = by_name(vs).into_iter().filter(|(_, t)| t.requires_grad()).collect();
         if vars.iter().any(|(_, v)| !v.f_grad().map(|g| g.defined()).unwrap_or(false)) {
-            let mut zero: Option<Tensor> = None;
-            for (_, v) in &vars {
-                let term = v.f_sum(v.kind())?.f_mul_scalar(0.0)?;
-                zero = Some(match zero {
-                    Some(z) => z.f_add(&term.f_to_kind(z.kind())?)?,
-                    None => term,
-                });
-            }
-            if let Some(z) = zero {
-                tch::with_grad(|| z.f_backward())?;
-            }
+            let zeros = vars.iter().map(|(_, v)| Ok((v.shallow_clone(), v.f_zeros_like()?))).collect::<Result<Vec<_>>>()?;
+            tch::with_grad(|| crate::step::backward_pairs(zeros))?;
         }
         let before = vars.iter().map(|(_, v)| Ok(v.f_grad()?.f_detach_copy()?)).collect::<Result<Vec<_>>>()?;
 
@@ -493,10 +490,8 @@ fn launch_mpi(n: usize) -> Result<Box<dyn Collective>> {
 /// [`GradCacheError::Distributed`] naming `step` and the checksums when
 /// they differ.
 pub fn check_same_weights(vs: &nn::VarStore, collective: &dyn Collective, step: usize) -> Result<()> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
     let (mut sum, mut squares) = (0.0, 0.0);
-    for (_, v) in &vars {
+    for (_, v) in &by_name(vs) {
         let v = v.f_to_kind(Kind::Double)?;
         sum += v.f_sum(Kind::Double)?.f_double_value(&[])?;
         squares += v.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;

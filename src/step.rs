@@ -610,18 +610,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let retained: Vec<(crate::plan::Block, KeptBlock)> =
             plan.blocks().filter_map(|b| kept.get_mut(b.index).and_then(Option::take).map(|k| (b, k))).collect();
         if !retained.is_empty() {
-            let mut total: Option<Tensor> = None;
-            for (b, k) in &retained {
-                let w = w_of(b)?;
-                let term = k.scores.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?;
-                total = Some(match total {
-                    Some(t) => t.f_add(&term)?,
-                    None => term,
-                });
-            }
-            if let Some(t) = total {
-                t.f_backward()?;
-            }
+            backward_pairs(retained.iter().map(|(b, k)| Ok((k.scores.shallow_clone(), w_of(b)?))).collect::<Result<Vec<_>>>()?)?;
             for (b, k) in retained {
                 let mut cols = d_passages.f_narrow(0, b.passages.start as i64, b.passages.len as i64)?;
                 let _ = cols.f_add_(&leaf_grad(k.passages.tensor(), acc)?)?;
@@ -837,18 +826,28 @@ pub(crate) fn leaf_grad(leaf: &Tensor, kind: tch::Kind) -> Result<Tensor> {
 /// graphs the representation pass kept, all in one backward call (as the
 /// full-batch step does), which frees them before anything is recomputed.
 fn backprop_kept(sides: &[(&Plan, Side, Vec<Option<Representation>>, &Tensor)]) -> Result<()> {
-    let mut total: Option<Tensor> = None;
+    let mut pairs = Vec::new();
     for (plan, side, kept, grads) in sides {
         for ((piece, _), rep) in plan.chunks(*side).iter().zip(kept) {
             let Some(rep) = rep else { continue };
             let y = rep.tensor();
-            let g = Representation::narrow_tokens_like(&plan.rows_of(*side, grads, *piece)?, y)?;
-            let term = y.f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?;
-            total = Some(match total {
-                Some(t) => t.f_add(&term.f_to_kind(t.kind())?)?,
-                None => term,
-            });
+            pairs.push((y.shallow_clone(), Representation::narrow_tokens_like(&plan.rows_of(*side, grads, *piece)?, y)?));
         }
+    }
+    backward_pairs(pairs)
+}
+
+/// One backward call of `Σ_k sum(y_k ⊙ g_k)`: each `y_k` receives exactly
+/// the incoming gradient `g_k` (summed in `g_k`'s kind). Nothing for no
+/// pairs.
+pub(crate) fn backward_pairs(pairs: Vec<(Tensor, Tensor)>) -> Result<()> {
+    let mut total: Option<Tensor> = None;
+    for (y, g) in pairs {
+        let term = y.f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?;
+        total = Some(match total {
+            Some(t) => t.f_add(&term.f_to_kind(t.kind())?)?,
+            None => term,
+        });
     }
     if let Some(t) = total {
         t.f_backward()?;
