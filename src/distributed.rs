@@ -39,7 +39,7 @@ use crate::error::{GradCacheError, ReplayStage, Result, Side};
 use crate::plan::{MemoryConfig, Piece, Plan, Recompute, RetainCounts};
 use crate::replay::{ReplaySeeds, Stream};
 use crate::representation::Representation;
-use crate::step::{encode_chunk, first_non_finite_block, GradCache, PhaseTimings, ReplayLog, StepOutput};
+use crate::step::{backprop_all, encode_all, first_non_finite_block, GradCache, PhaseTimings, ReplayLog, StepOutput};
 use crate::targets::Targets;
 use crate::util::{accumulation_kind, all_finite};
 
@@ -329,21 +329,14 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let t = Instant::now();
         let own_q = shards.own(Side::Queries);
         let own_p = shards.own(Side::Passages);
-        let local_chunks = |side: Side, own: Piece| -> Vec<(usize, Piece)> {
-            plan.chunks(side)
-                .iter()
-                .enumerate()
-                .filter(|(_, (p, _))| p.start >= own.start && p.start < own.start + own.len)
-                .map(|(i, (p, _))| (i, Piece { start: p.start - own.start, len: p.len }))
-                .collect()
-        };
-        let (q_chunks, p_chunks) = (local_chunks(Side::Queries, own_q), local_chunks(Side::Passages, own_p));
+        // This process's share, cut like a batch of its own, with the
+        // streams its chunks have in the global plan.
+        let chunks_before = |side: Side, own: Piece| plan.chunks(side).iter().take_while(|(p, _)| p.start < own.start).count();
+        let share = Plan::with_retained(c, own_q.len, own_p.len, RetainCounts::default())
+            .with_first_streams([chunks_before(Side::Queries, own_q), chunks_before(Side::Passages, own_p)]);
         let (u_local, v_local) = tch::no_grad(|| -> Result<_> {
-            let encode = |enc: &dyn Fn(&Piece, usize) -> Result<Representation>, chunks: &[(usize, Piece)]| -> Result<Representation> {
-                Representation::cat(&chunks.iter().map(|(i, p)| enc(p, *i)).collect::<Result<Vec<_>>>()?)
-            };
-            let u = encode(&|p, i| encode_chunk(self.query_encoder, queries, (p.start, p.len), i, Side::Queries, &seeds, c.train), &q_chunks)?;
-            let v = encode(&|p, i| encode_chunk(self.passage_encoder, passages, (p.start, p.len), i, Side::Passages, &seeds, c.train), &p_chunks)?;
+            let u = encode_all(self.query_encoder, queries, &share, Side::Queries, &seeds, c.train)?.0;
+            let v = encode_all(self.passage_encoder, passages, &share, Side::Passages, &seeds, c.train)?.0;
             Ok((u, v))
         })?;
         let reps = crate::step::Representations { queries: gather(&u_local, collective)?, passages: gather(&v_local, collective)? };
@@ -426,25 +419,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
 
         // 6. Own rows of ∂L/∂U, ∂L/∂V through the local chunks, re-encoded.
         let t = Instant::now();
-        let sides: [(Side, &[(usize, Piece)], &Representation, Tensor); 2] = [
-            (Side::Queries, &q_chunks, &u_local, d_queries.f_narrow(0, own_q.start as i64, own_q.len as i64)?),
-            (Side::Passages, &p_chunks, &v_local, d_passages.f_narrow(0, own_p.start as i64, own_p.len as i64)?),
-        ];
-        for (side, chunks, cached, grads) in sides {
-            let stage = if side == Side::Queries { ReplayStage::QueryChunk } else { ReplayStage::PassageChunk };
-            let mut log = ReplayLog::new(stage, c.check_replay);
-            for (i, piece) in chunks {
-                let rep = tch::with_grad(|| match side {
-                    Side::Queries => encode_chunk(self.query_encoder, queries, (piece.start, piece.len), *i, side, &seeds, c.train),
-                    Side::Passages => encode_chunk(self.passage_encoder, passages, (piece.start, piece.len), *i, side, &seeds, c.train),
-                })?;
-                let (s, l) = (piece.start as i64, piece.len as i64);
-                log.record(rep.tensor(), &Representation::narrow_tokens_like(&cached.tensor().f_narrow(0, s, l)?, rep.tensor())?)?;
-                let g = Representation::narrow_tokens_like(&grads.f_narrow(0, s, l)?, rep.tensor())?;
-                rep.tensor().f_to_kind(g.kind())?.f_mul(&g)?.f_sum(g.kind())?.f_backward()?;
-            }
-            log.finish(c.replay_tolerance)?;
-        }
+        let own_rows = |d: &Tensor, own: Piece| d.f_narrow(0, own.start as i64, own.len as i64);
+        backprop_all(self.query_encoder, queries, &share, Side::Queries, &u_local, &own_rows(&d_queries, own_q)?, &seeds, c)?;
+        backprop_all(self.passage_encoder, passages, &share, Side::Passages, &v_local, &own_rows(&d_passages, own_p)?, &seeds, c)?;
 
         // 7.
         all_reduce_gradients(&vars, &before, collective)?;

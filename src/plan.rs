@@ -217,6 +217,9 @@ pub struct Plan {
     /// Per side, the order items are chunked in (position → item), when
     /// chunks are cut from the items sorted by length.
     orders: [Option<Vec<usize>>; 2],
+    /// Per side, the replay stream of the first chunk (non-zero for one
+    /// process's share of a batch split across processes).
+    first_streams: [usize; 2],
     query_chunks: Vec<(Piece, bool)>,
     passage_chunks: Vec<(Piece, bool)>,
     rows: Vec<Piece>,
@@ -402,6 +405,7 @@ impl Plan {
         let (n, m) = (query_shards.iter().sum(), passage_shards.iter().sum());
         Plan {
             orders: [None, None],
+            first_streams: [0, 0],
             query_chunks: cut_shards(query_shards, config.query_chunk_size),
             passage_chunks: cut_shards(passage_shards, config.passage_chunk_size),
             rows: pieces(n, config.head_block_queries).map(|(start, len)| Piece { start, len }).collect(),
@@ -414,6 +418,7 @@ impl Plan {
     pub fn with_retained(config: &StepConfig, n: usize, m: usize, counts: RetainCounts) -> Plan {
         Plan {
             orders: [None, None],
+            first_streams: [0, 0],
             query_chunks: cut(n, config.query_chunk_size, counts.query_chunks),
             passage_chunks: cut(m, config.passage_chunk_size, counts.passage_chunks),
             rows: pieces(n, config.head_block_queries).map(|(start, len)| Piece { start, len }).collect(),
@@ -427,6 +432,20 @@ impl Plan {
     pub fn with_orders(mut self, orders: [Option<Vec<usize>>; 2]) -> Plan {
         self.orders = orders;
         self
+    }
+
+    /// The same plan with its chunks drawing the replay streams from
+    /// `first_streams` (per side) on: the share of process `r` of a batch
+    /// split across processes is cut like a batch of its own, but its
+    /// chunks keep the streams they have in [`Plan::sharded`].
+    pub fn with_first_streams(mut self, first_streams: [usize; 2]) -> Plan {
+        self.first_streams = first_streams;
+        self
+    }
+
+    /// The replay stream of chunk `position` of a side.
+    pub fn stream(&self, side: Side, position: usize) -> usize {
+        self.first_streams[side_index(side)] + position
     }
 
     /// For each side of `config`'s batch, the items sorted by length,
@@ -494,7 +513,7 @@ impl Plan {
     }
 
     /// The encoder chunks of a side and whether each is retained; a chunk's
-    /// replay stream is its position.
+    /// replay stream is [`Plan::stream`] of its position.
     pub fn chunks(&self, side: Side) -> &[(Piece, bool)] {
         match side {
             Side::Queries => &self.query_chunks,

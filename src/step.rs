@@ -416,12 +416,12 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let (pi, p, pt) = widest(&p_tokens, Side::Passages);
         let (mut u, mut v) = (None, None);
         let q_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_cut(self.query_encoder, &plan.cut(Side::Queries, queries, q)?, qi, Side::Queries, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(self.query_encoder, &plan.cut(Side::Queries, queries, q)?, plan.stream(Side::Queries, qi), Side::Queries, seeds, train))?;
             u = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
         let p_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_cut(self.passage_encoder, &plan.cut(Side::Passages, passages, p)?, pi, Side::Passages, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(self.passage_encoder, &plan.cut(Side::Passages, passages, p)?, plan.stream(Side::Passages, pi), Side::Passages, seeds, train))?;
             v = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
@@ -691,20 +691,6 @@ fn stream_of(side: Side) -> Stream {
     }
 }
 
-/// Encodes items `start .. start + len` of `input` after seeding the
-/// chunk's random stream; checks the length.
-pub(crate) fn encode_chunk<E: Encoder + ?Sized>(
-    encoder: &E,
-    input: &E::Input,
-    (start, len): (usize, usize),
-    index: usize,
-    side: Side,
-    seeds: &ReplaySeeds,
-    train: bool,
-) -> Result<Representation> {
-    encode_cut(encoder, &input.chunk(start, len)?, index, side, seeds, train)
-}
-
 /// Encodes one chunk, already cut, after seeding its random stream; checks
 /// its length.
 pub(crate) fn encode_cut<E: Encoder + ?Sized>(encoder: &E, chunk: &E::Input, index: usize, side: Side, seeds: &ReplaySeeds, train: bool) -> Result<Representation> {
@@ -732,13 +718,13 @@ pub(crate) fn encode_all<E: Encoder + ?Sized>(
     let mut parts = Vec::new();
     let mut kept = Vec::new();
     for (i, &(piece, retained)) in plan.chunks(side).iter().enumerate() {
-        let chunk = plan.cut(side, input, piece)?;
+        let (chunk, stream) = (plan.cut(side, input, piece)?, plan.stream(side, i));
         if retained {
-            let rep = tch::with_grad(|| encode_cut(encoder, &chunk, i, side, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(encoder, &chunk, stream, side, seeds, train))?;
             parts.push(rep.detach()?);
             kept.push(Some(rep));
         } else {
-            parts.push(encode_cut(encoder, &chunk, i, side, seeds, train)?);
+            parts.push(encode_cut(encoder, &chunk, stream, side, seeds, train)?);
             kept.push(None);
         }
     }
@@ -855,11 +841,11 @@ pub(crate) fn backward_pairs(pairs: Vec<(Tensor, Tensor)>) -> Result<()> {
     Ok(())
 }
 
-/// Backpropagates each recomputed chunk's slice of `grads` through a
-/// re-encoding (same random stream, checked against the first pass); the
+/// Backpropagates each recomputed chunk's slice of `grads` (a tensor over
+/// the plan's side) through a re-encoding (same random stream, checked against the first pass); the
 /// plan's retained chunks are left to [`backprop_kept`].
 #[allow(clippy::too_many_arguments)]
-fn backprop_all<E: Encoder + ?Sized>(
+pub(crate) fn backprop_all<E: Encoder + ?Sized>(
     encoder: &E,
     input: &E::Input,
     plan: &Plan,
@@ -879,7 +865,7 @@ fn backprop_all<E: Encoder + ?Sized>(
             continue;
         }
         let chunk = plan.cut(side, input, piece)?;
-        let rep = tch::with_grad(|| encode_cut(encoder, &chunk, i, side, seeds, config.train))?;
+        let rep = tch::with_grad(|| encode_cut(encoder, &chunk, plan.stream(side, i), side, seeds, config.train))?;
         let cached_chunk = Representation::narrow_tokens_like(&plan.rows_of(side, cached.tensor(), piece)?, rep.tensor())?;
         log.record(rep.tensor(), &cached_chunk)?;
         let y = rep.tensor();
