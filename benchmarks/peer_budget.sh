@@ -5,6 +5,7 @@
 # recomputed (the default), and ours under two budgets derived from their
 # measured peak P and our resident set B before the first step: P - B (our
 # peak no higher than theirs) and 0.7 P - B (our peak at most 70% of theirs),
+# each at chunk 16 and with sizes chosen from the budget (--auto-sizes),
 # each in its own process. Writes docs/results/peer_budget.{jsonl,md}.
 #
 #   benchmarks/peer_budget.sh [ROUNDS]      (BATCHES="32 128 256" CHUNK=16)
@@ -30,9 +31,12 @@ for round in $(seq "$rounds"); do
         for share in 1.0 0.7; do
             budget=$(./.python -c "print(round($share * $p - $b, 1))")
             echo "[peer_budget]   budget $budget MB (${share} x their peak $p MB - our $b MB before the step)" >&2
-            if ! "$bin" --batch "$batch" --chunk "$chunk" --memory "{\"budget_mb\": $budget}" >> "$out.tmp"; then
-                echo "{\"impl\": \"gradcache two-cache\", \"batch\": $batch, \"memory\": {\"budget_mb\": $budget}, \"error\": \"budget below the step's need\"}" >> "$out.tmp"
-            fi
+            for sizes in "" --auto-sizes; do
+                auto=false; [ -n "$sizes" ] && auto=true
+                if ! "$bin" --batch "$batch" --chunk "$chunk" --memory "{\"budget_mb\": $budget}" $sizes >> "$out.tmp"; then
+                    echo "{\"impl\": \"gradcache two-cache\", \"batch\": $batch, \"memory\": {\"budget_mb\": $budget}, \"auto_sizes\": $auto, \"error\": \"budget below the step's need\"}" >> "$out.tmp"
+                fi
+            done
         done
     done
 done

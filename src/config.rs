@@ -39,6 +39,16 @@ pub struct StepConfig {
     /// its items' lengths ([`crate::Chunk::lengths`], e.g.
     /// [`crate::TokenBatch`]). Default: off.
     pub sort_by_length: bool,
+    /// With a memory budget, choose the four sizes above for each batch
+    /// from the budget, the measured activation costs and the batch's
+    /// lengths ([`crate::plan::Plan::sized_for_budget`]) instead of taking
+    /// them as given. Needs `memory` to be a budget. Default: off (the sizes
+    /// as written win).
+    pub auto_sizes: bool,
+    /// The encoders' and the head's forward passes under autocast
+    /// ([`crate::precision::Precision`]): `f32` (default) or `bf16`; `f16`
+    /// is refused (no loss scaling).
+    pub precision: crate::precision::Precision,
 }
 
 impl Default for StepConfig {
@@ -53,6 +63,8 @@ impl Default for StepConfig {
             replay_tolerance: 1e-4,
             memory: crate::plan::MemoryConfig::default(),
             sort_by_length: false,
+            auto_sizes: false,
+            precision: crate::precision::Precision::F32,
         }
     }
 }
@@ -80,7 +92,19 @@ impl StepConfig {
                 reason: "must be finite and non-negative",
             });
         }
+        if self.auto_sizes && !self.memory.is_budget() {
+            return Err(GradCacheError::InvalidConfig {
+                field: "auto_sizes",
+                reason: "needs a memory budget (memory: a number of MB or auto) to choose sizes from",
+            });
+        }
+        self.precision.validate()?;
         self.memory.validate()
+    }
+
+    /// How the step's forward passes run: train mode and precision.
+    pub(crate) fn forward(&self) -> Forward {
+        Forward { train: self.train, precision: self.precision }
     }
 
     /// The same config with every chunk and block as large as `n`: with
@@ -93,6 +117,22 @@ impl StepConfig {
             head_block_passages: n,
             ..self.clone()
         }
+    }
+}
+
+/// How a forward pass runs (from [`StepConfig::forward`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Forward {
+    /// Train mode (dropout on).
+    pub train: bool,
+    /// Autocast precision.
+    pub precision: crate::precision::Precision,
+}
+
+impl Forward {
+    /// Eval mode in f32 (inference).
+    pub(crate) fn eval() -> Forward {
+        Forward { train: false, precision: crate::precision::Precision::F32 }
     }
 }
 

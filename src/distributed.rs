@@ -335,8 +335,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let share = Plan::with_retained(c, own_q.len, own_p.len, RetainCounts::default())
             .with_first_streams([chunks_before(Side::Queries, own_q), chunks_before(Side::Passages, own_p)]);
         let (u_local, v_local) = tch::no_grad(|| -> Result<_> {
-            let u = encode_all(self.query_encoder, queries, &share, Side::Queries, &seeds, c.train)?.0;
-            let v = encode_all(self.passage_encoder, passages, &share, Side::Passages, &seeds, c.train)?.0;
+            let u = encode_all(self.query_encoder, queries, &share, Side::Queries, &seeds, c.forward())?.0;
+            let v = encode_all(self.passage_encoder, passages, &share, Side::Passages, &seeds, c.forward())?.0;
             Ok((u, v))
         })?;
         let reps = crate::step::Representations { queries: gather(&u_local, collective)?, passages: gather(&v_local, collective)? };
@@ -354,7 +354,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                 .map(|block| {
                     let (a0, al, b0, bl) = (block.queries.start, block.queries.len, block.passages.start, block.passages.len);
                     seeds.enter(Stream::HeadBlock, block.index);
-                    let s = self.head.score(&reps.queries.narrow(a0, al)?, &reps.passages.narrow(b0, bl)?, c.train)?;
+                    let s = c.precision.run(|| self.head.score(&reps.queries.narrow(a0, al)?, &reps.passages.narrow(b0, bl)?, c.train))?;
                     crate::step::check_block_shape(&s, al, bl)?;
                     Ok(s.f_flatten(0, -1)?)
                 })
@@ -365,7 +365,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             // A process with no block still joins the gather, with nothing
             // of the scores' kind (learned from one pair).
             true => {
-                let kind = tch::no_grad(|| self.head.score(&reps.queries.narrow(0, 1)?, &reps.passages.narrow(0, 1)?, false))?.kind();
+                let kind = tch::no_grad(|| c.precision.run(|| self.head.score(&reps.queries.narrow(0, 1)?, &reps.passages.narrow(0, 1)?, false)))?.kind();
                 Tensor::f_zeros([0], (kind, reps.queries.tensor().device()))?
             }
         };
@@ -404,7 +404,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                     let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
                     let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
                     seeds.enter(Stream::HeadBlock, block.index);
-                    let s = tch::with_grad(|| self.head.score(&u, &v, c.train))?;
+                    let s = tch::with_grad(|| c.precision.run(|| self.head.score(&u, &v, c.train)))?;
                     log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
                     let w = cache.weights.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
                     s.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?.f_backward()?;

@@ -77,6 +77,16 @@ pub enum GradCacheError {
         reason: &'static str,
     },
 
+    /// A libtorch C++ call made through gradcache's shim (`src/shim/`)
+    /// threw or refused.
+    #[error("libtorch's {call} failed: {message}")]
+    LibtorchCall {
+        /// The call.
+        call: &'static str,
+        /// libtorch's message.
+        message: String,
+    },
+
     /// A collective operation across processes could not be done.
     #[error("distributed step: {reason}")]
     Distributed {

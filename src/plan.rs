@@ -84,6 +84,16 @@ pub enum AutoBudget {
     Auto,
 }
 
+/// The share of a budget (after the caches) that one encoder chunk's graph,
+/// or one head block's, may take when [`Plan::sized_for_budget`] chooses
+/// the sizes.
+pub const AUTO_SIZE_SHARE: f64 = 0.25;
+
+/// The most pairs [`Plan::sized_for_budget`] puts in one head block: on the
+/// CPU the MLP head's step took 1.68 s with blocks of 256 × 128 pairs and
+/// 0.86 s with 256 × 64 (`benchmarks/auto_sizes.sh`, docs/benchmarks.md).
+pub const AUTO_BLOCK_MAX_PAIRS: usize = 1 << 14;
+
 /// The share of available memory that `{"budget": "auto"}` takes.
 pub const AUTO_BUDGET_SHARE: f64 = 0.5;
 
@@ -348,6 +358,78 @@ impl Plan {
         Ok((plan, estimate))
     }
 
+    /// `config` with its chunk and block sizes chosen for `budget_bytes`
+    /// (what [`StepConfig::auto_sizes`] asks for): after the caches, each
+    /// encoder chunk's graph and each head block's graph may take at most
+    /// [`AUTO_SIZE_SHARE`] of what is left (with
+    /// [`CostModel::backward_headroom`]), so that the rest is there for
+    /// [`Plan::fit`] to retain. A chunk is the whole side when that fits,
+    /// else the largest power of two that does; a block has the query
+    /// chunk's rows (halved while needed) and the most passage columns that
+    /// fit, by the same rule, up to [`AUTO_BLOCK_MAX_PAIRS`]. `widths` are
+    /// the tokens per item of each side's longest item, so a chunk is
+    /// priced as if all its items were that long. A closed-form head (`pair_bytes: None`) keeps `config`'s
+    /// block sizes: it runs no head pass.
+    ///
+    /// The sizes depend only on the budget, the batch's shape and the cost
+    /// model, and come in powers of two, so that the small differences
+    /// between two measurements of the same model leave them unchanged
+    /// unless the budget sits on a doubling's edge (dropout masks are drawn
+    /// per chunk and block, so the sizes are part of a run's random draws;
+    /// docs/architecture.md gives what was measured).
+    ///
+    /// # Errors
+    /// [`GradCacheError::BudgetTooSmall`] when, after the caches, a quarter
+    /// of the budget cannot hold a chunk of one item or a block of one pair
+    /// (`needed_mb` is the least budget that can).
+    pub fn sized_for_budget(config: &StepConfig, n: usize, m: usize, costs: &CostModel, widths: (f64, f64), budget_bytes: f64) -> Result<StepConfig> {
+        let caches = 2.0 * (n as f64 * costs.query_rep_bytes + m as f64 * costs.passage_rep_bytes) + 2.0 * (n * m) as f64 * costs.score_bytes;
+        let share = AUTO_SIZE_SHARE * (budget_bytes - caches);
+        let h = costs.backward_headroom;
+        // The least budget: one item per chunk and one pair per block.
+        let query_item = costs.query_token_bytes * widths.0;
+        let passage_item = costs.passage_token_bytes * widths.1;
+        let dearest = query_item.max(passage_item).max(costs.pair_bytes.unwrap_or(0.0));
+        if h * dearest > share {
+            return Err(GradCacheError::BudgetTooSmall { budget_mb: budget_bytes / MB, needed_mb: (caches + h * dearest / AUTO_SIZE_SHARE) / MB });
+        }
+        // The largest size up to `limit` whose graph fits the share: `limit`
+        // itself, or else a power of two (at least 1, which fits).
+        let largest = |limit: usize, cost_per_item: f64| -> usize {
+            let fits = |c: usize| h * cost_per_item * c as f64 <= share;
+            if fits(limit) {
+                return limit;
+            }
+            let mut c = 1;
+            while 2 * c < limit && fits(2 * c) {
+                c *= 2;
+            }
+            c
+        };
+        let query_chunk = largest(n.max(1), query_item);
+        let passage_chunk = largest(m.max(1), passage_item);
+        let (mut rows, mut cols) = (config.head_block_queries, config.head_block_passages);
+        if let Some(pair) = costs.pair_bytes {
+            rows = query_chunk;
+            while rows > 1 && h * pair * rows as f64 > share {
+                rows = if rows.is_power_of_two() { rows / 2 } else { rows.next_power_of_two() / 2 };
+            }
+            cols = largest(m.max(1), pair * rows as f64);
+            // Past a point a larger block only runs slower (it leaves the
+            // CPU's caches): cap its pairs.
+            while rows * cols > AUTO_BLOCK_MAX_PAIRS && cols > 1 {
+                cols = if cols.is_power_of_two() { cols / 2 } else { cols.next_power_of_two() / 2 };
+            }
+        }
+        Ok(StepConfig {
+            query_chunk_size: query_chunk,
+            passage_chunk_size: passage_chunk,
+            head_block_queries: rows,
+            head_block_passages: cols,
+            ..config.clone()
+        })
+    }
+
     fn chunks_mut(&mut self, side: Side) -> &mut [(Piece, bool)] {
         match side {
             Side::Queries => &mut self.query_chunks,
@@ -548,12 +630,17 @@ impl Plan {
 
     /// How the plan cuts the batch, as a step reports it.
     pub fn sizes(&self, closed_form_head: bool) -> crate::step::StepSizes {
+        fn largest(pieces: impl Iterator<Item = Piece>) -> usize {
+            pieces.map(|p| p.len).max().unwrap_or(0)
+        }
         crate::step::StepSizes {
             num_queries: self.rows.iter().map(|r| r.len).sum(),
             num_passages: self.cols.iter().map(|c| c.len).sum(),
             query_chunks: self.query_chunks.len(),
             passage_chunks: self.passage_chunks.len(),
             head_blocks: self.rows.len() * self.cols.len(),
+            chunk_items: (largest(self.query_chunks.iter().map(|c| c.0)), largest(self.passage_chunks.iter().map(|c| c.0))),
+            block_pairs: (largest(self.rows.iter().copied()), largest(self.cols.iter().copied())),
             closed_form_head,
         }
     }

@@ -129,13 +129,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         tch::with_grad(|| {
             let t = Instant::now();
             let reps = Representations {
-                queries: encode_all(self.query_encoder, queries, &plan, Side::Queries, seeds, c.train)?.0,
-                passages: encode_all(self.passage_encoder, passages, &plan, Side::Passages, seeds, c.train)?.0,
+                queries: encode_all(self.query_encoder, queries, &plan, Side::Queries, seeds, c.forward())?.0,
+                passages: encode_all(self.passage_encoder, passages, &plan, Side::Passages, seeds, c.forward())?.0,
             };
             timings.representation = t.elapsed();
 
             let t = Instant::now();
-            let scores = score_all(self.head, &reps, &plan, c.train, seeds)?.0;
+            let scores = score_all(self.head, &reps, &plan, c.forward(), seeds)?.0;
             if !all_finite(&scores)? {
                 return Err(first_non_finite_block(&scores, &plan)?);
             }

@@ -414,7 +414,7 @@ impl Scorer {
         let reps = Representations { queries: queries.with_tensor(queries.tensor().shallow_clone()), passages: passages.with_tensor(passages.tensor().shallow_clone()) };
         let step = self.config.layout.eval_step();
         let plan = crate::plan::Plan::with_retained(&step, queries.len(), passages.len(), Default::default());
-        Ok(tch::no_grad(|| score_all(self.head.as_ref(), &reps, &plan, false, &ReplaySeeds::from_base(0)))?.0)
+        Ok(tch::no_grad(|| score_all(self.head.as_ref(), &reps, &plan, crate::config::Forward::eval(), &ReplaySeeds::from_base(0)))?.0)
     }
 
     /// Scores every query against every passage.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
 use crate::batch::Chunk;
-use crate::config::StepConfig;
+use crate::config::{Forward, StepConfig};
 use crate::plan::{ChunkTokens, CostModel, MemoryConfig, Piece, Plan, RetainCounts, AUTO_BUDGET_SHARE};
 use crate::encoder::Encoder;
 use crate::error::{GradCacheError, ReplayStage, Result, Side};
@@ -90,6 +90,11 @@ pub struct StepSizes {
     pub passage_chunks: usize,
     /// Blocks of the `N × M` pair grid.
     pub head_blocks: usize,
+    /// Items in the largest query chunk and passage chunk (the sizes the
+    /// step used: the config's, or those chosen from a budget).
+    pub chunk_items: (usize, usize),
+    /// Query rows and passage columns of the largest head block.
+    pub block_pairs: (usize, usize),
     /// Whether the head gave closed-form gradients, so no head pass ran.
     pub closed_form_head: bool,
 }
@@ -112,21 +117,26 @@ pub struct StepOutput {
 
 impl StepOutput {
     /// One line on how the step cut the batch and what it kept, e.g.
-    /// `step plan: 64 queries in 4 chunks, 128 passages in 8 chunks, 8 head
-    /// blocks; retained query chunks / passage chunks / head blocks: 4 / 3 / 0
-    /// (budget 500 MB, estimated peak 487 MB)`.
+    /// `step plan: 64 queries in 4 chunks of up to 16, 128 passages in 8
+    /// chunks of up to 16, 8 head blocks of up to 32×32; retained query
+    /// chunks / passage chunks / head blocks: 4 / 3 / 0 (budget 500 MB,
+    /// estimated peak 487 MB)`.
     pub fn describe_plan(&self) -> String {
         let (s, r) = (&self.sizes, &self.retained);
         let head = if s.closed_form_head { " (closed-form head: no head pass)" } else { "" };
         let budget = self.budget.map(|b| format!(" (budget {:.0} MB, estimated peak {:.0} MB)", b.budget_mb, b.estimated_peak_mb)).unwrap_or_default();
         let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         format!(
-            "step plan: {} queries in {}, {} passages in {}, {}{head}; retained query chunks / passage chunks / head blocks: {} / {} / {}{budget}",
+            "step plan: {} queries in {} of up to {}, {} passages in {} of up to {}, {} of up to {}×{}{head}; retained query chunks / passage chunks / head blocks: {} / {} / {}{budget}",
             s.num_queries,
             count(s.query_chunks, "chunk"),
+            s.chunk_items.0,
             s.num_passages,
             count(s.passage_chunks, "chunk"),
+            s.chunk_items.1,
             count(s.head_blocks, "head block"),
+            s.block_pairs.0,
+            s.block_pairs.1,
             r.query_chunks,
             r.passage_chunks,
             r.head_blocks
@@ -139,6 +149,8 @@ impl StepOutput {
         serde_json::json!({
             "queries": s.num_queries, "passages": s.num_passages,
             "query_chunks": s.query_chunks, "passage_chunks": s.passage_chunks, "head_blocks": s.head_blocks,
+            "query_chunk_items": s.chunk_items.0, "passage_chunk_items": s.chunk_items.1,
+            "block_queries": s.block_pairs.0, "block_passages": s.block_pairs.1,
             "closed_form_head": s.closed_form_head, "retained": self.retained,
             "budget_mb": self.budget.map(|b| b.budget_mb), "estimated_peak_mb": self.budget.map(|b| b.estimated_peak_mb),
         })
@@ -342,7 +354,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
 
     /// The step's plan: the config's layout, or under a budget the layout
     /// fitted to it with the measured costs (probed on the first step, and
-    /// again when a batch has a chunk wider than the probe saw).
+    /// again when a batch has a chunk wider than the probe saw), at sizes
+    /// chosen from the budget when `auto_sizes` is on.
     pub(crate) fn plan(&self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<(Plan, Option<BudgetReport>)> {
         let (n, m) = (queries.len(), passages.len());
         let budget_bytes = match self.config.memory {
@@ -374,8 +387,19 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                 c
             }
         };
-        let (plan, estimate) = Plan::fit(&self.config, n, m, &costs, &tokens, budget_bytes)?;
-        let plan = plan.with_orders(Plan::length_orders(&self.config, queries, passages)?);
+        let (config, tokens) = if self.config.auto_sizes {
+            let sized = Plan::sized_for_budget(&self.config, n, m, &costs, widths, budget_bytes)?;
+            let layout = Plan::with_retained(&sized, n, m, crate::plan::RetainCounts::default()).with_orders(Plan::length_orders(&sized, queries, passages)?);
+            let tokens = ChunkTokens {
+                queries: chunk_tokens(&layout, Side::Queries, queries)?,
+                passages: chunk_tokens(&layout, Side::Passages, passages)?,
+            };
+            (sized, tokens)
+        } else {
+            (self.config.clone(), tokens)
+        };
+        let (plan, estimate) = Plan::fit(&config, n, m, &costs, &tokens, budget_bytes)?;
+        let plan = plan.with_orders(Plan::length_orders(&config, queries, passages)?);
         Ok((plan, Some(BudgetReport { budget_mb: budget_bytes / MB, estimated_peak_mb: estimate / MB })))
     }
 
@@ -389,7 +413,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// The activation costs of this step's layout, measured: the widest
     /// chunk of each side encoded with graph, and one block cut from their
     /// outputs scored with graph, each from its own replay stream, with the
-    /// allocator's bytes in use read before and after. The graphs are
+    /// allocator's bytes in use read before and after the second of two
+    /// runs (the first absorbs one-time allocations). The graphs are
     /// dropped.
     ///
     /// # Errors
@@ -397,8 +422,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// be read (off glibc, or on a GPU); encoder and head errors.
     pub fn probe_costs(&self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<CostModel> {
         let plan = self.layout(queries, passages)?;
-        let train = self.config.train;
+        let fwd = self.config.forward();
+        // Each piece runs twice and the second run is measured: the first
+        // forward of a process also makes one-time allocations (thread
+        // pools, kernel workspaces) that outlive it and would be priced as
+        // activations of whichever side ran first.
         let measure = |f: &mut dyn FnMut() -> Result<Box<dyn std::any::Any>>| -> Result<f64> {
+            drop(f()?);
             let before = crate::runtime::allocated_bytes()?;
             let kept = f()?;
             let after = crate::runtime::allocated_bytes()?;
@@ -416,12 +446,12 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let (pi, p, pt) = widest(&p_tokens, Side::Passages);
         let (mut u, mut v) = (None, None);
         let q_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_cut(self.query_encoder, &plan.cut(Side::Queries, queries, q)?, plan.stream(Side::Queries, qi), Side::Queries, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(self.query_encoder, &plan.cut(Side::Queries, queries, q)?, plan.stream(Side::Queries, qi), Side::Queries, seeds, fwd))?;
             u = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
         let p_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_cut(self.passage_encoder, &plan.cut(Side::Passages, passages, p)?, plan.stream(Side::Passages, pi), Side::Passages, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(self.passage_encoder, &plan.cut(Side::Passages, passages, p)?, plan.stream(Side::Passages, pi), Side::Passages, seeds, fwd))?;
             v = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
@@ -438,7 +468,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let bytes = measure(&mut || {
                 let (ul, vl) = (reps.queries.narrow(0, a)?.detached_leaf()?, reps.passages.narrow(0, b)?.detached_leaf()?);
                 seeds.enter(Stream::HeadBlock, 0);
-                let s = tch::with_grad(|| self.head.score(&ul, &vl, train))?;
+                let s = tch::with_grad(|| fwd.precision.run(|| self.head.score(&ul, &vl, fwd.train)))?;
                 Ok(Box::new((s, ul, vl)))
             })?;
             Some(bytes / (a * b) as f64)
@@ -504,8 +534,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         plan: &Plan,
     ) -> Result<(Representations, Vec<Option<Representation>>, Vec<Option<Representation>>)> {
         tch::no_grad(|| {
-            let (q, kept_q) = encode_all(self.query_encoder, queries, plan, Side::Queries, seeds, self.config.train)?;
-            let (p, kept_p) = encode_all(self.passage_encoder, passages, plan, Side::Passages, seeds, self.config.train)?;
+            let (q, kept_q) = encode_all(self.query_encoder, queries, plan, Side::Queries, seeds, self.config.forward())?;
+            let (p, kept_p) = encode_all(self.passage_encoder, passages, plan, Side::Passages, seeds, self.config.forward())?;
             Ok((Representations { queries: q, passages: p }, kept_q, kept_p))
         })
     }
@@ -527,7 +557,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// Step 2 under `plan`: retained blocks keep their graph (scores and
     /// input leaves), returned per block.
     fn planned_score_pass(&self, reps: &Representations, seeds: &ReplaySeeds, plan: &Plan) -> Result<(Tensor, Vec<Option<KeptBlock>>)> {
-        let (scores, kept) = tch::no_grad(|| score_all(self.head, reps, plan, self.config.train, seeds))?;
+        let (scores, kept) = tch::no_grad(|| score_all(self.head, reps, plan, self.config.forward(), seeds))?;
         if !all_finite(&scores)? {
             return Err(first_non_finite_block(&scores, plan)?);
         }
@@ -634,7 +664,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             };
             let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
             seeds.enter(Stream::HeadBlock, block.index);
-            let s = tch::with_grad(|| self.head.score(&u, &v, c.train))?;
+            let s = tch::with_grad(|| c.precision.run(|| self.head.score(&u, &v, c.train)))?;
             check_block_shape(&s, al, bl)?;
             log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
             // Backward of S_ab with incoming gradient W_ab; the row's shared
@@ -693,10 +723,10 @@ fn stream_of(side: Side) -> Stream {
 
 /// Encodes one chunk, already cut, after seeding its random stream; checks
 /// its length.
-pub(crate) fn encode_cut<E: Encoder + ?Sized>(encoder: &E, chunk: &E::Input, index: usize, side: Side, seeds: &ReplaySeeds, train: bool) -> Result<Representation> {
+pub(crate) fn encode_cut<E: Encoder + ?Sized>(encoder: &E, chunk: &E::Input, index: usize, side: Side, seeds: &ReplaySeeds, fwd: Forward) -> Result<Representation> {
     let len = chunk.len();
     seeds.enter(stream_of(side), index);
-    let rep = encoder.encode(chunk, train)?;
+    let rep = fwd.precision.run(|| encoder.encode(chunk, fwd.train))?;
     if rep.len() != len {
         return Err(GradCacheError::EncoderLength { side, expected: len, got: rep.len() });
     }
@@ -713,18 +743,18 @@ pub(crate) fn encode_all<E: Encoder + ?Sized>(
     plan: &Plan,
     side: Side,
     seeds: &ReplaySeeds,
-    train: bool,
+    fwd: Forward,
 ) -> Result<(Representation, Vec<Option<Representation>>)> {
     let mut parts = Vec::new();
     let mut kept = Vec::new();
     for (i, &(piece, retained)) in plan.chunks(side).iter().enumerate() {
         let (chunk, stream) = (plan.cut(side, input, piece)?, plan.stream(side, i));
         if retained {
-            let rep = tch::with_grad(|| encode_cut(encoder, &chunk, stream, side, seeds, train))?;
+            let rep = tch::with_grad(|| encode_cut(encoder, &chunk, stream, side, seeds, fwd))?;
             parts.push(rep.detach()?);
             kept.push(Some(rep));
         } else {
-            parts.push(encode_cut(encoder, &chunk, stream, side, seeds, train)?);
+            parts.push(encode_cut(encoder, &chunk, stream, side, seeds, fwd)?);
             kept.push(None);
         }
     }
@@ -738,7 +768,7 @@ pub(crate) fn score_all(
     head: &dyn ScoringHead,
     reps: &Representations,
     plan: &Plan,
-    train: bool,
+    fwd: Forward,
     seeds: &ReplaySeeds,
 ) -> Result<(Tensor, Vec<Option<KeptBlock>>)> {
     let mut rows: Vec<Vec<Tensor>> = plan.rows().iter().map(|_| Vec::new()).collect();
@@ -749,14 +779,14 @@ pub(crate) fn score_all(
         if block.retained {
             let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
             let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
-            let s = tch::with_grad(|| head.score(&u, &v, train))?;
+            let s = tch::with_grad(|| fwd.precision.run(|| head.score(&u, &v, fwd.train)))?;
             check_block_shape(&s, al, bl)?;
             rows[block.row].push(s.f_detach()?);
             kept.push(Some(KeptBlock { scores: s, queries: u, passages: v }));
         } else {
             let u = reps.queries.narrow(a0, al)?;
             let v = reps.passages.narrow(b0, bl)?;
-            let s = head.score(&u, &v, train)?;
+            let s = fwd.precision.run(|| head.score(&u, &v, fwd.train))?;
             check_block_shape(&s, al, bl)?;
             rows[block.row].push(s);
             kept.push(None);
@@ -865,7 +895,7 @@ pub(crate) fn backprop_all<E: Encoder + ?Sized>(
             continue;
         }
         let chunk = plan.cut(side, input, piece)?;
-        let rep = tch::with_grad(|| encode_cut(encoder, &chunk, plan.stream(side, i), side, seeds, config.train))?;
+        let rep = tch::with_grad(|| encode_cut(encoder, &chunk, plan.stream(side, i), side, seeds, config.forward()))?;
         let cached_chunk = Representation::narrow_tokens_like(&plan.rows_of(side, cached.tensor(), piece)?, rep.tensor())?;
         log.record(rep.tensor(), &cached_chunk)?;
         let y = rep.tensor();

@@ -372,3 +372,123 @@ fn sorting_needs_inputs_with_lengths() {
     // Off, nothing is asked of the input.
     assert_eq!(Plan::length_orders(&layout(MemoryConfig::default()), &t, &t).unwrap(), [None, None]);
 }
+
+/// The sizes `auto_sizes` picks, as (query chunk, passage chunk, block
+/// rows, block columns).
+fn sized(costs: &CostModel, budget: f64) -> gradcache::Result<(usize, usize, usize, usize)> {
+    let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
+    let c = Plan::sized_for_budget(&config, 5, 15, costs, (1.0, 1.0), budget)?;
+    Ok((c.query_chunk_size, c.passage_chunk_size, c.head_block_queries, c.head_block_passages))
+}
+
+#[test]
+fn sizes_chosen_from_a_budget_give_each_chunk_and_block_a_quarter_of_it() {
+    // Worked by hand with the synthetic costs (no caches, headroom 1): a
+    // chunk or block may take a quarter of the budget; a query item costs
+    // 100, a passage item 10, a pair 1.
+    let costs = synthetic();
+    // 2000: a quarter is 500, the whole side of 5 queries (500) fits, and
+    // so do 15 passages (150) and a 5 × 15 block (75).
+    assert_eq!(sized(&costs, 2000.0).unwrap(), (5, 15, 5, 15));
+    // 1000: 250 holds 2 queries (200) but not 4 (400); blocks of 2 rows.
+    assert_eq!(sized(&costs, 1000.0).unwrap(), (2, 15, 2, 15));
+    // 399: a quarter (99.75) is short of one query (100); the least budget
+    // is 400 bytes.
+    match sized(&costs, 399.0) {
+        Err(gradcache::GradCacheError::BudgetTooSmall { needed_mb, .. }) => assert_eq!(needed_mb * 1048576.0, 400.0),
+        other => panic!("expected BudgetTooSmall, got {other:?}"),
+    }
+    // Dear pairs (30 each): 2 rows × 4 columns (240 ≤ 250; 8 would be 480).
+    assert_eq!(sized(&CostModel { pair_bytes: Some(30.0), ..costs }, 1000.0).unwrap(), (2, 15, 2, 4));
+    // Dearer (200): not even one column for 2 rows, so one row, one column.
+    assert_eq!(sized(&CostModel { pair_bytes: Some(200.0), ..costs }, 1000.0).unwrap(), (2, 15, 1, 1));
+    // A pair above the quarter: too small, needing 4 × 300.
+    match sized(&CostModel { pair_bytes: Some(300.0), ..costs }, 1000.0) {
+        Err(gradcache::GradCacheError::BudgetTooSmall { needed_mb, .. }) => assert_eq!(needed_mb * 1048576.0, 1200.0),
+        other => panic!("expected BudgetTooSmall, got {other:?}"),
+    }
+    // A closed-form head runs no head pass: the configured blocks stay.
+    assert_eq!(sized(&CostModel { pair_bytes: None, ..costs }, 1000.0).unwrap(), (2, 15, 2, 6));
+    // The headroom and the caches come off first: with headroom 2 a query
+    // costs 200 (one fits 250) and 15 passages 300 (8 do: 160); caches of
+    // 2 × (5 × 10) = 100 leave (1000 − 100) / 4 = 225 (2 queries still fit),
+    // of 2 × (5 × 30) = 300 leave 175 (they no longer do).
+    assert_eq!(sized(&CostModel { backward_headroom: 2.0, ..costs }, 1000.0).unwrap(), (1, 8, 1, 15));
+    assert_eq!(sized(&CostModel { query_rep_bytes: 10.0, ..costs }, 1000.0).unwrap(), (2, 15, 2, 15));
+    assert_eq!(sized(&CostModel { query_rep_bytes: 30.0, ..costs }, 1000.0).unwrap(), (1, 15, 1, 15));
+    // The widths price each item at the side's longest.
+    let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
+    let wide = Plan::sized_for_budget(&config, 5, 15, &costs, (2.0, 1.0), 1000.0).unwrap();
+    assert_eq!(wide.query_chunk_size, 1);
+}
+
+#[test]
+fn auto_sizes_need_a_budget() {
+    let config = StepConfig { auto_sizes: true, ..StepConfig::default() };
+    match config.validate() {
+        Err(gradcache::GradCacheError::InvalidConfig { field: "auto_sizes", .. }) => {}
+        other => panic!("expected InvalidConfig for auto_sizes, got {other:?}"),
+    }
+    let budgeted = StepConfig { auto_sizes: true, memory: MemoryConfig::Budget { budget_mb: 100.0 }, ..StepConfig::default() };
+    budgeted.validate().unwrap();
+    let read: StepConfig = serde_json::from_str(r#"{"auto_sizes": true, "memory": {"budget": "auto"}}"#).unwrap();
+    assert!(read.auto_sizes);
+}
+
+#[test]
+fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
+    let _serial = serial();
+    for head in [HeadKind::Interaction, HeadKind::Dot] {
+        let model = Model::new(head, false, Kind::Double, 0.2);
+        let data = data(5, 3, LossKind::InfoNce, 13);
+        let loss = loss(LossKind::InfoNce);
+        let seeds = gradcache::replay::ReplaySeeds::from_base(1);
+        let probe = model.step(layout(MemoryConfig::default()), loss.as_ref());
+        // One probe for every budget: on graphs of a few kB, two probes
+        // differ by 1–3% (allocator bookkeeping), enough to move a size at
+        // a budget on a doubling's edge (on MiniLM the probes of two runs
+        // chose the same plans; docs/architecture.md).
+        let costs = probe.probe_costs(&data.queries, &data.passages, &seeds).unwrap();
+        let mb = 1048576.0;
+        // From the least budget that holds one item per chunk up to one that
+        // holds the whole batch in one piece, in steps of 1.6×.
+        let auto = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
+        let mut budget_mb = match Plan::sized_for_budget(&auto, 5, 15, &costs, widths(&data), 1.0) {
+            Err(gradcache::GradCacheError::BudgetTooSmall { needed_mb, .. }) => needed_mb * 1.0001,
+            other => panic!("a 1-byte budget was accepted: {other:?}"),
+        };
+        let mut last = (0, 0);
+        let mut seen = Vec::new();
+        while last != (5, 15) {
+            let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) };
+            let gc = model.step(config, loss.as_ref());
+            gc.set_costs(costs);
+            gradcache::check::zero_grads(&model.vs);
+            tch::manual_seed(99);
+            let out = gc.step(&data.queries, &data.passages, &data.targets).unwrap();
+            let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+            let report = out.budget.unwrap();
+            assert!(report.estimated_peak_mb <= budget_mb, "{head:?}: estimate {} MB over the budget {budget_mb} MB", report.estimated_peak_mb);
+            let now = out.sizes.chunk_items;
+            assert!(now.0 >= last.0 && now.1 >= last.1, "{head:?}: chunks shrank from {last:?} to {now:?} as the budget grew to {budget_mb} MB");
+            let chosen = Plan::sized_for_budget(&StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) }, 5, 15, &costs, widths(&data), budget_mb * mb).unwrap();
+            assert_eq!((chosen.query_chunk_size, chosen.passage_chunk_size), now, "{head:?}: the step did not use the sizes chosen for {budget_mb} MB");
+            gradcache::check::zero_grads(&model.vs);
+            tch::manual_seed(99);
+            let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
+            let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+            let c = Comparison { cached_loss: out.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
+            assert_exact(&c, F64_TOL, &format!("{head:?}: auto sizes {now:?} at {budget_mb} MB"));
+            seen.push(now);
+            last = now;
+            budget_mb *= 1.6;
+            assert!(seen.len() < 40, "{head:?}: sizes never reached the whole batch: {seen:?}");
+        }
+        assert!(seen.len() >= 3 && seen[0] != (5, 15), "{head:?}: the sweep saw too few layouts: {seen:?}");
+    }
+}
+
+/// Tokens per item of each side's longest item.
+fn widths(data: &Data) -> (f64, f64) {
+    (data.queries.padded_tokens() as f64 / data.queries.len() as f64, data.passages.padded_tokens() as f64 / data.passages.len() as f64)
+}

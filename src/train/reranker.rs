@@ -196,6 +196,10 @@ pub struct TrainArgs {
     /// Cut encoder chunks from the texts sorted by length (less padding).
     #[arg(long)]
     pub sort_by_length: bool,
+    /// Choose chunk and block sizes for each batch from the memory budget
+    /// (needs `--memory` with a budget; `--chunk-size` is then ignored).
+    #[arg(long)]
+    pub auto_sizes: bool,
     /// Peak learning rate.
     #[arg(long)]
     pub learning_rate: Option<f64>,
@@ -337,6 +341,9 @@ impl TrainArgs {
         }
         if self.sort_by_length {
             c.step.sort_by_length = true;
+        }
+        if self.auto_sizes {
+            c.step.auto_sizes = true;
         }
         if let Some(v) = self.chunk_size {
             c.step.query_chunk_size = v;
@@ -495,14 +502,16 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
             dev.set.queries.len(),
             dev.set.corpus.len()
         );
+        let sizes = if c.step.auto_sizes {
+            "chunk and block sizes from the memory budget".to_string()
+        } else {
+            format!("encoder chunk {}, head block {}x{}", c.step.query_chunk_size, c.step.head_block_queries, c.step.head_block_passages)
+        };
         println!(
-            "batch {} queries x {} passages each ({} passages), encoder chunk {}, head block {}x{}, {} steps",
+            "batch {} queries x {} passages each ({} passages), {sizes}, {} steps",
             c.batch_size,
             c.group_size,
             c.batch_size * c.group_size,
-            c.step.query_chunk_size,
-            c.step.head_block_queries,
-            c.step.head_block_passages,
             c.train.steps
         );
         if ranks > 1 {
