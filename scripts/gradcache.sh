@@ -10,6 +10,8 @@
 #   scripts/gradcache.sh setup-bench  # setup + the benchmarks' Python peers
 #                                     # (sentence-transformers) and matplotlib
 #   scripts/gradcache.sh reproduce [--quick]  # examples/reproduce_extension
+#   scripts/gradcache.sh device-build  # examples/device_check against the
+#                                      # torch 2.11 wheel, for the GPU machine
 #
 # GRADCACHE_HOME (default ~/.cache/gradcache) holds the venv, shared by clones.
 set -euo pipefail
@@ -96,6 +98,69 @@ setup_mpi() {
     fi
 }
 
+# The GPU machine's binaries: examples/device_check built against the PyPI
+# torch==2.11.0 wheel (what the lent GPU machine has under /opt/torch/.venv)
+# in its own venv, with torch-sys 0.17 patched (scripts/device/*.patch: the
+# three generated wrappers whose libtorch signatures changed are stubbed)
+# through cargo's [patch] in a copy of the working tree, so that the normal
+# build, its Cargo.lock and its libtorch 2.4 are untouched. The binary's
+# rpath names the device's torch and this venv's, so it runs on both.
+device_build() {
+    local dvenv="$home/venv-torch-2.11.0" dversion="2.11.0"
+    local py="$dvenv/bin/python"
+    if ! "$py" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$dversion')" 2>/dev/null; then
+        log "installing torch==$dversion from PyPI into $dvenv (several GB, once)"
+        [ -x "$py" ] || python3 -m venv "$dvenv"
+        "$py" -m pip install --quiet --disable-pip-version-check "torch==$dversion"
+    fi
+    # The CUDA runtime's crt/ headers for the GPU memory shim, of the
+    # runtime wheel's CUDA major.minor (patch releases differ between the
+    # wheels): CUDA 13 ships them as nvidia-cuda-crt, CUDA 12 inside
+    # nvidia-cuda-nvcc-cu12.
+    local runtime
+    runtime="$("$py" -c "import importlib.metadata as m; d=[x for x in m.distributions() if (x.metadata['Name'] or '').startswith('nvidia-cuda-runtime')]; print(d[0].metadata['Name'] + ' ' + d[0].version if d else '')" 2>/dev/null)"
+    if [ -n "$runtime" ]; then
+        local name="${runtime%% *}" version="${runtime##* }" minor site
+        minor="$(echo "$version" | cut -d. -f1-2)"
+        site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        for wheel in "${name/cuda-runtime/cuda-crt}" "${name/cuda-runtime/cuda-nvcc}"; do
+            ls "$site"/nvidia/*/include/crt/host_defines.h >/dev/null 2>&1 && break
+            log "installing $wheel~=$minor.0 (CUDA headers for the GPU memory shim)"
+            "$py" -m pip install --quiet --disable-pip-version-check --no-deps "$wheel~=$minor.0" || true
+        done
+    fi
+    local torch_dir work="$repo/target/device"
+    torch_dir="$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
+    mkdir -p "$work"
+    # torch-sys 0.17.0's source, patched.
+    (cd "$repo" && cargo fetch --quiet)
+    local crate
+    crate="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/torch-sys-0.17.0.crate | head -n 1)"
+    rm -rf "$work/torch-sys-0.17.0"
+    tar -xzf "$crate" -C "$work"
+    patch --quiet -p1 -d "$work/torch-sys-0.17.0" < "$repo/scripts/device/torch-sys-0.17.0-libtorch-2.11.patch"
+    # A copy of the working tree (tracked and new files), so the patch does
+    # not rewrite this tree's Cargo.lock.
+    rm -rf "$work/tree" && mkdir -p "$work/tree"
+    (cd "$repo" && git ls-files -co --exclude-standard -z | tar --null -cf - -T - 2>/dev/null) | tar -xf - -C "$work/tree"
+    local device_torch="${DEVICE_TORCH_LIB:-/opt/torch/.venv/lib/python3.12/site-packages/torch/lib}"
+    log "building examples/device_check against $torch_dir (rpath: $device_torch, then $torch_dir/lib)"
+    (
+        cd "$work/tree"
+        LIBTORCH="$torch_dir" LIBTORCH_CXX11_ABI=1 LIBTORCH_BYPASS_VERSION_CHECK=1 \
+        CARGO_TARGET_DIR="$work/target" \
+        RUSTFLAGS="-C link-arg=-Wl,-rpath,$device_torch" \
+        cargo build --release --quiet --example device_check \
+            --config "patch.crates-io.torch-sys.path=\"$work/torch-sys-0.17.0\""
+    )
+    mkdir -p "$work/bin"
+    cp "$work/target/release/examples/device_check" "$work/bin/device_check"
+    strip "$work/bin/device_check"
+    log "built: target/device/bin/device_check ($(du -h "$work/bin/device_check" | cut -f1)), glibc $(ldd --version | head -n 1 | awk '{print $NF}') here"
+    echo "carry: target/device/bin"
+    echo "run there: target/device/bin/device_check --device cuda --out docs/results/gpu"
+}
+
 link() {
     if [ "$(readlink "$2" 2>/dev/null)" != "$1" ]; then
         ln -sfn "$1" "$2"
@@ -141,6 +206,10 @@ case "$cmd" in
         [ "$(id -u)" = 0 ] && root=(--allow-run-as-root)
         exec mpirun "${root[@]}" --oversubscribe -np "$ranks" target/release/examples/train_reranker "$@"
         ;;
+    device-build)
+        setup
+        device_build
+        ;;
     test)
         setup
         setup_mpi
@@ -154,7 +223,7 @@ case "$cmd" in
         exec cargo test --doc --features mpi "$@"
         ;;
     *)
-        echo "usage: scripts/gradcache.sh {setup|setup-bench|train|train-mpi|test|reproduce} [args...]" >&2
+        echo "usage: scripts/gradcache.sh {setup|setup-bench|train|train-mpi|test|reproduce|device-build} [args...]" >&2
         exit 2
         ;;
 esac

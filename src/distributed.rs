@@ -390,7 +390,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         // 5.
         let t = Instant::now();
         let acc = accumulation_kind(reps.queries.kind());
-        let (d_queries, d_passages, closed_form) = match self.head.closed_form_gradients(&reps.queries, &reps.passages, &cache.weights) {
+        let (d_queries, d_passages, closed_form) = match self.closed_form_gradients(&reps.queries, &reps.passages, &cache.weights) {
             Some(grads) => {
                 let grads = grads?;
                 (grads.queries, grads.passages, true)

@@ -179,6 +179,8 @@ pub struct GradCache<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> {
     pub(crate) costs: std::cell::Cell<Option<CostModel>>,
     /// `{"budget": "auto"}` resolved on the first step, in bytes.
     pub(crate) auto_budget: std::cell::Cell<Option<f64>>,
+    /// The device the last probe measured on.
+    pub(crate) probed_device: std::cell::Cell<Option<Device>>,
 }
 
 impl<'m, E: Encoder + ?Sized> GradCache<'m, E, E> {
@@ -268,7 +270,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         loss: &'m dyn ContrastiveLoss,
     ) -> Result<Self> {
         config.validate()?;
-        Ok(GradCache { config, query_encoder, passage_encoder, head, loss, costs: std::cell::Cell::new(None), auto_budget: std::cell::Cell::new(None) })
+        Ok(GradCache { config, query_encoder, passage_encoder, head, loss, costs: std::cell::Cell::new(None), auto_budget: std::cell::Cell::new(None), probed_device: std::cell::Cell::new(None) })
     }
 
     /// Uses `costs` for the budget plans of later steps instead of probing
@@ -358,18 +360,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// chosen from the budget when `auto_sizes` is on.
     pub(crate) fn plan(&self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<(Plan, Option<BudgetReport>)> {
         let (n, m) = (queries.len(), passages.len());
-        let budget_bytes = match self.config.memory {
-            MemoryConfig::Budget { budget_mb } => budget_mb * MB,
-            MemoryConfig::Auto { .. } => match self.auto_budget.get() {
-                Some(b) => b,
-                None => {
-                    let b = AUTO_BUDGET_SHARE * crate::runtime::available_bytes()? as f64;
-                    self.auto_budget.set(Some(b));
-                    b
-                }
-            },
-            _ => return Ok((Plan::new(&self.config, n, m)?.with_orders(Plan::length_orders(&self.config, queries, passages)?), None)),
-        };
+        if !self.config.memory.is_budget() {
+            return Ok((Plan::new(&self.config, n, m)?.with_orders(Plan::length_orders(&self.config, queries, passages)?), None));
+        }
         let layout = self.layout(queries, passages)?;
         let tokens = ChunkTokens {
             queries: chunk_tokens(&layout, Side::Queries, queries)?,
@@ -387,6 +380,19 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                 c
             }
         };
+        let budget_bytes = match self.config.memory {
+            MemoryConfig::Budget { budget_mb } => budget_mb * MB,
+            _ => match self.auto_budget.get() {
+                Some(b) => b,
+                None => {
+                    // Free memory where the probe ran (the representations'
+                    // device).
+                    let b = AUTO_BUDGET_SHARE * crate::gpu::available_bytes_on(self.probed_device.get().unwrap_or(Device::Cpu))? as f64;
+                    self.auto_budget.set(Some(b));
+                    b
+                }
+            },
+        };
         let (config, tokens) = if self.config.auto_sizes {
             let sized = Plan::sized_for_budget(&self.config, n, m, &costs, widths, budget_bytes)?;
             let layout = Plan::with_retained(&sized, n, m, crate::plan::RetainCounts::default()).with_orders(Plan::length_orders(&sized, queries, passages)?);
@@ -403,11 +409,23 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         Ok((plan, Some(BudgetReport { budget_mb: budget_bytes / MB, estimated_peak_mb: estimate / MB })))
     }
 
+    /// The head's closed-form gradients, used only in f32: under autocast
+    /// the full-batch step's gradients are autograd's through the head's
+    /// bf16 products, which a closed form computed in f32 does not
+    /// reproduce (measured: 5e-3 of the gradient's norm for the dot head),
+    /// so the head pass runs through autograd instead.
+    pub(crate) fn closed_form_gradients(&self, u: &Representation, v: &Representation, w: &Tensor) -> Option<Result<RepresentationGradients>> {
+        match self.config.precision {
+            crate::precision::Precision::F32 => self.head.closed_form_gradients(u, v, w),
+            _ => None,
+        }
+    }
+
     /// Whether the head gives closed-form gradients (asked on one pair).
     fn closed_form(&self, reps: &Representations) -> Result<bool> {
         let (u, v) = (reps.queries.narrow(0, 1)?, reps.passages.narrow(0, 1)?);
         let w = Tensor::f_zeros([1, 1], (accumulation_kind(u.kind()), u.tensor().device()))?;
-        Ok(self.head.closed_form_gradients(&u, &v, &w).is_some())
+        Ok(self.closed_form_gradients(&u, &v, &w).is_some())
     }
 
     /// The activation costs of this step's layout, measured: the widest
@@ -419,22 +437,17 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     ///
     /// # Errors
     /// [`GradCacheError::PeakMemoryUnavailable`] where the allocator cannot
-    /// be read (off glibc, or on a GPU); encoder and head errors.
+    /// be read (off glibc, or on a GPU in a build without the CUDA shim,
+    /// [`crate::gpu`]); encoder and head errors.
     pub fn probe_costs(&self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<CostModel> {
         let plan = self.layout(queries, passages)?;
         let fwd = self.config.forward();
-        // Each piece runs twice and the second run is measured: the first
-        // forward of a process also makes one-time allocations (thread
-        // pools, kernel workspaces) that outlive it and would be priced as
-        // activations of whichever side ran first.
-        let measure = |f: &mut dyn FnMut() -> Result<Box<dyn std::any::Any>>| -> Result<f64> {
-            drop(f()?);
-            let before = crate::runtime::allocated_bytes()?;
-            let kept = f()?;
-            let after = crate::runtime::allocated_bytes()?;
-            drop(kept);
-            Ok(after.saturating_sub(before) as f64)
-        };
+        // The query chunk's first run tells the device to read; it also
+        // serves as that side's warm-up. Every piece runs twice and the
+        // second run is measured: the first forward of a process also makes
+        // one-time allocations (thread pools, kernel workspaces) that
+        // outlive it and would be priced as activations of whichever side
+        // ran first.
         let widest = |tokens: &[usize], side| -> (usize, Piece, usize) {
             let chunks = plan.chunks(side);
             let i = (0..chunks.len()).max_by(|&a, &b| (tokens[a] * chunks[b].0.len).cmp(&(tokens[b] * chunks[a].0.len))).unwrap_or(0);
@@ -444,28 +457,38 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let p_tokens = chunk_tokens(&plan, Side::Passages, passages)?;
         let (qi, q, qt) = widest(&q_tokens, Side::Queries);
         let (pi, p, pt) = widest(&p_tokens, Side::Passages);
+        let encode_q = || tch::with_grad(|| encode_cut(self.query_encoder, &plan.cut(Side::Queries, queries, q)?, plan.stream(Side::Queries, qi), Side::Queries, seeds, fwd));
+        let device = encode_q()?.tensor().device();
+        self.probed_device.set(Some(device));
+        let measure = |warm: bool, f: &mut dyn FnMut() -> Result<Box<dyn std::any::Any>>| -> Result<f64> {
+            if warm {
+                drop(f()?);
+            }
+            let before = crate::gpu::allocated_bytes_on(device)?;
+            let kept = f()?;
+            let after = crate::gpu::allocated_bytes_on(device)?;
+            drop(kept);
+            Ok(after.saturating_sub(before) as f64)
+        };
         let (mut u, mut v) = (None, None);
-        let q_bytes = measure(&mut || {
-            let rep = tch::with_grad(|| encode_cut(self.query_encoder, &plan.cut(Side::Queries, queries, q)?, plan.stream(Side::Queries, qi), Side::Queries, seeds, fwd))?;
+        let q_bytes = measure(false, &mut || {
+            let rep = encode_q()?;
             u = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
-        let p_bytes = measure(&mut || {
+        let p_bytes = measure(true, &mut || {
             let rep = tch::with_grad(|| encode_cut(self.passage_encoder, &plan.cut(Side::Passages, passages, p)?, plan.stream(Side::Passages, pi), Side::Passages, seeds, fwd))?;
             v = Some(rep.detach()?);
             Ok(Box::new(rep))
         })?;
         let (u, v) = (u.ok_or(GradCacheError::EmptyBatch { side: Side::Queries })?, v.ok_or(GradCacheError::EmptyBatch { side: Side::Passages })?);
-        if u.tensor().device() != Device::Cpu {
-            return Err(GradCacheError::PeakMemoryUnavailable { reason: "a memory budget is measured on the CPU only so far (GPU allocator statistics are not read yet)" });
-        }
         let reps = Representations { queries: u, passages: v };
         let bytes_of = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as f64;
         let pair_bytes = if self.closed_form(&reps)? {
             None
         } else {
             let (a, b) = (reps.queries.len().min(self.config.head_block_queries), reps.passages.len().min(self.config.head_block_passages));
-            let bytes = measure(&mut || {
+            let bytes = measure(true, &mut || {
                 let (ul, vl) = (reps.queries.narrow(0, a)?.detached_leaf()?, reps.passages.narrow(0, b)?.detached_leaf()?);
                 seeds.enter(Stream::HeadBlock, 0);
                 let s = tch::with_grad(|| fwd.precision.run(|| self.head.score(&ul, &vl, fwd.train)))?;
@@ -616,7 +639,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         plan: &Plan,
         mut kept: Vec<Option<KeptBlock>>,
     ) -> Result<(RepresentationGradients, bool)> {
-        if let Some(grads) = self.head.closed_form_gradients(&reps.queries, &reps.passages, weights) {
+        if let Some(grads) = self.closed_form_gradients(&reps.queries, &reps.passages, weights) {
             let grads = grads?;
             for (g, r, what) in [(&grads.queries, &reps.queries, "closed-form ∂L/∂U"), (&grads.passages, &reps.passages, "closed-form ∂L/∂V")] {
                 if g.size() != r.tensor().size() {

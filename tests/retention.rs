@@ -488,7 +488,15 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
     }
 }
 
-/// Tokens per item of each side's longest item.
+/// Tokens per item of each side's widest chunk under `layout` (chunks of 2
+/// queries and 4 passages), as the step measures them: a chunk pads only to
+/// its own longest item.
 fn widths(data: &Data) -> (f64, f64) {
-    (data.queries.padded_tokens() as f64 / data.queries.len() as f64, data.passages.padded_tokens() as f64 / data.passages.len() as f64)
+    let widest = |input: &gradcache::TokenBatch, size: usize| {
+        (0..input.len()).step_by(size).map(|s| {
+            let len = size.min(input.len() - s);
+            input.chunk(s, len).unwrap().padded_tokens() as f64 / len as f64
+        }).fold(0.0, f64::max)
+    };
+    (widest(&data.queries, 2), widest(&data.passages, 4))
 }

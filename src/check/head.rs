@@ -49,6 +49,9 @@ pub struct HeadCheckReport {
     pub losses: (f64, f64),
     /// Per-parameter gradient differences.
     pub gradients: GradientComparison,
+    /// `‖g − g_full‖ / ‖g_full‖` over all parameters
+    /// ([`GradientSnapshot::relative_distance`]).
+    pub gradient_distance: f64,
     /// The tolerance of the verdict.
     pub tolerance: Tolerance,
 }
@@ -167,6 +170,7 @@ pub fn check_head<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
         coupling,
         losses: (cached.loss, full.loss),
         gradients: ours.compare(&theirs)?,
+        gradient_distance: ours.relative_distance(&theirs)?,
         tolerance,
     })
 }

@@ -48,6 +48,29 @@ impl GradientSnapshot {
         }
         Ok(GradientComparison { parameters })
     }
+
+    /// `‖g − g_ref‖ / ‖g_ref‖` over all parameters together (Euclidean
+    /// norms of the concatenated gradients, in f64): one figure for how far
+    /// a whole gradient moved, which tiny or unused parameters cannot blow
+    /// up the way a per-parameter ratio can.
+    ///
+    /// # Errors
+    /// [`crate::GradCacheError::Shape`] when the two do not hold the same
+    /// parameters with the same shapes; libtorch errors.
+    pub fn relative_distance(&self, reference: &GradientSnapshot) -> Result<f64> {
+        let (mut diff, mut norm) = (0.0_f64, 0.0_f64);
+        for (name, r) in &reference.grads {
+            let g = self.grads.get(name).filter(|g| g.size() == r.size()).ok_or(crate::GradCacheError::Shape {
+                what: "gradient snapshots (a parameter missing or reshaped)",
+                expected: "the same parameters",
+                got: r.size(),
+            })?;
+            let (g, r) = (g.f_to_kind(tch::Kind::Double)?, r.f_to_kind(tch::Kind::Double)?);
+            diff += g.f_sub(&r)?.f_square()?.f_sum(tch::Kind::Double)?.f_double_value(&[])?;
+            norm += r.f_square()?.f_sum(tch::Kind::Double)?.f_double_value(&[])?;
+        }
+        Ok(if diff == 0.0 { 0.0 } else { (diff / norm).sqrt() })
+    }
 }
 
 /// Zeroes the gradient of every variable in `vs`.
@@ -106,6 +129,13 @@ impl GradientComparison {
         self.parameters.iter().map(|p| p.max_rel_diff).fold(0.0, f64::max)
     }
 
+    /// The largest share of `tol` used by any parameter:
+    /// `max |g − g_ref| / (abs + rel · max |g_ref|)`; at most 1 when every
+    /// parameter passes.
+    pub fn tolerance_used(&self, tol: Tolerance) -> f64 {
+        self.parameters.iter().map(|p| p.max_abs_diff / (tol.abs + tol.rel * p.reference_max_abs)).fold(0.0, f64::max)
+    }
+
     /// The largest absolute difference over all parameters.
     pub fn max_abs_diff(&self) -> f64 {
         self.parameters.iter().map(|p| p.max_abs_diff).fold(0.0, f64::max)
@@ -122,5 +152,6 @@ impl fmt::Display for GradientComparison {
     }
 }
 
+pub mod device;
 mod head;
 pub use head::{check_head, CouplingCheck, HeadCheckReport};

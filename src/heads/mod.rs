@@ -93,6 +93,9 @@ impl HeadConfig {
     /// The names accepted as `kind`.
     pub const KINDS: [&'static str; 8] = ["dot", "cosine", "bilinear", "mlp", "max_sim", "weighted_max_sim", "poly", "interaction"];
 
+    /// The names [`HeadConfig::named`] knows, one per built-in head.
+    pub const NAMES: [&'static str; 8] = ["dot", "cosine", "bilinear", "mlp", "max_sim", "weighted_max_sim", "poly", "interaction"];
+
     /// The head named `kind` with its default settings and width `dim`.
     ///
     /// # Errors

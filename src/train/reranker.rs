@@ -200,6 +200,10 @@ pub struct TrainArgs {
     /// (needs `--memory` with a budget; `--chunk-size` is then ignored).
     #[arg(long)]
     pub auto_sizes: bool,
+    /// Forward passes under autocast: `f32` (default) or `bf16` (`f16` is
+    /// refused: no loss scaling).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<crate::precision::Precision>,
     /// Peak learning rate.
     #[arg(long)]
     pub learning_rate: Option<f64>,
@@ -315,6 +319,10 @@ fn parse_memory(s: &str) -> std::result::Result<crate::plan::MemoryConfig, Strin
     s.parse().map_err(|e: GradCacheError| e.to_string())
 }
 
+fn parse_precision(s: &str) -> std::result::Result<crate::precision::Precision, String> {
+    s.parse().map_err(|e: GradCacheError| e.to_string())
+}
+
 fn parse_split(s: &str) -> std::result::Result<Split, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("unknown split `{s}`: dev, test or train"))
 }
@@ -344,6 +352,9 @@ impl TrainArgs {
         }
         if self.auto_sizes {
             c.step.auto_sizes = true;
+        }
+        if let Some(p) = self.precision {
+            c.step.precision = p;
         }
         if let Some(v) = self.chunk_size {
             c.step.query_chunk_size = v;
