@@ -8,9 +8,8 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
-use gradcache::encoders::{BertEncoder, BertEncoderConfig, Pooling};
+use gradcache::encoders::BertEncoder;
 use gradcache::head::ScoringHead;
-use gradcache::heads::HeadConfig;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use rust_bert::bert::BertConfig;
 use tch::{nn, Device, Kind, Tensor};
@@ -79,19 +78,7 @@ pub fn small_model(vs: &nn::VarStore, head: &str) -> Result<(BertEncoder, Box<dy
         max_position_embeddings: 64,
         ..BertConfig::default()
     };
-    let head_config = match head {
-        // The interaction block on 32-d token projections keeps it affordable on a CPU.
-        "interaction" => HeadConfig::named("interaction", 32, 0.1)?,
-        name => HeadConfig::named(name, 128, 0.1)?,
-    };
-    let (pooling, projection) = match (&head_config, head_config.reads_tokens()) {
-        (HeadConfig::Interaction(c), _) => (Pooling::Tokens, Some(c.dim)),
-        (_, true) => (Pooling::Tokens, None),
-        (_, false) => (Pooling::Mean, None),
-    };
-    let encoder = BertEncoderConfig { pooling, projection, ..Default::default() }.init_fresh(vs, "encoder", &bert, 1e-12)?;
-    let head = head_config.init(&(vs.root() / "head"))?;
-    Ok((encoder, head))
+    Ok(gradcache::check::device::bert_with_head(vs, &bert, head)?)
 }
 
 /// Random token ids in the small model's vocabulary, no padding.

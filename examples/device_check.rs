@@ -54,19 +54,13 @@ fn main() -> Result<()> {
     let markdown = report.to_markdown();
     for (name, text) in [("report.json", &json), ("report.md", &markdown)] {
         gradcache::weights::write_atomically(&a.out.join(name), |tmp| {
-            std::fs::write(tmp, text).map_err(|source| gradcache::GradCacheError::Io {
-                path: tmp.to_path_buf(),
-                source,
-            })
+            std::fs::write(tmp, text).map_err(|source| gradcache::GradCacheError::Io { path: tmp.to_path_buf(), source })
         })?;
     }
     println!("{}", report.to_markdown());
     println!("report in {}", a.out.display());
     if !report.passed {
-        anyhow::bail!(
-            "the device check FAILED (see {})",
-            a.out.join("report.md").display()
-        );
+        anyhow::bail!("the device check FAILED (see {})", a.out.join("report.md").display());
     }
     Ok(())
 }

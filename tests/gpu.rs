@@ -10,10 +10,7 @@ fn the_shim_reports_the_libtorch_it_was_built_against() {
     // (torch 2.11) has its own check in examples/device_check's report.
     let version = gradcache::gpu::libtorch_version();
     assert!(version.starts_with("2."), "{version}");
-    assert_eq!(
-        version,
-        std::env::var("GRADCACHE_EXPECT_LIBTORCH").unwrap_or_else(|_| "2.4.0".into())
-    );
+    assert_eq!(version, std::env::var("GRADCACHE_EXPECT_LIBTORCH").unwrap_or_else(|_| "2.4.0".into()));
 }
 
 #[test]
@@ -23,15 +20,9 @@ fn gpu_readers_refuse_the_cpu_and_absent_devices_with_typed_errors() {
         other => panic!("expected PeakMemoryUnavailable for the CPU, got {other:?}"),
     }
     if tch::Cuda::device_count() == 0 {
-        for result in [
-            gradcache::gpu::memory(Device::Cuda(0)).map(|_| ()),
-            gradcache::gpu::reset_peak(Device::Cuda(0)),
-            gradcache::gpu::device_info(Device::Cuda(0)).map(|_| ()),
-        ] {
+        for result in [gradcache::gpu::memory(Device::Cuda(0)).map(|_| ()), gradcache::gpu::reset_peak(Device::Cuda(0)), gradcache::gpu::device_info(Device::Cuda(0)).map(|_| ())] {
             match result {
-                Err(GradCacheError::InvalidConfig {
-                    field: "device", ..
-                }) => {}
+                Err(GradCacheError::InvalidConfig { field: "device", .. }) => {}
                 other => panic!("expected InvalidConfig for an absent CUDA device, got {other:?}"),
             }
         }

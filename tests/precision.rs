@@ -26,36 +26,17 @@ use gradcache::{GradCache, GradCacheError, InfoNce, StepConfig, Targets, TokenBa
 use rust_bert::bert::BertConfig;
 use tch::{nn, Device, Kind, Tensor};
 
-const BF16_TOL: Tolerance = Tolerance {
-    abs: 1e-7,
-    rel: 1e-3,
-};
+const BF16_TOL: Tolerance = Tolerance { abs: 1e-7, rel: 1e-3 };
 
 /// A 2-layer BERT of width 32 (dropout 0.1 on hidden states and attention)
 /// and a head by name, from a fixed seed.
 fn model(vs: &nn::VarStore, head: &str) -> (BertEncoder, Box<dyn ScoringHead>) {
     tch::manual_seed(5);
-    let bert = BertConfig {
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_attention_heads: 2,
-        num_hidden_layers: 2,
-        vocab_size: 200,
-        max_position_embeddings: 16,
-        ..BertConfig::default()
-    };
+    let bert =
+        BertConfig { hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, num_hidden_layers: 2, vocab_size: 200, max_position_embeddings: 16, ..BertConfig::default() };
     let head = HeadConfig::named(head, 32, 0.1).unwrap();
-    let pooling = if head.reads_tokens() {
-        Pooling::Tokens
-    } else {
-        Pooling::Mean
-    };
-    let encoder = BertEncoderConfig {
-        pooling,
-        ..Default::default()
-    }
-    .init_fresh(vs, "encoder", &bert, 1e-12)
-    .unwrap();
+    let pooling = if head.reads_tokens() { Pooling::Tokens } else { Pooling::Mean };
+    let encoder = BertEncoderConfig { pooling, ..Default::default() }.init_fresh(vs, "encoder", &bert, 1e-12).unwrap();
     let head = head.init(&(vs.root() / "head")).unwrap();
     (encoder, head)
 }
@@ -72,28 +53,14 @@ fn batch() -> Batch {
     let tokens = |n: i64, len: i64| {
         let ids = Tensor::randint_low(5, 200, [n, len], (Kind::Int64, Device::Cpu));
         let lengths = Tensor::randint_low(len / 2, len + 1, [n, 1], (Kind::Int64, Device::Cpu));
-        let mask = Tensor::arange(len, (Kind::Int64, Device::Cpu))
-            .unsqueeze(0)
-            .lt_tensor(&lengths)
-            .to_kind(Kind::Int64);
+        let mask = Tensor::arange(len, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&lengths).to_kind(Kind::Int64);
         TokenBatch::new(ids * &mask, mask).unwrap()
     };
-    Batch {
-        queries: tokens(6, 7),
-        passages: tokens(12, 12),
-        targets: Targets::grouped(6, 12, 2).unwrap(),
-    }
+    Batch { queries: tokens(6, 7), passages: tokens(12, 12), targets: Targets::grouped(6, 12, 2).unwrap() }
 }
 
 fn config(precision: Precision) -> StepConfig {
-    StepConfig {
-        query_chunk_size: 2,
-        passage_chunk_size: 5,
-        head_block_queries: 4,
-        head_block_passages: 5,
-        precision,
-        ..StepConfig::default()
-    }
+    StepConfig { query_chunk_size: 2, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5, precision, ..StepConfig::default() }
 }
 
 /// One step's loss and gradients: two-cache, or the full-batch step.
@@ -101,18 +68,11 @@ fn run(head: &str, config: StepConfig, full: bool) -> gradcache::Result<(f64, Gr
     let vs = nn::VarStore::new(Device::Cpu);
     let (encoder, head) = model(&vs, head);
     let b = batch();
-    let loss = InfoNce {
-        temperature: 0.1,
-        symmetric: false,
-    };
+    let loss = InfoNce { temperature: 0.1, symmetric: false };
     let gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
     zero_grads(&vs);
     tch::manual_seed(99);
-    let out = if full {
-        gc.full_batch_step(&b.queries, &b.passages, &b.targets)?
-    } else {
-        gc.step(&b.queries, &b.passages, &b.targets)?
-    };
+    let out = if full { gc.full_batch_step(&b.queries, &b.passages, &b.targets)? } else { gc.step(&b.queries, &b.passages, &b.targets)? };
     Ok((out.loss, GradientSnapshot::take(&vs)?))
 }
 
@@ -124,29 +84,17 @@ fn bf16_two_cache_equals_the_full_batch_under_the_same_autocast() {
         let (full_loss, full) = run(head, config(Precision::Bf16), true).unwrap();
         let (f32_loss, f32_full) = run(head, config(Precision::F32), true).unwrap();
         let step_error = cached.compare(&full).unwrap();
-        let (step_distance, precision_distance) = (
-            cached.relative_distance(&full).unwrap(),
-            full.relative_distance(&f32_full).unwrap(),
-        );
+        let (step_distance, precision_distance) = (cached.relative_distance(&full).unwrap(), full.relative_distance(&f32_full).unwrap());
         eprintln!(
             "{head}: two-cache vs full batch under bf16: loss {:.2e}, gradients {step_distance:.2e}; bf16 vs f32: loss {:.2e}, gradients {precision_distance:.2e}",
             (cached_loss - full_loss).abs(),
             (full_loss - f32_loss).abs(),
         );
         // Autocast did run in bf16: the full batch moved away from f32.
-        assert!(
-            precision_distance > 1e-3,
-            "{head}: bf16 changed nothing against f32 ({precision_distance:.2e}): autocast is off"
-        );
-        assert!(
-            (cached_loss - full_loss).abs() <= 1e-6 * full_loss.abs().max(1.0),
-            "{head}: losses {cached_loss} vs {full_loss}"
-        );
+        assert!(precision_distance > 1e-3, "{head}: bf16 changed nothing against f32 ({precision_distance:.2e}): autocast is off");
+        assert!((cached_loss - full_loss).abs() <= 1e-6 * full_loss.abs().max(1.0), "{head}: losses {cached_loss} vs {full_loss}");
         let failures = step_error.failures(BF16_TOL);
-        assert!(
-            failures.is_empty(),
-            "{head}: two-cache vs full batch under bf16 beyond {BF16_TOL:?}:\n{step_error}"
-        );
+        assert!(failures.is_empty(), "{head}: two-cache vs full batch under bf16 beyond {BF16_TOL:?}:\n{step_error}");
         assert!(
             step_distance <= 0.1 * precision_distance,
             "{head}: the two-cache step's difference ({step_distance:.2e}) is not small against bf16's own ({precision_distance:.2e})"
@@ -160,35 +108,20 @@ fn the_replay_check_catches_an_unreplayed_mask_under_bf16() {
     let vs = nn::VarStore::new(Device::Cpu);
     let (encoder, head) = model(&vs, "mlp");
     let b = batch();
-    let loss = InfoNce {
-        temperature: 0.1,
-        symmetric: false,
-    };
+    let loss = InfoNce { temperature: 0.1, symmetric: false };
     let gc = GradCache::tied(config(Precision::Bf16), &encoder, head.as_ref(), &loss).unwrap();
     tch::manual_seed(99);
     let seeds = gradcache::replay::ReplaySeeds::draw().unwrap();
-    let reps = gc
-        .representation_pass(&b.queries, &b.passages, &seeds)
-        .unwrap();
+    let reps = gc.representation_pass(&b.queries, &b.passages, &seeds).unwrap();
     let scores = gc.score_pass(&reps, &seeds).unwrap();
     let cache = gc.distance_gradient_cache(&scores, &b.targets).unwrap();
     // Replayed: passes.
-    let (grads, _) = gc
-        .head_pass(&reps, &scores, &cache.weights, &seeds)
-        .unwrap();
-    gc.encoder_pass(&b.queries, &b.passages, &reps, &grads, &seeds)
-        .unwrap();
+    let (grads, _) = gc.head_pass(&reps, &scores, &cache.weights, &seeds).unwrap();
+    gc.encoder_pass(&b.queries, &b.passages, &reps, &grads, &seeds).unwrap();
     // Not replayed (other streams in the second passes): caught.
     let other = seeds.child(777);
-    match gc
-        .head_pass(&reps, &scores, &cache.weights, &other)
-        .and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &reps, &g, &other))
-    {
-        Err(GradCacheError::ReplayMismatch {
-            max_abs_diff,
-            tolerance,
-            ..
-        }) => assert!(max_abs_diff > tolerance),
+    match gc.head_pass(&reps, &scores, &cache.weights, &other).and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &reps, &g, &other)) {
+        Err(GradCacheError::ReplayMismatch { max_abs_diff, tolerance, .. }) => assert!(max_abs_diff > tolerance),
         other => panic!("expected a replay mismatch under bf16, got {other:?}"),
     }
 }
@@ -204,9 +137,7 @@ fn autocast_is_confined_to_the_step_and_f16_is_refused() {
     let inside = Precision::Bf16.run(|| Ok(x.mm(&x).kind())).unwrap();
     assert_eq!(inside, Kind::BFloat16);
     match run("mlp", config(Precision::F16), false) {
-        Err(GradCacheError::InvalidConfig {
-            field: "precision", ..
-        }) => {}
+        Err(GradCacheError::InvalidConfig { field: "precision", .. }) => {}
         other => panic!("expected f16 to be refused, got {:?}", other.map(|r| r.0)),
     }
     let read: StepConfig = serde_json::from_str(r#"{"precision": "bf16"}"#).unwrap();

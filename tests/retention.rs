@@ -227,13 +227,7 @@ fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
     // Each step below reuses the probe of the step before it (a fresh probe
     // on a model this small reads a few hundred kB of allocator noise).
     for (budget_mb, expect) in [(least * 1.1, "little"), ((least + most) / 2.0, "some"), (most * 1.1, "all")] {
-        let config = layout(MemoryConfig::Budget { budget_mb });
-        let gc = model.step(config.clone(), loss.as_ref());
-        gc.set_costs(costs);
-        gradcache::check::zero_grads(&model.vs);
-        tch::manual_seed(99);
-        let out = gc.step(&data.queries, &data.passages, &data.targets).unwrap();
-        let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+        let (out, c) = budgeted_step_against_full_batch(&model, loss.as_ref(), layout(MemoryConfig::Budget { budget_mb }), costs, &data);
         let report = out.budget.unwrap();
         assert_eq!(report.budget_mb, budget_mb);
         assert!(report.estimated_peak_mb <= budget_mb, "estimate {} MB over the budget {budget_mb} MB", report.estimated_peak_mb);
@@ -243,13 +237,25 @@ fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
             "some" => assert!(kept.query_chunks + kept.passage_chunks + kept.head_blocks > 0 && out.sizes.query_chunks == 3, "{kept:?}"),
             _ => assert_eq!(out.sizes.query_chunks, 3),
         }
-        gradcache::check::zero_grads(&model.vs);
-        tch::manual_seed(99);
-        let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
-        let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
-        let c = Comparison { cached_loss: out.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
         assert_exact(&c, F64_TOL, &format!("budget {budget_mb} MB ({expect})"));
     }
+}
+
+/// One step of `config` with the cost model `costs` (no fresh probe), and
+/// its comparison with the full-batch step, each from the same generator
+/// state.
+fn budgeted_step_against_full_batch(model: &Model, loss: &dyn gradcache::ContrastiveLoss, config: StepConfig, costs: CostModel, data: &Data) -> (gradcache::StepOutput, Comparison) {
+    let gc = model.step(config, loss);
+    gc.set_costs(costs);
+    let run = |full: bool| {
+        gradcache::check::zero_grads(&model.vs);
+        tch::manual_seed(99);
+        let out = if full { gc.full_batch_step(&data.queries, &data.passages, &data.targets) } else { gc.step(&data.queries, &data.passages, &data.targets) };
+        (out.unwrap(), gradcache::check::GradientSnapshot::take(&model.vs).unwrap())
+    };
+    let ((out, ours), (reference, theirs)) = (run(false), run(true));
+    let c = Comparison { cached_loss: out.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
+    (out, c)
 }
 
 /// The reference that shares nothing with the step's layout code: the
@@ -461,23 +467,13 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
         let mut seen = Vec::new();
         while last != (5, 15) {
             let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) };
-            let gc = model.step(config, loss.as_ref());
-            gc.set_costs(costs);
-            gradcache::check::zero_grads(&model.vs);
-            tch::manual_seed(99);
-            let out = gc.step(&data.queries, &data.passages, &data.targets).unwrap();
-            let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+            let (out, c) = budgeted_step_against_full_batch(&model, loss.as_ref(), config, costs, &data);
             let report = out.budget.unwrap();
             assert!(report.estimated_peak_mb <= budget_mb, "{head:?}: estimate {} MB over the budget {budget_mb} MB", report.estimated_peak_mb);
             let now = out.sizes.chunk_items;
             assert!(now.0 >= last.0 && now.1 >= last.1, "{head:?}: chunks shrank from {last:?} to {now:?} as the budget grew to {budget_mb} MB");
             let chosen = Plan::sized_for_budget(&StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) }, 5, 15, &costs, widths(&data), budget_mb * mb).unwrap();
             assert_eq!((chosen.query_chunk_size, chosen.passage_chunk_size), now, "{head:?}: the step did not use the sizes chosen for {budget_mb} MB");
-            gradcache::check::zero_grads(&model.vs);
-            tch::manual_seed(99);
-            let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
-            let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
-            let c = Comparison { cached_loss: out.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
             assert_exact(&c, F64_TOL, &format!("{head:?}: auto sizes {now:?} at {budget_mb} MB"));
             seen.push(now);
             last = now;

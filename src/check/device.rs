@@ -55,12 +55,7 @@ impl DeviceCheckConfig {
     /// The GPU run's defaults on `device`: 256 queries up to 16,384, at most
     /// 240 s of scaling.
     pub fn new(device: Device) -> DeviceCheckConfig {
-        DeviceCheckConfig {
-            device,
-            quick: false,
-            max_batch: 16_384,
-            scaling_seconds: 240.0,
-        }
+        DeviceCheckConfig { device, quick: false, max_batch: 16_384, scaling_seconds: 240.0 }
     }
 }
 
@@ -179,15 +174,7 @@ pub struct PrecisionEvidence {
 /// The encoder's shape.
 fn bert_config(quick: bool) -> BertConfig {
     if quick {
-        BertConfig {
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_attention_heads: 2,
-            num_hidden_layers: 2,
-            vocab_size: 1000,
-            max_position_embeddings: 128,
-            ..BertConfig::default()
-        }
+        BertConfig { hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, num_hidden_layers: 2, vocab_size: 1000, max_position_embeddings: 128, ..BertConfig::default() }
     } else {
         BertConfig {
             hidden_size: 384,
@@ -201,49 +188,67 @@ fn bert_config(quick: bool) -> BertConfig {
     }
 }
 
-/// A random-weight BERT shaped for `head` (token states for token heads,
-/// 32-d projections for the interaction block) and that head, on `vs`.
-fn model(
-    vs: &nn::VarStore,
-    head: &str,
-    quick: bool,
-) -> Result<(BertEncoder, Box<dyn ScoringHead>)> {
-    let bert = bert_config(quick);
-    let width = bert.hidden_size as usize;
+/// A random-weight BERT of shape `bert` under `vs` (path `encoder`), made
+/// for `head` (mean pooling for vector heads, token states for token heads,
+/// 32-d token projections for the interaction block), and that built-in
+/// head by name (path `head`, width the BERT's).
+///
+/// # Errors
+/// [`GradCacheError::InvalidConfig`] for an unknown head name; libtorch
+/// errors.
+pub fn bert_with_head(vs: &nn::VarStore, bert: &BertConfig, head: &str) -> Result<(BertEncoder, Box<dyn ScoringHead>)> {
     let head_config = match head {
         "interaction" => HeadConfig::named("interaction", 32, 0.1)?,
-        name => HeadConfig::named(name, width, 0.1)?,
+        name => HeadConfig::named(name, bert.hidden_size as usize, 0.1)?,
     };
     let (pooling, projection) = match (&head_config, head_config.reads_tokens()) {
         (HeadConfig::Interaction(c), _) => (Pooling::Tokens, Some(c.dim)),
         (_, true) => (Pooling::Tokens, None),
         (_, false) => (Pooling::Mean, None),
     };
-    let encoder = BertEncoderConfig {
-        pooling,
-        projection,
-        ..Default::default()
-    }
-    .init_fresh(vs, "encoder", &bert, 1e-12)?;
+    let encoder = BertEncoderConfig { pooling, projection, ..Default::default() }.init_fresh(vs, "encoder", bert, 1e-12)?;
     let head = head_config.init(&(vs.root() / "head"))?;
     Ok((encoder, head))
+}
+
+fn model(vs: &nn::VarStore, head: &str, quick: bool) -> Result<(BertEncoder, Box<dyn ScoringHead>)> {
+    bert_with_head(vs, &bert_config(quick), head)
+}
+
+/// One batch of `batch` queries with 2 passages each (`len` tokens) for a
+/// model with `head`, built from `seed`.
+struct Workload {
+    vs: nn::VarStore,
+    encoder: BertEncoder,
+    head: Box<dyn ScoringHead>,
+    loss: InfoNce,
+    queries: TokenBatch,
+    passages: TokenBatch,
+    targets: Targets,
+}
+
+impl Workload {
+    fn new(config: &DeviceCheckConfig, head: &str, seed: i64, batch: usize, len: i64) -> Result<Workload> {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(config.device);
+        let (encoder, head) = model(&vs, head, config.quick)?;
+        let queries = tokens(batch, len, vocab(config.quick), config.device)?;
+        let passages = tokens(2 * batch, len, vocab(config.quick), config.device)?;
+        let targets = Targets::grouped(batch, 2 * batch, 2)?;
+        Ok(Workload { vs, encoder, head, loss: InfoNce { temperature: 0.05, symmetric: false }, queries, passages, targets })
+    }
+
+    fn step(&self, config: StepConfig) -> Result<GradCache<'_, BertEncoder, BertEncoder>> {
+        GradCache::tied(config, &self.encoder, self.head.as_ref(), &self.loss)
+    }
 }
 
 /// `n` random token sequences of up to `len` tokens (lengths from `len/2`),
 /// on `device`.
 fn tokens(n: usize, len: i64, vocab: i64, device: Device) -> Result<TokenBatch> {
-    let ids = Tensor::f_randint_low(
-        1000.min(vocab / 2),
-        vocab,
-        [n as i64, len],
-        (Kind::Int64, Device::Cpu),
-    )?;
-    let lengths =
-        Tensor::f_randint_low(len / 2, len + 1, [n as i64, 1], (Kind::Int64, Device::Cpu))?;
-    let mask = Tensor::f_arange(len, (Kind::Int64, Device::Cpu))?
-        .f_unsqueeze(0)?
-        .f_lt_tensor(&lengths)?
-        .f_to_kind(Kind::Int64)?;
+    let ids = Tensor::f_randint_low(1000.min(vocab / 2), vocab, [n as i64, len], (Kind::Int64, Device::Cpu))?;
+    let lengths = Tensor::f_randint_low(len / 2, len + 1, [n as i64, 1], (Kind::Int64, Device::Cpu))?;
+    let mask = Tensor::f_arange(len, (Kind::Int64, Device::Cpu))?.f_unsqueeze(0)?.f_lt_tensor(&lengths)?.f_to_kind(Kind::Int64)?;
     TokenBatch::new(ids.f_mul(&mask)?, mask)?.to_device(device)
 }
 
@@ -271,57 +276,25 @@ pub fn run(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
         threads: tch::get_num_threads(),
         model: {
             let b = bert_config(config.quick);
-            format!(
-                "BERT, {} layers, width {}, {} heads, random weights",
-                b.num_hidden_layers, b.hidden_size, b.num_attention_heads
-            )
+            format!("BERT, {} layers, width {}, {} heads, random weights", b.num_hidden_layers, b.hidden_size, b.num_attention_heads)
         },
     };
-    progress(&format!(
-        "device check on {} ({})",
-        environment.device,
-        environment
-            .gpu
-            .as_ref()
-            .map(|g| g.name.as_str())
-            .unwrap_or("CPU")
-    ));
+    progress(&format!("device check on {} ({})", environment.device, environment.gpu.as_ref().map(|g| g.name.as_str()).unwrap_or("CPU")));
     let exactness = exactness(config, progress)?;
     let replay = replay(config)?;
-    progress(&format!(
-        "replay: same seed {:.1e}, other seed {:.1e}, unreplayed: {}",
-        replay.same_seed_diff, replay.other_seed_diff, replay.unreplayed
-    ));
+    progress(&format!("replay: same seed {:.1e}, other seed {:.1e}, unreplayed: {}", replay.same_seed_diff, replay.other_seed_diff, replay.unreplayed));
     let precision = precision(config, progress)?;
     let training_losses = training(config)?;
     progress(&format!("training losses: {training_losses:?}"));
     let scaling = scaling(config, progress)?;
     let trained = training_losses.last() < training_losses.first();
     let passed = exactness.iter().all(|r| r.passed) && replay.passed && precision.passed && trained;
-    Ok(DeviceReport {
-        environment,
-        exactness,
-        replay,
-        scaling,
-        precision,
-        training_losses,
-        passed,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(DeviceReport { environment, exactness, replay, scaling, precision, training_losses, passed, seconds: start.elapsed().as_secs_f64() })
 }
 
-fn exactness(
-    config: &DeviceCheckConfig,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Vec<ExactnessRow>> {
+fn exactness(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result<Vec<ExactnessRow>> {
     let (n, g, len) = if config.quick { (6, 2, 8) } else { (8, 2, 16) };
-    let layout = StepConfig {
-        query_chunk_size: 3,
-        passage_chunk_size: 5,
-        head_block_queries: 3,
-        head_block_passages: 5,
-        ..StepConfig::default()
-    };
+    let layout = StepConfig { query_chunk_size: 3, passage_chunk_size: 5, head_block_queries: 3, head_block_passages: 5, ..StepConfig::default() };
     let mut cases: Vec<(&str, &str)> = HeadConfig::NAMES.iter().map(|h| (*h, "infonce")).collect();
     cases.extend([("mlp", "symmetric infonce"), ("mlp", "listwise kl")]);
     let mut rows = Vec::new();
@@ -329,17 +302,7 @@ fn exactness(
         // GPU kernels sum in other orders than the CPU's (and atomically in
         // some backward passes), so f32 gets a looser bound than the CPU
         // suite's 2e-6; f64 stays tight.
-        let tolerance = if kind == Kind::Double {
-            Tolerance {
-                abs: 1e-12,
-                rel: 1e-10,
-            }
-        } else {
-            Tolerance {
-                abs: 1e-6,
-                rel: 1e-4,
-            }
-        };
+        let tolerance = if kind == Kind::Double { Tolerance { abs: 1e-12, rel: 1e-10 } } else { Tolerance { abs: 1e-6, rel: 1e-4 } };
         for &(head, loss_name) in &cases {
             tch::manual_seed(11);
             let mut vs = nn::VarStore::new(config.device);
@@ -351,24 +314,12 @@ fn exactness(
             let passages = tokens(n * g, len + 4, vocab(config.quick), config.device)?;
             let mut targets = Targets::grouped(n, n * g, g)?;
             let loss: Box<dyn ContrastiveLoss> = match loss_name {
-                "symmetric infonce" => Box::new(InfoNce {
-                    temperature: 0.05,
-                    symmetric: true,
-                }),
+                "symmetric infonce" => Box::new(InfoNce { temperature: 0.05, symmetric: true }),
                 "listwise kl" => {
-                    targets = targets.with_teacher_scores(
-                        Tensor::f_randn([n as i64, g as i64], (Kind::Float, Device::Cpu))?
-                            .f_to_device(config.device)?,
-                    )?;
-                    Box::new(ListwiseKl {
-                        temperature: 0.05,
-                        teacher_temperature: 1.0,
-                    })
+                    targets = targets.with_teacher_scores(Tensor::f_randn([n as i64, g as i64], (Kind::Float, Device::Cpu))?.f_to_device(config.device)?)?;
+                    Box::new(ListwiseKl { temperature: 0.05, teacher_temperature: 1.0 })
                 }
-                _ => Box::new(InfoNce {
-                    temperature: 0.05,
-                    symmetric: false,
-                }),
+                _ => Box::new(InfoNce { temperature: 0.05, symmetric: false }),
             };
             let gc = GradCache::tied(layout.clone(), &encoder, scoring.as_ref(), loss.as_ref())?;
             let report = check_head(&gc, &vs, &queries, &passages, &targets, tolerance)?;
@@ -409,9 +360,7 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     let chunk = tokens(4, 16, vocab(config.quick), config.device)?;
     let encode = |seed: i64| -> Result<Tensor> {
         tch::manual_seed(seed);
-        Ok(tch::no_grad(|| encoder.encode(&chunk, true))?
-            .tensor()
-            .shallow_clone())
+        Ok(tch::no_grad(|| encoder.encode(&chunk, true))?.tensor().shallow_clone())
     };
     let same_seed_diff = max_abs_diff(&encode(3)?, &encode(3)?)?;
     let other_seed_diff = max_abs_diff(&encode(3)?, &encode(4)?)?;
@@ -420,39 +369,22 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     let queries = tokens(n, 12, vocab(config.quick), config.device)?;
     let passages = tokens(n * g, 16, vocab(config.quick), config.device)?;
     let targets = Targets::grouped(n, n * g, g)?;
-    let loss = InfoNce {
-        temperature: 0.05,
-        symmetric: false,
-    };
-    let layout = StepConfig {
-        query_chunk_size: 2,
-        passage_chunk_size: 4,
-        head_block_queries: 2,
-        head_block_passages: 4,
-        ..StepConfig::default()
-    };
+    let loss = InfoNce { temperature: 0.05, symmetric: false };
+    let layout = StepConfig { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 2, head_block_passages: 4, ..StepConfig::default() };
     let gc = GradCache::tied(layout, &encoder, head.as_ref(), &loss)?;
     let seeds = ReplaySeeds::draw()?;
     let reps = gc.representation_pass(&queries, &passages, &seeds)?;
     let scores = gc.score_pass(&reps, &seeds)?;
     let cache = gc.distance_gradient_cache(&scores, &targets)?;
     let other = seeds.child(777);
-    let unreplayed = match gc
-        .head_pass(&reps, &scores, &cache.weights, &other)
-        .and_then(|(d, _)| gc.encoder_pass(&queries, &passages, &reps, &d, &other))
-    {
+    let unreplayed = match gc.head_pass(&reps, &scores, &cache.weights, &other).and_then(|(d, _)| gc.encoder_pass(&queries, &passages, &reps, &d, &other)) {
         Err(e @ GradCacheError::ReplayMismatch { .. }) => format!("caught: {e}"),
         Err(e) => return Err(e),
         Ok(()) => "NOT caught".to_string(),
     };
     zero_grads(&vs);
     let passed = same_seed_diff == 0.0 && other_seed_diff > 0.0 && unreplayed.starts_with("caught");
-    Ok(ReplayEvidence {
-        same_seed_diff,
-        other_seed_diff,
-        unreplayed,
-        passed,
-    })
+    Ok(ReplayEvidence { same_seed_diff, other_seed_diff, unreplayed, passed })
 }
 
 /// Waits for the device's queued work (timings on a GPU need it).
@@ -464,11 +396,7 @@ fn sync(device: Device) {
 
 /// Median seconds of `steps` timed calls after one warm-up, and the peak
 /// bytes above the start (CUDA only).
-fn time_steps(
-    device: Device,
-    steps: usize,
-    f: &mut dyn FnMut() -> Result<()>,
-) -> Result<(f64, Option<f64>)> {
+fn time_steps(device: Device, steps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<(f64, Option<f64>)> {
     let base = match device {
         Device::Cuda(_) => {
             sync(device);
@@ -488,9 +416,7 @@ fn time_steps(
     }
     times.sort_by(f64::total_cmp);
     let peak = match base {
-        Some(b) => {
-            Some(crate::gpu::memory(device)?.peak.saturating_sub(b) as f64 / (1u64 << 20) as f64)
-        }
+        Some(b) => Some(crate::gpu::memory(device)?.peak.saturating_sub(b) as f64 / (1u64 << 20) as f64),
         None => None,
     };
     Ok((times[times.len() / 2], peak))
@@ -503,20 +429,13 @@ fn is_out_of_memory(e: &GradCacheError) -> bool {
 
 fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result<Vec<ScalingRow>> {
     let start = Instant::now();
-    let (first, len, chunk) = if config.quick {
-        (8, 16, 4)
-    } else {
-        (256, 64, 128)
-    };
+    let (first, len, chunk) = if config.quick { (8, 16, 4) } else { (256, 64, 128) };
     let mut rows = Vec::new();
     for head in ["dot", "mlp", "interaction"] {
         tch::manual_seed(13);
         let vs = nn::VarStore::new(config.device);
         let (encoder, scoring) = model(&vs, head, config.quick)?;
-        let loss = InfoNce {
-            temperature: 0.05,
-            symmetric: false,
-        };
+        let loss = InfoNce { temperature: 0.05, symmetric: false };
         let layout = StepConfig {
             query_chunk_size: chunk,
             passage_chunk_size: chunk,
@@ -531,10 +450,7 @@ fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
             let queries = tokens(batch, len, vocab(config.quick), config.device)?;
             let passages = tokens(2 * batch, len, vocab(config.quick), config.device)?;
             let targets = Targets::grouped(batch, 2 * batch, 2)?;
-            for (m, method) in ["full batch", "accumulation", "two-cache"]
-                .into_iter()
-                .enumerate()
-            {
+            for (m, method) in ["full batch", "accumulation", "two-cache"].into_iter().enumerate() {
                 if stopped[m] {
                     continue;
                 }
@@ -542,53 +458,28 @@ fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
                     stopped = [true; 3];
                     break;
                 }
-                let step_config = if m == 0 {
-                    layout.whole_batch(2 * batch)
-                } else {
-                    layout.clone()
-                };
+                let step_config = if m == 0 { layout.whole_batch(2 * batch) } else { layout.clone() };
                 let gc = GradCache::tied(step_config, &encoder, scoring.as_ref(), &loss)?;
                 let mut step = || -> Result<()> {
                     zero_grads(&vs);
                     match m {
-                        0 => gc
-                            .full_batch_step(&queries, &passages, &targets)
-                            .map(|_| ()),
-                        1 => gc
-                            .accumulation_step(&queries, &passages, &targets, chunk)
-                            .map(|_| ()),
+                        0 => gc.full_batch_step(&queries, &passages, &targets).map(|_| ()),
+                        1 => gc.accumulation_step(&queries, &passages, &targets, chunk).map(|_| ()),
                         _ => gc.step(&queries, &passages, &targets).map(|_| ()),
                     }
                 };
                 let row = match time_steps(config.device, 2, &mut step) {
-                    Ok((seconds, peak_mb)) => ScalingRow {
-                        head: head.into(),
-                        method: method.into(),
-                        batch,
-                        seconds: Some(seconds),
-                        peak_mb,
-                        error: None,
-                    },
+                    Ok((seconds, peak_mb)) => ScalingRow { head: head.into(), method: method.into(), batch, seconds: Some(seconds), peak_mb, error: None },
                     Err(e) if is_out_of_memory(&e) => {
                         stopped[m] = true;
-                        ScalingRow {
-                            head: head.into(),
-                            method: method.into(),
-                            batch,
-                            seconds: None,
-                            peak_mb: None,
-                            error: Some("out of memory".into()),
-                        }
+                        ScalingRow { head: head.into(), method: method.into(), batch, seconds: None, peak_mb: None, error: Some("out of memory".into()) }
                     }
                     Err(e) => return Err(e),
                 };
                 zero_grads(&vs);
                 // A step slower than a tenth of the sweep's time ends this
                 // method's climb (the next size takes twice as long).
-                if row
-                    .seconds
-                    .is_some_and(|s| s * 3.0 > config.scaling_seconds / 10.0)
-                {
+                if row.seconds.is_some_and(|s| s * 3.0 > config.scaling_seconds / 10.0) {
                     stopped[m] = true;
                 }
                 progress(&format!(
@@ -608,94 +499,44 @@ fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
     Ok(rows)
 }
 
-fn precision(
-    config: &DeviceCheckConfig,
-    progress: &mut dyn FnMut(&str),
-) -> Result<PrecisionEvidence> {
-    let (batch, len, chunk) = if config.quick {
-        (8, 16, 4)
-    } else {
-        (256, 64, 64)
-    };
-    tch::manual_seed(14);
-    let vs = nn::VarStore::new(config.device);
-    let (encoder, scoring) = model(&vs, "mlp", config.quick)?;
-    let loss = InfoNce {
-        temperature: 0.05,
-        symmetric: false,
-    };
-    let queries = tokens(batch, len, vocab(config.quick), config.device)?;
-    let passages = tokens(2 * batch, len, vocab(config.quick), config.device)?;
-    let targets = Targets::grouped(batch, 2 * batch, 2)?;
-    let layout = StepConfig {
-        query_chunk_size: chunk,
-        passage_chunk_size: chunk,
-        head_block_queries: chunk,
-        head_block_passages: 4 * chunk,
-        ..StepConfig::default()
-    };
+fn precision(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result<PrecisionEvidence> {
+    let (batch, len, chunk) = if config.quick { (8, 16, 4) } else { (256, 64, 64) };
+    let w = Workload::new(config, "mlp", 14, batch, len)?;
+    let layout = StepConfig { query_chunk_size: chunk, passage_chunk_size: chunk, head_block_queries: chunk, head_block_passages: 4 * chunk, ..StepConfig::default() };
     let run = |precision: Precision, full: bool| -> Result<(f64, GradientSnapshot)> {
-        let gc = GradCache::tied(
-            StepConfig {
-                precision,
-                ..layout.clone()
-            },
-            &encoder,
-            scoring.as_ref(),
-            &loss,
-        )?;
+        let gc = w.step(StepConfig { precision, ..layout.clone() })?;
         let mut step = || -> Result<()> {
-            zero_grads(&vs);
+            zero_grads(&w.vs);
             tch::manual_seed(99);
             if full {
-                gc.full_batch_step(&queries, &passages, &targets)
-                    .map(|_| ())
+                gc.full_batch_step(&w.queries, &w.passages, &w.targets).map(|_| ())
             } else {
-                gc.step(&queries, &passages, &targets).map(|_| ())
+                gc.step(&w.queries, &w.passages, &w.targets).map(|_| ())
             }
         };
         let (seconds, _) = time_steps(config.device, 2, &mut step)?;
-        Ok((seconds, GradientSnapshot::take(&vs)?))
+        Ok((seconds, GradientSnapshot::take(&w.vs)?))
     };
     let (f32_s, f32_g) = run(Precision::F32, false)?;
     let (bf16_s, bf16_g) = run(Precision::Bf16, false)?;
     let (_, bf16_full) = run(Precision::Bf16, true)?;
     let vs_f32 = bf16_g.relative_distance(&f32_g)?;
     let vs_full_batch = bf16_g.relative_distance(&bf16_full)?;
-    zero_grads(&vs);
+    zero_grads(&w.vs);
     progress(&format!("bf16: {bf16_s:.3} s vs f32 {f32_s:.3} s; gradients vs f32 {vs_f32:.1e}, vs bf16 full batch {vs_full_batch:.1e}"));
-    Ok(PrecisionEvidence {
-        batch,
-        seconds: (f32_s, bf16_s),
-        vs_f32,
-        vs_full_batch,
-        passed: vs_full_batch <= 1e-3 && vs_full_batch <= 0.1 * vs_f32,
-    })
+    Ok(PrecisionEvidence { batch, seconds: (f32_s, bf16_s), vs_f32, vs_full_batch, passed: vs_full_batch <= 1e-3 && vs_full_batch <= 0.1 * vs_f32 })
 }
 
 fn training(config: &DeviceCheckConfig) -> Result<Vec<f64>> {
-    let (batch, len, steps) = if config.quick {
-        (8, 16, 4)
-    } else {
-        (64, 64, 6)
-    };
-    tch::manual_seed(15);
-    let vs = nn::VarStore::new(config.device);
-    let (encoder, scoring) = model(&vs, "mlp", config.quick)?;
-    let loss = InfoNce {
-        temperature: 0.05,
-        symmetric: false,
-    };
-    let queries = tokens(batch, len, vocab(config.quick), config.device)?;
-    let passages = tokens(2 * batch, len, vocab(config.quick), config.device)?;
-    let targets = Targets::grouped(batch, 2 * batch, 2)?;
-    let gc = GradCache::tied(StepConfig::default(), &encoder, scoring.as_ref(), &loss)?;
+    let (batch, len, steps) = if config.quick { (8, 16, 4) } else { (64, 64, 6) };
+    let w = Workload::new(config, "mlp", 15, batch, len)?;
+    let gc = w.step(StepConfig::default())?;
     let mut optimizer = crate::train::optim::AdamW::new(0.01);
     let mut losses = Vec::new();
     for _ in 0..steps {
-        zero_grads(&vs);
-        losses.push(gc.step(&queries, &passages, &targets)?.loss);
-        optimizer.step(&vs, 1e-4)?;
+        zero_grads(&w.vs);
+        losses.push(gc.step(&w.queries, &w.passages, &w.targets)?.loss);
+        optimizer.step(&w.vs, 1e-4)?;
     }
     Ok(losses)
 }
@@ -706,11 +547,7 @@ impl DeviceReport {
         use std::fmt::Write;
         let e = &self.environment;
         let mut md = String::new();
-        let _ = writeln!(
-            md,
-            "# Device check: {}\n",
-            if self.passed { "passed" } else { "FAILED" }
-        );
+        let _ = writeln!(md, "# Device check: {}\n", if self.passed { "passed" } else { "FAILED" });
         let _ = writeln!(md, "## 1. Device\n");
         match &e.gpu {
             Some(g) => {
@@ -739,10 +576,12 @@ impl DeviceReport {
             self.seconds
         );
         let _ = writeln!(md, "## 2. Exactness: two-cache vs full batch, dropout on\n");
-        let _ = writeln!(md, "| head | loss | dtype | replay | coupling | loss diff | ‖Δg‖/‖g‖ | tolerance (abs, rel) | tolerance used | verdict |\n|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| head | loss | dtype | replay | coupling | loss diff | ‖Δg‖/‖g‖ | tolerance (abs, rel) | tolerance used | verdict |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
         for r in &self.exactness {
-            let _ =
-                writeln!(
+            let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {:.1e} | {:.1e} | {:.1e} | {:.0e}, {:.0e} | {:.1e} | {} |",
                 r.head,
@@ -764,14 +603,8 @@ impl DeviceReport {
             "\nDropout masks on this device: one chunk encoded twice after the same `tch::manual_seed` differs by {:.1e} (after two different seeds: {:.1e}). Second passes drawn from other streams: {}.\n",
             r.same_seed_diff, r.other_seed_diff, r.unreplayed
         );
-        let _ = writeln!(
-            md,
-            "## 3. Step time and peak memory (2 passages per query)\n"
-        );
-        let _ = writeln!(
-            md,
-            "| head | method | queries | s/step | peak MB above the model |\n|---|---|---|---|---|"
-        );
+        let _ = writeln!(md, "## 3. Step time and peak memory (2 passages per query)\n");
+        let _ = writeln!(md, "| head | method | queries | s/step | peak MB above the model |\n|---|---|---|---|---|");
         for r in &self.scaling {
             let _ = writeln!(
                 md,
@@ -779,12 +612,8 @@ impl DeviceReport {
                 r.head,
                 r.method,
                 r.batch,
-                r.seconds
-                    .map(|s| format!("{s:.3}"))
-                    .unwrap_or_else(|| r.error.clone().unwrap_or_default()),
-                r.peak_mb
-                    .map(|p| format!("{p:.0}"))
-                    .unwrap_or_else(|| "–".into())
+                r.seconds.map(|s| format!("{s:.3}")).unwrap_or_else(|| r.error.clone().unwrap_or_default()),
+                r.peak_mb.map(|p| format!("{p:.0}")).unwrap_or_else(|| "–".into())
             );
         }
         let p = &self.precision;
@@ -799,15 +628,7 @@ impl DeviceReport {
             p.vs_full_batch,
             if p.passed { "ok" } else { "FAILED" }
         );
-        let _ = writeln!(
-            md,
-            "## 5. Training on one batch\n\nlosses: {}\n",
-            self.training_losses
-                .iter()
-                .map(|l| format!("{l:.4}"))
-                .collect::<Vec<_>>()
-                .join(" → ")
-        );
+        let _ = writeln!(md, "## 5. Training on one batch\n\nlosses: {}\n", self.training_losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" → "));
         md
     }
 }
