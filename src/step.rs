@@ -124,7 +124,13 @@ impl StepOutput {
     pub fn describe_plan(&self) -> String {
         let (s, r) = (&self.sizes, &self.retained);
         let head = if s.closed_form_head { " (closed-form head: no head pass)" } else { "" };
-        let budget = self.budget.map(|b| format!(" (budget {:.0} MB, estimated peak {:.0} MB)", b.budget_mb, b.estimated_peak_mb)).unwrap_or_default();
+        let budget = self
+            .budget
+            .map(|b| {
+                let measured = b.measured_peak_mb.map(|m| format!(", measured {m:.0} MB")).unwrap_or_default();
+                format!(" (budget {:.0} MB, estimated peak {:.0} MB{measured})", b.budget_mb, b.estimated_peak_mb)
+            })
+            .unwrap_or_default();
         let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         format!(
             "step plan: {} queries in {} of up to {}, {} passages in {} of up to {}, {} of up to {}×{}{head}; retained query chunks / passage chunks / head blocks: {} / {} / {}{budget}",
@@ -153,6 +159,7 @@ impl StepOutput {
             "block_queries": s.block_pairs.0, "block_passages": s.block_pairs.1,
             "closed_form_head": s.closed_form_head, "retained": self.retained,
             "budget_mb": self.budget.map(|b| b.budget_mb), "estimated_peak_mb": self.budget.map(|b| b.estimated_peak_mb),
+            "measured_peak_mb": self.budget.and_then(|b| b.measured_peak_mb),
         })
     }
 }
@@ -165,6 +172,12 @@ pub struct BudgetReport {
     /// The plan's estimated activation peak in MB ([`Plan::estimate_peak`]),
     /// never above the budget.
     pub estimated_peak_mb: f64,
+    /// The step's measured peak in MB above what was allocated when it
+    /// began, on a GPU: from the CUDA caching allocator, whose peak counter
+    /// the step resets ([`crate::gpu::reset_peak`]). `None` on the CPU,
+    /// where glibc keeps no peak of bytes in use (the benchmarks read the
+    /// process's resident peak instead).
+    pub measured_peak_mb: Option<f64>,
 }
 
 /// The two-cache gradient step over a query encoder, a passage encoder (the
@@ -313,6 +326,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         self.check_batch(queries, passages, targets)?;
         let seeds = ReplaySeeds::draw()?;
         let (mut plan, budget) = self.plan(queries, passages, &seeds)?;
+        let gpu_base = match (&budget, self.probed_device.get()) {
+            (Some(_), Some(device @ Device::Cuda(_))) => {
+                crate::gpu::reset_peak(device)?;
+                Some((device, crate::gpu::memory(device)?.allocated))
+            }
+            _ => None,
+        };
         let mut timings = PhaseTimings::default();
 
         let t = Instant::now();
@@ -345,6 +365,12 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         timings.encoder = t.elapsed();
 
         seeds.finish();
+        let budget = match (budget, gpu_base) {
+            (Some(b), Some((device, base))) => {
+                Some(BudgetReport { measured_peak_mb: Some(crate::gpu::memory(device)?.peak.saturating_sub(base) as f64 / MB), ..b })
+            }
+            (b, _) => b,
+        };
         Ok(StepOutput {
             loss: cache.loss,
             timings,
@@ -406,7 +432,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         };
         let (plan, estimate) = Plan::fit(&config, n, m, &costs, &tokens, budget_bytes)?;
         let plan = plan.with_orders(Plan::length_orders(&config, queries, passages)?);
-        Ok((plan, Some(BudgetReport { budget_mb: budget_bytes / MB, estimated_peak_mb: estimate / MB })))
+        Ok((plan, Some(BudgetReport { budget_mb: budget_bytes / MB, estimated_peak_mb: estimate / MB, measured_peak_mb: None })))
     }
 
     /// The head's closed-form gradients, used only in f32: under autocast

@@ -23,6 +23,9 @@ fn the_quick_device_check_passes_on_the_cpu_and_reports_every_section() {
     // Three heads × three methods at 8 and 16 queries.
     assert_eq!(report.scaling.len(), 18, "{:?}", report.scaling);
     assert!(report.scaling.iter().all(|r| r.seconds.is_some() && r.peak_mb.is_none()));
+    // Four budgets, each estimate within its budget; no measured peak on the CPU.
+    assert_eq!(report.budgets.len(), 4);
+    assert!(report.budgets.iter().all(|b| b.estimated_mb <= b.budget_mb && b.measured_mb.is_none()), "{:?}", report.budgets);
     assert!(report.precision.vs_full_batch <= 0.1 * report.precision.vs_f32);
     assert!(report.training_losses.last() < report.training_losses.first());
     let md = report.to_markdown();

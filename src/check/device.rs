@@ -70,6 +70,8 @@ pub struct DeviceReport {
     pub replay: ReplayEvidence,
     /// Section 3.
     pub scaling: Vec<ScalingRow>,
+    /// Section 3, under memory budgets: estimate against measurement.
+    pub budgets: Vec<BudgetRow>,
     /// Section 4.
     pub precision: PrecisionEvidence,
     /// Section 5: the loss of each step.
@@ -153,6 +155,23 @@ pub struct ScalingRow {
     pub peak_mb: Option<f64>,
     /// Why it did not run (e.g. out of memory).
     pub error: Option<String>,
+}
+
+/// One two-cache step under a memory budget (MLP head).
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetRow {
+    /// Queries (each with 2 passages).
+    pub batch: usize,
+    /// The budget.
+    pub budget_mb: f64,
+    /// The plan's estimate.
+    pub estimated_mb: f64,
+    /// The allocator's peak above the step's start (GPU only).
+    pub measured_mb: Option<f64>,
+    /// Chunks and blocks retained, as `query / passage / blocks`.
+    pub retained: String,
+    /// Median seconds per step.
+    pub seconds: f64,
 }
 
 /// bf16 against f32, MLP head, two-cache step.
@@ -287,9 +306,10 @@ pub fn run(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
     let training_losses = training(config)?;
     progress(&format!("training losses: {training_losses:?}"));
     let scaling = scaling(config, progress)?;
+    let budgets = budgets(config, progress)?;
     let trained = training_losses.last() < training_losses.first();
     let passed = exactness.iter().all(|r| r.passed) && replay.passed && precision.passed && trained;
-    Ok(DeviceReport { environment, exactness, replay, scaling, precision, training_losses, passed, seconds: start.elapsed().as_secs_f64() })
+    Ok(DeviceReport { environment, exactness, replay, scaling, budgets, precision, training_losses, passed, seconds: start.elapsed().as_secs_f64() })
 }
 
 fn exactness(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result<Vec<ExactnessRow>> {
@@ -499,6 +519,46 @@ fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
     Ok(rows)
 }
 
+/// The MLP head's two-cache step under budgets of 1.25, 2, 4 and 8 times
+/// the least one the plan accepts: the estimate beside the measured peak.
+fn budgets(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result<Vec<BudgetRow>> {
+    let (batch, len, chunk) = if config.quick { (16, 16, 4) } else { (1024, 64, 128) };
+    let w = Workload::new(config, "mlp", 16, batch, len)?;
+    let layout = StepConfig { query_chunk_size: chunk, passage_chunk_size: chunk, head_block_queries: chunk, head_block_passages: 4 * chunk, check_replay: false, ..StepConfig::default() };
+    let budgeted = |budget_mb: f64| StepConfig { memory: crate::plan::MemoryConfig::Budget { budget_mb }, ..layout.clone() };
+    let least = match w.step(budgeted(1e-3))?.step(&w.queries, &w.passages, &w.targets) {
+        Err(GradCacheError::BudgetTooSmall { needed_mb, .. }) => needed_mb,
+        Err(e) => return Err(e),
+        Ok(_) => return Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget of 1 kB was accepted" }),
+    };
+    let mut rows = Vec::new();
+    for factor in [1.25, 2.0, 4.0, 8.0] {
+        let gc = w.step(budgeted(least * factor))?;
+        let mut last = None;
+        let mut step = || -> Result<()> {
+            zero_grads(&w.vs);
+            last = Some(gc.step(&w.queries, &w.passages, &w.targets)?);
+            Ok(())
+        };
+        let (seconds, _) = time_steps(config.device, 2, &mut step)?;
+        let out = last.ok_or(GradCacheError::EmptyInput { what: "budget steps" })?;
+        let b = out.budget.ok_or(GradCacheError::InvalidConfig { field: "memory", reason: "a budgeted step reported no budget" })?;
+        let r = out.retained;
+        let row = BudgetRow {
+            batch,
+            budget_mb: b.budget_mb,
+            estimated_mb: b.estimated_peak_mb,
+            measured_mb: b.measured_peak_mb,
+            retained: format!("{} / {} / {}", r.query_chunks, r.passage_chunks, r.head_blocks),
+            seconds,
+        };
+        progress(&format!("budget {:.0} MB: estimate {:.0} MB, measured {:?}, {:.3} s", row.budget_mb, row.estimated_mb, row.measured_mb, row.seconds));
+        rows.push(row);
+    }
+    zero_grads(&w.vs);
+    Ok(rows)
+}
+
 fn precision(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result<PrecisionEvidence> {
     let (batch, len, chunk) = if config.quick { (8, 16, 4) } else { (256, 64, 64) };
     let w = Workload::new(config, "mlp", 14, batch, len)?;
@@ -615,6 +675,12 @@ impl DeviceReport {
                 r.seconds.map(|s| format!("{s:.3}")).unwrap_or_else(|| r.error.clone().unwrap_or_default()),
                 r.peak_mb.map(|p| format!("{p:.0}")).unwrap_or_else(|| "–".into())
             );
+        }
+        let _ = writeln!(md, "\nUnder memory budgets (MLP head, two-cache; retained = query chunks / passage chunks / head blocks):\n");
+        let _ = writeln!(md, "| queries | budget MB | estimated peak MB | measured peak MB | retained | s/step |\n|---|---|---|---|---|---|");
+        for b in &self.budgets {
+            let measured = b.measured_mb.map(|m| format!("{m:.1}")).unwrap_or_else(|| "– (CPU)".into());
+            let _ = writeln!(md, "| {} | {:.1} | {:.1} | {} | {} | {:.3} |", b.batch, b.budget_mb, b.estimated_mb, measured, b.retained, b.seconds);
         }
         let p = &self.precision;
         let _ = writeln!(
