@@ -390,10 +390,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             return Ok((Plan::new(&self.config, n, m)?.with_orders(Plan::length_orders(&self.config, queries, passages)?), None));
         }
         let layout = self.layout(queries, passages)?;
-        let tokens = ChunkTokens {
-            queries: chunk_tokens(&layout, Side::Queries, queries)?,
-            passages: chunk_tokens(&layout, Side::Passages, passages)?,
-        };
+        let tokens = layout_tokens(&layout, queries, passages)?;
         let widest = |t: &[usize], side| {
             layout.chunks(side).iter().zip(t).map(|((p, _), &t)| t as f64 / p.len as f64).fold(0.0, f64::max)
         };
@@ -421,11 +418,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         };
         let (config, tokens) = if self.config.auto_sizes {
             let sized = Plan::sized_for_budget(&self.config, n, m, &costs, widths, budget_bytes)?;
-            let layout = Plan::with_retained(&sized, n, m, crate::plan::RetainCounts::default()).with_orders(Plan::length_orders(&sized, queries, passages)?);
-            let tokens = ChunkTokens {
-                queries: chunk_tokens(&layout, Side::Queries, queries)?,
-                passages: chunk_tokens(&layout, Side::Passages, passages)?,
-            };
+            let tokens = layout_tokens(&layout_of(&sized, queries, passages)?, queries, passages)?;
             (sized, tokens)
         } else {
             (self.config.clone(), tokens)
@@ -563,7 +556,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// This step's chunks and blocks for these inputs with nothing retained
     /// (sorted by length when the config asks).
     fn layout(&self, queries: &QE::Input, passages: &PE::Input) -> Result<Plan> {
-        Ok(self.recompute_all(queries.len(), passages.len()).with_orders(Plan::length_orders(&self.config, queries, passages)?))
+        layout_of(&self.config, queries, passages)
     }
 
     /// The plan of this step's chunks and blocks with nothing retained: the
@@ -958,4 +951,15 @@ pub(crate) fn backprop_all<E: Encoder + ?Sized>(
 /// The padded tokens of each chunk of a side of `plan`.
 fn chunk_tokens<C: Chunk>(plan: &Plan, side: Side, input: &C) -> Result<Vec<usize>> {
     plan.chunks(side).iter().map(|(p, _)| Ok(plan.cut(side, input, *p)?.padded_tokens())).collect()
+}
+
+/// `config`'s chunks and blocks for this batch with nothing retained (in
+/// length order when it sorts).
+fn layout_of<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<Plan> {
+    Ok(Plan::with_retained(config, queries.len(), passages.len(), crate::plan::RetainCounts::default()).with_orders(Plan::length_orders(config, queries, passages)?))
+}
+
+/// The padded tokens of every chunk of `layout`, both sides.
+fn layout_tokens<Q: Chunk, P: Chunk>(layout: &Plan, queries: &Q, passages: &P) -> Result<ChunkTokens> {
+    Ok(ChunkTokens { queries: chunk_tokens(layout, Side::Queries, queries)?, passages: chunk_tokens(layout, Side::Passages, passages)? })
 }
