@@ -35,13 +35,13 @@ use tch::{nn, Kind, Tensor};
 
 use crate::batch::Chunk;
 use crate::encoder::Encoder;
-use crate::error::{GradCacheError, ReplayStage, Result, Side};
+use crate::error::{GradCacheError, Result, Side};
 use crate::plan::{MemoryConfig, Piece, Plan, Recompute, RetainCounts};
 use crate::replay::{ReplaySeeds, Stream};
 use crate::representation::Representation;
-use crate::step::{backprop_all, encode_all, first_non_finite_block, GradCache, PhaseTimings, ReplayLog, StepOutput};
+use crate::step::{backprop_all, encode_all, first_non_finite_block, GradCache, PhaseTimings, StepOutput};
 use crate::targets::Targets;
-use crate::util::{accumulation_kind, all_finite};
+use crate::util::all_finite;
 
 /// What the collectives of a process moved so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -389,31 +389,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
 
         // 5.
         let t = Instant::now();
-        let acc = accumulation_kind(reps.queries.kind());
-        let (d_queries, d_passages, closed_form) = match self.closed_form_gradients(&reps.queries, &reps.passages, &cache.weights) {
-            Some(grads) => {
-                let grads = grads?;
-                (grads.queries, grads.passages, true)
-            }
-            None => {
-                let d_queries = reps.queries.tensor().f_zeros_like()?.f_to_kind(acc)?;
-                let d_passages = reps.passages.tensor().f_zeros_like()?.f_to_kind(acc)?;
-                let mut log = ReplayLog::new(ReplayStage::HeadBlock, c.check_replay);
-                for block in plan.blocks().filter(|b| owned(b.index)) {
-                    let (a0, al, b0, bl) = (block.queries.start, block.queries.len, block.passages.start, block.passages.len);
-                    let u = reps.queries.narrow(a0, al)?.detached_leaf()?;
-                    let v = reps.passages.narrow(b0, bl)?.detached_leaf()?;
-                    seeds.enter(Stream::HeadBlock, block.index);
-                    let s = tch::with_grad(|| c.precision.run(|| self.head.score(&u, &v, c.train)))?;
-                    log.record(&s, &scores.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?)?;
-                    let w = cache.weights.f_narrow(0, a0 as i64, al as i64)?.f_narrow(1, b0 as i64, bl as i64)?;
-                    s.f_to_kind(w.kind())?.f_mul(&w)?.f_sum(w.kind())?.f_backward()?;
-                    let _ = d_queries.f_narrow(0, a0 as i64, al as i64)?.f_add_(&crate::step::leaf_grad(u.tensor(), acc)?)?;
-                    let _ = d_passages.f_narrow(0, b0 as i64, bl as i64)?.f_add_(&crate::step::leaf_grad(v.tensor(), acc)?)?;
-                }
-                log.finish(c.replay_tolerance)?;
-                (collective.all_reduce_sum(&d_queries)?, collective.all_reduce_sum(&d_passages)?, false)
-            }
+        // The head pass over this process's blocks; their partial sums of
+        // ∂L/∂U and ∂L/∂V add up across processes (a closed form is whole
+        // on every process already).
+        let (grads, closed_form) = self.planned_head_pass(&reps, &scores, &cache.weights, &seeds, &plan, Vec::new(), &owned)?;
+        let (d_queries, d_passages) = match closed_form {
+            true => (grads.queries, grads.passages),
+            false => (collective.all_reduce_sum(&grads.queries)?, collective.all_reduce_sum(&grads.passages)?),
         };
         timings.head = t.elapsed();
 

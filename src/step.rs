@@ -213,19 +213,19 @@ impl<'m, E: Encoder + ?Sized> GradCache<'m, E, E> {
 
 /// Collects the replay differences of one pass on the device and checks them
 /// with a single synchronisation at the end of the pass.
-pub(crate) struct ReplayLog {
+struct ReplayLog {
     stage: ReplayStage,
     enabled: bool,
     relative_diffs: Vec<Tensor>,
 }
 
 impl ReplayLog {
-    pub(crate) fn new(stage: ReplayStage, enabled: bool) -> Self {
+    fn new(stage: ReplayStage, enabled: bool) -> Self {
         ReplayLog { stage, enabled, relative_diffs: Vec::new() }
     }
 
     /// Records `max|recomputed − cached| / max(1, max|cached|)`.
-    pub(crate) fn record(&mut self, recomputed: &Tensor, cached: &Tensor) -> Result<()> {
+    fn record(&mut self, recomputed: &Tensor, cached: &Tensor) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }
@@ -243,7 +243,7 @@ impl ReplayLog {
         Ok(())
     }
 
-    pub(crate) fn finish(self, tolerance: f64) -> Result<()> {
+    fn finish(self, tolerance: f64) -> Result<()> {
         if self.relative_diffs.is_empty() {
             return Ok(());
         }
@@ -353,7 +353,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         timings.distance_gradient = t.elapsed();
 
         let t = Instant::now();
-        let (rep_grads, closed_form_head) = self.planned_head_pass(&reps, &scores, &cache.weights, &seeds, &plan, kept_blocks)?;
+        let (rep_grads, closed_form_head) = self.planned_head_pass(&reps, &scores, &cache.weights, &seeds, &plan, kept_blocks, &|_| true)?;
         timings.head = t.elapsed();
 
         let t = Instant::now();
@@ -644,12 +644,16 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         seeds: &ReplaySeeds,
     ) -> Result<(RepresentationGradients, bool)> {
         let plan = self.recompute_all(reps.queries.len(), reps.passages.len());
-        self.planned_head_pass(reps, scores, weights, seeds, &plan, Vec::new())
+        self.planned_head_pass(reps, scores, weights, seeds, &plan, Vec::new(), &|_| true)
     }
 
     /// Step 4 under `plan`: a retained block is backpropagated through the
-    /// graph the score pass kept; the others are recomputed.
-    fn planned_head_pass(
+    /// graph the score pass kept; the others for which `runs_block(index)`
+    /// holds are recomputed (all of them in one process; a process's own
+    /// share in [`GradCache::distributed_step`], whose partial sums the
+    /// caller adds up).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn planned_head_pass(
         &self,
         reps: &Representations,
         scores: &Tensor,
@@ -657,6 +661,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         seeds: &ReplaySeeds,
         plan: &Plan,
         mut kept: Vec<Option<KeptBlock>>,
+        runs_block: &dyn Fn(usize) -> bool,
     ) -> Result<(RepresentationGradients, bool)> {
         if let Some(grads) = self.closed_form_gradients(&reps.queries, &reps.passages, weights) {
             let grads = grads?;
@@ -693,7 +698,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         // One leaf per row of blocks for the recomputed blocks, so that a
         // row's query gradient accumulates in it.
         let mut row_leaf: Vec<Option<Representation>> = plan.rows().iter().map(|_| None).collect();
-        for block in plan.blocks().filter(|b| !b.retained) {
+        for block in plan.blocks().filter(|b| !b.retained && runs_block(b.index)) {
             let (a0, al, b0, bl) = (block.queries.start, block.queries.len, block.passages.start, block.passages.len);
             let w = w_of(&block)?;
             let u = match &row_leaf[block.row] {
@@ -871,7 +876,7 @@ pub(crate) fn checked_loss_value(loss: &Tensor) -> Result<f64> {
 }
 
 /// The gradient of a leaf, in `kind`; zeros if nothing reached it.
-pub(crate) fn leaf_grad(leaf: &Tensor, kind: tch::Kind) -> Result<Tensor> {
+fn leaf_grad(leaf: &Tensor, kind: tch::Kind) -> Result<Tensor> {
     let g = leaf.f_grad()?;
     if g.defined() {
         Ok(g.f_to_kind(kind)?)
