@@ -47,7 +47,10 @@ pub struct DeviceCheckConfig {
     pub quick: bool,
     /// Scaling stops after this batch size (queries).
     pub max_batch: usize,
-    /// Scaling stops starting new configurations after this many seconds.
+    /// Seconds for the scaling sweep, shared equally by its three heads:
+    /// a head starts no new configuration after its share, and a warm-up
+    /// step slower than a tenth of the share is that configuration's only
+    /// timed run.
     pub scaling_seconds: f64,
 }
 
@@ -305,8 +308,10 @@ pub fn run(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
     let precision = precision(config, progress)?;
     let training_losses = training(config)?;
     progress(&format!("training losses: {training_losses:?}"));
-    let scaling = scaling(config, progress)?;
     let budgets = budgets(config, progress)?;
+    // Last: the one open-ended section (it climbs until out of memory or
+    // out of time); every section before it has logged its numbers.
+    let scaling = scaling(config, progress)?;
     let trained = training_losses.last() < training_losses.first();
     let passed = exactness.iter().all(|r| r.passed) && replay.passed && precision.passed && trained;
     Ok(DeviceReport { environment, exactness, replay, scaling, budgets, precision, training_losses, passed, seconds: start.elapsed().as_secs_f64() })
@@ -417,6 +422,12 @@ fn sync(device: Device) {
 /// Median seconds of `steps` timed calls after one warm-up, and the peak
 /// bytes above the start (CUDA only).
 fn time_steps(device: Device, steps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<(f64, Option<f64>)> {
+    time_steps_within(device, steps, f64::INFINITY, f)
+}
+
+/// [`time_steps`], except that a warm-up slower than `slow` seconds is the
+/// only run (its time is returned): a device run has a hard time limit.
+fn time_steps_within(device: Device, steps: usize, slow: f64, f: &mut dyn FnMut() -> Result<()>) -> Result<(f64, Option<f64>)> {
     let base = match device {
         Device::Cuda(_) => {
             sync(device);
@@ -425,10 +436,12 @@ fn time_steps(device: Device, steps: usize, f: &mut dyn FnMut() -> Result<()>) -
         }
         _ => None,
     };
+    let t = Instant::now();
     f()?;
     sync(device);
+    let warm_up = t.elapsed().as_secs_f64();
     let mut times = Vec::new();
-    for _ in 0..steps {
+    for _ in 0..if warm_up > slow { 0 } else { steps } {
         let t = Instant::now();
         f()?;
         sync(device);
@@ -439,7 +452,7 @@ fn time_steps(device: Device, steps: usize, f: &mut dyn FnMut() -> Result<()>) -
         Some(b) => Some(crate::gpu::memory(device)?.peak.saturating_sub(b) as f64 / (1u64 << 20) as f64),
         None => None,
     };
-    Ok((times[times.len() / 2], peak))
+    Ok((times.get(times.len() / 2).copied().unwrap_or(warm_up), peak))
 }
 
 fn is_out_of_memory(e: &GradCacheError) -> bool {
@@ -448,10 +461,14 @@ fn is_out_of_memory(e: &GradCacheError) -> bool {
 }
 
 fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result<Vec<ScalingRow>> {
-    let start = Instant::now();
     let (first, len, chunk) = if config.quick { (8, 16, 4) } else { (256, 64, 128) };
+    let heads = ["dot", "mlp", "interaction"];
+    // Each head gets its share of the time, so that a slow one cannot
+    // crowd out the others.
+    let per_head = config.scaling_seconds / heads.len() as f64;
     let mut rows = Vec::new();
-    for head in ["dot", "mlp", "interaction"] {
+    for head in heads {
+        let start = Instant::now();
         tch::manual_seed(13);
         let vs = nn::VarStore::new(config.device);
         let (encoder, scoring) = model(&vs, head, config.quick)?;
@@ -474,7 +491,7 @@ fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
                 if stopped[m] {
                     continue;
                 }
-                if start.elapsed().as_secs_f64() > config.scaling_seconds {
+                if start.elapsed().as_secs_f64() > per_head {
                     stopped = [true; 3];
                     break;
                 }
@@ -488,18 +505,21 @@ fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
                         _ => gc.step(&queries, &passages, &targets).map(|_| ()),
                     }
                 };
-                let row = match time_steps(config.device, 2, &mut step) {
+                let row = match time_steps_within(config.device, 2, per_head / 10.0, &mut step) {
                     Ok((seconds, peak_mb)) => ScalingRow { head: head.into(), method: method.into(), batch, seconds: Some(seconds), peak_mb, error: None },
-                    Err(e) if is_out_of_memory(&e) => {
+                    // Out of memory is the sweep's expected end for a
+                    // method; any other failure is recorded and ends it
+                    // too, so that the other sections' results are kept.
+                    Err(e) => {
                         stopped[m] = true;
-                        ScalingRow { head: head.into(), method: method.into(), batch, seconds: None, peak_mb: None, error: Some("out of memory".into()) }
+                        let error = if is_out_of_memory(&e) { "out of memory".to_string() } else { e.to_string() };
+                        ScalingRow { head: head.into(), method: method.into(), batch, seconds: None, peak_mb: None, error: Some(error) }
                     }
-                    Err(e) => return Err(e),
                 };
                 zero_grads(&vs);
-                // A step slower than a tenth of the sweep's time ends this
+                // A step slower than a tenth of the head's time ends this
                 // method's climb (the next size takes twice as long).
-                if row.seconds.is_some_and(|s| s * 3.0 > config.scaling_seconds / 10.0) {
+                if row.seconds.is_some_and(|s| s * 3.0 > per_head / 10.0) {
                     stopped[m] = true;
                 }
                 progress(&format!(
