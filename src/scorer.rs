@@ -151,6 +151,8 @@ pub struct Scorer {
     config: ModelConfig,
     /// Where `config.json` and `vocab.txt` come from when saving.
     model: ModelDir,
+    /// The forward passes' precision (not part of the bundle).
+    precision: crate::precision::Precision,
 }
 
 impl std::fmt::Debug for Scorer {
@@ -197,7 +199,7 @@ impl Scorer {
         let passage = if config.tied { None } else { Some(config.encoder.init_pretrained(&vs, p_name, model)?.0) };
         let head = config.head.init_with_encoder(&vs, "head", &query)?;
         let tokenizer = model.tokenizer(config.max_len)?;
-        Ok(Scorer { vs, query, passage, head, tokenizer, config, model: model.clone() })
+        Ok(Scorer { vs, query, passage, head, tokenizer, config, model: model.clone(), precision: crate::precision::Precision::F32 })
     }
 
     /// Reads a bundle written by [`Scorer::save`] onto `device`.
@@ -327,6 +329,24 @@ impl Scorer {
         self.vs.device()
     }
 
+    /// The same scorer with its encoders and head run under `precision`'s
+    /// autocast (`bf16`: faster on GPUs with bfloat16 units; scores move by
+    /// bfloat16's rounding). A runtime setting: it is not saved in the
+    /// bundle.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] for `f16`.
+    pub fn with_precision(mut self, precision: crate::precision::Precision) -> Result<Self> {
+        precision.validate()?;
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The forward passes' precision.
+    pub fn precision(&self) -> crate::precision::Precision {
+        self.precision
+    }
+
     fn encode<S: AsRef<str> + Sync>(&self, texts: &[S], side: Side) -> Result<Representation> {
         let (encoder, chunk) = match side {
             Side::Queries => (&self.query, self.config.layout.query_chunk_size),
@@ -339,7 +359,7 @@ impl Scorer {
             let parts = pieces(texts.len(), chunk)
                 .map(|(start, len)| {
                     let tokens = self.tokenizer.encode(&texts[start..start + len])?.to_device(self.device())?;
-                    let rep = encoder.encode(&tokens, false)?;
+                    let rep = self.precision.run(|| encoder.encode(&tokens, false))?;
                     if rep.len() != len {
                         return Err(GradCacheError::EncoderLength { side, expected: len, got: rep.len() });
                     }
@@ -414,7 +434,8 @@ impl Scorer {
         let reps = Representations { queries: queries.with_tensor(queries.tensor().shallow_clone()), passages: passages.with_tensor(passages.tensor().shallow_clone()) };
         let step = self.config.layout.eval_step();
         let plan = crate::plan::Plan::with_retained(&step, queries.len(), passages.len(), Default::default());
-        Ok(tch::no_grad(|| score_all(self.head.as_ref(), &reps, &plan, crate::config::Forward::eval(), &ReplaySeeds::from_base(0)))?.0)
+        let eval = crate::config::Forward { precision: self.precision, ..crate::config::Forward::eval() };
+        Ok(tch::no_grad(|| score_all(self.head.as_ref(), &reps, &plan, eval, &ReplaySeeds::from_base(0)))?.0)
     }
 
     /// Scores every query against every passage.

@@ -266,3 +266,26 @@ fn a_model_of_another_width_works_and_a_head_of_the_wrong_width_is_named() {
     let err = Scorer::from_pretrained(ModelConfig::new(BertEncoderConfig::default(), 16, true, head(384), layout()), &model, Device::Cpu).unwrap_err();
     assert!(matches!(err, GradCacheError::InvalidConfig { field: "head.dim", .. }), "{err}");
 }
+
+#[test]
+fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
+    let _serial = common::serial();
+    let dir = common::scratch("bundle-bf16");
+    for (name, config) in [("vector", vector_model()), ("tokens", token_model())] {
+        let scorer = trained(config, &dir.join(format!("{name}-bert")));
+        let f32_scores = scorer.score(&QUERIES, &PASSAGES).unwrap();
+        let scorer = scorer.with_precision(gradcache::precision::Precision::Bf16).unwrap();
+        let bf16_scores = scorer.score(&QUERIES, &PASSAGES).unwrap();
+        // bfloat16 keeps 8 bits of mantissa: the scores move (autocast is
+        // on), by about its rounding relative to their spread.
+        let diff = (&bf16_scores.to_kind(Kind::Double) - &f32_scores.to_kind(Kind::Double)).abs().max().double_value(&[]);
+        let spread = f32_scores.to_kind(Kind::Double).abs().max().double_value(&[]);
+        assert!(diff > 0.0, "{name}: bf16 scores equal f32's: autocast is off");
+        assert!(diff <= 0.05 * spread.max(1.0), "{name}: bf16 moved scores by {diff} (largest {spread})");
+        assert_eq!(scorer.precision(), gradcache::precision::Precision::Bf16);
+        match scorer.with_precision(gradcache::precision::Precision::F16) {
+            Err(GradCacheError::InvalidConfig { field: "precision", .. }) => {}
+            other => panic!("expected f16 to be refused, got {:?}", other.map(|s| s.precision())),
+        }
+    }
+}

@@ -114,6 +114,10 @@ enum Command {
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Forward passes under autocast: f32 or bf16 (faster on GPUs with
+        /// bfloat16 units; scores move by its rounding).
+        #[arg(long, default_value = "f32")]
+        precision: String,
         /// No progress on stderr.
         #[arg(long)]
         quiet: bool,
@@ -136,6 +140,10 @@ enum Command {
         side: String,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Forward passes under autocast: f32 or bf16 (faster on GPUs with
+        /// bfloat16 units; scores move by its rounding).
+        #[arg(long, default_value = "f32")]
+        precision: String,
         #[arg(long)]
         quiet: bool,
     },
@@ -152,6 +160,10 @@ enum Command {
         output: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Forward passes under autocast: f32 or bf16 (faster on GPUs with
+        /// bfloat16 units; scores move by its rounding).
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
 }
 
@@ -241,9 +253,17 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Option<PathBuf>, skip: bool, device: &str, quiet: bool) -> Result<()> {
-    let device = parse_device(device)?;
+/// A bundle on `device`, run at `precision` (`f32`, `bf16`).
+fn load_scorer(model: &Path, device: Device, precision: &str) -> Result<Scorer> {
+    let precision: gradcache::precision::Precision = precision.parse()?;
     let scorer = Scorer::load(model, device).with_context(|| format!("loading the model bundle {}", model.display()))?;
+    Ok(scorer.with_precision(precision)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Option<PathBuf>, skip: bool, device: &str, precision: &str, quiet: bool) -> Result<()> {
+    let device = parse_device(device)?;
+    let scorer = load_scorer(model, device, precision)?;
     let (set, skipped) = read_beir(data, split, if skip { Malformed::Skip } else { Malformed::Fail })?;
     if skipped > 0 {
         eprintln!("skipped {skipped} malformed lines in {}", data.display());
@@ -272,8 +292,8 @@ fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Optio
     Ok(())
 }
 
-fn encode(model: &Path, input: &Path, output: &Path, side: &str, device: &str, quiet: bool) -> Result<()> {
-    let scorer = Scorer::load(model, parse_device(device)?).with_context(|| format!("loading the model bundle {}", model.display()))?;
+fn encode(model: &Path, input: &Path, output: &Path, side: &str, device: &str, precision: &str, quiet: bool) -> Result<()> {
+    let scorer = load_scorer(model, parse_device(device)?, precision)?;
     let lines = read_texts(input, Malformed::Fail)?.items;
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     let side = if side == "queries" { Side::Queries } else { Side::Passages };
@@ -301,8 +321,8 @@ fn encode(model: &Path, input: &Path, output: &Path, side: &str, device: &str, q
     Ok(())
 }
 
-fn rerank(model: &Path, input: &Path, output: Option<&Path>, device: &str) -> Result<()> {
-    let scorer = Scorer::load(model, parse_device(device)?).with_context(|| format!("loading the model bundle {}", model.display()))?;
+fn rerank(model: &Path, input: &Path, output: Option<&Path>, device: &str, precision: &str) -> Result<()> {
+    let scorer = load_scorer(model, parse_device(device)?, precision)?;
     let requests = read_rerank_requests(input, Malformed::Fail)?;
     let mut text = String::new();
     for r in &requests.items {
@@ -349,16 +369,16 @@ fn main() -> Result<ExitCode> {
             train::reranker::run(&config, args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { model, data, split, retrieve_k, output, skip_malformed, device, quiet } => {
-            eval(&model, &data, &split, retrieve_k, output, skip_malformed, &device, quiet)?;
+        Command::Eval { model, data, split, retrieve_k, output, skip_malformed, device, precision, quiet } => {
+            eval(&model, &data, &split, retrieve_k, output, skip_malformed, &device, &precision, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Encode { model, input, output, side, device, quiet } => {
-            encode(&model, &input, &output, &side, &device, quiet)?;
+        Command::Encode { model, input, output, side, device, precision, quiet } => {
+            encode(&model, &input, &output, &side, &device, &precision, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rerank { model, input, output, device } => {
-            rerank(&model, &input, output.as_deref(), &device)?;
+        Command::Rerank { model, input, output, device, precision } => {
+            rerank(&model, &input, output.as_deref(), &device, &precision)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::PrepareWordnet { wordnet, out, beir: None, .. } => {
