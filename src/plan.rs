@@ -155,8 +155,9 @@ pub struct CostModel {
 
 /// The measured ratio of a step's resident-memory growth to the graph
 /// sizes the probe measures: 1.32–1.71 on the small BERT with the dot and
-/// MLP heads at budgets from 60 MB to 1.2 GB (`benchmarks/budget_sweep.sh`,
-/// `docs/benchmarks.md`); the largest is taken, so the estimate errs high.
+/// MLP heads at budgets from 60 MB to 1.2 GB (the first run of
+/// `benchmarks/budget_sweep.sh`, `docs/benchmarks.md`); the largest is
+/// taken, so the estimate errs high.
 pub const BACKWARD_HEADROOM: f64 = 1.7;
 
 /// The encoder work of each chunk of a batch, as [`crate::batch::Chunk::padded_tokens`]
