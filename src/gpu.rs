@@ -79,9 +79,9 @@ mod ffi {
     }
 }
 
-/// Runs a shim call that fills an error buffer on failure.
-#[cfg_attr(not(gradcache_cuda), allow(dead_code))]
-fn call(name: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+/// Runs a call into gradcache's C++ shim (`src/shim/`), which fills an
+/// error buffer and returns non-zero on failure.
+pub(crate) fn call(name: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
     let mut err = [0 as c_char; 512];
     if f(err.as_mut_ptr(), err.len()) == 0 {
         return Ok(());

@@ -242,6 +242,15 @@ fn cut(total: usize, size: usize, keep: usize) -> Vec<(Piece, bool)> {
     pieces(total, size).enumerate().map(|(i, (start, len))| (Piece { start, len }, i < keep)).collect()
 }
 
+/// The largest power of two below `x` (`x ≥ 2`): how auto sizes shrink.
+fn power_of_two_below(x: usize) -> usize {
+    if x.is_power_of_two() {
+        x / 2
+    } else {
+        x.next_power_of_two() / 2
+    }
+}
+
 impl Plan {
     /// The plan of `config` for `n` queries and `m` passages.
     ///
@@ -413,13 +422,13 @@ impl Plan {
         if let Some(pair) = costs.pair_bytes {
             rows = query_chunk;
             while rows > 1 && h * pair * rows as f64 > share {
-                rows = if rows.is_power_of_two() { rows / 2 } else { rows.next_power_of_two() / 2 };
+                rows = power_of_two_below(rows);
             }
             cols = largest(m.max(1), pair * rows as f64);
             // Past a point a larger block only runs slower (it leaves the
             // CPU's caches): cap its pairs.
             while rows * cols > AUTO_BLOCK_MAX_PAIRS && cols > 1 {
-                cols = if cols.is_power_of_two() { cols / 2 } else { cols.next_power_of_two() / 2 };
+                cols = power_of_two_below(cols);
             }
         }
         Ok(StepConfig {

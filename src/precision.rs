@@ -9,11 +9,12 @@
 //! stay in float32 (the step upcasts `S` before the loss), and backward
 //! passes run outside autocast, in the dtypes their forward chose.
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GradCacheError, Result};
+use crate::gpu::call as shim;
 
 /// The forward passes' precision (`StepConfig.precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -85,16 +86,6 @@ const BFLOAT16: c_int = 15;
 // c10::DeviceType codes.
 const CPU: c_int = 0;
 const CUDA: c_int = 1;
-
-fn shim(call: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
-    let mut err = [0 as c_char; 512];
-    if f(err.as_mut_ptr(), err.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim writes a NUL-terminated message within the buffer.
-    let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-    Err(GradCacheError::LibtorchCall { call, message })
-}
 
 /// Autocast on for the CPU and CUDA while alive; restores what was there.
 struct Autocast {

@@ -35,6 +35,7 @@ use crate::heads::HeadConfig;
 use crate::loss::{ContrastiveLoss, InfoNce, ListwiseKl};
 use crate::precision::Precision;
 use crate::replay::ReplaySeeds;
+use crate::util::max_abs;
 use crate::{GradCache, StepConfig, Targets, TokenBatch};
 
 /// What to run.
@@ -373,10 +374,6 @@ fn exactness(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Resu
     Ok(rows)
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    Ok(a.f_sub(b)?.f_abs()?.f_max()?.f_double_value(&[])?)
-}
-
 fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     use crate::Encoder;
     tch::manual_seed(12);
@@ -387,8 +384,8 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
         tch::manual_seed(seed);
         Ok(tch::no_grad(|| encoder.encode(&chunk, true))?.tensor().shallow_clone())
     };
-    let same_seed_diff = max_abs_diff(&encode(3)?, &encode(3)?)?;
-    let other_seed_diff = max_abs_diff(&encode(3)?, &encode(4)?)?;
+    let same_seed_diff = max_abs(&encode(3)?.f_sub(&encode(3)?)?)?;
+    let other_seed_diff = max_abs(&encode(3)?.f_sub(&encode(4)?)?)?;
     // The step's replay check with the second passes on other streams.
     let (n, g) = (6, 2);
     let queries = tokens(n, 12, vocab(config.quick), config.device)?;
