@@ -12,9 +12,9 @@ mod triples;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use gradcache::encoders::BertEncoderConfig;
-use gradcache::heads::MlpHeadConfig;
-use gradcache::pretrained::ModelDir;
+use gradcache::models::encoders::BertEncoderConfig;
+use gradcache::models::heads::MlpHeadConfig;
+use gradcache::models::pretrained::ModelDir;
 use gradcache::{Chunk, GradCache, InfoNce, StepConfig, Targets};
 use tch::{nn, Device};
 
@@ -42,7 +42,7 @@ fn main() -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let world = gradcache::distributed::launched()?;
+    let world = gradcache::core::distributed::launched()?;
     let (rank, ranks) = (world.rank(), world.world_size());
     if a.batch % ranks != 0 {
         bail!("--batch must divide evenly among the {ranks} processes here");
@@ -63,8 +63,8 @@ fn main() -> Result<()> {
     let (encoder, _) = BertEncoderConfig::default().init_pretrained(&vs, "encoder", &model)?;
     let head = MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1, ..MlpHeadConfig::default() }.init(&(vs.root() / "head"))?;
     let loss = InfoNce { temperature: 1.0, symmetric: false };
-    let config = StepConfig { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() };
-    let gc = GradCache::tied(config, &encoder, &head, &loss)?;
+    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: 16, head_block_passages: 64 }, ..StepConfig::default() };
+    let mut gc = GradCache::tied(config, &encoder, &head, &loss)?;
     let before_mb = gradcache::runtime::peak_resident_mb()?;
     let (mut times, mut losses, mut score_s, mut head_s) = (Vec::new(), Vec::new(), 0.0, 0.0);
     let mut traffic_before = world.traffic();

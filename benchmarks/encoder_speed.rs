@@ -7,8 +7,8 @@
 
 use anyhow::Result;
 use clap::Parser;
-use gradcache::encoders::{BertEncoderConfig, BertImplementation};
-use gradcache::pretrained::ModelDir;
+use gradcache::models::encoders::{BertEncoderConfig, BertImplementation};
+use gradcache::models::pretrained::ModelDir;
 use gradcache::runtime::tune_allocator;
 use gradcache::{Encoder, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};

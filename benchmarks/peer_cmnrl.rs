@@ -18,9 +18,9 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use gradcache::encoders::{BertEncoderConfig, BertImplementation};
-use gradcache::heads::CosineHeadConfig;
-use gradcache::pretrained::ModelDir;
+use gradcache::models::encoders::{BertEncoderConfig, BertImplementation};
+use gradcache::models::heads::CosineHeadConfig;
+use gradcache::models::pretrained::ModelDir;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets};
 use tch::{nn, Device};
 
@@ -89,17 +89,14 @@ fn main() -> Result<()> {
     // τ = 1/20: their default scale.
     let head = CosineHeadConfig { initial_temperature: 0.05 }.init(&(vs.root() / "head"))?;
     let loss = InfoNce { temperature: 1.0, symmetric: false };
+    // Like theirs: `chunk` query rows against every passage at once.
     let config = StepConfig {
-        query_chunk_size: a.chunk,
-        passage_chunk_size: a.chunk,
-        // Like theirs: `chunk` query rows against every passage at once.
-        head_block_queries: a.chunk,
-        head_block_passages: 2 * a.batch,
+        layout: gradcache::Layout { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: a.chunk, head_block_passages: 2 * a.batch },
         memory: serde_json::from_str(&a.memory).with_context(|| format!("--memory {}", a.memory))?,
         auto_sizes: a.auto_sizes,
         ..StepConfig::default()
     };
-    let gc = GradCache::tied(config, &encoder, &head, &loss)?;
+    let mut gc = GradCache::tied(config, &encoder, &head, &loss)?;
     let before_mb = gradcache::runtime::peak_resident_mb()?;
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     let mut plan = serde_json::Value::Null;

@@ -15,12 +15,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gradcache::encoders::BertEncoderConfig;
-use gradcache::heads::{CosineHeadConfig, HeadConfig};
-use gradcache::pretrained::ModelDir;
-use gradcache::retrieval::{first_stage_block, first_stage_streamed, first_stage_vectors};
+use gradcache::models::encoders::BertEncoderConfig;
+use gradcache::models::heads::{CosineHeadConfig, HeadConfig};
+use gradcache::models::pretrained::ModelDir;
+use gradcache::app::retrieval::{first_stage_block, first_stage_streamed, first_stage_vectors};
 use gradcache::runtime::peak_resident_mb;
-use gradcache::scorer::{ModelConfig, ScoringLayout};
+use gradcache::app::scorer::ModelConfig;
+use gradcache::Layout;
 use gradcache::Scorer;
 use tch::{Device, Kind, Tensor};
 
@@ -62,13 +63,13 @@ fn main() -> Result<()> {
     tch::set_num_threads(args.threads);
     let dir = std::env::temp_dir().join(format!("gradcache-bench-retrieval-{}", std::process::id()));
     let base = ModelDir::open(&args.vocab_from).context("run scripts/gradcache.sh setup")?;
-    let model = base.write_random(&dir, 64, 4, 2, 0)?;
+    let model = gradcache::models::encoders::write_random_bert(&base, &dir, 64, 4, 2, 0)?;
     let words: Vec<String> = std::fs::read_to_string(dir.join("vocab.txt"))?
         .lines()
         .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()) && w.len() > 2)
         .map(str::to_string)
         .collect();
-    let layout = ScoringLayout { query_chunk_size: 64, passage_chunk_size: 256, head_block_queries: 64, head_block_passages: 256 };
+    let layout = Layout { query_chunk_size: 64, passage_chunk_size: 256, head_block_queries: 64, head_block_passages: 256 };
     let config = ModelConfig::new(BertEncoderConfig::default(), 32, true, HeadConfig::Cosine(CosineHeadConfig::default()), layout);
     let scorer = Scorer::from_pretrained(config, &model, Device::Cpu)?;
     let queries: Vec<String> = (0..args.queries).map(|i| text(&words, i, 1)).collect();

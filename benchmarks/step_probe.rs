@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
-use gradcache::encoders::BertEncoder;
-use gradcache::head::ScoringHead;
+use gradcache::models::encoders::BertEncoder;
+use gradcache::core::head::ScoringHead;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use rust_bert::bert::BertConfig;
 use tch::{nn, Device, Kind, Tensor};
@@ -78,7 +78,7 @@ pub fn small_model(vs: &nn::VarStore, head: &str) -> Result<(BertEncoder, Box<dy
         max_position_embeddings: 64,
         ..BertConfig::default()
     };
-    Ok(gradcache::check::device::bert_with_head(vs, &bert, head)?)
+    Ok(gradcache::models::heads::bert_with_head(vs, &bert, head)?)
 }
 
 /// Random token ids in the small model's vocabulary, no padding.
@@ -100,24 +100,20 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
     let (encoder, head) = small_model(&vs, &a.head)?;
     let loss = InfoNce { temperature: 1.0, symmetric: false };
     let (n, m) = (a.batch, a.batch * a.group);
-    let layout = StepConfig {
-        query_chunk_size: a.chunk,
-        passage_chunk_size: a.chunk,
-        head_block_queries: a.block_queries,
-        head_block_passages: a.block_passages,
+    let layout = StepConfig { layout: gradcache::Layout { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: a.block_queries, head_block_passages: a.block_passages },
         ..StepConfig::default()
     };
     let config = match a.method {
         Method::Full => layout.whole_batch(m),
-        Method::RepCache => StepConfig { head_block_queries: n, head_block_passages: m, ..layout },
+        Method::RepCache => StepConfig { layout: gradcache::Layout { head_block_queries: n, head_block_passages: m, ..gradcache::Layout::default() }, ..layout },
         Method::Accumulation | Method::TwoCache => layout,
     };
     let memory = match &a.memory {
         Some(json) => serde_json::from_str(json)?,
-        None => gradcache::plan::MemoryConfig::default(),
+        None => gradcache::core::config::MemoryConfig::default(),
     };
     let config = StepConfig { check_replay: !a.no_check_replay, memory, auto_sizes: a.auto_sizes, ..config };
-    let gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
+    let mut gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
     let (q, p) = (tokens(n, a.tokens)?, tokens(m, a.tokens)?);
     let targets = Targets::grouped(n, m, a.group)?;
     let idle_mb = gradcache::runtime::peak_resident_mb()?;
@@ -146,7 +142,7 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
         bail!("--steps must be at least 1");
     }
     // Seconds per phase, averaged over the measured steps.
-    let phase = |f: fn(&gradcache::step::PhaseTimings) -> std::time::Duration| {
+    let phase = |f: fn(&gradcache::core::output::PhaseTimings) -> std::time::Duration| {
         phases.iter().map(|p| f(p).as_secs_f64()).sum::<f64>() / phases.len() as f64
     };
     let phase_s = serde_json::json!({

@@ -3,7 +3,7 @@
 //! Included by `peer_cmnrl.rs` and `distributed_bench.rs`.
 
 use anyhow::{bail, Result};
-use gradcache::data::wordnet::WordSenseData;
+use gradcache::app::data::wordnet::WordSenseData;
 
 /// The first `batch` (query, positive, hard negative) triples of the
 /// prepared task in `data`.

@@ -5,8 +5,8 @@
 
 use anyhow::{ensure, Result};
 use gradcache::check::{check_head, Tolerance};
-use gradcache::encoders::TinyEncoderConfig;
-use gradcache::train::optim::AdamW;
+use gradcache::models::encoders::TinyEncoderConfig;
+use gradcache::app::train::optim::AdamW;
 use gradcache::{GradCache, InfoNce, Representation, ScoringHead, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -53,11 +53,11 @@ fn check_then_train() -> Result<(f64, f64)> {
     let p = vs.root() / "head";
     let head = GatedHead { gate: p.ones("gate", &[32]), beta: p.zeros("beta", &[]) };
     let loss = InfoNce { temperature: 1.0, symmetric: false };
-    let step = StepConfig { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 8, head_block_passages: 16, ..Default::default() };
+    let step = StepConfig { layout: gradcache::Layout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 8, head_block_passages: 16 }, ..Default::default() };
 
     // 1. Check it, in f64, on a small batch cut into several chunks and blocks.
     vs.double();
-    let gc = GradCache::tied(step.clone(), &encoder, &head, &loss)?;
+    let mut gc = GradCache::tied(step.clone(), &encoder, &head, &loss)?;
     let (q, p) = batch(12)?;
     let report = check_head(&gc, &vs, &q, &p, &Targets::grouped(12, 24, 2)?, Tolerance { abs: 1e-13, rel: 1e-12 })?;
     print!("{report}");
@@ -68,7 +68,7 @@ fn check_then_train() -> Result<(f64, f64)> {
     let mut opt = AdamW::new(0.01);
     let (dev_q, dev_p) = batch(256)?;
     let top1 = |gc: &GradCache<_, _>| -> Result<f64> {
-        let s = gradcache::eval::score_corpus(gc, &dev_q, &dev_p)?;
+        let s = score_with(gc, &dev_q, &dev_p)?;
         let gold = Tensor::arange(256, (Kind::Int64, Device::Cpu)) * 2;
         Ok(s.argmax(1, false).eq_tensor(&gold).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]))
     };
@@ -90,4 +90,12 @@ fn check_then_train() -> Result<(f64, f64)> {
 fn the_head_is_exact_and_learns() {
     let (before, after) = check_then_train().unwrap();
     assert!(after > before + 0.1, "top-1 {before:.3} -> {after:.3}");
+}
+
+/// The step's model scoring every query against every item of a corpus in
+/// eval mode, cut as the step's layout cuts a batch.
+fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(gc: &GradCache<'_, QE, PE>, queries: &QE::Input, corpus: &PE::Input) -> gradcache::Result<tch::Tensor> {
+    let (query_encoder, passage_encoder, head) = gc.parts();
+    let config = gc.config();
+    gradcache::app::eval::score_corpus(query_encoder, passage_encoder, head, &config.layout, config.precision, queries, corpus)
 }

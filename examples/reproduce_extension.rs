@@ -31,15 +31,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use gradcache::check::{zero_grads, GradientSnapshot};
-use gradcache::data::grouped_batch;
-use gradcache::data::wordnet::{Split, WordSenseData};
-use gradcache::encoders::{BertEncoderConfig, BertImplementation, Pooling};
-use gradcache::eval::{score_corpus, sense_metrics};
-use gradcache::heads::{CosineHeadConfig, HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig};
-use gradcache::pretrained::ModelDir;
-use gradcache::train::{sample_indices, TrainConfig, Trainer};
-use gradcache::weights::write_bytes_atomically;
-use gradcache::text::TextTokenizer;
+use gradcache::app::data::grouped_batch;
+use gradcache::app::data::wordnet::{Split, WordSenseData};
+use gradcache::models::encoders::{BertEncoderConfig, BertImplementation, Pooling};
+use gradcache::app::eval::sense_metrics;
+use gradcache::models::heads::{CosineHeadConfig, HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig};
+use gradcache::models::pretrained::ModelDir;
+use gradcache::app::train::{sample_indices, TrainConfig, Trainer};
+use gradcache::models::weights::write_bytes_atomically;
+use gradcache::models::text::TextTokenizer;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind};
 
@@ -189,8 +189,8 @@ fn gradient_groups(head_name: &str, kind: Kind, full_seed: i64) -> Result<Vec<se
     // temperature would saturate the softmax and leave no gradient.
     let loss = InfoNce { temperature: 1.0, symmetric: false };
     // Uneven on purpose: 24 queries in chunks of 10, 48 passages in 7s.
-    let config = StepConfig { query_chunk_size: 10, passage_chunk_size: 7, head_block_queries: 5, head_block_passages: 13, ..StepConfig::default() };
-    let gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
+    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 10, passage_chunk_size: 7, head_block_queries: 5, head_block_passages: 13 }, ..StepConfig::default() };
+    let mut gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
     zero_grads(&vs);
     tch::manual_seed(1);
     gc.step(&q, &p, &targets)?;
@@ -346,8 +346,8 @@ struct TableData {
     head: String,
     model: ModelDir,
     tok: TextTokenizer,
-    records: Vec<gradcache::data::TrainingRecord>,
-    test: gradcache::data::wordnet::SenseEval,
+    records: Vec<gradcache::app::data::TrainingRecord>,
+    test: gradcache::app::data::wordnet::SenseEval,
     /// The test queries and corpus, tokenized once for every run.
     test_q: TokenBatch,
     test_c: TokenBatch,
@@ -365,7 +365,7 @@ fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: 
     let (encoder, _) = encoder_config.init_pretrained(&vs, "encoder", &data.model)?;
     let head = head_config.init_with_encoder(&vs, "head", &encoder)?;
     let loss = InfoNce { temperature, symmetric: false };
-    let gc = GradCache::tied(table_step_config(), &encoder, head.as_ref(), &loss)?;
+    let mut gc = GradCache::tied(table_step_config(), &encoder, head.as_ref(), &loss)?;
     let train = TrainConfig {
         steps,
         learning_rate: 3e-5,
@@ -379,6 +379,7 @@ fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: 
     };
     let out = runs_dir.join(format!("{}_{}_seed{seed}", model.slug(&data.head), method.slug()));
     let mut trainer = Trainer::new(train, &vs, &out, false)?;
+    let evaluator = gc.with_config(gc.config().clone())?;
     let summary = trainer.run(
         |i| {
             // The same example stream for every batch size: small-batch steps
@@ -396,7 +397,7 @@ fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: 
             }
         },
         // Only the trained model is evaluated (step 0 is skipped to save time).
-        |i| if i == 0 { Ok(BTreeMap::new()) } else { sense_metrics(&score_corpus(&gc, &data.test_q, &data.test_c)?, &data.test) },
+        |i| if i == 0 { Ok(BTreeMap::new()) } else { sense_metrics(&score_with(&evaluator, &data.test_q, &data.test_c)?, &data.test) },
     )?;
     let seconds = started.elapsed().as_secs_f64();
     let label = row_label(model, method, &data.head);
@@ -414,7 +415,7 @@ fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: 
 
 /// Chunks and blocks of every table run (and of its evaluation).
 fn table_step_config() -> StepConfig {
-    StepConfig { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64, ..StepConfig::default() }
+    StepConfig { layout: gradcache::Layout { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64 }, ..StepConfig::default() }
 }
 
 /// A table row's name.
@@ -438,7 +439,7 @@ fn pretrained_row(data: &TableData) -> Result<serde_json::Value> {
     let head = head_config.init(&(vs.root() / "head"))?;
     let loss = InfoNce { temperature, symmetric: false };
     let gc = GradCache::tied(table_step_config(), &encoder, head.as_ref(), &loss)?;
-    let metrics = sense_metrics(&score_corpus(&gc, &data.test_q, &data.test_c)?, &data.test)?;
+    let metrics = sense_metrics(&score_with(&gc, &data.test_q, &data.test_c)?, &data.test)?;
     println!("[table] {PRETRAINED_ROW:<40} Top-1 {:.3}, Top-20 {:.3}, MRR@10 {:.3}", metrics["top1"], metrics["top20"], metrics["mrr10"]);
     Ok(serde_json::json!({
         "row": PRETRAINED_ROW, "model": "pretrained", "method": "none", "seed": null, "batch": 0, "steps": 0, "examples": 0,
@@ -728,4 +729,12 @@ mod tests {
         assert_eq!(group_of("encoder.bert.embeddings.word_embeddings.weight"), "encoder embeddings");
         assert_eq!(group_of("encoder.bert.encoder.layer.0.output.dense.weight"), "encoder layers");
     }
+}
+
+/// The step's model scoring every query against every item of a corpus in
+/// eval mode, cut as the step's layout cuts a batch.
+fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(gc: &GradCache<'_, QE, PE>, queries: &QE::Input, corpus: &PE::Input) -> gradcache::Result<tch::Tensor> {
+    let (query_encoder, passage_encoder, head) = gc.parts();
+    let config = gc.config();
+    gradcache::app::eval::score_corpus(query_encoder, passage_encoder, head, &config.layout, config.precision, queries, corpus)
 }

@@ -5,12 +5,13 @@
 //!
 //!     cargo run --release --example train_reranker -- [--config FILE] [--steps N] [--device cuda] ...
 //!
-//! The same recipe as `gradcache train` (`gradcache::train::reranker`); see
+//! The same recipe as `gradcache train` (`gradcache::app::recipe`); see
 //! docs/training.md for the config fields and the files a run writes.
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gradcache::train::reranker::{run, TrainArgs};
+use gradcache::app::recipe::run;
+use gradcache::cli::TrainArgs;
 
 #[derive(Parser)]
 #[command(about = "Train MiniLM + a learned head with the two-cache step on the WordNet task (same as `gradcache train`)")]

@@ -17,22 +17,22 @@
 //!
 //! Train a model, then use it. A [`Scorer`] owns the encoders, the head and
 //! the tokenizer; [`GradCache`] borrows them for the two-cache step; the
-//! optimizer stays with the caller ([`train::Trainer`] is one):
+//! optimizer stays with the caller ([`app::train::Trainer`] is one):
 //!
 //! ```no_run
-//! use gradcache::heads::{HeadConfig, MlpHeadConfig};
-//! use gradcache::pretrained::ModelDir;
-//! use gradcache::scorer::{ModelConfig, ScoringLayout};
-//! use gradcache::{GradCache, InfoNce, Scorer, StepConfig, Targets};
+//! use gradcache::models::heads::{HeadConfig, MlpHeadConfig};
+//! use gradcache::models::pretrained::ModelDir;
+//! use gradcache::app::scorer::ModelConfig;
+//! use gradcache::{GradCache, InfoNce, Layout, Scorer, StepConfig, Targets};
 //!
 //! # fn main() -> gradcache::Result<()> {
 //! let model = ModelDir::open(".models/all-MiniLM-L6-v2")?; // scripts/gradcache.sh setup
 //! let head = HeadConfig::Mlp(MlpHeadConfig::default());     // residual MLP over pooled vectors
-//! let config = ModelConfig::new(Default::default(), 48, true, head, ScoringLayout::default());
+//! let config = ModelConfig::new(Default::default(), 48, true, head, Layout::default());
 //! let scorer = Scorer::from_pretrained(config, &model, tch::Device::Cpu)?;
 //!
 //! let loss = InfoNce::default();
-//! let gc = GradCache::new(StepConfig::default(), scorer.query_encoder(), scorer.passage_encoder(), scorer.head(), &loss)?;
+//! let mut gc = GradCache::new(StepConfig::default(), scorer.query_encoder(), scorer.passage_encoder(), scorer.head(), &loss)?;
 //! let tok = scorer.tokenizer();
 //! let queries = tok.encode(&["where does a river end", "borrowing money"])?;
 //! let passages = tok.encode(&["the sea", "a desert", "a loan from a bank", "the bank of a river"])?;
@@ -49,62 +49,55 @@
 //! The command line does the same without code: `gradcache train`,
 //! `gradcache eval`, `gradcache rerank`, `gradcache encode` (README).
 //!
-//! ## Modules, one concept each
-//! - [`step`]: the two-cache step ([`GradCache`]); [`reference`](mod@reference): the full-batch and
-//!   gradient-accumulation baselines; [`replay`]: identical dropout masks in both passes;
-//! - [`batch`]: inputs the step cuts into chunks ([`Chunk`], [`TokenBatch`]);
-//! - [`representation`]: vectors `[n, d]` or token matrices `[n, L, d]` + mask;
-//! - [`encoder`], [`encoders`]: the [`Encoder`] trait and built-in encoders (BERT, a tiny test encoder);
-//! - [`head`], [`heads`]: the [`ScoringHead`] trait and the built-in heads;
-//! - [`targets`], [`loss`]: what is positive, and the losses over `S`;
-//! - [`scorer`]: a trained model ([`Scorer`]) and its bundle on disk; [`retrieval`]: two-stage
-//!   retrieval (streaming top-k, then the head) and TREC run files;
-//! - [`train`]: the [`train::Trainer`] (AdamW, schedule, checkpoints, bit-exact resume) and the
-//!   training recipe behind `gradcache train` ([`train::reranker`]);
-//! - [`data`]: training records (JSONL), BEIR folders, rerank requests, the WordNet task;
-//!   [`eval`], [`metrics`]: ranking metrics;
-//! - [`check`]: gradient comparison; [`config`]: [`StepConfig`] and config layering;
-//! - [`text`], [`pretrained`], [`weights`]: tokenizers, BERT model folders, safetensors;
-//!   [`runtime`]: devices, allocator tuning, peak memory; [`error`]: [`GradCacheError`].
+//! ## Layers
+//!
+//! The modules stand in layers; a module imports only from its own layer
+//! and those below it, and no two modules import each other
+//! (`tests/layers.rs` checks both on every build of the suite;
+//! docs/architecture.md has the map):
+//!
+//! 1. foundation: [`error`] ([`GradCacheError`]), and the crate's private
+//!    tensor helpers;
+//! 2. [`runtime`]: devices, allocator tuning and memory, the GPU shim,
+//!    autocast [`runtime::precision`];
+//! 3. [`core`]: the algorithm — batches, representations, the
+//!    [`Encoder`] and [`ScoringHead`] traits, targets, losses, the
+//!    [`StepConfig`], the plan of a step, budgets, the step itself
+//!    ([`GradCache`]), the full-batch reference and the distributed step;
+//! 4. [`models`]: encoders, heads, tokenizers, model folders and weights;
+//!    [`check`]: the exactness checker (beside `models`: neither imports
+//!    the other);
+//! 5. [`app`]: a model in use ([`Scorer`], retrieval, evaluation — none of
+//!    which imports training) and in training (the trainer and the
+//!    recipe), data formats;
+//! 6. [`cli`]: the command line's arguments and console output (the
+//!    `gradcache` binary and the main job's example are thin over it).
 #![deny(missing_docs)]
 
-pub mod batch;
-pub mod check;
-pub mod config;
-pub mod data;
-pub mod distributed;
-pub mod encoder;
-pub mod encoders;
+// 1. foundation
 pub mod error;
-pub mod eval;
-pub mod gpu;
-pub mod head;
-pub mod heads;
-pub mod loss;
-pub mod metrics;
-pub mod plan;
-pub mod precision;
-pub mod pretrained;
-pub mod reference;
-pub mod replay;
-pub mod representation;
-pub mod retrieval;
-pub mod runtime;
-pub mod scorer;
-pub mod step;
-pub mod targets;
-pub mod text;
-pub mod train;
 mod util;
-pub mod weights;
+// 2. runtime
+pub mod runtime;
+// 3. the algorithm
+pub mod core;
+// 4. models, and the exactness checker
+pub mod check;
+pub mod models;
+// 5. the application
+pub mod app;
+// 6. the command line
+pub mod cli;
 
-pub use batch::{Chunk, TokenBatch};
-pub use config::StepConfig;
-pub use encoder::Encoder;
-pub use error::{GradCacheError, Result};
-pub use head::{RepresentationGradients, ScoringHead};
-pub use loss::{ContrastiveLoss, InfoNce, ListwiseKl};
-pub use representation::Representation;
-pub use scorer::{ModelConfig, Scorer};
-pub use step::{BudgetReport, GradCache, StepOutput};
-pub use targets::Targets;
+pub use crate::app::scorer::{ModelConfig, Scorer};
+pub use crate::core::batch::{Chunk, TokenBatch};
+pub use crate::core::config::StepConfig;
+pub use crate::core::encoder::Encoder;
+pub use crate::core::head::{RepresentationGradients, ScoringHead};
+pub use crate::core::layout::Layout;
+pub use crate::core::loss::{ContrastiveLoss, InfoNce, ListwiseKl};
+pub use crate::core::output::{BudgetReport, StepOutput};
+pub use crate::core::representation::Representation;
+pub use crate::core::step::GradCache;
+pub use crate::core::targets::Targets;
+pub use crate::error::{GradCacheError, Result};

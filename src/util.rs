@@ -2,7 +2,7 @@
 
 use tch::{nn, Kind, Tensor};
 
-use crate::error::Result;
+use crate::error::{GradCacheError, Result};
 
 /// Whether every element is finite.
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
@@ -40,4 +40,15 @@ pub(crate) fn layer_norm(x: &Tensor, n: &nn::LayerNorm) -> Result<Tensor> {
 /// A `nn::Embedding` made with the default config, fallibly.
 pub(crate) fn embed(ids: &Tensor, e: &nn::Embedding) -> Result<Tensor> {
     Ok(Tensor::f_embedding(&e.ws, ids, -1, false, false)?)
+}
+/// Checks a dropout probability: it must lie in `[0, 1)`.
+///
+/// # Errors
+/// [`GradCacheError::InvalidConfig`] naming the field `dropout`.
+pub(crate) fn check_dropout(p: f64) -> Result<()> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(GradCacheError::InvalidConfig { field: "dropout", reason: "must be in [0, 1)" })
+    }
 }

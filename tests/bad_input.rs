@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use gradcache::check::{zero_grads, GradientSnapshot};
-use gradcache::heads::{DotHead, MlpHeadConfig};
+use gradcache::models::heads::{DotHead, MlpHeadConfig};
 use gradcache::{
     ContrastiveLoss, GradCache, GradCacheError, InfoNce, ListwiseKl, Representation, ScoringHead, StepConfig, Targets,
     TokenBatch,
@@ -24,7 +24,7 @@ fn empty_batch() {
     let _serial = serial();
     let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
     let loss = InfoNce::default();
-    let gc = model.step(StepConfig::default(), &loss);
+    let mut gc = model.step(StepConfig::default(), &loss);
     let empty = tokens(0, 4);
     let some = tokens(3, 4);
     let targets = Targets::grouped(3, 3, 1).unwrap();
@@ -44,10 +44,10 @@ fn zero_chunk_or_block_size() {
     for field in ["query_chunk_size", "passage_chunk_size", "head_block_queries", "head_block_passages"] {
         let mut config = StepConfig::default();
         match field {
-            "query_chunk_size" => config.query_chunk_size = 0,
-            "passage_chunk_size" => config.passage_chunk_size = 0,
-            "head_block_queries" => config.head_block_queries = 0,
-            _ => config.head_block_passages = 0,
+            "query_chunk_size" => config.layout.query_chunk_size = 0,
+            "passage_chunk_size" => config.layout.passage_chunk_size = 0,
+            "head_block_queries" => config.layout.head_block_queries = 0,
+            _ => config.layout.head_block_passages = 0,
         }
         let err = GradCache::tied(config, &model.query, model.head.as_ref(), &loss).err().unwrap();
         assert!(matches!(err, GradCacheError::InvalidConfig { field: f, .. } if f == field), "{err}");
@@ -60,7 +60,7 @@ fn zero_chunk_or_block_size() {
 #[test]
 fn config_files_reject_unknown_fields_and_fill_defaults() {
     let parsed: StepConfig = serde_json::from_str(r#"{"query_chunk_size": 8}"#).unwrap();
-    assert_eq!(parsed, StepConfig { query_chunk_size: 8, ..StepConfig::default() });
+    assert_eq!(parsed, StepConfig { layout: gradcache::Layout { query_chunk_size: 8, ..gradcache::Layout::default() }, ..StepConfig::default() });
     let err = serde_json::from_str::<StepConfig>(r#"{"query_chunk_sise": 8}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field"), "{err}");
 }
@@ -84,7 +84,7 @@ fn targets_out_of_range_or_for_another_batch() {
 
     let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
     let loss = InfoNce::default();
-    let gc = model.step(StepConfig::default(), &loss);
+    let mut gc = model.step(StepConfig::default(), &loss);
     let data = data(3, 2, LossKind::InfoNce, 1);
     let wrong = Targets::grouped(4, 8, 2).unwrap();
     let err = gc.step(&data.queries, &data.passages, &wrong).unwrap_err();
@@ -135,15 +135,15 @@ fn head_with_wrong_shape_or_non_finite_scores() {
     let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
     let loss = InfoNce::default();
     let data = data(4, 2, LossKind::InfoNce, 1);
-    let gc = GradCache::tied(StepConfig::default(), &model.query, &WrongShape, &loss).unwrap();
+    let mut gc = GradCache::tied(StepConfig::default(), &model.query, &WrongShape, &loss).unwrap();
     let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
     assert!(matches!(err, GradCacheError::HeadShape { queries: 4, passages: 8, .. }), "{err}");
 
     // Blocks of 2 × 3 over 4 × 8: column blocks 0..3, 3..6, 6..8; only the
     // last is two wide, so the first bad block is rows 0..2, columns 6..8.
-    let config = StepConfig { head_block_queries: 2, head_block_passages: 3, ..StepConfig::default() };
+    let config = StepConfig { layout: gradcache::Layout { head_block_queries: 2, head_block_passages: 3, ..gradcache::Layout::default() }, ..StepConfig::default() };
     let nan_head = NanInNarrowBlocks(DotHead);
-    let gc = GradCache::tied(config, &model.query, &nan_head, &loss).unwrap();
+    let mut gc = GradCache::tied(config, &model.query, &nan_head, &loss).unwrap();
     zero_grads(&model.vs);
     let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
     match err {
@@ -166,7 +166,7 @@ fn non_finite_loss_writes_no_gradient() {
     let _serial = serial();
     let model = Model::new(HeadKind::Mlp, false, Kind::Float, 0.1);
     let data = data(4, 2, LossKind::InfoNce, 1);
-    let gc = model.step(StepConfig::default(), &InfiniteLoss);
+    let mut gc = model.step(StepConfig::default(), &InfiniteLoss);
     zero_grads(&model.vs);
     let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
     assert!(matches!(err, GradCacheError::NonFiniteLoss { value } if value.is_infinite()), "{err}");
@@ -192,7 +192,7 @@ fn bad_losses_and_temperatures() {
     }
     let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
     let data = data(4, 2, LossKind::InfoNce, 1);
-    let gc = model.step(StepConfig::default(), &VectorLoss);
+    let mut gc = model.step(StepConfig::default(), &VectorLoss);
     let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
     assert!(matches!(err, GradCacheError::LossShape { .. }), "{err}");
 }
@@ -204,7 +204,7 @@ fn representation_kinds_and_shapes() {
     let model = Model::new(HeadKind::MaxSim, true, Kind::Float, 0.0);
     let loss = InfoNce::default();
     let data = data(3, 2, LossKind::InfoNce, 1);
-    let gc = GradCache::tied(StepConfig::default(), &model.query, &DotHead, &loss).unwrap();
+    let mut gc = GradCache::tied(StepConfig::default(), &model.query, &DotHead, &loss).unwrap();
     let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
     assert!(matches!(err, GradCacheError::RepresentationKind { what: "DotHead", expected: "vector", got: "tokens" }), "{err}");
 
@@ -212,7 +212,7 @@ fn representation_kinds_and_shapes() {
     let mlp = MlpHeadConfig { dim: DIM + 1, hidden: 4, dropout: 0.0, residual: None }.init(&vs.root()).unwrap();
     vs.float();
     let vec_model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
-    let gc = GradCache::tied(StepConfig::default(), &vec_model.query, &mlp, &loss).unwrap();
+    let mut gc = GradCache::tied(StepConfig::default(), &vec_model.query, &mlp, &loss).unwrap();
     let err = gc.step(&data.queries, &data.passages, &data.targets).unwrap_err();
     assert!(matches!(err, GradCacheError::Shape { what: "MlpHead input", .. }), "{err}");
     assert!(matches!(MlpHeadConfig { dropout: 1.0, ..MlpHeadConfig::default() }.validate(), Err(GradCacheError::InvalidConfig { .. })));
@@ -229,7 +229,7 @@ fn representation_kinds_and_shapes() {
 #[test]
 fn tokenizing_nothing_is_an_empty_input_not_an_empty_query_side() {
     let vocab = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/all-MiniLM-L6-v2/vocab.txt");
-    let tok = gradcache::text::TextTokenizer::from_vocab(&vocab, true, 16).unwrap();
+    let tok = gradcache::models::text::TextTokenizer::from_vocab(&vocab, true, 16).unwrap();
     let none: [&str; 0] = [];
     assert!(matches!(tok.encode(&none), Err(GradCacheError::EmptyInput { what: "texts to tokenize" })));
 }
@@ -239,8 +239,8 @@ fn libtorch_errors_inside_heads_and_encoders_are_returned_not_panicked() {
     // Double-precision inputs against single-precision weights: libtorch
     // refuses the matmul. The interaction block and the tiny encoder used
     // to call the panicking `apply` there.
-    use gradcache::encoders::{Pooling, TinyEncoderConfig};
-    use gradcache::heads::InteractionConfig;
+    use gradcache::models::encoders::{Pooling, TinyEncoderConfig};
+    use gradcache::models::heads::InteractionConfig;
     use gradcache::{Encoder, Representation, ScoringHead};
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let head = InteractionConfig { dim: 8, heads: 2, ffn: 16, dropout: 0.0, residual: None, ..InteractionConfig::default() }.init(&(vs.root() / "head")).unwrap();

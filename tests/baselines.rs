@@ -18,7 +18,7 @@ fn one_sub_batch_is_the_full_batch() {
         let model = Model::new(head, false, Kind::Double, 0.0);
         let data = data(6, 3, LossKind::InfoNce, 5);
         let loss = loss(LossKind::InfoNce);
-        let gc = model.step(StepConfig::default(), loss.as_ref());
+        let mut gc = model.step(StepConfig::default(), loss.as_ref());
         zero_grads(&model.vs);
         let acc = gc.accumulation_step(&data.queries, &data.passages, &data.targets, 6).unwrap();
         let acc_grads = GradientSnapshot::take(&model.vs).unwrap();
@@ -37,7 +37,7 @@ fn smaller_sub_batches_see_fewer_negatives() {
     let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.0);
     let data = data(6, 3, LossKind::InfoNce, 5);
     let loss = loss(LossKind::InfoNce);
-    let gc = model.step(StepConfig::default(), loss.as_ref());
+    let mut gc = model.step(StepConfig::default(), loss.as_ref());
     let full = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap().loss;
     let acc = gc.accumulation_step(&data.queries, &data.passages, &data.targets, 2).unwrap().loss;
     // Its loss is the query-weighted mean of three independent 2-query batches.

@@ -3,8 +3,8 @@
 mod common;
 
 use common::serial;
-use gradcache::heads::{MaxSimHead, MlpHeadConfig};
-use gradcache::replay::{ReplaySeeds, Stream};
+use gradcache::models::heads::{MaxSimHead, MlpHeadConfig};
+use gradcache::core::replay::{ReplaySeeds, Stream};
 use gradcache::{Chunk, Representation, ScoringHead, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -113,7 +113,7 @@ fn mlp_head_equals_the_feature_concatenation_it_decomposes() {
 
 #[test]
 fn head_configs_parse_by_kind_and_reject_unknown_fields() {
-    use gradcache::heads::{HeadConfig, InteractionConfig};
+    use gradcache::models::heads::{HeadConfig, InteractionConfig};
     let c: HeadConfig = serde_json::from_str(r#"{"kind": "interaction", "dim": 32, "heads": 4}"#).unwrap();
     assert_eq!(c, HeadConfig::Interaction(InteractionConfig { dim: 32, heads: 4, ..InteractionConfig::default() }));
     assert!(c.reads_tokens());
@@ -130,8 +130,8 @@ fn head_configs_parse_by_kind_and_reject_unknown_fields() {
 
 #[test]
 fn layered_configs_keep_the_defaults_a_partial_block_does_not_name() {
-    use gradcache::config::layered;
-    use gradcache::train::TrainConfig;
+    use gradcache::app::settings::layered;
+    use gradcache::app::train::TrainConfig;
     use serde_json::json;
     // The documented defaults of a program: not the library's TrainConfig::default().
     let documented = TrainConfig { learning_rate: 3e-5, lr_multipliers: [("head".to_string(), 30.0)].into(), ..TrainConfig::default() };

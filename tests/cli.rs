@@ -53,12 +53,13 @@ fn prepare_wordnet_writes_the_task_and_its_license() {
 
 mod common;
 
-use gradcache::data::beir::{read_beir, write_beir};
-use gradcache::data::wordnet::{Split, WordSenseData};
-use gradcache::data::Malformed;
-use gradcache::heads::{HeadConfig, MlpHeadConfig, ResidualConfig};
-use gradcache::metrics::retrieval_metrics;
-use gradcache::scorer::{ModelConfig, ScoringLayout};
+use gradcache::app::data::beir::{read_beir, write_beir};
+use gradcache::app::data::wordnet::{Split, WordSenseData};
+use gradcache::app::data::Malformed;
+use gradcache::models::heads::{HeadConfig, MlpHeadConfig, ResidualConfig};
+use gradcache::app::metrics::retrieval_metrics;
+use gradcache::app::scorer::ModelConfig;
+use gradcache::Layout;
 use gradcache::Scorer;
 
 /// A small "trained" bundle: a tiny BERT with a residual MLP head whose
@@ -66,7 +67,7 @@ use gradcache::Scorer;
 fn bundle(dir: &std::path::Path) -> Scorer {
     let model = common::tiny_bert_folder(&dir.join("bert"), 32, 4, 2, 1);
     let head = HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }) });
-    let layout = ScoringLayout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 4, head_block_passages: 16 };
+    let layout = Layout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 4, head_block_passages: 16 };
     tch::manual_seed(2);
     let scorer = Scorer::from_pretrained(ModelConfig::new(Default::default(), 32, true, head, layout), &model, tch::Device::Cpu).unwrap();
     tch::no_grad(|| {
@@ -121,7 +122,7 @@ fn eval_names_a_qrel_outside_the_corpus() {
     let _serial = common::serial();
     let dir = common::scratch("cli-eval-bad");
     bundle(&dir);
-    let set = gradcache::data::RetrievalSet {
+    let set = gradcache::app::data::RetrievalSet {
         queries: vec![("q1".into(), "a query".into())],
         corpus: vec![("d1".into(), "a document".into())],
         qrels: [("q1".to_string(), [("d1".to_string(), 1)].into())].into(),

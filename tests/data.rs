@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use gradcache::data::beir::read_beir;
-use gradcache::data::jsonl::read_training_records;
-use gradcache::data::wordnet::{parse_data_file, Split, WordSenseData};
-use gradcache::data::{check_negatives, grouped_batch, Malformed, TrainingRecord};
+use gradcache::app::data::beir::read_beir;
+use gradcache::app::data::jsonl::read_training_records;
+use gradcache::app::data::wordnet::{parse_data_file, Split, WordSenseData};
+use gradcache::app::data::{check_negatives, grouped_batch, Malformed, TrainingRecord};
 use gradcache::error::DataLineError;
 use gradcache::GradCacheError;
 

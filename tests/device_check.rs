@@ -2,8 +2,12 @@
 //! every check passes, and the report says so. The GPU run itself is
 //! examples/device_check on a GPU machine (docs/gpu.md).
 
-use gradcache::check::device::{run, DeviceCheckConfig};
-use gradcache::heads::HeadConfig;
+#[allow(dead_code)]
+#[path = "../examples/device_check/harness.rs"]
+mod harness;
+
+use harness::{run, DeviceCheckConfig};
+use gradcache::models::heads::HeadConfig;
 use tch::Device;
 
 #[test]
@@ -33,6 +37,6 @@ fn the_quick_device_check_passes_on_the_cpu_and_reports_every_section() {
         assert!(md.contains(section), "{section} missing from the report");
     }
     let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["environment"]["libtorch"], gradcache::gpu::libtorch_version());
+    assert_eq!(json["environment"]["libtorch"], gradcache::runtime::gpu::libtorch_version());
     assert!(!lines.is_empty());
 }

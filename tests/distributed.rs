@@ -5,20 +5,21 @@
 mod common;
 
 use common::*;
-use gradcache::distributed::{Collective, Shards, SingleProcess};
+use gradcache::core::distributed::{Collective, Shards, SingleProcess};
 use gradcache::error::Side;
-use gradcache::plan::{MemoryConfig, Plan, Recompute};
+use gradcache::core::config::{MemoryConfig, Recompute};
+use gradcache::core::plan::Plan;
 use gradcache::StepConfig;
 use tch::Kind;
 
 #[test]
 fn a_sharded_plan_cuts_each_shard_on_its_own_and_numbers_chunks_globally() {
-    let config = StepConfig { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5, ..StepConfig::default() };
+    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
     // Ranks hold 3, 1 and 4 queries: chunks [0,2) [2,3) | [3,4) | [4,6) [6,8).
     let plan = Plan::sharded(&config, &[3, 1, 4], &[6, 2, 8]);
-    let q: Vec<(usize, usize)> = plan.chunks(Side::Queries).iter().map(|(p, _)| (p.start, p.len)).collect();
+    let q: Vec<(usize, usize)> = plan.chunks(Side::Queries).iter().map(|c| (c.piece.start, c.piece.len)).collect();
     assert_eq!(q, [(0, 2), (2, 1), (3, 1), (4, 2), (6, 2)]);
-    let p: Vec<(usize, usize)> = plan.chunks(Side::Passages).iter().map(|(p, _)| (p.start, p.len)).collect();
+    let p: Vec<(usize, usize)> = plan.chunks(Side::Passages).iter().map(|c| (c.piece.start, c.piece.len)).collect();
     assert_eq!(p, [(0, 4), (4, 2), (6, 2), (8, 4), (12, 4)]);
     // The pair grid is global: 8 queries in rows of 3, 16 passages in 5s.
     assert_eq!(plan.sizes(false).head_blocks, 3 * 4);
@@ -29,12 +30,12 @@ fn a_sharded_plan_cuts_each_shard_on_its_own_and_numbers_chunks_globally() {
 #[test]
 fn one_process_equals_the_full_batch_step() {
     let _serial = serial();
-    let config = StepConfig { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5, ..StepConfig::default() };
+    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 }, ..StepConfig::default() };
     for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::Interaction] {
         let model = Model::new(head, true, Kind::Double, 0.2);
         let data = data(5, 2, LossKind::InfoNce, 3);
         let loss = loss(LossKind::InfoNce);
-        let gc = model.step(config.clone(), loss.as_ref());
+        let mut gc = model.step(config.clone(), loss.as_ref());
         gradcache::check::zero_grads(&model.vs);
         tch::manual_seed(7);
         let ours = gc.distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap();
@@ -53,11 +54,11 @@ fn gradients_from_earlier_steps_are_kept_not_summed_again() {
     // Two accumulated distributed steps equal two accumulated full-batch
     // steps: the sum over processes covers only each step's own gradient.
     let _serial = serial();
-    let config = StepConfig { query_chunk_size: 2, passage_chunk_size: 3, ..StepConfig::default() };
+    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, ..gradcache::Layout::default() }, ..StepConfig::default() };
     let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.2);
     let data = data(4, 2, LossKind::InfoNce, 4);
     let loss = loss(LossKind::InfoNce);
-    let gc = model.step(config, loss.as_ref());
+    let mut gc = model.step(config, loss.as_ref());
     gradcache::check::zero_grads(&model.vs);
     tch::manual_seed(8);
     for _ in 0..2 {
@@ -126,14 +127,14 @@ fn one_two_and_three_processes_equal_the_full_batch_step_and_catch_local_targets
 /// records, batches of 4 queries in chunks of 2 (so each of 2 processes
 /// holds whole chunks, and draws the same dropout streams as one process).
 #[cfg(feature = "mpi")]
-fn small_recipe(dir: &std::path::Path) -> gradcache::train::reranker::RerankerConfig {
-    use gradcache::heads::{HeadConfig, MlpHeadConfig};
+fn small_recipe(dir: &std::path::Path) -> gradcache::app::recipe::RerankerConfig {
+    use gradcache::models::heads::{HeadConfig, MlpHeadConfig};
     common::tiny_bert_folder(&dir.join("bert"), 32, 4, 1, 0);
     let records: Vec<String> = (0..8)
         .map(|i| serde_json::json!({"query": format!("question {i} about topic {}", i * 7), "positive": format!("answer {i} on topic {}", i * 7), "negatives": [format!("unrelated text {i}")]}).to_string())
         .collect();
     std::fs::write(dir.join("train.jsonl"), records.join("\n")).unwrap();
-    let mut c = gradcache::train::reranker::RerankerConfig {
+    let mut c = gradcache::app::recipe::RerankerConfig {
         model_dir: dir.join("bert"),
         data_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data/wordnet"),
         train_jsonl: Some(dir.join("train.jsonl")),
@@ -145,8 +146,8 @@ fn small_recipe(dir: &std::path::Path) -> gradcache::train::reranker::RerankerCo
         check_weights_every: 1,
         ..Default::default()
     };
-    c.step.query_chunk_size = 2;
-    c.step.passage_chunk_size = 2;
+    c.step.layout.query_chunk_size = 2;
+    c.step.layout.passage_chunk_size = 2;
     c.train.steps = 3;
     c.train.checkpoint_every = 1;
     c.train.progress = false;
@@ -181,7 +182,7 @@ fn a_two_process_training_run_writes_the_weights_of_a_one_process_run() {
     assert_eq!(log.lines().filter(|l| l.contains("\"loss\"")).count(), 3, "{log}");
 
     c.output_dir = dir.join("one");
-    gradcache::train::reranker::run(&c, gradcache::train::reranker::Start::New).unwrap();
+    gradcache::app::recipe::run(&c, gradcache::app::recipe::Start::New).unwrap();
     let (a, b) = (bundle_weights(&two), bundle_weights(&c.output_dir));
     assert_eq!(a.len(), b.len());
     let mut worst = 0.0f64;
@@ -216,7 +217,7 @@ impl Collective for DivergedPeer {
         Ok(tensor.copy())
     }
     fn barrier(&self) {}
-    fn traffic(&self) -> gradcache::distributed::Traffic {
+    fn traffic(&self) -> gradcache::core::distributed::Traffic {
         Default::default()
     }
 }
@@ -225,8 +226,8 @@ impl Collective for DivergedPeer {
 fn the_weight_check_passes_for_one_process_and_catches_a_diverged_one() {
     let _serial = serial();
     let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.2);
-    gradcache::distributed::check_same_weights(&model.vs, &SingleProcess, 5).unwrap();
-    let err = gradcache::distributed::check_same_weights(&model.vs, &DivergedPeer, 5).unwrap_err();
+    gradcache::core::distributed::check_same_weights(&model.vs, &SingleProcess, 5).unwrap();
+    let err = gradcache::core::distributed::check_same_weights(&model.vs, &DivergedPeer, 5).unwrap_err();
     assert!(err.to_string().contains("differ before step 5"), "{err}");
 }
 

@@ -8,12 +8,12 @@ use std::cell::Cell;
 
 use common::*;
 use gradcache::check::{check_head, HeadCheckReport};
-use gradcache::heads::DotHead;
+use gradcache::models::heads::DotHead;
 use gradcache::{GradCache, GradCacheError, InfoNce, Representation, ScoringHead, StepConfig};
 use tch::{nn, Kind, Tensor};
 
 fn layout() -> StepConfig {
-    StepConfig { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7, ..StepConfig::default() }
+    StepConfig { layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 }, ..StepConfig::default() }
 }
 
 fn run(model: &Model, head: &dyn ScoringHead) -> HeadCheckReport {

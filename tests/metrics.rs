@@ -1,6 +1,6 @@
 //! Ranking metrics on hand-computed cases.
 
-use gradcache::metrics::{disambiguation_accuracy, retrieval_metrics};
+use gradcache::app::metrics::{disambiguation_accuracy, retrieval_metrics};
 use tch::Tensor;
 
 fn scores(rows: &[&[f64]]) -> Tensor {

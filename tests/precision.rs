@@ -18,10 +18,10 @@ mod common;
 
 use common::serial;
 use gradcache::check::{zero_grads, GradientSnapshot, Tolerance};
-use gradcache::encoders::{BertEncoder, BertEncoderConfig, Pooling};
-use gradcache::head::ScoringHead;
-use gradcache::heads::HeadConfig;
-use gradcache::precision::Precision;
+use gradcache::models::encoders::{BertEncoder, BertEncoderConfig, Pooling};
+use gradcache::core::head::ScoringHead;
+use gradcache::models::heads::HeadConfig;
+use gradcache::runtime::precision::Precision;
 use gradcache::{GradCache, GradCacheError, InfoNce, StepConfig, Targets, TokenBatch};
 use rust_bert::bert::BertConfig;
 use tch::{nn, Device, Kind, Tensor};
@@ -60,7 +60,7 @@ fn batch() -> Batch {
 }
 
 fn config(precision: Precision) -> StepConfig {
-    StepConfig { query_chunk_size: 2, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5, precision, ..StepConfig::default() }
+    StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5 }, precision, ..StepConfig::default() }
 }
 
 /// One step's loss and gradients: two-cache, or the full-batch step.
@@ -69,7 +69,7 @@ fn run(head: &str, config: StepConfig, full: bool) -> gradcache::Result<(f64, Gr
     let (encoder, head) = model(&vs, head);
     let b = batch();
     let loss = InfoNce { temperature: 0.1, symmetric: false };
-    let gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
+    let mut gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
     zero_grads(&vs);
     tch::manual_seed(99);
     let out = if full { gc.full_batch_step(&b.queries, &b.passages, &b.targets)? } else { gc.step(&b.queries, &b.passages, &b.targets)? };
@@ -111,16 +111,17 @@ fn the_replay_check_catches_an_unreplayed_mask_under_bf16() {
     let loss = InfoNce { temperature: 0.1, symmetric: false };
     let gc = GradCache::tied(config(Precision::Bf16), &encoder, head.as_ref(), &loss).unwrap();
     tch::manual_seed(99);
-    let seeds = gradcache::replay::ReplaySeeds::draw().unwrap();
-    let reps = gc.representation_pass(&b.queries, &b.passages, &seeds).unwrap();
-    let scores = gc.score_pass(&reps, &seeds).unwrap();
+    let seeds = gradcache::core::replay::ReplaySeeds::draw().unwrap();
+    let plan = gradcache::core::plan::Plan::layout_of(gc.config(), &b.queries, &b.passages).unwrap();
+    let mut reps = gc.representation_pass(&b.queries, &b.passages, &plan, &seeds).unwrap();
+    let mut scores = gc.score_pass(&reps, &plan, &seeds).unwrap();
     let cache = gc.distance_gradient_cache(&scores, &b.targets).unwrap();
     // Replayed: passes.
-    let (grads, _) = gc.head_pass(&reps, &scores, &cache.weights, &seeds).unwrap();
-    gc.encoder_pass(&b.queries, &b.passages, &reps, &grads, &seeds).unwrap();
+    let (grads, _) = gc.head_pass(&reps, &mut scores, &cache.weights, &plan, &seeds).unwrap();
+    gc.encoder_pass(&b.queries, &b.passages, &mut reps, &grads, &plan, &seeds).unwrap();
     // Not replayed (other streams in the second passes): caught.
     let other = seeds.child(777);
-    match gc.head_pass(&reps, &scores, &cache.weights, &other).and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &reps, &g, &other)) {
+    match gc.head_pass(&reps, &mut scores, &cache.weights, &plan, &other).and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &mut reps, &g, &plan, &other)) {
         Err(GradCacheError::ReplayMismatch { max_abs_diff, tolerance, .. }) => assert!(max_abs_diff > tolerance),
         other => panic!("expected a replay mismatch under bf16, got {other:?}"),
     }

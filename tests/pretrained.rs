@@ -11,9 +11,9 @@ use std::process::Command;
 
 use common::{assert_exact, serial, Comparison, F64_TOL};
 use gradcache::check::{zero_grads, GradientSnapshot};
-use gradcache::encoders::{BertEncoder, BertEncoderConfig, BertImplementation, Pooling};
-use gradcache::heads::MlpHeadConfig;
-use gradcache::pretrained::ModelDir;
+use gradcache::models::encoders::{BertEncoder, BertEncoderConfig, BertImplementation, Pooling};
+use gradcache::models::heads::MlpHeadConfig;
+use gradcache::models::pretrained::ModelDir;
 use gradcache::{Encoder, GradCache, GradCacheError, InfoNce, StepConfig, Targets};
 use serde::Deserialize;
 use tch::{nn, Device, Kind, Tensor};
@@ -174,8 +174,8 @@ fn exact_through_minilm(implementation: BertImplementation) {
         .unwrap();
     let targets = Targets::grouped(4, 8, 2).unwrap();
     let loss = InfoNce { temperature: 0.5, symmetric: false };
-    let step = StepConfig { query_chunk_size: 3, passage_chunk_size: 3, head_block_queries: 3, head_block_passages: 5, ..StepConfig::default() };
-    let gc = GradCache::tied(step, &enc, &head, &loss).unwrap();
+    let step = StepConfig { layout: gradcache::Layout { query_chunk_size: 3, passage_chunk_size: 3, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
+    let mut gc = GradCache::tied(step, &enc, &head, &loss).unwrap();
     zero_grads(&vs);
     tch::manual_seed(5);
     let cached = gc.step(&queries, &passages, &targets).unwrap();

@@ -4,10 +4,11 @@
 
 mod common;
 
-use gradcache::data::wordnet::{Split, WordSenseData};
-use gradcache::eval::sense_metrics;
-use gradcache::heads::{HeadConfig, MlpHeadConfig};
-use gradcache::train::reranker::{run, RerankerConfig, Start, TrainArgs};
+use gradcache::app::data::wordnet::{Split, WordSenseData};
+use gradcache::app::eval::sense_metrics;
+use gradcache::models::heads::{HeadConfig, MlpHeadConfig};
+use gradcache::app::recipe::{run, RerankerConfig, Start};
+use gradcache::cli::TrainArgs;
 use gradcache::{GradCacheError, Scorer};
 
 fn repo() -> std::path::PathBuf {
@@ -77,10 +78,10 @@ fn config_files_merge_over_the_defaults_and_name_unknown_fields() {
     let args = TrainArgs { config: Some(path.clone()), steps: Some(3), ..TrainArgs::default() };
     assert_eq!(args.resolve().unwrap().train.steps, 3, "flags override the file");
     // The memory flags reach the step's config.
-    let memory = "1500".parse::<gradcache::plan::MemoryConfig>().unwrap();
+    let memory = "1500".parse::<gradcache::core::config::MemoryConfig>().unwrap();
     let args = TrainArgs { config: Some(path.clone()), memory: Some(memory), sort_by_length: true, ..TrainArgs::default() };
     let step = args.resolve().unwrap().step;
-    assert_eq!((step.memory, step.sort_by_length), (gradcache::plan::MemoryConfig::Budget { budget_mb: 1500.0 }, true));
+    assert_eq!((step.memory, step.sort_by_length), (gradcache::core::config::MemoryConfig::Budget { budget_mb: 1500.0 }, true));
     std::fs::write(&path, r#"{"train": {"stepz": 7}}"#).unwrap();
     assert!(matches!(RerankerConfig::read(&path), Err(GradCacheError::Json { path: p, .. }) if p == path));
     let bad = RerankerConfig { batch_size: 0, ..RerankerConfig::default() };

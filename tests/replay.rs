@@ -8,16 +8,13 @@ mod common;
 
 use common::*;
 use gradcache::check::{zero_grads, GradientSnapshot};
-use gradcache::replay::ReplaySeeds;
+use gradcache::core::plan::Plan;
+use gradcache::core::replay::ReplaySeeds;
 use gradcache::{GradCacheError, StepConfig};
 use tch::Kind;
 
 fn config(check_replay: bool) -> StepConfig {
-    StepConfig {
-        query_chunk_size: 4,
-        passage_chunk_size: 5,
-        head_block_queries: 4,
-        head_block_passages: 7,
+    StepConfig { layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 },
         check_replay,
         ..StepConfig::default()
     }
@@ -33,17 +30,18 @@ fn manual_step(model: &Model, data: &Data, check_replay: bool, replay: bool) -> 
     tch::manual_seed(99);
     let seeds = ReplaySeeds::draw()?;
     let second = if replay { seeds } else { seeds.child(12345) };
-    let reps = gc.representation_pass(&data.queries, &data.passages, &seeds)?;
-    let scores = gc.score_pass(&reps, &seeds)?;
+    let plan = Plan::layout_of(gc.config(), &data.queries, &data.passages)?;
+    let mut reps = gc.representation_pass(&data.queries, &data.passages, &plan, &seeds)?;
+    let mut scores = gc.score_pass(&reps, &plan, &seeds)?;
     let cache = gc.distance_gradient_cache(&scores, &data.targets)?;
-    let (grads, _) = gc.head_pass(&reps, &scores, &cache.weights, &second)?;
-    gc.encoder_pass(&data.queries, &data.passages, &reps, &grads, &second)?;
+    let (grads, _) = gc.head_pass(&reps, &mut scores, &cache.weights, &plan, &second)?;
+    gc.encoder_pass(&data.queries, &data.passages, &mut reps, &grads, &plan, &second)?;
     GradientSnapshot::take(&model.vs)
 }
 
 fn reference(model: &Model, data: &Data) -> GradientSnapshot {
     let loss = loss(LossKind::InfoNce);
-    let gc = model.step(config(true), loss.as_ref());
+    let mut gc = model.step(config(true), loss.as_ref());
     zero_grads(&model.vs);
     tch::manual_seed(99);
     gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();

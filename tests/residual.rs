@@ -6,9 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{serial, Model, HeadKind};
-use gradcache::encoders::{BertEncoderConfig, Pooling};
-use gradcache::eval::{ReferenceResults, ReferenceRow};
-use gradcache::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
+use gradcache::models::encoders::{BertEncoderConfig, Pooling};
+use gradcache::app::eval::{ReferenceResults, ReferenceRow};
+use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
 use gradcache::{GradCacheError, InfoNce, Representation, StepConfig};
 use rust_bert::bert::BertConfig;
 use tch::{nn, Device, Kind, Tensor};
@@ -138,7 +138,7 @@ fn at_step_0_only_the_gate_and_the_scale_get_gradients() {
     model.vs.double();
     let loss = InfoNce { temperature: 0.5, symmetric: false };
     let data = common::data(6, 2, common::LossKind::InfoNce, 3);
-    model.step(StepConfig { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5, ..Default::default() }, &loss)
+    model.step(StepConfig { layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5 }, ..Default::default() }, &loss)
         .step(&data.queries, &data.passages, &data.targets)
         .unwrap();
     let vars = model.vs.variables();
@@ -169,7 +169,7 @@ fn residual_configs_read_from_json() {
 }
 
 /// A 3-layer BERT of width `D` with 2 heads and fresh weights, token states out.
-fn small_bert(vs: &nn::VarStore) -> gradcache::encoders::BertEncoder {
+fn small_bert(vs: &nn::VarStore) -> gradcache::models::encoders::BertEncoder {
     let bert = BertConfig {
         hidden_size: D as i64,
         intermediate_size: 20,

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use gradcache::plan::{ChunkTokens, CostModel, MemoryConfig, Plan, Recompute, RetainCounts};
+use gradcache::core::budget::{ChunkTokens, CostModel};
+use gradcache::core::config::{MemoryConfig, Recompute, RetainCounts};
+use gradcache::core::plan::Plan;
 use gradcache::Chunk;
 use gradcache::StepConfig;
 use tch::{Kind, Tensor};
@@ -13,7 +15,7 @@ use tch::{Kind, Tensor};
 fn layout(memory: MemoryConfig) -> StepConfig {
     // Uneven on purpose: 5 queries in chunks of 2, 15 passages in chunks of
     // 4, blocks of 2 × 6 (3 × 3 grid).
-    StepConfig { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 2, head_block_passages: 6, memory, ..StepConfig::default() }
+    StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 2, head_block_passages: 6 }, memory, ..StepConfig::default() }
 }
 
 fn mixes() -> Vec<(&'static str, MemoryConfig)> {
@@ -64,11 +66,11 @@ fn the_step_reports_what_it_kept_and_the_plan_counts_it() {
     let data = data(5, 3, LossKind::InfoNce, 9);
     let loss = loss(LossKind::InfoNce);
     let memory = MemoryConfig::Retain { retain: RetainCounts { query_chunks: 2, passage_chunks: 9, head_blocks: 4 } };
-    let gc = model.step(layout(memory), loss.as_ref());
+    let mut gc = model.step(layout(memory), loss.as_ref());
     let out = gc.step(&data.queries, &data.passages, &data.targets).unwrap();
     // 3 query chunks, 4 passage chunks, 9 blocks: counts are capped.
     assert_eq!(out.retained, RetainCounts { query_chunks: 2, passage_chunks: 4, head_blocks: 4 });
-    let plain = model.step(layout(MemoryConfig::default()), loss.as_ref());
+    let mut plain = model.step(layout(MemoryConfig::default()), loss.as_ref());
     assert_eq!(plain.step(&data.queries, &data.passages, &data.targets).unwrap().retained, RetainCounts::default());
 
     let plan = Plan::new(&layout(memory), 5, 15).unwrap();
@@ -89,7 +91,7 @@ fn memory_configs_read_from_json_and_unknown_forms_are_errors() {
         MemoryConfig::Retain { retain: RetainCounts { query_chunks: 0, passage_chunks: 0, head_blocks: 3 } }
     );
     assert_eq!(read(r#"{"budget_mb": 250.5}"#).unwrap(), MemoryConfig::Budget { budget_mb: 250.5 });
-    assert_eq!(read(r#"{"budget": "auto"}"#).unwrap(), MemoryConfig::Auto { budget: gradcache::plan::AutoBudget::Auto });
+    assert_eq!(read(r#"{"budget": "auto"}"#).unwrap(), MemoryConfig::Auto { budget: gradcache::core::config::AutoBudget::Auto });
     assert!(read(r#"{"budget": "half"}"#).is_err());
     for bad in [r#"{"memory": {"budget_mb": 0}}"#, r#"{"memory": {"budget_mb": -5}}"#] {
         let step: StepConfig = serde_json::from_str(bad).unwrap();
@@ -101,7 +103,7 @@ fn memory_configs_read_from_json_and_unknown_forms_are_errors() {
     let parse = |s: &str| s.parse::<MemoryConfig>();
     assert_eq!(parse("all").unwrap(), MemoryConfig::default());
     assert_eq!(parse("none").unwrap(), MemoryConfig::Recompute { recompute: Recompute::None });
-    assert_eq!(parse("auto").unwrap(), MemoryConfig::Auto { budget: gradcache::plan::AutoBudget::Auto });
+    assert_eq!(parse("auto").unwrap(), MemoryConfig::Auto { budget: gradcache::core::config::AutoBudget::Auto });
     assert_eq!(parse("1500").unwrap(), MemoryConfig::Budget { budget_mb: 1500.0 });
     assert_eq!(parse(r#"{"retain": {"query_chunks": 2}}"#).unwrap(), MemoryConfig::Retain { retain: RetainCounts { query_chunks: 2, ..Default::default() } });
     for bad in ["-3", "0", "lots", "{\"budget_mb\": \"x\"}"] {
@@ -135,7 +137,7 @@ fn item_tokens() -> ChunkTokens {
 fn the_peak_estimate_counts_caches_retained_graphs_and_the_largest_recomputed_piece() {
     let config = layout(MemoryConfig::default());
     let costs = CostModel { query_rep_bytes: 1.0, passage_rep_bytes: 2.0, score_bytes: 0.5, ..synthetic() };
-    let retain = |q, p, b| Plan::with_retained(&config, 5, 15, RetainCounts { query_chunks: q, passage_chunks: p, head_blocks: b });
+    let retain = |q, p, b| Plan::with_retained(&config.layout, 5, 15, RetainCounts { query_chunks: q, passage_chunks: p, head_blocks: b });
     // Caches: U, ∂L/∂U (5 × 1 each), V, ∂L/∂V (15 × 2 each), S and W
     // (75 × 0.5 each): 145 bytes.
     // Nothing kept: the largest chunk, the first query chunk (200 bytes).
@@ -187,7 +189,7 @@ fn a_budget_keeps_greedily_what_fits_and_refuses_what_cannot_fit() {
     assert_eq!((plan.retained(), plan.sizes(false).query_chunks, used), (RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 }, 3, 725.0));
     // The backward headroom scales the graphs, not the caches.
     let costs = CostModel { backward_headroom: 2.0, query_rep_bytes: 1.0, ..synthetic() };
-    let plan = Plan::with_retained(&config, 5, 15, RetainCounts::default());
+    let plan = Plan::with_retained(&config.layout, 5, 15, RetainCounts::default());
     assert_eq!(plan.estimate_peak(&costs, &item_tokens()).unwrap(), 10.0 + 2.0 * 200.0);
     // Without head graphs (closed form) no block is ever retained.
     let dot = CostModel { pair_bytes: None, ..synthetic() };
@@ -202,8 +204,8 @@ fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
     let data = data(5, 3, LossKind::InfoNce, 11);
     let loss = loss(LossKind::InfoNce);
     let config = layout(MemoryConfig::default());
-    let gc = model.step(config.clone(), loss.as_ref());
-    let seeds = gradcache::replay::ReplaySeeds::from_base(1);
+    let mut gc = model.step(config.clone(), loss.as_ref());
+    let seeds = gradcache::core::replay::ReplaySeeds::from_base(1);
     // The first probe of a process also counts one-time allocations (it
     // overestimates, the safe side); the budgets below use a settled one.
     gc.probe_costs(&data.queries, &data.passages, &seeds).unwrap();
@@ -214,12 +216,12 @@ fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
         passages: [(0, 4), (4, 4), (8, 4), (12, 3)].map(|(s, l)| data.passages.chunk(s, l).unwrap().padded_tokens()).to_vec(),
     };
     let mb = 1048576.0;
-    let least = Plan::with_retained(&config, 5, 15, RetainCounts::default()).estimate_peak(&costs, &tokens).unwrap() / mb;
+    let least = Plan::with_retained(&config.layout, 5, 15, RetainCounts::default()).estimate_peak(&costs, &tokens).unwrap() / mb;
     let everything = RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 };
-    let most = Plan::with_retained(&config, 5, 15, everything).estimate_peak(&costs, &tokens).unwrap() / mb;
+    let most = Plan::with_retained(&config.layout, 5, 15, everything).estimate_peak(&costs, &tokens).unwrap() / mb;
     assert!(most > least * 1.5, "retaining everything should cost more: {least} vs {most} MB");
 
-    let too_small = model.step(layout(MemoryConfig::Budget { budget_mb: least * 0.5 }), loss.as_ref());
+    let mut too_small = model.step(layout(MemoryConfig::Budget { budget_mb: least * 0.5 }), loss.as_ref());
     too_small.set_costs(costs);
     let err = too_small.step(&data.queries, &data.passages, &data.targets).unwrap_err();
     assert!(matches!(err, gradcache::GradCacheError::BudgetTooSmall { .. }), "{err}");
@@ -245,9 +247,9 @@ fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
 /// its comparison with the full-batch step, each from the same generator
 /// state.
 fn budgeted_step_against_full_batch(model: &Model, loss: &dyn gradcache::ContrastiveLoss, config: StepConfig, costs: CostModel, data: &Data) -> (gradcache::StepOutput, Comparison) {
-    let gc = model.step(config, loss);
+    let mut gc = model.step(config, loss);
     gc.set_costs(costs);
-    let run = |full: bool| {
+    let mut run = |full: bool| {
         gradcache::check::zero_grads(&model.vs);
         tch::manual_seed(99);
         let out = if full { gc.full_batch_step(&data.queries, &data.passages, &data.targets) } else { gc.step(&data.queries, &data.passages, &data.targets) };
@@ -337,7 +339,7 @@ fn length_sorted_chunks_pad_less_and_give_the_same_gradients() {
             .iter()
             .map(|&side| {
                 let input = if side == gradcache::error::Side::Queries { &data.queries } else { &data.passages };
-                plan.chunks(side).iter().map(|(p, _)| plan.cut(side, input, *p).unwrap().padded_tokens()).sum::<usize>()
+                plan.chunks(side).iter().map(|c| c.cut(input).unwrap().padded_tokens()).sum::<usize>()
             })
             .sum()
     };
@@ -384,7 +386,7 @@ fn sorting_needs_inputs_with_lengths() {
 fn sized(costs: &CostModel, budget: f64) -> gradcache::Result<(usize, usize, usize, usize)> {
     let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
     let c = Plan::sized_for_budget(&config, 5, 15, costs, (1.0, 1.0), budget)?;
-    Ok((c.query_chunk_size, c.passage_chunk_size, c.head_block_queries, c.head_block_passages))
+    Ok((c.layout.query_chunk_size, c.layout.passage_chunk_size, c.layout.head_block_queries, c.layout.head_block_passages))
 }
 
 #[test]
@@ -425,7 +427,7 @@ fn sizes_chosen_from_a_budget_give_each_chunk_and_block_a_quarter_of_it() {
     // The widths price each item at the side's longest.
     let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
     let wide = Plan::sized_for_budget(&config, 5, 15, &costs, (2.0, 1.0), 1000.0).unwrap();
-    assert_eq!(wide.query_chunk_size, 1);
+    assert_eq!(wide.layout.query_chunk_size, 1);
 }
 
 #[test]
@@ -448,8 +450,8 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
         let model = Model::new(head, false, Kind::Double, 0.2);
         let data = data(5, 3, LossKind::InfoNce, 13);
         let loss = loss(LossKind::InfoNce);
-        let seeds = gradcache::replay::ReplaySeeds::from_base(1);
-        let probe = model.step(layout(MemoryConfig::default()), loss.as_ref());
+        let seeds = gradcache::core::replay::ReplaySeeds::from_base(1);
+        let mut probe = model.step(layout(MemoryConfig::default()), loss.as_ref());
         // One probe for every budget: on graphs of a few kB, two probes
         // differ by 1–3% (allocator bookkeeping), enough to move a size at
         // a budget on a doubling's edge (on MiniLM the probes of two runs
@@ -473,7 +475,7 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
             let now = out.sizes.chunk_items;
             assert!(now.0 >= last.0 && now.1 >= last.1, "{head:?}: chunks shrank from {last:?} to {now:?} as the budget grew to {budget_mb} MB");
             let chosen = Plan::sized_for_budget(&StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) }, 5, 15, &costs, widths(&data), budget_mb * mb).unwrap();
-            assert_eq!((chosen.query_chunk_size, chosen.passage_chunk_size), now, "{head:?}: the step did not use the sizes chosen for {budget_mb} MB");
+            assert_eq!((chosen.layout.query_chunk_size, chosen.layout.passage_chunk_size), now, "{head:?}: the step did not use the sizes chosen for {budget_mb} MB");
             assert_exact(&c, F64_TOL, &format!("{head:?}: auto sizes {now:?} at {budget_mb} MB"));
             seen.push(now);
             last = now;

@@ -6,12 +6,13 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use gradcache::data::RetrievalSet;
-use gradcache::encoders::{BertEncoderConfig, Pooling};
-use gradcache::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
-use gradcache::metrics::{ranked_metrics, retrieval_metrics};
-use gradcache::retrieval::{evaluate_two_stage, first_stage, first_stage_vectors, StreamingTopK};
-use gradcache::scorer::{ModelConfig, ScoringLayout, BUNDLE_FILE};
+use gradcache::app::data::RetrievalSet;
+use gradcache::models::encoders::{BertEncoderConfig, Pooling};
+use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
+use gradcache::app::metrics::{ranked_metrics, retrieval_metrics};
+use gradcache::app::retrieval::{evaluate_two_stage, first_stage, first_stage_vectors, StreamingTopK};
+use gradcache::app::scorer::{ModelConfig, BUNDLE_FILE};
+use gradcache::Layout;
 use gradcache::{GradCacheError, Scorer};
 use tch::{Device, Kind, Tensor};
 
@@ -25,8 +26,8 @@ const PASSAGES: [&str; 5] = [
 ];
 
 /// A layout that cuts 3 queries and 5 passages into several chunks and blocks.
-fn layout() -> ScoringLayout {
-    ScoringLayout { query_chunk_size: 2, passage_chunk_size: 2, head_block_queries: 2, head_block_passages: 3 }
+fn layout() -> Layout {
+    Layout { query_chunk_size: 2, passage_chunk_size: 2, head_block_queries: 2, head_block_passages: 3 }
 }
 
 fn vector_model() -> ModelConfig {
@@ -85,7 +86,7 @@ fn a_saved_bundle_scores_bit_for_bit_like_the_model_in_memory() {
         assert!(before.equal(&after), "{name}: {before} vs {after}");
         // Control: the same architecture from its initialisation scores
         // otherwise, so equality above is the weights' round trip.
-        let fresh = Scorer::from_pretrained(scorer.config().clone(), &gradcache::pretrained::ModelDir::open(dir.join(format!("{name}-bert"))).unwrap(), Device::Cpu).unwrap();
+        let fresh = Scorer::from_pretrained(scorer.config().clone(), &gradcache::models::pretrained::ModelDir::open(dir.join(format!("{name}-bert"))).unwrap(), Device::Cpu).unwrap();
         let other = fresh.score(&QUERIES, &PASSAGES).unwrap();
         assert!((&other - &before).abs().max().double_value(&[]) > 1e-3, "{name}");
     }
@@ -274,7 +275,7 @@ fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
     for (name, config) in [("vector", vector_model()), ("tokens", token_model())] {
         let scorer = trained(config, &dir.join(format!("{name}-bert")));
         let f32_scores = scorer.score(&QUERIES, &PASSAGES).unwrap();
-        let scorer = scorer.with_precision(gradcache::precision::Precision::Bf16).unwrap();
+        let scorer = scorer.with_precision(gradcache::runtime::precision::Precision::Bf16).unwrap();
         let bf16_scores = scorer.score(&QUERIES, &PASSAGES).unwrap();
         // bfloat16 keeps 8 bits of mantissa: the scores move (autocast is
         // on), by about its rounding relative to their spread.
@@ -282,8 +283,8 @@ fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
         let spread = f32_scores.to_kind(Kind::Double).abs().max().double_value(&[]);
         assert!(diff > 0.0, "{name}: bf16 scores equal f32's: autocast is off");
         assert!(diff <= 0.05 * spread.max(1.0), "{name}: bf16 moved scores by {diff} (largest {spread})");
-        assert_eq!(scorer.precision(), gradcache::precision::Precision::Bf16);
-        match scorer.with_precision(gradcache::precision::Precision::F16) {
+        assert_eq!(scorer.precision(), gradcache::runtime::precision::Precision::Bf16);
+        match scorer.with_precision(gradcache::runtime::precision::Precision::F16) {
             Err(GradCacheError::InvalidConfig { field: "precision", .. }) => {}
             other => panic!("expected f16 to be refused, got {:?}", other.map(|s| s.precision())),
         }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use gradcache::train::optim::{AdamW, LinearSchedule};
-use gradcache::train::{sample_indices, TrainConfig, Trainer};
+use gradcache::app::train::optim::{AdamW, LinearSchedule};
+use gradcache::app::train::{sample_indices, TrainConfig, Trainer};
 use gradcache::{GradCacheError, StepConfig};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -93,8 +93,8 @@ fn config(steps: usize) -> TrainConfig {
 fn train(out: &Path, steps: usize, resume: bool) -> (Vec<f64>, WeightSnapshot) {
     let model = Model::new(HeadKind::Mlp, true, Kind::Float, 0.2);
     let loss = loss(LossKind::InfoNce);
-    let step_config = StepConfig { query_chunk_size: 3, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5, ..StepConfig::default() };
-    let gc = model.step(step_config, loss.as_ref());
+    let step_config = StepConfig { layout: gradcache::Layout { query_chunk_size: 3, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
+    let mut gc = model.step(step_config, loss.as_ref());
     let mut trainer = Trainer::new(config(steps), &model.vs, out, resume).unwrap();
     let summary = trainer
         .run(
@@ -185,7 +185,7 @@ fn resuming_without_the_optimizer_state_would_diverge() {
     // Record the replacement's checksum, as if the checkpoint had been
     // written that way (otherwise the resume rightly refuses the file).
     let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json")).unwrap()).unwrap();
-    state["checksums"]["optimizer.safetensors"] = gradcache::train::checkpoint::sha256_file(&ckpt.join("optimizer.safetensors")).unwrap().into();
+    state["checksums"]["optimizer.safetensors"] = gradcache::app::train::checkpoint::sha256_file(&ckpt.join("optimizer.safetensors")).unwrap().into();
     std::fs::write(ckpt.join("state.json"), state.to_string()).unwrap();
     let (rest, _) = train(&dir, 6, true);
     assert_eq!(rest.len(), 3, "still resumes at step 3");
@@ -200,7 +200,7 @@ fn a_fresh_run_keeps_the_previous_one_aside() {
     train(&dir, 6, false);
     train(&dir, 3, false);
     let steps = |d: &str| -> Vec<usize> {
-        gradcache::train::checkpoint::list(&dir.join(d)).unwrap().into_iter().map(|(s, _)| s).collect()
+        gradcache::app::train::checkpoint::list(&dir.join(d)).unwrap().into_iter().map(|(s, _)| s).collect()
     };
     assert_eq!(steps("checkpoints"), [3], "no stale checkpoint of the earlier run");
     assert_eq!(steps("checkpoints.previous"), [3, 6]);
@@ -254,7 +254,7 @@ fn a_non_finite_gradient_stops_before_the_update() {
     let _serial = serial();
     let model = Model::new(HeadKind::Dot, true, Kind::Float, 0.0);
     let loss = loss(LossKind::InfoNce);
-    let gc = model.step(StepConfig::default(), loss.as_ref());
+    let mut gc = model.step(StepConfig::default(), loss.as_ref());
     let before = WeightSnapshot::take(&model.vs);
     let mut trainer = Trainer::new(config(2), &model.vs, &out_dir("nan"), false).unwrap();
     let err = trainer

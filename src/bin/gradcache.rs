@@ -15,22 +15,27 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use gradcache::check::{check_head, Tolerance};
-use gradcache::data::beir::{read_beir, write_beir};
-use gradcache::data::rerank::read_rerank_requests;
-use gradcache::data::texts::read_texts;
+use gradcache::app::data::beir::{read_beir, write_beir};
+use gradcache::app::data::rerank::read_rerank_requests;
+use gradcache::app::data::texts::read_texts;
 use gradcache::error::Side;
-use gradcache::weights::encode_safetensors;
+use gradcache::models::weights::encode_safetensors;
 use gradcache::Representation;
-use gradcache::data::wordnet::{Split, WordSenseData};
-use gradcache::data::Malformed;
-use gradcache::retrieval::{evaluate_two_stage, write_trec_run};
+use gradcache::app::data::wordnet::{Split, WordSenseData};
+use gradcache::app::data::Malformed;
+use gradcache::app::retrieval::{evaluate_two_stage, write_trec_run};
 use gradcache::runtime::parse_device;
-use gradcache::weights::write_bytes_atomically;
-use gradcache::train::{self, reranker::TrainArgs};
+use gradcache::models::weights::write_bytes_atomically;
+use gradcache::app::recipe;
+use gradcache::cli::TrainArgs;
 use gradcache::Scorer;
-use gradcache::encoders::{Pooling, TinyEncoderConfig};
-use gradcache::heads::HeadConfig;
-use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
+use gradcache::models::encoders::{Pooling, TinyEncoderConfig};
+use gradcache::models::heads::HeadConfig;
+use gradcache::core::batch::TokenBatch;
+use gradcache::core::config::StepConfig;
+use gradcache::core::loss::InfoNce;
+use gradcache::core::step::GradCache;
+use gradcache::core::targets::Targets;
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Parser)]
@@ -199,11 +204,7 @@ fn check(head: Option<String>, config: Option<PathBuf>, dim: usize, dropout: f64
     let loss = InfoNce { temperature: 1.0, symmetric: false };
     // A layout that cuts the sample into several uneven chunks and blocks.
     let cut = |n: usize| (n / 2 + 1).max(1);
-    let layout = StepConfig {
-        query_chunk_size: cut(queries),
-        passage_chunk_size: cut(queries * group),
-        head_block_queries: cut(queries),
-        head_block_passages: cut(queries * group),
+    let layout = StepConfig { layout: gradcache::Layout { query_chunk_size: cut(queries), passage_chunk_size: cut(queries * group), head_block_queries: cut(queries), head_block_passages: cut(queries * group) },
         ..StepConfig::default()
     };
     let gc = GradCache::tied(layout, &encoder, head.as_ref(), &loss)?;
@@ -255,7 +256,7 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
 #[allow(clippy::too_many_arguments)]
 /// A bundle on `device`, run at `precision` (`f32`, `bf16`).
 fn load_scorer(model: &Path, device: Device, precision: &str) -> Result<Scorer> {
-    let precision: gradcache::precision::Precision = precision.parse()?;
+    let precision: gradcache::runtime::precision::Precision = precision.parse()?;
     let scorer = Scorer::load(model, device).with_context(|| format!("loading the model bundle {}", model.display()))?;
     Ok(scorer.with_precision(precision)?)
 }
@@ -366,7 +367,7 @@ fn main() -> Result<ExitCode> {
         }
         Command::Train(args) => {
             let config = args.resolve().context("reading the run's settings")?;
-            train::reranker::run(&config, args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
+            recipe::run(&config, args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { model, data, split, retrieve_k, output, skip_malformed, device, precision, quiet } => {

@@ -21,12 +21,12 @@ use std::fmt;
 use tch::{nn, Tensor};
 
 use super::{zero_grads, GradientComparison, GradientSnapshot, Tolerance};
-use crate::config::StepConfig;
-use crate::encoder::Encoder;
+use crate::core::config::StepConfig;
+use crate::core::encoder::Encoder;
 use crate::error::{GradCacheError, Result};
-use crate::replay::ReplaySeeds;
-use crate::step::GradCache;
-use crate::targets::Targets;
+use crate::core::replay::ReplaySeeds;
+use crate::core::step::GradCache;
+use crate::core::targets::Targets;
 use crate::util::max_abs;
 
 /// The coupling check's outcome.
@@ -106,11 +106,12 @@ impl fmt::Display for HeadCheckReport {
 /// Scores the batch with `config`'s block layout.
 fn scores_with<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     gc: &GradCache<'_, QE, PE>,
-    reps: &crate::step::Representations,
+    reps: &crate::core::step::Representations,
     config: StepConfig,
     seeds: &ReplaySeeds,
 ) -> Result<Tensor> {
-    tch::no_grad(|| gc.with_config(config)?.score_pass(reps, seeds))
+    let plan = crate::core::plan::Plan::with_retained(&config.layout, reps.queries.len(), reps.passages.len(), Default::default());
+    Ok(tch::no_grad(|| gc.with_config(config)?.score_pass(reps, &plan, seeds))?.matrix)
 }
 
 /// Runs the three checks on one sample batch with `gc`'s encoders, head,
@@ -143,7 +144,8 @@ pub fn check_head<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     // 2. Coupling, on fixed representations.
     let seeds = ReplaySeeds::from_base(SEED as u64);
     let eval = gc.with_config(StepConfig { train: false, ..layout.clone() })?;
-    let reps = tch::no_grad(|| eval.representation_pass(queries, passages, &seeds))?;
+    let plan = crate::core::plan::Plan::layout_of(eval.config(), queries, passages)?;
+    let reps = tch::no_grad(|| eval.representation_pass(queries, passages, &plan, &seeds))?;
     let train_scores = |s: u64| scores_with(gc, &reps, layout.clone(), &ReplaySeeds::from_base(s));
     let deterministic = max_abs(&train_scores(1)?.f_sub(&train_scores(2)?)?)? == 0.0;
     let mode = StepConfig { train: deterministic, ..layout.clone() };
@@ -154,7 +156,7 @@ pub fn check_head<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     let coupling = CouplingCheck { train_mode: deterministic, relative_diff };
 
     // 3. Gradients.
-    let unchecked = gc.with_config(StepConfig { check_replay: false, ..layout })?;
+    let mut unchecked = gc.with_config(StepConfig { check_replay: false, ..layout })?;
     zero_grads(vs);
     tch::manual_seed(SEED);
     let cached = unchecked.step(queries, passages, targets)?;

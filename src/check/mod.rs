@@ -7,7 +7,6 @@ use std::fmt;
 use tch::{nn, Tensor};
 
 use crate::error::Result;
-use crate::util::max_abs;
 
 /// A copy of the `.grad()` of every variable in a `VarStore`, by name.
 /// A variable that received no gradient is recorded as zeros.
@@ -55,12 +54,12 @@ impl GradientSnapshot {
     /// up the way a per-parameter ratio can.
     ///
     /// # Errors
-    /// [`crate::GradCacheError::Shape`] when the two do not hold the same
+    /// [`crate::error::GradCacheError::Shape`] when the two do not hold the same
     /// parameters with the same shapes; libtorch errors.
     pub fn relative_distance(&self, reference: &GradientSnapshot) -> Result<f64> {
         let (mut diff, mut norm) = (0.0_f64, 0.0_f64);
         for (name, r) in &reference.grads {
-            let g = self.grads.get(name).filter(|g| g.size() == r.size()).ok_or(crate::GradCacheError::Shape {
+            let g = self.grads.get(name).filter(|g| g.size() == r.size()).ok_or(crate::error::GradCacheError::Shape {
                 what: "gradient snapshots (a parameter missing or reshaped)",
                 expected: "the same parameters",
                 got: r.size(),
@@ -152,6 +151,13 @@ impl fmt::Display for GradientComparison {
     }
 }
 
-pub mod device;
 mod head;
 pub use head::{check_head, CouplingCheck, HeadCheckReport};
+
+/// The largest absolute element of a tensor, as f64 (0 for an empty one).
+///
+/// # Errors
+/// libtorch errors.
+pub fn max_abs(t: &Tensor) -> Result<f64> {
+    crate::util::max_abs(t)
+}

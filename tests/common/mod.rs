@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use gradcache::check::{zero_grads, GradientComparison, GradientSnapshot, Tolerance};
-use gradcache::encoders::{Pooling, TinyEncoder, TinyEncoderConfig};
-use gradcache::heads::{
+use gradcache::models::encoders::{Pooling, TinyEncoder, TinyEncoderConfig};
+use gradcache::models::heads::{
     BilinearHeadConfig, CosineHeadConfig, HeadConfig, InteractionConfig, MlpHeadConfig, PolyEncoderConfig, ResidualConfig, WeightedMaxSimConfig,
 };
 use gradcache::{ContrastiveLoss, GradCache, InfoNce, ListwiseKl, ScoringHead, StepConfig, Targets, TokenBatch};
@@ -174,7 +174,7 @@ pub struct Comparison {
 /// Runs the two-cache step and the full-batch step from the same generator
 /// state and compares losses and every parameter's gradient.
 pub fn compare(model: &Model, data: &Data, loss: &dyn ContrastiveLoss, config: StepConfig) -> Comparison {
-    let gc = model.step(config, loss);
+    let mut gc = model.step(config, loss);
     zero_grads(&model.vs);
     tch::manual_seed(99);
     let cached = gc.step(&data.queries, &data.passages, &data.targets).unwrap();
@@ -235,8 +235,8 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
 /// A small randomly initialised BERT folder (MiniLM's vocabulary and
 /// config with the given sizes, weights drawn from `seed`), opened: a model
 /// of another width than MiniLM's, fast enough for tests.
-pub fn tiny_bert_folder(dir: &std::path::Path, hidden: usize, heads: usize, layers: usize, seed: i64) -> gradcache::pretrained::ModelDir {
+pub fn tiny_bert_folder(dir: &std::path::Path, hidden: usize, heads: usize, layers: usize, seed: i64) -> gradcache::models::pretrained::ModelDir {
     let minilm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/all-MiniLM-L6-v2");
-    let base = gradcache::pretrained::ModelDir::open(&minilm).expect("run scripts/gradcache.sh setup first");
-    base.write_random(dir, hidden, heads, layers, seed).unwrap()
+    let base = gradcache::models::pretrained::ModelDir::open(&minilm).expect("run scripts/gradcache.sh setup first");
+    gradcache::models::encoders::write_random_bert(&base, dir, hidden, heads, layers, seed).unwrap()
 }

@@ -12,8 +12,8 @@ mod common;
 
 use common::*;
 use gradcache::check::{zero_grads, GradientSnapshot};
-use gradcache::distributed::mpi::MpiCollective;
-use gradcache::distributed::Collective;
+use gradcache::core::distributed::mpi::MpiCollective;
+use gradcache::core::distributed::Collective;
 use gradcache::{Chunk, StepConfig, Targets};
 use tch::Kind;
 
@@ -35,7 +35,7 @@ fn main() {
     let q_shards = shards(n, world);
     let p_shards: Vec<usize> = q_shards.iter().map(|q| q * GROUP).collect();
     let q_off: usize = q_shards[..rank].iter().sum();
-    let config = StepConfig { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5, ..StepConfig::default() };
+    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 }, ..StepConfig::default() };
 
     let mut cases = Vec::new();
     for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::MaxSim, HeadKind::Interaction] {

@@ -1,0 +1,18 @@
+//! The application: a trained model in use and in training.
+//!
+//! - inference: [`scorer`] (a model bundle: encode, score, rerank),
+//!   [`retrieval`] (two-stage retrieval, TREC runs), [`eval`] and
+//!   [`metrics`] (ranking metrics); none of these imports training;
+//! - training: [`train`] (the trainer: AdamW, schedule, checkpoints,
+//!   resume) and [`recipe`] (the run behind `gradcache train`);
+//! - [`data`]: training records, BEIR folders, rerank requests, the
+//!   WordNet task; [`settings`]: JSON config files laid over defaults.
+
+pub mod data;
+pub mod eval;
+pub mod metrics;
+pub mod recipe;
+pub mod retrieval;
+pub mod scorer;
+pub mod settings;
+pub mod train;

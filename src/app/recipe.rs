@@ -1,0 +1,527 @@
+//! The training recipe behind `gradcache train` and
+//! `examples/train_reranker` (the README's main job): a BERT folder's
+//! encoder (tied by default) and a learned head, trained with the two-cache
+//! step on the embedded WordNet task or the user's JSONL records, evaluated
+//! on WordNet's dev (or test) split before and after, and saved as a model
+//! bundle ([`crate::app::scorer`]).
+//!
+//! A run writes into its output folder: `config.json` (the resolved
+//! config), `train_config.json`, `metrics.jsonl`, `checkpoints/`,
+//! `results.json` and the bundle `model/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::app::data::jsonl::read_training_records;
+use crate::app::data::wordnet::{Split, WordSenseData};
+use crate::app::data::{grouped_batch, Malformed, TrainingRecord};
+use crate::models::encoders::{BertEncoderConfig, Pooling};
+use crate::error::{GradCacheError, Result};
+use crate::app::eval::{sense_metrics, ReferenceResults};
+use crate::models::heads::{CosineHeadConfig, HeadConfig};
+use crate::core::loss::InfoNce;
+use crate::models::pretrained::ModelDir;
+use crate::runtime::parse_device;
+use crate::app::scorer::{ModelConfig, Scorer};
+use crate::core::layout::Layout;
+use crate::models::text::TextTokenizer;
+use crate::app::train::{sample_indices, TrainConfig, Trainer};
+use crate::models::weights::write_bytes_atomically;
+use crate::core::distributed::Collective;
+use crate::core::batch::{Chunk, TokenBatch};
+use crate::core::config::StepConfig;
+use crate::core::step::GradCache;
+use crate::core::targets::Targets;
+
+/// The recipe's layout: chunks of 16 and blocks of 16 × 64 pairs, half the
+/// library's ([`Layout::default`]): the main job's 64 queries × 2 passages
+/// then run in 4 and 8 chunks, which is what its memory figures and
+/// committed baselines were measured at.
+pub const RECIPE_LAYOUT: Layout = Layout { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64 };
+
+/// The recipe's InfoNCE temperature: 1, where the library's default is
+/// 0.05 ([`InfoNce::default`]). The recipe's heads start from the residual
+/// cosine, which carries a learned scale of its own (20 at the start, the
+/// library's 1/0.05), so the loss adds none.
+pub const RECIPE_TEMPERATURE: f64 = 1.0;
+
+/// The recipe's learning-rate multipliers: a freshly initialised head on a
+/// pretrained encoder learns at 30× the encoder's rate. The residual gate
+/// is one scalar that Adam moves by about one learning rate per step: at
+/// the head's ×30 it reached only -0.04 in 100 steps, leaving Φ no say
+/// (docs/heads-results.md), so it gets ×300.
+pub fn recipe_lr_multipliers() -> BTreeMap<String, f64> {
+    BTreeMap::from([("head".to_string(), 30.0), ("head.residual.gate".to_string(), 300.0)])
+}
+
+/// The recipe's peak learning rate, 3e-5 (the library's 2e-5,
+/// [`TrainConfig::default`], is sentence-transformers' default for full
+/// fine-tuning; the main job's 100 steps with a fresh head measured better
+/// at 3e-5 in docs/heads-results.md's runs).
+pub const RECIPE_LEARNING_RATE: f64 = 3e-5;
+
+/// The recipe checkpoints every 40 steps (the library's default, 0, only at
+/// the end): a killed main job loses at most 40 of its 100 steps.
+pub const RECIPE_CHECKPOINT_EVERY: usize = 40;
+
+/// Where the recipe's defaults differ from the library's, field by field
+/// (dotted paths of the config's JSON, a path covering the fields under
+/// it), each with its constant: every other
+/// field of the step, loss, head, encoder and training blocks is the
+/// library's default (`tests/defaults.rs` checks both ways).
+pub const RECIPE_OVERRIDES: [&str; 8] = [
+    "step.query_chunk_size",
+    "step.passage_chunk_size",
+    "step.head_block_queries",
+    "step.head_block_passages",
+    "loss.temperature",
+    "train.learning_rate",
+    "train.lr_multipliers",
+    "train.checkpoint_every",
+];
+
+/// Everything a run needs; JSON with these fields, all optional (nested
+/// blocks merge over the defaults, see [`crate::app::settings::layered`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankerConfig {
+    /// A BERT folder (`config.json`, `vocab.txt`, `model.safetensors`).
+    pub model_dir: PathBuf,
+    /// The prepared WordNet task (dev metrics always come from it).
+    pub data_dir: PathBuf,
+    /// Train on these JSONL records instead of the WordNet training split.
+    pub train_jsonl: Option<PathBuf>,
+    /// Skip (and count) malformed JSONL lines instead of stopping.
+    pub skip_malformed: bool,
+    /// The run folder.
+    pub output_dir: PathBuf,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// Longest tokenized text.
+    pub max_len: usize,
+    /// Queries per batch.
+    pub batch_size: usize,
+    /// Passages per query: one positive and `group_size - 1` hard negatives.
+    pub group_size: usize,
+    /// Queries evaluated before and after training.
+    pub dev_queries: usize,
+    /// The WordNet split evaluated: `dev` (choosing configurations) or `test`.
+    pub eval_split: Split,
+    /// After training, also evaluate this many test-split queries (0: none),
+    /// into `results.json` as `test_after` (and `test_pretrained_cosine`).
+    pub test_queries: usize,
+    /// Fine-tuned baselines measured at the default budget
+    /// (`benchmarks/heads_compare.sh`), printed beside the run when its
+    /// budget is the same; `null`: none.
+    pub baselines: Option<PathBuf>,
+    /// One encoder for queries and passages.
+    pub tied: bool,
+    /// Pooling, projection, normalisation, implementation.
+    pub encoder: BertEncoderConfig,
+    /// Any built-in head: `{"kind": "mlp", …}`, `{"kind": "interaction", …}`.
+    pub head: HeadConfig,
+    /// The contrastive loss.
+    pub loss: InfoNce,
+    /// Chunk and block sizes of the two-cache step.
+    pub step: StepConfig,
+    /// Steps, learning rate and its multipliers, warm-up, checkpoints, seed.
+    pub train: TrainConfig,
+    /// Under `mpirun`: compare a checksum of the weights across processes
+    /// every so many steps and stop if they differ (0: never).
+    pub check_weights_every: usize,
+}
+
+impl Default for RerankerConfig {
+    fn default() -> Self {
+        RerankerConfig {
+            model_dir: ".models/all-MiniLM-L6-v2".into(),
+            data_dir: "examples/data/wordnet".into(),
+            train_jsonl: None,
+            skip_malformed: false,
+            output_dir: "runs/train_reranker".into(),
+            device: "auto".into(),
+            max_len: 48,
+            batch_size: 64,
+            group_size: 2,
+            dev_queries: 300,
+            eval_split: Split::Dev,
+            test_queries: 0,
+            baselines: Some("docs/results/heads/baselines.json".into()),
+            tied: true,
+            encoder: BertEncoderConfig::default(),
+            head: HeadConfig::default(),
+            loss: InfoNce { temperature: RECIPE_TEMPERATURE, ..InfoNce::default() },
+            step: StepConfig { layout: RECIPE_LAYOUT, ..StepConfig::default() },
+            train: TrainConfig { learning_rate: RECIPE_LEARNING_RATE, lr_multipliers: recipe_lr_multipliers(), checkpoint_every: RECIPE_CHECKPOINT_EVERY, ..TrainConfig::default() },
+            check_weights_every: 0,
+        }
+    }
+}
+
+impl RerankerConfig {
+    /// Checks every part (the head's width against the model's own
+    /// `hidden_size` is checked when the model is built).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.group_size == 0 || self.dev_queries == 0 {
+            return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "batch_size, group_size and dev_queries must be at least 1" });
+        }
+        self.model_config().validate()?;
+        self.loss.validate()?;
+        self.step.validate()?;
+        self.train.validate()?;
+        Ok(())
+    }
+
+    /// The model part (what the run's bundle records).
+    pub fn model_config(&self) -> ModelConfig {
+        ModelConfig::new(self.encoder.clone(), self.max_len, self.tied, self.head.clone(), self.step.layout)
+    }
+
+    /// Reads a JSON config file: any subset of the fields, nested blocks
+    /// merged over the defaults.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Io`]; [`GradCacheError::Json`] naming the file for
+    /// bad JSON, an unknown field or a wrong type.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+        let json = |source| GradCacheError::Json { path: path.to_path_buf(), source };
+        let user: serde_json::Value = serde_json::from_str(&text).map_err(json)?;
+        let defaults = serde_json::to_value(RerankerConfig::default()).map_err(json)?;
+        serde_json::from_value(crate::app::settings::layered(defaults, user)).map_err(json)
+    }
+
+    /// The settings that make two runs' metrics comparable.
+    pub fn budget(&self) -> BTreeMap<String, serde_json::Value> {
+        let data = self.train_jsonl.as_ref().map_or("wordnet".to_string(), |p| p.display().to_string());
+        BTreeMap::from([
+            ("steps".to_string(), self.train.steps.into()),
+            ("batch_size".to_string(), self.batch_size.into()),
+            ("group_size".to_string(), self.group_size.into()),
+            ("learning_rate".to_string(), self.train.learning_rate.into()),
+            ("max_len".to_string(), self.max_len.into()),
+            ("train_data".to_string(), data.into()),
+            ("eval_split".to_string(), serde_json::to_value(self.eval_split).unwrap_or_default()),
+            ("eval_queries".to_string(), self.dev_queries.into()),
+        ])
+    }
+}
+
+/// How a run treats its output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: refused when the folder already holds one.
+    New,
+    /// Continue the run in the folder from its newest intact checkpoint.
+    Resume,
+    /// A new run in a folder that holds another (set one generation back).
+    Overwrite,
+}
+
+/// Settings of a run that do not shape what is trained: they may change
+/// between a run and its resume. (The training block's own rule is
+/// [`crate::app::train::checkpoint::MAY_CHANGE_ON_RESUME`].)
+const NOT_IN_FINGERPRINT: [&str; 11] = [
+    "model_dir",
+    "data_dir",
+    "train_jsonl",
+    "output_dir",
+    "device",
+    "dev_queries",
+    "eval_split",
+    "test_queries",
+    "baselines",
+    "train",
+    "check_weights_every",
+];
+
+/// The run's identity beyond its training block: every other setting that
+/// shapes training, and SHA-256 checksums of the model weights and of the
+/// training data (so a moved folder is the same run, a changed file is
+/// not).
+fn fingerprint(c: &RerankerConfig, model: &ModelDir) -> Result<crate::app::train::checkpoint::RunFingerprint> {
+    use crate::app::train::checkpoint::sha256_file;
+    let json = serde_json::to_value(c).map_err(|source| GradCacheError::Json { path: c.output_dir.join("config.json"), source })?;
+    let mut run = crate::app::settings::flatten(&json);
+    run.retain(|k, _| !NOT_IN_FINGERPRINT.iter().any(|i| k == i || k.starts_with(&format!("{i}."))));
+    run.insert("model.sha256".into(), sha256_file(&model.root().join("model.safetensors"))?.into());
+    let data = match &c.train_jsonl {
+        Some(path) => sha256_file(path)?,
+        None => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&c.data_dir)
+                .map_err(crate::error::io_error(&c.data_dir))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            files.iter().map(|f| sha256_file(f)).collect::<Result<Vec<_>>>()?.join("+")
+        }
+    };
+    run.insert("data.sha256".into(), data.into());
+    Ok(run)
+}
+
+/// Whether a folder holds a run (its config or checkpoints).
+fn holds_run(dir: &Path) -> bool {
+    dir.join("config.json").exists() || dir.join("checkpoints").exists() || dir.join("metrics.jsonl").exists()
+}
+
+/// Batch `step`: `batch_size` records, each with its positive and
+/// `group_size - 1` hard negatives ([`grouped_batch`]).
+fn batch(
+    records: &[TrainingRecord],
+    c: &RerankerConfig,
+    tok: &TextTokenizer,
+    step: usize,
+    device: Device,
+) -> Result<(TokenBatch, TokenBatch, Targets)> {
+    let picks = sample_indices(records.len(), c.batch_size, step, c.train.seed);
+    let b = grouped_batch(records, &picks, c.group_size, step)?;
+    let targets = Targets::from_positives(b.passages.len(), b.positives)?;
+    Ok((tok.encode(&b.queries)?.to_device(device)?, tok.encode(&b.passages)?.to_device(device)?, targets))
+}
+
+
+/// What a finished run left.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The content of `results.json` (`null` on the processes of a
+    /// distributed run other than rank 0).
+    pub results: serde_json::Value,
+    /// The model bundle.
+    pub bundle: PathBuf,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| GradCacheError::Json { path: path.to_path_buf(), source })?;
+    write_bytes_atomically(path, &bytes)
+}
+
+/// Runs the recipe: trains, evaluates, saves the bundle, prints progress
+/// and the comparison table (with the committed baselines when the budget
+/// matches) and returns the results.
+///
+/// Launched by `mpirun -np R` (and built with the `mpi` feature), the R
+/// processes train one model together ([`crate::core::distributed::launched`]):
+/// each takes its share of every global batch of `batch_size` queries,
+/// rank 0 alone prints, evaluates and writes the run folder.
+///
+/// # Errors
+/// Any configuration, data, model, training or file error, typed.
+pub fn run(c: &RerankerConfig, start: Start) -> Result<TrainReport> {
+    let world = crate::core::distributed::launched()?;
+    run_with(c, start, world.as_ref())
+}
+
+/// [`run`] over the processes of `world` ([`crate::core::distributed::SingleProcess`]
+/// for one).
+///
+/// # Errors
+/// As [`run`]; [`GradCacheError::InvalidConfig`] when `batch_size` is
+/// smaller than the number of processes.
+pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Result<TrainReport> {
+    // Everything is checked before anything is written: a run that fails
+    // here leaves an existing run folder as it was.
+    c.validate()?;
+    let device = parse_device(&c.device)?;
+    let (rank, ranks) = (world.rank(), world.world_size());
+    let lead = rank == 0;
+    if c.batch_size < ranks {
+        return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "must be at least the number of processes" });
+    }
+    if start == Start::New && holds_run(&c.output_dir) {
+        return Err(GradCacheError::RunExists { path: c.output_dir.clone() });
+    }
+    // Every process has looked at the folder before rank 0 writes to it.
+    world.barrier();
+    if !c.model_dir.is_dir() {
+        let why = if c.model_dir == RerankerConfig::default().model_dir {
+            "model folder missing: run scripts/gradcache.sh setup"
+        } else {
+            "model folder missing (a BERT folder: config.json, vocab.txt, model.safetensors)"
+        };
+        return Err(crate::error::not_found(&c.model_dir, why));
+    }
+    let model = ModelDir::open(&c.model_dir)?;
+    let tok = model.tokenizer(c.max_len)?;
+    let task = WordSenseData::read(&c.data_dir)?;
+    let records = match &c.train_jsonl {
+        Some(path) => {
+            let malformed = if c.skip_malformed { Malformed::Skip } else { Malformed::Fail };
+            let read = read_training_records(path, malformed)?;
+            if read.skipped > 0 {
+                eprintln!("skipped {} malformed lines of {}", read.skipped, path.display());
+            }
+            read.items
+        }
+        None => task.training_records(),
+    };
+    if records.is_empty() {
+        let path = c.train_jsonl.clone().unwrap_or_else(|| c.data_dir.clone());
+        return Err(GradCacheError::NoRecords { path, what: "training records" });
+    }
+    crate::app::data::check_negatives(&records, c.group_size)?;
+    let dev = task.sense_eval(c.eval_split, c.dev_queries);
+    let dev_queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
+    let dev_corpus: Vec<&str> = dev.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+
+    // Initialisation (the head, a projection) is reproducible from the seed too.
+    tch::manual_seed(c.train.seed as i64);
+    let scorer = Scorer::from_pretrained(c.model_config(), &model, device)?;
+    let mut gc = GradCache::new(c.step.clone(), scorer.query_encoder(), scorer.passage_encoder(), scorer.head(), &c.loss)?;
+
+    // Each process's share of a global batch: contiguous, in rank order,
+    // the first ones one query fewer when it does not divide evenly.
+    let shares: Vec<usize> = (0..ranks).map(|r| c.batch_size / ranks + usize::from(r >= ranks - c.batch_size % ranks)).collect();
+    let own_start: usize = shares[..rank].iter().sum();
+    if lead {
+        println!(
+            "train_reranker: {} training records, dev {} queries x {} senses, device {device:?}",
+            records.len(),
+            dev.set.queries.len(),
+            dev.set.corpus.len()
+        );
+        let sizes = if c.step.auto_sizes {
+            "chunk and block sizes from the memory budget".to_string()
+        } else {
+            format!("encoder chunk {}, head block {}x{}", c.step.layout.query_chunk_size, c.step.layout.head_block_queries, c.step.layout.head_block_passages)
+        };
+        println!(
+            "batch {} queries x {} passages each ({} passages), {sizes}, {} steps",
+            c.batch_size,
+            c.group_size,
+            c.batch_size * c.group_size,
+            c.train.steps
+        );
+        if ranks > 1 {
+            println!("{ranks} processes (MPI), queries per process {shares:?}: one global batch per step");
+        }
+    }
+    // The pretrained encoder's cosine of mean-pooled vectors; token
+    // encoders have no such baseline.
+    let pretrained = if c.encoder.pooling == Pooling::Tokens {
+        None
+    } else {
+        let cosine = ModelConfig { head: HeadConfig::Cosine(CosineHeadConfig::default()), ..c.model_config() };
+        Some(Scorer::from_pretrained(cosine, &model, device)?)
+    };
+    let cosine = match &pretrained {
+        Some(p) if lead => Some(sense_metrics(&p.score(&dev_queries, &dev_corpus)?, &dev)?),
+        _ => None,
+    };
+
+    let run = fingerprint(c, &model)?;
+    let resume = start == Start::Resume;
+    let mut trainer = if lead {
+        Trainer::for_run(c.train.clone(), scorer.var_store(), &c.output_dir, resume, run)?
+    } else {
+        Trainer::follower(c.train.clone(), scorer.var_store(), &c.output_dir, resume, run)?
+    };
+    if lead {
+        // Only a run that may use this folder records its config there.
+        write_json(&c.output_dir.join("config.json"), c)?;
+        for (path, why) in trainer.skipped_checkpoints() {
+            eprintln!("resume: skipped damaged checkpoint {}: {why}", path.display());
+        }
+        match trainer.resumed_from() {
+            Some(path) => println!("resuming from {} (step {} of {})", path.display(), trainer.first_step(), c.train.steps),
+            None if resume => println!("nothing to resume in {}: starting at step 0", c.output_dir.display()),
+            None => {}
+        }
+    }
+    let summary = trainer.run(
+        |i| {
+            let (q, p, t) = batch(&records, c, &tok, i, device)?;
+            if ranks == 1 {
+                return gc.step(&q, &p, &t);
+            }
+            if c.check_weights_every > 0 && i % c.check_weights_every == 0 {
+                crate::core::distributed::check_same_weights(scorer.var_store(), world, i)?;
+            }
+            let g = c.group_size;
+            let (q, p) = (q.chunk(own_start, shares[rank])?, p.chunk(own_start * g, shares[rank] * g)?);
+            gc.distributed_step(&q, &p, &t, scorer.var_store(), world)
+        },
+        // Rank 0 evaluates; the others wait for it at the next step.
+        |_| if lead { sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev) } else { Ok(BTreeMap::new()) },
+    )?;
+
+    let bundle = c.output_dir.join("model");
+    if !lead {
+        return Ok(TrainReport { results: serde_json::Value::Null, bundle });
+    }
+    scorer.save(&bundle)?;
+    let mut results = BTreeMap::from([("after".to_string(), summary.after.clone())]);
+    if c.test_queries > 0 {
+        let test = task.sense_eval(Split::Test, c.test_queries);
+        let test_q: Vec<&str> = test.set.queries.iter().map(|(_, t)| t.as_str()).collect();
+        let test_c: Vec<&str> = test.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+        results.insert("test_after".to_string(), sense_metrics(&scorer.score(&test_q, &test_c)?, &test)?);
+        if let Some(p) = &pretrained {
+            results.insert("test_pretrained_cosine".to_string(), sense_metrics(&p.score(&test_q, &test_c)?, &test)?);
+        }
+        println!("test split ({} queries): {:?}", test.set.queries.len(), results["test_after"]);
+    }
+    if let Some(cosine) = &cosine {
+        results.insert("pretrained_cosine".to_string(), cosine.clone());
+    }
+    if let Some(before) = &summary.before {
+        results.insert("before".to_string(), before.clone());
+    }
+    let split = match c.eval_split {
+        Split::Train => "train",
+        Split::Dev => "dev",
+        Split::Test => "test",
+    };
+    let mut results = serde_json::json!(results);
+    results["split"] = split.into();
+    results["budget"] = serde_json::json!(c.budget());
+    write_json(&c.output_dir.join("results.json"), &results)?;
+
+    let header: Vec<String> = ["WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10"].iter().map(|h| format!("{h:>13}")).collect();
+    println!("\n{:<48}{}", format!("{split} metrics ({} queries)", dev.set.queries.len()), header.join(" "));
+    const METRICS: [&str; 6] = ["wsd_accuracy", "top1", "top5", "top20", "mrr10", "ndcg10"];
+    let row = |name: &str, m: &BTreeMap<String, f64>| {
+        let cells: Vec<String> = METRICS.iter().map(|k| format!("{:>13.3}", m.get(*k).copied().unwrap_or(f64::NAN))).collect();
+        println!("{name:<48}{}", cells.join(" "));
+    };
+    // Fine-tuned baselines from the committed results file, when they were
+    // measured at this run's budget.
+    let reference = match &c.baselines {
+        Some(path) if path.exists() => Some((path, ReferenceResults::read(path)?)),
+        _ => None,
+    };
+    if let Some(cosine) = &cosine {
+        row("pretrained MiniLM, cosine", cosine);
+    }
+    if let Some(before) = &summary.before {
+        row("encoder + untrained head", before);
+    }
+    if let Some((path, reference)) = &reference {
+        let differs = reference.differences(&c.budget());
+        if differs.is_empty() {
+            for r in &reference.rows {
+                let cells: Vec<String> = METRICS
+                    .iter()
+                    .map(|k| format!("{:>13}", format!("{:.3}±{:.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN))))
+                    .collect();
+                println!("{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "));
+            }
+        } else {
+            println!("(baselines in {} were measured at another budget: {} differ)", path.display(), differs.join(", "));
+        }
+    }
+    row(&format!("this run: {} two-cache steps, seed {}", summary.steps, c.train.seed), &summary.after);
+    if let Some(first) = summary.losses.first() {
+        println!("loss {:.4} -> {:.4}", first, summary.losses.last().copied().unwrap_or(*first));
+    }
+    println!("model bundle in {} (gradcache eval / rerank --model {})", bundle.display(), bundle.display());
+    println!("outputs in {}", c.output_dir.display());
+    Ok(TrainReport { results, bundle })
+}

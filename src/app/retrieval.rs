@@ -1,0 +1,290 @@
+//! Two-stage retrieval with a trained [`Scorer`]: a learned head over every
+//! query × every document does not scale, so a first stage ranks the whole
+//! corpus by the encoders' own cosine, keeping only a running top-k per
+//! query (never the `[Q, C]` matrix), and the head reranks each query's
+//! top k.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::app::data::RetrievalSet;
+use crate::error::{GradCacheError, Result};
+use crate::app::metrics::{ranked_metrics, RetrievalMetrics};
+use crate::core::representation::Representation;
+use crate::app::scorer::Scorer;
+use crate::models::weights::write_bytes_atomically;
+
+/// One query's ranked documents: `(document index, score)`, best first.
+pub type Ranked = Vec<(usize, f64)>;
+
+/// Reports progress: `(what, done, total)`.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// The first stage's vector of each item: the representation's vector, or
+/// the mean of its real tokens, L2-normalised (so that a dot product is the
+/// cosine).
+///
+/// # Shapes
+/// Returns `[n, d]`.
+///
+/// # Errors
+/// Torch errors.
+pub fn first_stage_vectors(rep: &Representation) -> Result<Tensor> {
+    let v = match rep {
+        Representation::Vector(v) => v.shallow_clone(),
+        Representation::Tokens { tokens, mask } => {
+            let m = mask.f_to_kind(tokens.kind())?.f_unsqueeze(-1)?;
+            let count = m.f_sum_dim_intlist(1, false, tokens.kind())?.f_clamp_min(1.0)?;
+            tokens.f_mul(&m)?.f_sum_dim_intlist(1, false, tokens.kind())?.f_div(&count)?
+        }
+    };
+    let norm = v.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?;
+    Ok(v.f_div(&norm)?)
+}
+
+/// The best `k` columns of each row of a score matrix that arrives in
+/// column blocks: memory `[Q, k + block]`, whatever the number of columns.
+#[derive(Debug)]
+pub struct StreamingTopK {
+    k: usize,
+    best: Option<(Tensor, Tensor)>,
+    seen: usize,
+}
+
+impl StreamingTopK {
+    /// Keeps the best `k` (at least 1) per row.
+    pub fn new(k: usize) -> Self {
+        StreamingTopK { k: k.max(1), best: None, seen: 0 }
+    }
+
+    /// Adds the next block of columns, `scores` `[Q, c]`, whose first
+    /// column is column `seen so far` of the whole matrix.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Shape`] when the rows differ from earlier blocks.
+    pub fn push(&mut self, scores: &Tensor) -> Result<()> {
+        let s = scores.f_to_kind(Kind::Float)?;
+        let (rows, cols) = match s.size()[..] {
+            [r, c] => (r, c),
+            _ => return Err(GradCacheError::Shape { what: "top-k block", expected: "[queries, columns]", got: s.size() }),
+        };
+        let index = Tensor::f_arange_start(self.seen as i64, self.seen as i64 + cols, (Kind::Int64, s.device()))?
+            .f_unsqueeze(0)?
+            .f_expand([rows, cols], false)?;
+        let (values, indices) = match self.best.take() {
+            None => (s, index),
+            Some((v, i)) => {
+                if v.size()[0] != rows {
+                    return Err(GradCacheError::Shape { what: "top-k block", expected: "as many rows as the first block", got: s.size() });
+                }
+                (Tensor::f_cat(&[v, s], 1)?, Tensor::f_cat(&[i, index], 1)?)
+            }
+        };
+        let keep = (self.k as i64).min(values.size()[1]);
+        let (top, at) = values.f_topk(keep, 1, true, true)?;
+        self.best = Some((top, indices.f_gather(1, &at, false)?));
+        self.seen += cols as usize;
+        Ok(())
+    }
+
+    /// Each row's best columns, best first (ties: lower column first).
+    ///
+    /// # Errors
+    /// Torch errors.
+    pub fn finish(self) -> Result<Vec<Ranked>> {
+        let Some((values, indices)) = self.best else { return Ok(Vec::new()) };
+        let rows = values.size()[0] as usize;
+        let k = values.size()[1] as usize;
+        let v = Vec::<f64>::try_from(values.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+        let i = Vec::<i64>::try_from(indices.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+        Ok((0..rows)
+            .map(|r| {
+                let mut row: Ranked = (0..k).map(|j| (i[r * k + j] as usize, v[r * k + j])).collect();
+                row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                row
+            })
+            .collect())
+    }
+}
+
+/// Stage one: every query's `k` best documents of `corpus` by the cosine of
+/// [`first_stage_vectors`], encoding the corpus block by block.
+///
+/// # Errors
+/// [`GradCacheError::EmptyBatch`] for no queries or no documents; encoder
+/// errors.
+pub fn first_stage<Q: AsRef<str> + Sync, D: AsRef<str> + Sync>(
+    scorer: &Scorer,
+    queries: &[Q],
+    corpus: &[D],
+    k: usize,
+    progress: ProgressFn,
+) -> Result<Vec<Ranked>> {
+    let block = first_stage_block(scorer);
+    let blocks = corpus.chunks(block).map(Ok);
+    first_stage_streamed(scorer, queries, blocks, corpus.len(), k, progress)
+}
+
+/// Documents per first-stage block: several encoder chunks.
+pub fn first_stage_block(scorer: &Scorer) -> usize {
+    scorer.block_size(crate::error::Side::Passages)
+}
+
+/// [`first_stage`] over a corpus that arrives in blocks (e.g. read from
+/// disk or generated), so that neither the corpus nor any `[Q, C]` matrix
+/// is ever held: memory is the queries' vectors, one block, and the
+/// running top k. Document indices count across blocks; `total` is only
+/// for progress.
+///
+/// # Errors
+/// [`GradCacheError::EmptyBatch`] for no queries or no documents; the
+/// first error a block carries; encoder errors.
+pub fn first_stage_streamed<Q, D, B>(
+    scorer: &Scorer,
+    queries: &[Q],
+    blocks: impl Iterator<Item = Result<B>>,
+    total: usize,
+    k: usize,
+    progress: ProgressFn,
+) -> Result<Vec<Ranked>>
+where
+    Q: AsRef<str> + Sync,
+    D: AsRef<str> + Sync,
+    B: AsRef<[D]>,
+{
+    let q = first_stage_vectors(&scorer.encode_queries(queries)?)?;
+    let mut top = StreamingTopK::new(k);
+    let mut done = 0;
+    for block in blocks {
+        let block = block?;
+        let texts = block.as_ref();
+        if texts.is_empty() {
+            continue;
+        }
+        let c = first_stage_vectors(&scorer.encode_passages(texts)?)?;
+        top.push(&tch::no_grad(|| q.f_matmul(&c.f_transpose(0, 1)?))?)?;
+        done += texts.len();
+        progress("encoding the corpus", done, total.max(done));
+    }
+    if done == 0 {
+        return Err(GradCacheError::EmptyBatch { side: crate::error::Side::Passages });
+    }
+    top.finish()
+}
+
+/// Stage two: the head scores each query against its own candidates only.
+/// Queries go `head_block_queries` at a time; each distinct candidate of
+/// such a group is encoded once.
+///
+/// # Errors
+/// [`GradCacheError::Shape`] when `candidates` has not one list per query
+/// or names a document outside `corpus`; encoder and head errors.
+pub fn rerank_candidates<Q: AsRef<str> + Sync, D: AsRef<str> + Sync>(
+    scorer: &Scorer,
+    queries: &[Q],
+    corpus: &[D],
+    candidates: &[Ranked],
+    progress: ProgressFn,
+) -> Result<Vec<Ranked>> {
+    if candidates.len() != queries.len() || candidates.iter().flatten().any(|&(d, _)| d >= corpus.len()) {
+        return Err(GradCacheError::Shape {
+            what: "candidates",
+            expected: "one list per query, documents inside the corpus",
+            got: vec![queries.len() as i64, candidates.len() as i64],
+        });
+    }
+    let group = scorer.config().layout.head_block_queries;
+    let mut out = Vec::with_capacity(queries.len());
+    for start in (0..queries.len()).step_by(group) {
+        let end = (start + group).min(queries.len());
+        let q = scorer.encode_queries(&queries[start..end])?;
+        let mut row_of: HashMap<usize, i64> = HashMap::new();
+        let mut docs: Vec<&str> = Vec::new();
+        for &(d, _) in candidates[start..end].iter().flatten() {
+            row_of.entry(d).or_insert_with(|| {
+                docs.push(corpus[d].as_ref());
+                docs.len() as i64 - 1
+            });
+        }
+        let passages = if docs.is_empty() { None } else { Some(scorer.encode_passages(&docs)?) };
+        for (j, cands) in candidates[start..end].iter().enumerate() {
+            let Some(passages) = passages.as_ref().filter(|_| !cands.is_empty()) else {
+                out.push(Vec::new());
+                continue;
+            };
+            let rows: Vec<i64> = cands.iter().map(|(d, _)| row_of[d]).collect();
+            let chosen = passages.select(&Tensor::f_from_slice(&rows)?.f_to_device(scorer.device())?)?;
+            let scores = scorer.score_representations(&q.narrow(j, 1)?, &chosen)?;
+            let values = Vec::<f64>::try_from(scores.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+            let mut ranked: Ranked = cands.iter().zip(values).map(|(&(d, _), s)| (d, s)).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            out.push(ranked);
+        }
+        progress("reranking", end, queries.len());
+    }
+    Ok(out)
+}
+
+/// Both stages' rankings of a retrieval set and their metrics.
+#[derive(Debug, Clone)]
+pub struct TwoStageRun {
+    /// Candidates per query kept by stage one.
+    pub retrieve_k: usize,
+    /// Stage one's ranking of each query (its top `retrieve_k`).
+    pub first_stage: Vec<Ranked>,
+    /// The head's ranking of the same candidates.
+    pub reranked: Vec<Ranked>,
+    /// Metrics of stage one.
+    pub first_stage_metrics: RetrievalMetrics,
+    /// Metrics after reranking.
+    pub reranked_metrics: RetrievalMetrics,
+}
+
+/// Runs both stages over a retrieval set (e.g. a BEIR folder read by
+/// [`crate::app::data::beir::read_beir`]) and measures them. With `retrieve_k`
+/// at least the corpus size, the reranked metrics are those of the head
+/// over the whole grid.
+///
+/// # Errors
+/// As [`first_stage`] and [`rerank_candidates`].
+pub fn evaluate_two_stage(scorer: &Scorer, set: &RetrievalSet, retrieve_k: usize, progress: ProgressFn) -> Result<TwoStageRun> {
+    // Judgements first: a bad qrel fails before any encoding.
+    let relevance = set.relevance()?;
+    let queries: Vec<&str> = set.queries.iter().map(|(_, t)| t.as_str()).collect();
+    let corpus: Vec<&str> = set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+    let first = first_stage(scorer, &queries, &corpus, retrieve_k, progress)?;
+    let reranked = rerank_candidates(scorer, &queries, &corpus, &first, progress)?;
+    let order = |r: &[Ranked]| r.iter().map(|row| row.iter().map(|&(d, _)| d).collect::<Vec<_>>()).collect::<Vec<_>>();
+    Ok(TwoStageRun {
+        retrieve_k,
+        first_stage_metrics: ranked_metrics(&order(&first), &relevance)?,
+        reranked_metrics: ranked_metrics(&order(&reranked), &relevance)?,
+        first_stage: first,
+        reranked,
+    })
+}
+
+/// Writes rankings as a TREC run file (`qid Q0 docid rank score tag`),
+/// atomically.
+///
+/// # Errors
+/// [`GradCacheError::Shape`] when the rankings do not fit the set;
+/// [`GradCacheError::Io`].
+pub fn write_trec_run(path: &Path, set: &RetrievalSet, rankings: &[Ranked], tag: &str) -> Result<()> {
+    if rankings.len() != set.queries.len() || rankings.iter().flatten().any(|&(d, _)| d >= set.corpus.len()) {
+        return Err(GradCacheError::Shape {
+            what: "run file rankings",
+            expected: "one list per query, documents inside the corpus",
+            got: vec![rankings.len() as i64],
+        });
+    }
+    let mut text = String::new();
+    for ((qid, _), ranked) in set.queries.iter().zip(rankings) {
+        for (rank, &(d, score)) in ranked.iter().enumerate() {
+            text += &format!("{qid} Q0 {} {} {score:.6} {tag}\n", set.corpus[d].0, rank + 1);
+        }
+    }
+    write_bytes_atomically(path, text.as_bytes())
+}

@@ -1,0 +1,193 @@
+//! AdamW whose state can be saved and restored exactly (tch's optimizers do
+//! not expose their moment buffers), and the learning-rate schedule.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::error::{GradCacheError, Result};
+use crate::models::weights::{read_safetensors, write_bytes_atomically};
+
+/// AdamW (Loshchilov & Hutter) as PyTorch computes it: decoupled weight
+/// decay `p ← p·(1 − lr·wd)`, then `p ← p − lr·m̂/(√v̂ + ε)`. Parameters with
+/// one dimension (biases, LayerNorm) get no weight decay.
+#[derive(Debug)]
+pub struct AdamW {
+    /// β₁, β₂.
+    pub betas: (f64, f64),
+    /// ε.
+    pub eps: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    step: i64,
+    moments: BTreeMap<String, (Tensor, Tensor)>,
+}
+
+impl AdamW {
+    /// A fresh optimizer.
+    pub fn new(weight_decay: f64) -> Self {
+        AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay, step: 0, moments: BTreeMap::new() }
+    }
+
+    /// Updates every trainable variable of `vs` that has a gradient.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Torch`].
+    pub fn step(&mut self, vs: &nn::VarStore, lr: f64) -> Result<()> {
+        self.step_with(vs, |_| lr)
+    }
+
+    /// Like [`AdamW::step`], with a learning rate per variable name.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Torch`].
+    pub fn step_with(&mut self, vs: &nn::VarStore, lr_of: impl Fn(&str) -> f64) -> Result<()> {
+        self.step += 1;
+        let (b1, b2) = self.betas;
+        let c1 = 1.0 - b1.powi(self.step as i32);
+        let c2 = 1.0 - b2.powi(self.step as i32);
+        tch::no_grad(|| -> Result<()> {
+            for (name, mut p) in vs.variables() {
+                if !p.requires_grad() {
+                    continue;
+                }
+                let g = p.f_grad()?;
+                if !g.defined() {
+                    continue;
+                }
+                let lr = lr_of(&name);
+                let (m, v) = match self.moments.get_mut(&name) {
+                    Some(mv) => mv,
+                    None => self.moments.entry(name.clone()).or_insert((p.f_zeros_like()?, p.f_zeros_like()?)),
+                };
+                let _ = m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
+                let _ = v.f_mul_scalar_(b2)?.f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - b2)?)?;
+                if p.dim() > 1 && self.weight_decay > 0.0 {
+                    let _ = p.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
+                }
+                let denom = v.f_div_scalar(c2)?.f_sqrt()?.f_add_scalar(self.eps)?;
+                let update = m.f_div_scalar(c1)?.f_div(&denom)?.f_mul_scalar(lr)?;
+                let _ = p.f_sub_(&update)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Updates made so far.
+    pub fn steps(&self) -> i64 {
+        self.step
+    }
+
+    /// Saves the moments (`exp_avg.NAME`, `exp_avg_sq.NAME`) and the step count.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Io`], [`GradCacheError::Torch`].
+    pub fn save(&self, file: &Path) -> Result<()> {
+        let mut named: Vec<(String, Tensor)> = vec![("step".into(), Tensor::from_slice(&[self.step]))];
+        for (name, (m, v)) in &self.moments {
+            named.push((format!("exp_avg.{name}"), m.shallow_clone()));
+            named.push((format!("exp_avg_sq.{name}"), v.shallow_clone()));
+        }
+        write_bytes_atomically(file, &crate::models::weights::encode_safetensors(&named, &[])?)
+    }
+
+    /// Restores what [`AdamW::save`] wrote, onto the variables of `vs`.
+    ///
+    /// # Errors
+    /// [`GradCacheError::Checkpoint`] when the file holds moments for
+    /// variables `vs` lacks or with other shapes, or no step count.
+    pub fn load(&mut self, vs: &nn::VarStore, file: &Path) -> Result<()> {
+        let bad = |reason: &str| GradCacheError::Checkpoint { path: file.to_path_buf(), reason: reason.to_string() };
+        let vars = vs.variables();
+        let mut step = None;
+        let mut first: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut second: BTreeMap<String, Tensor> = BTreeMap::new();
+        for (key, t) in read_safetensors(file)? {
+            if key == "step" {
+                step = Some(t.f_int64_value(&[0])?);
+                continue;
+            }
+            let (slot, name) = if let Some(n) = key.strip_prefix("exp_avg_sq.") {
+                (&mut second, n)
+            } else if let Some(n) = key.strip_prefix("exp_avg.") {
+                (&mut first, n)
+            } else {
+                return Err(bad("unknown tensor in optimizer state"));
+            };
+            let var = vars.get(name).ok_or(bad("optimizer state for a variable the model lacks"))?;
+            if var.size() != t.size() {
+                return Err(bad("optimizer state shape differs from the model's"));
+            }
+            slot.insert(name.to_string(), t.f_to_kind(var.kind())?.f_to_device(var.device())?);
+        }
+        self.step = step.ok_or(bad("optimizer state lacks its step count"))?;
+        if first.keys().ne(second.keys()) {
+            return Err(bad("optimizer state has unpaired moments"));
+        }
+        self.moments = first.into_iter().zip(second.into_values()).map(|((n, m), v)| (n, (m, v))).collect();
+        Ok(())
+    }
+}
+
+/// Linear warmup from 0 to the peak over `warmup` steps, then linear decay
+/// to 0 at `total` steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LinearSchedule {
+    /// Peak learning rate.
+    pub peak: f64,
+    /// Warmup steps.
+    pub warmup: usize,
+    /// Total steps.
+    pub total: usize,
+}
+
+impl LinearSchedule {
+    /// The learning rate of 0-based step `step`.
+    pub fn lr(&self, step: usize) -> f64 {
+        let s = step as f64 + 1.0;
+        if step < self.warmup {
+            return self.peak * s / self.warmup as f64;
+        }
+        let remaining = self.total.saturating_sub(step) as f64;
+        let span = self.total.saturating_sub(self.warmup).max(1) as f64;
+        self.peak * (remaining / span).clamp(0.0, 1.0)
+    }
+}
+
+/// Scales all gradients of `vs` so that their global L2 norm is at most
+/// `max_norm`; returns the norm before clipping.
+///
+/// # Errors
+/// [`GradCacheError::Torch`].
+pub fn clip_grad_norm(vs: &nn::VarStore, max_norm: Option<f64>) -> Result<f64> {
+    let grads: Vec<Tensor> = vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::f_grad)
+        .collect::<std::result::Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(Tensor::defined)
+        .collect();
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let squares: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.f_to_kind(tch::Kind::Double)?.f_square()?.f_sum(tch::Kind::Double))
+        .collect::<std::result::Result<_, _>>()?;
+    let norm = Tensor::f_stack(&squares, 0)?.f_sum(tch::Kind::Double)?.f_sqrt()?.f_double_value(&[])?;
+    if let Some(max) = max_norm {
+        if norm.is_finite() && norm > max {
+            let scale = max / (norm + 1e-6);
+            tch::no_grad(|| -> Result<()> {
+                for g in &grads {
+                    let _ = g.shallow_clone().f_mul_scalar_(scale)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(norm)
+}

@@ -1,0 +1,177 @@
+//! The command line's layer: the arguments of `gradcache train` (and of
+//! `examples/train_reranker`, the main job), resolved into the recipe's
+//! config. The binary (`src/bin/gradcache.rs`) and the example are thin
+//! over it.
+
+use std::path::PathBuf;
+
+use crate::app::data::wordnet::Split;
+use crate::app::recipe::{RerankerConfig, Start};
+use crate::core::config::MemoryConfig;
+use crate::core::layout::Layout;
+use crate::error::{GradCacheError, Result};
+use crate::runtime::precision::Precision;
+
+/// Command-line settings of a run: a config file and flags over it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// JSON config (any subset of the fields; flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Training steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Queries per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Encoder chunk size (queries and passages); head blocks of that many queries × 4× as many passages ([`Layout::from_chunk_size`]).
+    #[arg(long)]
+    pub chunk_size: Option<usize>,
+    /// What the step keeps instead of recomputing: `all` (recompute all,
+    /// the default), `none` (keep everything), `auto` (half the available
+    /// memory), a budget in MB (e.g. `2000`), or `StepConfig.memory`'s JSON.
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<MemoryConfig>,
+    /// Cut encoder chunks from the texts sorted by length (less padding).
+    #[arg(long)]
+    pub sort_by_length: bool,
+    /// Choose chunk and block sizes for each batch from the memory budget
+    /// (needs `--memory` with a budget; `--chunk-size` is then ignored).
+    #[arg(long)]
+    pub auto_sizes: bool,
+    /// Forward passes under autocast: `f32` (default) or `bf16` (`f16` is
+    /// refused: no loss scaling).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Queries evaluated before and after training.
+    #[arg(long)]
+    pub dev_queries: Option<usize>,
+    /// After training, also evaluate this many test-split queries.
+    #[arg(long)]
+    pub test_queries: Option<usize>,
+    /// Also evaluate every N steps (into metrics.jsonl; 0: only before and after).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// dev or test.
+    #[arg(long, value_parser = parse_split)]
+    pub eval_split: Option<Split>,
+    /// Seed of initialisation, data order and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// The run folder.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Train on these JSONL records instead of the WordNet training split.
+    #[arg(long)]
+    pub train_jsonl: Option<PathBuf>,
+    /// Continue from the newest intact checkpoint in the output folder
+    /// (refused when any setting that shapes training differs).
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Start over in an output folder that holds another run (its
+    /// checkpoints and metrics are kept one generation back, as
+    /// checkpoints.previous/ and metrics.previous.jsonl).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// The start the flags ask for.
+    pub fn start(&self) -> Start {
+        match (self.resume, self.overwrite) {
+            (true, _) => Start::Resume,
+            (false, true) => Start::Overwrite,
+            (false, false) => Start::New,
+        }
+    }
+}
+
+fn parse_memory(s: &str) -> std::result::Result<MemoryConfig, String> {
+    s.parse().map_err(|e: GradCacheError| e.to_string())
+}
+
+fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    s.parse().map_err(|e: GradCacheError| e.to_string())
+}
+
+fn parse_split(s: &str) -> std::result::Result<Split, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("unknown split `{s}`: dev, test or train"))
+}
+
+impl TrainArgs {
+    /// The run's configuration: the config file (or the defaults) with the
+    /// flags over it, validated.
+    ///
+    /// # Errors
+    /// As [`RerankerConfig::read`] and [`RerankerConfig::validate`].
+    pub fn resolve(&self) -> Result<RerankerConfig> {
+        let mut c = match &self.config {
+            Some(path) => RerankerConfig::read(path)?,
+            None => RerankerConfig::default(),
+        };
+        if let Some(v) = self.steps {
+            c.train.steps = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if let Some(v) = self.memory {
+            c.step.memory = v;
+        }
+        if self.sort_by_length {
+            c.step.sort_by_length = true;
+        }
+        if self.auto_sizes {
+            c.step.auto_sizes = true;
+        }
+        if let Some(p) = self.precision {
+            c.step.precision = p;
+        }
+        if let Some(v) = self.chunk_size {
+            c.step.layout = Layout::from_chunk_size(v);
+        }
+        if let Some(v) = self.learning_rate {
+            c.train.learning_rate = v;
+        }
+        if let Some(v) = self.dev_queries {
+            c.dev_queries = v;
+        }
+        if let Some(v) = self.test_queries {
+            c.test_queries = v;
+        }
+        if let Some(v) = self.eval_every {
+            c.train.eval_every = v;
+        }
+        if let Some(v) = self.eval_split {
+            c.eval_split = v;
+        }
+        if let Some(v) = self.seed {
+            c.train.seed = v;
+        }
+        if let Some(v) = &self.device {
+            c.device = v.clone();
+        }
+        if let Some(v) = &self.output_dir {
+            c.output_dir = v.clone();
+        }
+        if let Some(v) = &self.train_jsonl {
+            c.train_jsonl = Some(v.clone());
+        }
+        if self.quiet {
+            c.train.progress = false;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+

@@ -1,0 +1,61 @@
+//! The scoring-head trait: the learned "deep distance function" Φ.
+
+use tch::Tensor;
+
+use crate::error::Result;
+use crate::core::representation::Representation;
+
+/// Gradients of the loss with respect to the representations: the
+/// representation-gradient cache.
+///
+/// # Shapes
+/// `queries` has the shape of the query representation's tensor (`[N, d]` or
+/// `[N, L, d]`), `passages` that of the passages' (`[M, d]` or `[M, L, d]`).
+#[derive(Debug)]
+pub struct RepresentationGradients {
+    /// ∂L/∂U.
+    pub queries: Tensor,
+    /// ∂L/∂V.
+    pub passages: Tensor,
+}
+
+/// Scores every query of a block against every passage of a block.
+///
+/// Parameters live in a `tch::nn::VarStore` under a path given at
+/// construction, so the caller's optimizer sees them.
+///
+/// For the step to be exact, [`ScoringHead::score`] must be a function of
+/// its inputs, its parameters and libtorch's global generator only: the head
+/// pass recomputes each block after re-seeding the generator, and expects the
+/// same scores. A score must depend on its own pair only (no statistics over
+/// the block, no batch norm), since blocks are scored separately.
+pub trait ScoringHead {
+    /// Scores a block.
+    ///
+    /// # Shapes
+    /// `queries` has `a` items, `passages` `b` items; returns `[a, b]`.
+    ///
+    /// # Errors
+    /// Any error of the implementation, e.g.
+    /// [`crate::GradCacheError::RepresentationKind`] for the wrong kind of
+    /// representation.
+    fn score(&self, queries: &Representation, passages: &Representation, train: bool) -> Result<Tensor>;
+
+    /// ∂L/∂U and ∂L/∂V in closed form, given the whole batch's
+    /// representations and the distance-gradient cache `W = ∂L/∂S`. A head
+    /// with parameters must return `None` (the default): its parameters get
+    /// their gradient only from the head pass. When this returns `Some`, the
+    /// step skips the head pass.
+    ///
+    /// # Shapes
+    /// `queries`: `N` items; `passages`: `M` items; `weights`: `[N, M]`.
+    fn closed_form_gradients(
+        &self,
+        queries: &Representation,
+        passages: &Representation,
+        weights: &Tensor,
+    ) -> Option<Result<RepresentationGradients>> {
+        let _ = (queries, passages, weights);
+        None
+    }
+}

@@ -1,0 +1,170 @@
+//! How a batch is cut: the encoder chunk sizes and the head block sizes,
+//! one type for the training step ([`crate::core::config::StepConfig`]) and
+//! for a model's scoring ([`crate::app::scorer::ModelConfig`]), and the
+//! pieces they cut.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::error::Side;
+use crate::error::{GradCacheError, Result};
+
+/// Chunk and block sizes. Chunk sizes bound the encoder activations held at
+/// once, block sizes the head activations; they are set independently, and
+/// any batch size works (the last chunk or block is shorter).
+///
+/// JSON: the four fields, each optional (missing ones take the defaults),
+/// written flat into the configs that hold a layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Layout {
+    /// Queries encoded together in one encoder chunk.
+    pub query_chunk_size: usize,
+    /// Passages encoded together in one encoder chunk.
+    pub passage_chunk_size: usize,
+    /// Query rows in one head block of the pair grid.
+    pub head_block_queries: usize,
+    /// Passage columns in one head block of the pair grid.
+    pub head_block_passages: usize,
+}
+
+/// The library's default layout: chunks of 32, blocks of 32 × 128 pairs.
+impl Default for Layout {
+    fn default() -> Self {
+        Layout { query_chunk_size: 32, passage_chunk_size: 32, head_block_queries: 32, head_block_passages: 128 }
+    }
+}
+
+/// Passage columns of a head block per item of an encoder chunk, in the
+/// layout one size gives ([`Layout::from_chunk_size`]): a block of
+/// `v × 4v` pairs for chunks of `v`.
+pub const BLOCK_PASSAGES_PER_CHUNK_ITEM: usize = 4;
+
+impl Layout {
+    /// The layout one number gives (`gradcache train --chunk-size v`):
+    /// chunks of `v` on both sides, head blocks of `v` queries ×
+    /// [`BLOCK_PASSAGES_PER_CHUNK_ITEM`]` · v` passages.
+    pub fn from_chunk_size(v: usize) -> Layout {
+        Layout { query_chunk_size: v, passage_chunk_size: v, head_block_queries: v, head_block_passages: BLOCK_PASSAGES_PER_CHUNK_ITEM * v }
+    }
+
+    /// Every size `n`: with `n` at least the batch, each side is one chunk
+    /// and the grid one block.
+    pub fn whole(n: usize) -> Layout {
+        Layout { query_chunk_size: n, passage_chunk_size: n, head_block_queries: n, head_block_passages: n }
+    }
+
+    /// Checks that every size is at least 1.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] naming the first zero size.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("query_chunk_size", self.query_chunk_size),
+            ("passage_chunk_size", self.passage_chunk_size),
+            ("head_block_queries", self.head_block_queries),
+            ("head_block_passages", self.head_block_passages),
+        ];
+        match sizes.iter().find(|(_, v)| *v == 0) {
+            Some(&(field, _)) => Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1" }),
+            None => Ok(()),
+        }
+    }
+
+    /// The chunk size of a side.
+    pub fn chunk_size(&self, side: Side) -> usize {
+        match side {
+            Side::Queries => self.query_chunk_size,
+            Side::Passages => self.passage_chunk_size,
+        }
+    }
+
+    /// The grid of head blocks over `n` queries × `m` passages, none
+    /// retained.
+    pub fn grid(&self, n: usize, m: usize) -> BlockGrid {
+        BlockGrid { rows: cut(n, self.head_block_queries), cols: cut(m, self.head_block_passages), retained: 0 }
+    }
+}
+
+/// One contiguous run of items of a side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// First item.
+    pub start: usize,
+    /// Items.
+    pub len: usize,
+}
+
+impl Piece {
+    /// The rows of this piece of a tensor over the whole side.
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn rows(&self, tensor: &tch::Tensor) -> Result<tch::Tensor> {
+        Ok(tensor.f_narrow(0, self.start as i64, self.len as i64)?)
+    }
+}
+
+/// `total` items cut into pieces of `size` (the last one shorter).
+pub fn cut(total: usize, size: usize) -> Vec<Piece> {
+    let size = size.max(1);
+    (0..total).step_by(size).map(|start| Piece { start, len: size.min(total - start) }).collect()
+}
+
+/// One block of the pair grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// Its position, row-major over the grid (its replay stream).
+    pub index: usize,
+    /// Its row of blocks.
+    pub row: usize,
+    /// Query rows.
+    pub queries: Piece,
+    /// Passage columns.
+    pub passages: Piece,
+    /// Whether the score pass keeps its graph for the head pass.
+    pub retained: bool,
+}
+
+impl Block {
+    /// The block's part of a `[N, M]` matrix (scores, `W`).
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn of(&self, matrix: &tch::Tensor) -> Result<tch::Tensor> {
+        Ok(self.queries.rows(matrix)?.f_narrow(1, self.passages.start as i64, self.passages.len as i64)?)
+    }
+}
+
+/// The blocks of an `N × M` pair grid: rows of query pieces × columns of
+/// passage pieces, the first `retained` blocks (row-major) kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockGrid {
+    /// Query pieces, one per row of blocks.
+    pub rows: Vec<Piece>,
+    /// Passage pieces, one per column of blocks.
+    pub cols: Vec<Piece>,
+    /// How many blocks, in row-major order, keep their graph.
+    pub retained: usize,
+}
+
+impl BlockGrid {
+    /// Every block, row by row.
+    pub fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
+        self.rows.iter().enumerate().flat_map(move |(row, &queries)| {
+            self.cols.iter().enumerate().map(move |(col, &passages)| {
+                let index = row * self.cols.len() + col;
+                Block { index, row, queries, passages, retained: index < self.retained }
+            })
+        })
+    }
+
+    /// Blocks in the grid.
+    pub fn len(&self) -> usize {
+        self.rows.len() * self.cols.len()
+    }
+
+    /// Whether the grid has no block.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

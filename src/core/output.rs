@@ -1,0 +1,137 @@
+//! What a step reports: its loss, the time of each pass, how it cut the
+//! batch and what it kept, and one line or one JSON object of that.
+
+use std::time::Duration;
+
+use crate::core::config::RetainCounts;
+
+
+/// Wall time of each phase of a step.
+///
+/// For [`GradCache::full_batch_step`](crate::GradCache::full_batch_step) and [`GradCache::accumulation_step`](crate::GradCache::accumulation_step),
+/// `representation` and `score` are the forward passes with graph, `head` is
+/// zero, and `encoder` is the single backward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseTimings {
+    /// Encoders over every chunk (without graph in the cached step).
+    pub representation: Duration,
+    /// Head over every block (without graph in the cached step).
+    pub score: Duration,
+    /// Loss and `W = ∂L/∂S`.
+    pub distance_gradient: Duration,
+    /// Head pass: every block again, with graph, backpropagating `W`.
+    pub head: Duration,
+    /// Encoder pass: every chunk again, with graph, backpropagating ∂L/∂U, ∂L/∂V.
+    pub encoder: Duration,
+}
+
+impl PhaseTimings {
+    /// The sum of all phases.
+    pub fn total(&self) -> Duration {
+        self.representation + self.score + self.distance_gradient + self.head + self.encoder
+    }
+}
+
+/// How the step cut the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepSizes {
+    /// Queries `N`.
+    pub num_queries: usize,
+    /// Passages `M`.
+    pub num_passages: usize,
+    /// Encoder chunks on the query side.
+    pub query_chunks: usize,
+    /// Encoder chunks on the passage side.
+    pub passage_chunks: usize,
+    /// Blocks of the `N × M` pair grid.
+    pub head_blocks: usize,
+    /// Items in the largest query chunk and passage chunk (the sizes the
+    /// step used: the config's, or those chosen from a budget).
+    pub chunk_items: (usize, usize),
+    /// Query rows and passage columns of the largest head block.
+    pub block_pairs: (usize, usize),
+    /// Whether the head gave closed-form gradients, so no head pass ran.
+    pub closed_form_head: bool,
+}
+
+/// What a step returns. Gradients are in the parameters' `.grad()`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutput {
+    /// The batch loss.
+    pub loss: f64,
+    /// Time per phase.
+    pub timings: PhaseTimings,
+    /// How the batch was cut.
+    pub sizes: StepSizes,
+    /// How many chunks and blocks kept their first-pass graph (zero under
+    /// the default `{"recompute": "all"}`).
+    pub retained: RetainCounts,
+    /// Under a memory budget: the budget and the plan's estimate.
+    pub budget: Option<BudgetReport>,
+}
+
+impl StepOutput {
+    /// One line on how the step cut the batch and what it kept, e.g.
+    /// `step plan: 64 queries in 4 chunks of up to 16, 128 passages in 8
+    /// chunks of up to 16, 8 head blocks of up to 32×32; retained query
+    /// chunks / passage chunks / head blocks: 4 / 3 / 0 (budget 500 MB,
+    /// estimated peak 487 MB)`.
+    pub fn describe_plan(&self) -> String {
+        let (s, r) = (&self.sizes, &self.retained);
+        let head = if s.closed_form_head { " (closed-form head: no head pass)" } else { "" };
+        let budget = self
+            .budget
+            .map(|b| {
+                let measured = b.measured_peak_mb.map(|m| format!(", measured {m:.0} MB")).unwrap_or_default();
+                format!(" (budget {:.0} MB, estimated peak {:.0} MB{measured})", b.budget_mb, b.estimated_peak_mb)
+            })
+            .unwrap_or_default();
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "step plan: {} queries in {} of up to {}, {} passages in {} of up to {}, {} of up to {}×{}{head}; retained query chunks / passage chunks / head blocks: {} / {} / {}{budget}",
+            s.num_queries,
+            count(s.query_chunks, "chunk"),
+            s.chunk_items.0,
+            s.num_passages,
+            count(s.passage_chunks, "chunk"),
+            s.chunk_items.1,
+            count(s.head_blocks, "head block"),
+            s.block_pairs.0,
+            s.block_pairs.1,
+            r.query_chunks,
+            r.passage_chunks,
+            r.head_blocks
+        )
+    }
+
+    /// The same as JSON (the trainer's first log line carries it).
+    pub fn plan_json(&self) -> serde_json::Value {
+        let s = &self.sizes;
+        serde_json::json!({
+            "queries": s.num_queries, "passages": s.num_passages,
+            "query_chunks": s.query_chunks, "passage_chunks": s.passage_chunks, "head_blocks": s.head_blocks,
+            "query_chunk_items": s.chunk_items.0, "passage_chunk_items": s.chunk_items.1,
+            "block_queries": s.block_pairs.0, "block_passages": s.block_pairs.1,
+            "closed_form_head": s.closed_form_head, "retained": self.retained,
+            "budget_mb": self.budget.map(|b| b.budget_mb), "estimated_peak_mb": self.budget.map(|b| b.estimated_peak_mb),
+            "measured_peak_mb": self.budget.and_then(|b| b.measured_peak_mb),
+        })
+    }
+}
+
+/// A budgeted step's memory figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetReport {
+    /// The budget in MB (resolved, for `{"budget": "auto"}`).
+    pub budget_mb: f64,
+    /// The plan's estimated activation peak in MB ([`crate::core::plan::Plan::estimate_peak`]),
+    /// never above the budget.
+    pub estimated_peak_mb: f64,
+    /// The step's measured peak in MB above what was allocated when it
+    /// began, on a GPU: from the CUDA caching allocator, whose peak counter
+    /// the step resets ([`crate::runtime::gpu::reset_peak`]). `None` on the CPU,
+    /// where glibc keeps no peak of bytes in use (the benchmarks read the
+    /// process's resident peak instead).
+    pub measured_peak_mb: Option<f64>,
+}
+

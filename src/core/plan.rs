@@ -1,0 +1,304 @@
+//! The pieces of one two-cache step, already cut: the encoder chunks of
+//! each side and the grid of head blocks, each with its replay stream and
+//! whether the first pass keeps its graph (**retained**: the second pass
+//! backpropagates through it directly) or drops it (**recomputed**: the
+//! second pass runs it again from the same random stream). Every pass of
+//! the step walks the same `Plan`; nothing else cuts a batch.
+
+use crate::core::batch::Chunk;
+use crate::core::config::{MemoryConfig, Recompute, RetainCounts, StepConfig};
+use crate::core::layout::{cut, Block, BlockGrid, Layout, Piece, Side};
+use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Queries => 0,
+        Side::Passages => 1,
+    }
+}
+
+/// One encoder chunk of a side, as the plan cut it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkPiece {
+    /// Its replay stream index.
+    pub stream: usize,
+    /// Its positions in the side's chunking order (the batch's order, or
+    /// the items sorted by length).
+    pub piece: Piece,
+    /// Whether the representation pass keeps its graph.
+    pub retained: bool,
+    /// The batch items at those positions, when the side is chunked in
+    /// another order than the batch's.
+    items: Option<Vec<usize>>,
+}
+
+impl ChunkPiece {
+    /// Items in the chunk.
+    pub fn len(&self) -> usize {
+        self.piece.len
+    }
+
+    /// Whether the chunk is empty (never, in a plan).
+    pub fn is_empty(&self) -> bool {
+        self.piece.len == 0
+    }
+
+    /// The chunk's items, cut from the side's input.
+    ///
+    /// # Errors
+    /// The input's errors.
+    pub fn cut<C: Chunk>(&self, input: &C) -> Result<C> {
+        match &self.items {
+            Some(items) => input.select(items),
+            None => input.chunk(self.piece.start, self.piece.len),
+        }
+    }
+
+    /// The chunk's rows of a tensor over the whole side in the batch's
+    /// order (representations or their gradients).
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn rows(&self, tensor: &tch::Tensor) -> Result<tch::Tensor> {
+        match &self.items {
+            Some(items) => {
+                let index: Vec<i64> = items.iter().map(|&i| i as i64).collect();
+                Ok(tensor.f_index_select(0, &tch::Tensor::from_slice(&index).f_to_device(tensor.device())?)?)
+            }
+            None => self.piece.rows(tensor),
+        }
+    }
+}
+
+/// The layout of one step (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Per side, the order items are chunked in (position → item), when
+    /// chunks are cut from the items sorted by length.
+    orders: [Option<Vec<usize>>; 2],
+    /// Per side, the replay stream of the first chunk (non-zero for one
+    /// process's share of a batch split across processes).
+    first_streams: [usize; 2],
+    /// Per side, each chunk and whether it is retained.
+    chunks: [Vec<(Piece, bool)>; 2],
+    grid: BlockGrid,
+}
+
+fn cut_retained(total: usize, size: usize, keep: usize) -> Vec<(Piece, bool)> {
+    cut(total, size).into_iter().enumerate().map(|(i, p)| (p, i < keep)).collect()
+}
+
+impl Plan {
+    /// The plan of `config` for `n` queries and `m` passages, in the
+    /// batch's order.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`], or
+    /// for a budget (it needs a cost model: [`crate::core::budget`]).
+    pub fn new(config: &StepConfig, n: usize, m: usize) -> Result<Plan> {
+        config.validate()?;
+        let counts = match config.memory {
+            MemoryConfig::Budget { .. } | MemoryConfig::Auto { .. } => {
+                return Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget needs a cost model: use Plan::fit" })
+            }
+            MemoryConfig::Recompute { recompute: Recompute::All } => RetainCounts::default(),
+            MemoryConfig::Recompute { recompute: Recompute::None } => return Ok(Plan::whole(&config.layout, n, m)),
+            MemoryConfig::Retain { retain } => retain,
+        };
+        Ok(Plan::with_retained(&config.layout, n, m, counts))
+    }
+
+    /// `config`'s chunks and blocks for this batch with nothing retained,
+    /// in length order when the config sorts: what the passes run over when
+    /// called one by one.
+    ///
+    /// # Errors
+    /// As [`Plan::length_orders`].
+    pub fn layout_of<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<Plan> {
+        Ok(Plan::with_retained(&config.layout, queries.len(), passages.len(), RetainCounts::default()).with_orders(Plan::length_orders(config, queries, passages)?))
+    }
+
+    /// The layout's pieces with the first `counts` of each kept.
+    pub fn with_retained(layout: &Layout, n: usize, m: usize, counts: RetainCounts) -> Plan {
+        let mut grid = layout.grid(n, m);
+        grid.retained = counts.head_blocks;
+        Plan {
+            orders: [None, None],
+            first_streams: [0, 0],
+            chunks: [cut_retained(n, layout.query_chunk_size, counts.query_chunks), cut_retained(m, layout.passage_chunk_size, counts.passage_chunks)],
+            grid,
+        }
+    }
+
+    /// Everything kept, each side's encoder work in one piece (the
+    /// full-batch step's encoder layout: cutting a batch that is kept whole
+    /// anyway only adds per-chunk overhead), the pair grid in `layout`'s
+    /// blocks, all kept (one block over every pair is slower than cache-sized
+    /// blocks for a head with hidden layers: measured in
+    /// `docs/benchmarks.md`). Encoder streams as for chunk 0, so its dropout
+    /// masks differ from a chunked step's: it is chosen only explicitly,
+    /// by `{"recompute": "none"}`.
+    pub fn whole(layout: &Layout, n: usize, m: usize) -> Plan {
+        let all = RetainCounts { query_chunks: 1, passage_chunks: 1, head_blocks: usize::MAX };
+        let one = n.max(m).max(1);
+        Plan::with_retained(&Layout { query_chunk_size: one, passage_chunk_size: one, ..*layout }, n, m, all)
+    }
+
+    /// The layout of a batch split across processes: `query_shards[r]`
+    /// queries and `passage_shards[r]` passages on rank `r`, in rank order.
+    /// Each shard is cut into `config`'s chunks on its own (a chunk never
+    /// spans two processes); chunks are numbered, and so seeded, across the
+    /// whole batch, so every chunk of every process has its own random
+    /// stream. The pair grid is `config`'s blocks over the whole batch.
+    /// Nothing is retained.
+    pub fn sharded(config: &StepConfig, query_shards: &[usize], passage_shards: &[usize]) -> Plan {
+        let cut_shards = |shards: &[usize], size: usize| {
+            let mut chunks = Vec::new();
+            let mut offset = 0;
+            for &items in shards {
+                chunks.extend(cut(items, size).into_iter().map(|p| (Piece { start: offset + p.start, len: p.len }, false)));
+                offset += items;
+            }
+            chunks
+        };
+        let (n, m) = (query_shards.iter().sum(), passage_shards.iter().sum());
+        let layout = &config.layout;
+        Plan {
+            orders: [None, None],
+            first_streams: [0, 0],
+            chunks: [cut_shards(query_shards, layout.query_chunk_size), cut_shards(passage_shards, layout.passage_chunk_size)],
+            grid: layout.grid(n, m),
+        }
+    }
+
+    /// The same plan with each side's items chunked in `orders` (position
+    /// → item; `None`: the batch's order), as [`Plan::length_orders`] gives.
+    pub fn with_orders(mut self, orders: [Option<Vec<usize>>; 2]) -> Plan {
+        self.orders = orders;
+        self
+    }
+
+    /// The same plan with its chunks drawing the replay streams from
+    /// `first_streams` (per side) on: the share of process `r` of a batch
+    /// split across processes is cut like a batch of its own, but its
+    /// chunks keep the streams they have in [`Plan::sharded`].
+    pub fn with_first_streams(mut self, first_streams: [usize; 2]) -> Plan {
+        self.first_streams = first_streams;
+        self
+    }
+
+    /// The same layout with nothing retained.
+    pub fn without_retained(mut self) -> Plan {
+        for (_, r) in self.chunks.iter_mut().flatten() {
+            *r = false;
+        }
+        self.grid.retained = 0;
+        self
+    }
+
+    /// The same plan with no head block retained (for a head with
+    /// closed-form gradients, whose blocks never run a second time).
+    pub fn without_retained_blocks(mut self) -> Plan {
+        self.grid.retained = 0;
+        self
+    }
+
+    /// For each side of `config`'s batch, the items sorted by length,
+    /// longest first (stable), when `config.sort_by_length` asks for it.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] when an input cannot report its
+    /// items' lengths.
+    pub fn length_orders<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<Vec<usize>>; 2]> {
+        if !config.sort_by_length {
+            return Ok([None, None]);
+        }
+        let order = |lengths: Option<Vec<usize>>| -> Result<Option<Vec<usize>>> {
+            let lengths = lengths.ok_or(GradCacheError::InvalidConfig { field: "sort_by_length", reason: "needs an input whose items have lengths (e.g. TokenBatch)" })?;
+            let mut order: Vec<usize> = (0..lengths.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+            Ok(Some(order))
+        };
+        Ok([order(queries.lengths()?)?, order(passages.lengths()?)?])
+    }
+
+    /// The encoder chunks of a side, cut: each with its stream, its items
+    /// and whether it is retained.
+    pub fn chunks(&self, side: Side) -> Vec<ChunkPiece> {
+        let s = side_index(side);
+        let order = self.orders[s].as_ref();
+        self.chunks[s]
+            .iter()
+            .enumerate()
+            .map(|(i, &(piece, retained))| ChunkPiece {
+                stream: self.first_streams[s] + i,
+                piece,
+                retained,
+                items: order.map(|o| o[piece.start..piece.start + piece.len].to_vec()),
+            })
+            .collect()
+    }
+
+    /// Marks chunk `i` of a side retained or not (what a budget keeps).
+    pub(crate) fn set_chunk_retained(&mut self, side: Side, i: usize, retained: bool) {
+        self.chunks[side_index(side)][i].1 = retained;
+    }
+
+    /// Keeps the first `n` head blocks (what a budget keeps).
+    pub(crate) fn set_retained_blocks(&mut self, n: usize) {
+        self.grid.retained = n;
+    }
+
+    /// Puts a side's representations, concatenated chunk by chunk, back in
+    /// the batch's order.
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn in_batch_order(&self, side: Side, chunked: Representation) -> Result<Representation> {
+        match &self.orders[side_index(side)] {
+            Some(order) => {
+                let mut inverse = vec![0i64; order.len()];
+                for (position, &item) in order.iter().enumerate() {
+                    inverse[item] = position as i64;
+                }
+                chunked.select(&tch::Tensor::from_slice(&inverse).f_to_device(chunked.tensor().device())?)
+            }
+            None => Ok(chunked),
+        }
+    }
+
+    /// The grid of head blocks.
+    pub fn grid(&self) -> &BlockGrid {
+        &self.grid
+    }
+
+    /// Every block of the pair grid, row by row.
+    pub fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
+        self.grid.blocks()
+    }
+
+    /// How many chunks of each side and blocks keep their graphs.
+    pub fn retained(&self) -> RetainCounts {
+        let kept = |c: &[(Piece, bool)]| c.iter().filter(|(_, r)| *r).count();
+        RetainCounts { query_chunks: kept(&self.chunks[0]), passage_chunks: kept(&self.chunks[1]), head_blocks: self.grid.retained.min(self.grid.len()) }
+    }
+
+    /// How the plan cuts the batch, as a step reports it.
+    pub fn sizes(&self, closed_form_head: bool) -> crate::core::output::StepSizes {
+        fn largest(pieces: impl Iterator<Item = Piece>) -> usize {
+            pieces.map(|p| p.len).max().unwrap_or(0)
+        }
+        let [q, p] = &self.chunks;
+        crate::core::output::StepSizes {
+            num_queries: self.grid.rows.iter().map(|r| r.len).sum(),
+            num_passages: self.grid.cols.iter().map(|c| c.len).sum(),
+            query_chunks: q.len(),
+            passage_chunks: p.len(),
+            head_blocks: self.grid.len(),
+            chunk_items: (largest(q.iter().map(|c| c.0)), largest(p.iter().map(|c| c.0))),
+            block_pairs: (largest(self.grid.rows.iter().copied()), largest(self.grid.cols.iter().copied())),
+            closed_form_head,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Scoring a grid of pairs block by block: the one routine behind the
+//! step's score pass, the full-batch reference, the distributed step's
+//! share, and inference ([`crate::app::scorer::Scorer`], evaluation).
+//! It knows nothing of training: a caller that replays randomness seeds
+//! each block through `enter`.
+
+use tch::Tensor;
+
+use crate::core::head::ScoringHead;
+use crate::core::layout::{Block, BlockGrid};
+use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
+use crate::runtime::precision::Precision;
+use crate::util::all_finite;
+
+/// How a forward pass runs: train mode (dropout) and autocast precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// Train mode (dropout on).
+    pub train: bool,
+    /// Autocast precision.
+    pub precision: Precision,
+}
+
+impl Forward {
+    /// Eval mode (no dropout) at `precision`: inference.
+    pub fn eval(precision: Precision) -> Forward {
+        Forward { train: false, precision }
+    }
+}
+
+/// A head block whose graph the score pass kept: its scores and its input
+/// leaves, for the head pass to backpropagate through.
+#[derive(Debug)]
+pub struct KeptBlock {
+    /// The block's scores, with graph.
+    pub scores: Tensor,
+    /// The query rows, a leaf.
+    pub queries: Representation,
+    /// The passage columns, a leaf.
+    pub passages: Representation,
+}
+
+/// Scores one block: `head` over the block's query rows of `u` and passage
+/// columns of `v`, its shape checked.
+///
+/// # Shapes
+/// Returns `[block queries, block passages]`.
+///
+/// # Errors
+/// Head errors; [`GradCacheError::HeadShape`].
+pub fn score_block(head: &dyn ScoringHead, u: &Representation, v: &Representation, fwd: Forward) -> Result<Tensor> {
+    let s = fwd.precision.run(|| head.score(u, v, fwd.train))?;
+    if s.size() != [u.len() as i64, v.len() as i64] {
+        return Err(GradCacheError::HeadShape { queries: u.len(), passages: v.len(), got: s.size() });
+    }
+    Ok(s)
+}
+
+/// Scores every block of `grid` over `queries × passages` (with or without
+/// graph, as the caller's grad mode says), calling `enter(block)` before
+/// each, and assembles `S`. A retained block is scored with graph on fresh
+/// input leaves whatever the mode, kept (returned per block, `None` for the
+/// others), and enters `S` detached.
+///
+/// # Shapes
+/// `queries`: `N` items, `passages`: `M`; returns `S` `[N, M]`.
+///
+/// # Errors
+/// Head errors; [`GradCacheError::HeadShape`].
+pub fn score_grid(
+    head: &dyn ScoringHead,
+    queries: &Representation,
+    passages: &Representation,
+    grid: &BlockGrid,
+    fwd: Forward,
+    enter: &dyn Fn(&Block),
+) -> Result<(Tensor, Vec<Option<KeptBlock>>)> {
+    let mut rows: Vec<Vec<Tensor>> = grid.rows.iter().map(|_| Vec::new()).collect();
+    let mut kept = Vec::new();
+    for block in grid.blocks() {
+        let u = queries.narrow(block.queries.start, block.queries.len)?;
+        let v = passages.narrow(block.passages.start, block.passages.len)?;
+        enter(&block);
+        if block.retained {
+            let (u, v) = (u.detached_leaf()?, v.detached_leaf()?);
+            let s = tch::with_grad(|| score_block(head, &u, &v, fwd))?;
+            rows[block.row].push(s.f_detach()?);
+            kept.push(Some(KeptBlock { scores: s, queries: u, passages: v }));
+        } else {
+            rows[block.row].push(score_block(head, &u, &v, fwd)?);
+            kept.push(None);
+        }
+    }
+    let rows = rows.iter().map(|r| Tensor::f_cat(r, 1)).collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((Tensor::f_cat(&rows, 0)?, kept))
+}
+
+/// `S` checked for NaN and infinity.
+///
+/// # Errors
+/// [`GradCacheError::NonFiniteScores`] naming the first block of `grid`
+/// that holds one.
+pub fn check_finite(scores: &Tensor, grid: &BlockGrid) -> Result<()> {
+    if all_finite(scores)? {
+        return Ok(());
+    }
+    for b in grid.blocks() {
+        if !all_finite(&b.of(scores)?)? {
+            return Err(GradCacheError::NonFiniteScores { queries: b.queries.start..b.queries.start + b.queries.len, passages: b.passages.start..b.passages.start + b.passages.len });
+        }
+    }
+    let (n, m) = (scores.size()[0] as usize, scores.size()[1] as usize);
+    Err(GradCacheError::NonFiniteScores { queries: 0..n, passages: 0..m })
+}
+
+/// Encodes `input` in eval mode, `chunk_size` items at a time, and puts the
+/// chunks together: inference's encoder loop (no graph is kept when the
+/// caller runs it under `tch::no_grad`).
+///
+/// # Shapes
+/// `[n, d]` vectors or `[n, L, d]` tokens with mask `[n, L]`.
+///
+/// # Errors
+/// Encoder and input errors; [`GradCacheError::EncoderLength`].
+pub fn encode_chunks<E: crate::core::encoder::Encoder + ?Sized>(encoder: &E, input: &E::Input, chunk_size: usize, side: crate::core::layout::Side, precision: Precision) -> Result<Representation> {
+    use crate::core::batch::Chunk;
+    let parts = crate::core::layout::cut(input.len(), chunk_size)
+        .into_iter()
+        .map(|piece| {
+            let rep = precision.run(|| encoder.encode(&input.chunk(piece.start, piece.len)?, false))?;
+            if rep.len() != piece.len {
+                return Err(GradCacheError::EncoderLength { side, expected: piece.len, got: rep.len() });
+            }
+            Ok(rep)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Representation::cat(&parts)
+}

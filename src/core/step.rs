@@ -1,0 +1,379 @@
+//! The two-cache step (Gao et al. 2021, §3.3 extended by §5).
+//!
+//! [`GradCache`] is the one entry point. Its methods are the paper's steps,
+//! each once, over a [`Plan`] (the batch already cut into chunks and
+//! blocks): [`GradCache::representation_pass`] → [`GradCache::score_pass`]
+//! → [`GradCache::distance_gradient_cache`] → [`GradCache::head_pass`] →
+//! [`GradCache::encoder_pass`]; [`GradCache::step`] makes the plan and runs
+//! them in order. The step only fills gradients: zeroing them and the
+//! optimizer step stay with the caller.
+
+use std::time::Instant;
+
+use tch::{Device, Tensor};
+
+use crate::core::batch::Chunk;
+use crate::core::budget::{BudgetState, CostModel};
+use crate::core::config::StepConfig;
+use crate::core::encoder::Encoder;
+use crate::core::head::{RepresentationGradients, ScoringHead};
+use crate::core::layout::Side;
+use crate::core::loss::ContrastiveLoss;
+use crate::core::output::{BudgetReport, PhaseTimings, StepOutput};
+use crate::core::passes::{backprop_all, backprop_kept, backward_pairs, checked_loss_value, closed_form_gradients, encode_all, has_closed_form, leaf_grad};
+use crate::core::plan::Plan;
+use crate::core::replay::{ReplayLog, ReplaySeeds, Stream};
+use crate::core::representation::Representation;
+use crate::core::scoring::{check_finite, score_block, score_grid, KeptBlock};
+use crate::core::targets::Targets;
+use crate::error::{GradCacheError, ReplayStage, Result};
+use crate::util::accumulation_kind;
+
+/// The whole batch's representations, detached: the output of the
+/// representation pass (with the graphs of the chunks the plan retains).
+///
+/// # Shapes
+/// `queries`: `N` items; `passages`: `M` items. Token representations of
+/// different chunks are padded to the longest chunk.
+#[derive(Debug)]
+pub struct Representations {
+    /// U.
+    pub queries: Representation,
+    /// V.
+    pub passages: Representation,
+    /// Per side, the graph of each retained chunk (for the encoder pass).
+    kept: [Vec<Option<Representation>>; 2],
+}
+
+/// The score matrix of the score pass (with the graphs of the blocks the
+/// plan retains); it dereferences to `S`.
+///
+/// # Shapes
+/// `[N, M]`.
+#[derive(Debug)]
+pub struct Scores {
+    /// S.
+    pub matrix: Tensor,
+    kept: Vec<Option<KeptBlock>>,
+}
+
+impl std::ops::Deref for Scores {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.matrix
+    }
+}
+
+/// The loss and the distance-gradient cache.
+///
+/// # Shapes
+/// `weights`: `[N, M]`, `W = ∂L/∂S` (the paper's `w_ij`).
+#[derive(Debug)]
+pub struct DistanceGradients {
+    /// The loss of the batch.
+    pub loss: f64,
+    /// ∂L/∂S.
+    pub weights: Tensor,
+}
+
+/// The two-cache gradient step over a query encoder, a passage encoder (the
+/// same one when tied), a scoring head and a loss.
+pub struct GradCache<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> {
+    pub(crate) config: StepConfig,
+    pub(crate) query_encoder: &'m QE,
+    pub(crate) passage_encoder: &'m PE,
+    pub(crate) head: &'m dyn ScoringHead,
+    pub(crate) loss: &'m dyn ContrastiveLoss,
+    /// What a budgeted step measured on earlier steps.
+    pub(crate) budget: BudgetState,
+}
+
+impl<'m, E: Encoder + ?Sized> GradCache<'m, E, E> {
+    /// One encoder for both queries and passages (tied weights).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
+    pub fn tied(config: StepConfig, encoder: &'m E, head: &'m dyn ScoringHead, loss: &'m dyn ContrastiveLoss) -> Result<Self> {
+        GradCache::new(config, encoder, encoder, head, loss)
+    }
+}
+
+impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
+    /// Builds the step.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
+    pub fn new(config: StepConfig, query_encoder: &'m QE, passage_encoder: &'m PE, head: &'m dyn ScoringHead, loss: &'m dyn ContrastiveLoss) -> Result<Self> {
+        config.validate()?;
+        Ok(GradCache { config, query_encoder, passage_encoder, head, loss, budget: BudgetState::default() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StepConfig {
+        &self.config
+    }
+
+    /// The query encoder, the passage encoder and the head the step trains.
+    pub fn parts(&self) -> (&'m QE, &'m PE, &'m dyn ScoringHead) {
+        (self.query_encoder, self.passage_encoder, self.head)
+    }
+
+    /// The same encoders, head and loss with another configuration (e.g.
+    /// `train: false` for evaluation).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
+    pub fn with_config(&self, config: StepConfig) -> Result<Self> {
+        GradCache::new(config, self.query_encoder, self.passage_encoder, self.head, self.loss)
+    }
+
+    /// Uses `costs` for the budget plans of later steps instead of probing
+    /// (e.g. a cost model measured once for several steps; a step still
+    /// probes again when a batch has a wider chunk than `costs` saw).
+    pub fn set_costs(&mut self, costs: CostModel) {
+        self.budget.set_costs(costs);
+    }
+
+    /// Measures the activation costs of this step's layout on this batch
+    /// ([`crate::core::budget::probe_costs`]) and keeps them for later
+    /// budget plans.
+    ///
+    /// # Errors
+    /// As [`crate::core::budget::probe_costs`].
+    pub fn probe_costs(&mut self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<CostModel> {
+        let (costs, _) = crate::core::budget::probe_costs(&self.config, self.query_encoder, self.passage_encoder, self.head, queries, passages, seeds)?;
+        self.budget.set_costs(costs);
+        Ok(costs)
+    }
+
+    /// The plan of this step for this batch: the config's layout with what
+    /// it retains, or the layout fitted to its memory budget.
+    ///
+    /// # Errors
+    /// As [`BudgetState::plan`].
+    pub fn plan(&mut self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<(Plan, Option<BudgetReport>)> {
+        self.budget.plan(&self.config, self.query_encoder, self.passage_encoder, self.head, queries, passages, seeds)
+    }
+
+    /// Runs the whole step: every gradient of the encoders and the head is
+    /// accumulated into the parameters' `.grad()`, exactly as one backward
+    /// pass over the full batch would, while only one encoder chunk or one
+    /// head block of activations is alive at a time (more where the plan
+    /// retains them).
+    ///
+    /// The dropout masks are drawn from libtorch's global generator: seeding
+    /// it with `tch::manual_seed` before the step makes the step reproducible.
+    ///
+    /// # Errors
+    /// [`GradCacheError::EmptyBatch`], [`GradCacheError::TargetsMismatch`],
+    /// any error of the encoders, head or loss, [`GradCacheError::HeadShape`],
+    /// [`GradCacheError::NonFiniteScores`], [`GradCacheError::NonFiniteLoss`]
+    /// (before any gradient is written), [`GradCacheError::ReplayMismatch`].
+    /// After an error in the head or encoder pass, gradients may be partly
+    /// accumulated: zero them before the next step.
+    pub fn step(&mut self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<StepOutput> {
+        self.check_batch(queries, passages, targets)?;
+        let seeds = ReplaySeeds::draw()?;
+        let (mut plan, budget) = self.plan(queries, passages, &seeds)?;
+        let gpu = match (&budget, self.budget.device()) {
+            (Some(_), Some(device @ Device::Cuda(_))) => Some(crate::runtime::gpu::start_peak(device)?),
+            _ => None,
+        };
+        let mut timings = PhaseTimings::default();
+        let t = Instant::now();
+        let mut reps = self.representation_pass(queries, passages, &plan, &seeds)?;
+        if plan.retained().head_blocks > 0 && has_closed_form(self.head, self.config.precision, &reps.queries, &reps.passages)? {
+            // Its blocks never run a second time: keeping their graphs
+            // would only cost memory.
+            plan = plan.without_retained_blocks();
+        }
+        timings.representation = t.elapsed();
+        let t = Instant::now();
+        let mut scores = self.score_pass(&reps, &plan, &seeds)?;
+        timings.score = t.elapsed();
+        let t = Instant::now();
+        let cache = self.distance_gradient_cache(&scores, targets)?;
+        timings.distance_gradient = t.elapsed();
+        let t = Instant::now();
+        let (grads, closed_form_head) = self.head_pass(&reps, &mut scores, &cache.weights, &plan, &seeds)?;
+        timings.head = t.elapsed();
+        let t = Instant::now();
+        self.encoder_pass(queries, passages, &mut reps, &grads, &plan, &seeds)?;
+        crate::runtime::gpu::synchronize(scores.device());
+        timings.encoder = t.elapsed();
+        seeds.finish();
+        let budget = match (budget, gpu) {
+            (Some(b), Some(start)) => Some(BudgetReport { measured_peak_mb: Some(start.peak_mb()?), ..b }),
+            (b, _) => b,
+        };
+        Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form_head), retained: plan.retained(), budget })
+    }
+
+    pub(crate) fn check_batch(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<()> {
+        if queries.is_empty() {
+            return Err(GradCacheError::EmptyBatch { side: Side::Queries });
+        }
+        if passages.is_empty() {
+            return Err(GradCacheError::EmptyBatch { side: Side::Passages });
+        }
+        targets.check_batch(queries.len(), passages.len())
+    }
+
+    /// Step 1, the representation pass: encodes every chunk of `plan` with
+    /// autograd off, after seeding each chunk's random stream; a retained
+    /// chunk is encoded with graph and its graph kept for the encoder pass.
+    ///
+    /// # Errors
+    /// Encoder errors; [`GradCacheError::EncoderLength`].
+    pub fn representation_pass(&self, queries: &QE::Input, passages: &PE::Input, plan: &Plan, seeds: &ReplaySeeds) -> Result<Representations> {
+        let fwd = self.config.forward();
+        tch::no_grad(|| {
+            let (u, kept_u) = encode_all(self.query_encoder, queries, plan, Side::Queries, seeds, fwd)?;
+            let (v, kept_v) = encode_all(self.passage_encoder, passages, plan, Side::Passages, seeds, fwd)?;
+            Ok(Representations { queries: u, passages: v, kept: [kept_u, kept_v] })
+        })
+    }
+
+    /// Step 2, the score pass: scores every block of `plan` with autograd
+    /// off, each from its own random stream; a retained block is scored
+    /// with graph and its graph kept for the head pass.
+    ///
+    /// # Errors
+    /// Head errors; [`GradCacheError::HeadShape`];
+    /// [`GradCacheError::NonFiniteScores`] naming the first bad block.
+    pub fn score_pass(&self, reps: &Representations, plan: &Plan, seeds: &ReplaySeeds) -> Result<Scores> {
+        let enter = |b: &crate::core::layout::Block| seeds.enter(Stream::HeadBlock, b.index);
+        let (matrix, kept) = tch::no_grad(|| score_grid(self.head, &reps.queries, &reps.passages, plan.grid(), self.config.forward(), &enter))?;
+        check_finite(&matrix, plan.grid())?;
+        Ok(Scores { matrix, kept })
+    }
+
+    /// Step 3, the distance-gradient cache: `L(S)` and `W = ∂L/∂S`.
+    ///
+    /// # Shapes
+    /// `scores`: `[N, M]`; `W` has the same shape, in fp32 when `S` is half
+    /// precision.
+    ///
+    /// # Errors
+    /// Loss errors; [`GradCacheError::LossShape`]; [`GradCacheError::NonFiniteLoss`].
+    pub fn distance_gradient_cache(&self, scores: &Tensor, targets: &Targets) -> Result<DistanceGradients> {
+        let leaf = scores.f_detach()?.f_to_kind(accumulation_kind(scores.kind()))?.set_requires_grad(true);
+        let loss = tch::with_grad(|| self.loss.loss(&leaf, targets))?;
+        let value = checked_loss_value(&loss)?;
+        loss.f_backward()?;
+        Ok(DistanceGradients { loss: value, weights: leaf.f_grad()? })
+    }
+
+    /// Step 4, the head pass: backpropagates `W[a, b]` through every block
+    /// of `plan` (a retained block through the graph the score pass kept,
+    /// all of them in one backward call, which frees them before anything
+    /// is recomputed; the others recomputed with autograd on from the score
+    /// pass's random stream). Accumulates ∂L/∂Ω into the head's parameters
+    /// and returns the representation-gradient cache `(∂L/∂U, ∂L/∂V)`. A
+    /// head with closed-form gradients skips the blocks; the flag says so.
+    ///
+    /// # Shapes
+    /// `weights`: `[N, M]`; the result has the shapes of U and V, in fp32
+    /// for half-precision representations.
+    ///
+    /// # Errors
+    /// Head errors; [`GradCacheError::ReplayMismatch`] when a block's
+    /// recomputed scores differ from the score pass.
+    pub fn head_pass(&self, reps: &Representations, scores: &mut Scores, weights: &Tensor, plan: &Plan, seeds: &ReplaySeeds) -> Result<(RepresentationGradients, bool)> {
+        self.head_pass_over(reps, scores, weights, plan, seeds, &|_| true)
+    }
+
+    /// [`GradCache::head_pass`] over the blocks for which `runs(index)`
+    /// holds (a process's share in [`GradCache::distributed_step`], whose
+    /// partial sums the caller adds up).
+    pub(crate) fn head_pass_over(
+        &self,
+        reps: &Representations,
+        scores: &mut Scores,
+        weights: &Tensor,
+        plan: &Plan,
+        seeds: &ReplaySeeds,
+        runs: &dyn Fn(usize) -> bool,
+    ) -> Result<(RepresentationGradients, bool)> {
+        if let Some(grads) = closed_form_gradients(self.head, self.config.precision, &reps.queries, &reps.passages, weights) {
+            let grads = grads?;
+            for (g, r, what) in [(&grads.queries, &reps.queries, "closed-form ∂L/∂U"), (&grads.passages, &reps.passages, "closed-form ∂L/∂V")] {
+                if g.size() != r.tensor().size() {
+                    return Err(GradCacheError::Shape { what, expected: "the shape of the representations", got: g.size() });
+                }
+            }
+            return Ok((grads, true));
+        }
+        let acc = accumulation_kind(reps.queries.kind());
+        let d_queries = reps.queries.tensor().f_zeros_like()?.f_to_kind(acc)?;
+        let d_passages = reps.passages.tensor().f_zeros_like()?.f_to_kind(acc)?;
+        let add_into = |total: &Tensor, piece: crate::core::layout::Piece, leaf: &Tensor| -> Result<()> {
+            let _ = piece.rows(total)?.f_add_(&leaf_grad(leaf, acc)?)?;
+            Ok(())
+        };
+        let retained: Vec<_> = plan.blocks().filter_map(|b| scores.kept.get_mut(b.index).and_then(Option::take).map(|k| (b, k))).collect();
+        backward_pairs(retained.iter().map(|(b, k)| Ok((k.scores.shallow_clone(), b.of(weights)?))).collect::<Result<Vec<_>>>()?)?;
+        for (b, k) in retained {
+            add_into(&d_passages, b.passages, k.passages.tensor())?;
+            add_into(&d_queries, b.queries, k.queries.tensor())?;
+        }
+        // One leaf per row of blocks, so that a row's query gradient
+        // accumulates in it once.
+        let mut log = ReplayLog::new(ReplayStage::HeadBlock, self.config.check_replay);
+        let mut row_leaf: Vec<Option<Representation>> = plan.grid().rows.iter().map(|_| None).collect();
+        for block in plan.blocks().filter(|b| !b.retained && runs(b.index)) {
+            let u = match &row_leaf[block.row] {
+                Some(u) => u.with_tensor(u.tensor().shallow_clone()),
+                None => {
+                    let u = reps.queries.narrow(block.queries.start, block.queries.len)?.detached_leaf()?;
+                    row_leaf[block.row] = Some(u.with_tensor(u.tensor().shallow_clone()));
+                    u
+                }
+            };
+            let v = reps.passages.narrow(block.passages.start, block.passages.len)?.detached_leaf()?;
+            seeds.enter(Stream::HeadBlock, block.index);
+            let s = tch::with_grad(|| score_block(self.head, &u, &v, self.config.forward()))?;
+            log.record(&s, &block.of(&scores.matrix)?)?;
+            backward_pairs(vec![(s, block.of(weights)?)])?;
+            add_into(&d_passages, block.passages, v.tensor())?;
+        }
+        for (row, leaf) in plan.grid().rows.iter().zip(&row_leaf) {
+            if let Some(u) = leaf {
+                add_into(&d_queries, *row, u.tensor())?;
+            }
+        }
+        log.finish(self.config.replay_tolerance)?;
+        Ok((RepresentationGradients { queries: d_queries, passages: d_passages }, false))
+    }
+
+    /// Step 5, the encoder pass: backpropagates each chunk's rows of ∂L/∂U
+    /// or ∂L/∂V (the retained chunks through the graphs the representation
+    /// pass kept, in one backward call; the others re-encoded with autograd
+    /// on from the same random stream). Accumulates ∂L/∂θ into the
+    /// encoders' parameters.
+    ///
+    /// # Errors
+    /// Encoder errors; [`GradCacheError::ReplayMismatch`] when a re-encoded
+    /// chunk differs from the representation pass.
+    pub fn encoder_pass(&self, queries: &QE::Input, passages: &PE::Input, reps: &mut Representations, grads: &RepresentationGradients, plan: &Plan, seeds: &ReplaySeeds) -> Result<()> {
+        let [kept_u, kept_v] = std::mem::take(&mut reps.kept);
+        backprop_kept(plan, [(Side::Queries, kept_u, &grads.queries), (Side::Passages, kept_v, &grads.passages)])?;
+        let (fwd, replay) = (self.config.forward(), self.config.check_replay.then_some(self.config.replay_tolerance));
+        backprop_all(self.query_encoder, queries, plan, Side::Queries, &reps.queries, &grads.queries, seeds, fwd, replay)?;
+        backprop_all(self.passage_encoder, passages, plan, Side::Passages, &reps.passages, &grads.passages, seeds, fwd, replay)
+    }
+}
+
+impl Representations {
+    /// Representations with no kept graph (e.g. gathered from processes).
+    pub(crate) fn detached(queries: Representation, passages: Representation) -> Representations {
+        Representations { queries, passages, kept: Default::default() }
+    }
+}
+
+impl Scores {
+    /// A score matrix with no kept graph.
+    pub(crate) fn detached(matrix: Tensor) -> Scores {
+        Scores { matrix, kept: Vec::new() }
+    }
+}

@@ -1,0 +1,124 @@
+//! Mixed precision for the step's forward passes: libtorch's autocast,
+//! with the dtype chosen, on the CPU and on CUDA alike.
+//!
+//! tch 0.17's `tch::autocast` switches CUDA's autocast only and keeps its
+//! default dtype (float16), so gradcache sets autocast through its own
+//! shim (`src/shim/extras.cpp`). Under [`Precision::Bf16`] the encoders'
+//! and the head's forward passes run in bfloat16 where autocast casts
+//! (matrix products, attention); the scores `S`, `W = ∂L/∂S` and the loss
+//! stay in float32 (the step upcasts `S` before the loss), and backward
+//! passes run outside autocast, in the dtypes their forward chose.
+
+use std::ffi::{c_char, c_int};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GradCacheError, Result};
+use crate::runtime::gpu::call as shim;
+
+/// The forward passes' precision (`StepConfig.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Float32 throughout (the default).
+    #[default]
+    F32,
+    /// Autocast to bfloat16: float32's range, so no loss scale is needed.
+    Bf16,
+    /// Autocast to float16. Refused by [`Precision::validate`]: float16's
+    /// range needs a loss scale with overflow checks, which gradcache does
+    /// not implement; bf16 gives the same speed on hardware that has it.
+    F16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = GradCacheError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            _ => Err(GradCacheError::InvalidConfig { field: "precision", reason: "must be f32, bf16 or f16" }),
+        }
+    }
+}
+
+impl Precision {
+    /// Refuses `f16` (see [`Precision::F16`]).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] naming `precision`.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Precision::F16 => Err(GradCacheError::InvalidConfig {
+                field: "precision",
+                reason: "f16 needs loss scaling, which gradcache does not do: use bf16 (same range as f32)",
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `f` with autocast on for this precision (nothing changes for
+    /// `f32`), on the CPU and CUDA, then restores the previous state.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] for `f16`;
+    /// [`GradCacheError::LibtorchCall`] when libtorch refuses; `f`'s errors.
+    pub fn run<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let dtype = match self {
+            Precision::F32 => return f(),
+            Precision::Bf16 => BFLOAT16,
+            Precision::F16 => return Err(self.validate().expect_err("f16 is refused")),
+        };
+        let _guard = Autocast::enter(dtype)?;
+        f()
+    }
+}
+
+extern "C" {
+    fn gradcache_autocast_get(device_type: c_int, enabled: *mut c_int, dtype: *mut c_int, err: *mut c_char, len: usize) -> c_int;
+    fn gradcache_autocast_set(device_type: c_int, enabled: c_int, dtype: c_int, nesting: c_int, err: *mut c_char, len: usize) -> c_int;
+}
+
+// c10::ScalarType code of bfloat16.
+const BFLOAT16: c_int = 15;
+// c10::DeviceType codes.
+const CPU: c_int = 0;
+const CUDA: c_int = 1;
+
+/// Autocast on for the CPU and CUDA while alive; restores what was there.
+struct Autocast {
+    previous: [(c_int, c_int, c_int); 2],
+}
+
+impl Autocast {
+    fn enter(code: c_int) -> Result<Autocast> {
+        let mut previous = [(CPU, 0, 0), (CUDA, 0, 0)];
+        for p in previous.iter_mut() {
+            let (mut enabled, mut kind) = (0, 0);
+            // SAFETY: valid out-pointers and error buffer.
+            shim("autocast state", |e, l| unsafe { gradcache_autocast_get(p.0, &mut enabled, &mut kind, e, l) })?;
+            (p.1, p.2) = (enabled, kind);
+        }
+        for (i, &(device, _, _)) in previous.iter().enumerate() {
+            // One nesting level for the pair.
+            let nesting = if i == 0 { 1 } else { 0 };
+            // SAFETY: only the error buffer is a pointer.
+            shim("autocast", |e, l| unsafe { gradcache_autocast_set(device, 1, code, nesting, e, l) })?;
+        }
+        Ok(Autocast { previous })
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        for (i, &(device, enabled, kind)) in self.previous.iter().enumerate() {
+            let nesting = if i == 0 { -1 } else { 0 };
+            // SAFETY: only the error buffer is a pointer. Restoring a state
+            // read from libtorch itself does not fail; nothing to report
+            // from a destructor if it did.
+            let _ = shim("autocast", |e, l| unsafe { gradcache_autocast_set(device, enabled, kind, nesting, e, l) });
+        }
+    }
+}
