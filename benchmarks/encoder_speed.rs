@@ -15,7 +15,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Parser, Debug)]
 struct Args {
-    #[arg(long, default_value = ".models/all-MiniLM-L6-v2")]
+    #[arg(long, default_value = gradcache::models::pretrained::EMBEDDED_MODEL_DIR)]
     model: std::path::PathBuf,
     #[arg(long, default_value_t = 32)]
     batch: i64,

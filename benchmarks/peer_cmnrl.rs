@@ -26,9 +26,9 @@ use tch::{nn, Device};
 
 #[derive(Parser, Debug)]
 struct Args {
-    #[arg(long, default_value = ".models/all-MiniLM-L6-v2")]
+    #[arg(long, default_value = gradcache::models::pretrained::EMBEDDED_MODEL_DIR)]
     model: std::path::PathBuf,
-    #[arg(long, default_value = "examples/data/wordnet")]
+    #[arg(long, default_value = gradcache::app::data::wordnet::EMBEDDED_TASK_DIR)]
     data: std::path::PathBuf,
     /// Queries per batch; each brings a positive and a hard negative.
     #[arg(long, default_value_t = 64)]

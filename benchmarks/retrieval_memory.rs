@@ -36,7 +36,7 @@ struct Args {
     queries: usize,
     #[arg(long, default_value_t = 100)]
     k: usize,
-    #[arg(long, default_value = ".models/all-MiniLM-L6-v2")]
+    #[arg(long, default_value = gradcache::models::pretrained::EMBEDDED_MODEL_DIR)]
     vocab_from: std::path::PathBuf,
     #[arg(long, default_value_t = 2)]
     threads: i32,

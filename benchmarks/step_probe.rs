@@ -12,7 +12,7 @@ use gradcache::models::encoders::BertEncoder;
 use gradcache::core::head::ScoringHead;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use rust_bert::bert::BertConfig;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum Method {
@@ -86,8 +86,7 @@ pub fn small_model(vs: &nn::VarStore, head: &str) -> Result<(BertEncoder, Box<dy
 /// # Shapes
 /// Returns a batch of `[n, len]`.
 pub fn tokens(n: usize, len: i64) -> Result<TokenBatch> {
-    let ids = Tensor::randint_low(1000, 8000, [n as i64, len], (Kind::Int64, Device::Cpu));
-    Ok(TokenBatch::new(ids, Tensor::ones([n as i64, len], (Kind::Int64, Device::Cpu)))?)
+    Ok(TokenBatch::random(n, len as usize..=len as usize, 1000..8000)?)
 }
 
 /// Runs one configuration and returns its JSON row (`method`, `head`,

@@ -59,7 +59,7 @@ fn check_then_train() -> Result<(f64, f64)> {
     vs.double();
     let mut gc = GradCache::tied(step.clone(), &encoder, &head, &loss)?;
     let (q, p) = batch(12)?;
-    let report = check_head(&gc, &vs, &q, &p, &Targets::grouped(12, 24, 2)?, Tolerance { abs: 1e-13, rel: 1e-12 })?;
+    let report = check_head(&gc, &vs, &q, &p, &Targets::grouped(12, 24, 2)?, Tolerance::F64)?;
     print!("{report}");
     ensure!(report.passed(), "the head is not exact under the two-cache step");
 

@@ -76,9 +76,9 @@ struct Args {
     /// Training runs' checkpoints and metrics.
     #[arg(long, default_value = "runs/reproduce_extension")]
     runs_dir: PathBuf,
-    #[arg(long, default_value = ".models/all-MiniLM-L6-v2")]
+    #[arg(long, default_value = gradcache::models::pretrained::EMBEDDED_MODEL_DIR)]
     model: PathBuf,
-    #[arg(long, default_value = "examples/data/wordnet")]
+    #[arg(long, default_value = gradcache::app::data::wordnet::EMBEDDED_TASK_DIR)]
     data: PathBuf,
     #[arg(long, default_value_t = 2)]
     threads: i32,

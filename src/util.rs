@@ -52,3 +52,8 @@ pub(crate) fn check_dropout(p: f64) -> Result<()> {
         Err(GradCacheError::InvalidConfig { field: "dropout", reason: "must be in [0, 1)" })
     }
 }
+
+/// A tensor's values as f64, flattened, on the CPU.
+pub(crate) fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(Vec::<f64>::try_from(t.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+}

@@ -228,7 +228,7 @@ fn representation_kinds_and_shapes() {
 
 #[test]
 fn tokenizing_nothing_is_an_empty_input_not_an_empty_query_side() {
-    let vocab = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/all-MiniLM-L6-v2/vocab.txt");
+    let vocab = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(gradcache::models::pretrained::EMBEDDED_MODEL_DIR).join("vocab.txt");
     let tok = gradcache::models::text::TextTokenizer::from_vocab(&vocab, true, 16).unwrap();
     let none: [&str; 0] = [];
     assert!(matches!(tok.encode(&none), Err(GradCacheError::EmptyInput { what: "texts to tokenize" })));

@@ -90,7 +90,7 @@ fn prepared_files_reject_unknown_ids() {
 }
 
 fn embedded() -> WordSenseData {
-    WordSenseData::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data/wordnet")).unwrap()
+    WordSenseData::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR)).unwrap()
 }
 
 #[test]

@@ -136,7 +136,7 @@ fn small_recipe(dir: &std::path::Path) -> gradcache::app::recipe::RerankerConfig
     std::fs::write(dir.join("train.jsonl"), records.join("\n")).unwrap();
     let mut c = gradcache::app::recipe::RerankerConfig {
         model_dir: dir.join("bert"),
-        data_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data/wordnet"),
+        data_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR),
         train_jsonl: Some(dir.join("train.jsonl")),
         device: "cpu".into(),
         batch_size: 4,

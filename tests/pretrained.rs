@@ -23,7 +23,7 @@ fn repo() -> PathBuf {
 }
 
 fn minilm() -> ModelDir {
-    let dir = repo().join(".models/all-MiniLM-L6-v2");
+    let dir = repo().join(gradcache::models::pretrained::EMBEDDED_MODEL_DIR);
     ModelDir::open(&dir).unwrap_or_else(|e| panic!("{e}: run scripts/gradcache.sh setup first"))
 }
 

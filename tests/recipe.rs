@@ -30,7 +30,7 @@ fn small_run(dir: &std::path::Path, steps: usize) -> RerankerConfig {
     std::fs::write(dir.join("train.jsonl"), RECORDS.join("\n")).unwrap();
     let mut c = RerankerConfig {
         model_dir: dir.join("bert"),
-        data_dir: repo().join("examples/data/wordnet"),
+        data_dir: repo().join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR),
         train_jsonl: Some(dir.join("train.jsonl")),
         output_dir: dir.join("run"),
         device: "cpu".into(),

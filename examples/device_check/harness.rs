@@ -28,6 +28,7 @@ use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
 use gradcache::models::heads::bert_with_head;
+use gradcache::runtime::gpu::synchronize;
 use gradcache::check::{check_head, max_abs, zero_grads, GradientSnapshot, Tolerance};
 use gradcache::models::encoders::BertEncoder;
 use gradcache::error::{GradCacheError, Result};
@@ -247,10 +248,7 @@ impl Workload {
 /// `n` random token sequences of up to `len` tokens (lengths from `len/2`),
 /// on `device`.
 fn tokens(n: usize, len: i64, vocab: i64, device: Device) -> Result<TokenBatch> {
-    let ids = Tensor::f_randint_low(1000.min(vocab / 2), vocab, [n as i64, len], (Kind::Int64, Device::Cpu))?;
-    let lengths = Tensor::f_randint_low(len / 2, len + 1, [n as i64, 1], (Kind::Int64, Device::Cpu))?;
-    let mask = Tensor::f_arange(len, (Kind::Int64, Device::Cpu))?.f_unsqueeze(0)?.f_lt_tensor(&lengths)?.f_to_kind(Kind::Int64)?;
-    TokenBatch::new(ids.f_mul(&mask)?, mask)?.to_device(device)
+    TokenBatch::random(n, (len / 2) as usize..=len as usize, 1000.min(vocab / 2)..vocab)?.to_device(device)
 }
 
 fn vocab(quick: bool) -> i64 {
@@ -388,12 +386,6 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     Ok(ReplayEvidence { same_seed_diff, other_seed_diff, unreplayed, passed })
 }
 
-/// Waits for the device's queued work (timings on a GPU need it).
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
 
 /// Median seconds of `steps` timed calls after one warm-up, and the peak
 /// bytes above the start (CUDA only).
@@ -406,7 +398,7 @@ fn time_steps(device: Device, steps: usize, f: &mut dyn FnMut() -> Result<()>) -
 fn time_steps_within(device: Device, steps: usize, slow: f64, f: &mut dyn FnMut() -> Result<()>) -> Result<(f64, Option<f64>)> {
     let base = match device {
         Device::Cuda(_) => {
-            sync(device);
+            synchronize(device);
             gradcache::runtime::gpu::reset_peak(device)?;
             Some(gradcache::runtime::gpu::memory(device)?.allocated)
         }
@@ -414,13 +406,13 @@ fn time_steps_within(device: Device, steps: usize, slow: f64, f: &mut dyn FnMut(
     };
     let t = Instant::now();
     f()?;
-    sync(device);
+    synchronize(device);
     let warm_up = t.elapsed().as_secs_f64();
     let mut times = Vec::new();
     for _ in 0..if warm_up > slow { 0 } else { steps } {
         let t = Instant::now();
         f()?;
-        sync(device);
+        synchronize(device);
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);

@@ -1,7 +1,7 @@
 //! Ranking metrics over a score matrix.
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{GradCacheError, Result};
 
@@ -28,7 +28,7 @@ fn rows(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
         return Err(GradCacheError::Shape { what: "score matrix", expected: "[queries, documents]", got: scores.size() });
     }
     let cols = scores.size()[1] as usize;
-    let flat: Vec<f64> = Vec::try_from(scores.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)?;
+    let flat = crate::util::to_f64_vec(scores)?;
     Ok(flat.chunks(cols.max(1)).map(<[f64]>::to_vec).collect())
 }
 
@@ -40,8 +40,14 @@ fn ranking(row: &[f64]) -> Vec<usize> {
 /// `(index, score)` by descending score (ties: lower index first).
 pub fn sorted_by_score(scores: &[f64]) -> Vec<(usize, f64)> {
     let mut order: Vec<(usize, f64)> = scores.iter().copied().enumerate().collect();
-    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    order.sort_by(by_descending_score);
     order
+}
+
+/// The order of `(index, score)` pairs by descending score, ties by
+/// ascending index: every ranking of the crate sorts with it.
+pub fn by_descending_score(a: &(usize, f64), b: &(usize, f64)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
 /// Retrieval metrics.

@@ -137,8 +137,8 @@ pub struct RerankerConfig {
 impl Default for RerankerConfig {
     fn default() -> Self {
         RerankerConfig {
-            model_dir: ".models/all-MiniLM-L6-v2".into(),
-            data_dir: "examples/data/wordnet".into(),
+            model_dir: crate::models::pretrained::EMBEDDED_MODEL_DIR.into(),
+            data_dir: crate::app::data::wordnet::EMBEDDED_TASK_DIR.into(),
             train_jsonl: None,
             skip_malformed: false,
             output_dir: "runs/train_reranker".into(),

