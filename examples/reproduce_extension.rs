@@ -381,7 +381,7 @@ fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: 
     let mut trainer = Trainer::new(train, &vs, &out, false)?;
     let evaluator = gc.with_config(gc.config().clone())?;
     let summary = trainer.run(
-        |i| {
+        |i| -> Result<gradcache::StepOutput, gradcache::AppError> {
             // The same example stream for every batch size: small-batch steps
             // 8j..8j+7 see exactly large-batch step j's examples.
             let picks = sample_indices(data.records.len(), batch, i, seed);
@@ -390,11 +390,11 @@ fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: 
             // only split a grouped layout.
             let targets = Targets::grouped(b.queries.len(), b.passages.len(), 2)?;
             let (q, p) = (tok.encode(&b.queries)?, tok.encode(&b.passages)?);
-            match method {
+            Ok(match method {
                 Method::SmallBatch | Method::TwoCache => gc.step(&q, &p, &targets),
                 Method::FullBatch => gc.full_batch_step(&q, &p, &targets),
                 Method::Accumulation => gc.accumulation_step(&q, &p, &targets, plan.small_batch),
-            }
+            }?)
         },
         // Only the trained model is evaluated (step 0 is skipped to save time).
         |i| if i == 0 { Ok(BTreeMap::new()) } else { sense_metrics(&score_with(&evaluator, &data.test_q, &data.test_c)?, &data.test) },
@@ -733,8 +733,8 @@ mod tests {
 
 /// The step's model scoring every query against every item of a corpus in
 /// eval mode, cut as the step's layout cuts a batch.
-fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(gc: &GradCache<'_, QE, PE>, queries: &QE::Input, corpus: &PE::Input) -> gradcache::Result<tch::Tensor> {
+fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(gc: &GradCache<'_, QE, PE>, queries: &QE::Input, corpus: &PE::Input) -> Result<tch::Tensor, gradcache::AppError> {
     let (query_encoder, passage_encoder, head) = gc.parts();
     let config = gc.config();
-    gradcache::app::eval::score_corpus(query_encoder, passage_encoder, head, &config.layout, config.precision, queries, corpus)
+    Ok(gradcache::app::eval::score_corpus(query_encoder, passage_encoder, head, &config.layout, config.precision, queries, corpus)?)
 }

@@ -1,4 +1,7 @@
-//! The crate's one error type.
+//! The error of the layers below the application: the runtime, the
+//! algorithm (`core`), the models and the checker. The application's own
+//! errors (runs, bundles, data files) are [`crate::app::error::AppError`],
+//! which wraps this one.
 
 use std::fmt;
 
@@ -42,7 +45,8 @@ impl fmt::Display for ReplayStage {
     }
 }
 
-/// Everything that can go wrong in gradcache's library code.
+/// Everything that can go wrong below the application: in the step, its
+/// configuration, the models and their files.
 ///
 /// No public function panics on bad input; each failure is one of these.
 #[derive(Debug, thiserror::Error)]
@@ -296,65 +300,6 @@ pub enum GradCacheError {
         got: Vec<i64>,
     },
 
-    /// A relevance judgement names a document that is not in the corpus.
-    #[error("query `{query}` is judged against document `{document}`, which is not in the corpus")]
-    UnknownDocument {
-        /// The query id.
-        query: String,
-        /// The missing document id.
-        document: String,
-    },
-
-    /// A resume was refused: the run asked for differs from the one that
-    /// wrote the checkpoint.
-    #[error("{path}: made by another run; these settings differ: {}", fields.join(", "))]
-    ResumeMismatch {
-        /// The checkpoint.
-        path: std::path::PathBuf,
-        /// Each differing field, as `name: checkpoint value -> requested value`.
-        fields: Vec<String>,
-    },
-
-    /// The output folder holds another run, and neither resuming it nor
-    /// overwriting it was asked for.
-    #[error("{path} already holds a run: pass --resume to continue it or --overwrite to start over (the old checkpoints are kept one generation back)")]
-    RunExists {
-        /// The output folder.
-        path: std::path::PathBuf,
-    },
-
-    /// A data file holds no records at all.
-    #[error("{path}: no {what} in the file")]
-    NoRecords {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What was expected.
-        what: &'static str,
-    },
-
-    /// A training record has some hard negatives but fewer than a group
-    /// needs; reusing them would silently weight them twice.
-    #[error("training record {record} has {has} hard negative(s) but group_size {group_size} needs {}", group_size - 1)]
-    TooFewNegatives {
-        /// The record's index.
-        record: usize,
-        /// Its negatives.
-        has: usize,
-        /// The configured group size.
-        group_size: usize,
-    },
-
-    /// A model bundle of a format version this version cannot read.
-    #[error("{path}: bundle format {found}, this version of gradcache reads format {supported}")]
-    BundleFormat {
-        /// The bundle's `gradcache.json`.
-        path: std::path::PathBuf,
-        /// The format it declares.
-        found: u32,
-        /// The format this version reads.
-        supported: u32,
-    },
-
     /// A head's weights could not be copied from an encoder layer: a
     /// variable is missing on one side, or the shapes differ.
     #[error("initialising `{head}` from encoder layer `{layer}`: {reason}")]
@@ -364,33 +309,6 @@ pub enum GradCacheError {
         /// The encoder layer's variable prefix.
         layer: String,
         /// What did not fit.
-        reason: String,
-    },
-
-    /// A line of a data file is malformed.
-    #[error("{path}:{line}: {reason}")]
-    DataLine {
-        /// The data file.
-        path: std::path::PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        reason: DataLineError,
-    },
-
-    /// The gradient norm is NaN or infinite; the optimizer step was skipped.
-    #[error("gradient norm is not finite at step {step}; no update was made")]
-    NonFiniteGradient {
-        /// The training step.
-        step: usize,
-    },
-
-    /// A checkpoint is unusable: corrupt, or made by another model or config.
-    #[error("checkpoint {path}: {reason}")]
-    Checkpoint {
-        /// The checkpoint folder or file.
-        path: std::path::PathBuf,
-        /// What is wrong.
         reason: String,
     },
 
@@ -405,41 +323,6 @@ pub enum GradCacheError {
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
-}
-
-/// What is wrong with a line of a data file.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DataLineError {
-    /// The line's bytes are not UTF-8.
-    #[error("not UTF-8 (from byte {byte} of the line)")]
-    NotUtf8 {
-        /// The first bad byte, counting from 1.
-        byte: usize,
-    },
-    /// Not valid JSON, or not the expected record.
-    #[error("{0}")]
-    Json(#[from] serde_json::Error),
-    /// A required field is empty.
-    #[error("field `{0}` is empty")]
-    EmptyField(&'static str),
-    /// Wrong number of tab-separated columns.
-    #[error("expected {expected} tab-separated columns, found {found}")]
-    Columns {
-        /// Columns expected.
-        expected: usize,
-        /// Columns found.
-        found: usize,
-    },
-    /// A number could not be parsed.
-    #[error("`{0}` is not a valid number")]
-    Number(String),
-    /// An id refers to nothing in the files read so far.
-    #[error("unknown id `{0}`")]
-    UnknownId(String),
-    /// A structural rule of the format is broken.
-    #[error("{0}")]
-    Format(&'static str),
 }
 
 /// Wraps an I/O error on `path`: `.map_err(io_error(path))`.

@@ -89,6 +89,7 @@ pub mod app;
 // 6. the command line
 pub mod cli;
 
+pub use crate::app::error::AppError;
 pub use crate::app::scorer::{ModelConfig, Scorer};
 pub use crate::core::batch::{Chunk, TokenBatch};
 pub use crate::core::config::StepConfig;

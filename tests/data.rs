@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use gradcache::AppError;
 use gradcache::app::data::beir::read_beir;
 use gradcache::app::data::jsonl::read_training_records;
 use gradcache::app::data::wordnet::{parse_data_file, Split, WordSenseData};
 use gradcache::app::data::{check_negatives, grouped_batch, Malformed, TrainingRecord};
-use gradcache::error::DataLineError;
+use gradcache::app::error::DataLineError;
 use gradcache::GradCacheError;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -69,11 +70,11 @@ fn malformed_wordnet_line_names_file_and_line() {
     let d = temp_dir("wnbad");
     let p = write(&d, "data.noun", "  1 header\n00000001 06 n 0z bank 0 000 | a gloss\n");
     match parse_data_file(&p, 'n') {
-        Err(GradCacheError::DataLine { path, line: 2, reason: DataLineError::Number(_) }) => assert_eq!(path, p),
+        Err(AppError::DataLine { path, line: 2, reason: DataLineError::Number(_) }) => assert_eq!(path, p),
         other => panic!("expected a data line error, got {other:?}"),
     }
     let p = write(&d, "data.verb", "00000001 06 v 01 bank 0 000 no separator\n");
-    assert!(matches!(parse_data_file(&p, 'v'), Err(GradCacheError::DataLine { line: 1, .. })));
+    assert!(matches!(parse_data_file(&p, 'v'), Err(AppError::DataLine { line: 1, .. })));
 }
 
 #[test]
@@ -83,10 +84,10 @@ fn prepared_files_reject_unknown_ids() {
     write(&d, "senses.tsv", "bank\tn1 n2\n");
     write(&d, "examples.tsv", "train\tn1\tbank\tthe bank\n");
     let err = WordSenseData::read(&d).unwrap_err();
-    assert!(matches!(&err, GradCacheError::DataLine { line: 1, reason: DataLineError::UnknownId(id), .. } if id == "n2"), "{err}");
+    assert!(matches!(&err, AppError::DataLine { line: 1, reason: DataLineError::UnknownId(id), .. } if id == "n2"), "{err}");
     write(&d, "senses.tsv", "bank\tn1\n");
     write(&d, "examples.tsv", "train\tn1\tbank\tthe bank\nvalid\tn1\tbank\tx\n");
-    assert!(matches!(WordSenseData::read(&d), Err(GradCacheError::DataLine { line: 2, .. })));
+    assert!(matches!(WordSenseData::read(&d), Err(AppError::DataLine { line: 2, .. })));
 }
 
 fn embedded() -> WordSenseData {
@@ -145,14 +146,14 @@ fn jsonl_records_and_their_errors() {
 
     let bad = write(&d, "bad.jsonl", "{\"query\": \"q1\", \"positive\": \"p1\"}\n{\"query\": \"q2\"}\nnot json\n{\"query\": \"q3\", \"positive\": \"p\", \"extra\": 1}\n");
     match read_training_records(&bad, Malformed::Fail) {
-        Err(GradCacheError::DataLine { path, line: 2, reason: DataLineError::EmptyField("positive") }) => assert_eq!(path, bad),
+        Err(AppError::DataLine { path, line: 2, reason: DataLineError::EmptyField("positive") }) => assert_eq!(path, bad),
         other => panic!("{other:?}"),
     }
     let err = read_training_records(&bad, Malformed::Fail).unwrap_err();
     assert!(err.to_string().starts_with(&format!("{}:2:", bad.display())), "{err}");
     let read = read_training_records(&bad, Malformed::Skip).unwrap();
     assert_eq!((read.items.len(), read.skipped), (1, 3), "unknown fields are malformed too");
-    assert!(matches!(read_training_records(&d.join("none.jsonl"), Malformed::Fail), Err(GradCacheError::Io { .. })));
+    assert!(matches!(read_training_records(&d.join("none.jsonl"), Malformed::Fail), Err(AppError::Core(GradCacheError::Io { .. }))));
 }
 
 #[test]
@@ -169,11 +170,11 @@ fn beir_folders_and_their_errors() {
 
     write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td9\t1\n");
     let err = read_beir(&d, "test", Malformed::Fail).unwrap_err();
-    assert!(matches!(&err, GradCacheError::DataLine { line: 2, reason: DataLineError::UnknownId(id), .. } if id == "d9"), "{err}");
+    assert!(matches!(&err, AppError::DataLine { line: 2, reason: DataLineError::UnknownId(id), .. } if id == "d9"), "{err}");
     write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\tx\n");
-    assert!(matches!(read_beir(&d, "test", Malformed::Fail), Err(GradCacheError::DataLine { line: 2, reason: DataLineError::Number(_), .. })));
+    assert!(matches!(read_beir(&d, "test", Malformed::Fail), Err(AppError::DataLine { line: 2, reason: DataLineError::Number(_), .. })));
     write(&d, "qrels/test.tsv", "query-id\tcorpus-id\n");
-    assert!(matches!(read_beir(&d, "test", Malformed::Fail), Err(GradCacheError::DataLine { line: 1, reason: DataLineError::Columns { expected: 3, found: 2 }, .. })));
+    assert!(matches!(read_beir(&d, "test", Malformed::Fail), Err(AppError::DataLine { line: 1, reason: DataLineError::Columns { expected: 3, found: 2 }, .. })));
     let (_, skipped) = {
         write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\n");
         read_beir(&d, "test", Malformed::Skip).unwrap()
@@ -213,7 +214,7 @@ fn grouped_batch_rejects_bad_requests_with_typed_errors() {
     let records = vec![record("q0", &["p"], &[]), record("q1", &[], &[])];
     for (picks, group) in [(vec![0], 0), (vec![], 2), (vec![5], 2), (vec![1], 2)] {
         match grouped_batch(&records, &picks, group, 0) {
-            Err(GradCacheError::InvalidConfig { .. }) => {}
+            Err(AppError::Core(GradCacheError::InvalidConfig { .. })) => {}
             other => panic!("picks {picks:?}, group {group}: expected InvalidConfig, got {other:?}"),
         }
     }
@@ -224,10 +225,10 @@ fn a_record_short_of_negatives_is_an_error_not_a_silent_reuse() {
     // Group of 3 needs 2 negatives; q1 has 1. It used to be repeated.
     let records = vec![record("q0", &["p0"], &["a", "b"]), record("q1", &["p1"], &["only"])];
     match grouped_batch(&records, &[0, 1], 3, 0) {
-        Err(GradCacheError::TooFewNegatives { record: 1, has: 1, group_size: 3 }) => {}
+        Err(AppError::TooFewNegatives { record: 1, has: 1, group_size: 3 }) => {}
         other => panic!("{other:?}"),
     }
-    assert!(matches!(check_negatives(&records, 3), Err(GradCacheError::TooFewNegatives { record: 1, .. })));
+    assert!(matches!(check_negatives(&records, 3), Err(AppError::TooFewNegatives { record: 1, .. })));
     assert!(check_negatives(&records, 2).is_ok());
     // A record without negatives takes other queries' positives: allowed.
     assert!(check_negatives(&[record("q", &["p"], &[])], 5).is_ok());
@@ -241,7 +242,7 @@ fn a_line_that_is_not_utf8_is_named_and_skippable() {
     bytes.extend_from_slice(b"{\"query\": \"q3\", \"positive\": \"p3\"}\r\n");
     std::fs::write(&p, bytes).unwrap();
     match read_training_records(&p, Malformed::Fail) {
-        Err(GradCacheError::DataLine { line: 2, reason: DataLineError::NotUtf8 { byte: 13 }, .. }) => {}
+        Err(AppError::DataLine { line: 2, reason: DataLineError::NotUtf8 { byte: 13 }, .. }) => {}
         other => panic!("{other:?}"),
     }
     let read = read_training_records(&p, Malformed::Skip).unwrap();

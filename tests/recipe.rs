@@ -4,6 +4,7 @@
 
 mod common;
 
+use gradcache::AppError;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
 use gradcache::app::eval::sense_metrics;
 use gradcache::models::heads::{HeadConfig, MlpHeadConfig};
@@ -65,6 +66,23 @@ fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
     for (name, value) in &again {
         assert_eq!(report.results["after"][name].as_f64().unwrap(), *value, "{name}");
     }
+
+    // The table the command line prints at the end: each row's metrics are
+    // the run's, in the columns' order.
+    let mut printed = Vec::new();
+    gradcache::cli::write_report(&report, &mut printed).unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    let row = |name: &str| printed.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no `{name}` row in:\n{printed}")).to_string();
+    let cells = |line: String| -> Vec<f64> { line.split_whitespace().rev().take(6).map(|c| c.parse().unwrap()).collect::<Vec<f64>>().into_iter().rev().collect() };
+    let columns = ["wsd_accuracy", "top1", "top5", "top20", "mrr10", "ndcg10"];
+    // Printed to 3 decimals: within half a unit of the last.
+    let same = |printed_row: Vec<f64>, m: &serde_json::Value| {
+        printed_row.len() == columns.len() && columns.iter().zip(&printed_row).all(|(k, p)| (m[k].as_f64().unwrap() - p).abs() <= 5e-4 + 1e-12)
+    };
+    assert!(same(cells(row("this run: 2 two-cache steps, seed 0")), &report.results["after"]), "{printed}");
+    assert!(same(cells(row("pretrained MiniLM, cosine")), &report.results["pretrained_cosine"]), "{printed}");
+    assert!(same(cells(row("encoder + untrained head")), &report.results["before"]), "{printed}");
+    assert!(printed.contains(&format!("model bundle in {}", report.bundle.display())), "{printed}");
 }
 
 #[test]
@@ -83,9 +101,9 @@ fn config_files_merge_over_the_defaults_and_name_unknown_fields() {
     let step = args.resolve().unwrap().step;
     assert_eq!((step.memory, step.sort_by_length), (gradcache::core::config::MemoryConfig::Budget { budget_mb: 1500.0 }, true));
     std::fs::write(&path, r#"{"train": {"stepz": 7}}"#).unwrap();
-    assert!(matches!(RerankerConfig::read(&path), Err(GradCacheError::Json { path: p, .. }) if p == path));
+    assert!(matches!(RerankerConfig::read(&path), Err(AppError::Core(GradCacheError::Json { path: p, .. })) if p == path));
     let bad = RerankerConfig { batch_size: 0, ..RerankerConfig::default() };
-    assert!(matches!(bad.validate(), Err(GradCacheError::InvalidConfig { .. })));
+    assert!(matches!(bad.validate(), Err(AppError::Core(GradCacheError::InvalidConfig { .. }))));
 }
 
 fn folder_snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
@@ -114,14 +132,14 @@ fn a_run_folder_changes_only_for_a_valid_resume_or_an_explicit_overwrite() {
     let before = folder_snapshot(&c.output_dir);
 
     // A second new run into the same folder is refused.
-    assert!(matches!(run(&c, Start::New), Err(GradCacheError::RunExists { .. })));
+    assert!(matches!(run(&c, Start::New), Err(AppError::RunExists { .. })));
     // A resume with a setting that shapes training changed is refused,
     // naming it; so is a changed training file and a changed training block.
     let mut other = c.clone();
     other.batch_size = 2;
     other.loss.temperature = 0.5;
     match run(&other, Start::Resume) {
-        Err(GradCacheError::ResumeMismatch { fields, .. }) => {
+        Err(AppError::ResumeMismatch { fields, .. }) => {
             assert!(fields.iter().any(|f| f.starts_with("batch_size: 3 -> 2")), "{fields:?}");
             assert!(fields.iter().any(|f| f.starts_with("loss.temperature")), "{fields:?}");
         }
@@ -129,15 +147,15 @@ fn a_run_folder_changes_only_for_a_valid_resume_or_an_explicit_overwrite() {
     }
     let mut lr = c.clone();
     lr.train.learning_rate = 1.0;
-    assert!(matches!(run(&lr, Start::Resume), Err(GradCacheError::ResumeMismatch { fields, .. }) if fields[0].starts_with("train.learning_rate")));
+    assert!(matches!(run(&lr, Start::Resume), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("train.learning_rate")));
     std::fs::write(dir.join("train.jsonl"), RECORDS[..2].join("\n")).unwrap();
-    assert!(matches!(run(&c, Start::Resume), Err(GradCacheError::ResumeMismatch { fields, .. }) if fields[0].starts_with("data.sha256")));
+    assert!(matches!(run(&c, Start::Resume), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("data.sha256")));
     std::fs::write(dir.join("train.jsonl"), RECORDS.join("\n")).unwrap();
     // Bad data fails before anything is written.
     let mut empty = c.clone();
     std::fs::write(dir.join("empty.jsonl"), "\n").unwrap();
     empty.train_jsonl = Some(dir.join("empty.jsonl"));
-    assert!(matches!(run(&empty, Start::Overwrite), Err(GradCacheError::NoRecords { path, .. }) if path == dir.join("empty.jsonl")));
+    assert!(matches!(run(&empty, Start::Overwrite), Err(AppError::NoRecords { path, .. }) if path == dir.join("empty.jsonl")));
     assert!(folder_snapshot(&c.output_dir) == before, "the refused runs changed the run folder");
 
     // More steps may be asked on resume; the report keeps the run's "before".
@@ -155,7 +173,7 @@ fn a_custom_model_folder_that_is_missing_is_named_without_the_setup_hint() {
     let dir = common::scratch("recipe-model");
     let c = RerankerConfig { model_dir: dir.join("nope"), output_dir: dir.join("run"), ..RerankerConfig::default() };
     let err = run(&c, Start::New).unwrap_err();
-    assert!(matches!(&err, GradCacheError::Io { path, .. } if path == &dir.join("nope")), "{err}");
+    assert!(matches!(&err, AppError::Core(GradCacheError::Io { path, .. }) if path == &dir.join("nope")), "{err}");
     assert!(!err.to_string().contains("setup"), "{err}");
     assert!(!c.output_dir.exists(), "nothing written");
 }

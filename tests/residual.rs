@@ -258,6 +258,6 @@ fn reference_results_compare_budgets() {
     std::fs::write(&path, serde_json::to_vec(&r).unwrap()).unwrap();
     assert_eq!(ReferenceResults::read(&path).unwrap(), r);
     std::fs::write(&path, b"{\"budget\": {}, \"rows\": []}").unwrap();
-    assert!(matches!(ReferenceResults::read(&path), Err(GradCacheError::Json { .. })));
+    assert!(matches!(ReferenceResults::read(&path), Err(gradcache::AppError::Core(GradCacheError::Json { .. }))));
     std::fs::remove_dir_all(&dir).unwrap();
 }

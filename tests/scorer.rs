@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
+use gradcache::AppError;
 use gradcache::app::data::RetrievalSet;
 use gradcache::models::encoders::{BertEncoderConfig, Pooling};
 use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
@@ -138,31 +139,31 @@ fn bad_bundles_are_typed_errors_naming_the_file() {
 
     let future = copy("future");
     edit_json(&future, &|v| v["format"] = 2.into());
-    assert!(matches!(Scorer::load(&future, Device::Cpu), Err(GradCacheError::BundleFormat { found: 2, supported: 1, .. })));
+    assert!(matches!(Scorer::load(&future, Device::Cpu), Err(AppError::BundleFormat { found: 2, supported: 1, .. })));
 
     let no_head = copy("no-head");
     std::fs::remove_file(no_head.join("head.safetensors")).unwrap();
-    assert!(matches!(Scorer::load(&no_head, Device::Cpu), Err(GradCacheError::Io { path, .. }) if path.ends_with("head.safetensors")));
+    assert!(matches!(Scorer::load(&no_head, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with("head.safetensors")));
 
     let no_weights = copy("no-weights");
     std::fs::remove_file(no_weights.join("query_encoder/model.safetensors")).unwrap();
-    assert!(matches!(Scorer::load(&no_weights, Device::Cpu), Err(GradCacheError::Io { path, .. }) if path.ends_with("model.safetensors")));
+    assert!(matches!(Scorer::load(&no_weights, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with("model.safetensors")));
 
     let wider = copy("wider-head");
     edit_json(&wider, &|v| v["head"]["hidden"] = 24.into());
-    assert!(matches!(Scorer::load(&wider, Device::Cpu), Err(GradCacheError::WeightShape { path, .. }) if path.ends_with("head.safetensors")));
+    assert!(matches!(Scorer::load(&wider, Device::Cpu), Err(AppError::Core(GradCacheError::WeightShape { path, .. })) if path.ends_with("head.safetensors")));
 
     let unknown = copy("unknown-field");
     edit_json(&unknown, &|v| v["pooling"] = "mean".into());
-    assert!(matches!(Scorer::load(&unknown, Device::Cpu), Err(GradCacheError::Json { path, .. }) if path.ends_with(BUNDLE_FILE)));
+    assert!(matches!(Scorer::load(&unknown, Device::Cpu), Err(AppError::Core(GradCacheError::Json { path, .. })) if path.ends_with(BUNDLE_FILE)));
 
     let not_bundle = dir.join("not-a-bundle");
-    assert!(matches!(Scorer::load(&not_bundle, Device::Cpu), Err(GradCacheError::Io { path, .. }) if path.ends_with(BUNDLE_FILE)));
+    assert!(matches!(Scorer::load(&not_bundle, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with(BUNDLE_FILE)));
 
     // Saving over a folder that is not a bundle leaves it alone.
     std::fs::create_dir_all(&not_bundle).unwrap();
     std::fs::write(not_bundle.join("notes.txt"), "mine").unwrap();
-    assert!(scorer.save(&not_bundle).is_err());
+    assert!(matches!(scorer.save(&not_bundle), Err(AppError::NotABundle { path }) if path == not_bundle));
     assert_eq!(std::fs::read_to_string(not_bundle.join("notes.txt")).unwrap(), "mine");
     assert_eq!(std::fs::read_dir(&not_bundle).unwrap().count(), 1);
     // Saving over a bundle replaces it, and leaves no staging folder.
@@ -249,7 +250,7 @@ fn a_judgement_outside_the_corpus_is_a_typed_error_not_a_panic() {
     let mut set = small_set();
     set.qrels.get_mut("q1").unwrap().insert("missing-doc".to_string(), 1);
     match set.relevance() {
-        Err(GradCacheError::UnknownDocument { query, document }) => assert_eq!((query.as_str(), document.as_str()), ("q1", "missing-doc")),
+        Err(AppError::UnknownDocument { query, document }) => assert_eq!((query.as_str(), document.as_str()), ("q1", "missing-doc")),
         other => panic!("{other:?}"),
     }
 }
@@ -265,7 +266,7 @@ fn a_model_of_another_width_works_and_a_head_of_the_wrong_width_is_named() {
     let ok = Scorer::from_pretrained(ModelConfig::new(BertEncoderConfig::default(), 16, true, head(48), layout()), &model, Device::Cpu).unwrap();
     assert_eq!(ok.score(&QUERIES, &PASSAGES).unwrap().size(), [3, 5]);
     let err = Scorer::from_pretrained(ModelConfig::new(BertEncoderConfig::default(), 16, true, head(384), layout()), &model, Device::Cpu).unwrap_err();
-    assert!(matches!(err, GradCacheError::InvalidConfig { field: "head.dim", .. }), "{err}");
+    assert!(matches!(err, AppError::Core(GradCacheError::InvalidConfig { field: "head.dim", .. })), "{err}");
 }
 
 #[test]
@@ -285,7 +286,7 @@ fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
         assert!(diff <= 0.05 * spread.max(1.0), "{name}: bf16 moved scores by {diff} (largest {spread})");
         assert_eq!(scorer.precision(), gradcache::runtime::precision::Precision::Bf16);
         match scorer.with_precision(gradcache::runtime::precision::Precision::F16) {
-            Err(GradCacheError::InvalidConfig { field: "precision", .. }) => {}
+            Err(AppError::Core(GradCacheError::InvalidConfig { field: "precision", .. })) => {}
             other => panic!("expected f16 to be refused, got {:?}", other.map(|s| s.precision())),
         }
     }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use gradcache::AppError;
 use gradcache::app::train::optim::{AdamW, LinearSchedule};
 use gradcache::app::train::{sample_indices, TrainConfig, Trainer};
 use gradcache::{GradCacheError, StepConfig};
@@ -102,7 +103,7 @@ fn train(out: &Path, steps: usize, resume: bool) -> (Vec<f64>, WeightSnapshot) {
                 let d = data(6, 2, LossKind::InfoNce, 1000 + i as i64);
                 gc.step(&d.queries, &d.passages, &d.targets)
             },
-            |_| Ok(BTreeMap::new()),
+            |_| Ok::<_, AppError>(BTreeMap::new()),
         )
         .unwrap();
     (summary.losses, WeightSnapshot::take(&model.vs))
@@ -159,10 +160,10 @@ fn resuming_a_finished_run_reports_the_model_as_it_stands() {
     let mut evaluated = Vec::new();
     let summary = trainer
         .run(
-            |_| panic!("no step is left to run"),
+            |_| -> Result<gradcache::StepOutput, AppError> { panic!("no step is left to run") },
             |i| {
                 evaluated.push(i);
-                Ok(BTreeMap::from([("wsd_accuracy".to_string(), 0.5)]))
+                Ok::<_, AppError>(BTreeMap::from([("wsd_accuracy".to_string(), 0.5)]))
             },
         )
         .unwrap();
@@ -220,18 +221,18 @@ fn unusable_checkpoints_are_clear_errors() {
     // Another training configuration.
     let other = TrainConfig { learning_rate: 0.5, ..config(6) };
     let err = Trainer::new(other, &model.vs, &dir, true).unwrap_err();
-    assert!(matches!(&err, GradCacheError::ResumeMismatch { fields, .. } if fields == &["train.learning_rate: 0.01 -> 0.5"]), "{err}");
+    assert!(matches!(&err, AppError::ResumeMismatch { fields, .. } if fields == &["train.learning_rate: 0.01 -> 0.5"]), "{err}");
 
     // Another model: separate encoders instead of a tied one.
     let separate = Model::new(HeadKind::Mlp, false, Kind::Float, 0.2);
     let err = Trainer::new(config(6), &separate.vs, &dir, true).unwrap_err();
-    assert!(matches!(err, GradCacheError::Checkpoint { .. }), "{err}");
+    assert!(matches!(err, AppError::Checkpoint { .. }), "{err}");
 
     // Corrupt state and truncated weights.
     let state = std::fs::read(ckpt.join("state.json")).unwrap();
     std::fs::write(ckpt.join("state.json"), b"{\"step\": 3, \"conf").unwrap();
     let err = Trainer::new(config(6), &model.vs, &dir, true).unwrap_err();
-    assert!(matches!(&err, GradCacheError::Checkpoint { reason, .. } if reason.contains("state.json is corrupt")), "{err}");
+    assert!(matches!(&err, AppError::Checkpoint { reason, .. } if reason.contains("state.json is corrupt")), "{err}");
     std::fs::write(ckpt.join("state.json"), state).unwrap();
     let weights = std::fs::read(ckpt.join("model.safetensors")).unwrap();
     std::fs::write(ckpt.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
@@ -240,10 +241,10 @@ fn unusable_checkpoints_are_clear_errors() {
 
 #[test]
 fn training_configs_are_validated() {
-    assert!(matches!(TrainConfig { steps: 0, ..TrainConfig::default() }.validate(), Err(GradCacheError::InvalidConfig { field: "steps", .. })));
+    assert!(matches!(TrainConfig { steps: 0, ..TrainConfig::default() }.validate(), Err(AppError::Core(GradCacheError::InvalidConfig { field: "steps", .. }))));
     assert!(matches!(
         TrainConfig { learning_rate: f64::NAN, ..TrainConfig::default() }.validate(),
-        Err(GradCacheError::InvalidConfig { field: "learning_rate", .. })
+        Err(AppError::Core(GradCacheError::InvalidConfig { field: "learning_rate", .. }))
     ));
     let err = serde_json::from_str::<TrainConfig>(r#"{"step": 5}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field"));
@@ -264,12 +265,12 @@ fn a_non_finite_gradient_stops_before_the_update() {
                 let out = gc.step(&d.queries, &d.passages, &d.targets)?;
                 let g = model.vs.variables()["encoder.mix.bias"].grad();
                 let _ = g.shallow_clone().fill_(f64::NAN);
-                Ok(out)
+                Ok::<_, gradcache::GradCacheError>(out)
             },
-            |_| Ok(BTreeMap::new()),
+            |_| Ok::<_, AppError>(BTreeMap::new()),
         )
         .unwrap_err();
-    assert!(matches!(err, GradCacheError::NonFiniteGradient { step: 1 }), "{err}");
+    assert!(matches!(err, AppError::NonFiniteGradient { step: 1 }), "{err}");
     for ((name, a), (_, b)) in before.0.iter().zip(&WeightSnapshot::take(&model.vs).0) {
         assert!(a.equal(b), "{name} was updated");
     }

@@ -11,7 +11,7 @@ use crate::core::encoder::Encoder;
 use crate::core::head::ScoringHead;
 use crate::core::layout::{Layout, Side};
 use crate::core::scoring::{encode_chunks, score_grid, Forward};
-use crate::error::Result;
+use crate::app::error::Result;
 use crate::runtime::precision::Precision;
 
 /// Scores every query against every corpus item in eval mode (no dropout,
@@ -50,7 +50,7 @@ pub fn score_corpus<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
 ///
 /// # Errors
 /// [`crate::error::GradCacheError::Shape`] when the scores do not fit `eval`;
-/// [`crate::error::GradCacheError::UnknownDocument`] for a judgement outside the
+/// [`crate::app::error::AppError::UnknownDocument`] for a judgement outside the
 /// corpus.
 pub fn sense_metrics(scores: &Tensor, eval: &SenseEval) -> Result<BTreeMap<String, f64>> {
     let relevance = eval.set.relevance()?;
@@ -104,7 +104,7 @@ impl ReferenceResults {
     pub fn read(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
         serde_json::from_str(&text)
-            .map_err(|source| crate::error::GradCacheError::Json { path: path.to_path_buf(), source })
+            .map_err(|source| crate::error::GradCacheError::Json { path: path.to_path_buf(), source }).map_err(Into::into)
     }
 
     /// The budget fields whose values differ from `budget` (or that one side

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::error::{GradCacheError, Result};
+use crate::app::error::Result;
+use crate::error::GradCacheError;
 
 /// Retrieval quality over a set of queries (each in `[0, 1]`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -25,7 +26,7 @@ pub struct RetrievalMetrics {
 
 fn rows(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
     if scores.dim() != 2 {
-        return Err(GradCacheError::Shape { what: "score matrix", expected: "[queries, documents]", got: scores.size() });
+        return Err(GradCacheError::Shape { what: "score matrix", expected: "[queries, documents]", got: scores.size() }.into());
     }
     let cols = scores.size()[1] as usize;
     let flat = crate::util::to_f64_vec(scores)?;
@@ -62,11 +63,11 @@ pub fn by_descending_score(a: &(usize, f64), b: &(usize, f64)) -> std::cmp::Orde
 pub fn retrieval_metrics(scores: &Tensor, relevance: &[Vec<(usize, u32)>]) -> Result<RetrievalMetrics> {
     let rows = rows(scores)?;
     if rows.len() != relevance.len() || rows.is_empty() {
-        return Err(GradCacheError::Shape { what: "relevance", expected: "one non-empty list per query", got: scores.size() });
+        return Err(GradCacheError::Shape { what: "relevance", expected: "one non-empty list per query", got: scores.size() }.into());
     }
     let cols = scores.size()[1] as usize;
     if relevance.iter().flatten().any(|&(d, _)| d >= cols) {
-        return Err(GradCacheError::Shape { what: "relevance", expected: "document indices below C", got: scores.size() });
+        return Err(GradCacheError::Shape { what: "relevance", expected: "document indices below C", got: scores.size() }.into());
     }
     let orders: Vec<Vec<usize>> = rows.iter().map(|r| ranking(r)).collect();
     ranked_metrics(&orders, relevance)
@@ -84,7 +85,7 @@ pub fn ranked_metrics(rankings: &[Vec<usize>], relevance: &[Vec<(usize, u32)>]) 
             what: "rankings",
             expected: "one ranking per query, at least one query",
             got: vec![rankings.len() as i64, relevance.len() as i64],
-        });
+        }.into());
     }
     let (mut top1, mut top5, mut top20, mut mrr, mut ndcg, mut recall) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     for (order, rel) in rankings.iter().zip(relevance) {
@@ -127,12 +128,12 @@ pub fn ranked_metrics(rankings: &[Vec<usize>], relevance: &[Vec<(usize, u32)>]) 
 pub fn disambiguation_accuracy(scores: &Tensor, candidates: &[Vec<usize>], gold: &[usize]) -> Result<f64> {
     let rows = rows(scores)?;
     if rows.len() != candidates.len() || rows.len() != gold.len() || rows.is_empty() {
-        return Err(GradCacheError::Shape { what: "candidates", expected: "one list and one gold per query", got: scores.size() });
+        return Err(GradCacheError::Shape { what: "candidates", expected: "one list and one gold per query", got: scores.size() }.into());
     }
     let mut hits = 0usize;
     for ((row, cands), &g) in rows.iter().zip(candidates).zip(gold) {
         if !cands.contains(&g) || cands.iter().any(|&c| c >= row.len()) {
-            return Err(GradCacheError::Shape { what: "candidates", expected: "indices below C including the gold", got: scores.size() });
+            return Err(GradCacheError::Shape { what: "candidates", expected: "indices below C including the gold", got: scores.size() }.into());
         }
         let best = cands.iter().copied().max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)));
         hits += usize::from(best == Some(g));

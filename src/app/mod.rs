@@ -9,6 +9,7 @@
 //!   WordNet task; [`settings`]: JSON config files laid over defaults.
 
 pub mod data;
+pub mod error;
 pub mod eval;
 pub mod metrics;
 pub mod recipe;

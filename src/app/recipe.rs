@@ -19,7 +19,8 @@ use crate::app::data::jsonl::read_training_records;
 use crate::app::data::wordnet::{Split, WordSenseData};
 use crate::app::data::{grouped_batch, Malformed, TrainingRecord};
 use crate::models::encoders::{BertEncoderConfig, Pooling};
-use crate::error::{GradCacheError, Result};
+use crate::app::error::{AppError, Result};
+use crate::error::GradCacheError;
 use crate::app::eval::{sense_metrics, ReferenceResults};
 use crate::models::heads::{CosineHeadConfig, HeadConfig};
 use crate::core::loss::InfoNce;
@@ -169,7 +170,7 @@ impl RerankerConfig {
     /// [`GradCacheError::InvalidConfig`] naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 || self.group_size == 0 || self.dev_queries == 0 {
-            return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "batch_size, group_size and dev_queries must be at least 1" });
+            return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "batch_size, group_size and dev_queries must be at least 1" }.into());
         }
         self.model_config().validate()?;
         self.loss.validate()?;
@@ -194,7 +195,7 @@ impl RerankerConfig {
         let json = |source| GradCacheError::Json { path: path.to_path_buf(), source };
         let user: serde_json::Value = serde_json::from_str(&text).map_err(json)?;
         let defaults = serde_json::to_value(RerankerConfig::default()).map_err(json)?;
-        serde_json::from_value(crate::app::settings::layered(defaults, user)).map_err(json)
+        serde_json::from_value(crate::app::settings::layered(defaults, user)).map_err(json).map_err(Into::into)
     }
 
     /// The settings that make two runs' metrics comparable.
@@ -296,16 +297,52 @@ pub struct TrainReport {
     pub results: serde_json::Value,
     /// The model bundle.
     pub bundle: PathBuf,
+    /// What the run measured, for its report (`None` on the processes of
+    /// a distributed run other than rank 0); `cli::print_report` prints it.
+    pub summary: Option<RunSummary>,
+}
+
+/// The measurements of a finished run, beside the baselines to show with
+/// them.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run folder.
+    pub output_dir: PathBuf,
+    /// The split evaluated (`dev` or `test`) and its queries.
+    pub split: String,
+    /// Queries evaluated.
+    pub eval_queries: usize,
+    /// The pretrained encoder's cosine (vector encoders only).
+    pub pretrained_cosine: Option<BTreeMap<String, f64>>,
+    /// The model before training (a fresh run only).
+    pub before: Option<BTreeMap<String, f64>>,
+    /// The trained model.
+    pub after: BTreeMap<String, f64>,
+    /// Test-split queries and the trained model's metrics on them, when
+    /// `test_queries` asked for them.
+    pub test: Option<(usize, BTreeMap<String, f64>)>,
+    /// The committed fine-tuned baselines and where they were read.
+    pub baselines: Option<(PathBuf, ReferenceResults)>,
+    /// The run's budget ([`RerankerConfig::budget`]): baselines are shown
+    /// only when theirs is equal.
+    pub budget: BTreeMap<String, serde_json::Value>,
+    /// Training steps and the seed.
+    pub steps: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// Every step's loss.
+    pub losses: Vec<f64>,
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|source| GradCacheError::Json { path: path.to_path_buf(), source })?;
-    write_bytes_atomically(path, &bytes)
+    write_bytes_atomically(path, &bytes).map_err(Into::into)
 }
 
-/// Runs the recipe: trains, evaluates, saves the bundle, prints progress
-/// and the comparison table (with the committed baselines when the budget
-/// matches) and returns the results.
+/// Runs the recipe: trains, evaluates, saves the bundle, prints progress,
+/// and returns the results with what the comparison table needs
+/// (`cli::print_report` prints it, with the committed baselines when the
+/// budget matches).
 ///
 /// Launched by `mpirun -np R` (and built with the `mpi` feature), the R
 /// processes train one model together ([`crate::core::distributed::launched`]):
@@ -333,10 +370,10 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     let (rank, ranks) = (world.rank(), world.world_size());
     let lead = rank == 0;
     if c.batch_size < ranks {
-        return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "must be at least the number of processes" });
+        return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "must be at least the number of processes" }.into());
     }
     if start == Start::New && holds_run(&c.output_dir) {
-        return Err(GradCacheError::RunExists { path: c.output_dir.clone() });
+        return Err(AppError::RunExists { path: c.output_dir.clone() });
     }
     // Every process has looked at the folder before rank 0 writes to it.
     world.barrier();
@@ -346,7 +383,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         } else {
             "model folder missing (a BERT folder: config.json, vocab.txt, model.safetensors)"
         };
-        return Err(crate::error::not_found(&c.model_dir, why));
+        return Err(crate::error::not_found(&c.model_dir, why).into());
     }
     let model = ModelDir::open(&c.model_dir)?;
     let tok = model.tokenizer(c.max_len)?;
@@ -364,7 +401,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     };
     if records.is_empty() {
         let path = c.train_jsonl.clone().unwrap_or_else(|| c.data_dir.clone());
-        return Err(GradCacheError::NoRecords { path, what: "training records" });
+        return Err(AppError::NoRecords { path, what: "training records" });
     }
     crate::app::data::check_negatives(&records, c.group_size)?;
     let dev = task.sense_eval(c.eval_split, c.dev_queries);
@@ -436,17 +473,17 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         }
     }
     let summary = trainer.run(
-        |i| {
+        |i| -> Result<crate::core::output::StepOutput> {
             let (q, p, t) = batch(&records, c, &tok, i, device)?;
             if ranks == 1 {
-                return gc.step(&q, &p, &t);
+                return Ok(gc.step(&q, &p, &t)?);
             }
             if c.check_weights_every > 0 && i % c.check_weights_every == 0 {
                 crate::core::distributed::check_same_weights(scorer.var_store(), world, i)?;
             }
             let g = c.group_size;
             let (q, p) = (q.chunk(own_start, shares[rank])?, p.chunk(own_start * g, shares[rank] * g)?);
-            gc.distributed_step(&q, &p, &t, scorer.var_store(), world)
+            Ok(gc.distributed_step(&q, &p, &t, scorer.var_store(), world)?)
         },
         // Rank 0 evaluates; the others wait for it at the next step.
         |_| if lead { sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev) } else { Ok(BTreeMap::new()) },
@@ -454,10 +491,11 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
 
     let bundle = c.output_dir.join("model");
     if !lead {
-        return Ok(TrainReport { results: serde_json::Value::Null, bundle });
+        return Ok(TrainReport { results: serde_json::Value::Null, bundle, summary: None });
     }
     scorer.save(&bundle)?;
     let mut results = BTreeMap::from([("after".to_string(), summary.after.clone())]);
+    let mut test_report = None;
     if c.test_queries > 0 {
         let test = task.sense_eval(Split::Test, c.test_queries);
         let test_q: Vec<&str> = test.set.queries.iter().map(|(_, t)| t.as_str()).collect();
@@ -466,7 +504,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         if let Some(p) = &pretrained {
             results.insert("test_pretrained_cosine".to_string(), sense_metrics(&p.score(&test_q, &test_c)?, &test)?);
         }
-        println!("test split ({} queries): {:?}", test.set.queries.len(), results["test_after"]);
+        test_report = Some((test.set.queries.len(), results["test_after"].clone()));
     }
     if let Some(cosine) = &cosine {
         results.insert("pretrained_cosine".to_string(), cosine.clone());
@@ -483,45 +521,25 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     results["split"] = split.into();
     results["budget"] = serde_json::json!(c.budget());
     write_json(&c.output_dir.join("results.json"), &results)?;
-
-    let header: Vec<String> = ["WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10"].iter().map(|h| format!("{h:>13}")).collect();
-    println!("\n{:<48}{}", format!("{split} metrics ({} queries)", dev.set.queries.len()), header.join(" "));
-    const METRICS: [&str; 6] = ["wsd_accuracy", "top1", "top5", "top20", "mrr10", "ndcg10"];
-    let row = |name: &str, m: &BTreeMap<String, f64>| {
-        let cells: Vec<String> = METRICS.iter().map(|k| format!("{:>13.3}", m.get(*k).copied().unwrap_or(f64::NAN))).collect();
-        println!("{name:<48}{}", cells.join(" "));
-    };
-    // Fine-tuned baselines from the committed results file, when they were
-    // measured at this run's budget.
-    let reference = match &c.baselines {
-        Some(path) if path.exists() => Some((path, ReferenceResults::read(path)?)),
+    // Fine-tuned baselines from the committed results file, shown beside
+    // the run when they were measured at its budget.
+    let baselines = match &c.baselines {
+        Some(path) if path.exists() => Some((path.clone(), ReferenceResults::read(path)?)),
         _ => None,
     };
-    if let Some(cosine) = &cosine {
-        row("pretrained MiniLM, cosine", cosine);
-    }
-    if let Some(before) = &summary.before {
-        row("encoder + untrained head", before);
-    }
-    if let Some((path, reference)) = &reference {
-        let differs = reference.differences(&c.budget());
-        if differs.is_empty() {
-            for r in &reference.rows {
-                let cells: Vec<String> = METRICS
-                    .iter()
-                    .map(|k| format!("{:>13}", format!("{:.3}±{:.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN))))
-                    .collect();
-                println!("{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "));
-            }
-        } else {
-            println!("(baselines in {} were measured at another budget: {} differ)", path.display(), differs.join(", "));
-        }
-    }
-    row(&format!("this run: {} two-cache steps, seed {}", summary.steps, c.train.seed), &summary.after);
-    if let Some(first) = summary.losses.first() {
-        println!("loss {:.4} -> {:.4}", first, summary.losses.last().copied().unwrap_or(*first));
-    }
-    println!("model bundle in {} (gradcache eval / rerank --model {})", bundle.display(), bundle.display());
-    println!("outputs in {}", c.output_dir.display());
-    Ok(TrainReport { results, bundle })
+    let run_summary = RunSummary {
+        output_dir: c.output_dir.clone(),
+        split: split.to_string(),
+        eval_queries: dev.set.queries.len(),
+        pretrained_cosine: cosine,
+        before: summary.before,
+        after: summary.after,
+        test: test_report,
+        baselines,
+        budget: c.budget(),
+        steps: summary.steps,
+        seed: c.train.seed,
+        losses: summary.losses,
+    };
+    Ok(TrainReport { results, bundle, summary: Some(run_summary) })
 }

@@ -10,7 +10,8 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::app::data::RetrievalSet;
-use crate::error::{GradCacheError, Result};
+use crate::app::error::Result;
+use crate::error::GradCacheError;
 use crate::app::metrics::{ranked_metrics, RetrievalMetrics};
 use crate::core::representation::Representation;
 use crate::app::scorer::Scorer;
@@ -68,7 +69,7 @@ impl StreamingTopK {
         let s = scores.f_to_kind(Kind::Float)?;
         let (rows, cols) = match s.size()[..] {
             [r, c] => (r, c),
-            _ => return Err(GradCacheError::Shape { what: "top-k block", expected: "[queries, columns]", got: s.size() }),
+            _ => return Err(GradCacheError::Shape { what: "top-k block", expected: "[queries, columns]", got: s.size() }.into()),
         };
         let index = Tensor::f_arange_start(self.seen as i64, self.seen as i64 + cols, (Kind::Int64, s.device()))?
             .f_unsqueeze(0)?
@@ -77,7 +78,7 @@ impl StreamingTopK {
             None => (s, index),
             Some((v, i)) => {
                 if v.size()[0] != rows {
-                    return Err(GradCacheError::Shape { what: "top-k block", expected: "as many rows as the first block", got: s.size() });
+                    return Err(GradCacheError::Shape { what: "top-k block", expected: "as many rows as the first block", got: s.size() }.into());
                 }
                 (Tensor::f_cat(&[v, s], 1)?, Tensor::f_cat(&[i, index], 1)?)
             }
@@ -169,7 +170,7 @@ where
         progress("encoding the corpus", done, total.max(done));
     }
     if done == 0 {
-        return Err(GradCacheError::EmptyBatch { side: crate::error::Side::Passages });
+        return Err(GradCacheError::EmptyBatch { side: crate::error::Side::Passages }.into());
     }
     top.finish()
 }
@@ -193,7 +194,7 @@ pub fn rerank_candidates<Q: AsRef<str> + Sync, D: AsRef<str> + Sync>(
             what: "candidates",
             expected: "one list per query, documents inside the corpus",
             got: vec![queries.len() as i64, candidates.len() as i64],
-        });
+        }.into());
     }
     let group = scorer.config().layout.head_block_queries;
     let mut out = Vec::with_capacity(queries.len());
@@ -278,7 +279,7 @@ pub fn write_trec_run(path: &Path, set: &RetrievalSet, rankings: &[Ranked], tag:
             what: "run file rankings",
             expected: "one list per query, documents inside the corpus",
             got: vec![rankings.len() as i64],
-        });
+        }.into());
     }
     let mut text = String::new();
     for ((qid, _), ranked) in set.queries.iter().zip(rankings) {
@@ -286,5 +287,5 @@ pub fn write_trec_run(path: &Path, set: &RetrievalSet, rankings: &[Ranked], tag:
             text += &format!("{qid} Q0 {} {} {score:.6} {tag}\n", set.corpus[d].0, rank + 1);
         }
     }
-    write_bytes_atomically(path, text.as_bytes())
+    write_bytes_atomically(path, text.as_bytes()).map_err(Into::into)
 }

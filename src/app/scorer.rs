@@ -27,7 +27,8 @@ use crate::core::head::ScoringHead;
 use crate::core::layout::{cut, Layout, Side};
 use crate::core::representation::Representation;
 use crate::core::scoring::{score_grid, Forward};
-use crate::error::{GradCacheError, Result};
+use crate::app::error::{AppError, Result};
+use crate::error::GradCacheError;
 use crate::models::encoders::{BertEncoder, BertEncoderConfig};
 use crate::models::heads::HeadConfig;
 use crate::models::pretrained::ModelDir;
@@ -75,14 +76,14 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         self.encoder.validate()?;
         if self.max_len < 2 {
-            return Err(GradCacheError::InvalidConfig { field: "max_len", reason: "must be at least 2 (the special tokens)" });
+            return Err(GradCacheError::InvalidConfig { field: "max_len", reason: "must be at least 2 (the special tokens)" }.into());
         }
         self.layout.validate()?;
         if self.head.reads_tokens() != (self.encoder.pooling == crate::models::encoders::Pooling::Tokens) {
             return Err(GradCacheError::InvalidConfig {
                 field: "head",
                 reason: "a token head needs \"pooling\": \"tokens\", a vector head a pooled encoder",
-            });
+            }.into());
         }
         Ok(())
     }
@@ -135,7 +136,7 @@ impl Scorer {
     /// `hidden_size`); model-folder and weight errors.
     pub fn from_pretrained(config: ModelConfig, model: &ModelDir, device: Device) -> Result<Self> {
         if config.format != BUNDLE_FORMAT {
-            return Err(GradCacheError::InvalidConfig { field: "format", reason: "only format 1 exists" });
+            return Err(GradCacheError::InvalidConfig { field: "format", reason: "only format 1 exists" }.into());
         }
         config.validate()?;
         let width = config.encoder.projection.unwrap_or_else(|| model.hidden_size());
@@ -143,7 +144,7 @@ impl Scorer {
             return Err(GradCacheError::InvalidConfig {
                 field: "head.dim",
                 reason: "must equal the encoder's output width: its projection, or the model's hidden_size",
-            });
+            }.into());
         }
         let vs = nn::VarStore::new(device);
         let (q_name, p_name) = encoder_names(config.tied);
@@ -159,19 +160,19 @@ impl Scorer {
     /// # Errors
     /// [`GradCacheError::Io`] naming a missing file;
     /// [`GradCacheError::Json`] for an unreadable `gradcache.json`;
-    /// [`GradCacheError::BundleFormat`] for a format this version does not
+    /// [`AppError::BundleFormat`] for a format this version does not
     /// read; [`GradCacheError::MissingWeights`] / [`GradCacheError::WeightShape`]
     /// naming the weights file that does not fit the config.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let file = dir.join(BUNDLE_FILE);
         if !file.is_file() {
-            return Err(crate::error::not_found(&file, "not a gradcache model bundle (no gradcache.json)"));
+            return Err(crate::error::not_found(&file, "not a gradcache model bundle (no gradcache.json)").into());
         }
         let text = std::fs::read_to_string(&file).map_err(crate::error::io_error(&file))?;
         let version: FormatOnly =
             serde_json::from_str(&text).map_err(|source| GradCacheError::Json { path: file.clone(), source })?;
         if version.format != BUNDLE_FORMAT {
-            return Err(GradCacheError::BundleFormat { path: file, found: version.format, supported: BUNDLE_FORMAT });
+            return Err(AppError::BundleFormat { path: file, found: version.format, supported: BUNDLE_FORMAT });
         }
         let config: ModelConfig = serde_json::from_str(&text).map_err(|source| GradCacheError::Json { path: file.clone(), source })?;
         let model = ModelDir::open(dir.join("query_encoder"))?;
@@ -203,11 +204,11 @@ impl Scorer {
     ///
     /// # Errors
     /// [`GradCacheError::Io`] on any file error (the temporary folder is
-    /// removed); [`GradCacheError::InvalidConfig`] when `dir` exists and is
-    /// not a bundle (nothing else is overwritten).
+    /// removed); [`AppError::NotABundle`] when `dir` exists and is not a
+    /// bundle (it is left as it is).
     pub fn save(&self, dir: &Path) -> Result<()> {
         if dir.exists() && !dir.join(BUNDLE_FILE).is_file() {
-            return Err(crate::error::not_found(dir, "exists and is not a model bundle: not overwritten"));
+            return Err(AppError::NotABundle { path: dir.to_path_buf() });
         }
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
         let staging = dir.with_file_name(format!(".{name}.partial-{}", std::process::id()));
@@ -236,7 +237,7 @@ impl Scorer {
         }
         let json = serde_json::to_string_pretty(&self.config)
             .map_err(|source| GradCacheError::Json { path: out.join(BUNDLE_FILE), source })?;
-        write_bytes_atomically(&out.join(BUNDLE_FILE), json.as_bytes())
+        write_bytes_atomically(&out.join(BUNDLE_FILE), json.as_bytes()).map_err(Into::into)
     }
 
     fn save_projection(&self, encoder: &str, dir: &Path) -> Result<()> {
@@ -299,7 +300,7 @@ impl Scorer {
         self.precision
     }
 
-    fn encode<S: AsRef<str> + Sync>(&self, texts: &[S], side: Side) -> Result<Representation> {
+    fn encode<S: AsRef<str> + Sync>(&self, texts: &[S], side: Side) -> crate::error::Result<Representation> {
         let encoder = match side {
             Side::Queries => &self.query,
             Side::Passages => self.passage_encoder(),
@@ -319,7 +320,7 @@ impl Scorer {
                     }
                     Ok(rep)
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<crate::error::Result<Vec<_>>>()?;
             Representation::cat(&parts)
         })
     }
@@ -332,7 +333,7 @@ impl Scorer {
     /// # Errors
     /// [`GradCacheError::EmptyBatch`] for no texts; encoder errors.
     pub fn encode_queries<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Representation> {
-        self.encode(texts, Side::Queries)
+        self.encode(texts, Side::Queries).map_err(Into::into)
     }
 
     /// Representations of many texts for storage: encoded block by block
@@ -345,7 +346,7 @@ impl Scorer {
     /// [`GradCacheError::EmptyBatch`] for no texts; encoder errors.
     pub fn encode_many<S: AsRef<str> + Sync>(&self, texts: &[S], side: Side, progress: &mut dyn FnMut(usize, usize)) -> Result<Representation> {
         if texts.is_empty() {
-            return Err(GradCacheError::EmptyBatch { side });
+            return Err(GradCacheError::EmptyBatch { side }.into());
         }
         let block = self.block_size(side);
         let mut parts = Vec::new();
@@ -355,7 +356,7 @@ impl Scorer {
             parts.push(rep.to_device(Device::Cpu)?);
             progress(end, texts.len());
         }
-        Representation::cat(&parts)
+        Representation::cat(&parts).map_err(Into::into)
     }
 
     /// Texts per block when many are encoded in a stream (a corpus, a file):
@@ -370,7 +371,7 @@ impl Scorer {
     /// # Errors
     /// As [`Scorer::encode_queries`].
     pub fn encode_passages<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Representation> {
-        self.encode(texts, Side::Passages)
+        self.encode(texts, Side::Passages).map_err(Into::into)
     }
 
     /// The head over every pair of two sets of representations, block by
@@ -409,7 +410,7 @@ impl Scorer {
     /// [`GradCacheError::EmptyInput`] for no pairs; encoder and head errors.
     pub fn score_pairs<Q: AsRef<str> + Sync, P: AsRef<str> + Sync>(&self, pairs: &[(Q, P)]) -> Result<Tensor> {
         if pairs.is_empty() {
-            return Err(GradCacheError::EmptyInput { what: "pairs to score" });
+            return Err(GradCacheError::EmptyInput { what: "pairs to score" }.into());
         }
         let mut distinct: Vec<&str> = Vec::new();
         let mut index = std::collections::HashMap::new();
@@ -460,7 +461,7 @@ fn has_variables(vs: &nn::VarStore, prefix: &str) -> bool {
 /// the new one is in place beside it.
 fn replace_dir(staging: &Path, dest: &Path) -> Result<()> {
     if !dest.exists() {
-        return std::fs::rename(staging, dest).map_err(crate::error::io_error(dest));
+        return std::fs::rename(staging, dest).map_err(crate::error::io_error(dest)).map_err(Into::into);
     }
     let old: PathBuf = dest.with_file_name(format!(
         ".{}.old-{}",
@@ -471,7 +472,7 @@ fn replace_dir(staging: &Path, dest: &Path) -> Result<()> {
     if let Err(e) = std::fs::rename(staging, dest) {
         // Put the previous bundle back.
         let _ = std::fs::rename(&old, dest);
-        return Err(crate::error::io_error(dest)(e));
+        return Err(crate::error::io_error(dest)(e).into());
     }
-    std::fs::remove_dir_all(&old).map_err(crate::error::io_error(&old))
+    std::fs::remove_dir_all(&old).map_err(crate::error::io_error(&old)).map_err(Into::into)
 }

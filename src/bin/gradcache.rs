@@ -313,7 +313,8 @@ fn main() -> Result<ExitCode> {
         }
         Command::Train(args) => {
             let config = args.resolve().context("reading the run's settings")?;
-            recipe::run(&config, args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
+            let report = recipe::run(&config, args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
+            gradcache::cli::print_report(&report);
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { model, data, split, retrieve_k, output, skip_malformed, run, quiet } => {

@@ -16,7 +16,8 @@ use crate::core::layout::Layout;
 use crate::core::loss::InfoNce;
 use crate::core::step::GradCache;
 use crate::core::targets::Targets;
-use crate::error::{GradCacheError, Result};
+use crate::app::error::Result;
+use crate::error::GradCacheError;
 use crate::models::encoders::{Pooling, TinyEncoderConfig};
 use crate::models::heads::HeadConfig;
 use crate::runtime::precision::Precision;
@@ -237,5 +238,63 @@ pub fn check_sample_head(head: &HeadConfig, dim: usize, dropout: f64, queries: u
     let cut = |n: usize| (n / 2 + 1).max(1);
     let layout = Layout { query_chunk_size: cut(queries), passage_chunk_size: cut(queries * group), head_block_queries: cut(queries), head_block_passages: cut(queries * group) };
     let gc = GradCache::tied(StepConfig { layout, ..StepConfig::default() }, &encoder, scoring.as_ref(), &loss)?;
-    check_head(&gc, &vs, &q, &p, &targets, tolerance)
+    check_head(&gc, &vs, &q, &p, &targets, tolerance).map_err(Into::into)
+}
+
+/// The metrics a run's table shows, in its columns' order.
+const TABLE_METRICS: [&str; 6] = ["wsd_accuracy", "top1", "top5", "top20", "mrr10", "ndcg10"];
+
+/// Prints a finished run's comparison (what `gradcache train` and the main
+/// job print at the end): the test split when evaluated, then the split's
+/// metrics of the pretrained cosine, the untrained model, the committed
+/// baselines (when measured at the run's budget) and the run, the loss, and
+/// where the bundle is. Nothing for a process that is not rank 0.
+pub fn print_report(report: &crate::app::recipe::TrainReport) {
+    let stdout = std::io::stdout();
+    // A closed pipe (`| head`) is the reader's choice, not an error.
+    let _ = write_report(report, &mut stdout.lock());
+}
+
+/// [`print_report`] into `out`.
+///
+/// # Errors
+/// `out`'s write errors.
+pub fn write_report(report: &crate::app::recipe::TrainReport, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let Some(s) = &report.summary else { return Ok(()) };
+    if let Some((queries, metrics)) = &s.test {
+        writeln!(out, "test split ({queries} queries): {metrics:?}")?;
+    }
+    let header: Vec<String> = ["WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10"].iter().map(|h| format!("{h:>13}")).collect();
+    writeln!(out, "\n{:<48}{}", format!("{} metrics ({} queries)", s.split, s.eval_queries), header.join(" "))?;
+    let row = |out: &mut dyn std::io::Write, name: &str, m: &std::collections::BTreeMap<String, f64>| -> std::io::Result<()> {
+        let cells: Vec<String> = TABLE_METRICS.iter().map(|k| format!("{:>13.3}", m.get(*k).copied().unwrap_or(f64::NAN))).collect();
+        writeln!(out, "{name:<48}{}", cells.join(" "))
+    };
+    if let Some(cosine) = &s.pretrained_cosine {
+        row(out, "pretrained MiniLM, cosine", cosine)?;
+    }
+    if let Some(before) = &s.before {
+        row(out, "encoder + untrained head", before)?;
+    }
+    if let Some((path, reference)) = &s.baselines {
+        let differs = reference.differences(&s.budget);
+        if differs.is_empty() {
+            for r in &reference.rows {
+                let cells: Vec<String> = TABLE_METRICS
+                    .iter()
+                    .map(|k| format!("{:>13}", format!("{:.3}±{:.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN))))
+                    .collect();
+                writeln!(out, "{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "))?;
+            }
+        } else {
+            writeln!(out, "(baselines in {} were measured at another budget: {} differ)", path.display(), differs.join(", "))?;
+        }
+    }
+    row(out, &format!("this run: {} two-cache steps, seed {}", s.steps, s.seed), &s.after)?;
+    if let Some(first) = s.losses.first() {
+        writeln!(out, "loss {:.4} -> {:.4}", first, s.losses.last().copied().unwrap_or(*first))?;
+    }
+    writeln!(out, "model bundle in {} (gradcache eval / rerank --model {})", report.bundle.display(), report.bundle.display())?;
+    writeln!(out, "outputs in {}", s.output_dir.display())?;
+    Ok(())
 }

@@ -444,3 +444,14 @@ fn power_of_two_below(x: usize) -> usize {
         x.next_power_of_two() / 2
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::power_of_two_below;
+
+    #[test]
+    fn auto_sizes_shrink_by_powers_of_two() {
+        // A power of two halves; anything else drops to the power below.
+        assert_eq!([2, 3, 4, 5, 8, 100, 128].map(power_of_two_below), [1, 2, 2, 4, 4, 64, 64]);
+    }
+}

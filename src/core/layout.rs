@@ -168,3 +168,23 @@ impl BlockGrid {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_the_items_with_a_shorter_last_one() {
+        let pieces: Vec<(usize, usize)> = cut(7, 3).iter().map(|p| (p.start, p.len)).collect();
+        assert_eq!(pieces, [(0, 3), (3, 3), (6, 1)]);
+        assert!(cut(0, 3).is_empty());
+    }
+
+    #[test]
+    fn a_grid_numbers_its_blocks_row_by_row_and_retains_a_prefix() {
+        let mut grid = Layout { head_block_queries: 2, head_block_passages: 3, ..Layout::default() }.grid(3, 5);
+        grid.retained = 3;
+        let blocks: Vec<(usize, usize, usize, usize, bool)> = grid.blocks().map(|b| (b.index, b.row, b.queries.start, b.passages.start, b.retained)).collect();
+        assert_eq!(blocks, [(0, 0, 0, 0, true), (1, 0, 0, 3, true), (2, 1, 2, 0, true), (3, 1, 2, 3, false)]);
+    }
+}

@@ -302,3 +302,29 @@ impl Plan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_their_retained_prefix_and_streams() {
+        assert_eq!(cut_retained(5, 2, 2).iter().map(|&(p, r)| (p.start, p.len, r)).collect::<Vec<_>>(), [(0, 2, true), (2, 2, true), (4, 1, false)]);
+        let plan = Plan::with_retained(&Layout::from_chunk_size(2), 5, 5, RetainCounts { query_chunks: 1, ..Default::default() }).with_first_streams([3, 0]);
+        let q = plan.chunks(Side::Queries);
+        assert_eq!(q.iter().map(|c| (c.stream, c.retained)).collect::<Vec<_>>(), [(3, true), (4, false), (5, false)]);
+    }
+
+    #[test]
+    fn a_sorted_side_hands_out_its_items_and_puts_rows_back() {
+        let plan = Plan::with_retained(&Layout::from_chunk_size(2), 3, 1, RetainCounts::default()).with_orders([Some(vec![2, 0, 1]), None]);
+        let chunks = plan.chunks(Side::Queries);
+        let rows = tch::Tensor::from_slice(&[10i64, 11, 12]);
+        assert_eq!(Vec::<i64>::try_from(chunks[0].rows(&rows).unwrap()).unwrap(), [12, 10]);
+        assert_eq!(Vec::<i64>::try_from(chunks[1].rows(&rows).unwrap()).unwrap(), [11]);
+        // Representations concatenated in chunk order come back in batch order.
+        let chunked = Representation::vector(tch::Tensor::from_slice(&[12.0f32, 10.0, 11.0]).view([3, 1])).unwrap();
+        let back = plan.in_batch_order(Side::Queries, chunked).unwrap();
+        assert_eq!(Vec::<f32>::try_from(back.tensor().view([3])).unwrap(), [10.0, 11.0, 12.0]);
+    }
+}

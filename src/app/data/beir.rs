@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{read_lines, Malformed, RetrievalSet};
-use crate::error::{DataLineError, GradCacheError, Result};
+use crate::app::error::{AppError, DataLineError, Result};
 
 #[derive(Deserialize)]
 struct Doc {
@@ -37,7 +37,7 @@ fn doc(line: &str) -> std::result::Result<(String, String), DataLineError> {
 /// skipped malformed lines.
 ///
 /// # Errors
-/// [`GradCacheError::Io`]; [`GradCacheError::DataLine`] naming file and line.
+/// [`crate::GradCacheError::Io`]; [`AppError::DataLine`] naming file and line.
 pub fn read_beir(dir: &Path, split: &str, malformed: Malformed) -> Result<(RetrievalSet, usize)> {
     let corpus = read_lines(&dir.join("corpus.jsonl"), malformed, |_, l| doc(l).map(Some))?;
     let queries = read_lines(&dir.join("queries.jsonl"), malformed, |_, l| doc(l).map(Some))?;
@@ -67,7 +67,7 @@ pub fn read_beir(dir: &Path, split: &str, malformed: Malformed) -> Result<(Retri
     }
     let queries_kept = queries.items.into_iter().filter(|(id, _)| qrels.get(id).is_some_and(|r| r.values().any(|&s| s > 0))).collect();
     if qrels.is_empty() {
-        return Err(GradCacheError::DataLine { path: qrels_path, line: 1, reason: DataLineError::Format("no relevance judgements") });
+        return Err(AppError::DataLine { path: qrels_path, line: 1, reason: DataLineError::Format("no relevance judgements") });
     }
     let skipped = corpus.skipped + queries.skipped + rows.skipped;
     Ok((RetrievalSet { queries: queries_kept, corpus: corpus.items, qrels }, skipped))
@@ -78,7 +78,7 @@ pub fn read_beir(dir: &Path, split: &str, malformed: Malformed) -> Result<(Retri
 /// each file atomically, in the set's order.
 ///
 /// # Errors
-/// [`GradCacheError::Io`].
+/// [`crate::GradCacheError::Io`].
 pub fn write_beir(set: &RetrievalSet, dir: &Path, split: &str) -> Result<()> {
     let line = |id: &str, text: &str| serde_json::json!({ "_id": id, "text": text }).to_string() + "\n";
     let corpus: String = set.corpus.iter().map(|(id, t)| line(id, t)).collect();
@@ -95,5 +95,5 @@ pub fn write_beir(set: &RetrievalSet, dir: &Path, split: &str) -> Result<()> {
     std::fs::create_dir_all(&qrels_dir).map_err(crate::error::io_error(&qrels_dir))?;
     crate::models::weights::write_bytes_atomically(&dir.join("corpus.jsonl"), corpus.as_bytes())?;
     crate::models::weights::write_bytes_atomically(&dir.join("queries.jsonl"), queries.as_bytes())?;
-    crate::models::weights::write_bytes_atomically(&qrels_dir.join(format!("{split}.tsv")), qrels.as_bytes())
+    crate::models::weights::write_bytes_atomically(&qrels_dir.join(format!("{split}.tsv")), qrels.as_bytes()).map_err(Into::into)
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{read_lines, Malformed, Read, TrainingRecord};
-use crate::error::{DataLineError, Result};
+use crate::app::error::{DataLineError, Result};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,7 +39,7 @@ fn parse(line: &str) -> std::result::Result<TrainingRecord, DataLineError> {
 /// Reads training records.
 ///
 /// # Errors
-/// [`crate::GradCacheError::Io`]; [`crate::GradCacheError::DataLine`] for a
+/// [`crate::GradCacheError::Io`]; [`crate::AppError::DataLine`] for a
 /// line that is not such an object, has an unknown field, or an empty
 /// query/positive/negative (with [`Malformed::Fail`]).
 pub fn read_training_records(path: &Path, malformed: Malformed) -> Result<Read<TrainingRecord>> {

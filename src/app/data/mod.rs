@@ -5,7 +5,7 @@
 //! - [`wordnet`]: the built-in task, usage example → word sense.
 //!
 //! Every reader fails on the first malformed line with
-//! [`crate::GradCacheError::DataLine`] naming file and line, unless told to
+//! [`crate::AppError::DataLine`] naming file and line, unless told to
 //! skip malformed lines, in which case it counts them.
 
 pub mod beir;
@@ -17,7 +17,8 @@ pub mod wordnet;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::error::{DataLineError, GradCacheError, Result};
+use crate::app::error::{AppError, DataLineError, Result};
+use crate::error::GradCacheError;
 
 /// One training example: a query, its positive passages, and hard negatives.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,20 +55,20 @@ pub struct GroupedBatch<'a> {
 /// an index past `records`, or a record without positives.
 pub fn grouped_batch<'a>(records: &'a [TrainingRecord], picks: &[usize], group_size: usize, rotation: usize) -> Result<GroupedBatch<'a>> {
     if group_size == 0 {
-        return Err(GradCacheError::InvalidConfig { field: "group_size", reason: "must be at least 1" });
+        return Err(GradCacheError::InvalidConfig { field: "group_size", reason: "must be at least 1" }.into());
     }
     if picks.is_empty() {
-        return Err(GradCacheError::InvalidConfig { field: "picks", reason: "must name at least one record" });
+        return Err(GradCacheError::InvalidConfig { field: "picks", reason: "must name at least one record" }.into());
     }
     let picked: Vec<&TrainingRecord> = picks
         .iter()
-        .map(|&r| records.get(r).ok_or(GradCacheError::InvalidConfig { field: "picks", reason: "index past the records" }))
+        .map(|&r| records.get(r).ok_or(AppError::from(GradCacheError::InvalidConfig { field: "picks", reason: "index past the records" })))
         .collect::<Result<_>>()?;
     if picked.iter().any(|r| r.positives.is_empty()) {
-        return Err(GradCacheError::InvalidConfig { field: "records", reason: "every training record needs a positive" });
+        return Err(GradCacheError::InvalidConfig { field: "records", reason: "every training record needs a positive" }.into());
     }
     if let Some(k) = picked.iter().position(|r| !r.negatives.is_empty() && r.negatives.len() < group_size - 1) {
-        return Err(GradCacheError::TooFewNegatives { record: picks[k], has: picked[k].negatives.len(), group_size });
+        return Err(AppError::TooFewNegatives { record: picks[k], has: picked[k].negatives.len(), group_size });
     }
     let mut queries = Vec::with_capacity(picked.len());
     let mut passages = Vec::with_capacity(picked.len() * group_size);
@@ -97,12 +98,12 @@ pub fn grouped_batch<'a>(records: &'a [TrainingRecord], picks: &[usize], group_s
 /// Records without negatives are fine: they take other queries' positives.
 ///
 /// # Errors
-/// [`GradCacheError::TooFewNegatives`] naming the first record short of
+/// [`AppError::TooFewNegatives`] naming the first record short of
 /// negatives.
 pub fn check_negatives(records: &[TrainingRecord], group_size: usize) -> Result<()> {
     let needs = group_size.saturating_sub(1);
     match records.iter().position(|r| !r.negatives.is_empty() && r.negatives.len() < needs) {
-        Some(record) => Err(GradCacheError::TooFewNegatives { record, has: records[record].negatives.len(), group_size }),
+        Some(record) => Err(AppError::TooFewNegatives { record, has: records[record].negatives.len(), group_size }),
         None => Ok(()),
     }
 }
@@ -123,7 +124,7 @@ impl RetrievalSet {
     /// query order (empty for a query without judgements).
     ///
     /// # Errors
-    /// [`GradCacheError::UnknownDocument`] for a judgement naming a document
+    /// [`AppError::UnknownDocument`] for a judgement naming a document
     /// that is not in the corpus.
     pub fn relevance(&self) -> Result<Vec<Vec<(usize, u32)>>> {
         let index: HashMap<&str, usize> = self.corpus.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
@@ -134,7 +135,7 @@ impl RetrievalSet {
                 let mut row = judged
                     .iter()
                     .map(|(d, &g)| {
-                        index.get(d.as_str()).map(|&i| (i, g)).ok_or_else(|| GradCacheError::UnknownDocument {
+                        index.get(d.as_str()).map(|&i| (i, g)).ok_or_else(|| AppError::UnknownDocument {
                             query: qid.clone(),
                             document: d.clone(),
                         })
@@ -189,7 +190,7 @@ pub(crate) fn read_lines<T>(
             Ok(Some(item)) => items.push(item),
             Ok(None) => {}
             Err(reason) => match malformed {
-                Malformed::Fail => return Err(GradCacheError::DataLine { path: path.to_path_buf(), line: i + 1, reason }),
+                Malformed::Fail => return Err(AppError::DataLine { path: path.to_path_buf(), line: i + 1, reason }),
                 Malformed::Skip => skipped += 1,
             },
         }

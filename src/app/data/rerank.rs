@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{read_lines, Malformed, Read};
-use crate::error::{DataLineError, Result};
+use crate::app::error::{DataLineError, Result};
 
 /// One candidate: its text and, when the request gave one, its id.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +98,7 @@ fn parse(line: &str) -> std::result::Result<RerankRequest, DataLineError> {
 /// Reads rerank requests.
 ///
 /// # Errors
-/// [`crate::GradCacheError::Io`]; [`crate::GradCacheError::DataLine`] with
+/// [`crate::GradCacheError::Io`]; [`crate::AppError::DataLine`] with
 /// file and line for a line that is not such an object, lacks `query` or
 /// `candidates`, or has an empty text (with [`Malformed::Fail`]).
 pub fn read_rerank_requests(path: &Path, malformed: Malformed) -> Result<Read<RerankRequest>> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{read_lines, Malformed, Read};
-use crate::error::{DataLineError, Result};
+use crate::app::error::{DataLineError, Result};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -52,7 +52,7 @@ fn parse(line: &str) -> std::result::Result<IdText, DataLineError> {
 /// Reads texts to encode.
 ///
 /// # Errors
-/// [`crate::GradCacheError::Io`]; [`crate::GradCacheError::DataLine`] with
+/// [`crate::GradCacheError::Io`]; [`crate::AppError::DataLine`] with
 /// file and line for a line that is neither form or has an empty text
 /// (with [`Malformed::Fail`]).
 pub fn read_texts(path: &Path, malformed: Malformed) -> Result<Read<IdText>> {

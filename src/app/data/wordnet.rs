@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{read_lines, Malformed, RetrievalSet, TrainingRecord};
-use crate::error::{DataLineError, Result};
+use crate::app::error::{DataLineError, Result};
 use crate::models::weights::write_bytes_atomically;
 
 /// A split of the task.
@@ -110,7 +110,7 @@ fn parse_synset(pos: char, line: &str) -> std::result::Result<Synset, DataLineEr
 /// license header (lines starting with spaces) is skipped.
 ///
 /// # Errors
-/// [`crate::GradCacheError::Io`]; [`crate::GradCacheError::DataLine`] for a malformed line.
+/// [`crate::GradCacheError::Io`]; [`crate::AppError::DataLine`] for a malformed line.
 pub fn parse_data_file(path: &Path, pos: char) -> Result<Vec<Synset>> {
     Ok(read_lines(path, Malformed::Fail, |_, line| {
         if line.starts_with(' ') {
@@ -225,13 +225,13 @@ impl WordSenseData {
             .collect();
         write_bytes_atomically(&dir.join("synsets.tsv"), synsets.as_bytes())?;
         write_bytes_atomically(&dir.join("senses.tsv"), senses.as_bytes())?;
-        write_bytes_atomically(&dir.join("examples.tsv"), examples.as_bytes())
+        write_bytes_atomically(&dir.join("examples.tsv"), examples.as_bytes()).map_err(Into::into)
     }
 
     /// Reads the files [`WordSenseData::write`] made.
     ///
     /// # Errors
-    /// [`crate::GradCacheError::Io`]; [`crate::GradCacheError::DataLine`] for a malformed
+    /// [`crate::GradCacheError::Io`]; [`crate::AppError::DataLine`] for a malformed
     /// line or an id that the other files do not define.
     pub fn read(dir: &Path) -> Result<Self> {
         let tabs = |line: &str, n: usize| -> std::result::Result<Vec<String>, DataLineError> {

@@ -15,7 +15,8 @@ use tch::nn;
 use super::optim::AdamW;
 use super::TrainConfig;
 use crate::app::settings::{differing_fields, flatten};
-use crate::error::{io_error as io, GradCacheError, Result};
+use crate::app::error::{AppError, Result};
+use crate::error::{io_error as io, GradCacheError};
 use crate::models::weights::{load_safetensors, save_safetensors, write_bytes_atomically};
 
 /// The files of a checkpoint that carry a checksum.
@@ -112,10 +113,10 @@ pub fn save(dir: &Path, vs: &nn::VarStore, optimizer: &AdamW, state: &Checkpoint
 /// checksum: whether the checkpoint is intact, before anything is loaded.
 ///
 /// # Errors
-/// [`GradCacheError::Checkpoint`] naming the file that is missing,
+/// [`AppError::Checkpoint`] naming the file that is missing,
 /// unreadable, corrupt or changed.
 pub fn verify(path: &Path) -> Result<CheckpointState> {
-    let bad = |file: &Path, reason: String| GradCacheError::Checkpoint { path: file.to_path_buf(), reason };
+    let bad = |file: &Path, reason: String| AppError::Checkpoint { path: file.to_path_buf(), reason };
     let state_path = path.join("state.json");
     let bytes = std::fs::read(&state_path).map_err(|e| bad(&state_path, format!("unreadable: {e}")))?;
     let state: CheckpointState = serde_json::from_slice(&bytes).map_err(|e| bad(&state_path, format!("state.json is corrupt ({e})")))?;
@@ -158,8 +159,8 @@ pub fn differences(state: &CheckpointState, config: &TrainConfig, run: &RunFinge
 /// same run.
 ///
 /// # Errors
-/// As [`verify`]; [`GradCacheError::ResumeMismatch`] naming every setting
-/// that differs; [`GradCacheError::Checkpoint`] for a model with other
+/// As [`verify`]; [`AppError::ResumeMismatch`] naming every setting
+/// that differs; [`AppError::Checkpoint`] for a model with other
 /// variables; [`GradCacheError::MissingWeights`] /
 /// [`GradCacheError::WeightShape`] for weights that do not fit. On error,
 /// no variable has changed.
@@ -167,14 +168,14 @@ pub fn restore(path: &Path, vs: &nn::VarStore, optimizer: &mut AdamW, config: &T
     let state = verify(path)?;
     let fields = differences(&state, config, run);
     if !fields.is_empty() {
-        return Err(GradCacheError::ResumeMismatch { path: path.to_path_buf(), fields });
+        return Err(AppError::ResumeMismatch { path: path.to_path_buf(), fields });
     }
     // Check the optimizer file before touching any weight.
     let mut restored = AdamW::new(optimizer.weight_decay);
     restored.load(vs, &path.join("optimizer.safetensors"))?;
     let report = load_safetensors(vs, "", &path.join("model.safetensors"))?;
     if !report.unused.is_empty() {
-        return Err(GradCacheError::Checkpoint { path: path.to_path_buf(), reason: "holds weights this model does not have".into() });
+        return Err(AppError::Checkpoint { path: path.to_path_buf(), reason: "holds weights this model does not have".into() });
     }
     *optimizer = restored;
     Ok(state)

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::check::zero_grads;
-use crate::error::{GradCacheError, Result};
+use crate::app::error::{AppError, Result};
+use crate::error::GradCacheError;
 use crate::core::output::StepOutput;
 use crate::models::weights::write_bytes_atomically;
 use optim::{clip_grad_norm, AdamW, LinearSchedule};
@@ -80,7 +81,7 @@ impl TrainConfig {
     /// # Errors
     /// [`GradCacheError::InvalidConfig`] naming the first bad field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason| Err(GradCacheError::InvalidConfig { field, reason });
+        let bad = |field, reason| Err(AppError::from(GradCacheError::InvalidConfig { field, reason }));
         if self.steps == 0 {
             return bad("steps", "must be at least 1");
         }
@@ -197,7 +198,7 @@ impl MetricsLog {
         let mut file = std::fs::OpenOptions::new().append(true).open(path).map_err(crate::error::io_error(path))?;
         // One write per line: a crash leaves at most a torn last line, which
         // `open` drops on resume (it keeps only parseable entries).
-        file.write_all(format!("{entry}\n").as_bytes()).and_then(|()| file.flush()).map_err(io)
+        file.write_all(format!("{entry}\n").as_bytes()).and_then(|()| file.flush()).map_err(io).map_err(Into::into)
     }
 }
 
@@ -212,7 +213,7 @@ fn set_aside(path: &Path, previous: &Path) -> Result<()> {
     } else if previous.exists() {
         std::fs::remove_file(previous).map_err(io(previous))?;
     }
-    std::fs::rename(path, previous).map_err(io(path))
+    std::fs::rename(path, previous).map_err(io(path)).map_err(Into::into)
 }
 
 /// What a run did.
@@ -273,9 +274,9 @@ impl<'v> Trainer<'v> {
     /// ([`Trainer::skipped_checkpoints`] says which and why).
     ///
     /// # Errors
-    /// As [`Trainer::new`]; [`GradCacheError::ResumeMismatch`] naming every
+    /// As [`Trainer::new`]; [`AppError::ResumeMismatch`] naming every
     /// setting that differs from the checkpoint's run;
-    /// [`GradCacheError::Checkpoint`] when checkpoints exist but none is
+    /// [`AppError::Checkpoint`] when checkpoints exist but none is
     /// intact. Nothing in `out` changes on error.
     pub fn for_run(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool, run: checkpoint::RunFingerprint) -> Result<Self> {
         Self::open(config, vs, out, resume, run, true)
@@ -314,7 +315,7 @@ impl<'v> Trainer<'v> {
             }
             if !all.is_empty() && resumed_from.is_none() {
                 let reasons: Vec<String> = skipped.iter().map(|(_, r)| r.clone()).collect();
-                return Err(GradCacheError::Checkpoint {
+                return Err(AppError::Checkpoint {
                     path: out.join("checkpoints"),
                     reason: format!("no intact checkpoint to resume from: {}", reasons.join("; ")),
                 });
@@ -348,16 +349,21 @@ impl<'v> Trainer<'v> {
         self.first_step
     }
 
-    /// Trains from [`Trainer::first_step`] to `config.steps`.
+    /// Trains from [`Trainer::first_step`] to `config.steps`. The closures
+    /// may fail with any error the application's wraps (the step's
+    /// [`crate::GradCacheError`], or [`AppError`]).
     ///
     /// # Errors
-    /// Errors of the closures; [`GradCacheError::NonFiniteGradient`];
+    /// Errors of the closures; [`AppError::NonFiniteGradient`];
     /// file errors.
-    pub fn run(
+    pub fn run<E1, E2>(
         &mut self,
-        mut step: impl FnMut(usize) -> Result<StepOutput>,
-        mut evaluate: impl FnMut(usize) -> Result<BTreeMap<String, f64>>,
-    ) -> Result<TrainSummary> {
+        mut step: impl FnMut(usize) -> std::result::Result<StepOutput, E1>,
+        mut evaluate: impl FnMut(usize) -> std::result::Result<BTreeMap<String, f64>, E2>,
+    ) -> Result<TrainSummary>
+    where
+        AppError: From<E1> + From<E2>,
+    {
         let c = self.config.clone();
         let schedule = LinearSchedule { peak: c.learning_rate, warmup: c.warmup_steps, total: c.steps };
         let before = if self.first_step == 0 {
@@ -379,7 +385,7 @@ impl<'v> Trainer<'v> {
             let out = step(i)?;
             let norm = clip_grad_norm(self.vs, c.max_grad_norm)?;
             if !norm.is_finite() {
-                return Err(GradCacheError::NonFiniteGradient { step: i + 1 });
+                return Err(AppError::NonFiniteGradient { step: i + 1 });
             }
             let lr = schedule.lr(i);
             self.optimizer.step_with(self.vs, |name| lr * c.lr_multiplier(name))?;
@@ -420,12 +426,15 @@ impl<'v> Trainer<'v> {
         Ok(TrainSummary { first_step: self.first_step, steps: c.steps, losses, before, after, checkpoint })
     }
 
-    fn evaluate(
+    fn evaluate<E>(
         &mut self,
         step: usize,
-        evaluate: &mut impl FnMut(usize) -> Result<BTreeMap<String, f64>>,
+        evaluate: &mut impl FnMut(usize) -> std::result::Result<BTreeMap<String, f64>, E>,
         progress: &Progress,
-    ) -> Result<BTreeMap<String, f64>> {
+    ) -> Result<BTreeMap<String, f64>>
+    where
+        AppError: From<E>,
+    {
         let metrics = tch::no_grad(|| evaluate(step))?;
         if !metrics.is_empty() {
             let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::error::{GradCacheError, Result};
+use crate::app::error::{AppError, Result};
 use crate::models::weights::{read_safetensors, write_bytes_atomically};
 
 /// AdamW (Loshchilov & Hutter) as PyTorch computes it: decoupled weight
@@ -34,21 +34,21 @@ impl AdamW {
     /// Updates every trainable variable of `vs` that has a gradient.
     ///
     /// # Errors
-    /// [`GradCacheError::Torch`].
-    pub fn step(&mut self, vs: &nn::VarStore, lr: f64) -> Result<()> {
+    /// [`crate::GradCacheError::Torch`].
+    pub fn step(&mut self, vs: &nn::VarStore, lr: f64) -> crate::error::Result<()> {
         self.step_with(vs, |_| lr)
     }
 
     /// Like [`AdamW::step`], with a learning rate per variable name.
     ///
     /// # Errors
-    /// [`GradCacheError::Torch`].
-    pub fn step_with(&mut self, vs: &nn::VarStore, lr_of: impl Fn(&str) -> f64) -> Result<()> {
+    /// [`crate::GradCacheError::Torch`].
+    pub fn step_with(&mut self, vs: &nn::VarStore, lr_of: impl Fn(&str) -> f64) -> crate::error::Result<()> {
         self.step += 1;
         let (b1, b2) = self.betas;
         let c1 = 1.0 - b1.powi(self.step as i32);
         let c2 = 1.0 - b2.powi(self.step as i32);
-        tch::no_grad(|| -> Result<()> {
+        tch::no_grad(|| -> crate::error::Result<()> {
             for (name, mut p) in vs.variables() {
                 if !p.requires_grad() {
                     continue;
@@ -83,23 +83,23 @@ impl AdamW {
     /// Saves the moments (`exp_avg.NAME`, `exp_avg_sq.NAME`) and the step count.
     ///
     /// # Errors
-    /// [`GradCacheError::Io`], [`GradCacheError::Torch`].
+    /// [`crate::GradCacheError::Io`], [`crate::GradCacheError::Torch`].
     pub fn save(&self, file: &Path) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = vec![("step".into(), Tensor::from_slice(&[self.step]))];
         for (name, (m, v)) in &self.moments {
             named.push((format!("exp_avg.{name}"), m.shallow_clone()));
             named.push((format!("exp_avg_sq.{name}"), v.shallow_clone()));
         }
-        write_bytes_atomically(file, &crate::models::weights::encode_safetensors(&named, &[])?)
+        write_bytes_atomically(file, &crate::models::weights::encode_safetensors(&named, &[])?).map_err(Into::into)
     }
 
     /// Restores what [`AdamW::save`] wrote, onto the variables of `vs`.
     ///
     /// # Errors
-    /// [`GradCacheError::Checkpoint`] when the file holds moments for
+    /// [`AppError::Checkpoint`] when the file holds moments for
     /// variables `vs` lacks or with other shapes, or no step count.
     pub fn load(&mut self, vs: &nn::VarStore, file: &Path) -> Result<()> {
-        let bad = |reason: &str| GradCacheError::Checkpoint { path: file.to_path_buf(), reason: reason.to_string() };
+        let bad = |reason: &str| AppError::Checkpoint { path: file.to_path_buf(), reason: reason.to_string() };
         let vars = vs.variables();
         let mut step = None;
         let mut first: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -160,7 +160,7 @@ impl LinearSchedule {
 /// `max_norm`; returns the norm before clipping.
 ///
 /// # Errors
-/// [`GradCacheError::Torch`].
+/// [`crate::GradCacheError::Torch`].
 pub fn clip_grad_norm(vs: &nn::VarStore, max_norm: Option<f64>) -> Result<f64> {
     let grads: Vec<Tensor> = vs
         .trainable_variables()
@@ -181,7 +181,7 @@ pub fn clip_grad_norm(vs: &nn::VarStore, max_norm: Option<f64>) -> Result<f64> {
     if let Some(max) = max_norm {
         if norm.is_finite() && norm > max {
             let scale = max / (norm + 1e-6);
-            tch::no_grad(|| -> Result<()> {
+            tch::no_grad(|| -> crate::error::Result<()> {
                 for g in &grads {
                     let _ = g.shallow_clone().f_mul_scalar_(scale)?;
                 }
