@@ -25,7 +25,7 @@
 //! use gradcache::app::scorer::ModelConfig;
 //! use gradcache::{GradCache, InfoNce, Layout, Scorer, StepConfig, Targets};
 //!
-//! # fn main() -> gradcache::Result<()> {
+//! # fn main() -> Result<(), gradcache::AppError> {
 //! let model = ModelDir::open(".models/all-MiniLM-L6-v2")?; // scripts/gradcache.sh setup
 //! let head = HeadConfig::Mlp(MlpHeadConfig::default());     // residual MLP over pooled vectors
 //! let config = ModelConfig::new(Default::default(), 48, true, head, Layout::default());
