@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod recipe;
 pub mod retrieval;
 pub mod scorer;
+pub mod serve;
 pub mod settings;
 pub mod train;

@@ -23,9 +23,36 @@ pub type Ranked = Vec<(usize, f64)>;
 /// Reports progress: `(what, done, total)`.
 pub type ProgressFn<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
-/// The first stage's vector of each item: the representation's vector, or
-/// the mean of its real tokens, L2-normalised (so that a dot product is the
-/// cosine).
+/// One vector per item: the representation's vector, or the mean of its
+/// real tokens (what `/embed` serves, before normalisation).
+///
+/// # Shapes
+/// Returns `[n, d]`.
+///
+/// # Errors
+/// Torch errors.
+pub fn pooled_vectors(rep: &Representation) -> Result<Tensor> {
+    Ok(match rep {
+        Representation::Vector(v) => v.shallow_clone(),
+        Representation::Tokens { tokens, mask } => {
+            let m = mask.f_to_kind(tokens.kind())?.f_unsqueeze(-1)?;
+            let count = m.f_sum_dim_intlist(1, false, tokens.kind())?.f_clamp_min(1.0)?;
+            tokens.f_mul(&m)?.f_sum_dim_intlist(1, false, tokens.kind())?.f_div(&count)?
+        }
+    })
+}
+
+/// Each row divided by its L2 norm (rows of norm below 1e-12 by 1e-12).
+///
+/// # Errors
+/// Torch errors.
+pub fn l2_normalized(v: &Tensor) -> Result<Tensor> {
+    let norm = v.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?;
+    Ok(v.f_div(&norm)?)
+}
+
+/// The first stage's vector of each item: [`pooled_vectors`],
+/// L2-normalised (so that a dot product is the cosine).
 ///
 /// # Shapes
 /// Returns `[n, d]`.
@@ -33,16 +60,7 @@ pub type ProgressFn<'a> = &'a mut dyn FnMut(&str, usize, usize);
 /// # Errors
 /// Torch errors.
 pub fn first_stage_vectors(rep: &Representation) -> Result<Tensor> {
-    let v = match rep {
-        Representation::Vector(v) => v.shallow_clone(),
-        Representation::Tokens { tokens, mask } => {
-            let m = mask.f_to_kind(tokens.kind())?.f_unsqueeze(-1)?;
-            let count = m.f_sum_dim_intlist(1, false, tokens.kind())?.f_clamp_min(1.0)?;
-            tokens.f_mul(&m)?.f_sum_dim_intlist(1, false, tokens.kind())?.f_div(&count)?
-        }
-    };
-    let norm = v.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?;
-    Ok(v.f_div(&norm)?)
+    l2_normalized(&pooled_vectors(rep)?)
 }
 
 /// The best `k` columns of each row of a score matrix that arrives in

@@ -24,6 +24,7 @@ use tch::{nn, Device, Tensor};
 
 use crate::core::encoder::Encoder;
 use crate::core::head::ScoringHead;
+use crate::core::batch::TokenBatch;
 use crate::core::layout::{cut, Layout, Side};
 use crate::core::representation::Representation;
 use crate::core::scoring::{score_grid, Forward};
@@ -323,6 +324,26 @@ impl Scorer {
                 .collect::<crate::error::Result<Vec<_>>>()?;
             Representation::cat(&parts)
         })
+    }
+
+    /// Representations of texts tokenized already (e.g. by a server's
+    /// tokenization workers), chunk by chunk in eval mode: the same values
+    /// as [`Scorer::encode_queries`] / [`Scorer::encode_passages`] give for
+    /// the same texts, since a chunk cut from `tokens` is trimmed to its own
+    /// longest row, as a chunk tokenized alone is padded to it.
+    ///
+    /// # Shapes
+    /// `tokens`: `[n, L]`; returns `[n, d]` or `[n, L', d]` with its mask.
+    ///
+    /// # Errors
+    /// Encoder errors.
+    pub fn encode_tokens(&self, tokens: &TokenBatch, side: Side) -> Result<Representation> {
+        let encoder = match side {
+            Side::Queries => &self.query,
+            Side::Passages => self.passage_encoder(),
+        };
+        let tokens = tokens.to_device(self.device())?;
+        Ok(tch::no_grad(|| crate::core::scoring::encode_chunks(encoder, &tokens, self.config.layout.chunk_size(side), side, self.precision))?)
     }
 
     /// Query representations, chunk by chunk (texts tokenized per chunk).

@@ -3,6 +3,7 @@
 //!     gradcache train --steps 100                 # the main job; writes runs/train_reranker/model
 //!     gradcache eval --model runs/train_reranker/model --data wordnet-beir/dev --split dev
 //!     gradcache rerank --model runs/train_reranker/model --input requests.jsonl
+//!     gradcache serve --model runs/train_reranker/model --port 3000  # TEI's HTTP API
 //!     gradcache check-head --head interaction      # is this head exact under the two-cache step?
 //!     gradcache prepare-wordnet                    # rebuild examples/data/wordnet from WordNet 3.0
 //!     gradcache prepare-wordnet --beir wordnet-beir  # its dev and test splits as BEIR folders
@@ -25,7 +26,7 @@ use gradcache::app::data::Malformed;
 use gradcache::app::retrieval::{evaluate_two_stage, write_trec_run};
 use gradcache::models::weights::write_bytes_atomically;
 use gradcache::app::recipe;
-use gradcache::cli::{check_sample_head, RunArgs, TrainArgs};
+use gradcache::cli::{check_sample_head, RunArgs, ServeArgs, TrainArgs};
 use gradcache::Scorer;
 use gradcache::models::heads::HeadConfig;
 
@@ -135,6 +136,10 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Serve a model bundle over text-embeddings-inference's HTTP API
+    /// (/rerank, /embed, /embed_all, /v1/embeddings, /info, /health,
+    /// /metrics) until SIGTERM or Ctrl-C (docs/serving.md).
+    Serve(ServeArgs),
     /// Rerank candidate lists with a model bundle: JSONL lines
     /// {"query": "...", "candidates": ["...", {"id": 7, "text": "..."}]} in;
     /// the same lines out, candidates sorted by score with their scores.
@@ -309,6 +314,11 @@ fn main() -> Result<ExitCode> {
                 write_beir(&eval.set, &dir, name)?;
                 println!("{name}: {} queries, {} documents -> {}", eval.set.queries.len(), eval.set.corpus.len(), dir.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            let config = args.config();
+            gradcache::app::serve::run(config).with_context(|| format!("serving {}", args.model.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Train(args) => {

@@ -298,3 +298,72 @@ pub fn write_report(report: &crate::app::recipe::TrainReport, out: &mut dyn std:
     writeln!(out, "outputs in {}", s.output_dir.display())?;
     Ok(())
 }
+
+/// `gradcache serve`'s flags (TEI's names and defaults).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// A model bundle (e.g. runs/train_reranker/model).
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port (0: any free one; the address is printed).
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+    /// The device and precision.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Which encoder /embed, /embed_all and /v1/embeddings run: passages
+    /// (what an index holds) or queries; the same one when tied.
+    #[arg(long, default_value = "passages", value_parser = ["passages", "queries"])]
+    pub embed_side: String,
+    /// The model name /info and /v1/embeddings report (default: the bundle's path).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "API_KEY")]
+    pub api_key: Option<String>,
+    /// Inputs in flight at once (a rerank request counts its texts); over it, 429.
+    #[arg(long, default_value_t = crate::app::serve::Limits::default().max_concurrent_requests)]
+    pub max_concurrent_requests: usize,
+    /// Padded tokens per batch.
+    #[arg(long, default_value_t = crate::app::serve::Limits::default().max_batch_tokens)]
+    pub max_batch_tokens: usize,
+    /// Entries per batch at most.
+    #[arg(long)]
+    pub max_batch_requests: Option<usize>,
+    /// Texts per request; over it, 422.
+    #[arg(long, default_value_t = crate::app::serve::Limits::default().max_client_batch_size)]
+    pub max_client_batch_size: usize,
+    /// Bytes per request body; over it, 413.
+    #[arg(long, default_value_t = crate::app::serve::Limits::default().payload_limit)]
+    pub payload_limit: usize,
+    /// Cut texts over the model's length (`--auto-truncate false`: refuse
+    /// them with 422 unless a request says `truncate: true`).
+    #[arg(long, default_value_t = crate::app::serve::Limits::default().auto_truncate, action = clap::ArgAction::Set)]
+    pub auto_truncate: bool,
+}
+
+impl ServeArgs {
+    /// The server's configuration.
+    pub fn config(&self) -> crate::app::serve::ServeConfig {
+        crate::app::serve::ServeConfig {
+            model: self.model.clone(),
+            address: std::net::SocketAddr::new(self.host, self.port),
+            device: self.run.device.clone(),
+            precision: self.run.precision,
+            embed_side: if self.embed_side == "queries" { crate::core::layout::Side::Queries } else { crate::core::layout::Side::Passages },
+            served_model_name: self.served_model_name.clone(),
+            api_key: self.api_key.clone(),
+            limits: crate::app::serve::Limits {
+                max_concurrent_requests: self.max_concurrent_requests,
+                max_batch_tokens: self.max_batch_tokens,
+                max_batch_requests: self.max_batch_requests,
+                max_client_batch_size: self.max_client_batch_size,
+                payload_limit: self.payload_limit,
+                auto_truncate: self.auto_truncate,
+            },
+        }
+    }
+}

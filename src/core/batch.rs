@@ -129,6 +129,30 @@ impl TokenBatch {
         TokenBatch::new(ids, mask)
     }
 
+    /// Rows of token ids, right-padded with id 0 to the longest (mask 1 on
+    /// each row's own ids).
+    ///
+    /// # Shapes
+    /// `[rows.len(), longest row]` (at least 1 wide).
+    ///
+    /// # Errors
+    /// [`GradCacheError::EmptyBatch`] for no rows; libtorch errors.
+    pub fn from_ids(rows: &[Vec<i64>]) -> Result<Self> {
+        if rows.is_empty() {
+            return Err(GradCacheError::EmptyInput { what: "token rows" });
+        }
+        let width = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let n = rows.len();
+        let mut ids = vec![0i64; n * width];
+        let mut mask = vec![0i64; n * width];
+        for (i, row) in rows.iter().enumerate() {
+            ids[i * width..i * width + row.len()].copy_from_slice(row);
+            mask[i * width..i * width + row.len()].fill(1);
+        }
+        let shape = [n as i64, width as i64];
+        TokenBatch::new(Tensor::f_from_slice(&ids)?.f_view(shape)?, Tensor::f_from_slice(&mask)?.f_view(shape)?)
+    }
+
     /// Token ids, `[n, L]` int64.
     pub fn ids(&self) -> &Tensor {
         &self.ids

@@ -2,16 +2,16 @@
 
 use std::path::Path;
 
-use rust_tokenizers::tokenizer::{BertTokenizer, MultiThreadedTokenizer, TruncationStrategy};
-use tch::{Kind, Tensor};
+use rust_tokenizers::tokenizer::{BertTokenizer, MultiThreadedTokenizer, Tokenizer, TruncationStrategy};
 
 use crate::core::batch::TokenBatch;
 use crate::error::{GradCacheError, Result};
 
 /// A WordPiece tokenizer that turns texts into right-padded [`TokenBatch`]es
 /// (`[CLS] … [SEP]`, truncated to `max_len` tokens).
+#[derive(Clone)]
 pub struct TextTokenizer {
-    inner: BertTokenizer,
+    inner: std::sync::Arc<BertTokenizer>,
     max_len: usize,
 }
 
@@ -36,7 +36,7 @@ impl TextTokenizer {
         if !vocab.is_file() {
             return Err(crate::error::not_found(vocab, "no such file"));
         }
-        Ok(TextTokenizer { inner: BertTokenizer::from_file(vocab, lowercase, lowercase)?, max_len })
+        Ok(TextTokenizer { inner: std::sync::Arc::new(BertTokenizer::from_file(vocab, lowercase, lowercase)?), max_len })
     }
 
     /// The longest tokenized text.
@@ -56,21 +56,32 @@ impl TextTokenizer {
             return Err(GradCacheError::EmptyInput { what: "texts to tokenize" });
         }
         let encoded =
-            MultiThreadedTokenizer::encode_list(&self.inner, texts, self.max_len, &TruncationStrategy::LongestFirst, 0);
-        let width = encoded.iter().map(|e| e.token_ids.len()).max().unwrap_or(0).max(1);
-        let n = encoded.len();
-        let mut ids = vec![0i64; n * width];
-        let mut mask = vec![0i64; n * width];
-        for (i, e) in encoded.iter().enumerate() {
-            for (j, &t) in e.token_ids.iter().enumerate() {
-                ids[i * width + j] = t;
-                mask[i * width + j] = 1;
-            }
+            MultiThreadedTokenizer::encode_list(self.inner.as_ref(), texts, self.max_len, &TruncationStrategy::LongestFirst, 0);
+        let rows: Vec<Vec<i64>> = encoded.into_iter().map(|e| e.token_ids).collect();
+        TokenBatch::from_ids(&rows)
+    }
+
+    /// One text's token ids with the special tokens (`[CLS] … [SEP]`),
+    /// **not** truncated: what [`TextTokenizer::truncate`] cuts to
+    /// `max_len`.
+    pub fn ids_untruncated(&self, text: &str) -> Vec<i64> {
+        Tokenizer::encode(self.inner.as_ref(), text, None, usize::MAX, &TruncationStrategy::DoNotTruncate, 0).token_ids
+    }
+
+    /// Ids from [`TextTokenizer::ids_untruncated`] cut to `max_len`, keeping
+    /// the special tokens at both ends and the first (`from_left: false`,
+    /// what [`TextTokenizer::encode`] does) or the last tokens of the text.
+    pub fn truncate(&self, mut ids: Vec<i64>, from_left: bool) -> Vec<i64> {
+        if ids.len() <= self.max_len || ids.len() < 2 {
+            return ids;
         }
-        let shape = [n as i64, width as i64];
-        TokenBatch::new(
-            Tensor::f_from_slice(&ids)?.f_view(shape)?,
-            Tensor::f_from_slice(&mask)?.f_view(shape)?.f_to_kind(Kind::Int64)?,
-        )
+        let last = ids.pop().unwrap_or_default();
+        let keep = self.max_len - 2;
+        let body: Vec<i64> = if from_left { ids[ids.len() - keep..].to_vec() } else { ids[1..1 + keep].to_vec() };
+        let mut out = Vec::with_capacity(self.max_len);
+        out.push(ids[0]);
+        out.extend(body);
+        out.push(last);
+        out
     }
 }

@@ -1,0 +1,154 @@
+//! The backend: one thread owns the [`Scorer`] (libtorch is not async) and
+//! runs the batches the queue hands it. In a batch, each distinct query is
+//! encoded once, the passages of all pairs in one pass (chunked as the
+//! bundle's layout cuts them), and each query's passages are scored by the
+//! head; embeddings are encoded by the `--embed-side` encoder.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::queue::{Answer, Entry, Job};
+use crate::app::error::Result;
+use crate::app::retrieval::{l2_normalized, pooled_vectors};
+use crate::app::scorer::Scorer;
+use crate::core::batch::TokenBatch;
+use crate::core::layout::Side;
+use crate::core::representation::Representation;
+
+/// Runs batches until the queue closes.
+pub(crate) fn run(scorer: &Scorer, mut batches: mpsc::Receiver<Vec<Entry>>, embed_side: Side) {
+    while let Some(batch) = batches.blocking_recv() {
+        run_batch(scorer, batch, embed_side);
+    }
+}
+
+fn run_batch(scorer: &Scorer, batch: Vec<Entry>, embed_side: Side) {
+    let started = Instant::now();
+    let live: Vec<Entry> = batch
+        .into_iter()
+        .filter(|e| {
+            if e.abandoned() {
+                metrics::counter!("te_request_failure", "err" => "dropped").increment(1);
+            }
+            !e.abandoned()
+        })
+        .collect();
+    for e in &live {
+        metrics::histogram!("te_request_queue_duration").record(started.duration_since(e.queued).as_secs_f64());
+    }
+    if live.is_empty() {
+        return;
+    }
+    let answers = answer(scorer, &live, embed_side);
+    metrics::histogram!("te_request_inference_duration").record(started.elapsed().as_secs_f64());
+    match answers {
+        Ok(answers) => {
+            for (e, a) in live.into_iter().zip(answers) {
+                let _ = e.reply.send(Ok(a));
+            }
+        }
+        Err(err) => {
+            let message = err.to_string();
+            for e in live {
+                let _ = e.reply.send(Err(message.clone()));
+            }
+        }
+    }
+}
+
+/// Every entry's answer, in order.
+fn answer(scorer: &Scorer, entries: &[Entry], embed_side: Side) -> Result<Vec<Answer>> {
+    let mut out: Vec<Option<Answer>> = entries.iter().map(|_| None).collect();
+    let pairs: Vec<usize> = (0..entries.len()).filter(|&i| matches!(entries[i].job, Job::Pair { .. })).collect();
+    let embeds: Vec<usize> = (0..entries.len()).filter(|&i| matches!(entries[i].job, Job::Embed { .. })).collect();
+    let token_embeds: Vec<usize> = (0..entries.len()).filter(|&i| matches!(entries[i].job, Job::EmbedTokens { .. })).collect();
+    if !pairs.is_empty() {
+        for (i, s) in pairs.iter().zip(score_pairs(scorer, entries, &pairs)?) {
+            out[*i] = Some(Answer::Score(s));
+        }
+    }
+    for group in [&embeds, &token_embeds] {
+        if group.is_empty() {
+            continue;
+        }
+        let rows: Vec<Vec<i64>> = group.iter().map(|&i| ids_of(&entries[i].job).to_vec()).collect();
+        let rep = scorer.encode_tokens(&TokenBatch::from_ids(&rows)?, embed_side)?;
+        for (k, &i) in group.iter().enumerate() {
+            out[i] = Some(match &entries[i].job {
+                Job::Embed { normalize, dimensions, .. } => Answer::Vector(vector(&rep, k, *normalize, *dimensions)?),
+                _ => Answer::Tokens(token_vectors(&rep, k)?),
+            });
+        }
+    }
+    Ok(out.into_iter().map(|a| a.unwrap_or(Answer::Score(f32::NAN))).collect())
+}
+
+fn ids_of(job: &Job) -> &[i64] {
+    match job {
+        Job::Pair { passage, .. } => passage,
+        Job::Embed { ids, .. } | Job::EmbedTokens { ids } => ids,
+    }
+}
+
+/// The head's score of each pair: each distinct query encoded once, every
+/// passage once, each query against its own passages.
+fn score_pairs(scorer: &Scorer, entries: &[Entry], pairs: &[usize]) -> Result<Vec<f32>> {
+    let mut distinct: Vec<Arc<Vec<i64>>> = Vec::new();
+    let mut slot: HashMap<Arc<Vec<i64>>, usize> = HashMap::new();
+    let mut query_of = Vec::with_capacity(pairs.len());
+    let mut passages = Vec::with_capacity(pairs.len());
+    for &i in pairs {
+        if let Job::Pair { query, passage } = &entries[i].job {
+            let g = *slot.entry(query.clone()).or_insert_with(|| {
+                distinct.push(query.clone());
+                distinct.len() - 1
+            });
+            query_of.push(g);
+            passages.push(passage.clone());
+        }
+    }
+    let queries: Vec<Vec<i64>> = distinct.iter().map(|q| q.as_ref().clone()).collect();
+    let q = scorer.encode_tokens(&TokenBatch::from_ids(&queries)?, Side::Queries)?;
+    let p = scorer.encode_tokens(&TokenBatch::from_ids(&passages)?, Side::Passages)?;
+    let mut scores = vec![0f32; pairs.len()];
+    for g in 0..distinct.len() {
+        let members: Vec<usize> = (0..pairs.len()).filter(|&k| query_of[k] == g).collect();
+        let own = if members.len() == pairs.len() {
+            p.with_tensor(p.tensor().shallow_clone())
+        } else {
+            let index: Vec<i64> = members.iter().map(|&k| k as i64).collect();
+            p.select(&tch::Tensor::from_slice(&index).f_to_device(p.tensor().device())?)?
+        };
+        let s = scorer.score_representations(&q.narrow(g, 1)?, &own)?;
+        let values = Vec::<f32>::try_from(s.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        for (&k, v) in members.iter().zip(values) {
+            scores[k] = v;
+        }
+    }
+    Ok(scores)
+}
+
+/// Row `k`'s pooled vector, cut to `dimensions`, then normalised if asked.
+fn vector(rep: &Representation, k: usize, normalize: bool, dimensions: Option<usize>) -> Result<Vec<f32>> {
+    let mut v = pooled_vectors(&rep.narrow(k, 1)?)?;
+    if let Some(d) = dimensions {
+        v = v.f_narrow(1, 0, d as i64)?;
+    }
+    if normalize {
+        v = l2_normalized(&v)?;
+    }
+    Ok(Vec::<f32>::try_from(v.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+}
+
+/// Row `k`'s real tokens' vectors.
+fn token_vectors(rep: &Representation, k: usize) -> Result<Vec<Vec<f32>>> {
+    let Representation::Tokens { tokens, mask } = rep else {
+        return Ok(vec![vector(rep, k, false, None)?]);
+    };
+    let len = mask.f_get(k as i64)?.f_sum(tch::Kind::Int64)?.f_int64_value(&[])?;
+    let rows = tokens.f_get(k as i64)?.f_narrow(0, 0, len)?.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?;
+    Ok(Vec::<Vec<f32>>::try_from(rows)?)
+}
