@@ -406,10 +406,16 @@ fn sigterm_answers_what_is_in_flight_and_exits_zero() {
             })
         })
         .collect();
-    // Once the first batches are running (the metrics say so), stop it.
+    // Once every request is in (a connection made after the signal would
+    // rightly be refused) and batches are running, stop it.
     let started = Instant::now();
-    while !server.get("/metrics").1.contains("te_batch_next_size") {
-        assert!(started.elapsed() < Duration::from_secs(60));
+    let counted = |metrics: &str| metrics.lines().find(|l| l.starts_with("te_request_count{method=\"rerank\"}")).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0);
+    loop {
+        let (_, metrics) = server.get("/metrics");
+        if counted(&metrics) >= 16.0 && metrics.contains("te_batch_next_size") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the requests did not all arrive:\n{metrics}");
         std::thread::sleep(Duration::from_millis(5));
     }
     unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
@@ -425,6 +431,29 @@ fn sigterm_answers_what_is_in_flight_and_exits_zero() {
     assert!(answered_after > 0, "every request was done before SIGTERM: the test did not test a stop");
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn queued_work_of_a_client_that_hung_up_is_dropped() {
+    let _serial = common::serial();
+    let dir = common::scratch("serve-drop");
+    let (model, _) = bundle(&dir, "interaction");
+    // One pair per batch: a long request holds the model while others wait.
+    let server = Server::start(&model, &["--max-batch-requests", "1", "--max-client-batch-size", "256"]);
+    let texts: Vec<String> = (0..256).map(|i| format!("a passage about the sea, number {i}, with some more words in it")).collect();
+    let long = {
+        let (base, texts) = (server.base.clone(), texts.clone());
+        std::thread::spawn(move || Server::agent().post(&format!("{base}/rerank")).send_json(json!({"query": QUERY, "texts": texts})).unwrap().status().as_u16())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    // A client that gives up while its pairs wait behind the long request.
+    let impatient = ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(50))).build().new_agent();
+    assert!(impatient.post(&format!("{}/rerank", server.base)).send_json(json!({"query": "bread", "texts": vec!["flour and water"; 16]})).is_err(), "the model answered 16 pairs behind 256 within 50 ms");
+    assert_eq!(long.join().unwrap(), 200);
+    let (_, metrics) = server.get("/metrics");
+    let dropped: f64 = metrics.lines().find(|l| l.starts_with("te_request_failure{err=\"dropped\"}")).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0);
+    assert!(dropped >= 1.0, "no dropped entry counted:\n{metrics}");
+    assert_eq!(server.post("/rerank", &json!({"query": QUERY, "texts": ["the sea"]})).0, 200);
 }
 
 #[test]

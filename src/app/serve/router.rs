@@ -281,10 +281,10 @@ fn check_embed_options(state: &AppState, prompt_name: &Option<String>, dimension
 }
 
 /// Embeds texts; each answer a vector.
-async fn embed_texts(state: &Arc<AppState>, texts: Vec<String>, truncate: Option<bool>, direction: TruncationDirection, normalize: bool, dimensions: Option<usize>) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+async fn embed_texts(state: &Arc<AppState>, texts: Vec<String>, options: &TextOptions, normalize: bool, dimensions: Option<usize>) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
     check_count(state, texts.len(), "inputs")?;
     let _permits = permits(state, texts.len())?;
-    let ids = tokenize(state, texts, truncate, direction).await?;
+    let ids = tokenize(state, texts, options.truncate, options.truncation_direction).await?;
     let tokens = ids.iter().map(Vec::len).sum();
     let answers = submit(state, ids.into_iter().map(|ids| Job::Embed { ids, normalize, dimensions }).collect()).await?;
     let vectors = answers.into_iter().map(|a| if let Answer::Vector(v) = a { v } else { Vec::new() }).collect();
@@ -293,15 +293,15 @@ async fn embed_texts(state: &Arc<AppState>, texts: Vec<String>, truncate: Option
 
 async fn embed(State(state): Shared, TeiJson(r): TeiJson<EmbedRequest>) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let timed = Timed::start("embed");
-    check_embed_options(&state, &r.prompt_name, r.dimensions)?;
-    let (vectors, _) = embed_texts(&state, r.inputs.into_texts(), r.truncate, r.truncation_direction, r.normalize, r.dimensions).await?;
+    check_embed_options(&state, &r.options.prompt_name, r.dimensions)?;
+    let (vectors, _) = embed_texts(&state, r.inputs.into_texts(), &r.options, r.normalize, r.dimensions).await?;
     timed.succeeded();
     Ok(Json(vectors))
 }
 
 async fn embed_all(State(state): Shared, TeiJson(r): TeiJson<EmbedAllRequest>) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
     let timed = Timed::start("embed_all");
-    check_embed_options(&state, &r.prompt_name, None)?;
+    check_embed_options(&state, &r.options.prompt_name, None)?;
     let ModelType::Reranker(model) = &loaded(&state)?.info.model_type;
     if !model.token_encoder {
         return Err(ApiError::new(ErrorType::Validation, "`/embed_all` needs a bundle whose encoders give token vectors (pooling `tokens`: MaxSim, interaction heads); this one pools"));
@@ -309,7 +309,7 @@ async fn embed_all(State(state): Shared, TeiJson(r): TeiJson<EmbedAllRequest>) -
     let texts = r.inputs.into_texts();
     check_count(&state, texts.len(), "inputs")?;
     let _permits = permits(&state, texts.len())?;
-    let ids = tokenize(&state, texts, r.truncate, r.truncation_direction).await?;
+    let ids = tokenize(&state, texts, r.options.truncate, r.options.truncation_direction).await?;
     let answers = submit(&state, ids.into_iter().map(|ids| Job::EmbedTokens { ids }).collect()).await?;
     timed.succeeded();
     Ok(Json(answers.into_iter().map(|a| if let Answer::Tokens(t) = a { t } else { Vec::new() }).collect()))
@@ -331,7 +331,7 @@ async fn openai_embeddings(State(state): Shared, body: Result<TeiJson<OpenAiEmbe
     let timed = Timed::start("embed");
     let TeiJson(r) = body.map_err(OpenAiError)?;
     check_embed_options(&state, &None, r.dimensions).map_err(OpenAiError)?;
-    let (vectors, tokens) = embed_texts(&state, r.input.into_texts(), None, TruncationDirection::Right, true, r.dimensions).await.map_err(OpenAiError)?;
+    let (vectors, tokens) = embed_texts(&state, r.input.into_texts(), &TextOptions::default(), true, r.dimensions).await.map_err(OpenAiError)?;
     let data = vectors
         .into_iter()
         .enumerate()

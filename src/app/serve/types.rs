@@ -71,11 +71,10 @@ impl Input {
     }
 }
 
-/// `POST /embed`.
-#[derive(Debug, Deserialize)]
-pub struct EmbedRequest {
-    /// The texts.
-    pub inputs: Input,
+/// How the texts of a request are tokenized: the fields `/embed` and
+/// `/embed_all` share (flat in their JSON).
+#[derive(Debug, Default, Deserialize)]
+pub struct TextOptions {
     /// As [`RerankRequest::truncate`].
     #[serde(default)]
     pub truncate: Option<bool>,
@@ -86,6 +85,16 @@ pub struct EmbedRequest {
     /// any name is refused).
     #[serde(default)]
     pub prompt_name: Option<String>,
+}
+
+/// `POST /embed`.
+#[derive(Debug, Deserialize)]
+pub struct EmbedRequest {
+    /// The texts.
+    pub inputs: Input,
+    /// Truncation and prompt.
+    #[serde(flatten)]
+    pub options: TextOptions,
     /// L2-normalise each vector (default true).
     #[serde(default = "default_true")]
     pub normalize: bool,
@@ -104,15 +113,9 @@ fn default_true() -> bool {
 pub struct EmbedAllRequest {
     /// The texts.
     pub inputs: Input,
-    /// As [`RerankRequest::truncate`].
-    #[serde(default)]
-    pub truncate: Option<bool>,
-    /// As [`RerankRequest::truncation_direction`].
-    #[serde(default)]
-    pub truncation_direction: TruncationDirection,
-    /// As [`EmbedRequest::prompt_name`].
-    #[serde(default)]
-    pub prompt_name: Option<String>,
+    /// Truncation and prompt.
+    #[serde(flatten)]
+    pub options: TextOptions,
 }
 
 /// How `/v1/embeddings` encodes each vector.
