@@ -9,6 +9,9 @@
 #   scripts/gradcache.sh train-mpi R [flags]  # the main job as R MPI processes
 #   scripts/gradcache.sh setup-bench  # setup + the benchmarks' Python peers
 #                                     # (sentence-transformers) and matplotlib
+#   scripts/gradcache.sh serve --model DIR [flags]  # gradcache serve (TEI's HTTP API)
+#   scripts/gradcache.sh setup-clients  # a venv with TEI clients (openai,
+#                                       # Haystack's TEI ranker) for docs/serving.md
 #   scripts/gradcache.sh reproduce [--quick]  # examples/reproduce_extension
 #   scripts/gradcache.sh device-build  # examples/device_check against the
 #                                      # torch 2.11 wheel, for the GPU machine
@@ -69,6 +72,20 @@ setup_bench() {
         "$py" -m pip install --quiet --disable-pip-version-check "sentence-transformers==5.7.0" "matplotlib==3.9.2" \
             "transformers==4.44.2" "torch==$torch_version"
     fi
+}
+
+# Python clients that speak TEI's API, in a venv of their own (they need no
+# torch, and must not move the parity venv's packages): the openai client
+# (/v1/embeddings) and Haystack's HuggingFaceTEIRanker (/rerank).
+setup_clients() {
+    local cvenv="$home/venv-clients"
+    local py="$cvenv/bin/python"
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('openai') != '3.60.0' or m.version('huggingface-api-haystack') != '3.1.0')" 2>/dev/null; then
+        log "installing openai==3.60.0 and huggingface-api-haystack==3.1.0 into $cvenv"
+        [ -x "$py" ] || python3 -m venv "$cvenv"
+        "$py" -m pip install --quiet --disable-pip-version-check "openai==3.60.0" "huggingface-api-haystack==3.1.0"
+    fi
+    echo "$py"
 }
 
 # Open MPI for the distributed step (cargo feature `mpi`): Debian's
@@ -172,6 +189,12 @@ cmd="${1:-}"
 case "$cmd" in
     setup) setup ;;
     setup-bench) setup_bench ;;
+    setup-clients) setup_clients ;;
+    serve)
+        setup
+        cd "$repo"
+        exec cargo run --release --quiet --bin gradcache -- serve "$@"
+        ;;
     reproduce)
         setup_bench
         cd "$repo"
@@ -225,7 +248,7 @@ case "$cmd" in
         exec cargo test --doc --features mpi "$@"
         ;;
     *)
-        echo "usage: scripts/gradcache.sh {setup|setup-bench|train|train-mpi|test|reproduce|device-build} [args...]" >&2
+        echo "usage: scripts/gradcache.sh {setup|setup-bench|setup-clients|train|train-mpi|serve|test|reproduce|device-build} [args...]" >&2
         exit 2
         ;;
 esac

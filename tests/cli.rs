@@ -34,6 +34,14 @@ fn unknown_heads_are_named_errors() {
 }
 
 #[test]
+fn serve_refuses_a_folder_that_is_not_a_bundle_and_bad_limits() {
+    let (ok, text) = gradcache(&["serve", "--model", "/nonexistent", "--port", "0"]);
+    assert!(!ok && text.contains("not a gradcache model bundle") && !text.contains("listening"), "{text}");
+    let (ok, text) = gradcache(&["serve", "--model", "/nonexistent", "--max-batch-tokens", "0"]);
+    assert!(!ok && text.contains("max_batch_tokens"), "{text}");
+}
+
+#[test]
 fn prepare_wordnet_writes_the_task_and_its_license() {
     let dir = std::env::temp_dir().join(format!("gradcache-cli-wn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

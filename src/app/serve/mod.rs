@@ -110,6 +110,11 @@ pub struct ServeConfig {
 /// bundle that cannot be loaded (the server then stops).
 pub fn run(config: ServeConfig) -> Result<()> {
     config.limits.validate()?;
+    // A folder that is no bundle fails here, before anything listens.
+    let file = config.model.join(crate::app::scorer::BUNDLE_FILE);
+    if !file.is_file() {
+        return Err(crate::error::not_found(&file, "not a gradcache model bundle (no gradcache.json)").into());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| io(&config.model, e))?;
     runtime.block_on(serve(config))
 }
