@@ -124,8 +124,14 @@ fn io(path: &std::path::Path, e: std::io::Error) -> AppError {
 }
 
 async fn serve(config: ServeConfig) -> Result<()> {
+    // Histograms with buckets for what they count: seconds, tokens, entries.
+    use metrics_exporter_prometheus::Matcher;
+    let seconds = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+    let counts: Vec<f64> = (0..17).map(|i| f64::from(1u32 << i)).collect();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0])
+        .set_buckets_for_metric(Matcher::Suffix("duration".into()), &seconds)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("te_request_input_length".into()), &counts))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("te_batch_next".into()), &counts))
         .ok()
         .and_then(|b| b.install_recorder().ok());
     let listener = tokio::net::TcpListener::bind(config.address).await.map_err(|e| io(&config.model, e))?;

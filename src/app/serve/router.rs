@@ -125,10 +125,12 @@ fn loaded(state: &AppState) -> Result<&Loaded, ApiError> {
     })
 }
 
+/// 200 once the model is loaded, else 503 with TEI's body (not counted as
+/// a failed request: a load balancer asks it in a loop).
 async fn health(State(state): Shared) -> Response {
     match loaded(&state) {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(_) => ApiError::new(ErrorType::Unhealthy, "unhealthy").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorResponse { error: "unhealthy".into(), error_type: ErrorType::Unhealthy })).into_response(),
     }
 }
 
