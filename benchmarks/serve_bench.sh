@@ -44,7 +44,7 @@ serve() { # $1: label, then extra flags
     for _ in $(seq 600); do curl -sf "$url/health" >/dev/null && break; sleep 0.1; done
     for c in 1 8 64; do
         echo "[serve_bench] $label, $c connections" >&2
-        wrk -t 2 -c "$c" -d "${seconds}s" --timeout 60s --latency -s "$work/post.lua" "$url/rerank" > "$work/wrk.txt"
+        wrk -t "$(( c < 2 ? c : 2 ))" -c "$c" -d "${seconds}s" --timeout 60s --latency -s "$work/post.lua" "$url/rerank" > "$work/wrk.txt"
         ./.python - "$work/wrk.txt" "$label" "$c" >> "$out.tmp" <<'PY'
 import json, re, sys
 text, label, c = open(sys.argv[1]).read(), sys.argv[2], int(sys.argv[3])
@@ -69,7 +69,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ceiling = rows[0]["pairs_per_s"]
 lines = [f"# gradcache serve: /rerank with 100 candidates ({sys.argv[3]}, {sys.argv[4]} s per row)", "",
-         "Command: `benchmarks/serve_bench.sh` (wrk -t 2, one server process per mode, 127.0.0.1).", "",
+         "Command: `benchmarks/serve_bench.sh` (wrk with 2 threads, 1 for 1 connection; one server process per mode; 127.0.0.1).", "",
          "| mode | connections | pairs/s | × in process | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|---|---|"]
 for r in rows:
     lines.append(f"| {r['mode']} | {r['concurrency']} | {r['pairs_per_s']:.0f} | {r['pairs_per_s'] / ceiling:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r.get('non_2xx', 0)} |")
