@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, RetainCounts, StepConfig};
 use crate::core::encoder::Encoder;
-use crate::core::head::ScoringHead;
+use crate::core::model::StepModel;
 use crate::core::layout::{Layout, Side};
 use crate::core::output::BudgetReport;
 use crate::core::passes::{encode_chunk, has_closed_form};
@@ -304,13 +304,10 @@ impl BudgetState {
     ///
     /// # Errors
     /// As [`probe_costs`], [`Plan::fit`] and [`Plan::sized_for_budget`].
-    #[allow(clippy::too_many_arguments)]
     pub fn plan<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
         &mut self,
         config: &StepConfig,
-        query_encoder: &QE,
-        passage_encoder: &PE,
-        head: &dyn ScoringHead,
+        model: StepModel<'_, QE, PE>,
         queries: &QE::Input,
         passages: &PE::Input,
         seeds: &ReplaySeeds,
@@ -327,7 +324,7 @@ impl BudgetState {
         let costs = match self.costs {
             Some(c) if widths.0 <= c.probed_widths.0 && widths.1 <= c.probed_widths.1 => c,
             _ => {
-                let (c, device) = probe_costs(config, query_encoder, passage_encoder, head, queries, passages, seeds)?;
+                let (c, device) = probe_costs(config, model, queries, passages, seeds)?;
                 (self.costs, self.device) = (Some(c), Some(device));
                 c
             }
@@ -369,13 +366,12 @@ impl BudgetState {
 /// [`crate::runtime::gpu`]); encoder and head errors.
 pub fn probe_costs<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     config: &StepConfig,
-    query_encoder: &QE,
-    passage_encoder: &PE,
-    head: &dyn ScoringHead,
+    model: StepModel<'_, QE, PE>,
     queries: &QE::Input,
     passages: &PE::Input,
     seeds: &ReplaySeeds,
 ) -> Result<(CostModel, Device)> {
+    let StepModel { query_encoder, passage_encoder, head } = model;
     let plan = Plan::layout_of(config, queries, passages)?;
     let fwd = config.forward();
     let tokens = ChunkTokens::of(&plan, queries, passages)?;

@@ -8,7 +8,8 @@
 //! - how a step is cut: [`config`] ([`config::StepConfig`]), [`layout`]
 //!   (chunk and block sizes), [`plan`] (the pieces of one step, retained or
 //!   recomputed), [`budget`] (a plan fitted to a memory budget);
-//! - the step: [`step`] (the five passes), [`passes`] (the loops over
+//! - the step: [`model`] (what it trains: two encoders and a head),
+//!   [`step`] (the five passes), [`passes`] (the loops over
 //!   chunks they share with the reference and the distributed step),
 //!   [`scoring`] (the one block-scoring routine, also inference's),
 //!   [`replay`] (identical dropout in both passes), [`output`] (what a step
@@ -24,6 +25,7 @@ pub mod encoder;
 pub mod head;
 pub mod layout;
 pub mod loss;
+pub mod model;
 pub mod output;
 pub mod passes;
 pub mod plan;

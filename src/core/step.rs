@@ -19,6 +19,7 @@ use crate::core::encoder::Encoder;
 use crate::core::head::{RepresentationGradients, ScoringHead};
 use crate::core::layout::Side;
 use crate::core::loss::ContrastiveLoss;
+use crate::core::model::StepModel;
 use crate::core::output::{BudgetReport, PhaseTimings, StepOutput};
 use crate::core::passes::{backprop_all, backprop_kept, backward_pairs, checked_loss_value, closed_form_gradients, encode_all, has_closed_form, leaf_grad};
 use crate::core::plan::Plan;
@@ -114,8 +115,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     }
 
     /// The query encoder, the passage encoder and the head the step trains.
-    pub fn parts(&self) -> (&'m QE, &'m PE, &'m dyn ScoringHead) {
-        (self.query_encoder, self.passage_encoder, self.head)
+    pub fn parts(&self) -> StepModel<'m, QE, PE> {
+        StepModel { query_encoder: self.query_encoder, passage_encoder: self.passage_encoder, head: self.head }
     }
 
     /// The same encoders, head and loss with another configuration (e.g.
@@ -141,7 +142,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// # Errors
     /// As [`crate::core::budget::probe_costs`].
     pub fn probe_costs(&mut self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<CostModel> {
-        let (costs, _) = crate::core::budget::probe_costs(&self.config, self.query_encoder, self.passage_encoder, self.head, queries, passages, seeds)?;
+        let (costs, _) = crate::core::budget::probe_costs(&self.config, self.parts(), queries, passages, seeds)?;
         self.budget.set_costs(costs);
         Ok(costs)
     }
@@ -152,7 +153,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// # Errors
     /// As [`BudgetState::plan`].
     pub fn plan(&mut self, queries: &QE::Input, passages: &PE::Input, seeds: &ReplaySeeds) -> Result<(Plan, Option<BudgetReport>)> {
-        self.budget.plan(&self.config, self.query_encoder, self.passage_encoder, self.head, queries, passages, seeds)
+        let model = self.parts();
+        self.budget.plan(&self.config, model, queries, passages, seeds)
     }
 
     /// Runs the whole step: every gradient of the encoders and the head is

@@ -361,3 +361,39 @@ pub(crate) fn side_name(side: Side) -> &'static str {
         Side::Passages => "passages",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unloaded() -> (Arc<AppState>, mpsc::UnboundedReceiver<Vec<Entry>>) {
+        let (queue, requests) = mpsc::unbounded_channel();
+        let config = ServeConfig {
+            model: "bundle".into(),
+            address: ([127, 0, 0, 1], 0).into(),
+            device: "cpu".into(),
+            precision: crate::runtime::precision::Precision::F32,
+            embed_side: Side::Passages,
+            served_model_name: None,
+            api_key: None,
+            limits: super::super::Limits::default(),
+        };
+        let state = AppState { config, loaded: OnceLock::new(), failed: AtomicBool::new(false), queue, queued: Arc::new(AtomicUsize::new(0)), permits: Arc::new(Semaphore::new(4)), prometheus: None };
+        (Arc::new(state), requests)
+    }
+
+    #[test]
+    fn until_the_model_is_loaded_health_is_503_and_work_is_refused_unqueued() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (state, mut requests) = unloaded();
+            assert_eq!(health(State(state.clone())).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let request = RerankRequest { query: "q".into(), texts: vec!["t".into()], truncate: None, truncation_direction: TruncationDirection::Right, raw_scores: false, return_text: false };
+            let refused = rerank(State(state.clone()), TeiJson(request)).await.unwrap_err();
+            assert_eq!((refused.status, refused.kind, refused.message.as_str()), (503, ErrorType::Unhealthy, "the model is loading"));
+            assert!(requests.try_recv().is_err(), "work was queued for a model that is not there");
+            state.failed.store(true, Ordering::Relaxed);
+            assert_eq!(info(State(state)).await.unwrap_err().message, "the model failed to load");
+        });
+    }
+}
