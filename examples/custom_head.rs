@@ -96,5 +96,5 @@ fn the_head_is_exact_and_learns() {
 /// eval mode, cut as the step's layout cuts a batch.
 fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(gc: &GradCache<'_, QE, PE>, queries: &QE::Input, corpus: &PE::Input) -> Result<tch::Tensor, gradcache::AppError> {
     let (model, config) = (gc.parts(), gc.config());
-    Ok(gradcache::app::eval::score_corpus(model.query_encoder, model.passage_encoder, model.head, &config.layout, config.precision, queries, corpus)?)
+    gradcache::app::eval::score_corpus(model.query_encoder, model.passage_encoder, model.head, &config.layout, config.precision, queries, corpus)
 }

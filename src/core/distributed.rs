@@ -225,7 +225,7 @@ fn gather(rep: &Representation, collective: &dyn Collective) -> Result<Represent
             let width = Tensor::from_slice(&[tokens.size()[1]]);
             let widest = Vec::<i64>::try_from(&collective.all_gather(&width)?)?.into_iter().max().unwrap_or(0);
             let padded = pad_tokens(rep, widest)?;
-            let mask = padded.mask().map(Tensor::shallow_clone).unwrap_or_else(|| Tensor::new());
+            let mask = padded.mask().map(Tensor::shallow_clone).unwrap_or_else(Tensor::new);
             Representation::tokens(collective.all_gather(padded.tensor())?, &collective.all_gather(&mask)?)
         }
     }
