@@ -120,7 +120,7 @@ impl Plan {
     /// [`GradCacheError::InvalidConfig`] when `tokens` does not list this
     /// plan's chunks.
     pub fn estimate_peak(&self, costs: &CostModel, tokens: &ChunkTokens) -> Result<f64> {
-        let (query_chunks, passage_chunks) = (self.chunks(Side::Queries), self.chunks(Side::Passages));
+        let (query_chunks, passage_chunks) = (self.chunk_pieces(Side::Queries), self.chunk_pieces(Side::Passages));
         if tokens.queries.len() != query_chunks.len() || tokens.passages.len() != passage_chunks.len() {
             return Err(GradCacheError::InvalidConfig { field: "memory", reason: "the token counts do not match the plan's chunks" });
         }
@@ -129,12 +129,12 @@ impl Plan {
         let caches = 2.0 * (n * costs.query_rep_bytes + m * costs.passage_rep_bytes) + 2.0 * n * m * costs.score_bytes;
         let (mut retained_enc, mut chunk_work) = (0.0_f64, 0.0_f64);
         for (chunks, counts, per_token) in [
-            (&query_chunks, &tokens.queries, costs.query_token_bytes),
-            (&passage_chunks, &tokens.passages, costs.passage_token_bytes),
+            (query_chunks, &tokens.queries, costs.query_token_bytes),
+            (passage_chunks, &tokens.passages, costs.passage_token_bytes),
         ] {
-            for (chunk, &t) in chunks.iter().zip(counts) {
+            for (&(_, retained), &t) in chunks.iter().zip(counts) {
                 let cost = per_token * t as f64;
-                if chunk.retained {
+                if retained {
                     retained_enc += cost;
                 } else {
                     chunk_work = chunk_work.max(cost);
@@ -178,7 +178,7 @@ impl Plan {
             return Err(GradCacheError::BudgetTooSmall { budget_mb: budget_bytes / MB, needed_mb: estimate / MB });
         }
         for side in [Side::Queries, Side::Passages] {
-            for i in 0..plan.chunks(side).len() {
+            for i in 0..plan.chunk_pieces(side).len() {
                 plan.set_chunk_retained(side, i, true);
                 let e = plan.estimate_peak(costs, tokens)?;
                 if e > budget_bytes {
@@ -317,7 +317,7 @@ impl BudgetState {
         if !config.memory.is_budget() {
             return Ok((Plan::new(config, n, m)?.with_orders(orders), None));
         }
-        let layout = Plan::layout_of(config, queries, passages)?;
+        let layout = Plan::with_retained(&config.layout, n, m, RetainCounts::default()).with_orders(orders.clone());
         let tokens = ChunkTokens::of(&layout, queries, passages)?;
         let widest = |t: &[usize], side| layout.chunks(side).iter().zip(t).map(|(c, &t)| t as f64 / c.len() as f64).fold(0.0, f64::max);
         let widths = (widest(&tokens.queries, Side::Queries), widest(&tokens.passages, Side::Passages));
@@ -341,7 +341,7 @@ impl BudgetState {
         };
         let (config, tokens) = if config.auto_sizes {
             let sized = Plan::sized_for_budget(config, n, m, &costs, widths, budget_bytes)?;
-            let tokens = ChunkTokens::of(&Plan::layout_of(&sized, queries, passages)?, queries, passages)?;
+            let tokens = ChunkTokens::of(&Plan::with_retained(&sized.layout, n, m, RetainCounts::default()).with_orders(orders.clone()), queries, passages)?;
             (sized, tokens)
         } else {
             (config.clone(), tokens)

@@ -240,6 +240,12 @@ impl Plan {
             .collect()
     }
 
+    /// Each chunk of a side as its piece and whether it is retained, without
+    /// cutting anything: what a budget's estimate reads, many times a step.
+    pub(crate) fn chunk_pieces(&self, side: Side) -> &[(Piece, bool)] {
+        &self.chunks[side_index(side)]
+    }
+
     /// Marks chunk `i` of a side retained or not (what a budget keeps).
     pub(crate) fn set_chunk_retained(&mut self, side: Side, i: usize, retained: bool) {
         self.chunks[side_index(side)][i].1 = retained;
