@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use crate::core::encoder::Encoder;
 use crate::core::head::ScoringHead;
 use crate::core::batch::TokenBatch;
-use crate::core::layout::{cut, Layout, Side};
+use crate::core::layout::{Layout, Side};
 use crate::core::representation::Representation;
 use crate::core::scoring::{score_grid, Forward};
 use crate::app::error::{AppError, Result};
@@ -301,29 +300,14 @@ impl Scorer {
         self.precision
     }
 
-    fn encode<S: AsRef<str> + Sync>(&self, texts: &[S], side: Side) -> crate::error::Result<Representation> {
-        let encoder = match side {
-            Side::Queries => &self.query,
-            Side::Passages => self.passage_encoder(),
-        };
+    /// Texts tokenized together, then encoded as [`Scorer::encode_tokens`]
+    /// cuts them: each chunk is trimmed to its own longest text, so this is
+    /// what tokenizing each chunk alone would give.
+    fn encode<S: AsRef<str> + Sync>(&self, texts: &[S], side: Side) -> Result<Representation> {
         if texts.is_empty() {
-            return Err(GradCacheError::EmptyBatch { side });
+            return Err(GradCacheError::EmptyBatch { side }.into());
         }
-        tch::no_grad(|| {
-            let parts = cut(texts.len(), self.config.layout.chunk_size(side))
-                .into_iter()
-                .map(|piece| {
-                    let (start, len) = (piece.start, piece.len);
-                    let tokens = self.tokenizer.encode(&texts[start..start + len])?.to_device(self.device())?;
-                    let rep = self.precision.run(|| encoder.encode(&tokens, false))?;
-                    if rep.len() != len {
-                        return Err(GradCacheError::EncoderLength { side, expected: len, got: rep.len() });
-                    }
-                    Ok(rep)
-                })
-                .collect::<crate::error::Result<Vec<_>>>()?;
-            Representation::cat(&parts)
-        })
+        self.encode_tokens(&self.tokenizer.encode(texts)?, side)
     }
 
     /// Representations of texts tokenized already (e.g. by a server's
@@ -354,7 +338,7 @@ impl Scorer {
     /// # Errors
     /// [`GradCacheError::EmptyBatch`] for no texts; encoder errors.
     pub fn encode_queries<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Representation> {
-        self.encode(texts, Side::Queries).map_err(Into::into)
+        self.encode(texts, Side::Queries)
     }
 
     /// Representations of many texts for storage: encoded block by block
@@ -392,7 +376,7 @@ impl Scorer {
     /// # Errors
     /// As [`Scorer::encode_queries`].
     pub fn encode_passages<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Representation> {
-        self.encode(texts, Side::Passages).map_err(Into::into)
+        self.encode(texts, Side::Passages)
     }
 
     /// The head over every pair of two sets of representations, block by
