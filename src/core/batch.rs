@@ -137,15 +137,15 @@ impl TokenBatch {
     ///
     /// # Errors
     /// [`GradCacheError::EmptyBatch`] for no rows; libtorch errors.
-    pub fn from_ids(rows: &[Vec<i64>]) -> Result<Self> {
+    pub fn from_ids<R: AsRef<[i64]>>(rows: &[R]) -> Result<Self> {
         if rows.is_empty() {
             return Err(GradCacheError::EmptyInput { what: "token rows" });
         }
-        let width = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let width = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0).max(1);
         let n = rows.len();
         let mut ids = vec![0i64; n * width];
         let mut mask = vec![0i64; n * width];
-        for (i, row) in rows.iter().enumerate() {
+        for (i, row) in rows.iter().map(AsRef::as_ref).enumerate() {
             ids[i * width..i * width + row.len()].copy_from_slice(row);
             mask[i * width..i * width + row.len()].fill(1);
         }

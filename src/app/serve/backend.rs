@@ -70,15 +70,17 @@ fn answer(scorer: &Scorer, entries: &[Entry], embed_side: Side) -> Result<Vec<An
             out[*i] = Some(Answer::Score(s));
         }
     }
-    for group in [&embeds, &token_embeds] {
+    for (group, pooled_group) in [(&embeds, true), (&token_embeds, false)] {
         if group.is_empty() {
             continue;
         }
-        let rows: Vec<Vec<i64>> = group.iter().map(|&i| ids_of(&entries[i].job).to_vec()).collect();
+        let rows: Vec<&[i64]> = group.iter().map(|&i| ids_of(&entries[i].job)).collect();
         let rep = scorer.encode_tokens(&TokenBatch::from_ids(&rows)?, embed_side)?;
+        // Pooled once for the group; each entry cuts and normalises its row.
+        let pooled = if pooled_group { Some(pooled_vectors(&rep)?) } else { None };
         for (k, &i) in group.iter().enumerate() {
-            out[i] = Some(match &entries[i].job {
-                Job::Embed { normalize, dimensions, .. } => Answer::Vector(vector(&rep, k, *normalize, *dimensions)?),
+            out[i] = Some(match (&entries[i].job, &pooled) {
+                (Job::Embed { normalize, dimensions, .. }, Some(pooled)) => Answer::Vector(vector(pooled, k, *normalize, *dimensions)?),
                 _ => Answer::Tokens(token_vectors(&rep, k)?),
             });
         }
@@ -99,7 +101,7 @@ fn score_pairs(scorer: &Scorer, entries: &[Entry], pairs: &[usize]) -> Result<Ve
     let mut distinct: Vec<Arc<Vec<i64>>> = Vec::new();
     let mut slot: HashMap<Arc<Vec<i64>>, usize> = HashMap::new();
     let mut query_of = Vec::with_capacity(pairs.len());
-    let mut passages = Vec::with_capacity(pairs.len());
+    let mut passages: Vec<&[i64]> = Vec::with_capacity(pairs.len());
     for &i in pairs {
         if let Job::Pair { query, passage } = &entries[i].job {
             let g = *slot.entry(query.clone()).or_insert_with(|| {
@@ -107,10 +109,10 @@ fn score_pairs(scorer: &Scorer, entries: &[Entry], pairs: &[usize]) -> Result<Ve
                 distinct.len() - 1
             });
             query_of.push(g);
-            passages.push(passage.clone());
+            passages.push(passage);
         }
     }
-    let queries: Vec<Vec<i64>> = distinct.iter().map(|q| q.as_ref().clone()).collect();
+    let queries: Vec<&[i64]> = distinct.iter().map(|q| q.as_slice()).collect();
     let q = scorer.encode_tokens(&TokenBatch::from_ids(&queries)?, Side::Queries)?;
     let p = scorer.encode_tokens(&TokenBatch::from_ids(&passages)?, Side::Passages)?;
     let mut scores = vec![0f32; pairs.len()];
@@ -131,9 +133,10 @@ fn score_pairs(scorer: &Scorer, entries: &[Entry], pairs: &[usize]) -> Result<Ve
     Ok(scores)
 }
 
-/// Row `k`'s pooled vector, cut to `dimensions`, then normalised if asked.
-fn vector(rep: &Representation, k: usize, normalize: bool, dimensions: Option<usize>) -> Result<Vec<f32>> {
-    let mut v = pooled_vectors(&rep.narrow(k, 1)?)?;
+/// Row `k` of pooled vectors `[n, d]`, cut to `dimensions`, then
+/// normalised if asked.
+fn vector(pooled: &tch::Tensor, k: usize, normalize: bool, dimensions: Option<usize>) -> Result<Vec<f32>> {
+    let mut v = pooled.f_narrow(0, k as i64, 1)?;
     if let Some(d) = dimensions {
         v = v.f_narrow(1, 0, d as i64)?;
     }
@@ -146,7 +149,7 @@ fn vector(rep: &Representation, k: usize, normalize: bool, dimensions: Option<us
 /// Row `k`'s real tokens' vectors.
 fn token_vectors(rep: &Representation, k: usize) -> Result<Vec<Vec<f32>>> {
     let Representation::Tokens { tokens, mask } = rep else {
-        return Ok(vec![vector(rep, k, false, None)?]);
+        return Ok(vec![vector(&pooled_vectors(rep)?, k, false, None)?]);
     };
     let len = mask.f_get(k as i64)?.f_sum(tch::Kind::Int64)?.f_int64_value(&[])?;
     let rows = tokens.f_get(k as i64)?.f_narrow(0, 0, len)?.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?;
