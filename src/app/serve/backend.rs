@@ -74,7 +74,7 @@ fn answer(scorer: &Scorer, entries: &[Entry], embed_side: Side) -> Result<Vec<An
         if group.is_empty() {
             continue;
         }
-        let rows: Vec<&[i64]> = group.iter().map(|&i| ids_of(&entries[i].job)).collect();
+        let rows: Vec<&[i64]> = group.iter().map(|&i| entries[i].job.ids()).collect();
         let rep = scorer.encode_tokens(&TokenBatch::from_ids(&rows)?, embed_side)?;
         // Pooled once for the group; each entry cuts and normalises its row.
         let pooled = if pooled_group { Some(pooled_vectors(&rep)?) } else { None };
@@ -86,13 +86,6 @@ fn answer(scorer: &Scorer, entries: &[Entry], embed_side: Side) -> Result<Vec<An
         }
     }
     Ok(out.into_iter().map(|a| a.unwrap_or(Answer::Score(f32::NAN))).collect())
-}
-
-fn ids_of(job: &Job) -> &[i64] {
-    match job {
-        Job::Pair { passage, .. } => passage,
-        Job::Embed { ids, .. } | Job::EmbedTokens { ids } => ids,
-    }
 }
 
 /// The head's score of each pair: each distinct query encoded once, every

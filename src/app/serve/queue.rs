@@ -37,6 +37,17 @@ pub(crate) enum Job {
     },
 }
 
+impl Job {
+    /// The ids the entry's encoder reads: a pair's passage, a text to
+    /// embed (its length is the entry's share of a batch's tokens).
+    pub(crate) fn ids(&self) -> &[i64] {
+        match self {
+            Job::Pair { passage, .. } => passage,
+            Job::Embed { ids, .. } | Job::EmbedTokens { ids } => ids,
+        }
+    }
+}
+
 /// What the model answers for one entry.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Answer {

@@ -201,10 +201,7 @@ async fn submit(state: &AppState, jobs: Vec<Job>) -> Result<Vec<Answer>, ApiErro
     let mut entries = Vec::with_capacity(jobs.len());
     for job in jobs {
         let (reply, wait) = oneshot::channel();
-        let tokens = match &job {
-            Job::Pair { passage, .. } => passage.len(),
-            Job::Embed { ids, .. } | Job::EmbedTokens { ids } => ids.len(),
-        };
+        let tokens = job.ids().len();
         entries.push(Entry { job, tokens, queued: Instant::now(), reply });
         waits.push(wait);
     }
