@@ -12,7 +12,7 @@ mod triples;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use gradcache::models::encoders::BertEncoderConfig;
+use gradcache::models::encoders::TextEncoderConfig;
 use gradcache::models::heads::MlpHeadConfig;
 use gradcache::models::pretrained::ModelDir;
 use gradcache::{Chunk, GradCache, InfoNce, StepConfig, Targets};
@@ -60,7 +60,7 @@ fn main() -> Result<()> {
     let (local_q, local_p) = (q.chunk(rank * share, share)?, p.chunk(2 * rank * share, 2 * share)?);
 
     let vs = nn::VarStore::new(Device::Cpu);
-    let (encoder, _) = BertEncoderConfig::default().init_pretrained(&vs, "encoder", &model)?;
+    let (encoder, _) = TextEncoderConfig::default().init_pretrained(&vs, "encoder", &model)?;
     let head = MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1, ..MlpHeadConfig::default() }.init(&(vs.root() / "head"))?;
     let loss = InfoNce { temperature: 1.0, symmetric: false };
     let config = StepConfig { layout: gradcache::Layout { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: 16, head_block_passages: 64 }, ..StepConfig::default() };

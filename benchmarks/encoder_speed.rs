@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use gradcache::models::encoders::{BertEncoderConfig, BertImplementation};
+use gradcache::models::encoders::{TextEncoderConfig, BertImplementation};
 use gradcache::models::pretrained::ModelDir;
 use gradcache::runtime::tune_allocator;
 use gradcache::{Encoder, TokenBatch};
@@ -55,7 +55,7 @@ fn main() -> Result<()> {
     let model = ModelDir::open(&args.model)?;
     let vs = nn::VarStore::new(Device::Cpu);
     let implementation = if args.rust_bert { BertImplementation::RustBert } else { BertImplementation::Fused };
-    let (enc, _) = BertEncoderConfig { implementation, ..Default::default() }.init_pretrained(&vs, "encoder", &model)?;
+    let (enc, _) = TextEncoderConfig { implementation, ..Default::default() }.init_pretrained(&vs, "encoder", &model)?;
     let ids = Tensor::randint_low(1000, 30000, [args.batch, args.tokens], (Kind::Int64, Device::Cpu));
     let batch = TokenBatch::new(ids, Tensor::ones([args.batch, args.tokens], (Kind::Int64, Device::Cpu)))?;
     let mut times = Vec::new();

@@ -18,7 +18,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use gradcache::models::encoders::{BertEncoderConfig, BertImplementation};
+use gradcache::models::encoders::{TextEncoderConfig, BertImplementation};
 use gradcache::models::heads::CosineHeadConfig;
 use gradcache::models::pretrained::ModelDir;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets};
@@ -85,7 +85,7 @@ fn main() -> Result<()> {
 
     let vs = nn::VarStore::new(Device::Cpu);
     let implementation = if a.rust_bert { BertImplementation::RustBert } else { BertImplementation::Fused };
-    let (encoder, _) = BertEncoderConfig { implementation, ..Default::default() }.init_pretrained(&vs, "encoder", &model)?;
+    let (encoder, _) = TextEncoderConfig { implementation, ..Default::default() }.init_pretrained(&vs, "encoder", &model)?;
     // τ = 1/20: their default scale.
     let head = CosineHeadConfig { initial_temperature: 0.05 }.init(&(vs.root() / "head"))?;
     let loss = InfoNce { temperature: 1.0, symmetric: false };

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gradcache::models::encoders::BertEncoderConfig;
+use gradcache::models::encoders::TextEncoderConfig;
 use gradcache::models::heads::{CosineHeadConfig, HeadConfig};
 use gradcache::models::pretrained::ModelDir;
 use gradcache::app::retrieval::{first_stage_block, first_stage_streamed, first_stage_vectors};
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
         .map(str::to_string)
         .collect();
     let layout = Layout { query_chunk_size: 64, passage_chunk_size: 256, head_block_queries: 64, head_block_passages: 256 };
-    let config = ModelConfig::new(BertEncoderConfig::default(), 32, true, HeadConfig::Cosine(CosineHeadConfig::default()), layout);
+    let config = ModelConfig::new(TextEncoderConfig::default(), 32, true, HeadConfig::Cosine(CosineHeadConfig::default()), layout);
     let scorer = Scorer::from_pretrained(config, &model, Device::Cpu)?;
     let queries: Vec<String> = (0..args.queries).map(|i| text(&words, i, 1)).collect();
     let before = peak_resident_mb()?;

@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
-use gradcache::models::encoders::BertEncoder;
+use gradcache::models::encoders::TextEncoder;
 use gradcache::core::head::ScoringHead;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use rust_bert::bert::BertConfig;
@@ -67,7 +67,7 @@ pub struct ProbeArgs {
 /// 4 heads, vocabulary 8000, fresh weights) shaped for `head` (mean pooling
 /// for vector heads, token states for token heads, 32-d token projections
 /// for the interaction block) and that head, built-in by name.
-pub fn small_model(vs: &nn::VarStore, head: &str) -> Result<(BertEncoder, Box<dyn ScoringHead>)> {
+pub fn small_model(vs: &nn::VarStore, head: &str) -> Result<(TextEncoder, Box<dyn ScoringHead>)> {
     // A small BERT: 2 layers, width 128, 4 heads.
     let bert = BertConfig {
         hidden_size: 128,

@@ -33,7 +33,7 @@ use clap::{Parser, Subcommand};
 use gradcache::check::{zero_grads, GradientSnapshot};
 use gradcache::app::data::grouped_batch;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
-use gradcache::models::encoders::{BertEncoderConfig, BertImplementation, Pooling};
+use gradcache::models::encoders::{TextEncoderConfig, BertImplementation, Pooling};
 use gradcache::app::eval::sense_metrics;
 use gradcache::models::heads::{CosineHeadConfig, HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig};
 use gradcache::models::pretrained::ModelDir;
@@ -321,12 +321,12 @@ fn lr_multipliers() -> BTreeMap<String, f64> {
 /// main job's residual MLP. The baselines are those of docs/heads-results.md:
 /// cosine head from temperature 0.05; MaxSim over normalised tokens at
 /// InfoNCE temperature 0.2.
-fn table_model(head: &str, model: Model) -> (BertEncoderConfig, HeadConfig, f64) {
+fn table_model(head: &str, model: Model) -> (TextEncoderConfig, HeadConfig, f64) {
     match model {
-        Model::Cosine => (BertEncoderConfig::default(), HeadConfig::Cosine(CosineHeadConfig { initial_temperature: 0.05 }), 1.0),
-        Model::MaxSim => (BertEncoderConfig { pooling: Pooling::Tokens, normalize: true, ..Default::default() }, HeadConfig::MaxSim, 0.2),
+        Model::Cosine => (TextEncoderConfig::default(), HeadConfig::Cosine(CosineHeadConfig { initial_temperature: 0.05 }), 1.0),
+        Model::MaxSim => (TextEncoderConfig { pooling: Some(Pooling::Tokens), normalize: Some(true), ..Default::default() }, HeadConfig::MaxSim, 0.2),
         Model::Head if head == "interaction" => (
-            BertEncoderConfig { pooling: Pooling::Tokens, ..Default::default() },
+            TextEncoderConfig { pooling: Some(Pooling::Tokens), ..Default::default() },
             HeadConfig::Interaction(InteractionConfig {
                 dim: 384,
                 heads: 12,
@@ -337,7 +337,7 @@ fn table_model(head: &str, model: Model) -> (BertEncoderConfig, HeadConfig, f64)
             }),
             1.0,
         ),
-        Model::Head => (BertEncoderConfig::default(), HeadConfig::Mlp(MlpHeadConfig::default()), 1.0),
+        Model::Head => (TextEncoderConfig::default(), HeadConfig::Mlp(MlpHeadConfig::default()), 1.0),
     }
 }
 

@@ -12,6 +12,8 @@
 #   scripts/gradcache.sh serve --model DIR [flags]  # gradcache serve (TEI's HTTP API)
 #   scripts/gradcache.sh setup-clients  # a venv with TEI clients (openai,
 #                                       # Haystack's TEI ranker) for docs/serving.md
+#   scripts/gradcache.sh setup-models  # transformers 4.57 / sentence-transformers
+#                                      # venv for the model-family tests (docs/models.md)
 #   scripts/gradcache.sh reproduce [--quick]  # examples/reproduce_extension
 #   scripts/gradcache.sh device-build  # examples/device_check against the
 #                                      # torch 2.11 wheel, for the GPU machine
@@ -86,6 +88,34 @@ setup_clients() {
         "$py" -m pip install --quiet --disable-pip-version-check "openai==3.60.0" "huggingface-api-haystack==3.1.0"
     fi
     echo "$py"
+}
+
+# The reference for the model families and formats of tests/models.rs
+# (docs/models.md): transformers 4.57.1 (ModernBERT needs >= 4.48),
+# tokenizers 0.22.2 and sentence-transformers 5.7.0 in a venv of their
+# own, so the parity venv keeps transformers 4.44.2. It borrows the parity
+# venv's torch 2.4.0 through a .pth file instead of a second 5 GB copy; its
+# own packages come first on sys.path. Writes .python-models.
+link_parity_torch() {
+    local site torch_site
+    site="$("$1" -c 'import site; print(site.getsitepackages()[0])')"
+    torch_site="$("$venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
+    [ "$(cat "$site/zz_parity_venv.pth" 2>/dev/null)" = "$torch_site" ] || echo "$torch_site" > "$site/zz_parity_venv.pth"
+}
+
+setup_models() {
+    setup
+    local mvenv="$home/venv-models"
+    local py="$mvenv/bin/python"
+    [ -x "$py" ] && link_parity_torch "$py"
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('transformers') != '4.57.1' or m.version('sentence-transformers') != '5.7.0' or m.version('tokenizers') != '0.22.2')" 2>/dev/null; then
+        log "installing transformers==4.57.1, tokenizers==0.22.2, sentence-transformers==5.7.0 into $mvenv"
+        [ -x "$py" ] || python3 -m venv "$mvenv"
+        link_parity_torch "$py"
+        "$py" -m pip install --quiet --disable-pip-version-check "transformers==4.57.1" "tokenizers==0.22.2" \
+            "sentence-transformers==5.7.0" "torch==$torch_version"
+    fi
+    printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" > "$repo/.python-models.tmp" && chmod +x "$repo/.python-models.tmp" && mv "$repo/.python-models.tmp" "$repo/.python-models"
 }
 
 # Open MPI for the distributed step (cargo feature `mpi`): Debian's
@@ -190,6 +220,7 @@ case "$cmd" in
     setup) setup ;;
     setup-bench) setup_bench ;;
     setup-clients) setup_clients ;;
+    setup-models) setup_models ;;
     serve)
         setup
         cd "$repo"
@@ -235,6 +266,7 @@ case "$cmd" in
         ;;
     test)
         setup
+        setup_models
         setup_mpi
         cd "$repo"
         # The API docs build without warnings (broken links fail here), with
@@ -248,7 +280,7 @@ case "$cmd" in
         exec cargo test --doc --features mpi "$@"
         ;;
     *)
-        echo "usage: scripts/gradcache.sh {setup|setup-bench|setup-clients|train|train-mpi|serve|test|reproduce|device-build} [args...]" >&2
+        echo "usage: scripts/gradcache.sh {setup|setup-bench|setup-clients|setup-models|train|train-mpi|serve|test|reproduce|device-build} [args...]" >&2
         exit 2
         ;;
 esac

@@ -316,6 +316,41 @@ pub enum GradCacheError {
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] rust_tokenizers::error::TokenizerError),
 
+    /// A `tokenizer.json` could not be read, or a text could not be
+    /// tokenized by it (Hugging Face `tokenizers`).
+    #[error("{path}: {reason}")]
+    TokenizerJson {
+        /// The tokenizer file.
+        path: std::path::PathBuf,
+        /// What `tokenizers` said.
+        reason: String,
+    },
+
+    /// A model folder's `config.json` names an architecture gradcache
+    /// cannot run.
+    #[error("{path}: model_type `{model_type}` is not supported (supported: {supported})")]
+    UnsupportedModel {
+        /// The `config.json`.
+        path: std::path::PathBuf,
+        /// Its `model_type`.
+        model_type: String,
+        /// The model types that are supported.
+        supported: &'static str,
+    },
+
+    /// A sentence-transformers folder holds a module (or a module setting)
+    /// gradcache cannot run, e.g. max pooling or a Dense layer with an
+    /// activation.
+    #[error("{path}: sentence-transformers module `{module}` cannot be run: {reason}")]
+    UnsupportedModule {
+        /// The file that describes the module.
+        path: std::path::PathBuf,
+        /// The module's type (or pooling mode).
+        module: String,
+        /// Why.
+        reason: String,
+    },
+
     /// An error from rust-bert.
     #[error(transparent)]
     RustBert(#[from] rust_bert::RustBertError),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use gradcache::app::recipe::{RerankerConfig, RECIPE_LAYOUT, RECIPE_OVERRIDES};
 use gradcache::app::settings::flatten;
 use gradcache::app::train::TrainConfig;
-use gradcache::models::encoders::BertEncoderConfig;
+use gradcache::models::encoders::TextEncoderConfig;
 use gradcache::models::heads::HeadConfig;
 use gradcache::{InfoNce, Layout, ModelConfig, StepConfig};
 
@@ -21,7 +21,7 @@ fn library_defaults() -> serde_json::Value {
         "step": StepConfig::default(),
         "loss": InfoNce::default(),
         "head": HeadConfig::default(),
-        "encoder": BertEncoderConfig::default(),
+        "encoder": TextEncoderConfig::default(),
         "train": TrainConfig::default(),
     })
 }

@@ -18,7 +18,7 @@ mod common;
 
 use common::serial;
 use gradcache::check::{zero_grads, GradientSnapshot, Tolerance};
-use gradcache::models::encoders::{BertEncoder, BertEncoderConfig, Pooling};
+use gradcache::models::encoders::{TextEncoder, TextEncoderConfig, Pooling};
 use gradcache::core::head::ScoringHead;
 use gradcache::models::heads::HeadConfig;
 use gradcache::runtime::precision::Precision;
@@ -30,13 +30,13 @@ const BF16_TOL: Tolerance = Tolerance { abs: 1e-7, rel: 1e-3 };
 
 /// A 2-layer BERT of width 32 (dropout 0.1 on hidden states and attention)
 /// and a head by name, from a fixed seed.
-fn model(vs: &nn::VarStore, head: &str) -> (BertEncoder, Box<dyn ScoringHead>) {
+fn model(vs: &nn::VarStore, head: &str) -> (TextEncoder, Box<dyn ScoringHead>) {
     tch::manual_seed(5);
     let bert =
         BertConfig { hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, num_hidden_layers: 2, vocab_size: 200, max_position_embeddings: 16, ..BertConfig::default() };
     let head = HeadConfig::named(head, 32, 0.1).unwrap();
     let pooling = if head.reads_tokens() { Pooling::Tokens } else { Pooling::Mean };
-    let encoder = BertEncoderConfig { pooling, ..Default::default() }.init_fresh(vs, "encoder", &bert, 1e-12).unwrap();
+    let encoder = TextEncoderConfig { pooling: Some(pooling), ..Default::default() }.init_fresh(vs, "encoder", &gradcache::models::pretrained::Architecture::bert(bert, 1e-12)).unwrap();
     let head = head.init(&(vs.root() / "head")).unwrap();
     (encoder, head)
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::{assert_exact, serial, Comparison, F64_TOL};
 use gradcache::check::{zero_grads, GradientSnapshot};
-use gradcache::models::encoders::{BertEncoder, BertEncoderConfig, BertImplementation, Pooling};
+use gradcache::models::encoders::{TextEncoder, TextEncoderConfig, BertImplementation, Pooling};
 use gradcache::models::heads::MlpHeadConfig;
 use gradcache::models::pretrained::ModelDir;
 use gradcache::{Encoder, GradCache, GradCacheError, InfoNce, StepConfig, Targets};
@@ -41,18 +41,18 @@ fn fixture() -> Fixture {
 
 const IMPLEMENTATIONS: [BertImplementation; 2] = [BertImplementation::Fused, BertImplementation::RustBert];
 
-fn encoder_with(vs: &nn::VarStore, model: &ModelDir, implementation: BertImplementation) -> BertEncoder {
-    let config = BertEncoderConfig { implementation, pooling: Pooling::Mean, projection: None, normalize: true };
+fn encoder_with(vs: &nn::VarStore, model: &ModelDir, implementation: BertImplementation) -> TextEncoder {
+    let config = TextEncoderConfig { implementation, pooling: Some(Pooling::Mean), projection: None, normalize: Some(true) };
     let (enc, report) = config.init_pretrained(vs, "encoder", model).unwrap();
     assert_eq!(report.loaded, 101, "every BERT body tensor is loaded");
     enc
 }
 
-fn encoder(vs: &nn::VarStore, model: &ModelDir) -> BertEncoder {
+fn encoder(vs: &nn::VarStore, model: &ModelDir) -> TextEncoder {
     encoder_with(vs, model, BertImplementation::Fused)
 }
 
-fn embed(enc: &BertEncoder, model: &ModelDir, sentences: &[String]) -> Tensor {
+fn embed(enc: &TextEncoder, model: &ModelDir, sentences: &[String]) -> Tensor {
     let batch = model.tokenizer(128).unwrap().encode(sentences).unwrap();
     tch::no_grad(|| enc.encode(&batch, false).unwrap()).tensor().shallow_clone()
 }
@@ -84,7 +84,7 @@ fn minilm_matches_transformers() {
         let enc = encoder_with(&vs, &model, implementation);
         // MiniLM's file has 104 tensors: the 101 of the body, BERT's position_ids
         // buffer, and the pooler, which sentence embeddings do not use.
-        let report = model.load_weights(&vs, enc.bert_prefix()).unwrap();
+        let report = model.load_weights(&vs, enc.body_prefix()).unwrap();
         assert_eq!(report.unused, ["embeddings.position_ids", "pooler.dense.bias", "pooler.dense.weight"]);
         let got = embed(&enc, &model, &fx.sentences);
         let diff = max_diff(&got, &want);
@@ -111,7 +111,7 @@ fn exported_encoder_loads_in_rust_and_in_transformers() {
     });
     let trained = embed(&enc, &model, &fx.sentences);
     let out = std::env::temp_dir().join(format!("gradcache-export-{}", std::process::id()));
-    model.export(&vs, enc.bert_prefix(), &out).unwrap();
+    model.export(&vs, enc.body_prefix(), &out).unwrap();
 
     // Rust: a fresh store from the exported folder.
     let exported = ModelDir::open(&out).unwrap();
@@ -160,7 +160,7 @@ fn two_cache_step_is_exact_through_minilm_with_dropout() {
 fn exact_through_minilm(implementation: BertImplementation) {
     let model = minilm();
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let config = BertEncoderConfig { implementation, pooling: Pooling::Mean, projection: Some(32), normalize: true };
+    let config = TextEncoderConfig { implementation, pooling: Some(Pooling::Mean), projection: Some(32), normalize: Some(true) };
     let (enc, _) = config.init_pretrained(&vs, "encoder", &model).unwrap();
     let head = MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: None }.init(&(vs.root() / "head")).unwrap();
     vs.double();
@@ -205,7 +205,7 @@ fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
 fn broken_model_folders_give_typed_errors() {
     let _serial = serial();
     let missing = broken_copy("missing", |d| std::fs::remove_file(d.join("vocab.txt")).unwrap());
-    assert!(matches!(ModelDir::open(&missing), Err(GradCacheError::Io { path, .. }) if path.ends_with("vocab.txt")));
+    assert!(matches!(ModelDir::open(&missing), Err(GradCacheError::Io { path, .. }) if path.ends_with("tokenizer.json")));
 
     let bad_json = broken_copy("badjson", |d| {
         std::fs::remove_file(d.join("config.json")).unwrap();
@@ -219,7 +219,7 @@ fn broken_model_folders_give_typed_errors() {
         std::fs::write(d.join("config.json"), text.replace("\"hidden_size\": 384", "\"hidden_size\": 768")).unwrap();
     });
     let vs = nn::VarStore::new(Device::Cpu);
-    let err = BertEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&wider).unwrap()).unwrap_err();
+    let err = TextEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&wider).unwrap()).unwrap_err();
     assert!(matches!(err, GradCacheError::WeightShape { .. }), "{err}");
 
     let deeper = broken_copy("deeper", |d| {
@@ -228,7 +228,7 @@ fn broken_model_folders_give_typed_errors() {
         std::fs::write(d.join("config.json"), text.replace("\"num_hidden_layers\": 6", "\"num_hidden_layers\": 7")).unwrap();
     });
     let vs = nn::VarStore::new(Device::Cpu);
-    let err = BertEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&deeper).unwrap()).unwrap_err();
+    let err = TextEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&deeper).unwrap()).unwrap_err();
     match err {
         GradCacheError::MissingWeights { missing, .. } => assert!(missing.iter().all(|m| m.starts_with("encoder.layer.6.")), "{missing:?}"),
         other => panic!("expected missing weights, got {other}"),
@@ -239,7 +239,7 @@ fn broken_model_folders_give_typed_errors() {
         std::fs::write(d.join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}").unwrap();
     });
     let vs = nn::VarStore::new(Device::Cpu);
-    assert!(BertEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&garbage).unwrap()).is_err());
+    assert!(TextEncoderConfig::default().init_pretrained(&vs, "enc", &ModelDir::open(&garbage).unwrap()).is_err());
     for d in [missing, bad_json, wider, deeper, garbage] {
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -268,7 +268,7 @@ fn fused_encoder_dropout_acts_in_train_mode_and_replays() {
 /// `rust_bert`, keep reading as rust-bert.
 #[test]
 fn implementation_names_in_configs() {
-    let parse = |json: &str| serde_json::from_str::<BertEncoderConfig>(json).map(|c| c.implementation);
+    let parse = |json: &str| serde_json::from_str::<TextEncoderConfig>(json).map(|c| c.implementation);
     assert_eq!(parse(r#"{"implementation": "rust_bert"}"#).unwrap(), BertImplementation::RustBert);
     assert_eq!(parse(r#"{"implementation": "fused"}"#).unwrap(), BertImplementation::Fused);
     assert_eq!(parse("{}").unwrap(), BertImplementation::Fused);

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{serial, Model, HeadKind};
-use gradcache::models::encoders::{BertEncoderConfig, Pooling};
+use gradcache::models::encoders::{TextEncoderConfig, Pooling};
 use gradcache::app::eval::{ReferenceResults, ReferenceRow};
 use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
 use gradcache::{GradCacheError, InfoNce, Representation, StepConfig};
@@ -169,7 +169,7 @@ fn residual_configs_read_from_json() {
 }
 
 /// A 3-layer BERT of width `D` with 2 heads and fresh weights, token states out.
-fn small_bert(vs: &nn::VarStore) -> gradcache::models::encoders::BertEncoder {
+fn small_bert(vs: &nn::VarStore) -> gradcache::models::encoders::TextEncoder {
     let bert = BertConfig {
         hidden_size: D as i64,
         intermediate_size: 20,
@@ -179,7 +179,7 @@ fn small_bert(vs: &nn::VarStore) -> gradcache::models::encoders::BertEncoder {
         max_position_embeddings: 16,
         ..BertConfig::default()
     };
-    BertEncoderConfig { pooling: Pooling::Tokens, ..Default::default() }.init_fresh(vs, "encoder", &bert, 1e-12).unwrap()
+    TextEncoderConfig { pooling: Some(Pooling::Tokens), ..Default::default() }.init_fresh(vs, "encoder", &gradcache::models::pretrained::Architecture::bert(bert, 1e-12)).unwrap()
 }
 
 fn interaction(heads: usize, ffn: usize, init: InteractionInit) -> HeadConfig {

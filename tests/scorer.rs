@@ -8,7 +8,7 @@ use std::path::Path;
 
 use gradcache::AppError;
 use gradcache::app::data::RetrievalSet;
-use gradcache::models::encoders::{BertEncoderConfig, Pooling};
+use gradcache::models::encoders::{TextEncoderConfig, Pooling};
 use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
 use gradcache::app::metrics::{ranked_metrics, retrieval_metrics};
 use gradcache::app::retrieval::{evaluate_two_stage, first_stage, first_stage_vectors, StreamingTopK};
@@ -33,7 +33,7 @@ fn layout() -> Layout {
 
 fn vector_model() -> ModelConfig {
     let head = HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }) });
-    ModelConfig::new(BertEncoderConfig::default(), 24, true, head, layout())
+    ModelConfig::new(TextEncoderConfig::default(), 24, true, head, layout())
 }
 
 fn token_model() -> ModelConfig {
@@ -45,11 +45,11 @@ fn token_model() -> ModelConfig {
         init: InteractionInit::EncoderTopLayer,
         ..InteractionConfig::default()
     });
-    ModelConfig::new(BertEncoderConfig { pooling: Pooling::Tokens, ..Default::default() }, 24, true, head, layout())
+    ModelConfig::new(TextEncoderConfig { pooling: Some(Pooling::Tokens), ..Default::default() }, 24, true, head, layout())
 }
 
 fn untied_projected_model() -> ModelConfig {
-    let encoder = BertEncoderConfig { projection: Some(16), ..Default::default() };
+    let encoder = TextEncoderConfig { projection: Some(16), ..Default::default() };
     let head = HeadConfig::Mlp(MlpHeadConfig { dim: 16, hidden: 8, dropout: 0.1, residual: None });
     ModelConfig::new(encoder, 24, false, head, layout())
 }
@@ -263,9 +263,9 @@ fn a_model_of_another_width_works_and_a_head_of_the_wrong_width_is_named() {
     // model's own config.json.
     let model = common::tiny_bert_folder(&dir.join("bert"), 48, 4, 1, 0);
     let head = |dim| HeadConfig::Mlp(MlpHeadConfig { dim, hidden: 8, dropout: 0.0, residual: None });
-    let ok = Scorer::from_pretrained(ModelConfig::new(BertEncoderConfig::default(), 16, true, head(48), layout()), &model, Device::Cpu).unwrap();
+    let ok = Scorer::from_pretrained(ModelConfig::new(TextEncoderConfig::default(), 16, true, head(48), layout()), &model, Device::Cpu).unwrap();
     assert_eq!(ok.score(&QUERIES, &PASSAGES).unwrap().size(), [3, 5]);
-    let err = Scorer::from_pretrained(ModelConfig::new(BertEncoderConfig::default(), 16, true, head(384), layout()), &model, Device::Cpu).unwrap_err();
+    let err = Scorer::from_pretrained(ModelConfig::new(TextEncoderConfig::default(), 16, true, head(384), layout()), &model, Device::Cpu).unwrap_err();
     assert!(matches!(err, AppError::Core(GradCacheError::InvalidConfig { field: "head.dim", .. })), "{err}");
 }
 

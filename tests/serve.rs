@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gradcache::app::scorer::ModelConfig;
-use gradcache::models::encoders::{BertEncoderConfig, Pooling};
+use gradcache::models::encoders::{TextEncoderConfig, Pooling};
 use gradcache::models::heads::HeadConfig;
 use gradcache::{Layout, Scorer};
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ fn bundle(dir: &Path, head: &str) -> (PathBuf, Scorer) {
     let model = if bert.join("config.json").is_file() { gradcache::models::pretrained::ModelDir::open(&bert).unwrap() } else { common::tiny_bert_folder(&bert, 32, 4, 1, 3) };
     let head_config = HeadConfig::named(head, 32, 0.1).unwrap();
     let pooling = if head_config.reads_tokens() { Pooling::Tokens } else { Pooling::Mean };
-    let encoder = BertEncoderConfig { pooling, ..Default::default() };
+    let encoder = TextEncoderConfig { pooling: Some(pooling), ..Default::default() };
     let layout = Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 4 };
     tch::manual_seed(5);
     let scorer = Scorer::from_pretrained(ModelConfig::new(encoder, 24, true, head_config, layout), &model, tch::Device::Cpu).unwrap();
@@ -213,7 +213,7 @@ fn served_scores_equal_the_scorer_for_every_head_family() {
         if HeadConfig::named(head, 32, 0.1).unwrap().reads_tokens() {
             assert_eq!(status, 200, "{tokens}");
             let rows = tokens[0].as_array().unwrap();
-            let ids = scorer.tokenizer().ids_untruncated("the sea");
+            let ids = scorer.tokenizer().ids_untruncated("the sea").unwrap();
             assert_eq!((rows.len(), rows[0].as_array().unwrap().len()), (ids.len(), 32));
         } else {
             assert_eq!((status, tokens["error_type"].clone()), (422, json!("Validation")), "{tokens}");

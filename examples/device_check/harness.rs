@@ -30,7 +30,7 @@ use tch::{nn, Device, Kind, Tensor};
 use gradcache::models::heads::bert_with_head;
 use gradcache::runtime::gpu::synchronize;
 use gradcache::check::{check_head, max_abs, zero_grads, GradientSnapshot, Tolerance};
-use gradcache::models::encoders::BertEncoder;
+use gradcache::models::encoders::TextEncoder;
 use gradcache::error::{GradCacheError, Result};
 use gradcache::core::head::ScoringHead;
 use gradcache::models::heads::HeadConfig;
@@ -213,7 +213,7 @@ fn bert_config(quick: bool) -> BertConfig {
 }
 
 
-fn model(vs: &nn::VarStore, head: &str, quick: bool) -> Result<(BertEncoder, Box<dyn ScoringHead>)> {
+fn model(vs: &nn::VarStore, head: &str, quick: bool) -> Result<(TextEncoder, Box<dyn ScoringHead>)> {
     bert_with_head(vs, &bert_config(quick), head)
 }
 
@@ -221,7 +221,7 @@ fn model(vs: &nn::VarStore, head: &str, quick: bool) -> Result<(BertEncoder, Box
 /// model with `head`, built from `seed`.
 struct Workload {
     vs: nn::VarStore,
-    encoder: BertEncoder,
+    encoder: TextEncoder,
     head: Box<dyn ScoringHead>,
     loss: InfoNce,
     queries: TokenBatch,
@@ -240,7 +240,7 @@ impl Workload {
         Ok(Workload { vs, encoder, head, loss: InfoNce { temperature: 0.05, symmetric: false }, queries, passages, targets })
     }
 
-    fn step(&self, config: StepConfig) -> Result<GradCache<'_, BertEncoder, BertEncoder>> {
+    fn step(&self, config: StepConfig) -> Result<GradCache<'_, TextEncoder, TextEncoder>> {
         GradCache::tied(config, &self.encoder, self.head.as_ref(), &self.loss)
     }
 }

@@ -82,6 +82,22 @@ pub enum AppError {
         path: std::path::PathBuf,
     },
 
+    /// An export was asked to write into a folder that holds files.
+    #[error("{path} exists and is not empty: export to a new folder")]
+    ExportExists {
+        /// The output folder.
+        path: std::path::PathBuf,
+    },
+
+    /// A bundle cannot be written in the format asked for.
+    #[error("cannot export as {format}: {reason}")]
+    UnsupportedExport {
+        /// The format.
+        format: &'static str,
+        /// Why not.
+        reason: &'static str,
+    },
+
     /// A line of a data file is malformed.
     #[error("{path}:{line}: {reason}")]
     DataLine {

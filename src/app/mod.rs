@@ -2,7 +2,8 @@
 //!
 //! - inference: [`scorer`] (a model bundle: encode, score, rerank),
 //!   [`retrieval`] (two-stage retrieval, TREC runs), [`eval`] and
-//!   [`metrics`] (ranking metrics); none of these imports training;
+//!   [`metrics`] (ranking metrics), [`export`] (a bundle as a
+//!   sentence-transformers folder); none of these imports training;
 //! - training: [`train`] (the trainer: AdamW, schedule, checkpoints,
 //!   resume) and [`recipe`] (the run behind `gradcache train`);
 //! - [`data`]: training records, BEIR folders, rerank requests, the
@@ -11,6 +12,7 @@
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod metrics;
 pub mod recipe;
 pub mod retrieval;

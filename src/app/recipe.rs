@@ -18,7 +18,7 @@ use tch::Device;
 use crate::app::data::jsonl::read_training_records;
 use crate::app::data::wordnet::{Split, WordSenseData};
 use crate::app::data::{grouped_batch, Malformed, TrainingRecord};
-use crate::models::encoders::{BertEncoderConfig, Pooling};
+use crate::models::encoders::{TextEncoderConfig, Pooling};
 use crate::app::error::{AppError, Result};
 use crate::error::GradCacheError;
 use crate::app::eval::{sense_metrics, ReferenceResults};
@@ -68,12 +68,22 @@ pub const RECIPE_LEARNING_RATE: f64 = 3e-5;
 /// the end): a killed main job loses at most 40 of its 100 steps.
 pub const RECIPE_CHECKPOINT_EVERY: usize = 40;
 
+/// The recipe's encoders do not normalise their vectors, stated here where
+/// the library leaves it to the model folder ([`TextEncoderConfig`]): the
+/// embedded all-MiniLM-L6-v2 is a sentence-transformers folder with a
+/// Normalize module, and the main job's heads and committed results were
+/// trained on unnormalised mean vectors (the residual start's cosine
+/// normalises on its own). A config with `"encoder": {"normalize": null}`
+/// takes a folder's Normalize module.
+pub const RECIPE_NORMALIZE: Option<bool> = Some(false);
+
 /// Where the recipe's defaults differ from the library's, field by field
 /// (dotted paths of the config's JSON, a path covering the fields under
 /// it), each with its constant: every other
 /// field of the step, loss, head, encoder and training blocks is the
 /// library's default (`tests/defaults.rs` checks both ways).
-pub const RECIPE_OVERRIDES: [&str; 8] = [
+pub const RECIPE_OVERRIDES: [&str; 9] = [
+    "encoder.normalize",
     "step.query_chunk_size",
     "step.passage_chunk_size",
     "step.head_block_queries",
@@ -121,7 +131,7 @@ pub struct RerankerConfig {
     /// One encoder for queries and passages.
     pub tied: bool,
     /// Pooling, projection, normalisation, implementation.
-    pub encoder: BertEncoderConfig,
+    pub encoder: TextEncoderConfig,
     /// Any built-in head: `{"kind": "mlp", …}`, `{"kind": "interaction", …}`.
     pub head: HeadConfig,
     /// The contrastive loss.
@@ -152,7 +162,7 @@ impl Default for RerankerConfig {
             test_queries: 0,
             baselines: Some("docs/results/heads/baselines.json".into()),
             tied: true,
-            encoder: BertEncoderConfig::default(),
+            encoder: TextEncoderConfig { normalize: RECIPE_NORMALIZE, ..TextEncoderConfig::default() },
             head: HeadConfig::default(),
             loss: InfoNce { temperature: RECIPE_TEMPERATURE, ..InfoNce::default() },
             step: StepConfig { layout: RECIPE_LAYOUT, ..StepConfig::default() },
@@ -386,6 +396,19 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         return Err(crate::error::not_found(&c.model_dir, why).into());
     }
     let model = ModelDir::open(&c.model_dir)?;
+    // The head reads the encoder's vectors: its width follows the model's
+    // (the default head is sized for MiniLM's 384).
+    let width = c.encoder.resolved(&model)?.projection.unwrap_or_else(|| model.hidden_size());
+    let fitted = match c.head.dim() {
+        Some(dim) if dim != width => {
+            if lead {
+                println!("head.dim {dim} -> {width}: the width of {}'s vectors", model.architecture().family());
+            }
+            Some(RerankerConfig { head: c.head.clone().with_dim(width), ..c.clone() })
+        }
+        _ => None,
+    };
+    let c = fitted.as_ref().unwrap_or(c);
     let tok = model.tokenizer(c.max_len)?;
     let task = WordSenseData::read(&c.data_dir)?;
     let records = match &c.train_jsonl {
@@ -442,7 +465,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     }
     // The pretrained encoder's cosine of mean-pooled vectors; token
     // encoders have no such baseline.
-    let pretrained = if c.encoder.pooling == Pooling::Tokens {
+    let pretrained = if scorer.config().encoder.pooling() == Pooling::Tokens {
         None
     } else {
         let cosine = ModelConfig { head: HeadConfig::Cosine(CosineHeadConfig::default()), ..c.model_config() };

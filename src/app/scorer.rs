@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! gradcache.json          format version, encoder config, max_len, tied, head config, scoring layout
-//! query_encoder/          Hugging Face BERT folder: config.json, vocab.txt, model.safetensors
+//! query_encoder/          Hugging Face model folder: config.json, tokenizer files, model.safetensors
 //!                         (+ projection.safetensors when the encoder projects)
 //! passage_encoder/        the same, only when the encoders are not tied
 //! head.safetensors        the head's weights (absent for heads without weights)
@@ -29,7 +29,7 @@ use crate::core::representation::Representation;
 use crate::core::scoring::{score_grid, Forward};
 use crate::app::error::{AppError, Result};
 use crate::error::GradCacheError;
-use crate::models::encoders::{BertEncoder, BertEncoderConfig};
+use crate::models::encoders::{TextEncoder, TextEncoderConfig};
 use crate::models::heads::HeadConfig;
 use crate::models::pretrained::ModelDir;
 use crate::models::text::TextTokenizer;
@@ -50,7 +50,7 @@ pub struct ModelConfig {
     pub format: u32,
     /// Both encoders' configuration (pooling, projection, normalisation,
     /// implementation).
-    pub encoder: BertEncoderConfig,
+    pub encoder: TextEncoderConfig,
     /// Longest tokenized text; longer texts are truncated.
     pub max_len: usize,
     /// One encoder for queries and passages.
@@ -65,7 +65,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// A configuration of the current format.
-    pub fn new(encoder: BertEncoderConfig, max_len: usize, tied: bool, head: HeadConfig, layout: Layout) -> Self {
+    pub fn new(encoder: TextEncoderConfig, max_len: usize, tied: bool, head: HeadConfig, layout: Layout) -> Self {
         ModelConfig { format: BUNDLE_FORMAT, encoder, max_len, tied, head, layout }
     }
 
@@ -79,7 +79,7 @@ impl ModelConfig {
             return Err(GradCacheError::InvalidConfig { field: "max_len", reason: "must be at least 2 (the special tokens)" }.into());
         }
         self.layout.validate()?;
-        if self.head.reads_tokens() != (self.encoder.pooling == crate::models::encoders::Pooling::Tokens) {
+        if self.head.reads_tokens() != (self.encoder.pooling() == crate::models::encoders::Pooling::Tokens) {
             return Err(GradCacheError::InvalidConfig {
                 field: "head",
                 reason: "a token head needs \"pooling\": \"tokens\", a vector head a pooled encoder",
@@ -97,8 +97,8 @@ impl ModelConfig {
 /// is scored and saved.
 pub struct Scorer {
     vs: nn::VarStore,
-    query: BertEncoder,
-    passage: Option<BertEncoder>,
+    query: TextEncoder,
+    passage: Option<TextEncoder>,
     head: Box<dyn ScoringHead>,
     tokenizer: TextTokenizer,
     config: ModelConfig,
@@ -123,8 +123,10 @@ fn encoder_names(tied: bool) -> (&'static str, &'static str) {
 }
 
 impl Scorer {
-    /// A new model from a pretrained BERT folder: both encoders from its
-    /// weights, the head initialised by its config (from the seed of
+    /// A new model from a pretrained model folder ([`ModelDir`]): both
+    /// encoders from its weights, the encoder settings it leaves unset taken
+    /// from the folder ([`TextEncoderConfig::resolved`]; [`Scorer::config`]
+    /// holds the resolved ones), the head initialised by its config (from the seed of
     /// `tch::manual_seed`; an interaction block may copy the encoder's top
     /// layer). Variables are named `encoder.*` (tied) or `query.*` and
     /// `passage.*`, and `head.*`.
@@ -134,10 +136,11 @@ impl Scorer {
     /// format other than [`BUNDLE_FORMAT`], or a head whose `dim` is not the
     /// encoder's output width (the projection's, or the model's
     /// `hidden_size`); model-folder and weight errors.
-    pub fn from_pretrained(config: ModelConfig, model: &ModelDir, device: Device) -> Result<Self> {
+    pub fn from_pretrained(mut config: ModelConfig, model: &ModelDir, device: Device) -> Result<Self> {
         if config.format != BUNDLE_FORMAT {
             return Err(GradCacheError::InvalidConfig { field: "format", reason: "only format 1 exists" }.into());
         }
+        config.encoder = config.encoder.resolved(model)?;
         config.validate()?;
         let width = config.encoder.projection.unwrap_or_else(|| model.hidden_size());
         if config.head.dim().is_some_and(|dim| dim != width) {
@@ -181,7 +184,7 @@ impl Scorer {
         scorer.load_projection(q_name, &dir.join("query_encoder"))?;
         if let Some(passage) = &scorer.passage {
             let passage_dir = dir.join("passage_encoder");
-            ModelDir::open(&passage_dir)?.load_weights(&scorer.vs, passage.bert_prefix())?;
+            ModelDir::open(&passage_dir)?.load_weights(&scorer.vs, passage.body_prefix())?;
             scorer.load_projection(p_name, &passage_dir)?;
         }
         if has_variables(&scorer.vs, "head") {
@@ -225,11 +228,11 @@ impl Scorer {
         }
         let (q_name, p_name) = encoder_names(self.config.tied);
         let query_dir = out.join("query_encoder");
-        self.model.export(&self.vs, self.query.bert_prefix(), &query_dir)?;
+        self.model.export(&self.vs, self.query.body_prefix(), &query_dir)?;
         self.save_projection(q_name, &query_dir)?;
         if let Some(passage) = &self.passage {
             let passage_dir = out.join("passage_encoder");
-            self.model.export(&self.vs, passage.bert_prefix(), &passage_dir)?;
+            self.model.export(&self.vs, passage.body_prefix(), &passage_dir)?;
             self.save_projection(p_name, &passage_dir)?;
         }
         if has_variables(&self.vs, "head") {
@@ -247,6 +250,12 @@ impl Scorer {
         Ok(())
     }
 
+    /// The model folder the encoders' architecture and tokenizer come from
+    /// (a bundle's `query_encoder/`).
+    pub fn model_dir(&self) -> &ModelDir {
+        &self.model
+    }
+
     /// The configuration (what `gradcache.json` holds).
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -258,12 +267,12 @@ impl Scorer {
     }
 
     /// The query encoder.
-    pub fn query_encoder(&self) -> &BertEncoder {
+    pub fn query_encoder(&self) -> &TextEncoder {
         &self.query
     }
 
     /// The passage encoder (the query encoder when tied).
-    pub fn passage_encoder(&self) -> &BertEncoder {
+    pub fn passage_encoder(&self) -> &TextEncoder {
         self.passage.as_ref().unwrap_or(&self.query)
     }
 

@@ -140,6 +140,23 @@ enum Command {
     /// (/rerank, /embed, /embed_all, /v1/embeddings, /info, /health,
     /// /metrics) until SIGTERM or Ctrl-C (docs/serving.md).
     Serve(ServeArgs),
+    /// Export a bundle's encoder for other tools: `--format
+    /// sentence-transformers` writes a folder that `SentenceTransformer(DIR)`
+    /// and text-embeddings-inference load (encoder, pooling, projection as
+    /// Dense, Normalize); the learned head stays in the bundle
+    /// (docs/models.md).
+    Export {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_parser = ["sentence-transformers"])]
+        format: String,
+        /// The new folder (must not exist, or be empty).
+        #[arg(long)]
+        output: PathBuf,
+        /// Which encoder of an untied bundle: passages or queries.
+        #[arg(long, default_value = "passages", value_parser = ["passages", "queries"])]
+        side: String,
+    },
     /// Rerank candidate lists with a model bundle: JSONL lines
     /// {"query": "...", "candidates": ["...", {"id": 7, "text": "..."}]} in;
     /// the same lines out, candidates sorted by score with their scores.
@@ -333,6 +350,16 @@ fn main() -> Result<ExitCode> {
         }
         Command::Encode { model, input, output, side, run, quiet } => {
             encode(&model, &input, &output, &side, &run, quiet)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { model, format: _, output, side } => {
+            let scorer = Scorer::load(&model, tch::Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
+            let side = if side == "queries" { Side::Queries } else { Side::Passages };
+            let report = gradcache::app::export::export_sentence_transformers(&scorer, side, &output)?;
+            if !scorer.config().tied {
+                println!("the bundle's encoders are not tied: exported the {side} encoder (--side)");
+            }
+            println!("wrote {} ({}; embeddings of width {})", output.display(), report.modules.join(" -> "), report.dim);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rerank { model, input, output, run } => {

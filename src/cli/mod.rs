@@ -80,6 +80,15 @@ pub struct TrainArgs {
     /// Train on these JSONL records instead of the WordNet training split.
     #[arg(long)]
     pub train_jsonl: Option<PathBuf>,
+    /// The pretrained model: a Hugging Face folder (BERT, RoBERTa,
+    /// XLM-RoBERTa, ModernBERT with `tokenizer.json` or a BERT
+    /// `vocab.txt`), or a sentence-transformers folder around one
+    /// (docs/models.md). Default: the embedded all-MiniLM-L6-v2.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Longest tokenized text (default 48).
+    #[arg(long)]
+    pub max_len: Option<usize>,
     /// Continue from the newest intact checkpoint in the output folder
     /// (refused when any setting that shapes training differs).
     #[arg(long, conflicts_with = "overwrite")]
@@ -175,6 +184,12 @@ impl TrainArgs {
         }
         if let Some(v) = &self.train_jsonl {
             c.train_jsonl = Some(v.clone());
+        }
+        if let Some(v) = &self.model_dir {
+            c.model_dir = v.clone();
+        }
+        if let Some(v) = self.max_len {
+            c.max_len = v;
         }
         if self.quiet {
             c.train.progress = false;

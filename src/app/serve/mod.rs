@@ -221,9 +221,9 @@ fn load(config: &ServeConfig) -> Result<(Scorer, router::Loaded)> {
     let scorer = Scorer::load(&config.model, device)?.with_precision(config.precision)?;
     let model = scorer.config();
     let head = serde_json::to_value(&model.head).ok().and_then(|v| v["kind"].as_str().map(str::to_string)).unwrap_or_default();
-    let token_encoder = model.encoder.pooling == crate::models::encoders::Pooling::Tokens;
+    let token_encoder = model.encoder.pooling() == crate::models::encoders::Pooling::Tokens;
     // The width of `/embed`'s vectors, measured on one text.
-    let probe = scorer.encode_tokens(&crate::core::batch::TokenBatch::from_ids(&[scorer.tokenizer().ids_untruncated("width")])?, config.embed_side)?;
+    let probe = scorer.encode_tokens(&crate::core::batch::TokenBatch::from_ids(&[scorer.tokenizer().ids_untruncated("width")?])?, config.embed_side)?;
     let dim = crate::app::retrieval::pooled_vectors(&probe)?.size()[1] as usize;
     let name = config.served_model_name.clone().unwrap_or_else(|| config.model.display().to_string());
     let info = types::Info {

@@ -174,7 +174,7 @@ async fn tokenize(state: &Arc<AppState>, texts: Vec<String>, truncate: Option<bo
         texts
             .iter()
             .map(|t| {
-                let ids = tokenizer.ids_untruncated(t);
+                let ids = tokenizer.ids_untruncated(t).map_err(|e| ApiError::new(ErrorType::Tokenizer, e.to_string()))?;
                 if ids.len() > tokenizer.max_len() && !truncate {
                     return Err(ApiError::new(
                         ErrorType::Validation,

@@ -1,5 +1,6 @@
 //! BERT's forward pass with fused GELU and scaled-dot-product attention,
-//! over the same weight names as Hugging Face's `BertModel` (and rust-bert's).
+//! over the same weight names as Hugging Face's `BertModel` (and rust-bert's);
+//! with RoBERTa's position numbering, XLM-RoBERTa's and RoBERTa's too.
 //!
 //! rust-bert computes GELU as five element-wise operations (and their
 //! backward), which on a CPU made its layers ~1.15x slower than
@@ -13,6 +14,7 @@ use rust_bert::Activation;
 use tch::{nn, Kind, Tensor};
 
 use crate::error::{GradCacheError, Result};
+use crate::models::pretrained::PositionIds;
 
 struct Linear {
     weight: Tensor,
@@ -70,13 +72,14 @@ pub(crate) struct FusedBert {
     hidden_dropout: f64,
     attention_dropout: f64,
     activation: Activation,
+    positions: PositionIds,
 }
 
 impl FusedBert {
     /// Creates the variables under `p` (`embeddings.*`, `encoder.layer.N.*`),
     /// initialised as BERT is (N(0, `initializer_range`), LayerNorm 1 and 0),
     /// ready to be overwritten by pretrained weights.
-    pub(crate) fn new(p: &nn::Path, config: &BertConfig, layer_norm_eps: f64) -> Result<Self> {
+    pub(crate) fn new(p: &nn::Path, config: &BertConfig, layer_norm_eps: f64, positions: PositionIds) -> Result<Self> {
         let activation = match config.hidden_act {
             a @ (Activation::gelu | Activation::gelu_new | Activation::relu) => a,
             _ => return Err(GradCacheError::InvalidConfig { field: "hidden_act", reason: "must be gelu, gelu_new or relu" }),
@@ -113,6 +116,7 @@ impl FusedBert {
             hidden_dropout: config.hidden_dropout_prob,
             attention_dropout: config.attention_probs_dropout_prob,
             activation,
+            positions,
         })
     }
 
@@ -130,7 +134,16 @@ impl FusedBert {
     /// `ids`, `mask`: `[n, L]` int64; returns `[n, L, d]`.
     pub(crate) fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let (n, len) = (ids.size()[0], ids.size()[1]);
-        let positions = Tensor::f_arange(len, (Kind::Int64, ids.device()))?;
+        let positions = match self.positions {
+            PositionIds::FromZero => Tensor::f_arange(len, (Kind::Int64, ids.device()))?,
+            // transformers numbers real tokens from padding_idx + 1 and gives
+            // padding padding_idx (from the ids; here from the mask, which
+            // marks the same tokens).
+            PositionIds::AfterPadding { padding_idx } => {
+                let real = mask.f_ne(0)?.f_to_kind(Kind::Int64)?;
+                real.f_cumsum(1, Kind::Int64)?.f_mul(&real)?.f_add_scalar(padding_idx)?
+            }
+        };
         let x = Tensor::f_embedding(&self.word, ids, -1, false, false)?
             .f_add(&Tensor::f_embedding(&self.position, &positions, -1, false, false)?)?
             .f_add(&self.token_type.f_get(0)?)?;

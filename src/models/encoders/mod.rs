@@ -1,10 +1,11 @@
 //! Built-in encoders and the pooling they share.
 
-mod bert;
 mod fused_bert;
+mod modernbert;
+mod text_encoder;
 mod tiny;
 
-pub use bert::{write_random_bert, BertEncoder, BertEncoderConfig, BertImplementation};
+pub use text_encoder::{write_random_bert, BertImplementation, TextEncoder, TextEncoderConfig};
 pub use tiny::{TinyEncoder, TinyEncoderConfig};
 
 use serde::{Deserialize, Serialize};

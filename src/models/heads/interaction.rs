@@ -176,7 +176,7 @@ const FROM_BERT_LAYER: [(&str, &str); 13] = [
 ///
 /// `layer` is the layer's variable prefix (e.g.
 /// `encoder.bert.encoder.layer.5`, see
-/// [`crate::models::encoders::BertEncoder::top_layer_prefix`]), `head` the block's
+/// [`crate::models::encoders::TextEncoder::top_layer_prefix`]), `head` the block's
 /// (e.g. `head`). The attention is only the same function when the block
 /// has the layer's number of heads: the caller checks that
 /// (`InteractionConfig::heads` against the model's `num_attention_heads`).

@@ -134,6 +134,20 @@ impl HeadConfig {
         }
     }
 
+    /// The same head over representations of width `dim` (heads without a
+    /// width are returned as they are).
+    pub fn with_dim(mut self, dim: usize) -> Self {
+        match &mut self {
+            HeadConfig::Dot | HeadConfig::Cosine(_) | HeadConfig::MaxSim => {}
+            HeadConfig::Bilinear(c) => c.dim = dim,
+            HeadConfig::Mlp(c) => c.dim = dim,
+            HeadConfig::WeightedMaxSim(c) => c.dim = dim,
+            HeadConfig::Poly(c) => c.dim = dim,
+            HeadConfig::Interaction(c) => c.dim = dim,
+        }
+        self
+    }
+
     /// Creates the head's weights under `path`: Φ's as the head's own
     /// config names them, and with the residual start on, `residual.log_scale`
     /// and `residual.gate` around them ([`ResidualHead`]). This is the one
@@ -168,7 +182,7 @@ impl HeadConfig {
         &self,
         vs: &tch::nn::VarStore,
         name: &str,
-        encoder: &crate::models::encoders::BertEncoder,
+        encoder: &crate::models::encoders::TextEncoder,
     ) -> Result<Box<dyn crate::core::head::ScoringHead>> {
         let head = self.init_weights(&(vs.root() / name))?;
         if let HeadConfig::Interaction(c @ InteractionConfig { init: InteractionInit::EncoderTopLayer, .. }) = self {
@@ -178,7 +192,7 @@ impl HeadConfig {
                     reason: "an interaction block initialised from the encoder's top layer needs the encoder's number of attention heads",
                 });
             }
-            copy_bert_layer(vs, &encoder.top_layer_prefix(), name)?;
+            copy_bert_layer(vs, encoder.top_layer_prefix()?, name)?;
         }
         Ok(head)
     }
@@ -256,8 +270,8 @@ pub(crate) fn residual_default() -> Option<ResidualConfig> {
 /// # Errors
 /// [`GradCacheError::InvalidConfig`] for an unknown head name; libtorch
 /// errors.
-pub fn bert_with_head(vs: &tch::nn::VarStore, bert: &rust_bert::bert::BertConfig, head: &str) -> Result<(crate::models::encoders::BertEncoder, Box<dyn crate::core::head::ScoringHead>)> {
-    use crate::models::encoders::{BertEncoderConfig, Pooling};
+pub fn bert_with_head(vs: &tch::nn::VarStore, bert: &rust_bert::bert::BertConfig, head: &str) -> Result<(crate::models::encoders::TextEncoder, Box<dyn crate::core::head::ScoringHead>)> {
+    use crate::models::encoders::{TextEncoderConfig, Pooling};
     let head_config = match head {
         "interaction" => HeadConfig::named("interaction", 32, 0.1)?,
         name => HeadConfig::named(name, bert.hidden_size as usize, 0.1)?,
@@ -267,7 +281,8 @@ pub fn bert_with_head(vs: &tch::nn::VarStore, bert: &rust_bert::bert::BertConfig
         (_, true) => (Pooling::Tokens, None),
         (_, false) => (Pooling::Mean, None),
     };
-    let encoder = BertEncoderConfig { pooling, projection, ..Default::default() }.init_fresh(vs, "encoder", bert, 1e-12)?;
+    let architecture = crate::models::pretrained::Architecture::bert(bert.clone(), 1e-12);
+    let encoder = TextEncoderConfig { pooling: Some(pooling), projection, ..Default::default() }.init_fresh(vs, "encoder", &architecture)?;
     let head = head_config.init(&(vs.root() / "head"))?;
     Ok((encoder, head))
 }
