@@ -17,6 +17,9 @@ use tch::{nn, Device, Kind, Tensor};
 struct Args {
     #[arg(long, default_value = gradcache::models::pretrained::EMBEDDED_MODEL_DIR)]
     model: std::path::PathBuf,
+    /// The model's name in the output row.
+    #[arg(long, default_value = "MiniLM")]
+    name: String,
     #[arg(long, default_value_t = 32)]
     batch: i64,
     #[arg(long, default_value_t = 64)]
@@ -77,7 +80,8 @@ fn main() -> Result<()> {
     let end = usage();
     times.sort_by(f64::total_cmp);
     println!(
-        "{{\"impl\": \"gradcache ({})\", \"pass\": \"{}\", \"allocator_tuned\": {tuned}, \"median_s\": {:.4}, \"minor_faults\": {}, \"system_s\": {:.2}, \"steps\": {}}}",
+        "{{\"model\": \"{}\", \"impl\": \"gradcache ({})\", \"pass\": \"{}\", \"allocator_tuned\": {tuned}, \"median_s\": {:.4}, \"minor_faults\": {}, \"system_s\": {:.2}, \"steps\": {}}}",
+        args.name,
         if args.rust_bert { "rust-bert" } else { "fused" },
         if args.forward_only { "forward" } else { "forward+backward" },
         times[times.len() / 2],

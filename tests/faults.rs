@@ -52,9 +52,13 @@ fn log_lines(out: &Path) -> Vec<serde_json::Value> {
 }
 
 fn bundle_bytes(out: &Path) -> Vec<Vec<u8>> {
-    ["model/head.safetensors", "model/query_encoder/model.safetensors", "model/gradcache.json"]
+    bundle_files(out, "model")
+}
+
+fn bundle_files(out: &Path, bundle: &str) -> Vec<Vec<u8>> {
+    ["head.safetensors", "query_encoder/model.safetensors", "gradcache.json"]
         .iter()
-        .map(|f| std::fs::read(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+        .map(|f| std::fs::read(out.join(bundle).join(f)).unwrap_or_else(|e| panic!("{bundle}/{f}: {e}")))
         .collect()
 }
 
@@ -161,4 +165,50 @@ fn killed_and_resumed_runs_end_bit_for_bit_like_an_uninterrupted_one() {
     assert!(killed >= 4, "only {killed} kills landed before the run finished");
     assert_eq!(log_lines(&interrupted), reference_log, "the metrics log differs from the uninterrupted run");
     assert!(bundle_bytes(&interrupted) == bundle_bytes(&reference), "the trained model differs from the uninterrupted run");
+}
+
+/// With a dev set and `select_best`, killed and resumed runs keep the same
+/// best model (and the same last one) as an uninterrupted run: the choice
+/// is part of what a resume restores.
+#[test]
+fn killed_and_resumed_runs_keep_the_same_best_model() {
+    let _serial = common::serial();
+    let dir = common::scratch("faults-best");
+    let config = setup(&dir);
+    // A dev set that training works against: each training query judged
+    // against its own hard negative, its positive a distractor. The first
+    // evaluations are the best, before any kill, so a resume that forgot
+    // them would keep a later model.
+    let pairs = [
+        ("how do I reset my router", "the bakery opens at seven"),
+        ("capital of france", "berlin is in germany"),
+        ("boil an egg", "hens lay eggs"),
+        ("sort a list in python", "pythons are snakes"),
+    ];
+    let positives = ["hold the reset button", "paris is the capital", "eight minutes in boiling water", "call sorted on it"];
+    common::pairs_beir(&dir.join("dev"), &pairs, &positives);
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["eval_data"] = serde_json::json!(dir.join("dev"));
+    json["select_best"] = "mrr10".into();
+    json["train"]["steps"] = 6.into();
+    json["train"]["eval_every"] = 1.into();
+    json["train"]["learning_rate"] = 1e-3.into();
+    std::fs::write(&config, json.to_string()).unwrap();
+
+    let reference = dir.join("reference");
+    assert_eq!(run_with_kills(&config, &reference, &[]), 0);
+    let best = |out: &Path| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()["best"]["step"].clone()
+    };
+    let kept = best(&reference).as_u64().unwrap();
+    eprintln!("reference keeps step {kept}");
+    assert!(kept < 3, "the uninterrupted run keeps step {kept}: the test needs a best before the kill after step 3 to mean anything");
+    let interrupted = dir.join("interrupted");
+    let kills = [Kill::AfterStep(1, 5), Kill::AfterStep(3, 0), Kill::DuringCheckpoint, Kill::AfterStep(5, 3)];
+    let killed = run_with_kills(&config, &interrupted, &kills);
+    assert!(killed >= 2, "only {killed} kills landed before the run finished");
+    assert_eq!(log_lines(&interrupted), log_lines(&reference), "the metrics log differs from the uninterrupted run");
+    assert_eq!(best(&interrupted), best(&reference), "another step was kept");
+    assert!(bundle_files(&interrupted, "model") == bundle_files(&reference, "model"), "the kept model differs");
+    assert!(bundle_files(&interrupted, "last") == bundle_files(&reference, "last"), "the last model differs");
 }

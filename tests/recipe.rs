@@ -38,6 +38,7 @@ fn small_run(dir: &std::path::Path, steps: usize) -> RerankerConfig {
         batch_size: 3,
         dev_queries: 12,
         baselines: None,
+        wordnet_eval: Some(true),
         head: HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 8, ..MlpHeadConfig::default() }),
         ..RerankerConfig::default()
     };
@@ -80,9 +81,86 @@ fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
         printed_row.len() == columns.len() && columns.iter().zip(&printed_row).all(|(k, p)| (m[k].as_f64().unwrap() - p).abs() <= 5e-4 + 1e-12)
     };
     assert!(same(cells(row("this run: 2 two-cache steps, seed 0")), &report.results["after"]), "{printed}");
-    assert!(same(cells(row("pretrained MiniLM, cosine")), &report.results["pretrained_cosine"]), "{printed}");
+    assert!(same(cells(row("pretrained bert, cosine")), &report.results["pretrained_cosine"]), "{printed}");
     assert!(same(cells(row("encoder + untrained head")), &report.results["before"]), "{printed}");
     assert!(printed.contains(&format!("model bundle in {}", report.bundle.display())), "{printed}");
+}
+
+/// Dev pairs unlike the training records, and distractors.
+const DEV_PAIRS: [(&str, &str); 6] = [
+    ("reset the router", "hold the reset button for ten seconds"),
+    ("what is the capital of france", "paris is the capital of france"),
+    ("how long to boil an egg", "eight minutes in boiling water"),
+    ("sort a python list", "call sorted on the list"),
+    ("when does the bakery open", "the bakery opens at seven"),
+    ("where is berlin", "berlin is in germany"),
+];
+const DISTRACTORS: [&str; 6] =
+    ["hens lay eggs", "pythons are snakes", "the river bank was muddy", "routers forward packets", "france borders spain", "bread needs flour"];
+
+/// Training on one's own records with one's own dev set: evaluated at
+/// every step (and before), the WordNet task left out, the best model
+/// kept. The kept step is the best logged one, its bundle scores what was
+/// logged, and the last model is kept beside it.
+#[test]
+fn eval_data_is_evaluated_while_training_and_the_best_model_is_kept() {
+    let _serial = common::serial();
+    let dir = common::scratch("recipe-best");
+    common::pairs_beir(&dir.join("dev"), &DEV_PAIRS, &DISTRACTORS);
+    let mut c = small_run(&dir, 6);
+    c.wordnet_eval = None;
+    c.eval_data = Some(dir.join("dev"));
+    c.select_best = Some("mrr10".into());
+    c.train.eval_every = 1;
+    c.train.learning_rate = 1e-3;
+    let report = run(&c, Start::New).unwrap();
+
+    let evals: Vec<(u64, serde_json::Value)> = std::fs::read_to_string(dir.join("run/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("eval").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["eval"].clone()))
+        .collect();
+    assert_eq!(evals.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5, 6], "an evaluation before and after every step");
+    assert!(evals.iter().all(|(_, m)| m.get("wsd_accuracy").is_none() && m.get("reranked.mrr10").is_some()), "{evals:?}");
+    // The first evaluation with the highest logged reranked MRR@10.
+    let (want_step, want_value) = evals.iter().fold((0, f64::NEG_INFINITY), |(bs, bv), (s, m)| {
+        let v = m["reranked.mrr10"].as_f64().unwrap();
+        if v > bv { (*s, v) } else { (bs, bv) }
+    });
+    let best = &report.results["best"];
+    assert_eq!((best["metric"].as_str(), best["step"].as_u64()), (Some("reranked.mrr10"), Some(want_step)), "{best}");
+    assert_eq!(report.bundle, dir.join("run/model"));
+
+    // Each kept bundle scores what was logged at its step.
+    let (set, _) = gradcache::app::data::beir::read_beir(&dir.join("dev"), "dev", gradcache::app::data::Malformed::Fail).unwrap();
+    let measure = |bundle: &std::path::Path| {
+        let scorer = Scorer::load(bundle, tch::Device::Cpu).unwrap();
+        gradcache::app::retrieval::evaluate_two_stage(&scorer, &set, 100usize.min(set.corpus.len()), &mut |_, _, _| {}).unwrap().reranked_metrics.mrr10
+    };
+    assert_eq!(measure(&dir.join("run/model")), want_value, "the kept bundle is not the best step's model");
+    let last = evals.last().unwrap().1["reranked.mrr10"].as_f64().unwrap();
+    assert_eq!(measure(&dir.join("run/last")), last, "run/last is not the last model");
+    if want_step != 6 {
+        let differ = std::fs::read(dir.join("run/model/head.safetensors")).unwrap() != std::fs::read(dir.join("run/last/head.safetensors")).unwrap();
+        assert!(differ, "the best and the last model are the same files");
+    }
+
+    // The printed report names the kept step, with the eval set's table.
+    let mut printed = Vec::new();
+    gradcache::cli::write_report(&report, &mut printed).unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    assert!(printed.contains(&format!("best by reranked.mrr10: step {want_step}")), "{printed}");
+    assert!(printed.contains("dev dev (6 queries, 12 documents)") && !printed.contains("WSD acc"), "{printed}");
+
+    // A metric no evaluation logs is refused before anything runs.
+    let mut wrong = c.clone();
+    wrong.select_best = Some("wsd_accuracy".into());
+    wrong.output_dir = dir.join("wrong");
+    let err = run(&wrong, Start::New).unwrap_err();
+    assert!(matches!(&err, AppError::UnknownMetric { known, .. } if known.contains(&"reranked.mrr10".to_string())), "{err}");
+    assert!(!dir.join("wrong").exists());
 }
 
 #[test]

@@ -15,6 +15,7 @@ p.add_argument("--tokens", type=int, default=64)
 p.add_argument("--steps", type=int, default=14)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--attn", default="eager")
+p.add_argument("--name", default="MiniLM", help="the model's name in the output row")
 p.add_argument("--forward-only", action="store_true", help="no graph, still train mode")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -39,6 +40,6 @@ for step in range(a.steps + 2):
         times.append(time.perf_counter() - t)
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 times.sort()
-print(json.dumps({"impl": f"transformers ({a.attn})", "pass": "forward" if a.forward_only else "forward+backward", "median_s": round(times[len(times) // 2], 4),
+print(json.dumps({"model": a.name, "impl": f"transformers ({a.attn})", "pass": "forward" if a.forward_only else "forward+backward", "median_s": round(times[len(times) // 2], 4),
                   "minor_faults": r1.ru_minflt - r0.ru_minflt, "system_s": round(r1.ru_stime - r0.ru_stime, 2),
                   "steps": len(times)}))

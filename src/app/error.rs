@@ -82,6 +82,15 @@ pub enum AppError {
         path: std::path::PathBuf,
     },
 
+    /// A metric was named that no evaluation of the run logs.
+    #[error("no evaluation of this run logs a metric `{name}`; it logs: {}", known.join(", "))]
+    UnknownMetric {
+        /// The name given.
+        name: String,
+        /// The metrics the run logs.
+        known: Vec<String>,
+    },
+
     /// An export was asked to write into a folder that holds files.
     #[error("{path} exists and is not empty: export to a new folder")]
     ExportExists {

@@ -41,6 +41,9 @@ pub fn score_corpus<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     })
 }
 
+/// The names [`sense_metrics`] gives its metrics.
+pub const SENSE_METRICS: [&str; 6] = ["wsd_accuracy", "top1", "top5", "top20", "mrr10", "ndcg10"];
+
 /// Disambiguation accuracy and retrieval metrics of a word-sense
 /// evaluation, by name: `wsd_accuracy`, `top1`, `top5`, `top20`, `mrr10`,
 /// `ndcg10`.
@@ -55,14 +58,8 @@ pub fn score_corpus<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
 pub fn sense_metrics(scores: &Tensor, eval: &SenseEval) -> Result<BTreeMap<String, f64>> {
     let relevance = eval.set.relevance()?;
     let r = retrieval_metrics(scores, &relevance)?;
-    Ok(BTreeMap::from([
-        ("wsd_accuracy".to_string(), disambiguation_accuracy(scores, &eval.candidates, &eval.gold)?),
-        ("top1".to_string(), r.top1),
-        ("top5".to_string(), r.top5),
-        ("top20".to_string(), r.top20),
-        ("mrr10".to_string(), r.mrr10),
-        ("ndcg10".to_string(), r.ndcg10),
-    ]))
+    let values = [disambiguation_accuracy(scores, &eval.candidates, &eval.gold)?, r.top1, r.top5, r.top20, r.mrr10, r.ndcg10];
+    Ok(SENSE_METRICS.iter().map(|k| k.to_string()).zip(values).collect())
 }
 
 /// Metrics of runs made elsewhere, for printing beside a new run: e.g. the

@@ -24,6 +24,17 @@ pub struct RetrievalMetrics {
     pub recall100: f64,
 }
 
+/// The names of [`RetrievalMetrics`]' fields, in order.
+pub const RETRIEVAL_METRICS: [&str; 6] = ["top1", "top5", "top20", "mrr10", "ndcg10", "recall100"];
+
+impl RetrievalMetrics {
+    /// Each metric under `{prefix}.{name}` ([`RETRIEVAL_METRICS`]).
+    pub fn named(&self, prefix: &str) -> Vec<(String, f64)> {
+        let values = [self.top1, self.top5, self.top20, self.mrr10, self.ndcg10, self.recall100];
+        RETRIEVAL_METRICS.iter().zip(values).map(|(k, v)| (format!("{prefix}.{k}"), v)).collect()
+    }
+}
+
 fn rows(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
     if scores.dim() != 2 {
         return Err(GradCacheError::Shape { what: "score matrix", expected: "[queries, documents]", got: scores.size() }.into());

@@ -99,9 +99,11 @@ pub const RECIPE_OVERRIDES: [&str; 9] = [
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RerankerConfig {
-    /// A BERT folder (`config.json`, `vocab.txt`, `model.safetensors`).
+    /// A model folder (docs/models.md): BERT, RoBERTa, XLM-RoBERTa or
+    /// ModernBERT, or a sentence-transformers folder around one.
     pub model_dir: PathBuf,
-    /// The prepared WordNet task (dev metrics always come from it).
+    /// The prepared WordNet task (training data unless `train_jsonl`; its
+    /// dev split evaluated when [`RerankerConfig::wordnet_eval`] says so).
     pub data_dir: PathBuf,
     /// Train on these JSONL records instead of the WordNet training split.
     pub train_jsonl: Option<PathBuf>,
@@ -119,8 +121,26 @@ pub struct RerankerConfig {
     pub group_size: usize,
     /// Queries evaluated before and after training.
     pub dev_queries: usize,
-    /// The WordNet split evaluated: `dev` (choosing configurations) or `test`.
+    /// The split evaluated: `dev` (choosing configurations) or `test`, of
+    /// WordNet and of `eval_data` (its `qrels/{split}.tsv`).
     pub eval_split: Split,
+    /// A BEIR folder (`corpus.jsonl`, `queries.jsonl`, `qrels/`) evaluated
+    /// before, every `train.eval_every` steps and after training, as
+    /// `gradcache eval` does: the first stage over the whole corpus
+    /// (streamed) and the head's rerank of each query's top
+    /// `eval_retrieve_k`, logged as `first_stage.*` and `reranked.*`.
+    pub eval_data: Option<PathBuf>,
+    /// Candidates per query the head reranks in the `eval_data` evaluation.
+    pub eval_retrieve_k: usize,
+    /// Evaluate on WordNet's split too: unset, only when training on
+    /// WordNet (no `train_jsonl`).
+    pub wordnet_eval: Option<bool>,
+    /// Keep the model of the best evaluation by this metric (higher is
+    /// better; e.g. `reranked.mrr10`, or `mrr10` for it when `eval_data` is
+    /// set, the WordNet `mrr10` otherwise) in `OUTPUT/model`, the last one
+    /// in `OUTPUT/last`. Every evaluation counts, the one before training
+    /// included.
+    pub select_best: Option<String>,
     /// After training, also evaluate this many test-split queries (0: none),
     /// into `results.json` as `test_after` (and `test_pretrained_cosine`).
     pub test_queries: usize,
@@ -159,6 +179,10 @@ impl Default for RerankerConfig {
             group_size: 2,
             dev_queries: 300,
             eval_split: Split::Dev,
+            eval_data: None,
+            eval_retrieve_k: 100,
+            wordnet_eval: None,
+            select_best: None,
             test_queries: 0,
             baselines: Some("docs/results/heads/baselines.json".into()),
             tied: true,
@@ -183,10 +207,53 @@ impl RerankerConfig {
             return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "batch_size, group_size and dev_queries must be at least 1" }.into());
         }
         self.model_config().validate()?;
+        if self.eval_retrieve_k == 0 {
+            return Err(GradCacheError::InvalidConfig { field: "eval_retrieve_k", reason: "must be at least 1" }.into());
+        }
+        self.selected_metric()?;
         self.loss.validate()?;
         self.step.validate()?;
         self.train.validate()?;
         Ok(())
+    }
+
+    /// Whether WordNet's split is evaluated ([`RerankerConfig::wordnet_eval`]).
+    pub fn evaluates_wordnet(&self) -> bool {
+        self.wordnet_eval.unwrap_or(self.train_jsonl.is_none())
+    }
+
+    /// The metrics each evaluation logs, by name.
+    pub fn metric_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.evaluates_wordnet() {
+            names.extend(crate::app::eval::SENSE_METRICS.iter().map(|m| m.to_string()));
+        }
+        if self.eval_data.is_some() {
+            for stage in ["first_stage", "reranked"] {
+                names.extend(crate::app::metrics::RETRIEVAL_METRICS.iter().map(|m| format!("{stage}.{m}")));
+            }
+        }
+        names
+    }
+
+    /// The metric [`RerankerConfig::select_best`] names, resolved (a bare
+    /// retrieval metric means the reranked stage's when `eval_data` is set).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] for a metric no evaluation of this
+    /// run logs.
+    pub fn selected_metric(&self) -> Result<Option<String>> {
+        let Some(name) = &self.select_best else { return Ok(None) };
+        let names = self.metric_names();
+        let resolved = if self.eval_data.is_some() && !name.contains('.') && names.contains(&format!("reranked.{name}")) {
+            format!("reranked.{name}")
+        } else {
+            name.clone()
+        };
+        if !names.contains(&resolved) {
+            return Err(AppError::UnknownMetric { name: name.clone(), known: names });
+        }
+        Ok(Some(resolved))
     }
 
     /// The model part (what the run's bundle records).
@@ -220,6 +287,7 @@ impl RerankerConfig {
             ("train_data".to_string(), data.into()),
             ("eval_split".to_string(), serde_json::to_value(self.eval_split).unwrap_or_default()),
             ("eval_queries".to_string(), self.dev_queries.into()),
+            ("eval_data".to_string(), self.eval_data.as_ref().map(|p| p.display().to_string()).into()),
         ])
     }
 }
@@ -305,7 +373,8 @@ pub struct TrainReport {
     /// The content of `results.json` (`null` on the processes of a
     /// distributed run other than rank 0).
     pub results: serde_json::Value,
-    /// The model bundle.
+    /// The model bundle: the last model, or with `select_best` the best
+    /// one (the last is then in `OUTPUT/last`).
     pub bundle: PathBuf,
     /// What the run measured, for its report (`None` on the processes of
     /// a distributed run other than rank 0); `cli::print_report` prints it.
@@ -318,6 +387,15 @@ pub struct TrainReport {
 pub struct RunSummary {
     /// The run folder.
     pub output_dir: PathBuf,
+    /// The pretrained model's name in the report (`MiniLM` for the embedded
+    /// one, else its folder's name).
+    pub model_name: String,
+    /// The `eval_data` folder evaluated: its name, queries, documents and
+    /// the candidates the head reranked per query.
+    pub eval_data: Option<(String, usize, usize, usize)>,
+    /// The evaluation `select_best` kept: metric, step and value (its
+    /// bundle is [`TrainReport::bundle`]; the last model is `OUTPUT/last`).
+    pub best: Option<(String, usize, f64)>,
     /// The split evaluated (`dev` or `test`) and its queries.
     pub split: String,
     /// Queries evaluated.
@@ -430,6 +508,42 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     let dev = task.sense_eval(c.eval_split, c.dev_queries);
     let dev_queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
     let dev_corpus: Vec<&str> = dev.set.corpus.iter().map(|(_, t)| t.as_str()).collect();
+    let wordnet = c.evaluates_wordnet();
+    let selected = c.selected_metric()?;
+    let split = match c.eval_split {
+        Split::Train => "train",
+        Split::Dev => "dev",
+        Split::Test => "test",
+    };
+    let eval_set = match &c.eval_data {
+        Some(dir) => {
+            let malformed = if c.skip_malformed { Malformed::Skip } else { Malformed::Fail };
+            let (set, skipped) = crate::app::data::beir::read_beir(dir, split, malformed)?;
+            if skipped > 0 && lead {
+                eprintln!("skipped {skipped} malformed lines of {}", dir.display());
+            }
+            Some(set)
+        }
+        None => None,
+    };
+    if lead && !wordnet && eval_set.is_none() {
+        println!("no evaluation during training: give --eval-data BEIR_DIR (your dev set) or --wordnet-eval");
+    }
+    // One evaluation: WordNet's split and/or the eval-data folder, each as
+    // `gradcache eval` measures it.
+    let evaluate = |scorer: &Scorer| -> Result<BTreeMap<String, f64>> {
+        let mut metrics = BTreeMap::new();
+        if wordnet {
+            metrics.extend(sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev)?);
+        }
+        if let Some(set) = &eval_set {
+            let k = c.eval_retrieve_k.min(set.corpus.len());
+            let run = crate::app::retrieval::evaluate_two_stage(scorer, set, k, &mut |_, _, _| {})?;
+            metrics.extend(run.first_stage_metrics.named("first_stage"));
+            metrics.extend(run.reranked_metrics.named("reranked"));
+        }
+        Ok(metrics)
+    };
 
     // Initialisation (the head, a projection) is reproducible from the seed too.
     tch::manual_seed(c.train.seed as i64);
@@ -472,7 +586,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         Some(Scorer::from_pretrained(cosine, &model, device)?)
     };
     let cosine = match &pretrained {
-        Some(p) if lead => Some(sense_metrics(&p.score(&dev_queries, &dev_corpus)?, &dev)?),
+        Some(p) if lead => Some(evaluate(p)?),
         _ => None,
     };
 
@@ -495,6 +609,25 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
             None => {}
         }
     }
+    // With select_best, OUTPUT/model is the best evaluation's model. A
+    // resumed run starts from the best its log holds up to its checkpoint,
+    // as the uninterrupted run had it then; the evaluations it repeats are
+    // the same (training is bit for bit), so it ends with the same choice.
+    let bundle = c.output_dir.join("model");
+    let mut best: Option<(usize, f64)> = None;
+    if let Some(key) = &selected {
+        for (step, metrics) in trainer.logged_evals() {
+            let value = metrics.get(key).copied().unwrap_or(f64::NAN);
+            if best.as_ref().is_none_or(|&(_, b)| value > b) {
+                best = Some((step, value));
+            }
+        }
+        if let (Some((step, _)), true) = (best, lead) {
+            if !bundle.join(crate::app::scorer::BUNDLE_FILE).is_file() {
+                return Err(crate::error::not_found(&bundle, &format!("the best model so far (step {step}) is missing: resume needs it, or start over with --overwrite")).into());
+            }
+        }
+    }
     let summary = trainer.run(
         |i| -> Result<crate::core::output::StepOutput> {
             let (q, p, t) = batch(&records, c, &tok, i, device)?;
@@ -508,15 +641,32 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
             let (q, p) = (q.chunk(own_start, shares[rank])?, p.chunk(own_start * g, shares[rank] * g)?);
             Ok(gc.distributed_step(&q, &p, &t, scorer.var_store(), world)?)
         },
-        // Rank 0 evaluates; the others wait for it at the next step.
-        |_| if lead { sense_metrics(&scorer.score(&dev_queries, &dev_corpus)?, &dev) } else { Ok(BTreeMap::new()) },
+        // Rank 0 evaluates (and keeps the best model); the others wait for
+        // it at the next step.
+        |step| {
+            if !lead {
+                return Ok(BTreeMap::new());
+            }
+            let metrics = evaluate(&scorer)?;
+            if let Some(key) = &selected {
+                let value = metrics.get(key).copied().unwrap_or(f64::NAN);
+                if best.as_ref().is_none_or(|&(_, b)| value > b) {
+                    scorer.save(&bundle)?;
+                    best = Some((step, value));
+                }
+            }
+            Ok::<_, AppError>(metrics)
+        },
     )?;
 
-    let bundle = c.output_dir.join("model");
     if !lead {
         return Ok(TrainReport { results: serde_json::Value::Null, bundle, summary: None });
     }
-    scorer.save(&bundle)?;
+    if selected.is_some() {
+        scorer.save(&c.output_dir.join("last"))?;
+    } else {
+        scorer.save(&bundle)?;
+    }
     let mut results = BTreeMap::from([("after".to_string(), summary.after.clone())]);
     let mut test_report = None;
     if c.test_queries > 0 {
@@ -535,13 +685,11 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     if let Some(before) = &summary.before {
         results.insert("before".to_string(), before.clone());
     }
-    let split = match c.eval_split {
-        Split::Train => "train",
-        Split::Dev => "dev",
-        Split::Test => "test",
-    };
     let mut results = serde_json::json!(results);
     results["split"] = split.into();
+    if let (Some(key), Some((step, value))) = (&selected, best) {
+        results["best"] = serde_json::json!({"metric": key, "step": step, "value": value, "bundle": bundle, "last": c.output_dir.join("last")});
+    }
     results["budget"] = serde_json::json!(c.budget());
     write_json(&c.output_dir.join("results.json"), &results)?;
     // Fine-tuned baselines from the committed results file, shown beside
@@ -550,8 +698,19 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         Some(path) if path.exists() => Some((path.clone(), ReferenceResults::read(path)?)),
         _ => None,
     };
+    let model_name = if c.model_dir == RerankerConfig::default().model_dir {
+        "MiniLM".to_string()
+    } else {
+        c.model_dir.file_name().map_or_else(|| c.model_dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+    };
     let run_summary = RunSummary {
         output_dir: c.output_dir.clone(),
+        model_name,
+        eval_data: c.eval_data.as_ref().zip(eval_set.as_ref()).map(|(dir, set)| {
+            let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+            (name, set.queries.len(), set.corpus.len(), c.eval_retrieve_k.min(set.corpus.len()))
+        }),
+        best: selected.clone().zip(best).map(|(k, (step, v))| (k, step, v)),
         split: split.to_string(),
         eval_queries: dev.set.queries.len(),
         pretrained_cosine: cosine,

@@ -89,6 +89,27 @@ pub struct TrainArgs {
     /// Longest tokenized text (default 48).
     #[arg(long)]
     pub max_len: Option<usize>,
+    /// Your dev set, a BEIR folder (corpus.jsonl, queries.jsonl,
+    /// qrels/SPLIT.tsv with SPLIT from --eval-split): evaluated before,
+    /// every --eval-every steps and after training, as `gradcache eval`
+    /// does (first stage and the head's rerank of the top
+    /// --eval-retrieve-k).
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Candidates per query the head reranks in the --eval-data evaluation
+    /// (default 100).
+    #[arg(long)]
+    pub eval_retrieve_k: Option<usize>,
+    /// Also evaluate on WordNet's split (the default only when training on
+    /// WordNet).
+    #[arg(long)]
+    pub wordnet_eval: bool,
+    /// Keep the model of the best evaluation by this metric in
+    /// OUTPUT/model (the last one in OUTPUT/last): e.g. mrr10 (the
+    /// reranked stage's with --eval-data), first_stage.ndcg10,
+    /// wsd_accuracy.
+    #[arg(long)]
+    pub select_best: Option<String>,
     /// Continue from the newest intact checkpoint in the output folder
     /// (refused when any setting that shapes training differs).
     #[arg(long, conflicts_with = "overwrite")]
@@ -191,6 +212,18 @@ impl TrainArgs {
         if let Some(v) = self.max_len {
             c.max_len = v;
         }
+        if let Some(v) = &self.eval_data {
+            c.eval_data = Some(v.clone());
+        }
+        if let Some(v) = self.eval_retrieve_k {
+            c.eval_retrieve_k = v;
+        }
+        if self.wordnet_eval {
+            c.wordnet_eval = Some(true);
+        }
+        if let Some(v) = &self.select_best {
+            c.select_best = Some(v.clone());
+        }
         if self.quiet {
             c.train.progress = false;
         }
@@ -279,35 +312,64 @@ pub fn write_report(report: &crate::app::recipe::TrainReport, out: &mut dyn std:
     if let Some((queries, metrics)) = &s.test {
         writeln!(out, "test split ({queries} queries): {metrics:?}")?;
     }
-    let header: Vec<String> = ["WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10"].iter().map(|h| format!("{h:>13}")).collect();
-    writeln!(out, "\n{:<48}{}", format!("{} metrics ({} queries)", s.split, s.eval_queries), header.join(" "))?;
-    let row = |out: &mut dyn std::io::Write, name: &str, m: &std::collections::BTreeMap<String, f64>| -> std::io::Result<()> {
-        let cells: Vec<String> = TABLE_METRICS.iter().map(|k| format!("{:>13.3}", m.get(*k).copied().unwrap_or(f64::NAN))).collect();
-        writeln!(out, "{name:<48}{}", cells.join(" "))
-    };
-    if let Some(cosine) = &s.pretrained_cosine {
-        row(out, "pretrained MiniLM, cosine", cosine)?;
-    }
-    if let Some(before) = &s.before {
-        row(out, "encoder + untrained head", before)?;
-    }
-    if let Some((path, reference)) = &s.baselines {
-        let differs = reference.differences(&s.budget);
-        if differs.is_empty() {
-            for r in &reference.rows {
-                let cells: Vec<String> = TABLE_METRICS
-                    .iter()
-                    .map(|k| format!("{:>13}", format!("{:.3}±{:.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN))))
-                    .collect();
-                writeln!(out, "{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "))?;
-            }
-        } else {
-            writeln!(out, "(baselines in {} were measured at another budget: {} differ)", path.display(), differs.join(", "))?;
+    let this_run = format!("this run: {} two-cache steps, seed {}", s.steps, s.seed);
+    let pretrained = format!("pretrained {}, cosine", s.model_name);
+    if s.after.contains_key(TABLE_METRICS[0]) {
+        let header: Vec<String> = ["WSD acc", "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10"].iter().map(|h| format!("{h:>13}")).collect();
+        writeln!(out, "\n{:<48}{}", format!("{} metrics ({} queries)", s.split, s.eval_queries), header.join(" "))?;
+        let row = |out: &mut dyn std::io::Write, name: &str, m: &std::collections::BTreeMap<String, f64>| -> std::io::Result<()> {
+            let cells: Vec<String> = TABLE_METRICS.iter().map(|k| format!("{:>13.3}", m.get(*k).copied().unwrap_or(f64::NAN))).collect();
+            writeln!(out, "{name:<48}{}", cells.join(" "))
+        };
+        if let Some(cosine) = &s.pretrained_cosine {
+            row(out, &pretrained, cosine)?;
         }
+        if let Some(before) = &s.before {
+            row(out, "encoder + untrained head", before)?;
+        }
+        if let Some((path, reference)) = &s.baselines {
+            let differs = reference.differences(&s.budget);
+            if differs.is_empty() {
+                for r in &reference.rows {
+                    let cells: Vec<String> = TABLE_METRICS
+                        .iter()
+                        .map(|k| format!("{:>13}", format!("{:.3}±{:.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN))))
+                        .collect();
+                    writeln!(out, "{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "))?;
+                }
+            } else {
+                writeln!(out, "(baselines in {} were measured at another budget: {} differ)", path.display(), differs.join(", "))?;
+            }
+        }
+        row(out, &this_run, &s.after)?;
     }
-    row(out, &format!("this run: {} two-cache steps, seed {}", s.steps, s.seed), &s.after)?;
+    if let Some((name, queries, documents, k)) = &s.eval_data {
+        let header: Vec<String> = ["Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10", "Recall@100"].iter().map(|h| format!("{h:>11}")).collect();
+        writeln!(out, "\n{:<60}{}", format!("{name} {} ({queries} queries, {documents} documents)", s.split), header.join(" "))?;
+        let row = |out: &mut dyn std::io::Write, name: &str, stage: &str, m: &std::collections::BTreeMap<String, f64>| -> std::io::Result<()> {
+            let cells: Vec<String> = crate::app::metrics::RETRIEVAL_METRICS
+                .iter()
+                .map(|k| format!("{:>11.3}", m.get(&format!("{stage}.{k}")).copied().unwrap_or(f64::NAN)))
+                .collect();
+            writeln!(out, "{name:<60}{}", cells.join(" "))
+        };
+        if let Some(cosine) = &s.pretrained_cosine {
+            row(out, &format!("{pretrained} (first stage)"), "first_stage", cosine)?;
+        }
+        if let Some(before) = &s.before {
+            row(out, &format!("encoder + untrained head, reranking the top {k}"), "reranked", before)?;
+        }
+        row(out, &format!("{this_run}: first stage"), "first_stage", &s.after)?;
+        row(out, &format!("{this_run}: reranking the top {k}"), "reranked", &s.after)?;
+    }
+    if s.pretrained_cosine.is_none() && s.before.is_none() && s.after.is_empty() {
+        writeln!(out, "\n(no evaluation: --eval-data or --wordnet-eval)")?;
+    }
     if let Some(first) = s.losses.first() {
         writeln!(out, "loss {:.4} -> {:.4}", first, s.losses.last().copied().unwrap_or(*first))?;
+    }
+    if let Some((metric, step, value)) = &s.best {
+        writeln!(out, "best by {metric}: step {step} ({value:.4}), kept in {}; the last model is in {}", report.bundle.display(), s.output_dir.join("last").display())?;
     }
     writeln!(out, "model bundle in {} (gradcache eval / rerank --model {})", report.bundle.display(), report.bundle.display())?;
     writeln!(out, "outputs in {}", s.output_dir.display())?;

@@ -236,3 +236,18 @@ pub fn tiny_bert_folder(dir: &std::path::Path, hidden: usize, heads: usize, laye
     let base = gradcache::models::pretrained::ModelDir::open(&minilm).expect("run scripts/gradcache.sh setup first");
     gradcache::models::encoders::write_random_bert(&base, dir, hidden, heads, layers, seed).unwrap()
 }
+
+/// A small BEIR folder at `dir` for (query, positive) pairs: the queries,
+/// a corpus of the positives and `distractors`, `qrels/dev.tsv` judging
+/// each query's positive relevant.
+#[allow(dead_code)]
+pub fn pairs_beir(dir: &std::path::Path, pairs: &[(&str, &str)], distractors: &[&str]) {
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    let line = |id: String, text: &str| serde_json::json!({ "_id": id, "text": text }).to_string() + "\n";
+    let queries: String = pairs.iter().enumerate().map(|(i, (q, _))| line(format!("q{i}"), q)).collect();
+    let corpus: String = pairs.iter().map(|(_, p)| *p).chain(distractors.iter().copied()).enumerate().map(|(i, t)| line(format!("d{i}"), t)).collect();
+    let qrels: String = std::iter::once("query-id\tcorpus-id\tscore\n".to_string()).chain((0..pairs.len()).map(|i| format!("q{i}\td{i}\t1\n"))).collect();
+    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("qrels/dev.tsv"), qrels).unwrap();
+}

@@ -349,6 +349,19 @@ impl<'v> Trainer<'v> {
         self.first_step
     }
 
+    /// The evaluations a resumed run's log holds (those up to its
+    /// checkpoint), by step: what an uninterrupted run had seen by then.
+    pub fn logged_evals(&self) -> Vec<(usize, BTreeMap<String, f64>)> {
+        self.log
+            .kept
+            .iter()
+            .filter_map(|e| {
+                let step = e.get("step")?.as_u64()? as usize;
+                Some((step, serde_json::from_value(e.get("eval")?.clone()).ok()?))
+            })
+            .collect()
+    }
+
     /// Trains from [`Trainer::first_step`] to `config.steps`. The closures
     /// may fail with any error the application's wraps (the step's
     /// [`crate::GradCacheError`], or [`AppError`]).
