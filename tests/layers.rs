@@ -36,7 +36,7 @@ const TRAINING: [&str; 9] =
     ["core::step", "core::passes", "core::budget", "core::reference", "core::distributed", "core::replay", "app::train", "app::recipe", "check"];
 
 /// Inference: what a served or evaluated model runs (the server too).
-const INFERENCE: [&str; 6] = ["app::scorer", "app::eval", "app::retrieval", "app::metrics", "app::serve", "app::export"];
+const INFERENCE: [&str; 7] = ["app::scorer", "app::eval", "app::retrieval", "app::metrics", "app::serve", "app::export", "app::mine"];
 
 /// The module a source file (relative to `src/`) belongs to.
 fn module_of(path: &str) -> Option<String> {

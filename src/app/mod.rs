@@ -3,7 +3,8 @@
 //! - inference: [`scorer`] (a model bundle: encode, score, rerank),
 //!   [`retrieval`] (two-stage retrieval, TREC runs), [`eval`] and
 //!   [`metrics`] (ranking metrics), [`export`] (a bundle as a
-//!   sentence-transformers folder); none of these imports training;
+//!   sentence-transformers folder), [`mine`] (hard negatives); none of
+//!   these imports training;
 //! - training: [`train`] (the trainer: AdamW, schedule, checkpoints,
 //!   resume) and [`recipe`] (the run behind `gradcache train`);
 //! - [`data`]: training records, BEIR folders, rerank requests, the
@@ -14,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod metrics;
+pub mod mine;
 pub mod recipe;
 pub mod retrieval;
 pub mod scorer;

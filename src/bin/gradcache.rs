@@ -157,6 +157,48 @@ enum Command {
         #[arg(long, default_value = "passages", value_parser = ["passages", "queries"])]
         side: String,
     },
+    /// Mine hard negatives for (query, positive) pairs from a corpus with a
+    /// model's first stage: writes training records (query, positives,
+    /// negatives) for `gradcache train --train-jsonl`. Candidates ranked in
+    /// [--range-min, --range-max) that score clearly below the positive
+    /// (--margin, --relative-margin: the false-negative guard) become
+    /// negatives (docs/training.md).
+    Mine {
+        /// A model bundle, or a pretrained model folder (cosine of its
+        /// pooled vectors).
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL: {"query": "...", "positive": "..."} (or "positives": [...]).
+        #[arg(long)]
+        pairs: PathBuf,
+        /// JSONL: a JSON string a line, or {"_id" | "id": ..., "text": ...}
+        /// (a BEIR corpus.jsonl works).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// The training records to write (atomically).
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = gradcache::app::mine::MineConfig::default().negatives)]
+        negatives: usize,
+        #[arg(long, default_value_t = gradcache::app::mine::MineConfig::default().range_min)]
+        range_min: usize,
+        #[arg(long, default_value_t = gradcache::app::mine::MineConfig::default().range_max)]
+        range_max: usize,
+        /// A negative scores at most the positive's score minus this.
+        #[arg(long, default_value_t = gradcache::app::mine::MineConfig::default().absolute_margin)]
+        margin: f64,
+        /// A negative scores at most the positive's score times (1 - this).
+        #[arg(long, default_value_t = gradcache::app::mine::MineConfig::default().relative_margin)]
+        relative_margin: f64,
+        /// Longest tokenized text, for a model folder (a bundle has its own).
+        #[arg(long, default_value_t = 128)]
+        max_len: usize,
+        #[command(flatten)]
+        run: RunArgs,
+        /// No progress on stderr.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Rerank candidate lists with a model bundle: JSONL lines
     /// {"query": "...", "candidates": ["...", {"id": 7, "text": "..."}]} in;
     /// the same lines out, candidates sorted by score with their scores.
@@ -223,6 +265,43 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
         }
         last.1 = done;
     }
+}
+
+/// A bundle, or a pretrained folder's encoder with the cosine head.
+#[allow(clippy::too_many_arguments)]
+fn mine(model: &Path, pairs: &Path, corpus: &Path, output: &Path, config: &gradcache::app::mine::MineConfig, max_len: usize, run: &RunArgs, quiet: bool) -> Result<()> {
+    config.validate()?;
+    let scorer = if model.join(gradcache::app::scorer::BUNDLE_FILE).is_file() {
+        load_scorer(model, run)?
+    } else {
+        let folder = gradcache::models::pretrained::ModelDir::open(model).with_context(|| format!("opening {}", model.display()))?;
+        let head = HeadConfig::Cosine(Default::default());
+        let config = gradcache::ModelConfig::new(Default::default(), max_len, true, head, Default::default());
+        Scorer::from_pretrained(config, &folder, gradcache::runtime::parse_device(&run.device)?)?.with_precision(run.precision)?
+    };
+    let records = gradcache::app::data::jsonl::read_training_records(pairs, Malformed::Fail)?.items;
+    let texts = read_texts(corpus, Malformed::Fail)?.items;
+    let corpus_texts: Vec<&str> = texts.iter().map(|t| t.text.as_str()).collect();
+    eprintln!("{} pairs, {} documents", records.len(), corpus_texts.len());
+    let started = Instant::now();
+    let (mined, report) = gradcache::app::mine::mine_negatives(&scorer, &records, &corpus_texts, config, &mut progress_printer(quiet))?;
+    let mut jsonl = String::new();
+    for record in &mined {
+        jsonl.push_str(&serde_json::to_string(record)?);
+        jsonl.push('\n');
+    }
+    write_bytes_atomically(output, jsonl.as_bytes())?;
+    println!(
+        "wrote {} records to {} in {:.0} s; {} with fewer than {} negatives; {} candidates dropped by the margins, {} for being a positive",
+        mined.len(),
+        output.display(),
+        started.elapsed().as_secs_f64(),
+        report.short,
+        config.negatives,
+        report.dropped_by_margin,
+        report.dropped_positives
+    );
+    Ok(())
 }
 
 /// A bundle as `run` asks.
@@ -350,6 +429,11 @@ fn main() -> Result<ExitCode> {
         }
         Command::Encode { model, input, output, side, run, quiet } => {
             encode(&model, &input, &output, &side, &run, quiet)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mine { model, pairs, corpus, output, negatives, range_min, range_max, margin, relative_margin, max_len, run, quiet } => {
+            let config = gradcache::app::mine::MineConfig { negatives, range_min, range_max, absolute_margin: margin, relative_margin };
+            mine(&model, &pairs, &corpus, &output, &config, max_len, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { model, format: _, output, side } => {
