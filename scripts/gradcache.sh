@@ -92,7 +92,9 @@ setup_clients() {
 
 # The reference for the model families and formats of tests/models.rs
 # (docs/models.md): transformers 4.57.1 (ModernBERT needs >= 4.48),
-# tokenizers 0.22.2 and sentence-transformers 5.7.0 in a venv of their
+# tokenizers 0.22.2 and sentence-transformers 5.7.0, and pyarrow 26.0.1
+# (the Parquet files of tests/data.rs, as Hugging Face datasets writes
+# them), in a venv of their
 # own, so the parity venv keeps transformers 4.44.2. It borrows the parity
 # venv's torch 2.4.0 through a .pth file instead of a second 5 GB copy; its
 # own packages come first on sys.path. Writes .python-models.
@@ -108,12 +110,12 @@ setup_models() {
     local mvenv="$home/venv-models"
     local py="$mvenv/bin/python"
     [ -x "$py" ] && link_parity_torch "$py"
-    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('transformers') != '4.57.1' or m.version('sentence-transformers') != '5.7.0' or m.version('tokenizers') != '0.22.2')" 2>/dev/null; then
-        log "installing transformers==4.57.1, tokenizers==0.22.2, sentence-transformers==5.7.0 into $mvenv"
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('transformers') != '4.57.1' or m.version('sentence-transformers') != '5.7.0' or m.version('tokenizers') != '0.22.2' or m.version('pyarrow') != '26.0.1')" 2>/dev/null; then
+        log "installing transformers==4.57.1, tokenizers==0.22.2, sentence-transformers==5.7.0, pyarrow==26.0.1 into $mvenv"
         [ -x "$py" ] || python3 -m venv "$mvenv"
         link_parity_torch "$py"
         "$py" -m pip install --quiet --disable-pip-version-check "transformers==4.57.1" "tokenizers==0.22.2" \
-            "sentence-transformers==5.7.0" "torch==$torch_version"
+            "sentence-transformers==5.7.0" "pyarrow==26.0.1" "torch==$torch_version"
     fi
     printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" > "$repo/.python-models.tmp" && chmod +x "$repo/.python-models.tmp" && mv "$repo/.python-models.tmp" "$repo/.python-models"
 }

@@ -249,3 +249,46 @@ fn a_line_that_is_not_utf8_is_named_and_skippable() {
     assert_eq!((read.items.len(), read.skipped), (2, 1));
     assert_eq!(read.items[1].positives, ["p3"], "a CRLF line ending is not part of the text");
 }
+
+/// Parquet tables as pyarrow writes them (what Hugging Face `datasets`
+/// exports): both sentence-transformers layouts read as the same records;
+/// a table without a positive column names the columns it has; a row with
+/// an empty query names its row.
+#[test]
+fn parquet_tables_in_sentence_transformers_layouts_read_as_records() {
+    use gradcache::app::data::parquet::read_training_file;
+    use gradcache::app::data::{Malformed, TrainingRecord};
+    let dir = std::env::temp_dir().join(format!("gradcache-parquet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+d = sys.argv[1]
+pq.write_table(pa.table({"anchor": ["reset the router", "capital of france"], "positive": ["hold the button", "paris"],
+                         "negative_1": ["bake bread", "berlin"], "negative_2": ["feed the cat", "rome"], "score": [1.0, 0.5]}), d + "/triplets.parquet")
+pq.write_table(pa.table({"query": ["reset the router", "capital of france"], "positive": ["hold the button", "paris"],
+                         "negatives": [["bake bread", "feed the cat"], ["berlin", "rome"]]}), d + "/lists.parquet", compression="zstd")
+pq.write_table(pa.table({"anchor": ["a"], "answer": ["b"]}), d + "/no_positive.parquet")
+pq.write_table(pa.table({"query": ["fine", "  "], "positive": ["yes", "no"]}), d + "/empty_query.parquet")
+"#;
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".python-models");
+    let out = std::process::Command::new(&python).args(["-c", script, dir.to_str().unwrap()]).output().unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup-models", python.display()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = vec![
+        TrainingRecord { query: "reset the router".into(), positives: vec!["hold the button".into()], negatives: vec!["bake bread".into(), "feed the cat".into()] },
+        TrainingRecord { query: "capital of france".into(), positives: vec!["paris".into()], negatives: vec!["berlin".into(), "rome".into()] },
+    ];
+    for file in ["triplets.parquet", "lists.parquet"] {
+        assert_eq!(read_training_file(&dir.join(file), Malformed::Fail).unwrap().items, want, "{file}");
+    }
+    let err = read_training_file(&dir.join("no_positive.parquet"), Malformed::Fail).unwrap_err();
+    assert!(matches!(&err, gradcache::AppError::MissingColumn { found, .. } if found == &["anchor", "answer"]), "{err}");
+    assert!(err.to_string().contains("positive") && err.to_string().contains("answer"), "{err}");
+    let err = read_training_file(&dir.join("empty_query.parquet"), Malformed::Fail).unwrap_err();
+    assert!(matches!(&err, gradcache::AppError::DataLine { line: 2, .. }), "{err}");
+    let read = read_training_file(&dir.join("empty_query.parquet"), Malformed::Skip).unwrap();
+    assert_eq!((read.items.len(), read.skipped), (1, 1));
+    // Not Parquet at all.
+    std::fs::write(dir.join("text.parquet"), "query,positive\n").unwrap();
+    assert!(matches!(read_training_file(&dir.join("text.parquet"), Malformed::Fail), Err(gradcache::AppError::Parquet { .. })));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -82,6 +82,26 @@ pub enum AppError {
         path: std::path::PathBuf,
     },
 
+    /// A Parquet file lacks a column the records need.
+    #[error("{path}: no {wanted} column; the table has: {}", found.join(", "))]
+    MissingColumn {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The column (or the alternatives) looked for.
+        wanted: &'static str,
+        /// The table's columns.
+        found: Vec<String>,
+    },
+
+    /// The Parquet reader refused a file.
+    #[error("{path}: not a readable Parquet file: {reason}")]
+    Parquet {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the reader said.
+        reason: String,
+    },
+
     /// A metric was named that no evaluation of the run logs.
     #[error("no evaluation of this run logs a metric `{name}`; it logs: {}", known.join(", "))]
     UnknownMetric {

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::app::data::jsonl::read_training_records;
 use crate::app::data::wordnet::{Split, WordSenseData};
 use crate::app::data::{grouped_batch, Malformed, TrainingRecord};
 use crate::models::encoders::{TextEncoderConfig, Pooling};
@@ -105,7 +104,9 @@ pub struct RerankerConfig {
     /// The prepared WordNet task (training data unless `train_jsonl`; its
     /// dev split evaluated when [`RerankerConfig::wordnet_eval`] says so).
     pub data_dir: PathBuf,
-    /// Train on these JSONL records instead of the WordNet training split.
+    /// Train on these records instead of the WordNet training split: JSONL,
+    /// or a Parquet table (`.parquet`, sentence-transformers' columns:
+    /// [`crate::app::data::parquet`]).
     pub train_jsonl: Option<PathBuf>,
     /// Skip (and count) malformed JSONL lines instead of stopping.
     pub skip_malformed: bool,
@@ -492,7 +493,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     let records = match &c.train_jsonl {
         Some(path) => {
             let malformed = if c.skip_malformed { Malformed::Skip } else { Malformed::Fail };
-            let read = read_training_records(path, malformed)?;
+            let read = crate::app::data::parquet::read_training_file(path, malformed)?;
             if read.skipped > 0 {
                 eprintln!("skipped {} malformed lines of {}", read.skipped, path.display());
             }

@@ -279,7 +279,7 @@ fn mine(model: &Path, pairs: &Path, corpus: &Path, output: &Path, config: &gradc
         let config = gradcache::ModelConfig::new(Default::default(), max_len, true, head, Default::default());
         Scorer::from_pretrained(config, &folder, gradcache::runtime::parse_device(&run.device)?)?.with_precision(run.precision)?
     };
-    let records = gradcache::app::data::jsonl::read_training_records(pairs, Malformed::Fail)?.items;
+    let records = gradcache::app::data::parquet::read_training_file(pairs, Malformed::Fail)?.items;
     let texts = read_texts(corpus, Malformed::Fail)?.items;
     let corpus_texts: Vec<&str> = texts.iter().map(|t| t.text.as_str()).collect();
     eprintln!("{} pairs, {} documents", records.len(), corpus_texts.len());

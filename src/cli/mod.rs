@@ -77,8 +77,11 @@ pub struct TrainArgs {
     /// The run folder.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
-    /// Train on these JSONL records instead of the WordNet training split.
-    #[arg(long)]
+    /// Train on these records instead of the WordNet training split: JSONL
+    /// ({"query", "positive", "negatives"}) or a .parquet table with
+    /// sentence-transformers' columns (anchor/positive/negative[_n], or
+    /// query/positive(s)/negatives).
+    #[arg(long, visible_alias = "train-data")]
     pub train_jsonl: Option<PathBuf>,
     /// The pretrained model: a Hugging Face folder (BERT, RoBERTa,
     /// XLM-RoBERTa, ModernBERT with `tokenizer.json` or a BERT

@@ -10,6 +10,7 @@
 
 pub mod beir;
 pub mod jsonl;
+pub mod parquet;
 pub mod rerank;
 pub mod texts;
 pub mod wordnet;
