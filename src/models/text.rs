@@ -135,7 +135,7 @@ impl TextTokenizer {
             Backend::Json { truncating, path, .. } => {
                 let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
                 let encoded = truncating
-                    .encode_batch(inputs, true)
+                    .encode_batch_fast(inputs, true)
                     .map_err(|e| GradCacheError::TokenizerJson { path: path.to_path_buf(), reason: e.to_string() })?;
                 encoded.iter().map(|e| e.get_ids().iter().map(|&id| i64::from(id)).collect()).collect()
             }
