@@ -556,12 +556,15 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     let shares: Vec<usize> = (0..ranks).map(|r| c.batch_size / ranks + usize::from(r >= ranks - c.batch_size % ranks)).collect();
     let own_start: usize = shares[..rank].iter().sum();
     if lead {
-        println!(
-            "train_reranker: {} training records, dev {} queries x {} senses, device {device:?}",
-            records.len(),
-            dev.set.queries.len(),
-            dev.set.corpus.len()
-        );
+        let mut evaluated = Vec::new();
+        if wordnet {
+            evaluated.push(format!("WordNet {split} {} queries x {} senses", dev.set.queries.len(), dev.set.corpus.len()));
+        }
+        if let (Some(dir), Some(set)) = (&c.eval_data, &eval_set) {
+            evaluated.push(format!("{} {split} {} queries x {} documents", dir.display(), set.queries.len(), set.corpus.len()));
+        }
+        let evaluated = if evaluated.is_empty() { "no evaluation".to_string() } else { format!("evaluated on {}", evaluated.join(" and ")) };
+        println!("train_reranker: {} training records, {evaluated}, device {device:?}", records.len());
         let sizes = if c.step.auto_sizes {
             "chunk and block sizes from the memory budget".to_string()
         } else {

@@ -193,6 +193,11 @@ enum Command {
         /// Longest tokenized text, for a model folder (a bundle has its own).
         #[arg(long, default_value_t = 128)]
         max_len: usize,
+        /// Also write the records that got fewer than --negatives negatives
+        /// (by default they are left out: training needs group_size - 1
+        /// negatives per record).
+        #[arg(long)]
+        keep_short: bool,
         #[command(flatten)]
         run: RunArgs,
         /// No progress on stderr.
@@ -269,8 +274,12 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
 
 /// A bundle, or a pretrained folder's encoder with the cosine head.
 #[allow(clippy::too_many_arguments)]
-fn mine(model: &Path, pairs: &Path, corpus: &Path, output: &Path, config: &gradcache::app::mine::MineConfig, max_len: usize, run: &RunArgs, quiet: bool) -> Result<()> {
+fn mine(model: &Path, pairs: &Path, corpus: &Path, output: &Path, config: &gradcache::app::mine::MineConfig, max_len: usize, keep_short: bool, run: &RunArgs, quiet: bool) -> Result<()> {
     config.validate()?;
+    // Where the records go is checked before the work, not after it.
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     let scorer = if model.join(gradcache::app::scorer::BUNDLE_FILE).is_file() {
         load_scorer(model, run)?
     } else {
@@ -286,14 +295,16 @@ fn mine(model: &Path, pairs: &Path, corpus: &Path, output: &Path, config: &gradc
     let started = Instant::now();
     let (mined, report) = gradcache::app::mine::mine_negatives(&scorer, &records, &corpus_texts, config, &mut progress_printer(quiet))?;
     let mut jsonl = String::new();
-    for record in &mined {
+    let mut written = 0;
+    for record in mined.iter().filter(|r| keep_short || r.negatives.len() == config.negatives) {
         jsonl.push_str(&serde_json::to_string(record)?);
         jsonl.push('\n');
+        written += 1;
     }
     write_bytes_atomically(output, jsonl.as_bytes())?;
+    let short = if keep_short { "kept (--keep-short)" } else { "left out (--keep-short keeps them)" };
     println!(
-        "wrote {} records to {} in {:.0} s; {} with fewer than {} negatives; {} candidates dropped by the margins, {} for being a positive",
-        mined.len(),
+        "wrote {written} records to {} in {:.0} s; {} pairs got fewer than {} negatives: {short}; {} candidates dropped by the margins, {} for being a positive",
         output.display(),
         started.elapsed().as_secs_f64(),
         report.short,
@@ -431,9 +442,9 @@ fn main() -> Result<ExitCode> {
             encode(&model, &input, &output, &side, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mine { model, pairs, corpus, output, negatives, range_min, range_max, margin, relative_margin, max_len, run, quiet } => {
+        Command::Mine { model, pairs, corpus, output, negatives, range_min, range_max, margin, relative_margin, max_len, keep_short, run, quiet } => {
             let config = gradcache::app::mine::MineConfig { negatives, range_min, range_max, absolute_margin: margin, relative_margin };
-            mine(&model, &pairs, &corpus, &output, &config, max_len, &run, quiet)?;
+            mine(&model, &pairs, &corpus, &output, &config, max_len, keep_short, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { model, format: _, output, side } => {

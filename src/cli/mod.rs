@@ -79,7 +79,7 @@ pub struct TrainArgs {
     pub output_dir: Option<PathBuf>,
     /// Train on these records instead of the WordNet training split: JSONL
     /// ({"query", "positive", "negatives"}) or a .parquet table with
-    /// sentence-transformers' columns (anchor/positive/negative[_n], or
+    /// sentence-transformers' columns (anchor/positive/negative_n, or
     /// query/positive(s)/negatives).
     #[arg(long, visible_alias = "train-data")]
     pub train_jsonl: Option<PathBuf>,

@@ -163,11 +163,16 @@ pub fn encode_safetensors(named: &[(String, Tensor)], metadata: &[(&str, &str)])
 }
 
 /// Writes `file` through `write(tmp)` on a sibling temporary path, then
-/// renames it into place, so readers never see a half-written file.
+/// renames it into place, so readers never see a half-written file. A
+/// missing parent folder is created first.
 ///
 /// # Errors
-/// [`GradCacheError::Io`] for the rename; whatever `write` returns.
+/// [`GradCacheError::Io`] for the folder or the rename; whatever `write`
+/// returns.
 pub fn write_atomically(file: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        std::fs::create_dir_all(parent).map_err(crate::error::io_error(parent))?;
+    }
     let tmp = temporary_sibling(file);
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);
