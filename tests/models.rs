@@ -14,13 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{assert_exact, serial, Comparison, F64_TOL};
+use common::serial;
 use gradcache::app::error::AppError;
-use gradcache::check::{zero_grads, GradientSnapshot};
 use gradcache::models::encoders::{BertImplementation, Pooling, TextEncoder, TextEncoderConfig};
 use gradcache::models::heads::{HeadConfig, MlpHeadConfig};
 use gradcache::models::pretrained::ModelDir;
-use gradcache::{Encoder, GradCache, GradCacheError, InfoNce, Layout, ModelConfig, Scorer, StepConfig, Targets};
+use gradcache::{Encoder, GradCacheError, Layout, ModelConfig, Scorer};
 use serde::Deserialize;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -152,27 +151,9 @@ fn two_cache_step_is_exact_through_xlmr_and_modernbert_with_dropout() {
         let head = MlpHeadConfig { dim: 16, hidden: 8, dropout: 0.1, residual: None }.init(&(vs.root() / "head")).unwrap();
         vs.double();
         let tok = model.tokenizer(16).unwrap();
-        let queries = tok.encode(&["a bank of a river", "Geld auf der Bank", "銀行の岸", "a bank of switches 🙂"]).unwrap();
-        let passages = tok
-            .encode(&[
-                "sloping land beside water", "a financial institution", "tip laterally", "an arrangement in a row",
-                "a container for coins", "a flight maneuver", "a long ridge", "the funds held by a gambling house",
-            ])
-            .unwrap();
-        let targets = Targets::grouped(4, 8, 2).unwrap();
-        let loss = InfoNce { temperature: 0.5, symmetric: false };
-        let step = StepConfig { layout: Layout { query_chunk_size: 3, passage_chunk_size: 3, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
-        let mut gc = GradCache::tied(step, &enc, &head, &loss).unwrap();
-        zero_grads(&vs);
-        tch::manual_seed(5);
-        let cached = gc.step(&queries, &passages, &targets).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let ours = GradientSnapshot::take(&vs).unwrap();
-        zero_grads(&vs);
-        tch::manual_seed(5);
-        let reference = gc.full_batch_step(&queries, &passages, &targets).unwrap();
-        let theirs = GradientSnapshot::take(&vs).unwrap();
-        let c = Comparison { cached_loss: cached.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
-        assert_exact(&c, F64_TOL, &format!("{name} + MLP head, f64, dropout 0.1"));
+        let queries = ["a bank of a river", "Geld auf der Bank", "銀行の岸", "a bank of switches 🙂"];
+        common::assert_exact_through_text_encoder(&vs, &enc, &head, &tok, queries, &format!("{name} + MLP head, f64, dropout 0.1"));
+        let queries = tok.encode(&queries).unwrap();
         // Dropout acted: two training-mode encodes with different seeds differ.
         tch::manual_seed(1);
         let a = enc.encode(&queries, true).unwrap().tensor().detach();

@@ -9,12 +9,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_exact, serial, Comparison, F64_TOL};
-use gradcache::check::{zero_grads, GradientSnapshot};
+use common::serial;
 use gradcache::models::encoders::{TextEncoder, TextEncoderConfig, BertImplementation, Pooling};
 use gradcache::models::heads::MlpHeadConfig;
 use gradcache::models::pretrained::ModelDir;
-use gradcache::{Encoder, GradCache, GradCacheError, InfoNce, StepConfig, Targets};
+use gradcache::{Encoder, GradCacheError};
 use serde::Deserialize;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -165,27 +164,9 @@ fn exact_through_minilm(implementation: BertImplementation) {
     let head = MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: None }.init(&(vs.root() / "head")).unwrap();
     vs.double();
     let tok = model.tokenizer(16).unwrap();
-    let queries = tok.encode(&["a bank of a river", "money in the bank", "to bank a plane", "a bank of switches"]).unwrap();
-    let passages = tok
-        .encode(&[
-            "sloping land beside water", "a financial institution", "tip laterally", "an arrangement in a row",
-            "a container for coins", "a flight maneuver", "a long ridge", "the funds held by a gambling house",
-        ])
-        .unwrap();
-    let targets = Targets::grouped(4, 8, 2).unwrap();
-    let loss = InfoNce { temperature: 0.5, symmetric: false };
-    let step = StepConfig { layout: gradcache::Layout { query_chunk_size: 3, passage_chunk_size: 3, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
-    let mut gc = GradCache::tied(step, &enc, &head, &loss).unwrap();
-    zero_grads(&vs);
-    tch::manual_seed(5);
-    let cached = gc.step(&queries, &passages, &targets).unwrap();
-    let ours = GradientSnapshot::take(&vs).unwrap();
-    zero_grads(&vs);
-    tch::manual_seed(5);
-    let reference = gc.full_batch_step(&queries, &passages, &targets).unwrap();
-    let theirs = GradientSnapshot::take(&vs).unwrap();
-    let c = Comparison { cached_loss: cached.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
-    assert_exact(&c, F64_TOL, &format!("MiniLM ({implementation:?}) + MLP head, f64, dropout 0.1"));
+    let queries = ["a bank of a river", "money in the bank", "to bank a plane", "a bank of switches"];
+    let context = format!("MiniLM ({implementation:?}) + MLP head, f64, dropout 0.1");
+    common::assert_exact_through_text_encoder(&vs, &enc, &head, &tok, queries, &context);
 }
 
 fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {

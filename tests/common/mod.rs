@@ -251,3 +251,40 @@ pub fn pairs_beir(dir: &std::path::Path, pairs: &[(&str, &str)], distractors: &[
     std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
     std::fs::write(dir.join("qrels/dev.tsv"), qrels).unwrap();
 }
+
+/// The two-cache step against the full batch through a pretrained text
+/// encoder (tied) and `head`, both already in `vs` and in f64: four word
+/// queries against eight passages in groups of two, chunks of 3 and blocks
+/// of 3 × 5, one seed for both; asserts `F64_TOL`. The queries are
+/// `queries`, so each family can bring its own scripts.
+#[allow(dead_code)]
+pub fn assert_exact_through_text_encoder(
+    vs: &nn::VarStore,
+    encoder: &gradcache::models::encoders::TextEncoder,
+    head: &dyn ScoringHead,
+    tokenizer: &gradcache::models::text::TextTokenizer,
+    queries: [&str; 4],
+    context: &str,
+) {
+    let queries = tokenizer.encode(&queries).unwrap();
+    let passages = tokenizer
+        .encode(&[
+            "sloping land beside water", "a financial institution", "tip laterally", "an arrangement in a row",
+            "a container for coins", "a flight maneuver", "a long ridge", "the funds held by a gambling house",
+        ])
+        .unwrap();
+    let targets = Targets::grouped(4, 8, 2).unwrap();
+    let loss = InfoNce { temperature: 0.5, symmetric: false };
+    let layout = gradcache::Layout { query_chunk_size: 3, passage_chunk_size: 3, head_block_queries: 3, head_block_passages: 5 };
+    let mut gc = GradCache::tied(StepConfig { layout, ..StepConfig::default() }, encoder, head, &loss).unwrap();
+    zero_grads(vs);
+    tch::manual_seed(5);
+    let cached = gc.step(&queries, &passages, &targets).unwrap_or_else(|e| panic!("{context}: {e}"));
+    let ours = GradientSnapshot::take(vs).unwrap();
+    zero_grads(vs);
+    tch::manual_seed(5);
+    let reference = gc.full_batch_step(&queries, &passages, &targets).unwrap();
+    let theirs = GradientSnapshot::take(vs).unwrap();
+    let c = Comparison { cached_loss: cached.loss, reference_loss: reference.loss, grads: ours.compare(&theirs).unwrap() };
+    assert_exact(&c, F64_TOL, context);
+}
