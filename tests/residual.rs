@@ -261,3 +261,26 @@ fn reference_results_compare_budgets() {
     assert!(matches!(ReferenceResults::read(&path), Err(gradcache::AppError::Core(GradCacheError::Json { .. }))));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The main job prints the committed baselines beside its own row only when
+/// its budget is theirs: the default run's budget (what
+/// `scripts/gradcache.sh train` runs) equals the one recorded in
+/// docs/results/heads/baselines.json, so a new budget field that the
+/// committed file lacks shows up here instead of silently dropping the
+/// baseline rows from the README's output.
+#[test]
+fn the_main_jobs_budget_is_the_committed_baselines_budget() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: gradcache::cli::TrainArgs,
+    }
+    let config = Cli::try_parse_from(["train_reranker"]).unwrap().args.resolve().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(config.baselines.as_ref().unwrap());
+    let committed = ReferenceResults::read(&path).unwrap();
+    assert_eq!(committed.differences(&config.budget()), Vec::<String>::new());
+    // A run evaluated on other data is not comparable with them.
+    let other = gradcache::app::recipe::RerankerConfig { eval_data: Some("my-dev".into()), ..config };
+    assert_eq!(committed.differences(&other.budget()), vec!["eval_data".to_string()]);
+}

@@ -279,7 +279,7 @@ impl RerankerConfig {
     /// The settings that make two runs' metrics comparable.
     pub fn budget(&self) -> BTreeMap<String, serde_json::Value> {
         let data = self.train_jsonl.as_ref().map_or("wordnet".to_string(), |p| p.display().to_string());
-        BTreeMap::from([
+        let mut budget = BTreeMap::from([
             ("steps".to_string(), self.train.steps.into()),
             ("batch_size".to_string(), self.batch_size.into()),
             ("group_size".to_string(), self.group_size.into()),
@@ -288,8 +288,13 @@ impl RerankerConfig {
             ("train_data".to_string(), data.into()),
             ("eval_split".to_string(), serde_json::to_value(self.eval_split).unwrap_or_default()),
             ("eval_queries".to_string(), self.dev_queries.into()),
-            ("eval_data".to_string(), self.eval_data.as_ref().map(|p| p.display().to_string()).into()),
-        ])
+        ]);
+        // Only when set: budgets recorded before the field existed (the
+        // committed baselines) stay comparable with runs that leave it unset.
+        if let Some(dir) = &self.eval_data {
+            budget.insert("eval_data".to_string(), dir.display().to_string().into());
+        }
+        budget
     }
 }
 
