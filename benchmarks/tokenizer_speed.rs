@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(a.ids() == b.ids(), "the two tokenizers disagree on the main job's texts");
     println!("{} texts (queries and passages of the main job's training records), {} threads", texts.len(), tch::get_num_threads());
     println!("{:<28} {:>12} {:>14}", "round / tokenizer", "seconds", "tokens/s");
-    let mut rates = vec![Vec::new(), Vec::new()];
+    let mut rates = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         for (i, (name, tok)) in [("tokenizer.json (tokenizers)", &json), ("vocab.txt (rust_tokenizers)", &vocab)].into_iter().enumerate() {
             let started = Instant::now();

@@ -120,6 +120,32 @@ setup_models() {
     printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" > "$repo/.python-models.tmp" && chmod +x "$repo/.python-models.tmp" && mv "$repo/.python-models.tmp" "$repo/.python-models"
 }
 
+# PyLate for the ColBERT export check of tests/models.rs (docs/models.md):
+# pylate 1.6.0 with the sentence-transformers it pins (5.3.0) and datasets
+# (which pylate's utilities import), in a venv of their own that borrows
+# venv-models' other packages (transformers 4.57.1, torch 2.4.0) through
+# site.addsitedir, so its .pth reaches the parity torch too. Installing
+# pylate with its dependencies would bring torch 2.11 with CUDA (5.4 GB,
+# through fast-plaid, which the check does not use); docs/models.md
+# records the same check on such a full install. Writes .python-pylate.
+setup_pylate() {
+    setup_models
+    local pvenv="$home/venv-pylate"
+    local py="$pvenv/bin/python"
+    local models_site site
+    models_site="$("$home/venv-models/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
+    [ -x "$py" ] || python3 -m venv "$pvenv"
+    # Before pip runs, so that it counts venv-models' packages as installed.
+    site="$("$py" -c 'import site; print(site.getsitepackages()[0])')"
+    echo "import site; site.addsitedir('$models_site')" > "$site/zz_models_venv.pth"
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('pylate') != '1.6.0' or m.version('sentence-transformers') != '5.3.0' or m.version('datasets') != '4.4.1')" 2>/dev/null; then
+        log "installing pylate==1.6.0, sentence-transformers==5.3.0 and datasets==4.4.1 into $pvenv"
+        "$py" -m pip install --quiet --disable-pip-version-check "datasets==4.4.1"
+        "$py" -m pip install --quiet --disable-pip-version-check --no-deps "pylate==1.6.0" "sentence-transformers==5.3.0"
+    fi
+    printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" > "$repo/.python-pylate.tmp" && chmod +x "$repo/.python-pylate.tmp" && mv "$repo/.python-pylate.tmp" "$repo/.python-pylate"
+}
+
 # Open MPI for the distributed step (cargo feature `mpi`): Debian's
 # openmpi-bin and libopenmpi-dev, and libclang-dev for the mpi crate's
 # bindgen. Installed with apt when missing; without root that cannot
@@ -223,6 +249,7 @@ case "$cmd" in
     setup-bench) setup_bench ;;
     setup-clients) setup_clients ;;
     setup-models) setup_models ;;
+    setup-pylate) setup_pylate ;;
     serve)
         setup
         cd "$repo"
@@ -269,6 +296,7 @@ case "$cmd" in
     test)
         setup
         setup_models
+        setup_pylate
         setup_mpi
         cd "$repo"
         # The API docs build without warnings (broken links fail here), with
@@ -282,7 +310,7 @@ case "$cmd" in
         exec cargo test --doc --features mpi "$@"
         ;;
     *)
-        echo "usage: scripts/gradcache.sh {setup|setup-bench|setup-clients|setup-models|train|train-mpi|serve|test|reproduce|device-build} [args...]" >&2
+        echo "usage: scripts/gradcache.sh {setup|setup-bench|setup-clients|setup-models|setup-pylate|train|train-mpi|serve|test|reproduce|device-build} [args...]" >&2
         exit 2
         ;;
 esac

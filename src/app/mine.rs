@@ -59,7 +59,7 @@ impl MineConfig {
         if self.range_max <= self.range_min {
             return bad("range_max", "must be above range_min");
         }
-        if !(self.absolute_margin.is_finite() && self.relative_margin.is_finite()) || !(0.0..1.0).contains(&self.relative_margin) {
+        if !(self.absolute_margin.is_finite() && self.relative_margin.is_finite() && (0.0..1.0).contains(&self.relative_margin)) {
             return bad("relative_margin", "margins must be finite, the relative one in [0, 1)");
         }
         Ok(())

@@ -22,6 +22,7 @@ use gradcache::error::Side;
 use gradcache::models::weights::encode_safetensors;
 use gradcache::Representation;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
+use gradcache::app::export::ExportFormat;
 use gradcache::app::data::Malformed;
 use gradcache::app::retrieval::{evaluate_two_stage, write_trec_run};
 use gradcache::models::weights::write_bytes_atomically;
@@ -143,13 +144,15 @@ enum Command {
     /// Export a bundle's encoder for other tools: `--format
     /// sentence-transformers` writes a folder that `SentenceTransformer(DIR)`
     /// and text-embeddings-inference load (encoder, pooling, projection as
-    /// Dense, Normalize); the learned head stays in the bundle
-    /// (docs/models.md).
+    /// Dense, Normalize); `--format pylate` a MaxSim bundle's token encoder
+    /// as a folder that PyLate's `ColBERT(DIR)` loads. The learned head
+    /// stays in the bundle (docs/models.md).
     Export {
         #[arg(long)]
         model: PathBuf,
-        #[arg(long, value_parser = ["sentence-transformers"])]
-        format: String,
+        /// sentence-transformers or pylate.
+        #[arg(long, value_parser = parse_export_format)]
+        format: ExportFormat,
         /// The new folder (must not exist, or be empty).
         #[arg(long)]
         output: PathBuf,
@@ -270,6 +273,13 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
         }
         last.1 = done;
     }
+}
+
+fn parse_export_format(name: &str) -> std::result::Result<ExportFormat, String> {
+    ExportFormat::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = ExportFormat::ALL.iter().map(|f| f.name()).collect();
+        format!("one of: {}", names.join(", "))
+    })
 }
 
 /// A bundle, or a pretrained folder's encoder with the cosine head.
@@ -447,14 +457,15 @@ fn main() -> Result<ExitCode> {
             mine(&model, &pairs, &corpus, &output, &config, max_len, keep_short, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { model, format: _, output, side } => {
+        Command::Export { model, format, output, side } => {
             let scorer = Scorer::load(&model, tch::Device::Cpu).with_context(|| format!("loading {}", model.display()))?;
             let side = if side == "queries" { Side::Queries } else { Side::Passages };
-            let report = gradcache::app::export::export_sentence_transformers(&scorer, side, &output)?;
+            let report = gradcache::app::export::export(&scorer, format, side, &output)?;
             if !scorer.config().tied {
                 println!("the bundle's encoders are not tied: exported the {side} encoder (--side)");
             }
-            println!("wrote {} ({}; embeddings of width {})", output.display(), report.modules.join(" -> "), report.dim);
+            let what = if format == ExportFormat::Pylate { "token vectors" } else { "embeddings" };
+            println!("wrote {} ({}; {what} of width {})", output.display(), report.modules.join(" -> "), report.dim);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rerank { model, input, output, run } => {

@@ -435,7 +435,7 @@ impl ModelDir {
         let (lowercase, model_max_length) = if tokenizer_config.is_file() {
             let t: TokenizerConfig = read_json(&tokenizer_config)?;
             // Tokenizers without a limit say so with a huge number (1e30).
-            (t.do_lower_case.unwrap_or(true), t.model_max_length.filter(|&n| n >= 1.0 && n < 1e9).map(|n| n as usize))
+            (t.do_lower_case.unwrap_or(true), t.model_max_length.filter(|n| (1.0..1e9).contains(n)).map(|n| n as usize))
         } else {
             (true, None)
         };
