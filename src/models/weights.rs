@@ -89,15 +89,21 @@ pub fn load_safetensors(vs: &nn::VarStore, prefix: &str, file: &Path) -> Result<
 /// # Errors
 /// [`GradCacheError::Io`] or [`GradCacheError::Torch`] on write failure.
 pub fn save_safetensors(vs: &nn::VarStore, prefix: &str, file: &Path) -> Result<usize> {
+    let named = named_variables(vs, prefix);
+    let bytes = encode_safetensors(&named, &[])?;
+    write_bytes_atomically(file, &bytes)?;
+    Ok(named.len())
+}
+
+/// The variables of `vs` under `prefix`, named without it, sorted by name.
+pub fn named_variables(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
         .filter_map(|(name, var)| strip(&name, prefix).map(|k| (k.to_string(), var)))
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let bytes = encode_safetensors(&named, &[])?;
-    write_bytes_atomically(file, &bytes)?;
-    Ok(named.len())
+    named
 }
 
 fn dtype_of(kind: tch::Kind) -> Result<safetensors::Dtype> {
