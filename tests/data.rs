@@ -292,3 +292,24 @@ pq.write_table(pa.table({"query": ["fine", "  "], "positive": ["yes", "no"]}), d
     assert!(matches!(read_training_file(&dir.join("text.parquet"), Malformed::Fail), Err(gradcache::AppError::Parquet { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// TREC run files separate fields by whitespace: the WordNet evaluation's
+/// ids have none (multi-word lemmas as `power_play#…`), and an id with a
+/// space is refused by name before a run file is written, not written as a
+/// line with seven fields.
+#[test]
+fn trec_runs_refuse_ids_with_whitespace() {
+    use gradcache::app::retrieval::{check_trec_ids, write_trec_run};
+    for split in [Split::Dev, Split::Test] {
+        let eval = embedded().sense_eval(split, 300);
+        assert!(eval.set.corpus.iter().any(|(id, _)| id.contains('_')), "a multi-word lemma among the senses");
+        check_trec_ids(&eval.set).unwrap();
+    }
+    let mut set = embedded().sense_eval(Split::Dev, 2).set;
+    set.corpus[0].0 = "power play#n1".into();
+    let rankings: Vec<Vec<(usize, f64)>> = set.queries.iter().map(|_| vec![(0, 1.0)]).collect();
+    let dir = temp_dir("trec");
+    let err = write_trec_run(&dir.join("run.trec"), &set, &rankings, "t").unwrap_err();
+    assert!(matches!(&err, AppError::TrecId { what: "document", id } if id == "power play#n1"), "{err}");
+    assert!(!dir.join("run.trec").exists());
+}

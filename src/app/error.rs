@@ -118,6 +118,16 @@ pub enum AppError {
         path: std::path::PathBuf,
     },
 
+    /// An id the TREC run format cannot hold (its fields are separated by
+    /// whitespace).
+    #[error("{what} id {id:?} is empty or contains whitespace, which a TREC run file cannot hold: rename it (e.g. spaces to underscores)")]
+    TrecId {
+        /// "query" or "document".
+        what: &'static str,
+        /// The id.
+        id: String,
+    },
+
     /// A bundle cannot be written in the format asked for.
     #[error("cannot export as {format}: {reason}")]
     UnsupportedExport {

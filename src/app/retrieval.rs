@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::app::data::RetrievalSet;
-use crate::app::error::Result;
+use crate::app::error::{AppError, Result};
 use crate::error::GradCacheError;
 use crate::app::metrics::{ranked_metrics, RetrievalMetrics};
 use crate::core::representation::Representation;
@@ -285,13 +285,30 @@ pub fn evaluate_two_stage(scorer: &Scorer, set: &RetrievalSet, retrieve_k: usize
     })
 }
 
+/// Checks that every query and document id of `set` fits a TREC run file
+/// (no whitespace), so that a caller can refuse before the work.
+///
+/// # Errors
+/// [`AppError::TrecId`] naming the first id that does not.
+pub fn check_trec_ids(set: &RetrievalSet) -> Result<()> {
+    let ids = set.queries.iter().map(|(id, _)| ("query", id)).chain(set.corpus.iter().map(|(id, _)| ("document", id)));
+    for (what, id) in ids {
+        if id.chars().any(char::is_whitespace) || id.is_empty() {
+            return Err(AppError::TrecId { what, id: id.clone() });
+        }
+    }
+    Ok(())
+}
+
 /// Writes rankings as a TREC run file (`qid Q0 docid rank score tag`),
 /// atomically.
 ///
 /// # Errors
+/// [`AppError::TrecId`] for an id with whitespace;
 /// [`GradCacheError::Shape`] when the rankings do not fit the set;
 /// [`GradCacheError::Io`].
 pub fn write_trec_run(path: &Path, set: &RetrievalSet, rankings: &[Ranked], tag: &str) -> Result<()> {
+    check_trec_ids(set)?;
     if rankings.len() != set.queries.len() || rankings.iter().flatten().any(|&(d, _)| d >= set.corpus.len()) {
         return Err(GradCacheError::Shape {
             what: "run file rankings",

@@ -92,7 +92,8 @@ enum Command {
     /// head's reranking of each query's top k, side by side; writes
     /// metrics.json and run.trec.
     Eval {
-        /// A model bundle (e.g. runs/train_reranker/model).
+        /// A model bundle (e.g. runs/train_reranker/model), or a pretrained
+        /// model folder (its encoder with the cosine head: the baseline).
         #[arg(long)]
         model: PathBuf,
         /// A BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv.
@@ -103,6 +104,9 @@ enum Command {
         /// Candidates per query passed from the first stage to the head.
         #[arg(long, default_value_t = 100)]
         retrieve_k: usize,
+        /// Longest tokenized text, for a model folder (a bundle has its own).
+        #[arg(long, default_value_t = 128)]
+        max_len: usize,
         /// Where metrics.json and run.trec go (default: eval/<data folder>-<split>).
         #[arg(long)]
         output: Option<PathBuf>,
@@ -290,14 +294,7 @@ fn mine(model: &Path, pairs: &Path, corpus: &Path, output: &Path, config: &gradc
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let scorer = if model.join(gradcache::app::scorer::BUNDLE_FILE).is_file() {
-        load_scorer(model, run)?
-    } else {
-        let folder = gradcache::models::pretrained::ModelDir::open(model).with_context(|| format!("opening {}", model.display()))?;
-        let head = HeadConfig::Cosine(Default::default());
-        let config = gradcache::ModelConfig::new(Default::default(), max_len, true, head, Default::default());
-        Scorer::from_pretrained(config, &folder, gradcache::runtime::parse_device(&run.device)?)?.with_precision(run.precision)?
-    };
+    let scorer = load_bundle_or_folder(model, max_len, run)?;
     let records = gradcache::app::data::parquet::read_training_file(pairs, Malformed::Fail)?.items;
     let texts = read_texts(corpus, Malformed::Fail)?.items;
     let corpus_texts: Vec<&str> = texts.iter().map(|t| t.text.as_str()).collect();
@@ -330,13 +327,26 @@ fn load_scorer(model: &Path, run: &RunArgs) -> Result<Scorer> {
     run.load(model).with_context(|| format!("loading the model bundle {}", model.display()))
 }
 
+/// A bundle, or a pretrained model folder's encoder (its own pooling and
+/// normalisation) under the cosine head with texts cut at `max_len`.
+fn load_bundle_or_folder(model: &Path, max_len: usize, run: &RunArgs) -> Result<Scorer> {
+    if model.join(gradcache::app::scorer::BUNDLE_FILE).is_file() {
+        return load_scorer(model, run);
+    }
+    let folder = gradcache::models::pretrained::ModelDir::open(model).with_context(|| format!("{} is neither a gradcache bundle nor a model folder", model.display()))?;
+    let head = HeadConfig::Cosine(Default::default());
+    let config = gradcache::ModelConfig::new(Default::default(), max_len, true, head, Default::default());
+    Ok(Scorer::from_pretrained(config, &folder, gradcache::runtime::parse_device(&run.device)?)?.with_precision(run.precision)?)
+}
+
 #[allow(clippy::too_many_arguments)]
-fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, output: Option<PathBuf>, skip: bool, run_args: &RunArgs, quiet: bool) -> Result<()> {
-    let scorer = load_scorer(model, run_args)?;
+fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, max_len: usize, output: Option<PathBuf>, skip: bool, run_args: &RunArgs, quiet: bool) -> Result<()> {
+    let scorer = load_bundle_or_folder(model, max_len, run_args)?;
     let (set, skipped) = read_beir(data, split, if skip { Malformed::Skip } else { Malformed::Fail })?;
     if skipped > 0 {
         eprintln!("skipped {skipped} malformed lines in {}", data.display());
     }
+    gradcache::app::retrieval::check_trec_ids(&set)?;
     let k = retrieve_k.max(1).min(set.corpus.len());
     eprintln!("{} queries, {} documents; the head reranks each query's top {k}", set.queries.len(), set.corpus.len());
     let started = Instant::now();
@@ -444,8 +454,8 @@ fn main() -> Result<ExitCode> {
             gradcache::cli::print_report(&report);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { model, data, split, retrieve_k, output, skip_malformed, run, quiet } => {
-            eval(&model, &data, &split, retrieve_k, output, skip_malformed, &run, quiet)?;
+        Command::Eval { model, data, split, retrieve_k, max_len, output, skip_malformed, run, quiet } => {
+            eval(&model, &data, &split, retrieve_k, max_len, output, skip_malformed, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Encode { model, input, output, side, run, quiet } => {

@@ -312,7 +312,8 @@ impl WordSenseData {
     }
 
     /// An evaluation set over the first `max_queries` examples of `split`:
-    /// the corpus holds every sense (`lemma#synset`) of their lemmas, so it
+    /// the corpus holds every sense (`lemma#synset`, spaces in a lemma as
+    /// `_`) of their lemmas, so it
     /// contains each query's gold sense and all its same-word distractors.
     pub fn sense_eval(&self, split: Split, max_queries: usize) -> SenseEval {
         let mut set = RetrievalSet::default();
@@ -323,7 +324,9 @@ impl WordSenseData {
             let qid = format!("q{qi}");
             let mut cands = Vec::new();
             for s in self.senses_of(&e.lemma) {
-                let did = format!("{}#{s}", e.lemma);
+                // WordNet's own form of a multi-word lemma (`power_play`):
+                // ids stay free of whitespace, as TREC run files need.
+                let did = format!("{}#{s}", e.lemma.replace(' ', "_"));
                 let next = set.corpus.len();
                 let i = *index.entry(did.clone()).or_insert(next);
                 if i == next {
