@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::app::data::wordnet::{Split, WordSenseData};
-use crate::app::data::{grouped_batch, Malformed, TrainingRecord};
+use crate::app::data::{grouped_batch, GroupedBatch, Malformed, TrainingRecord};
 use crate::models::encoders::{TextEncoderConfig, Pooling};
 use crate::app::error::{AppError, Result};
 use crate::error::GradCacheError;
@@ -357,8 +357,44 @@ fn holds_run(dir: &Path) -> bool {
     dir.join("config.json").exists() || dir.join("checkpoints").exists() || dir.join("metrics.jsonl").exists()
 }
 
-/// Batch `step`: `batch_size` records, each with its positive and
-/// `group_size - 1` hard negatives ([`grouped_batch`]).
+/// The records a run on `c` trains on: `c.train_jsonl` (JSONL or Parquet),
+/// else `task`'s training split.
+///
+/// # Errors
+/// [`AppError::NoRecords`] when there are none; reading errors of
+/// [`crate::app::data::parquet::read_training_file`].
+pub fn training_records(c: &RerankerConfig, task: &WordSenseData) -> Result<Vec<TrainingRecord>> {
+    let records = match &c.train_jsonl {
+        Some(path) => {
+            let malformed = if c.skip_malformed { Malformed::Skip } else { Malformed::Fail };
+            let read = crate::app::data::parquet::read_training_file(path, malformed)?;
+            if read.skipped > 0 {
+                eprintln!("skipped {} malformed lines of {}", read.skipped, path.display());
+            }
+            read.items
+        }
+        None => task.training_records(),
+    };
+    if records.is_empty() {
+        let path = c.train_jsonl.clone().unwrap_or_else(|| c.data_dir.clone());
+        return Err(AppError::NoRecords { path, what: "training records" });
+    }
+    Ok(records)
+}
+
+/// The texts of batch `step` of a run on `c`: `batch_size` records drawn
+/// by the seed, each with its positive and `group_size - 1` hard negatives
+/// ([`grouped_batch`]). The one source of a run's batch order, also for
+/// peers trained on the same examples (`benchmarks/write_batches.rs`).
+///
+/// # Errors
+/// As [`grouped_batch`].
+pub fn batch_texts<'a>(records: &'a [TrainingRecord], c: &RerankerConfig, step: usize) -> Result<GroupedBatch<'a>> {
+    let picks = sample_indices(records.len(), c.batch_size, step, c.train.seed);
+    grouped_batch(records, &picks, c.group_size, step)
+}
+
+/// Batch `step` ([`batch_texts`]), tokenized.
 fn batch(
     records: &[TrainingRecord],
     c: &RerankerConfig,
@@ -366,8 +402,7 @@ fn batch(
     step: usize,
     device: Device,
 ) -> Result<(TokenBatch, TokenBatch, Targets)> {
-    let picks = sample_indices(records.len(), c.batch_size, step, c.train.seed);
-    let b = grouped_batch(records, &picks, c.group_size, step)?;
+    let b = batch_texts(records, c, step)?;
     let targets = Targets::from_positives(b.passages.len(), b.positives)?;
     Ok((tok.encode(&b.queries)?.to_device(device)?, tok.encode(&b.passages)?.to_device(device)?, targets))
 }
@@ -495,21 +530,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     let c = fitted.as_ref().unwrap_or(c);
     let tok = model.tokenizer(c.max_len)?;
     let task = WordSenseData::read(&c.data_dir)?;
-    let records = match &c.train_jsonl {
-        Some(path) => {
-            let malformed = if c.skip_malformed { Malformed::Skip } else { Malformed::Fail };
-            let read = crate::app::data::parquet::read_training_file(path, malformed)?;
-            if read.skipped > 0 {
-                eprintln!("skipped {} malformed lines of {}", read.skipped, path.display());
-            }
-            read.items
-        }
-        None => task.training_records(),
-    };
-    if records.is_empty() {
-        let path = c.train_jsonl.clone().unwrap_or_else(|| c.data_dir.clone());
-        return Err(AppError::NoRecords { path, what: "training records" });
-    }
+    let records = training_records(c, &task)?;
     crate::app::data::check_negatives(&records, c.group_size)?;
     let dev = task.sense_eval(c.eval_split, c.dev_queries);
     let dev_queries: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();
