@@ -12,13 +12,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
-
-
-def vm_hwm_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM")
+from peer_common import vm_hwm_mb
 
 
 p = argparse.ArgumentParser()

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The cross-encoder baseline of docs/heads-results.md (#24): a MiniLM
+# CrossEncoder trained by sentence-transformers on the main job's batches
+# (benchmarks/peers/st_cross_encoder.py: the same examples in the same order
+# per seed, written by the write_batches example), then reranking the top 100
+# of two first stages on the WordNet dev and test sets
+# (benchmarks/peers/st_cross_encoder_rerank.py): the pretrained MiniLM's
+# cosine, and the fine-tuned cosine bi-encoder of the same seed (trained as
+# heads_compare.sh trains `cosine`). Runs and models under runs/cross_encoder
+# (kept: a re-run skips what is done); one JSON line per (seed, split,
+# first stage) in docs/results/cross_encoder/rerank.jsonl, the training
+# summaries in docs/results/cross_encoder/train.jsonl.
+#
+#   benchmarks/cross_encoder.sh          (SEEDS="0 1 2" SPLITS="dev test" by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/gradcache.sh setup-bench
+cargo build --release --quiet --bin gradcache --example write_batches --example train_reranker
+g=target/release/gradcache
+runs=runs/cross_encoder
+res=docs/results/cross_encoder
+mkdir -p "$runs" "$res"
+log() { echo "[cross_encoder] $(date -u +%H:%M:%S) $*" >&2; }
+[ -d "$runs/wordnet-beir/dev" ] || "$g" prepare-wordnet --beir "$runs/wordnet-beir" >&2
+first_stage() {  # MODEL NAME SPLIT: gradcache eval's run.trec of MODEL's top 100
+    local out="$runs/first-$2-$3"
+    [ -f "$out/run.trec" ] || { log "first stage $2 on $3"; "$g" eval --model "$1" --max-len 48 --data "$runs/wordnet-beir/$3" --split "$3" --output "$out" --quiet >&2; }
+}
+for split in ${SPLITS:-dev test}; do
+    first_stage .models/all-MiniLM-L6-v2 pretrained "$split"
+done
+for seed in ${SEEDS:-0 1 2}; do
+    cosine="$runs/cosine-s$seed"
+    if [ ! -f "$cosine/results.json" ]; then
+        log "fine-tuned cosine bi-encoder, seed $seed"
+        target/release/examples/train_reranker --config benchmarks/heads/cosine.json --seed "$seed" --output-dir "$cosine" --quiet > "$cosine.log" 2>&1
+    fi
+    ce="$runs/ce-s$seed"
+    if [ ! -f "$ce/summary.json" ]; then
+        target/release/examples/write_batches --batches "$runs/batches-s$seed.jsonl" --seed "$seed" >&2
+        log "cross-encoder, seed $seed"
+        ./.python benchmarks/peers/st_cross_encoder.py --batches "$runs/batches-s$seed.jsonl" --output "$ce" --seed "$seed" 2> "$ce.log" | tail -1 >> "$res/train.jsonl"
+    fi
+    for split in ${SPLITS:-dev test}; do
+        first_stage "$cosine/model" "cosine-s$seed" "$split"
+        for first in pretrained "cosine-s$seed"; do
+            tag="ce-s$seed $split $first"
+            if grep -qF "\"tag\": \"$tag\"" "$res/rerank.jsonl" 2>/dev/null; then continue; fi
+            log "reranking $first's top 100 on $split with the cross-encoder of seed $seed"
+            ./.python benchmarks/peers/st_cross_encoder_rerank.py --model "$ce/model" --data "$runs/wordnet-beir/$split" --split "$split" \
+                --run "$runs/first-$first-$split/run.trec" --tag "$tag" 2>> "$ce.log" >> "$res/rerank.jsonl"
+        done
+    done
+done
+log "done: $res"
