@@ -59,6 +59,12 @@ fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
     for f in ["config.json", "results.json", "metrics.jsonl", "model/gradcache.json", "model/head.safetensors"] {
         assert!(dir.join("run").join(f).is_file(), "{f}");
     }
+    // config.json is the resolved config: the encoder's unset fields as the
+    // model folder resolved them (MiniLM's mean Pooling), as the bundle has.
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/config.json")).unwrap()).unwrap();
+    let bundle: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/model/gradcache.json")).unwrap()).unwrap();
+    assert_eq!(written["encoder"]["pooling"], "mean", "{}", written["encoder"]);
+    assert_eq!(written["encoder"], bundle["encoder"]);
     let scorer = Scorer::load(&report.bundle, tch::Device::Cpu).unwrap();
     let dev = WordSenseData::read(&c.data_dir).unwrap().sense_eval(Split::Dev, 12);
     let q: Vec<&str> = dev.set.queries.iter().map(|(_, t)| t.as_str()).collect();

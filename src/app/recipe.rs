@@ -515,19 +515,23 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         return Err(crate::error::not_found(&c.model_dir, why).into());
     }
     let model = ModelDir::open(&c.model_dir)?;
-    // The head reads the encoder's vectors: its width follows the model's
-    // (the default head is sized for MiniLM's 384).
-    let width = c.encoder.resolved(&model)?.projection.unwrap_or_else(|| model.hidden_size());
-    let fitted = match c.head.dim() {
+    // From here on the config is the resolved one (what config.json, the
+    // resume fingerprint and the bundle record): the encoder's unset fields
+    // from the model folder, and the head's width following the encoder's
+    // vectors (the default head is sized for MiniLM's 384).
+    let encoder = c.encoder.resolved(&model)?;
+    let width = encoder.projection.unwrap_or_else(|| model.hidden_size());
+    let head = match c.head.dim() {
         Some(dim) if dim != width => {
             if lead {
                 println!("head.dim {dim} -> {width}: the width of {}'s vectors", model.architecture().family());
             }
-            Some(RerankerConfig { head: c.head.clone().with_dim(width), ..c.clone() })
+            c.head.clone().with_dim(width)
         }
-        _ => None,
+        _ => c.head.clone(),
     };
-    let c = fitted.as_ref().unwrap_or(c);
+    let resolved = RerankerConfig { encoder, head, ..c.clone() };
+    let c = &resolved;
     let tok = model.tokenizer(c.max_len)?;
     let task = WordSenseData::read(&c.data_dir)?;
     let records = training_records(c, &task)?;
@@ -591,6 +595,9 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         }
         let evaluated = if evaluated.is_empty() { "no evaluation".to_string() } else { format!("evaluated on {}", evaluated.join(" and ")) };
         println!("train_reranker: {} training records, {evaluated}, device {device:?}", records.len());
+        if let (Some(metric), 0) = (&selected, c.train.eval_every) {
+            println!("--select-best {metric} chooses between the evaluations before and after training: --eval-every N evaluates in between");
+        }
         let sizes = if c.step.auto_sizes {
             "chunk and block sizes from the memory budget".to_string()
         } else {
