@@ -569,7 +569,9 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         }
         if let Some(set) = &eval_set {
             let k = c.eval_retrieve_k.min(set.corpus.len());
-            let run = crate::app::retrieval::evaluate_two_stage(scorer, set, k, &mut |_, _, _| {})?;
+            // Progress as `gradcache eval` shows it: a large dev set takes a while.
+            let quiet = !(c.train.progress && lead);
+            let run = crate::app::retrieval::evaluate_two_stage(scorer, set, k, &mut crate::app::retrieval::stderr_progress(quiet))?;
             metrics.extend(run.first_stage_metrics.named("first_stage"));
             metrics.extend(run.reranked_metrics.named("reranked"));
         }

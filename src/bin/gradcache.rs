@@ -8,7 +8,7 @@
 //!     gradcache prepare-wordnet                    # rebuild examples/data/wordnet from WordNet 3.0
 //!     gradcache prepare-wordnet --beir wordnet-beir  # its dev and test splits as BEIR folders
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -24,7 +24,7 @@ use gradcache::Representation;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
 use gradcache::app::export::ExportFormat;
 use gradcache::app::data::Malformed;
-use gradcache::app::retrieval::{evaluate_two_stage, write_trec_run};
+use gradcache::app::retrieval::{evaluate_two_stage, stderr_progress, write_trec_run};
 use gradcache::models::weights::write_bytes_atomically;
 use gradcache::app::recipe;
 use gradcache::cli::{check_sample_head, RunArgs, ServeArgs, TrainArgs};
@@ -245,40 +245,6 @@ fn check(head: Option<String>, config: Option<PathBuf>, dim: usize, dropout: f64
     Ok(report.passed())
 }
 
-/// Progress on stderr with rate and ETA: rewritten in place on a terminal,
-/// a line per tenth otherwise.
-fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
-    // A stage's clock starts when the previous stage last reported (the
-    // first report comes after the first block's work).
-    let mut started = Instant::now();
-    let mut previous_report = started;
-    let tty = std::io::stderr().is_terminal();
-    let mut last = (String::new(), 0usize);
-    move |what: &str, done: usize, total: usize| {
-        if quiet {
-            return;
-        }
-        if last.0 != what {
-            last = (what.to_string(), 0);
-            started = previous_report;
-        }
-        previous_report = Instant::now();
-        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let eta = (total - done.min(total)) as f64 / rate.max(1e-9);
-        let line = format!("{what}: {done}/{total} ({rate:.0}/s, ETA {eta:.0} s)");
-        let tenth = (total / 10).max(1);
-        if tty {
-            eprint!("\r{line}\x1b[K");
-            if done >= total {
-                eprintln!();
-            }
-        } else if done >= total || done / tenth > last.1 / tenth {
-            eprintln!("{line}");
-        }
-        last.1 = done;
-    }
-}
-
 fn parse_export_format(name: &str) -> std::result::Result<ExportFormat, String> {
     ExportFormat::from_name(name).ok_or_else(|| {
         let names: Vec<&str> = ExportFormat::ALL.iter().map(|f| f.name()).collect();
@@ -300,7 +266,7 @@ fn mine(model: &Path, pairs: &Path, corpus: &Path, output: &Path, config: &gradc
     let corpus_texts: Vec<&str> = texts.iter().map(|t| t.text.as_str()).collect();
     eprintln!("{} pairs, {} documents", records.len(), corpus_texts.len());
     let started = Instant::now();
-    let (mined, report) = gradcache::app::mine::mine_negatives(&scorer, &records, &corpus_texts, config, &mut progress_printer(quiet))?;
+    let (mined, report) = gradcache::app::mine::mine_negatives(&scorer, &records, &corpus_texts, config, &mut stderr_progress(quiet))?;
     let mut jsonl = String::new();
     let mut written = 0;
     for record in mined.iter().filter(|r| keep_short || r.negatives.len() == config.negatives) {
@@ -350,7 +316,7 @@ fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, max_len: usiz
     let k = retrieve_k.max(1).min(set.corpus.len());
     eprintln!("{} queries, {} documents; the head reranks each query's top {k}", set.queries.len(), set.corpus.len());
     let started = Instant::now();
-    let run = evaluate_two_stage(&scorer, &set, k, &mut progress_printer(quiet))?;
+    let run = evaluate_two_stage(&scorer, &set, k, &mut stderr_progress(quiet))?;
     let seconds = started.elapsed().as_secs_f64();
     let name = data.file_name().map_or("data".into(), |n| n.to_string_lossy().into_owned());
     let out = output.unwrap_or_else(|| PathBuf::from("eval").join(format!("{name}-{split}")));
@@ -376,7 +342,7 @@ fn encode(model: &Path, input: &Path, output: &Path, side: &str, run: &RunArgs, 
     let lines = read_texts(input, Malformed::Fail)?.items;
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     let side = if side == "queries" { Side::Queries } else { Side::Passages };
-    let mut printer = progress_printer(quiet);
+    let mut printer = stderr_progress(quiet);
     let started = Instant::now();
     let rep = scorer.encode_many(&texts, side, &mut |done, total| printer("encoding", done, total))?;
     let named: Vec<(String, tch::Tensor)> = match &rep {
