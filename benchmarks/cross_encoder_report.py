@@ -1,5 +1,5 @@
 """Tables of the cross-encoder baseline (#24) from
-docs/results/cross_encoder/{rerank,train,latency}.jsonl (benchmarks/
+docs/results/cross_encoder/{rerank,wsd,train,latency}.jsonl (benchmarks/
 cross_encoder.sh, benchmarks/rerank_latency.sh): per split, each first
 stage alone and reranked by the cross-encoder (mean +- sample sd over the
 seeds present), the cross-encoder's training time per step, and the rerank
@@ -42,6 +42,10 @@ for split in ["dev", "test"]:
         if mine:
             out.append(row(f"{label} (first stage)", [r["first_stage"] for r in mine]))
             out.append(row(f"cross-encoder reranking its top {mine[0]['k']}", [r["reranked"] for r in mine]))
+    wsd = [w["wsd_accuracy"] for w in lines("wsd.jsonl") if w["split"] == split]
+    if wsd:
+        out += ["", f"Cross-encoder WSD accuracy over each query's sense grid (all senses of its word, as the training run's "
+                    f"WSD column): {cell(wsd)} ({len(wsd)} seed{'s' if len(wsd) > 1 else ''})."]
     out.append("")
 train = lines("train.jsonl")
 if train:

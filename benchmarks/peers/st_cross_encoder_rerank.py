@@ -52,6 +52,9 @@ p.add_argument("--write-run")
 p.add_argument("--tag", default="", help="a label copied into the output line")
 p.add_argument("--first-stage-only", action="store_true", help="score the run file itself (checks the metrics against gradcache eval's)")
 p.add_argument("--latency-only", action="store_true", help="only the latency queries (no metrics)")
+p.add_argument("--wsd-only", action="store_true",
+               help="WordNet sets only: WSD accuracy over each query's sense grid (every `LEMMA#synset` document of its gold "
+                    "sense's lemma, as gradcache's sense_eval builds it), ties to the first in corpus order; no reranking")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 
@@ -72,6 +75,24 @@ for line in open(a.run):
     first.setdefault(qid, []).append((int(rank), did))
 first = {q: [d for _, d in sorted(c)][: a.k] for q, c in first.items() if q in qrels}
 qids = [q for q in queries if q in first]
+if a.wsd_only:
+    model = CrossEncoder(a.model, device="cpu")
+    model.eval()
+    order = list(docs)  # corpus order
+    by_lemma = {}
+    for d in order:
+        by_lemma.setdefault(d.split("#")[0], []).append(d)
+    hits = 0
+    judged = [q for q in queries if q in qrels]
+    for q in judged:
+        gold = [d for d, g in qrels[q].items() if g > 0]
+        assert len(gold) == 1 and "#" in gold[0], f"not a WordNet sense query: {q}"
+        grid = by_lemma[gold[0].split("#")[0]]
+        scores = model.predict([(queries[q], docs[d]) for d in grid], batch_size=a.batch_size, show_progress_bar=False)
+        best = max(range(len(grid)), key=lambda i: (float(scores[i]), -i))
+        hits += grid[best] == gold[0]
+    print(json.dumps({"tag": a.tag, "split": a.split, "model": a.model, "queries": len(judged), "wsd_accuracy": hits / len(judged)}))
+    raise SystemExit
 result = {"tag": a.tag, "split": a.split, "run": a.run, "k": a.k, "queries": len(qids), "first_stage": metrics({q: first[q] for q in qids}, qrels)}
 if not a.first_stage_only:
     model = CrossEncoder(a.model, device="cpu")
