@@ -8,8 +8,9 @@
 # cosine, and the fine-tuned cosine bi-encoder of the same seed (trained as
 # heads_compare.sh trains `cosine`). Runs and models under runs/cross_encoder
 # (kept: a re-run skips what is done); one JSON line per (seed, split,
-# first stage) in docs/results/cross_encoder/rerank.jsonl, the training
-# summaries in docs/results/cross_encoder/train.jsonl.
+# first stage) in docs/results/cross_encoder/rerank.jsonl, its WSD accuracy
+# over each query's sense grid in wsd.jsonl, the training summaries in
+# train.jsonl.
 #
 #   benchmarks/cross_encoder.sh          (SEEDS="0 1 2" SPLITS="dev test" by default)
 set -euo pipefail
@@ -42,6 +43,11 @@ for seed in ${SEEDS:-0 1 2}; do
         ./.python benchmarks/peers/st_cross_encoder.py --batches "$runs/batches-s$seed.jsonl" --output "$ce" --seed "$seed" 2> "$ce.log" | tail -1 >> "$res/train.jsonl"
     fi
     for split in ${SPLITS:-dev test}; do
+        if ! grep -qF "\"tag\": \"ce-s$seed $split wsd\"" "$res/wsd.jsonl" 2>/dev/null; then
+            log "WSD accuracy of the cross-encoder of seed $seed on $split"
+            ./.python benchmarks/peers/st_cross_encoder_rerank.py --model "$ce/model" --data "$runs/wordnet-beir/$split" --split "$split" \
+                --run "$runs/first-pretrained-$split/run.trec" --wsd-only --tag "ce-s$seed $split wsd" 2>> "$ce.log" >> "$res/wsd.jsonl"
+        fi
         first_stage "$cosine/model" "cosine-s$seed" "$split"
         for first in pretrained "cosine-s$seed"; do
             tag="ce-s$seed $split $first"
