@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use gradcache::app::recipe::RerankerConfig;
 use gradcache::models::pretrained::ModelDir;
@@ -47,12 +47,6 @@ struct Args {
     queries: usize,
     #[arg(long, default_value_t = 2)]
     threads: i32,
-}
-
-fn vm_hwm_mb() -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    Ok(line.split_whitespace().nth(1).context("VmHWM")?.parse::<f64>()? / 1024.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -105,7 +99,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({
             "model": name, "queries": cached.len(), "candidates": a.k, "threads": a.threads,
-            "cached_ms_per_query": median(cached), "cold_ms_per_query": median(cold), "peak_mb": vm_hwm_mb()?,
+            "cached_ms_per_query": median(cached), "cold_ms_per_query": median(cold), "peak_mb": gradcache::runtime::peak_resident_mb()?,
         })
     );
     Ok(())

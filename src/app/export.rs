@@ -52,6 +52,15 @@ impl ExportFormat {
         }
     }
 
+    /// What a text becomes in this format, for messages: `embeddings`, or
+    /// `token vectors` for PyLate.
+    pub fn vectors(self) -> &'static str {
+        match self {
+            ExportFormat::SentenceTransformers => "embeddings",
+            ExportFormat::Pylate => "token vectors",
+        }
+    }
+
     /// Every format.
     pub const ALL: [ExportFormat; 2] = [ExportFormat::SentenceTransformers, ExportFormat::Pylate];
 
@@ -135,7 +144,7 @@ pub fn export(scorer: &Scorer, format: ExportFormat, side: Side, out: &Path) -> 
             ExportFormat::Pylate => write_pylate(scorer, encoder, &staging)?,
         };
         let readme = format!(
-            "# Exported by gradcache\n\nThe {} encoder of a gradcache bundle ({} model), as a {} folder: {}. {} of width {}. \
+            "# Exported by gradcache\n\nThe {} encoder of a gradcache bundle ({} model), as a {} folder: {}. Its {} are of width {}. \
              The bundle's learned scoring head is not part of this folder: serve the bundle with `gradcache serve` for reranking.\n",
             if scorer.config().tied { "shared" } else if side == Side::Queries { "query" } else { "passage" },
             scorer.model_dir().architecture().family(),
@@ -144,7 +153,7 @@ pub fn export(scorer: &Scorer, format: ExportFormat, side: Side, out: &Path) -> 
                 ExportFormat::SentenceTransformers => format!("`SentenceTransformer(\"{name}\")`"),
                 ExportFormat::Pylate => format!("`pylate.models.ColBERT(\"{name}\")`"),
             },
-            if format == ExportFormat::Pylate { "Token vectors" } else { "Embeddings" },
+            format.vectors(),
             report.dim,
         );
         write_bytes_atomically(&staging.join("README.md"), readme.as_bytes())?;

@@ -440,8 +440,7 @@ fn main() -> Result<ExitCode> {
             if !scorer.config().tied {
                 println!("the bundle's encoders are not tied: exported the {side} encoder (--side)");
             }
-            let what = if format == ExportFormat::Pylate { "token vectors" } else { "embeddings" };
-            println!("wrote {} ({}; {what} of width {})", output.display(), report.modules.join(" -> "), report.dim);
+            println!("wrote {} ({}; {} of width {})", output.display(), report.modules.join(" -> "), format.vectors(), report.dim);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rerank { model, input, output, run } => {
