@@ -184,6 +184,10 @@ fn config_files_merge_over_the_defaults_and_name_unknown_fields() {
     let args = TrainArgs { config: Some(path.clone()), memory: Some(memory), sort_by_length: true, ..TrainArgs::default() };
     let step = args.resolve().unwrap().step;
     assert_eq!((step.memory, step.sort_by_length), (gradcache::core::config::MemoryConfig::Budget { budget_mb: 1500.0 }, true));
+    // --chunk-tokens sets both sides' token budgets; a side's own flag wins.
+    let args = TrainArgs { chunk_tokens: Some(1024), passage_chunk_tokens: Some(4096), ..TrainArgs::default() };
+    let step = args.resolve().unwrap().step;
+    assert_eq!((step.query_chunk_tokens, step.passage_chunk_tokens), (Some(1024), Some(4096)));
     std::fs::write(&path, r#"{"train": {"stepz": 7}}"#).unwrap();
     assert!(matches!(RerankerConfig::read(&path), Err(AppError::Core(GradCacheError::Json { path: p, .. })) if p == path));
     let bad = RerankerConfig { batch_size: 0, ..RerankerConfig::default() };

@@ -158,7 +158,7 @@ fn the_peak_estimate_counts_caches_retained_graphs_and_the_largest_recomputed_pi
 #[test]
 fn a_budget_keeps_greedily_what_fits_and_refuses_what_cannot_fit() {
     let config = layout(MemoryConfig::default());
-    let fit = |budget: f64| Plan::fit(&config, 5, 15, &synthetic(), &item_tokens(), budget);
+    let fit = |budget: f64| Plan::fit(Plan::new(&config, 5, 15).unwrap(), &synthetic(), &item_tokens(), budget);
     // Worked by hand. Recomputing everything needs the largest chunk: 200.
     match fit(199.0) {
         Err(gradcache::GradCacheError::BudgetTooSmall { needed_mb, .. }) => assert_eq!(needed_mb * 1048576.0, 200.0),
@@ -193,7 +193,7 @@ fn a_budget_keeps_greedily_what_fits_and_refuses_what_cannot_fit() {
     assert_eq!(plan.estimate_peak(&costs, &item_tokens()).unwrap(), 10.0 + 2.0 * 200.0);
     // Without head graphs (closed form) no block is ever retained.
     let dot = CostModel { pair_bytes: None, ..synthetic() };
-    let (plan, _) = Plan::fit(&config, 5, 15, &dot, &item_tokens(), 649.0).unwrap();
+    let (plan, _) = Plan::fit(Plan::new(&config, 5, 15).unwrap(), &dot, &item_tokens(), 649.0).unwrap();
     assert_eq!(plan.retained(), RetainCounts { query_chunks: 3, passage_chunks: 3, head_blocks: 0 });
 }
 
@@ -372,6 +372,84 @@ fn length_sorted_chunks_pad_less_and_give_the_same_gradients() {
     }
 }
 
+fn by_tokens(query_tokens: usize, passage_tokens: usize, memory: MemoryConfig) -> StepConfig {
+    StepConfig { query_chunk_tokens: Some(query_tokens), passage_chunk_tokens: Some(passage_tokens), ..layout(memory) }
+}
+
+#[test]
+fn token_budget_chunks_stay_within_their_budget_and_give_the_full_batch_gradients() {
+    let _serial = serial();
+    // Random lengths 1..=12: budgets of 16 and 24 tokens give chunks of
+    // one to many items.
+    let data = data(9, 3, LossKind::InfoNce, 14);
+    let config = by_tokens(16, 24, MemoryConfig::default());
+    let plan = Plan::for_batch(&config, &data.queries, &data.passages).unwrap();
+    for (side, input, budget) in [(gradcache::error::Side::Queries, &data.queries, 16), (gradcache::error::Side::Passages, &data.passages, 24)] {
+        let chunks = plan.chunks(side);
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), input.len(), "{side:?}: every item once");
+        assert!(sizes.iter().min() != sizes.iter().max(), "{side:?}: a token budget should vary the items per chunk: {sizes:?}");
+        for (i, c) in chunks.iter().enumerate() {
+            let items = c.cut(input).unwrap();
+            let tokens = items.padded_tokens();
+            assert!(c.len() == 1 || tokens <= budget, "{side:?}: a chunk of {} items pads to {tokens} > {budget} tokens", c.len());
+            // Greedy: one more item (no longer: they come longest first)
+            // would not have fitted.
+            let longest = items.lengths().unwrap().unwrap().into_iter().max().unwrap();
+            assert!(i + 1 == chunks.len() || (c.len() + 1) * longest > budget, "{side:?}: chunk {i} could have taken another item");
+        }
+        let mut seen: Vec<usize> = Vec::new();
+        for c in &chunks {
+            let rows = Tensor::arange(input.len() as i64, (Kind::Int64, tch::Device::Cpu));
+            seen.extend(Vec::<i64>::try_from(c.rows(&rows).unwrap()).unwrap().into_iter().map(|i| i as usize));
+        }
+        seen.sort();
+        assert_eq!(seen, (0..input.len()).collect::<Vec<_>>(), "{side:?}: the chunks cover the batch");
+    }
+    // Dropout off: against one unchunked forward, every head, tied and
+    // separate encoders, with and without retention.
+    for head in HEADS {
+        for tied in [true, false] {
+            for (name, memory) in [("recompute all", MemoryConfig::default()), ("half", mixes()[2].1)] {
+                let model = Model::new(head, tied, Kind::Double, 0.0);
+                let loss = loss(LossKind::InfoNce);
+                let (reference_loss, theirs) = whole_batch(&model, &data, loss.as_ref());
+                gradcache::check::zero_grads(&model.vs);
+                let out = model.step(by_tokens(16, 24, memory), loss.as_ref()).step(&data.queries, &data.passages, &data.targets).unwrap();
+                let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+                let c = Comparison { cached_loss: out.loss, reference_loss, grads: ours.compare(&theirs).unwrap() };
+                assert_exact(&c, F64_TOL, &format!("{head:?}, tied {tied}, token chunks, {name}, against the unchunked step"));
+            }
+        }
+    }
+    // Dropout on: against the full-batch step on the same chunks and
+    // streams, every head, with retention and under a budget.
+    for head in HEADS {
+        for (name, memory) in [("recompute all", MemoryConfig::default()), ("first of each", mixes()[1].1), ("budget", MemoryConfig::Budget { budget_mb: 1e6 })] {
+            let model = Model::new(head, true, Kind::Double, 0.2);
+            let loss = loss(LossKind::InfoNce);
+            let c = compare(&model, &data, loss.as_ref(), by_tokens(16, 24, memory));
+            assert_exact(&c, F64_TOL, &format!("{head:?}, token chunks, {name}, dropout on"));
+        }
+    }
+}
+
+#[test]
+fn token_budgets_need_lengths_and_are_refused_at_zero() {
+    let t = Tensor::zeros([3, 4], (Kind::Float, tch::Device::Cpu));
+    let err = Plan::layout_of(&by_tokens(8, 8, MemoryConfig::default()), &t, &t).unwrap_err();
+    assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "query_chunk_tokens", .. }), "{err}");
+    let err = Plan::new(&by_tokens(8, 8, MemoryConfig::default()), 3, 3).unwrap_err();
+    assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "query_chunk_tokens", .. }), "{err}");
+    let err = StepConfig { passage_chunk_tokens: Some(0), ..StepConfig::default() }.validate().unwrap_err();
+    assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "passage_chunk_tokens", .. }), "{err}");
+    // JSON: the two fields, read and written.
+    let read: StepConfig = serde_json::from_str(r#"{"query_chunk_tokens": 512, "passage_chunk_tokens": 2048}"#).unwrap();
+    assert_eq!((read.query_chunk_tokens, read.passage_chunk_tokens), (Some(512), Some(2048)));
+    let back: StepConfig = serde_json::from_str(&serde_json::to_string(&read).unwrap()).unwrap();
+    assert_eq!(back, read);
+}
+
 #[test]
 fn sorting_needs_inputs_with_lengths() {
     let t = Tensor::zeros([3, 4], (Kind::Float, tch::Device::Cpu));
@@ -385,7 +463,7 @@ fn sorting_needs_inputs_with_lengths() {
 /// rows, block columns).
 fn sized(costs: &CostModel, budget: f64) -> gradcache::Result<(usize, usize, usize, usize)> {
     let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
-    let c = Plan::sized_for_budget(&config, 5, 15, costs, (1.0, 1.0), budget)?;
+    let c = Plan::sized_for_budget(&config, 5, 15, costs, (1.0, 1.0), [false, false], budget)?;
     Ok((c.layout.query_chunk_size, c.layout.passage_chunk_size, c.layout.head_block_queries, c.layout.head_block_passages))
 }
 
@@ -426,8 +504,30 @@ fn sizes_chosen_from_a_budget_give_each_chunk_and_block_a_quarter_of_it() {
     assert_eq!(sized(&CostModel { query_rep_bytes: 30.0, ..costs }, 1000.0).unwrap(), (1, 15, 1, 15));
     // The widths price each item at the side's longest.
     let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
-    let wide = Plan::sized_for_budget(&config, 5, 15, &costs, (2.0, 1.0), 1000.0).unwrap();
+    let wide = Plan::sized_for_budget(&config, 5, 15, &costs, (2.0, 1.0), [false, false], 1000.0).unwrap();
     assert_eq!(wide.layout.query_chunk_size, 1);
+}
+
+#[test]
+fn auto_sizes_price_a_side_with_lengths_per_padded_token() {
+    // The synthetic costs: a query token costs 100, a passage token 10.
+    let costs = synthetic();
+    let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
+    let tokens = |budget: f64, widths| {
+        let c = Plan::sized_for_budget(&config, 5, 15, &costs, widths, [true, true], budget).unwrap();
+        (c.query_chunk_tokens, c.passage_chunk_tokens)
+    };
+    // 2000: a quarter (500) holds the 5 queries × 1 token whole, and the
+    // 15 passages × 1 (150).
+    assert_eq!(tokens(2000.0, (1.0, 1.0)), (Some(5), Some(15)));
+    // 1000: 250 holds 2 query tokens, not 4; passages still whole.
+    assert_eq!(tokens(1000.0, (1.0, 1.0)), (Some(2), Some(15)));
+    // Wider items: 5 × 2 query tokens do not fit in 500 (1000), 4 do;
+    // 15 × 3 passage tokens (450) fit in 500, and become one chunk.
+    assert_eq!(tokens(2000.0, (2.0, 3.0)), (Some(4), Some(45)));
+    // Only the sides whose items have lengths.
+    let c = Plan::sized_for_budget(&config, 5, 15, &costs, (1.0, 1.0), [false, true], 1000.0).unwrap();
+    assert_eq!((c.query_chunk_tokens, c.layout.query_chunk_size, c.passage_chunk_tokens), (None, 2, Some(15)));
 }
 
 #[test]
@@ -461,7 +561,7 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
         // From the least budget that holds one item per chunk up to one that
         // holds the whole batch in one piece, in steps of 1.6×.
         let auto = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
-        let mut budget_mb = match Plan::sized_for_budget(&auto, 5, 15, &costs, widths(&data), 1.0) {
+        let mut budget_mb = match Plan::sized_for_budget(&auto, 5, 15, &costs, widths(&data), [true, true], 1.0) {
             Err(gradcache::GradCacheError::BudgetTooSmall { needed_mb, .. }) => needed_mb * 1.0001,
             other => panic!("a 1-byte budget was accepted: {other:?}"),
         };
@@ -474,8 +574,10 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
             assert!(report.estimated_peak_mb <= budget_mb, "{head:?}: estimate {} MB over the budget {budget_mb} MB", report.estimated_peak_mb);
             let now = out.sizes.chunk_items;
             assert!(now.0 >= last.0 && now.1 >= last.1, "{head:?}: chunks shrank from {last:?} to {now:?} as the budget grew to {budget_mb} MB");
-            let chosen = Plan::sized_for_budget(&StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) }, 5, 15, &costs, widths(&data), budget_mb * mb).unwrap();
-            assert_eq!((chosen.layout.query_chunk_size, chosen.layout.passage_chunk_size), now, "{head:?}: the step did not use the sizes chosen for {budget_mb} MB");
+            let chosen = Plan::sized_for_budget(&StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) }, 5, 15, &costs, widths(&data), [true, true], budget_mb * mb).unwrap();
+            assert!(chosen.query_chunk_tokens.is_some() && chosen.passage_chunk_tokens.is_some(), "{head:?}: token inputs are cut by tokens");
+            let chosen_items = Plan::layout_of(&chosen, &data.queries, &data.passages).unwrap().sizes(false).chunk_items;
+            assert_eq!(chosen_items, now, "{head:?}: the step did not use the sizes chosen for {budget_mb} MB");
             assert_exact(&c, F64_TOL, &format!("{head:?}: auto sizes {now:?} at {budget_mb} MB"));
             seen.push(now);
             last = now;

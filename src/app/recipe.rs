@@ -26,7 +26,7 @@ use crate::core::loss::InfoNce;
 use crate::models::pretrained::ModelDir;
 use crate::runtime::parse_device;
 use crate::app::scorer::{ModelConfig, Scorer};
-use crate::core::layout::Layout;
+use crate::core::layout::{ChunkRule, Layout, Side};
 use crate::models::text::TextTokenizer;
 use crate::app::train::{sample_indices, TrainConfig, Trainer};
 use crate::models::weights::write_bytes_atomically;
@@ -603,7 +603,16 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         let sizes = if c.step.auto_sizes {
             "chunk and block sizes from the memory budget".to_string()
         } else {
-            format!("encoder chunk {}, head block {}x{}", c.step.layout.query_chunk_size, c.step.layout.head_block_queries, c.step.layout.head_block_passages)
+            let l = &c.step.layout;
+            let chunk = |side| match c.step.chunk_rule(side) {
+                ChunkRule::Items(items) => format!("{items}"),
+                ChunkRule::Tokens(tokens) => format!("{tokens} tokens"),
+            };
+            let chunks = match (chunk(Side::Queries), chunk(Side::Passages)) {
+                (q, p) if q == p => format!("encoder chunk {q}"),
+                (q, p) => format!("encoder chunks {q} (queries), {p} (passages)"),
+            };
+            format!("{chunks}, head block {}x{}", l.head_block_queries, l.head_block_passages)
         };
         println!(
             "batch {} queries x {} passages each ({} passages), {sizes}, {} steps",

@@ -45,6 +45,18 @@ pub struct TrainArgs {
     /// Cut encoder chunks from the texts sorted by length (less padding).
     #[arg(long)]
     pub sort_by_length: bool,
+    /// Cut both sides' encoder chunks by a budget of padded tokens (items ×
+    /// the chunk's longest) instead of by items: short texts go in large
+    /// chunks, long ones in small (sorts by length; replaces the chunk
+    /// sizes).
+    #[arg(long)]
+    pub chunk_tokens: Option<usize>,
+    /// The same for query chunks only (over --chunk-tokens).
+    #[arg(long)]
+    pub query_chunk_tokens: Option<usize>,
+    /// The same for passage chunks only (over --chunk-tokens).
+    #[arg(long)]
+    pub passage_chunk_tokens: Option<usize>,
     /// Choose chunk and block sizes for each batch from the memory budget
     /// (needs `--memory` with a budget; `--chunk-size` is then ignored).
     #[arg(long)]
@@ -181,6 +193,12 @@ impl TrainArgs {
         }
         if let Some(v) = self.chunk_size {
             c.step.layout = Layout::from_chunk_size(v);
+        }
+        if let Some(v) = self.query_chunk_tokens.or(self.chunk_tokens) {
+            c.step.query_chunk_tokens = Some(v);
+        }
+        if let Some(v) = self.passage_chunk_tokens.or(self.chunk_tokens) {
+            c.step.passage_chunk_tokens = Some(v);
         }
         if let Some(v) = self.learning_rate {
             c.train.learning_rate = v;

@@ -6,7 +6,7 @@
 use tch::{Device, Tensor};
 
 use crate::core::batch::Chunk;
-use crate::core::config::{MemoryConfig, RetainCounts, StepConfig};
+use crate::core::config::{MemoryConfig, StepConfig};
 use crate::core::encoder::Encoder;
 use crate::core::model::StepModel;
 use crate::core::layout::{Layout, Side};
@@ -155,8 +155,8 @@ impl Plan {
         Ok(caches + costs.backward_headroom * (retained_enc + retained_head.max(block_work)).max(chunk_work))
     }
 
-    /// The layout fitted to `budget_bytes`: `config`'s chunks and blocks,
-    /// keeping greedily and in order query chunks, passage chunks and head
+    /// The layout fitted to `budget_bytes`: `layout`'s chunks and blocks
+    /// (what it retains is ignored), keeping greedily and in order query chunks, passage chunks and head
     /// blocks (each kind as a prefix) while [`Plan::estimate_peak`] stays
     /// within the budget. Returns the plan and its estimate. A head with
     /// closed-form gradients (`pair_bytes: None`) gets no retained blocks.
@@ -171,8 +171,8 @@ impl Plan {
     /// is estimated above the budget (smaller chunks or blocks need less);
     /// [`GradCacheError::InvalidConfig`] when `tokens` does not match the
     /// plan's chunks.
-    pub fn fit(config: &StepConfig, n: usize, m: usize, costs: &CostModel, tokens: &ChunkTokens, budget_bytes: f64) -> Result<(Plan, f64)> {
-        let mut plan = Plan::with_retained(&config.layout, n, m, RetainCounts::default());
+    pub fn fit(layout: Plan, costs: &CostModel, tokens: &ChunkTokens, budget_bytes: f64) -> Result<(Plan, f64)> {
+        let mut plan = layout.without_retained();
         let mut estimate = plan.estimate_peak(costs, tokens)?;
         if estimate > budget_bytes {
             return Err(GradCacheError::BudgetTooSmall { budget_mb: budget_bytes / MB, needed_mb: estimate / MB });
@@ -210,13 +210,19 @@ impl Plan {
     /// encoder chunk's graph and each head block's graph may take at most
     /// [`AUTO_SIZE_SHARE`] of what is left (with
     /// [`CostModel::backward_headroom`]), so that the rest is there for
-    /// [`Plan::fit`] to retain. A chunk is the whole side when that fits,
-    /// else the largest power of two that does; a block has the query
-    /// chunk's rows (halved while needed) and the most passage columns that
-    /// fit, by the same rule, up to [`AUTO_BLOCK_MAX_PAIRS`]. `widths` are
-    /// the tokens per item of each side's longest item, so a chunk is
-    /// priced as if all its items were that long. A closed-form head (`pair_bytes: None`) keeps `config`'s
-    /// block sizes: it runs no head pass.
+    /// [`Plan::fit`] to retain.
+    ///
+    /// A side whose items have lengths (`by_tokens`) is cut by a token
+    /// budget ([`StepConfig::query_chunk_tokens`]): the padded tokens the
+    /// share holds, priced per padded token — the whole side's (its items ×
+    /// its longest, `widths`) when they fit, else the largest power of two
+    /// that does. Another side is cut by items: the whole side when it
+    /// fits, else the largest power of two of items priced at `widths`. A
+    /// block has as many rows as a chunk of queries all as long as the
+    /// longest (halved while needed) and the most passage columns that
+    /// fit, by the same rule, up to [`AUTO_BLOCK_MAX_PAIRS`]. A closed-form
+    /// head (`pair_bytes: None`) keeps `config`'s block sizes: it runs no
+    /// head pass.
     ///
     /// The sizes depend only on the budget, the batch's shape and the cost
     /// model, and come in powers of two, so that the small differences
@@ -229,7 +235,7 @@ impl Plan {
     /// [`GradCacheError::BudgetTooSmall`] when, after the caches, a quarter
     /// of the budget cannot hold a chunk of one item or a block of one pair
     /// (`needed_mb` is the least budget that can).
-    pub fn sized_for_budget(config: &StepConfig, n: usize, m: usize, costs: &CostModel, widths: (f64, f64), budget_bytes: f64) -> Result<StepConfig> {
+    pub fn sized_for_budget(config: &StepConfig, n: usize, m: usize, costs: &CostModel, widths: (f64, f64), by_tokens: [bool; 2], budget_bytes: f64) -> Result<StepConfig> {
         let caches = 2.0 * (n as f64 * costs.query_rep_bytes + m as f64 * costs.passage_rep_bytes) + 2.0 * (n * m) as f64 * costs.score_bytes;
         let share = AUTO_SIZE_SHARE * (budget_bytes - caches);
         let h = costs.backward_headroom;
@@ -241,9 +247,9 @@ impl Plan {
             return Err(GradCacheError::BudgetTooSmall { budget_mb: budget_bytes / MB, needed_mb: (caches + h * dearest / AUTO_SIZE_SHARE) / MB });
         }
         // The largest size up to `limit` whose graph fits the share: `limit`
-        // itself, or else a power of two (at least 1, which fits).
-        let largest = |limit: usize, cost_per_item: f64| -> usize {
-            let fits = |c: usize| h * cost_per_item * c as f64 <= share;
+        // itself, or else a power of two (at least 1).
+        let largest = |limit: usize, cost_per_unit: f64| -> usize {
+            let fits = |c: usize| h * cost_per_unit * c as f64 <= share;
             if fits(limit) {
                 return limit;
             }
@@ -255,6 +261,9 @@ impl Plan {
         };
         let query_chunk = largest(n.max(1), query_item);
         let passage_chunk = largest(m.max(1), passage_item);
+        let side_tokens = |by: bool, items: usize, width: f64, per_token: f64| by.then(|| largest(((items as f64 * width).ceil() as usize).max(1), per_token));
+        let query_tokens = side_tokens(by_tokens[0], n, widths.0, costs.query_token_bytes);
+        let passage_tokens = side_tokens(by_tokens[1], m, widths.1, costs.passage_token_bytes);
         let (mut rows, mut cols) = (config.layout.head_block_queries, config.layout.head_block_passages);
         if let Some(pair) = costs.pair_bytes {
             rows = query_chunk;
@@ -269,9 +278,8 @@ impl Plan {
             }
         }
         let layout = Layout { query_chunk_size: query_chunk, passage_chunk_size: passage_chunk, head_block_queries: rows, head_block_passages: cols };
-        Ok(StepConfig { layout, ..config.clone() })
+        Ok(StepConfig { layout, query_chunk_tokens: query_tokens, passage_chunk_tokens: passage_tokens, ..config.clone() })
     }
-
 }
 
 /// What a budgeted step keeps from one step to the next: the measured
@@ -312,12 +320,11 @@ impl BudgetState {
         passages: &PE::Input,
         seeds: &ReplaySeeds,
     ) -> Result<(Plan, Option<BudgetReport>)> {
-        let (n, m) = (queries.len(), passages.len());
-        let orders = Plan::length_orders(config, queries, passages)?;
         if !config.memory.is_budget() {
-            return Ok((Plan::new(config, n, m)?.with_orders(orders), None));
+            return Ok((Plan::for_batch(config, queries, passages)?, None));
         }
-        let layout = Plan::with_retained(&config.layout, n, m, RetainCounts::default()).with_orders(orders.clone());
+        let (n, m) = (queries.len(), passages.len());
+        let layout = Plan::layout_of(config, queries, passages)?;
         let tokens = ChunkTokens::of(&layout, queries, passages)?;
         let widest = |t: &[usize], side| layout.chunks(side).iter().zip(t).map(|(c, &t)| t as f64 / c.len() as f64).fold(0.0, f64::max);
         let widths = (widest(&tokens.queries, Side::Queries), widest(&tokens.passages, Side::Passages));
@@ -339,15 +346,17 @@ impl BudgetState {
                 b
             }
         };
-        let (config, tokens) = if config.auto_sizes {
-            let sized = Plan::sized_for_budget(config, n, m, &costs, widths, budget_bytes)?;
-            let tokens = ChunkTokens::of(&Plan::with_retained(&sized.layout, n, m, RetainCounts::default()).with_orders(orders.clone()), queries, passages)?;
-            (sized, tokens)
+        let (layout, tokens) = if config.auto_sizes {
+            let by_tokens = [queries.lengths()?.is_some(), passages.lengths()?.is_some()];
+            let sized = Plan::sized_for_budget(config, n, m, &costs, widths, by_tokens, budget_bytes)?;
+            let layout = Plan::layout_of(&sized, queries, passages)?;
+            let tokens = ChunkTokens::of(&layout, queries, passages)?;
+            (layout, tokens)
         } else {
-            (config.clone(), tokens)
+            (layout, tokens)
         };
-        let (plan, estimate) = Plan::fit(&config, n, m, &costs, &tokens, budget_bytes)?;
-        Ok((plan.with_orders(orders), Some(BudgetReport { budget_mb: budget_bytes / MB, estimated_peak_mb: estimate / MB, measured_peak_mb: None })))
+        let (plan, estimate) = Plan::fit(layout, &costs, &tokens, budget_bytes)?;
+        Ok((plan, Some(BudgetReport { budget_mb: budget_bytes / MB, estimated_peak_mb: estimate / MB, measured_peak_mb: None })))
     }
 }
 

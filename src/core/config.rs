@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::layout::Layout;
+use crate::core::layout::{ChunkRule, Layout, Side};
 use crate::error::{GradCacheError, Result};
 use crate::runtime::precision::Precision;
 
@@ -38,6 +38,16 @@ pub struct StepConfig {
     /// its items' lengths ([`crate::Chunk::lengths`], e.g.
     /// [`crate::TokenBatch`]). Default: off.
     pub sort_by_length: bool,
+    /// Cut query chunks by a budget of padded tokens instead of by items:
+    /// each chunk takes, from the queries sorted by length (longest first),
+    /// as many as keep its items × its longest item within this many
+    /// tokens (at least one), so short texts go in large chunks and long
+    /// ones in small ([`ChunkRule::Tokens`](crate::core::layout::ChunkRule)). Sorts the side by length
+    /// whatever `sort_by_length` says, and replaces `query_chunk_size`.
+    /// Default: unset (chunks of `query_chunk_size` items).
+    pub query_chunk_tokens: Option<usize>,
+    /// The same for passage chunks (replaces `passage_chunk_size`).
+    pub passage_chunk_tokens: Option<usize>,
     /// With a memory budget, choose the layout for each batch from the
     /// budget, the measured activation costs and the batch's lengths
     /// ([`Plan::sized_for_budget`](crate::core::plan::Plan::sized_for_budget)) instead of taking it as
@@ -59,6 +69,8 @@ impl Default for StepConfig {
             replay_tolerance: 1e-4,
             memory: MemoryConfig::default(),
             sort_by_length: false,
+            query_chunk_tokens: None,
+            passage_chunk_tokens: None,
             auto_sizes: false,
             precision: Precision::F32,
         }
@@ -98,6 +110,11 @@ impl StepConfig {
     /// [`GradCacheError::InvalidConfig`] naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         self.layout.validate()?;
+        for (field, tokens) in [("query_chunk_tokens", self.query_chunk_tokens), ("passage_chunk_tokens", self.passage_chunk_tokens)] {
+            if tokens == Some(0) {
+                return Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1 token" });
+            }
+        }
         if !(self.replay_tolerance.is_finite() && self.replay_tolerance >= 0.0) {
             return Err(GradCacheError::InvalidConfig {
                 field: "replay_tolerance",
@@ -112,6 +129,25 @@ impl StepConfig {
         }
         self.precision.validate()?;
         self.memory.validate()
+    }
+
+    /// How a side's encoder chunks are cut: by its token budget when set,
+    /// else by its chunk size.
+    pub fn chunk_rule(&self, side: Side) -> ChunkRule {
+        let tokens = match side {
+            Side::Queries => self.query_chunk_tokens,
+            Side::Passages => self.passage_chunk_tokens,
+        };
+        match tokens {
+            Some(t) => ChunkRule::Tokens(t),
+            None => ChunkRule::Items(self.layout.chunk_size(side)),
+        }
+    }
+
+    /// Whether a side's chunks are cut from its items sorted by length:
+    /// asked for, or needed by a token budget.
+    pub fn sorts(&self, side: Side) -> bool {
+        self.sort_by_length || matches!(self.chunk_rule(side), ChunkRule::Tokens(_))
     }
 
     /// How the step's forward passes run: train mode and precision.

@@ -85,6 +85,50 @@ impl Layout {
     }
 }
 
+/// How a side is cut into encoder chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkRule {
+    /// So many items per chunk (the last one shorter).
+    Items(usize),
+    /// Items taken in order, which must be sorted by length (longest
+    /// first), while the chunk's padded tokens (its items × its first,
+    /// longest, item's length) stay within this many; a chunk holds at
+    /// least one item, so an item longer than the budget is a chunk alone.
+    Tokens(usize),
+}
+
+impl ChunkRule {
+    /// The pieces of `side`, of `total` items; `lengths` are the items'
+    /// lengths in the order they are chunked (needed by
+    /// [`ChunkRule::Tokens`]).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] for a token budget without
+    /// lengths, or with lengths not sorted longest first.
+    pub fn cut(&self, side: Side, total: usize, lengths: Option<&[usize]>) -> Result<Vec<Piece>> {
+        let budget = match *self {
+            ChunkRule::Items(size) => return Ok(cut(total, size)),
+            ChunkRule::Tokens(budget) => budget,
+        };
+        let field = match side {
+            Side::Queries => "query_chunk_tokens",
+            Side::Passages => "passage_chunk_tokens",
+        };
+        let lengths = lengths.ok_or(GradCacheError::InvalidConfig { field, reason: "a token budget needs an input whose items have lengths (e.g. TokenBatch)" })?;
+        if lengths.len() != total || lengths.windows(2).any(|w| w[0] < w[1]) {
+            return Err(GradCacheError::InvalidConfig { field, reason: "a token budget cuts items sorted by length, longest first" });
+        }
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        while start < total {
+            let len = (budget / lengths[start].max(1)).clamp(1, total - start);
+            pieces.push(Piece { start, len });
+            start += len;
+        }
+        Ok(pieces)
+    }
+}
+
 /// One contiguous run of items of a side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
@@ -178,6 +222,23 @@ mod tests {
         let pieces: Vec<(usize, usize)> = cut(7, 3).iter().map(|p| (p.start, p.len)).collect();
         assert_eq!(pieces, [(0, 3), (3, 3), (6, 1)]);
         assert!(cut(0, 3).is_empty());
+    }
+
+    #[test]
+    fn a_token_budget_cuts_chunks_whose_padded_tokens_fit() {
+        let lengths = [40, 30, 30, 12, 10, 10, 9, 3, 3];
+        let pieces: Vec<(usize, usize)> = ChunkRule::Tokens(64).cut(Side::Queries, 9, Some(&lengths)).unwrap().iter().map(|p| (p.start, p.len)).collect();
+        // 40 alone (2 × 40 > 64), then 2 × 30 = 60, then 5 × 12 = 60, then
+        // the last two (the budget would take 21 of length 3).
+        assert_eq!(pieces, [(0, 1), (1, 2), (3, 5), (8, 1)]);
+        for (start, len) in pieces {
+            assert!(len == 1 || len * lengths[start] <= 64);
+        }
+        // An item longer than the budget is a chunk of its own.
+        assert_eq!(ChunkRule::Tokens(8).cut(Side::Queries, 2, Some(&[20, 9])).unwrap().len(), 2);
+        assert!(ChunkRule::Tokens(8).cut(Side::Passages, 2, Some(&[9, 20])).is_err(), "unsorted lengths");
+        assert!(ChunkRule::Tokens(8).cut(Side::Queries, 2, None).is_err());
+        assert_eq!(ChunkRule::Items(4).cut(Side::Passages, 9, None).unwrap(), cut(9, 4));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, Recompute, RetainCounts, StepConfig};
-use crate::core::layout::{cut, Block, BlockGrid, Layout, Piece, Side};
+use crate::core::layout::{cut, Block, BlockGrid, ChunkRule, Layout, Piece, Side};
 use crate::core::representation::Representation;
 use crate::error::{GradCacheError, Result};
 
@@ -85,8 +85,40 @@ pub struct Plan {
     grid: BlockGrid,
 }
 
-fn cut_retained(total: usize, size: usize, keep: usize) -> Vec<(Piece, bool)> {
-    cut(total, size).into_iter().enumerate().map(|(i, p)| (p, i < keep)).collect()
+/// What `config.memory` retains; `None` for everything (the whole-batch
+/// plan).
+fn retain_counts(config: &StepConfig) -> Result<Option<RetainCounts>> {
+    match config.memory {
+        MemoryConfig::Budget { .. } | MemoryConfig::Auto { .. } => Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget needs a cost model: use Plan::fit" }),
+        MemoryConfig::Recompute { recompute: Recompute::All } => Ok(Some(RetainCounts::default())),
+        MemoryConfig::Recompute { recompute: Recompute::None } => Ok(None),
+        MemoryConfig::Retain { retain } => Ok(Some(retain)),
+    }
+}
+
+/// For each side the config sorts ([`StepConfig::sorts`]), its items
+/// sorted by length, longest first (stable), and their lengths in that
+/// order.
+fn sorted_lengths<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<(Vec<usize>, Vec<usize>)>; 2]> {
+    let sort = |side: Side, lengths: &dyn Fn() -> Result<Option<Vec<usize>>>| -> Result<Option<(Vec<usize>, Vec<usize>)>> {
+        if !config.sorts(side) {
+            return Ok(None);
+        }
+        let field = if config.sort_by_length { "sort_by_length" } else { token_field(side) };
+        let lengths = lengths()?.ok_or(GradCacheError::InvalidConfig { field, reason: "needs an input whose items have lengths (e.g. TokenBatch)" })?;
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        let sorted = order.iter().map(|&i| lengths[i]).collect();
+        Ok(Some((order, sorted)))
+    };
+    Ok([sort(Side::Queries, &|| queries.lengths())?, sort(Side::Passages, &|| passages.lengths())?])
+}
+
+fn token_field(side: Side) -> &'static str {
+    match side {
+        Side::Queries => "query_chunk_tokens",
+        Side::Passages => "passage_chunk_tokens",
+    }
 }
 
 impl Plan {
@@ -94,41 +126,70 @@ impl Plan {
     /// batch's order.
     ///
     /// # Errors
-    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`], or
-    /// for a budget (it needs a cost model: [`crate::core::budget`]).
+    /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`], for
+    /// a budget (it needs a cost model: [`crate::core::budget`]), or for a
+    /// token budget (it needs the items' lengths: [`Plan::for_batch`]).
     pub fn new(config: &StepConfig, n: usize, m: usize) -> Result<Plan> {
         config.validate()?;
-        let counts = match config.memory {
-            MemoryConfig::Budget { .. } | MemoryConfig::Auto { .. } => {
-                return Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget needs a cost model: use Plan::fit" })
-            }
-            MemoryConfig::Recompute { recompute: Recompute::All } => RetainCounts::default(),
-            MemoryConfig::Recompute { recompute: Recompute::None } => return Ok(Plan::whole(&config.layout, n, m)),
-            MemoryConfig::Retain { retain } => retain,
+        if let Some(side) = [Side::Queries, Side::Passages].into_iter().find(|&s| matches!(config.chunk_rule(s), ChunkRule::Tokens(_))) {
+            return Err(GradCacheError::InvalidConfig { field: token_field(side), reason: "a token budget needs the batch's lengths: use Plan::for_batch" });
+        }
+        let counts = match retain_counts(config)? {
+            Some(counts) => counts,
+            None => return Ok(Plan::whole(&config.layout, n, m)),
         };
         Ok(Plan::with_retained(&config.layout, n, m, counts))
     }
 
-    /// `config`'s chunks and blocks for this batch with nothing retained,
-    /// in length order when the config sorts: what the passes run over when
-    /// called one by one.
+    /// The plan of `config` for this batch: its chunks (cut from the items
+    /// sorted by length where the config sorts, by token budget where it
+    /// has one) with what `config.memory` retains.
     ///
     /// # Errors
-    /// As [`Plan::length_orders`].
+    /// As [`Plan::new`] (but a token budget is fine), and
+    /// [`Plan::layout_of`].
+    pub fn for_batch<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<Plan> {
+        config.validate()?;
+        let mut plan = match retain_counts(config)? {
+            Some(counts) => Plan::layout_of(config, queries, passages)?.retaining(counts),
+            None => Plan::whole(&config.layout, queries.len(), passages.len()).with_orders(Plan::length_orders(config, queries, passages)?),
+        };
+        plan.grid.retained = plan.grid.retained.min(plan.grid.len());
+        Ok(plan)
+    }
+
+    /// `config`'s chunks and blocks for this batch with nothing retained,
+    /// in length order where the config sorts, cut by token budget where it
+    /// has one: what the passes run over when called one by one.
+    ///
+    /// # Errors
+    /// As [`Plan::length_orders`] and [`ChunkRule::cut`].
     pub fn layout_of<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<Plan> {
-        Ok(Plan::with_retained(&config.layout, queries.len(), passages.len(), RetainCounts::default()).with_orders(Plan::length_orders(config, queries, passages)?))
+        let [q, p] = sorted_lengths(config, queries, passages)?;
+        let pieces = |side: Side, total: usize, sorted: &Option<(Vec<usize>, Vec<usize>)>| -> Result<Vec<(Piece, bool)>> {
+            Ok(config.chunk_rule(side).cut(side, total, sorted.as_ref().map(|(_, l)| l.as_slice()))?.into_iter().map(|p| (p, false)).collect())
+        };
+        let chunks = [pieces(Side::Queries, queries.len(), &q)?, pieces(Side::Passages, passages.len(), &p)?];
+        Ok(Plan { orders: [q.map(|(o, _)| o), p.map(|(o, _)| o)], first_streams: [0, 0], chunks, grid: config.layout.grid(queries.len(), passages.len()) })
+    }
+
+    /// The same plan with the first `counts` chunks of each side and
+    /// blocks retained (the rest not).
+    fn retaining(mut self, counts: RetainCounts) -> Plan {
+        for (chunks, keep) in self.chunks.iter_mut().zip([counts.query_chunks, counts.passage_chunks]) {
+            for (i, (_, r)) in chunks.iter_mut().enumerate() {
+                *r = i < keep;
+            }
+        }
+        self.grid.retained = counts.head_blocks;
+        self
     }
 
     /// The layout's pieces with the first `counts` of each kept.
     pub fn with_retained(layout: &Layout, n: usize, m: usize, counts: RetainCounts) -> Plan {
-        let mut grid = layout.grid(n, m);
-        grid.retained = counts.head_blocks;
-        Plan {
-            orders: [None, None],
-            first_streams: [0, 0],
-            chunks: [cut_retained(n, layout.query_chunk_size, counts.query_chunks), cut_retained(m, layout.passage_chunk_size, counts.passage_chunks)],
-            grid,
-        }
+        let unretained = |total, size| cut(total, size).into_iter().map(|p| (p, false)).collect();
+        Plan { orders: [None, None], first_streams: [0, 0], chunks: [unretained(n, layout.query_chunk_size), unretained(m, layout.passage_chunk_size)], grid: layout.grid(n, m) }
+            .retaining(counts)
     }
 
     /// Everything kept, each side's encoder work in one piece (the
@@ -205,22 +266,14 @@ impl Plan {
     }
 
     /// For each side of `config`'s batch, the items sorted by length,
-    /// longest first (stable), when `config.sort_by_length` asks for it.
+    /// longest first (stable), where the config sorts that side
+    /// ([`StepConfig::sorts`]).
     ///
     /// # Errors
     /// [`GradCacheError::InvalidConfig`] when an input cannot report its
     /// items' lengths.
     pub fn length_orders<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<Vec<usize>>; 2]> {
-        if !config.sort_by_length {
-            return Ok([None, None]);
-        }
-        let order = |lengths: Option<Vec<usize>>| -> Result<Option<Vec<usize>>> {
-            let lengths = lengths.ok_or(GradCacheError::InvalidConfig { field: "sort_by_length", reason: "needs an input whose items have lengths (e.g. TokenBatch)" })?;
-            let mut order: Vec<usize> = (0..lengths.len()).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-            Ok(Some(order))
-        };
-        Ok([order(queries.lengths()?)?, order(passages.lengths()?)?])
+        Ok(sorted_lengths(config, queries, passages)?.map(|side| side.map(|(order, _)| order)))
     }
 
     /// The encoder chunks of a side, cut: each with its stream, its items
@@ -315,7 +368,8 @@ mod tests {
 
     #[test]
     fn chunks_keep_their_retained_prefix_and_streams() {
-        assert_eq!(cut_retained(5, 2, 2).iter().map(|&(p, r)| (p.start, p.len, r)).collect::<Vec<_>>(), [(0, 2, true), (2, 2, true), (4, 1, false)]);
+        let kept = Plan::with_retained(&Layout::from_chunk_size(2), 5, 5, RetainCounts { query_chunks: 2, ..Default::default() });
+        assert_eq!(kept.chunk_pieces(Side::Queries).iter().map(|&(p, r)| (p.start, p.len, r)).collect::<Vec<_>>(), [(0, 2, true), (2, 2, true), (4, 1, false)]);
         let plan = Plan::with_retained(&Layout::from_chunk_size(2), 5, 5, RetainCounts { query_chunks: 1, ..Default::default() }).with_first_streams([3, 0]);
         let q = plan.chunks(Side::Queries);
         assert_eq!(q.iter().map(|c| (c.stream, c.retained)).collect::<Vec<_>>(), [(3, true), (4, false), (5, false)]);
