@@ -96,11 +96,14 @@ fn retain_counts(config: &StepConfig) -> Result<Option<RetainCounts>> {
     }
 }
 
+/// A sorted side: its items in chunking order (position → item) and their
+/// lengths in that order.
+type Sorted = (Vec<usize>, Vec<usize>);
+
 /// For each side the config sorts ([`StepConfig::sorts`]), its items
-/// sorted by length, longest first (stable), and their lengths in that
-/// order.
-fn sorted_lengths<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<(Vec<usize>, Vec<usize>)>; 2]> {
-    let sort = |side: Side, lengths: &dyn Fn() -> Result<Option<Vec<usize>>>| -> Result<Option<(Vec<usize>, Vec<usize>)>> {
+/// sorted by length, longest first (stable), with their lengths.
+fn sorted_lengths<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<Sorted>; 2]> {
+    let sort = |side: Side, lengths: &dyn Fn() -> Result<Option<Vec<usize>>>| -> Result<Option<Sorted>> {
         if !config.sorts(side) {
             return Ok(None);
         }
@@ -166,7 +169,7 @@ impl Plan {
     /// As [`Plan::length_orders`] and [`ChunkRule::cut`].
     pub fn layout_of<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<Plan> {
         let [q, p] = sorted_lengths(config, queries, passages)?;
-        let pieces = |side: Side, total: usize, sorted: &Option<(Vec<usize>, Vec<usize>)>| -> Result<Vec<(Piece, bool)>> {
+        let pieces = |side: Side, total: usize, sorted: &Option<Sorted>| -> Result<Vec<(Piece, bool)>> {
             Ok(config.chunk_rule(side).cut(side, total, sorted.as_ref().map(|(_, l)| l.as_slice()))?.into_iter().map(|p| (p, false)).collect())
         };
         let chunks = [pieces(Side::Queries, queries.len(), &q)?, pieces(Side::Passages, passages.len(), &p)?];
