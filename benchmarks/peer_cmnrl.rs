@@ -56,6 +56,10 @@ struct Args {
     /// Chunk and block sizes chosen from the budget (`StepConfig.auto_sizes`).
     #[arg(long)]
     auto_sizes: bool,
+    /// Cut both sides' chunks by this many padded tokens instead of
+    /// `--chunk` items (`StepConfig.query_chunk_tokens`/`passage_chunk_tokens`).
+    #[arg(long)]
+    chunk_tokens: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -94,29 +98,43 @@ fn main() -> Result<()> {
         layout: gradcache::Layout { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: a.chunk, head_block_passages: 2 * a.batch },
         memory: serde_json::from_str(&a.memory).with_context(|| format!("--memory {}", a.memory))?,
         auto_sizes: a.auto_sizes,
+        query_chunk_tokens: a.chunk_tokens,
+        passage_chunk_tokens: a.chunk_tokens,
         ..StepConfig::default()
     };
     let mut gc = GradCache::tied(config, &encoder, &head, &loss)?;
     let before_mb = gradcache::runtime::peak_resident_mb()?;
-    let (mut times, mut losses) = (Vec::new(), Vec::new());
-    let mut plan = serde_json::Value::Null;
+    let (mut times, mut losses, mut rates) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plan, mut flops) = (serde_json::Value::Null, None);
     for step in 0..=a.steps {
         gradcache::check::zero_grads(&vs);
         let t = std::time::Instant::now();
         let out = gc.step(&q, &p, &targets)?;
         if step > 0 {
             times.push(t.elapsed().as_secs_f64());
+            rates.push(out.flops.gflops_per_second(&out.timings));
         }
         losses.push(out.loss);
         plan = out.plan_json();
+        flops = out.flops.total();
     }
     times.sort_by(f64::total_cmp);
+    let median = |pick: fn(&gradcache::core::flops::PassFlops) -> Option<f64>| {
+        let mut v: Vec<f64> = rates.iter().filter_map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let gflop_s = serde_json::json!({
+        "representation": median(|r| r.representation), "score": median(|r| r.score), "head": median(|r| r.head), "encoder": median(|r| r.encoder),
+        "step": flops.map(|f| f / times[times.len() / 2] / 1e9),
+    });
     println!(
         "{}",
         serde_json::json!({
             "impl": "gradcache two-cache", "layers": if a.rust_bert { "rust-bert" } else { "fused" }, "batch": a.batch, "chunk": a.chunk, "threads": a.threads,
             "median_s": times[times.len() / 2], "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": before_mb,
             "first_loss": losses[0], "steps": times.len(), "memory": serde_json::from_str::<serde_json::Value>(&a.memory)?, "auto_sizes": a.auto_sizes, "plan": plan,
+            "chunk_tokens": a.chunk_tokens, "step_gflop": flops.map(|f| f / 1e9), "gflop_s": gflop_s,
         })
     );
     Ok(())

@@ -151,3 +151,41 @@ fn layered_configs_keep_the_defaults_a_partial_block_does_not_name() {
     assert_eq!(layered(defaults.clone(), json!({ "head": { "hidden": 512 } }))["head"], json!({ "kind": "mlp", "dim": 384, "hidden": 512 }));
     assert_eq!(layered(defaults, json!({ "head": { "kind": "cosine" } }))["head"], json!({ "kind": "cosine" }));
 }
+
+/// An encoder that scales its input by a weight and says each item costs 10
+/// FLOPs: the step's FLOP accounting, checked by hand.
+struct Counted(Tensor);
+
+impl gradcache::Encoder for Counted {
+    type Input = Tensor;
+    fn encode(&self, input: &Tensor, _train: bool) -> gradcache::Result<gradcache::Representation> {
+        gradcache::Representation::vector(input * &self.0)
+    }
+    fn forward_flops(&self, input: &Tensor) -> Option<f64> {
+        Some(10.0 * input.size()[0] as f64)
+    }
+}
+
+#[test]
+fn the_step_counts_each_pass_flops_over_its_chunks_and_blocks() {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let enc = Counted(vs.root().ones("w", &[4]));
+    let (queries, passages) = (Tensor::randn([5, 4], (Kind::Float, tch::Device::Cpu)), Tensor::randn([7, 4], (Kind::Float, tch::Device::Cpu)));
+    let targets = gradcache::Targets::from_positives(7, vec![vec![0], vec![1], vec![2], vec![3], vec![4]]).unwrap();
+    let loss = gradcache::InfoNce { temperature: 0.5, symmetric: false };
+    // Queries in chunks of 2 (2, 2, 1), passages of 3 (3, 3, 1); the first
+    // query chunk retained (its encoder pass runs no second forward).
+    let layout = gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 3 };
+    let memory = gradcache::core::config::MemoryConfig::Retain { retain: gradcache::core::config::RetainCounts { query_chunks: 1, ..Default::default() } };
+    let config = gradcache::StepConfig { layout, memory, ..gradcache::StepConfig::default() };
+    let mut gc = gradcache::GradCache::new(config, &enc, &enc, &gradcache::models::heads::DotHead, &loss).unwrap();
+    let out = gc.step(&queries, &passages, &targets).unwrap();
+    let f = out.flops;
+    // Forward: 12 items × 10. Encoder pass: the 10 recomputed items again,
+    // and a backward of twice every forward.
+    assert_eq!((f.representation, f.encoder), (Some(120.0), Some(100.0 + 2.0 * 120.0)));
+    // The dot product over every pair of the 2 × 3 blocks: 2 · 5 · 7 · 4;
+    // closed form, so the head pass is its two products W·V and Wᵀ·U.
+    assert_eq!((f.score, f.head), (Some(280.0), Some(560.0)));
+    assert!(out.describe_rates(Some(100.0)).contains("encoder"), "{}", out.describe_rates(Some(100.0)));
+}

@@ -255,3 +255,46 @@ fn implementation_names_in_configs() {
     assert_eq!(parse("{}").unwrap(), BertImplementation::Fused);
     assert!(parse(r#"{"implementation": "eager"}"#).is_err());
 }
+
+/// The encoder's FLOP count (what the step's achieved rates are computed
+/// from) against PyTorch's own counter, `torch.utils.flop_counter` over
+/// transformers' MiniLM (eager attention, no pooler), forward and backward,
+/// at a long and a short padded length (at 128 tokens attention is 5% of
+/// the work, so a count that left it out would fail here).
+#[test]
+fn encoder_flops_match_torchs_flop_counter() {
+    let model = minilm();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let enc = encoder(&vs, &model);
+    let script = r#"
+import json, sys, torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModel
+m = AutoModel.from_pretrained(sys.argv[1], add_pooling_layer=False, attn_implementation="eager").train()
+out = []
+for n, L in json.loads(sys.argv[2]):
+    ids = torch.ones(n, L, dtype=torch.long)
+    with FlopCounterMode(display=False) as fc:
+        h = m(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        forward = fc.get_total_flops()
+        h.sum().backward()
+    out.append([forward, fc.get_total_flops()])
+print(json.dumps(out))
+"#;
+    let shapes = [(3usize, 128usize), (5, 16)];
+    let python = repo().join(".python");
+    let output = Command::new(&python)
+        .args(["-c", script, model.root().to_str().unwrap(), &serde_json::to_string(&shapes).unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
+    assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
+    let counted: Vec<(f64, f64)> = serde_json::from_slice(output.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
+    for (&(n, len), &(forward, with_backward)) in shapes.iter().zip(&counted) {
+        let ids = Tensor::ones([n as i64, len as i64], (Kind::Int64, Device::Cpu));
+        let batch = gradcache::TokenBatch::new(ids.shallow_clone(), ids.ones_like()).unwrap();
+        let ours = enc.forward_flops(&batch).unwrap();
+        assert!((ours - forward).abs() <= 1e-9 * forward, "{n} × {len}: ours {ours:e}, torch {forward:e}");
+        let backward = with_backward - forward;
+        assert!((backward - gradcache::core::flops::BACKWARD_FACTOR * forward).abs() <= 1e-9 * forward, "{n} × {len}: backward {backward:e} vs forward {forward:e}");
+    }
+}

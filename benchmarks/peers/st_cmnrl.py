@@ -22,6 +22,8 @@ p.add_argument("--chunk", type=int, default=16)
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--max-len", type=int, default=128)
+p.add_argument("--mini-batch-num-tokens", type=int, default=None,
+               help="its token budget per mini-batch (non-padding tokens), instead of --chunk sequences")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -30,7 +32,7 @@ triples = [json.loads(l) for l in open(a.triples)]
 word = Transformer(a.model, max_seq_length=a.max_len)
 model = SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "mean")], device="cpu")
 model.train()
-loss_fn = CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=a.chunk)
+loss_fn = CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=a.chunk, mini_batch_num_tokens=a.mini_batch_num_tokens)
 features = [model.preprocess([t[k] for t in triples]) for k in ("query", "positive", "negative")]
 before = vm_hwm_mb()
 times, losses = [], []
@@ -43,6 +45,24 @@ for step in range(a.steps + 1):
         times.append(time.perf_counter() - t)
     losses.append(loss.item())
 times.sort()
+
+
+def step_flops():
+    """Its step's matrix-multiply FLOPs, counted as gradcache counts its own
+    (Architecture::forward_flops: per layer and token 8d² + 4·d·ff + 4·L·d):
+    every mini-batch, trimmed to its longest item as it trims it, forward
+    without graph, forward again with graph, and a backward of twice the
+    forward. The score matrix and the loss are left out (under 0.1%)."""
+    from sentence_transformers.base.losses.gradcache import _minibatch_ranges
+    cfg = word.auto_model.config
+    d, ff, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    total = 0.0
+    for f in features:
+        for begin, end in _minibatch_ranges(f, a.chunk, a.mini_batch_num_tokens):
+            n, length = end - begin, int(f["attention_mask"][begin:end].sum(dim=1).max())
+            total += layers * n * length * (8 * d * d + 4 * d * ff + 4 * length * d)
+    return 4 * total
 print(json.dumps({"impl": "sentence-transformers CachedMNRL", "batch": len(triples), "chunk": a.chunk, "threads": a.threads,
                   "median_s": times[len(times) // 2], "peak_mb": vm_hwm_mb(), "before_step_mb": before,
-                  "first_loss": losses[0], "steps": len(times)}))
+                  "first_loss": losses[0], "steps": len(times), "mini_batch_num_tokens": a.mini_batch_num_tokens,
+                  "step_gflop": step_flops() / 1e9, "gflop_s": {"step": step_flops() / 1e9 / times[len(times) // 2]}}))

@@ -461,6 +461,12 @@ pub struct RunSummary {
     pub seed: u64,
     /// Every step's loss.
     pub losses: Vec<f64>,
+    /// Per pass, the median GFLOP/s over the steps
+    /// ([`crate::app::train::TrainSummary::median_rates`]), and this
+    /// machine's f32 matmul rate measured before training
+    /// ([`crate::runtime::matmul_gflops`] at
+    /// [`crate::runtime::MATMUL_PROBE_SHAPE`]).
+    pub rates: (crate::core::flops::PassFlops, Option<f64>),
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -676,6 +682,9 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
             }
         }
     }
+    // What the machine's matrix multiply reaches, for the steps' rates to
+    // be read against (a third of a second, before training).
+    let matmul = if lead { crate::runtime::matmul_gflops(device, crate::runtime::MATMUL_PROBE_SHAPE, 0.3).ok() } else { None };
     let summary = trainer.run(
         |i| -> Result<crate::core::output::StepOutput> {
             let (q, p, t) = batch(&records, c, &tok, i, device)?;
@@ -770,6 +779,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         steps: summary.steps,
         seed: c.train.seed,
         losses: summary.losses,
+        rates: (summary.median_rates, matmul),
     };
     Ok(TrainReport { results, bundle, summary: Some(run_summary) })
 }

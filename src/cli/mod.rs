@@ -388,6 +388,7 @@ pub fn write_report(report: &crate::app::recipe::TrainReport, out: &mut dyn std:
     }
     if let Some(first) = s.losses.first() {
         writeln!(out, "loss {:.4} -> {:.4}", first, s.losses.last().copied().unwrap_or(*first))?;
+        writeln!(out, "step passes, median over steps: {}", crate::core::output::describe_rates(&s.rates.0, s.rates.1))?;
     }
     if let Some((metric, step, value)) = &s.best {
         writeln!(out, "best by {metric}: step {step} ({value:.4}), kept in {}; the last model is in {}", report.bundle.display(), s.output_dir.join("last").display())?;

@@ -416,7 +416,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         all_reduce_gradients(&vars, &before, collective)?;
         timings.encoder = t.elapsed();
         seeds.finish();
-        Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form), retained: RetainCounts::default(), budget: None })
+        Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form), retained: RetainCounts::default(), budget: None, flops: Default::default() })
     }
 }
 

@@ -26,4 +26,12 @@ pub trait Encoder {
     /// # Errors
     /// Any error of the implementation.
     fn encode(&self, input: &Self::Input, train: bool) -> Result<Representation>;
+
+    /// Matrix-multiply FLOPs of one forward pass over `input` (2 per
+    /// multiply-add), when the encoder knows them: what the step's
+    /// achieved FLOP rate is computed from. `None` (the default): unknown.
+    fn forward_flops(&self, input: &Self::Input) -> Option<f64> {
+        let _ = input;
+        None
+    }
 }

@@ -41,6 +41,15 @@ pub trait ScoringHead {
     /// representation.
     fn score(&self, queries: &Representation, passages: &Representation, train: bool) -> Result<Tensor>;
 
+    /// Matrix-multiply FLOPs of scoring one block of `queries` ×
+    /// `passages` (2 per multiply-add), when the head knows them: what the
+    /// step's achieved FLOP rate is computed from. `None` (the default):
+    /// unknown.
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let _ = (queries, passages);
+        None
+    }
+
     /// ∂L/∂U and ∂L/∂V in closed form, given the whole batch's
     /// representations and the distance-gradient cache `W = ∂L/∂S`. A head
     /// with parameters must return `None` (the default): its parameters get

@@ -13,7 +13,7 @@
 //!   chunks they share with the reference and the distributed step),
 //!   [`scoring`] (the one block-scoring routine, also inference's),
 //!   [`replay`] (identical dropout in both passes), [`output`] (what a step
-//!   reports);
+//!   reports), [`flops`] (what each pass computed, for its FLOP rate);
 //! - the step's peers: [`reference`](mod@reference) (full batch, gradient accumulation),
 //!   [`distributed`] (one batch across processes).
 
@@ -22,6 +22,7 @@ pub mod budget;
 pub mod config;
 pub mod distributed;
 pub mod encoder;
+pub mod flops;
 pub mod head;
 pub mod layout;
 pub mod loss;

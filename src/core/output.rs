@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::core::config::RetainCounts;
+use crate::core::flops::PassFlops;
 
 
 /// Wall time of each phase of a step.
@@ -68,6 +69,9 @@ pub struct StepOutput {
     pub retained: RetainCounts,
     /// Under a memory budget: the budget and the plan's estimate.
     pub budget: Option<BudgetReport>,
+    /// What each pass computed (counted by the two-cache step; the
+    /// reference steps leave it unset).
+    pub flops: PassFlops,
 }
 
 impl StepOutput {
@@ -104,6 +108,16 @@ impl StepOutput {
         )
     }
 
+    /// The rate each pass achieved, in GFLOP/s, and as a fraction of
+    /// `matmul_gflops` (this machine's measured matrix-multiply rate,
+    /// [`crate::runtime::matmul_gflops`]) when given, e.g. `GFLOP/s:
+    /// representation 84 (0.69×), score 2 (0.02×), head 5 (0.04×), encoder
+    /// 80 (0.66×) of a 121 GFLOP/s matmul`; passes whose FLOPs are not
+    /// counted are left out.
+    pub fn describe_rates(&self, matmul_gflops: Option<f64>) -> String {
+        describe_rates(&self.flops.gflops_per_second(&self.timings), matmul_gflops)
+    }
+
     /// The same as JSON (the trainer's first log line carries it).
     pub fn plan_json(&self) -> serde_json::Value {
         let s = &self.sizes;
@@ -117,6 +131,21 @@ impl StepOutput {
             "measured_peak_mb": self.budget.and_then(|b| b.measured_peak_mb),
         })
     }
+}
+
+/// One line of per-pass rates (GFLOP/s), as [`StepOutput::describe_rates`]
+/// gives for one step (and a trainer for the median over its steps).
+pub fn describe_rates(rates: &PassFlops, matmul_gflops: Option<f64>) -> String {
+    let passes = [("representation", rates.representation), ("score", rates.score), ("head", rates.head), ("encoder", rates.encoder)];
+    let shown: Vec<String> = passes
+        .iter()
+        .filter_map(|(name, r)| r.map(|r| match matmul_gflops {
+            Some(m) => format!("{name} {r:.1} ({:.2}×)", r / m),
+            None => format!("{name} {r:.1}"),
+        }))
+        .collect();
+    let of = matmul_gflops.map(|m| format!(" of a {m:.0} GFLOP/s matmul")).unwrap_or_default();
+    format!("GFLOP/s: {}{of}", if shown.is_empty() { "not counted".to_string() } else { shown.join(", ") })
 }
 
 /// A budgeted step's memory figures.

@@ -36,7 +36,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let (plan, _) = self.plan(queries, passages, &seeds)?;
         let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None })
+        Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None, flops: Default::default() })
     }
 
     /// The full-batch step over a batch that [`GradCache::distributed_step`]
@@ -64,7 +64,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let plan = Plan::sharded(&self.config, query_shards, passage_shards);
         let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None })
+        Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None, flops: Default::default() })
     }
 
     /// Gradient accumulation: the batch is split into sub-batches of
@@ -109,7 +109,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             timings.encoder += tm.encoder;
         }
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: Plan::with_retained(&self.config.layout, n, passages.len(), RetainCounts::default()).sizes(false), retained: RetainCounts::default(), budget: None })
+        Ok(StepOutput { loss, timings, sizes: Plan::with_retained(&self.config.layout, n, passages.len(), RetainCounts::default()).sizes(false), retained: RetainCounts::default(), budget: None, flops: Default::default() })
     }
 
     /// Forward with graph over every chunk and block, `scale · L`, backward.

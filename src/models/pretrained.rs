@@ -160,6 +160,23 @@ impl Architecture {
         }
     }
 
+    /// Matrix-multiply FLOPs (2 per multiply-add) of one forward pass over
+    /// `items` sequences padded to `len` tokens: per layer and token the
+    /// four attention projections (`8d²`), the feed-forward block (`4·d·ff`,
+    /// `6·d·ff` for ModernBERT's gated one, whose input projection is twice
+    /// as wide) and attention's scores and weighted sum (`4·len·d`, every
+    /// layer taken as global: ModernBERT's sliding-window layers do less
+    /// past their window). Embeddings, norms and activations are left out
+    /// (a few percent on MiniLM at 48 tokens).
+    pub fn forward_flops(&self, items: usize, len: usize) -> f64 {
+        let (d, ff, gate) = match self {
+            Architecture::Bert { config, .. } => (config.hidden_size as f64, config.intermediate_size as f64, 4.0),
+            Architecture::ModernBert(c) => (c.hidden_size as f64, c.intermediate_size as f64, 6.0),
+        };
+        let tokens = (items * len) as f64;
+        self.layers() as f64 * tokens * (8.0 * d * d + gate * d * ff + 4.0 * len as f64 * d)
+    }
+
     /// Transformer layers.
     pub fn layers(&self) -> usize {
         match self {

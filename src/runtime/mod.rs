@@ -105,5 +105,33 @@ pub fn available_bytes() -> Result<u64> {
         .ok_or(GradCacheError::PeakMemoryUnavailable { reason: "no readable MemAvailable line in /proc/meminfo" })
 }
 
+/// This machine's dense f32 matrix-multiply rate through libtorch on
+/// `device` with its current threads, in GFLOP/s: `[m, k] × [k, n]`
+/// multiplied until `seconds` have passed (after one warm-up product), the
+/// best of those runs. What a step's achieved rates are set against.
+///
+/// # Errors
+/// libtorch errors.
+pub fn matmul_gflops(device: Device, (m, k, n): (i64, i64, i64), seconds: f64) -> Result<f64> {
+    let a = tch::Tensor::f_randn([m, k], (tch::Kind::Float, device))?;
+    let b = tch::Tensor::f_randn([k, n], (tch::Kind::Float, device))?;
+    let run = || -> Result<f64> {
+        let t = std::time::Instant::now();
+        let c = a.f_matmul(&b)?;
+        gpu::synchronize(c.device());
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run()?;
+    let (started, mut best) = (std::time::Instant::now(), f64::INFINITY);
+    while started.elapsed().as_secs_f64() < seconds || best.is_infinite() {
+        best = best.min(run()?);
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+/// The shape [`matmul_gflops`] measures by default: large and square,
+/// where libtorch's kernels reach their peak.
+pub const MATMUL_PROBE_SHAPE: (i64, i64, i64) = (1024, 1024, 1024);
+
 pub mod gpu;
 pub mod precision;

@@ -22,6 +22,7 @@ use tch::nn;
 use crate::check::zero_grads;
 use crate::app::error::{AppError, Result};
 use crate::error::GradCacheError;
+use crate::core::flops::PassFlops;
 use crate::core::output::StepOutput;
 use crate::models::weights::write_bytes_atomically;
 use optim::{clip_grad_norm, AdamW, LinearSchedule};
@@ -232,6 +233,9 @@ pub struct TrainSummary {
     pub after: BTreeMap<String, f64>,
     /// The last checkpoint written.
     pub checkpoint: PathBuf,
+    /// Per pass, the median over the steps run here of the GFLOP/s it
+    /// achieved (where the step counts its FLOPs).
+    pub median_rates: PassFlops,
 }
 
 /// Runs training over a `VarStore`, writing into an output folder:
@@ -389,6 +393,7 @@ impl<'v> Trainer<'v> {
         // Started after the first evaluation, so steps/s and ETA are about steps.
         let mut progress = Progress::new(self.first_step, c.steps, c.progress && self.writes);
         let mut losses = Vec::new();
+        let mut rates = Vec::new();
         let mut checkpoint_path = None;
         let mut after = BTreeMap::new();
         for i in self.first_step..c.steps {
@@ -408,6 +413,13 @@ impl<'v> Trainer<'v> {
                 "step": done, "loss": out.loss, "lr": lr, "grad_norm": norm,
                 "seconds": started.elapsed().as_secs_f64(),
             });
+            let rate = out.flops.gflops_per_second(&out.timings);
+            if rate.total().is_some() || rate.encoder.is_some() {
+                entry["gflop_s"] = serde_json::json!({
+                    "representation": rate.representation, "score": rate.score, "head": rate.head, "encoder": rate.encoder,
+                });
+            }
+            rates.push(rate);
             // The layout stays the same while the batch's shape does: shown
             // once per process, logged once per run (on the first step, so a
             // resumed run's log reads like an uninterrupted one's).
@@ -436,7 +448,7 @@ impl<'v> Trainer<'v> {
             Some(p) => p,
             None => checkpoint::list(&self.out.join("checkpoints"))?.pop().map(|(_, p)| p).unwrap_or_default(),
         };
-        Ok(TrainSummary { first_step: self.first_step, steps: c.steps, losses, before, after, checkpoint })
+        Ok(TrainSummary { first_step: self.first_step, steps: c.steps, losses, before, after, checkpoint, median_rates: median_rates(&rates) })
     }
 
     fn evaluate<E>(
@@ -456,4 +468,19 @@ impl<'v> Trainer<'v> {
         }
         Ok(metrics)
     }
+}
+
+/// Per pass, the median of the steps' rates that were counted (`None`
+/// where no step counted that pass).
+fn median_rates(rates: &[PassFlops]) -> PassFlops {
+    let median = |pick: fn(&PassFlops) -> Option<f64>| -> Option<f64> {
+        let mut v: Vec<f64> = rates.iter().filter_map(pick).filter(|r| r.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    };
+    PassFlops { representation: median(|r| r.representation), score: median(|r| r.score), head: median(|r| r.head), encoder: median(|r| r.encoder) }
 }

@@ -170,7 +170,7 @@ impl TextEncoderConfig {
             Body::ModernBert(_) => None,
             _ => Some(format!("{prefix}.encoder.layer.{}", layers - 1)),
         };
-        Ok(TextEncoder { body, projection, config: self.clone(), prefix, top_layer, heads })
+        Ok(TextEncoder { body, projection, config: self.clone(), prefix, top_layer, heads, architecture: architecture.clone() })
     }
 }
 
@@ -220,6 +220,7 @@ pub struct TextEncoder {
     prefix: String,
     top_layer: Option<String>,
     heads: i64,
+    architecture: Architecture,
 }
 
 impl std::fmt::Debug for TextEncoder {
@@ -293,6 +294,15 @@ impl Encoder for TextEncoder {
             Representation::Vector(_) => rep.with_tensor(normalized),
             Representation::Tokens { mask, .. } => rep.with_tensor(normalized.f_mul(&mask.f_unsqueeze(2)?)?),
         })
+    }
+
+    /// The transformer's ([`Architecture::forward_flops`]) and the
+    /// projection's, over the input's padded tokens.
+    fn forward_flops(&self, input: &TokenBatch) -> Option<f64> {
+        let size = input.ids().size();
+        let (items, len) = (size[0] as usize, *size.get(1)? as usize);
+        let projection = self.config.projection.map_or(0.0, |p| 2.0 * (items * len * self.architecture.hidden_size() * p) as f64);
+        Some(self.architecture.forward_flops(items, len) + projection)
     }
 }
 

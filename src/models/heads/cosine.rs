@@ -49,6 +49,12 @@ pub(crate) fn unit(t: &Tensor) -> Result<Tensor> {
 }
 
 impl ScoringHead for CosineHead {
+    /// `2·a·b·d` (the normalisation is linear in the items).
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let ((a, _, d), (b, _, _)) = (super::dims(queries), super::dims(passages));
+        Some(2.0 * a * b * d)
+    }
+
     fn score(&self, queries: &Representation, passages: &Representation, _train: bool) -> Result<Tensor> {
         let u = unit(expect_vectors(queries, "CosineHead")?)?;
         let v = unit(expect_vectors(passages, "CosineHead")?)?;

@@ -21,6 +21,12 @@ impl ScoringHead for DotHead {
         Ok(u.f_matmul(&v.f_tr()?)?)
     }
 
+    /// `2·a·b·d`.
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let ((a, _, d), (b, _, _)) = (super::dims(queries), super::dims(passages));
+        Some(2.0 * a * b * d)
+    }
+
     fn closed_form_gradients(
         &self,
         queries: &Representation,

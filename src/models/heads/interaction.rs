@@ -149,6 +149,18 @@ impl ScoringHead for InteractionHead {
         let x0 = layer_norm(&x0.f_add(&ffn)?, &self.ffn_norm)?;
         Ok(linear(&x0.f_squeeze_dim(2)?, &self.score)?.f_squeeze_dim(-1)?)
     }
+
+    /// Per item its projections (queries `2·Lq·d²`, passages' keys and
+    /// values `4·Lp·d²`); per pair the cross-attention (`4·Lq·Lp·d`), its
+    /// output (`2·Lq·d²`), the first position's self-attention (keys and
+    /// values `4·Lq·d²`, its query and output `4·d²`, scores `4·Lq·d`), the
+    /// feed-forward layer (`4·d·f`) and the score (`2·d`).
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let ((a, lq, d), (b, lp, _)) = (super::dims(queries), super::dims(passages));
+        let f = self.up.ws.size()[0] as f64;
+        let per_pair = 4.0 * lq * lp * d + 6.0 * lq * d * d + 4.0 * d * d + 4.0 * lq * d + 4.0 * d * f + 2.0 * d;
+        Some(2.0 * a * lq * d * d + 4.0 * b * lp * d * d + a * b * per_pair)
+    }
 }
 
 /// Which BERT layer variable each interaction-block variable is copied from

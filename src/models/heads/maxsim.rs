@@ -33,4 +33,10 @@ impl ScoringHead for MaxSimHead {
         let weights = mq.f_unsqueeze(1)?; // [a, 1, Lq]
         Ok(best.f_mul(&weights)?.f_sum_dim_intlist(2, false, best.kind())?)
     }
+
+    /// `2·a·b·Lq·Lp·d`: every query token against every passage token.
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let ((a, lq, d), (b, lp, _)) = (super::dims(queries), super::dims(passages));
+        Some(2.0 * a * b * lq * lp * d)
+    }
 }

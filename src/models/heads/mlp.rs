@@ -108,4 +108,13 @@ impl ScoringHead for MlpHead {
         }
         Ok(s)
     }
+
+    /// Per pair the `2d`-wide pair features into `h` hidden units and the
+    /// hidden units into the score (`2·(2d·h + h)`), per item its own `d`
+    /// columns into `h` (`2·d·h`).
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let ((a, _, d), (b, _, _)) = (super::dims(queries), super::dims(passages));
+        let h = self.config.hidden as f64;
+        Some(2.0 * a * b * (2.0 * d * h + h) + 2.0 * (a + b) * d * h)
+    }
 }

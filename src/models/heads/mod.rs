@@ -286,3 +286,13 @@ pub fn bert_with_head(vs: &tch::nn::VarStore, bert: &rust_bert::bert::BertConfig
     let head = head_config.init(&(vs.root() / "head"))?;
     Ok((encoder, head))
 }
+
+/// A representation's items, tokens per item (1 for a vector) and width:
+/// what a head's FLOP count reads.
+pub(crate) fn dims(rep: &Representation) -> (f64, f64, f64) {
+    match rep.tensor().size().as_slice() {
+        [n, d] => (*n as f64, 1.0, *d as f64),
+        [n, l, d] => (*n as f64, *l as f64, *d as f64),
+        _ => (0.0, 0.0, 0.0),
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# This machine's f32 matrix-multiply rate through libtorch on 2 threads, at
+# MiniLM's layer shapes and at large squares (benchmarks/flop_rate.rs):
+# docs/results/flop_rate.jsonl, what the step's achieved GFLOP/s are read
+# against (docs/benchmarks.md). Run on a machine doing nothing else.
+#
+#   benchmarks/flop_rate.sh [THREADS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/gradcache.sh setup >&2
+cargo build --release --quiet --example bench_flop_rate
+./target/release/examples/bench_flop_rate --threads "${1:-2}" | tee docs/results/flop_rate.jsonl
