@@ -506,3 +506,40 @@ fn pylate_reads_a_maxsim_export() {
     let err = gradcache::app::export::export(&scorer, ExportFormat::SentenceTransformers, gradcache::error::Side::Passages, &work.join("st")).unwrap_err();
     assert!(err.to_string().contains("--format pylate"), "{err}");
 }
+
+/// The FLOP count of each family (what the step's achieved rates are
+/// computed from) against torch.utils.flop_counter over transformers' own
+/// model of the same folder (eager attention), forward only: XLM-R (the
+/// BERT layout) and ModernBERT, whose gated feed-forward layer is 1.5× as
+/// dear per width, at a length under ModernBERT's local window.
+#[test]
+fn encoder_flops_match_torchs_flop_counter_for_each_family() {
+    let script = r#"
+import json, sys, torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModel
+m = AutoModel.from_pretrained(sys.argv[1], attn_implementation="eager").eval()
+n, L = json.loads(sys.argv[2])
+ids = torch.ones(n, L, dtype=torch.long)
+with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    m(input_ids=ids, attention_mask=torch.ones_like(ids))
+print(json.dumps(fc.get_total_flops()))
+"#;
+    let (n, len) = (3usize, 12usize);
+    for name in ["xlmr", "modernbert"] {
+        let model = ModelDir::open(&model_path(name)).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = token_encoder(&vs, &model, BertImplementation::Fused);
+        let output = Command::new(python()).args(["-c", script, model_path(name).to_str().unwrap(), &serde_json::to_string(&(n, len)).unwrap()]).output().unwrap();
+        assert!(output.status.success(), "{name}: python failed: {}", String::from_utf8_lossy(&output.stderr));
+        let torch: f64 = serde_json::from_slice(output.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
+        let ids = Tensor::ones([n as i64, len as i64], (Kind::Int64, Device::Cpu));
+        let ours = enc.forward_flops(&gradcache::TokenBatch::new(ids.shallow_clone(), ids.ones_like()).unwrap()).unwrap();
+        // transformers' XLM-R has a pooler (2·n·d² more), gradcache's not.
+        let pooler = if name == "xlmr" { 2.0 * (n * model.architecture().hidden_size().pow(2)) as f64 } else { 0.0 };
+        // torch also counts ModernBERT's rotary tables (an outer product of
+        // positions and frequencies, a few hundred FLOPs): 1e-3 relative,
+        // where a wrong feed-forward width would be 20% off.
+        assert!((ours + pooler - torch).abs() <= 1e-3 * torch, "{name}: ours {ours:e} (+ pooler {pooler:e}), torch {torch:e}");
+    }
+}
