@@ -188,6 +188,8 @@ fn config_files_merge_over_the_defaults_and_name_unknown_fields() {
     let args = TrainArgs { chunk_tokens: Some(1024), passage_chunk_tokens: Some(4096), ..TrainArgs::default() };
     let step = args.resolve().unwrap().step;
     assert_eq!((step.query_chunk_tokens, step.passage_chunk_tokens), (Some(1024), Some(4096)));
+    let args = TrainArgs { head_block_flops: Some(5e8), ..TrainArgs::default() };
+    assert_eq!(args.resolve().unwrap().step.head_block_flops, Some(5e8));
     std::fs::write(&path, r#"{"train": {"stepz": 7}}"#).unwrap();
     assert!(matches!(RerankerConfig::read(&path), Err(AppError::Core(GradCacheError::Json { path: p, .. })) if p == path));
     let bad = RerankerConfig { batch_size: 0, ..RerankerConfig::default() };

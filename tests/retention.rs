@@ -434,6 +434,55 @@ fn token_budget_chunks_stay_within_their_budget_and_give_the_full_batch_gradient
     }
 }
 
+fn by_cost(flops: f64, memory: MemoryConfig) -> StepConfig {
+    StepConfig { head_block_flops: Some(flops), ..layout(memory) }
+}
+
+#[test]
+fn cost_sized_blocks_stay_within_their_budget_and_give_the_full_batch_gradients() {
+    let _serial = serial();
+    let data = data(5, 3, LossKind::InfoNce, 15);
+    let mut columns = std::collections::BTreeMap::new();
+    for head in HEADS {
+        // A budget of a few pairs of this head: blocks of 2 rows and from
+        // one to several columns.
+        let model = Model::new(head, true, Kind::Double, 0.2);
+        let info_nce = loss(LossKind::InfoNce);
+        let gc = model.step(layout(MemoryConfig::default()), info_nce.as_ref());
+        let plan = Plan::layout_of(gc.config(), &data.queries, &data.passages).unwrap();
+        let reps = tch::no_grad(|| gc.representation_pass(&data.queries, &data.passages, &plan, &gradcache::core::replay::ReplaySeeds::from_base(1))).unwrap();
+        let pair = |a: usize, b: usize| model.head.score_flops(&reps.queries.narrow(0, a).unwrap(), &reps.passages.narrow(0, b).unwrap()).unwrap();
+        let budget = pair(2, 4);
+        let cols = gradcache::core::flops::block_columns(model.head.as_ref(), &reps.queries, &reps.passages, 2, budget).unwrap();
+        assert_eq!(cols, 4, "{head:?}: a budget of exactly 2 × 4 pairs is 4 columns");
+        assert!(pair(2, cols + 1) > budget, "{head:?}: one column more would fit");
+        columns.insert(format!("{head:?}"), gradcache::core::flops::block_columns(model.head.as_ref(), &reps.queries, &reps.passages, 2, 2e4).unwrap());
+        // Exact: dropout on against the full-batch step on the same blocks,
+        // recomputed and retained.
+        for (name, memory) in [("recompute all", MemoryConfig::default()), ("half", mixes()[2].1)] {
+            let c = compare(&model, &data, loss(LossKind::InfoNce).as_ref(), by_cost(budget, memory));
+            assert_exact(&c, F64_TOL, &format!("{head:?}, cost-sized blocks, {name}"));
+        }
+        let out = model.step(by_cost(budget, MemoryConfig::default()), loss(LossKind::InfoNce).as_ref()).step(&data.queries, &data.passages, &data.targets).unwrap();
+        assert_eq!(out.sizes.block_pairs, (2, 4), "{head:?}: the step used the sized blocks");
+    }
+    // At one budget, a token interaction head gets narrower blocks than
+    // the dot product.
+    assert!(columns["Interaction"] < columns["Dot"], "{columns:?}");
+    // Dropout off: against the unchunked step.
+    let model = Model::new(HeadKind::Interaction, false, Kind::Double, 0.0);
+    let loss = loss(LossKind::InfoNce);
+    let (reference_loss, theirs) = whole_batch(&model, &data, loss.as_ref());
+    gradcache::check::zero_grads(&model.vs);
+    let out = model.step(by_cost(1e5, MemoryConfig::default()), loss.as_ref()).step(&data.queries, &data.passages, &data.targets).unwrap();
+    let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+    assert_exact(&Comparison { cached_loss: out.loss, reference_loss, grads: ours.compare(&theirs).unwrap() }, F64_TOL, "cost-sized blocks against the unchunked step");
+    // Refused with a memory budget, and at zero.
+    let err = by_cost(1e6, MemoryConfig::Budget { budget_mb: 100.0 }).validate().unwrap_err();
+    assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "head_block_flops", .. }), "{err}");
+    assert!(by_cost(0.0, MemoryConfig::default()).validate().is_err());
+}
+
 #[test]
 fn token_budgets_need_lengths_and_are_refused_at_zero() {
     let t = Tensor::zeros([3, 4], (Kind::Float, tch::Device::Cpu));

@@ -57,6 +57,11 @@ pub struct TrainArgs {
     /// The same for passage chunks only (over --chunk-tokens).
     #[arg(long)]
     pub passage_chunk_tokens: Option<usize>,
+    /// Size head blocks by cost: as many passage columns per block as keep
+    /// its scoring FLOPs within this many (the head's own count; replaces
+    /// the layout's block columns).
+    #[arg(long)]
+    pub head_block_flops: Option<f64>,
     /// Choose chunk and block sizes for each batch from the memory budget
     /// (needs `--memory` with a budget; `--chunk-size` is then ignored).
     #[arg(long)]
@@ -199,6 +204,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.passage_chunk_tokens.or(self.chunk_tokens) {
             c.step.passage_chunk_tokens = Some(v);
+        }
+        if let Some(v) = self.head_block_flops {
+            c.step.head_block_flops = Some(v);
         }
         if let Some(v) = self.learning_rate {
             c.train.learning_rate = v;

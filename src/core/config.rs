@@ -48,6 +48,16 @@ pub struct StepConfig {
     pub query_chunk_tokens: Option<usize>,
     /// The same for passage chunks (replaces `passage_chunk_size`).
     pub passage_chunk_tokens: Option<usize>,
+    /// Size head blocks by their cost: each block keeps
+    /// `head_block_queries` rows and takes as many passage columns as keep
+    /// its scoring FLOPs (the head's own count,
+    /// [`ScoringHead::score_flops`](crate::ScoringHead::score_flops), at this batch's representation
+    /// shapes) within this many, at least one; so a dear head (token
+    /// interaction) gets narrow blocks and a cheap one wide blocks, each
+    /// about as much work. Replaces `head_block_passages`. Needs a head that
+    /// counts its FLOPs; not with a memory budget or across processes yet.
+    /// Default: unset.
+    pub head_block_flops: Option<f64>,
     /// With a memory budget, choose the layout for each batch from the
     /// budget, the measured activation costs and the batch's lengths
     /// ([`Plan::sized_for_budget`](crate::core::plan::Plan::sized_for_budget)) instead of taking it as
@@ -71,6 +81,7 @@ impl Default for StepConfig {
             sort_by_length: false,
             query_chunk_tokens: None,
             passage_chunk_tokens: None,
+            head_block_flops: None,
             auto_sizes: false,
             precision: Precision::F32,
         }
@@ -113,6 +124,14 @@ impl StepConfig {
         for (field, tokens) in [("query_chunk_tokens", self.query_chunk_tokens), ("passage_chunk_tokens", self.passage_chunk_tokens)] {
             if tokens == Some(0) {
                 return Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1 token" });
+            }
+        }
+        if let Some(f) = self.head_block_flops {
+            if !(f.is_finite() && f >= 1.0) {
+                return Err(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "must be a finite number of FLOPs, at least 1" });
+            }
+            if self.memory.is_budget() {
+                return Err(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "cannot be combined with a memory budget yet (the budget fits the configured blocks)" });
             }
         }
         if !(self.replay_tolerance.is_finite() && self.replay_tolerance >= 0.0) {

@@ -300,6 +300,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         if self.config.sort_by_length {
             return Err(GradCacheError::InvalidConfig { field: "sort_by_length", reason: "is not supported for a step across processes yet" });
         }
+        if self.config.head_block_flops.is_some() {
+            return Err(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "cost-sized head blocks are not supported for a step across processes yet" });
+        }
         for (field, tokens) in [("query_chunk_tokens", self.config.query_chunk_tokens), ("passage_chunk_tokens", self.config.passage_chunk_tokens)] {
             if tokens.is_some() {
                 return Err(GradCacheError::InvalidConfig { field, reason: "token-budget chunks are not supported for a step across processes yet" });

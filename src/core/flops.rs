@@ -12,7 +12,8 @@ use crate::core::model::StepModel;
 use crate::core::output::PhaseTimings;
 use crate::core::plan::Plan;
 use crate::core::representation::Representation;
-use crate::error::Result;
+use crate::core::head::ScoringHead;
+use crate::error::{GradCacheError, Result};
 
 /// A backward pass's FLOPs as a factor on its forward's: a matrix
 /// multiply's two input gradients are two multiplies of its size.
@@ -95,4 +96,28 @@ impl PassFlops {
     pub fn total(&self) -> Option<f64> {
         Some(self.representation? + self.score? + self.head? + self.encoder?)
     }
+}
+
+/// The passage columns of a head block of `rows` query rows (fewer when
+/// the batch has fewer) whose scoring FLOPs stay within `budget`: a head's
+/// count is affine in the columns for a fixed row count (per pair, plus per
+/// query row), so the cost of one and of two columns give it exactly. At
+/// least 1, at most the batch's passages.
+///
+/// # Errors
+/// [`GradCacheError::InvalidConfig`] naming `head_block_flops` for a head
+/// that does not count its FLOPs; libtorch errors.
+pub fn block_columns(head: &dyn ScoringHead, u: &Representation, v: &Representation, rows: usize, budget: f64) -> Result<usize> {
+    let (n, m) = (u.len(), v.len());
+    if m <= 1 {
+        return Ok(m.max(1));
+    }
+    let q = u.narrow(0, rows.clamp(1, n))?;
+    let cost = |c: usize| -> Result<f64> {
+        head.score_flops(&q, &v.narrow(0, c)?).ok_or(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "needs a head that counts its FLOPs (ScoringHead::score_flops)" })
+    };
+    let (one, two) = (cost(1)?, cost(2)?);
+    let per_column = (two - one).max(f64::MIN_POSITIVE);
+    let fixed = one - per_column;
+    Ok((((budget - fixed) / per_column).floor().max(1.0) as usize).min(m))
 }

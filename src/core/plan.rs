@@ -330,6 +330,16 @@ impl Plan {
         }
     }
 
+    /// The same plan with the pair grid's passage columns cut in pieces of
+    /// `columns` (rows and what is retained unchanged): the blocks
+    /// [`StepConfig::head_block_flops`] sizes once the representations'
+    /// shapes are known.
+    pub fn with_block_columns(mut self, columns: usize) -> Plan {
+        let m = self.grid.cols.iter().map(|c| c.len).sum();
+        self.grid.cols = cut(m, columns);
+        self
+    }
+
     /// The grid of head blocks.
     pub fn grid(&self) -> &BlockGrid {
         &self.grid

@@ -133,6 +133,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let (u, _) = encode_all(self.query_encoder, queries, &plan, Side::Queries, seeds, c.forward())?;
             let (v, _) = encode_all(self.passage_encoder, passages, &plan, Side::Passages, seeds, c.forward())?;
             timings.representation = t.elapsed();
+            let plan = self.sized_blocks(plan, &u, &v)?;
 
             let t = Instant::now();
             let enter = |b: &crate::core::layout::Block| seeds.enter(Stream::HeadBlock, b.index);

@@ -191,6 +191,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             plan = plan.without_retained_blocks();
         }
         timings.representation = t.elapsed();
+        let plan = self.sized_blocks(plan, &reps.queries, &reps.passages)?;
         let t = Instant::now();
         let mut scores = self.score_pass(&reps, &plan, &seeds)?;
         timings.score = t.elapsed();
@@ -211,6 +212,17 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         };
         let flops = PassFlops::of(self.parts(), &plan, queries, passages, (&reps.queries, &reps.passages), closed_form_head)?;
         Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form_head), retained: plan.retained(), budget, flops })
+    }
+
+    /// `plan` with its head blocks sized by cost when the config asks for
+    /// it ([`StepConfig::head_block_flops`]), from the representations'
+    /// shapes: what every step over the same batch (cached, full-batch)
+    /// cuts alike.
+    pub(crate) fn sized_blocks(&self, plan: Plan, u: &Representation, v: &Representation) -> Result<Plan> {
+        match self.config.head_block_flops {
+            Some(budget) => Ok(plan.with_block_columns(crate::core::flops::block_columns(self.head, u, v, self.config.layout.head_block_queries, budget)?)),
+            None => Ok(plan),
+        }
     }
 
     pub(crate) fn check_batch(&self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<()> {

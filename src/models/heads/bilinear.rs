@@ -82,4 +82,17 @@ impl ScoringHead for BilinearHead {
         };
         Ok(uw.f_dropout(self.dropout, train)?.f_matmul(&vw.f_tr()?)?)
     }
+
+    /// Full: `2·a·d²` for `uᵀW` and `2·a·b·d`; low rank `r`: `2·(a+b)·d·r`
+    /// and `2·a·b·r`.
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let ((a, _, d), (b, _, _)) = (super::dims(queries), super::dims(passages));
+        Some(match &self.form {
+            Form::Full(_) => 2.0 * a * d * d + 2.0 * a * b * d,
+            Form::LowRank(w, _) => {
+                let r = w.size()[1] as f64;
+                2.0 * (a + b) * d * r + 2.0 * a * b * r
+            }
+        })
+    }
 }

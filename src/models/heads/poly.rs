@@ -70,4 +70,13 @@ impl ScoringHead for PolyEncoderHead {
         let context = Tensor::f_einsum("abm,amd->abd", &[&weights, &query_codes], None::<&[i64]>)?;
         Ok(Tensor::f_einsum("abd,bd->ab", &[&context, &p], None::<&[i64]>)?)
     }
+
+    /// Per query its `m` codes over its tokens (`4·m·Lq·d`: attention and
+    /// weighted sum); per pair the passage against the codes and their
+    /// weighted sum (`4·m·d`) and the score (`2·d`).
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let ((a, lq, d), (b, _, _)) = (super::dims(queries), super::dims(passages));
+        let m = self.config.codes as f64;
+        Some(4.0 * a * m * lq * d + a * b * (4.0 * m * d + 2.0 * d))
+    }
 }

@@ -59,4 +59,10 @@ impl ScoringHead for WeightedMaxSimHead {
         let best = token_maxima(u, v, mp)?; // [a, b, Lq]
         Ok(best.f_mul(&weights.f_unsqueeze(1)?)?.f_sum_dim_intlist(2, false, best.kind())?)
     }
+
+    /// MaxSim's `2·a·b·Lq·Lp·d` and the token weights' `2·a·Lq·d`.
+    fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
+        let ((a, lq, d), (b, lp, _)) = (super::dims(queries), super::dims(passages));
+        Some(2.0 * a * b * lq * lp * d + 2.0 * a * lq * d)
+    }
 }
