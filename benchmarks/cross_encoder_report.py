@@ -3,11 +3,24 @@ docs/results/cross_encoder/{rerank,wsd,train,latency}.jsonl (benchmarks/
 cross_encoder.sh, benchmarks/rerank_latency.sh): per split, each first
 stage alone and reranked by the cross-encoder (mean +- sample sd over the
 seeds present), the cross-encoder's training time per step, and the rerank
-latency per query for 100 candidates. Prints Markdown.
+latency per query for 100 candidates; then the one table of every model
+(#24): dev and test MRR@10 (mean ± sd over seeds), training time per step
+(train.jsonl and train_step.jsonl, benchmarks/train_step_time.sh), rerank
+latency and peak memory (latency.jsonl). The gradcache heads' quality comes
+from docs/results/heads/dev.jsonl (benchmarks/heads_report.py), with any
+further seeds of a configuration found under runs/heads/dev/NAME/seed-S
+(results.json) that its row does not hold yet; the fine-tuned cosine's
+from its first stage in rerank.jsonl (the same runs' models). Prints
+Markdown. With `--baselines docs/results/heads/baselines.json` it also
+puts the cross-encoder's dev row (reranking the fine-tuned bi-encoder's top
+100, mean ± sd over seeds) into the baselines the main job prints beside
+its run (replacing a previous cross-encoder row).
 
     python3 benchmarks/cross_encoder_report.py > docs/results/cross_encoder/summary.md
 """
 import json, os, statistics, sys
+
+CE_ROW = "cross-encoder (fine-tuned MiniLM)"
 
 res = "docs/results/cross_encoder"
 METRICS = ["top1", "top5", "top20", "mrr10", "ndcg10", "recall100"]
@@ -73,3 +86,141 @@ if latency:
         out.append(f"| {name} | {cached} | {statistics.median(cold):.0f} ms ({min(cold):.0f}–{max(cold):.0f}) | "
                    f"{max(l['peak_mb'] for l in ls):.0f} |")
 print("\n".join(out))
+
+
+def one_table():
+    """Every model in one row each: quality, training time, rerank cost."""
+    heads = {}
+    if os.path.exists("docs/results/heads/dev.jsonl"):
+        for l in open("docs/results/heads/dev.jsonl"):
+            r = json.loads(l)
+            heads[r["name"]] = r
+
+    def head_seeds(name):
+        """Per seed (dev, test) MRR@10 and dev WSD: the committed row (when it
+        is one seed, its values are that seed's) and further runs here."""
+        row = heads.get(name)
+        per_seed = {}
+        if row is None:
+            return None
+        if row["seeds"] > 1:
+            return "row", row  # mean ± sd as committed
+        seed0 = os.path.basename(row["seed_dirs"][0]).removeprefix("seed-")
+        per_seed[seed0] = (row["mean"]["mrr10"], row.get("test", {}).get("mean", {}).get("mrr10"), row["mean"]["wsd_accuracy"])
+        root = f"runs/heads/dev/{name}"
+        if os.path.isdir(root):
+            for d in sorted(os.listdir(root)):
+                path = os.path.join(root, d, "results.json")
+                seed = d.removeprefix("seed-")
+                if seed not in per_seed and os.path.exists(path):
+                    r = json.load(open(path))
+                    per_seed[seed] = (r["after"]["mrr10"], r.get("test_after", {}).get("mrr10"), r["after"]["wsd_accuracy"])
+        return "seeds", per_seed
+
+    def fmt(values):
+        values = [v for v in values if v is not None]
+        return cell(values) if values else "–"
+
+    def from_row(row, split_key, metric):
+        src = row if split_key == "dev" else row.get("test")
+        if not src:
+            return "–", 0
+        m, sd = src["mean"][metric], src["sd"][metric]
+        n = src["seeds"]
+        return (f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"), n
+
+    steps = {t["model"]: t for t in lines("train_step.jsonl") if not t.get("flags")}
+    lat = {}
+    for l in lines("latency.jsonl"):
+        name = "cross-encoder" if "latency_ms_per_query" in l else os.path.basename(l["model"]).removesuffix(".json")
+        lat.setdefault(name, []).append(l)
+
+    def latency(name):
+        ls = lat.get(name)
+        if not ls:
+            return "–", "–"
+        if "latency_ms_per_query" in ls[0]:
+            return f"{statistics.median(l['latency_ms_per_query'] for l in ls):.0f} ms cold (nothing to cache)", f"{max(l['peak_mb'] for l in ls):.0f}"
+        return (f"{statistics.median(l['cached_ms_per_query'] for l in ls):.1f} ms cached / "
+                f"{statistics.median(l['cold_ms_per_query'] for l in ls):.0f} ms cold"), f"{max(l['peak_mb'] for l in ls):.0f}"
+
+    def step_time(name):
+        t = steps.get(name)
+        return f"{t['median_step_s']:.2f} s" if t else "–"
+
+    out = ["### Every model in one table", "",
+           "dev and test: 300 queries each; MRR@10 mean ± sample sd over seeds (seeds in brackets). Training: "
+           "the main job's budget (100 steps of 64 queries × 2 passages, 2 threads), median wall time per step. "
+           "Rerank latency: 100 candidates per query, 2 threads; *cached*: the passages' representations "
+           "precomputed (as an index holds them), *cold*: passages encoded per query.", "",
+           "| model | dev MRR@10 | test MRR@10 | dev WSD acc | training s/step | rerank latency per query | peak RSS at rerank (MB) |",
+           "|---|---|---|---|---|---|---|"]
+    rerank_rows = [r for r in lines("rerank.jsonl") if r.get("reranked")]
+    pre = {sp: [r["first_stage"]["mrr10"] for r in rerank_rows if r["split"] == sp and r["tag"].endswith(" pretrained")][:1] for sp in ("dev", "test")}
+    wsd_pre = heads.get("cosine", {}).get("before_mean", {}).get("wsd_accuracy")
+    out.append(f"| pretrained MiniLM, cosine (no training) | {fmt(pre['dev'])} | {fmt(pre['test'])} | "
+               f"{'%.3f' % wsd_pre if wsd_pre is not None else '–'} | – | {latency('cosine')[0]} | {latency('cosine')[1]} |")
+    for name, label in [("cosine", "fine-tuned cosine bi-encoder"), ("max_sim", "fine-tuned MaxSim (ColBERT-style)"),
+                        ("mlp_residual_gate300", "default head: residual MLP"), ("interaction_layer", "interaction block (residual)")]:
+        if name == "cosine":
+            first = {sp: [r["first_stage"]["mrr10"] for r in rerank_rows if r["split"] == sp and " cosine-s" in r["tag"]] for sp in ("dev", "test")}
+            row = heads.get("cosine")
+            wsd = fmt([json.load(open(f"runs/cross_encoder/cosine-s{r['tag'].split()[0][4:]}/results.json"))["after"]["wsd_accuracy"]
+                       for r in rerank_rows if r["split"] == "dev" and " cosine-s" in r["tag"]
+                       if os.path.exists(f"runs/cross_encoder/cosine-s{r['tag'].split()[0][4:]}/results.json")]) if rerank_rows else "–"
+            if wsd == "–" and row:
+                wsd = from_row(row, "dev", "wsd_accuracy")[0]
+            dev, test = f"{fmt(first['dev'])} ({len(first['dev'])})", f"{fmt(first['test'])} ({len(first['test'])})"
+        else:
+            found = head_seeds(name)
+            if found is None:
+                continue
+            kind, seeds = found
+            if kind == "seeds":
+                vals = list(seeds.values())
+                dev = f"{fmt([v[0] for v in vals])} ({len(vals)})"
+                tests = [v[1] for v in vals if v[1] is not None]
+                test = f"{fmt(tests)} ({len(tests)})"
+                wsd = fmt([v[2] for v in vals])
+            else:
+                d, n = from_row(seeds, "dev", "mrr10")
+                t, nt = from_row(seeds, "test", "mrr10")
+                dev, test, wsd = f"{d} ({n})", f"{t} ({nt})", from_row(seeds, "dev", "wsd_accuracy")[0]
+        lt, mem = latency(name)
+        out.append(f"| {label} | {dev} | {test} | {wsd} | {step_time(name)} | {lt} | {mem} |")
+    ce = {sp: [r["reranked"]["mrr10"] for r in rerank_rows if r["split"] == sp and " cosine-s" in r["tag"]] for sp in ("dev", "test")}
+    ce_wsd = [w["wsd_accuracy"] for w in lines("wsd.jsonl") if w["split"] == "dev"]
+    train = lines("train.jsonl")
+    ce_step = f"{statistics.median(t['median_step_s'] for t in train):.2f} s" if train else "–"
+    lt, mem = latency("cross-encoder")
+    out.append(f"| cross-encoder, reranking the fine-tuned bi-encoder's top 100 | {fmt(ce['dev'])} ({len(ce['dev'])}) | "
+               f"{fmt(ce['test'])} ({len(ce['test'])}) | {fmt(ce_wsd)} | {ce_step} | {lt} | {mem} |")
+    return out
+
+
+print("\n".join([""] + one_table()))
+
+
+def write_baseline(path):
+    """The cross-encoder's dev row in the main job's baselines file."""
+    dev = [r for r in lines("rerank.jsonl") if r.get("reranked") and r["split"] == "dev" and " cosine-s" in r["tag"]]
+    wsd = [w["wsd_accuracy"] for w in lines("wsd.jsonl") if w["split"] == "dev"]
+    if len(dev) < 2 or len(wsd) != len(dev):
+        raise SystemExit(f"--baselines: {len(dev)} dev reranks and {len(wsd)} WSD lines; need the same number, at least 2")
+    per_metric = {m: [r["reranked"][m] for r in dev] for m in ("top1", "top5", "top20", "mrr10", "ndcg10")}
+    per_metric["wsd_accuracy"] = wsd
+    row = {"name": CE_ROW, "seeds": len(dev),
+           "mean": {m: statistics.mean(v) for m, v in sorted(per_metric.items())},
+           "sd": {m: statistics.stdev(v) for m, v in sorted(per_metric.items())}}
+    reference = json.load(open(path))
+    reference["rows"] = [r for r in reference["rows"] if r["name"] != CE_ROW] + [row]
+    if "cross_encoder_report" not in reference["command"]:
+        reference["command"] += " && benchmarks/cross_encoder.sh && python3 benchmarks/cross_encoder_report.py --baselines " + path
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(reference, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+if "--baselines" in sys.argv:
+    write_baseline(sys.argv[sys.argv.index("--baselines") + 1])

@@ -126,10 +126,16 @@ def main():
         names = dict(BASELINES, **{a.default: "default head (residual MLP)"})
         base = [r for r in rows if r["name"] in names]
         if base:
+            # Rows another report wrote (the cross-encoder's,
+            # cross_encoder_report.py --baselines) are kept.
+            previous = out / "baselines.json"
+            kept = []
+            if previous.exists():
+                kept = [r for r in json.loads(previous.read_text())["rows"] if r["name"] not in names.values()]
             reference = {
                 "budget": base[0]["budget"],
                 "command": "benchmarks/heads_compare.sh " + " ".join(r["name"] for r in base) + " && benchmarks/heads_report.py",
-                "rows": [{"name": names[r["name"]], "seeds": r["seeds"], "mean": r["mean"], "sd": r["sd"]} for r in base],
+                "rows": [{"name": names[r["name"]], "seeds": r["seeds"], "mean": r["mean"], "sd": r["sd"]} for r in base] + kept,
             }
             tmp = out / "baselines.json.tmp"
             tmp.write_text(json.dumps(reference, indent=2) + "\n")

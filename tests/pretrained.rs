@@ -298,3 +298,78 @@ print(json.dumps(out))
         assert!((backward - gradcache::core::flops::BACKWARD_FACTOR * forward).abs() <= 1e-9 * forward, "{n} × {len}: backward {backward:e} vs forward {forward:e}");
     }
 }
+
+/// Each head's FLOP count (what cost-sized blocks and the achieved rates
+/// use) against torch.utils.flop_counter over the same computation written
+/// in PyTorch: the interaction block (cross-attention from the query's
+/// tokens to the passage's, self-attention of the first position, its
+/// feed-forward layer and score), the MLP over pair features, MaxSim and
+/// the poly-encoder, at one block shape with padded token matrices.
+#[test]
+fn head_flops_match_torchs_flop_counter() {
+    use gradcache::models::heads::{InteractionConfig, MaxSimHead, PolyEncoderConfig};
+    use gradcache::{Representation, ScoringHead};
+    let (a, b, lq, lp, d, h, f, hidden, codes) = (3usize, 5usize, 7usize, 11usize, 32usize, 4usize, 48usize, 24usize, 6usize);
+    let script = r#"
+import json, sys, torch
+from torch.utils.flop_counter import FlopCounterMode
+a, b, Lq, Lp, d, H, f, hidden, m = json.loads(sys.argv[1])
+u, v, uv, vv = torch.randn(a, Lq, d), torch.randn(b, Lp, d), torch.randn(a, d), torch.randn(b, d)
+lin = lambda x, o: x @ torch.randn(x.shape[-1], o) + torch.randn(o)
+ln = lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:])
+def mh(q, k, val):
+    split = lambda x: x.view(*x.shape[:-1], H, d // H).transpose(-3, -2)
+    w = (split(q) @ split(k).transpose(-1, -2)).softmax(-1)
+    ctx = w @ split(val)
+    return ctx.transpose(-3, -2).reshape(*ctx.shape[:-3], ctx.shape[-2], d)
+def count(fn):
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+def interaction():
+    q, k, val = lin(u, d).unsqueeze(1), lin(v, d).unsqueeze(0), lin(v, d).unsqueeze(0)
+    x = ln(u.unsqueeze(1) + lin(mh(q, k, val), d))
+    first = x[:, :, 0:1]
+    x0 = ln(first + lin(mh(lin(first, d), lin(x, d), lin(x, d)), d))
+    x0 = ln(x0 + lin(torch.nn.functional.gelu(lin(x0, f)), d))
+    return lin(x0.squeeze(2), 1)
+def mlp():
+    hu, hv = uv @ torch.randn(d, hidden), vv @ torch.randn(d, hidden)
+    ue, ve = uv.unsqueeze(1), vv.unsqueeze(0)
+    pair = torch.cat([(ue - ve).abs(), ue * ve], 2) @ torch.randn(2 * d, hidden)
+    return torch.nn.functional.gelu(pair + hu.unsqueeze(1) + hv.unsqueeze(0)) @ torch.randn(hidden, 1)
+def maxsim():
+    return torch.einsum("aqd,bpd->abqp", u, v).amax(3).sum(2)
+def poly():
+    c = torch.randn(m, d)
+    qc = torch.einsum("amq,aqd->amd", torch.einsum("md,aqd->amq", c, u).softmax(-1), u)
+    p = v.mean(1)
+    w = torch.einsum("amd,bd->abm", qc, p).softmax(-1)
+    return torch.einsum("abd,bd->ab", torch.einsum("abm,amd->abd", w, qc), p)
+print(json.dumps({"interaction": count(interaction), "mlp": count(mlp), "max_sim": count(maxsim), "poly": count(poly)}))
+"#;
+    let python = repo().join(".python");
+    let shape = serde_json::to_string(&[a, b, lq, lp, d, h, f, hidden, codes]).unwrap();
+    let output = Command::new(&python).args(["-c", script, &shape]).output().unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
+    assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
+    let torch: std::collections::HashMap<String, f64> = serde_json::from_slice(output.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let tokens = |n: usize, l: usize| Representation::tokens(Tensor::zeros([n as i64, l as i64, d as i64], (Kind::Float, Device::Cpu)), &Tensor::ones([n as i64, l as i64], (Kind::Float, Device::Cpu))).unwrap();
+    let vectors = |n: usize| Representation::vector(Tensor::zeros([n as i64, d as i64], (Kind::Float, Device::Cpu))).unwrap();
+    let (u, v) = (tokens(a, lq), tokens(b, lp));
+    let interaction = InteractionConfig { dim: d, heads: h, ffn: f, residual: None, ..Default::default() }.init(&(&root / "interaction")).unwrap();
+    let mlp = MlpHeadConfig { dim: d, hidden, residual: None, ..Default::default() }.init(&(&root / "mlp")).unwrap();
+    let poly = PolyEncoderConfig { dim: d, codes, residual: None, ..Default::default() }.init(&(&root / "poly")).unwrap();
+    let ours = [
+        ("interaction", interaction.score_flops(&u, &v)),
+        ("mlp", mlp.score_flops(&vectors(a), &vectors(b))),
+        ("max_sim", MaxSimHead.score_flops(&u, &v)),
+        ("poly", poly.score_flops(&u, &v)),
+    ];
+    for (name, ours) in ours {
+        let (ours, theirs) = (ours.unwrap(), torch[name]);
+        assert!((ours - theirs).abs() <= 1e-9 * theirs, "{name}: ours {ours:e}, torch {theirs:e}");
+    }
+}

@@ -153,12 +153,10 @@ impl Plan {
     /// [`Plan::layout_of`].
     pub fn for_batch<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<Plan> {
         config.validate()?;
-        let mut plan = match retain_counts(config)? {
-            Some(counts) => Plan::layout_of(config, queries, passages)?.retaining(counts),
-            None => Plan::whole(&config.layout, queries.len(), passages.len()).with_orders(Plan::length_orders(config, queries, passages)?),
-        };
-        plan.grid.retained = plan.grid.retained.min(plan.grid.len());
-        Ok(plan)
+        match retain_counts(config)? {
+            Some(counts) => Ok(Plan::layout_of(config, queries, passages)?.retaining(counts)),
+            None => Ok(Plan::whole(&config.layout, queries.len(), passages.len()).with_orders(Plan::length_orders(config, queries, passages)?)),
+        }
     }
 
     /// `config`'s chunks and blocks for this batch with nothing retained,
