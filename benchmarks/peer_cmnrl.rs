@@ -119,7 +119,7 @@ fn main() -> Result<()> {
         flops = out.flops.total();
     }
     times.sort_by(f64::total_cmp);
-    let median = |pick: fn(&gradcache::core::flops::PassFlops) -> Option<f64>| {
+    let median = |pick: fn(&gradcache::core::output::PassFlops) -> Option<f64>| {
         let mut v: Vec<f64> = rates.iter().filter_map(pick).collect();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied()

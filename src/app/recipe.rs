@@ -466,7 +466,7 @@ pub struct RunSummary {
     /// machine's f32 matmul rate measured before training
     /// ([`crate::runtime::matmul_gflops`] at
     /// [`crate::runtime::MATMUL_PROBE_SHAPE`]).
-    pub rates: (crate::core::flops::PassFlops, Option<f64>),
+    pub rates: (crate::core::output::PassFlops, Option<f64>),
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {

@@ -7,95 +7,60 @@
 //! ([`crate::runtime::matmul_gflops`]).
 
 use crate::core::encoder::Encoder;
+use crate::core::head::ScoringHead;
 use crate::core::layout::Side;
 use crate::core::model::StepModel;
-use crate::core::output::PhaseTimings;
+use crate::core::output::PassFlops;
 use crate::core::plan::Plan;
 use crate::core::representation::Representation;
-use crate::core::head::ScoringHead;
 use crate::error::{GradCacheError, Result};
 
 /// A backward pass's FLOPs as a factor on its forward's: a matrix
 /// multiply's two input gradients are two multiplies of its size.
 pub const BACKWARD_FACTOR: f64 = 2.0;
 
-/// FLOPs of each pass of one step; `None` where an encoder or the head
-/// does not count its own.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct PassFlops {
-    /// The representation pass: every chunk forward, both sides.
-    pub representation: Option<f64>,
-    /// The score pass: every block forward.
-    pub score: Option<f64>,
-    /// The head pass: each recomputed block forward again, and every
-    /// block backward ([`BACKWARD_FACTOR`]); for a closed-form head its
-    /// two products `W·V` and `Wᵀ·U`, a backward of the score pass.
-    pub head: Option<f64>,
-    /// The encoder pass: each recomputed chunk forward again, and every
-    /// chunk backward.
-    pub encoder: Option<f64>,
-}
-
-impl PassFlops {
-    /// The FLOPs of `plan`'s passes over this batch; `reps` are the
-    /// representation pass's U and V (the head's cost may depend on their
-    /// shapes, e.g. tokens per item).
-    ///
-    /// # Errors
-    /// The inputs' errors when a chunk is cut.
-    pub fn of<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
-        model: StepModel<'_, QE, PE>,
-        plan: &Plan,
-        queries: &QE::Input,
-        passages: &PE::Input,
-        (u, v): (&Representation, &Representation),
-        closed_form_head: bool,
-    ) -> Result<PassFlops> {
-        // (forward over every piece, forward over the recomputed ones)
-        fn side<E: Encoder + ?Sized>(encoder: &E, plan: &Plan, side: Side, input: &E::Input) -> Result<Option<(f64, f64)>> {
-            let mut sums = (0.0, 0.0);
-            for chunk in plan.chunks(side) {
-                let Some(f) = encoder.forward_flops(&chunk.cut(input)?) else { return Ok(None) };
-                sums.0 += f;
-                sums.1 += if chunk.retained { 0.0 } else { f };
-            }
-            Ok(Some(sums))
+/// The FLOPs of `plan`'s passes over this batch; `reps` are the
+/// representation pass's U and V (the head's cost may depend on their
+/// shapes, e.g. tokens per item).
+///
+/// # Errors
+/// The inputs' errors when a chunk is cut.
+pub fn count<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
+    model: StepModel<'_, QE, PE>,
+    plan: &Plan,
+    queries: &QE::Input,
+    passages: &PE::Input,
+    (u, v): (&Representation, &Representation),
+    closed_form_head: bool,
+) -> Result<PassFlops> {
+    // (forward over every piece, forward over the recomputed ones)
+    fn side<E: Encoder + ?Sized>(encoder: &E, plan: &Plan, side: Side, input: &E::Input) -> Result<Option<(f64, f64)>> {
+        let mut sums = (0.0, 0.0);
+        for chunk in plan.chunks(side) {
+            let Some(f) = encoder.forward_flops(&chunk.cut(input)?) else { return Ok(None) };
+            sums.0 += f;
+            sums.1 += if chunk.retained { 0.0 } else { f };
         }
-        let encoders = match (side(model.query_encoder, plan, Side::Queries, queries)?, side(model.passage_encoder, plan, Side::Passages, passages)?) {
-            (Some(q), Some(p)) => Some((q.0 + p.0, q.1 + p.1)),
+        Ok(Some(sums))
+    }
+    let encoders = match (side(model.query_encoder, plan, Side::Queries, queries)?, side(model.passage_encoder, plan, Side::Passages, passages)?) {
+        (Some(q), Some(p)) => Some((q.0 + p.0, q.1 + p.1)),
+        _ => None,
+    };
+    let mut blocks = Some((0.0, 0.0));
+    for b in plan.blocks() {
+        let f = model.head.score_flops(&u.narrow(b.queries.start, b.queries.len)?, &v.narrow(b.passages.start, b.passages.len)?);
+        blocks = match (blocks, f) {
+            (Some((all, again)), Some(f)) => Some((all + f, again + if b.retained || closed_form_head { 0.0 } else { f })),
             _ => None,
         };
-        let mut blocks = Some((0.0, 0.0));
-        for b in plan.blocks() {
-            let f = model.head.score_flops(&u.narrow(b.queries.start, b.queries.len)?, &v.narrow(b.passages.start, b.passages.len)?);
-            blocks = match (blocks, f) {
-                (Some((all, again)), Some(f)) => Some((all + f, again + if b.retained || closed_form_head { 0.0 } else { f })),
-                _ => None,
-            };
-        }
-        Ok(PassFlops {
-            representation: encoders.map(|e| e.0),
-            score: blocks.map(|b| b.0),
-            head: blocks.map(|(all, again)| again + BACKWARD_FACTOR * all),
-            encoder: encoders.map(|(all, again)| again + BACKWARD_FACTOR * all),
-        })
     }
-
-    /// The rate each pass achieved, in GFLOP/s, over its wall time.
-    pub fn gflops_per_second(&self, timings: &PhaseTimings) -> PassFlops {
-        let rate = |f: Option<f64>, t: std::time::Duration| f.filter(|_| t.as_secs_f64() > 0.0).map(|f| f / t.as_secs_f64() / 1e9);
-        PassFlops {
-            representation: rate(self.representation, timings.representation),
-            score: rate(self.score, timings.score),
-            head: rate(self.head, timings.head),
-            encoder: rate(self.encoder, timings.encoder),
-        }
-    }
-
-    /// The whole step's FLOPs, when every pass is counted.
-    pub fn total(&self) -> Option<f64> {
-        Some(self.representation? + self.score? + self.head? + self.encoder?)
-    }
+    Ok(PassFlops {
+        representation: encoders.map(|e| e.0),
+        score: blocks.map(|b| b.0),
+        head: blocks.map(|(all, again)| again + BACKWARD_FACTOR * all),
+        encoder: encoders.map(|(all, again)| again + BACKWARD_FACTOR * all),
+    })
 }
 
 /// The passage columns of a head block of `rows` query rows (fewer when

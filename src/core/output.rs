@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use crate::core::config::RetainCounts;
-use crate::core::flops::PassFlops;
 
 
 /// Wall time of each phase of a step.
@@ -164,3 +163,37 @@ pub struct BudgetReport {
     pub measured_peak_mb: Option<f64>,
 }
 
+/// FLOPs of each pass of one step; `None` where an encoder or the head
+/// does not count its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PassFlops {
+    /// The representation pass: every chunk forward, both sides.
+    pub representation: Option<f64>,
+    /// The score pass: every block forward.
+    pub score: Option<f64>,
+    /// The head pass: each recomputed block forward again, and every
+    /// block backward ([`crate::core::flops::BACKWARD_FACTOR`]); for a closed-form head its
+    /// two products `W·V` and `Wᵀ·U`, a backward of the score pass.
+    pub head: Option<f64>,
+    /// The encoder pass: each recomputed chunk forward again, and every
+    /// chunk backward.
+    pub encoder: Option<f64>,
+}
+
+impl PassFlops {
+    /// The rate each pass achieved, in GFLOP/s, over its wall time.
+    pub fn gflops_per_second(&self, timings: &PhaseTimings) -> PassFlops {
+        let rate = |f: Option<f64>, t: std::time::Duration| f.filter(|_| t.as_secs_f64() > 0.0).map(|f| f / t.as_secs_f64() / 1e9);
+        PassFlops {
+            representation: rate(self.representation, timings.representation),
+            score: rate(self.score, timings.score),
+            head: rate(self.head, timings.head),
+            encoder: rate(self.encoder, timings.encoder),
+        }
+    }
+
+    /// The whole step's FLOPs, when every pass is counted.
+    pub fn total(&self) -> Option<f64> {
+        Some(self.representation? + self.score? + self.head? + self.encoder?)
+    }
+}

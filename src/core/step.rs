@@ -22,7 +22,6 @@ use crate::core::loss::ContrastiveLoss;
 use crate::core::model::StepModel;
 use crate::core::output::{BudgetReport, PhaseTimings, StepOutput};
 use crate::core::passes::{backprop_all, backprop_kept, backward_pairs, checked_loss_value, closed_form_gradients, encode_all, has_closed_form, leaf_grad};
-use crate::core::flops::PassFlops;
 use crate::core::plan::Plan;
 use crate::core::replay::{ReplayLog, ReplaySeeds, Stream};
 use crate::core::representation::Representation;
@@ -210,7 +209,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             (Some(b), Some(start)) => Some(BudgetReport { measured_peak_mb: Some(start.peak_mb()?), ..b }),
             (b, _) => b,
         };
-        let flops = PassFlops::of(self.parts(), &plan, queries, passages, (&reps.queries, &reps.passages), closed_form_head)?;
+        let flops = crate::core::flops::count(self.parts(), &plan, queries, passages, (&reps.queries, &reps.passages), closed_form_head)?;
         Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form_head), retained: plan.retained(), budget, flops })
     }
 

@@ -22,7 +22,7 @@ use tch::nn;
 use crate::check::zero_grads;
 use crate::app::error::{AppError, Result};
 use crate::error::GradCacheError;
-use crate::core::flops::PassFlops;
+use crate::core::output::PassFlops;
 use crate::core::output::StepOutput;
 use crate::models::weights::write_bytes_atomically;
 use optim::{clip_grad_norm, AdamW, LinearSchedule};
