@@ -527,7 +527,7 @@ print(json.dumps(fc.get_total_flops()))
 "#;
     let (n, len) = (3usize, 12usize);
     for name in ["xlmr", "modernbert"] {
-        let model = ModelDir::open(&model_path(name)).unwrap();
+        let model = ModelDir::open(model_path(name)).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
         let enc = token_encoder(&vs, &model, BertImplementation::Fused);
         let output = Command::new(python()).args(["-c", script, model_path(name).to_str().unwrap(), &serde_json::to_string(&(n, len)).unwrap()]).output().unwrap();
