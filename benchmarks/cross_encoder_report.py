@@ -164,12 +164,12 @@ def one_table():
                         ("mlp_residual_gate300", "default head: residual MLP"), ("interaction_layer", "interaction block (residual)")]:
         if name == "cosine":
             first = {sp: [r["first_stage"]["mrr10"] for r in rerank_rows if r["split"] == sp and " cosine-s" in r["tag"]] for sp in ("dev", "test")}
-            row = heads.get("cosine")
-            wsd = fmt([json.load(open(f"runs/cross_encoder/cosine-s{r['tag'].split()[0][4:]}/results.json"))["after"]["wsd_accuracy"]
-                       for r in rerank_rows if r["split"] == "dev" and " cosine-s" in r["tag"]
-                       if os.path.exists(f"runs/cross_encoder/cosine-s{r['tag'].split()[0][4:]}/results.json")]) if rerank_rows else "–"
-            if wsd == "–" and row:
-                wsd = from_row(row, "dev", "wsd_accuracy")[0]
+            # WSD from the same seeds' training runs (their results.json),
+            # else the committed heads row.
+            seeds = [r["tag"].split()[0].removeprefix("ce-s") for r in rerank_rows if r["split"] == "dev" and " cosine-s" in r["tag"]]
+            paths = [f"runs/cross_encoder/cosine-s{s}/results.json" for s in seeds]
+            values = [json.load(open(p))["after"]["wsd_accuracy"] for p in paths if os.path.exists(p)]
+            wsd = fmt(values) if values else (from_row(heads["cosine"], "dev", "wsd_accuracy")[0] if "cosine" in heads else "–")
             dev, test = f"{fmt(first['dev'])} ({len(first['dev'])})", f"{fmt(first['test'])} ({len(first['test'])})"
         else:
             found = head_seeds(name)

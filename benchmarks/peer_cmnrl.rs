@@ -119,13 +119,9 @@ fn main() -> Result<()> {
         flops = out.flops.total();
     }
     times.sort_by(f64::total_cmp);
-    let median = |pick: fn(&gradcache::core::output::PassFlops) -> Option<f64>| {
-        let mut v: Vec<f64> = rates.iter().filter_map(pick).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied()
-    };
+    let median = gradcache::core::output::PassFlops::median(&rates);
     let gflop_s = serde_json::json!({
-        "representation": median(|r| r.representation), "score": median(|r| r.score), "head": median(|r| r.head), "encoder": median(|r| r.encoder),
+        "representation": median.representation, "score": median.score, "head": median.head, "encoder": median.encoder,
         "step": flops.map(|f| f / times[times.len() / 2] / 1e9),
     });
     println!(

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::layout::{ChunkRule, Layout, Side};
+use crate::core::layout::{chunk_tokens_field, ChunkRule, Layout, Side};
 use crate::error::{GradCacheError, Result};
 use crate::runtime::precision::Precision;
 
@@ -121,9 +121,9 @@ impl StepConfig {
     /// [`GradCacheError::InvalidConfig`] naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         self.layout.validate()?;
-        for (field, tokens) in [("query_chunk_tokens", self.query_chunk_tokens), ("passage_chunk_tokens", self.passage_chunk_tokens)] {
-            if tokens == Some(0) {
-                return Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1 token" });
+        for side in [Side::Queries, Side::Passages] {
+            if self.chunk_rule(side) == ChunkRule::Tokens(0) {
+                return Err(GradCacheError::InvalidConfig { field: chunk_tokens_field(side), reason: "must be at least 1 token" });
             }
         }
         if let Some(f) = self.head_block_flops {

@@ -36,7 +36,7 @@ use tch::{nn, Kind, Tensor};
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, Recompute, RetainCounts};
 use crate::core::encoder::Encoder;
-use crate::core::layout::{Piece, Side};
+use crate::core::layout::{chunk_tokens_field, ChunkRule, Piece, Side};
 use crate::core::output::{PhaseTimings, StepOutput};
 use crate::core::passes::{backprop_all, backward_pairs, encode_all};
 use crate::core::plan::Plan;
@@ -303,9 +303,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         if self.config.head_block_flops.is_some() {
             return Err(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "cost-sized head blocks are not supported for a step across processes yet" });
         }
-        for (field, tokens) in [("query_chunk_tokens", self.config.query_chunk_tokens), ("passage_chunk_tokens", self.config.passage_chunk_tokens)] {
-            if tokens.is_some() {
-                return Err(GradCacheError::InvalidConfig { field, reason: "token-budget chunks are not supported for a step across processes yet" });
+        for side in [Side::Queries, Side::Passages] {
+            if matches!(self.config.chunk_rule(side), ChunkRule::Tokens(_)) {
+                return Err(GradCacheError::InvalidConfig { field: chunk_tokens_field(side), reason: "token-budget chunks are not supported for a step across processes yet" });
             }
         }
         let shards = Shards::exchange(collective, queries.len(), passages.len())?;

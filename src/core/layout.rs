@@ -97,6 +97,15 @@ pub enum ChunkRule {
     Tokens(usize),
 }
 
+/// The `StepConfig` field that holds a side's token budget, as errors
+/// name it.
+pub fn chunk_tokens_field(side: Side) -> &'static str {
+    match side {
+        Side::Queries => "query_chunk_tokens",
+        Side::Passages => "passage_chunk_tokens",
+    }
+}
+
 impl ChunkRule {
     /// The pieces of `side`, of `total` items; `lengths` are the items'
     /// lengths in the order they are chunked (needed by
@@ -110,10 +119,7 @@ impl ChunkRule {
             ChunkRule::Items(size) => return Ok(cut(total, size)),
             ChunkRule::Tokens(budget) => budget,
         };
-        let field = match side {
-            Side::Queries => "query_chunk_tokens",
-            Side::Passages => "passage_chunk_tokens",
-        };
+        let field = chunk_tokens_field(side);
         let lengths = lengths.ok_or(GradCacheError::InvalidConfig { field, reason: "a token budget needs an input whose items have lengths (e.g. TokenBatch)" })?;
         if lengths.len() != total || lengths.windows(2).any(|w| w[0] < w[1]) {
             return Err(GradCacheError::InvalidConfig { field, reason: "a token budget cuts items sorted by length, longest first" });

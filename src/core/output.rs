@@ -192,6 +192,26 @@ impl PassFlops {
         }
     }
 
+    /// Per pass, the median over `steps` of the finite values counted
+    /// (`None` where no step counted that pass): a run's typical rates.
+    pub fn median(steps: &[PassFlops]) -> PassFlops {
+        let median = |pick: fn(&PassFlops) -> Option<f64>| -> Option<f64> {
+            let mut v: Vec<f64> = steps.iter().filter_map(pick).filter(|r| r.is_finite()).collect();
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => None,
+                n if n % 2 == 1 => Some(v[n / 2]),
+                n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+            }
+        };
+        PassFlops { representation: median(|r| r.representation), score: median(|r| r.score), head: median(|r| r.head), encoder: median(|r| r.encoder) }
+    }
+
+    /// Whether any pass is counted.
+    pub fn any(&self) -> bool {
+        [self.representation, self.score, self.head, self.encoder].iter().any(Option::is_some)
+    }
+
     /// The whole step's FLOPs, when every pass is counted.
     pub fn total(&self) -> Option<f64> {
         Some(self.representation? + self.score? + self.head? + self.encoder?)

@@ -7,7 +7,7 @@
 
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, Recompute, RetainCounts, StepConfig};
-use crate::core::layout::{cut, Block, BlockGrid, ChunkRule, Layout, Piece, Side};
+use crate::core::layout::{chunk_tokens_field, cut, Block, BlockGrid, ChunkRule, Layout, Piece, Side};
 use crate::core::representation::Representation;
 use crate::error::{GradCacheError, Result};
 
@@ -107,7 +107,7 @@ fn sorted_lengths<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages
         if !config.sorts(side) {
             return Ok(None);
         }
-        let field = if config.sort_by_length { "sort_by_length" } else { token_field(side) };
+        let field = if config.sort_by_length { "sort_by_length" } else { chunk_tokens_field(side) };
         let lengths = lengths()?.ok_or(GradCacheError::InvalidConfig { field, reason: "needs an input whose items have lengths (e.g. TokenBatch)" })?;
         let mut order: Vec<usize> = (0..lengths.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
@@ -117,12 +117,6 @@ fn sorted_lengths<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages
     Ok([sort(Side::Queries, &|| queries.lengths())?, sort(Side::Passages, &|| passages.lengths())?])
 }
 
-fn token_field(side: Side) -> &'static str {
-    match side {
-        Side::Queries => "query_chunk_tokens",
-        Side::Passages => "passage_chunk_tokens",
-    }
-}
 
 impl Plan {
     /// The plan of `config` for `n` queries and `m` passages, in the
@@ -135,7 +129,7 @@ impl Plan {
     pub fn new(config: &StepConfig, n: usize, m: usize) -> Result<Plan> {
         config.validate()?;
         if let Some(side) = [Side::Queries, Side::Passages].into_iter().find(|&s| matches!(config.chunk_rule(s), ChunkRule::Tokens(_))) {
-            return Err(GradCacheError::InvalidConfig { field: token_field(side), reason: "a token budget needs the batch's lengths: use Plan::for_batch" });
+            return Err(GradCacheError::InvalidConfig { field: chunk_tokens_field(side), reason: "a token budget needs the batch's lengths: use Plan::for_batch" });
         }
         let counts = match retain_counts(config)? {
             Some(counts) => counts,

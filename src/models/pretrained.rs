@@ -177,6 +177,14 @@ impl Architecture {
         self.layers() as f64 * tokens * (8.0 * d * d + gate * d * ff + 4.0 * len as f64 * d)
     }
 
+    /// Attention heads per layer.
+    pub fn attention_heads(&self) -> usize {
+        match self {
+            Architecture::Bert { config, .. } => config.num_attention_heads as usize,
+            Architecture::ModernBert(c) => c.num_attention_heads as usize,
+        }
+    }
+
     /// Transformer layers.
     pub fn layers(&self) -> usize {
         match self {

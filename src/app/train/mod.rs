@@ -414,7 +414,7 @@ impl<'v> Trainer<'v> {
                 "seconds": started.elapsed().as_secs_f64(),
             });
             let rate = out.flops.gflops_per_second(&out.timings);
-            if rate.total().is_some() || rate.encoder.is_some() {
+            if rate.any() {
                 entry["gflop_s"] = serde_json::json!({
                     "representation": rate.representation, "score": rate.score, "head": rate.head, "encoder": rate.encoder,
                 });
@@ -448,7 +448,7 @@ impl<'v> Trainer<'v> {
             Some(p) => p,
             None => checkpoint::list(&self.out.join("checkpoints"))?.pop().map(|(_, p)| p).unwrap_or_default(),
         };
-        Ok(TrainSummary { first_step: self.first_step, steps: c.steps, losses, before, after, checkpoint, median_rates: median_rates(&rates) })
+        Ok(TrainSummary { first_step: self.first_step, steps: c.steps, losses, before, after, checkpoint, median_rates: PassFlops::median(&rates) })
     }
 
     fn evaluate<E>(
@@ -470,17 +470,3 @@ impl<'v> Trainer<'v> {
     }
 }
 
-/// Per pass, the median of the steps' rates that were counted (`None`
-/// where no step counted that pass).
-fn median_rates(rates: &[PassFlops]) -> PassFlops {
-    let median = |pick: fn(&PassFlops) -> Option<f64>| -> Option<f64> {
-        let mut v: Vec<f64> = rates.iter().filter_map(pick).filter(|r| r.is_finite()).collect();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => None,
-            n if n % 2 == 1 => Some(v[n / 2]),
-            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-        }
-    };
-    PassFlops { representation: median(|r| r.representation), score: median(|r| r.score), head: median(|r| r.head), encoder: median(|r| r.encoder) }
-}

@@ -139,11 +139,11 @@ impl TextEncoderConfig {
     pub fn init_fresh(&self, vs: &nn::VarStore, name: &str, architecture: &Architecture) -> Result<TextEncoder> {
         self.validate()?;
         let path = vs.root() / name;
-        let (body, body_name, hidden, layers, heads) = match (architecture, self.implementation) {
+        let (body, body_name) = match (architecture, self.implementation) {
             (Architecture::Bert { config, layer_norm_eps, positions }, BertImplementation::Fused) => {
                 let body_name = body_name(*positions);
                 let fused = FusedBert::new(&(&path / body_name), config, *layer_norm_eps, *positions)?;
-                (Body::Fused(Box::new(fused)), body_name, config.hidden_size, config.num_hidden_layers, config.num_attention_heads)
+                (Body::Fused(Box::new(fused)), body_name)
             }
             (Architecture::Bert { config, positions, .. }, BertImplementation::RustBert) => {
                 let body_name = body_name(*positions);
@@ -154,23 +154,23 @@ impl TextEncoderConfig {
                         Body::RustRoberta(Box::new(BertModel::<RobertaEmbeddings>::new_with_optional_pooler(p, config, false)))
                     }
                 };
-                (body, body_name, config.hidden_size, config.num_hidden_layers, config.num_attention_heads)
+                (body, body_name)
             }
             (Architecture::ModernBert(c), BertImplementation::Fused) => {
                 let body = Body::ModernBert(Box::new(ModernBert::new(&(&path / "modernbert"), c)?));
-                (body, "modernbert", c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
+                (body, "modernbert")
             }
             (Architecture::ModernBert(_), BertImplementation::RustBert) => {
                 return Err(GradCacheError::InvalidConfig { field: "implementation", reason: "rust_bert runs BERT-layout models only; ModernBERT runs fused" })
             }
         };
-        let projection = self.projection.map(|d| nn::linear(&path / "projection", hidden, d as i64, Default::default()));
+        let projection = self.projection.map(|d| nn::linear(&path / "projection", architecture.hidden_size() as i64, d as i64, Default::default()));
         let prefix = if name.is_empty() { body_name.to_string() } else { format!("{name}.{body_name}") };
         let top_layer = match body {
             Body::ModernBert(_) => None,
-            _ => Some(format!("{prefix}.encoder.layer.{}", layers - 1)),
+            _ => Some(format!("{prefix}.encoder.layer.{}", architecture.layers() - 1)),
         };
-        Ok(TextEncoder { body, projection, config: self.clone(), prefix, top_layer, heads, architecture: architecture.clone() })
+        Ok(TextEncoder { body, projection, config: self.clone(), prefix, top_layer, architecture: architecture.clone() })
     }
 }
 
@@ -219,7 +219,6 @@ pub struct TextEncoder {
     config: TextEncoderConfig,
     prefix: String,
     top_layer: Option<String>,
-    heads: i64,
     architecture: Architecture,
 }
 
@@ -252,7 +251,7 @@ impl TextEncoder {
 
     /// Attention heads per layer.
     pub fn attention_heads(&self) -> usize {
-        self.heads as usize
+        self.architecture.attention_heads()
     }
 
     /// The projection of token states, when the encoder has one.

@@ -154,10 +154,9 @@ impl ScoringHead for ResidualHead {
     /// The base's (cosine `2·a·b·d`, MaxSim `2·a·b·Lq·Lp·d`) and the
     /// correction head's.
     fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
-        let ((a, lq, d), (b, lp, _)) = (super::dims(queries), super::dims(passages));
         let base = match self.base {
-            ResidualBase::Cosine => 2.0 * a * b * d,
-            ResidualBase::MaxSim => 2.0 * a * b * lq * lp * d,
+            ResidualBase::Cosine => super::DotHead.score_flops(queries, passages)?,
+            ResidualBase::MaxSim => MaxSimHead.score_flops(queries, passages)?,
         };
         Some(base + self.correction.score_flops(queries, passages)?)
     }

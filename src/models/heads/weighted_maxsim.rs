@@ -62,7 +62,7 @@ impl ScoringHead for WeightedMaxSimHead {
 
     /// MaxSim's `2·a·b·Lq·Lp·d` and the token weights' `2·a·Lq·d`.
     fn score_flops(&self, queries: &Representation, passages: &Representation) -> Option<f64> {
-        let ((a, lq, d), (b, lp, _)) = (super::dims(queries), super::dims(passages));
-        Some(2.0 * a * b * lq * lp * d + 2.0 * a * lq * d)
+        let (a, lq, d) = super::dims(queries);
+        Some(super::MaxSimHead.score_flops(queries, passages)? + 2.0 * a * lq * d)
     }
 }
