@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use gradcache::app::recipe::{RerankerConfig, RECIPE_LAYOUT, RECIPE_OVERRIDES};
+use gradcache::app::recipe::{RerankerConfig, RECIPE_CHUNK_TOKENS, RECIPE_LAYOUT, RECIPE_OVERRIDES};
 use gradcache::app::settings::flatten;
 use gradcache::app::train::TrainConfig;
 use gradcache::models::encoders::TextEncoderConfig;
@@ -81,6 +81,19 @@ fn one_layout_type_serves_the_step_and_the_bundle_with_one_rule_for_chunk_size()
     // `--chunk-size v`: chunks of v, blocks of v × 4v, from one rule.
     let from_flag = gradcache::cli::TrainArgs { chunk_size: Some(8), ..Default::default() }.resolve().unwrap();
     assert_eq!(from_flag.step.layout, Layout::from_chunk_size(8));
+    // The recipe cuts by tokens; asking for item chunks drops its budgets
+    // (else they would silently win), and --chunk-tokens still sets them.
+    let recipe = RerankerConfig::default().step;
+    assert_eq!((recipe.query_chunk_tokens, recipe.passage_chunk_tokens), (Some(RECIPE_CHUNK_TOKENS), Some(RECIPE_CHUNK_TOKENS)));
+    assert_eq!((from_flag.step.query_chunk_tokens, from_flag.step.passage_chunk_tokens), (None, None));
+    let both = gradcache::cli::TrainArgs { chunk_size: Some(8), chunk_tokens: Some(100), ..Default::default() }.resolve().unwrap();
+    assert_eq!((both.step.layout.query_chunk_size, both.step.query_chunk_tokens, both.step.passage_chunk_tokens), (8, Some(100), Some(100)));
+    // In a config file, `null` selects item chunks over the recipe's budgets.
+    let path = std::env::temp_dir().join(format!("gradcache-defaults-{}.json", std::process::id()));
+    std::fs::write(&path, r#"{"step": {"query_chunk_size": 8, "query_chunk_tokens": null}}"#).unwrap();
+    let from_file = gradcache::cli::TrainArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!((from_file.step.layout.query_chunk_size, from_file.step.query_chunk_tokens, from_file.step.passage_chunk_tokens), (8, None, Some(RECIPE_CHUNK_TOKENS)));
     assert_eq!(Layout::from_chunk_size(8), Layout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 8, head_block_passages: 32 });
 }
 

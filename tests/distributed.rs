@@ -16,7 +16,7 @@ use tch::Kind;
 fn a_sharded_plan_cuts_each_shard_on_its_own_and_numbers_chunks_globally() {
     let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
     // Ranks hold 3, 1 and 4 queries: chunks [0,2) [2,3) | [3,4) | [4,6) [6,8).
-    let plan = Plan::sharded(&config, &[3, 1, 4], &[6, 2, 8]);
+    let plan = Plan::sharded(&config, [&[3, 1, 4], &[6, 2, 8]], [None, None]).unwrap();
     let q: Vec<(usize, usize)> = plan.chunks(Side::Queries).iter().map(|c| (c.piece.start, c.piece.len)).collect();
     assert_eq!(q, [(0, 2), (2, 1), (3, 1), (4, 2), (6, 2)]);
     let p: Vec<(usize, usize)> = plan.chunks(Side::Passages).iter().map(|c| (c.piece.start, c.piece.len)).collect();
@@ -24,7 +24,71 @@ fn a_sharded_plan_cuts_each_shard_on_its_own_and_numbers_chunks_globally() {
     // The pair grid is global: 8 queries in rows of 3, 16 passages in 5s.
     assert_eq!(plan.sizes(false).head_blocks, 3 * 4);
     // One shard is the plain layout.
-    assert_eq!(Plan::sharded(&config, &[8], &[16]), Plan::new(&config, 8, 16).unwrap());
+    assert_eq!(Plan::sharded(&config, [&[8], &[16]], [None, None]).unwrap(), Plan::new(&config, 8, 16).unwrap());
+    // Rank 1's share: its one query chunk, renumbered from its first row,
+    // keeping its global stream (2).
+    let share = plan.share([gradcache::core::layout::Piece { start: 3, len: 1 }, gradcache::core::layout::Piece { start: 6, len: 2 }]);
+    let q: Vec<(usize, usize, usize)> = share.chunks(Side::Queries).iter().map(|c| (c.stream, c.piece.start, c.piece.len)).collect();
+    assert_eq!(q, [(2, 0, 1)]);
+}
+
+#[test]
+fn a_sharded_plan_sorts_and_cuts_by_tokens_within_each_shard() {
+    // Token budgets of 6 (queries): rank 0 holds lengths [1, 5, 2], rank 1
+    // [4, 4, 3, 1]. Each shard is sorted on its own, longest first, then
+    // cut greedily: rank 0 → [5] [2, 1]; rank 1 → [4] [4] [3, 1].
+    let config = StepConfig { query_chunk_tokens: Some(6), passage_chunk_tokens: Some(100), ..StepConfig::default() };
+    let lengths = [1, 5, 2, 4, 4, 3, 1];
+    let plan = Plan::sharded(&config, [&[3, 4], &[2, 2]], [Some(&lengths), Some(&[1, 2, 3, 4])]).unwrap();
+    let items = |plan: &Plan| -> Vec<Vec<i64>> {
+        let rows = tch::Tensor::arange(7, (Kind::Int64, tch::Device::Cpu));
+        plan.chunks(Side::Queries).iter().map(|c| Vec::<i64>::try_from(c.rows(&rows).unwrap()).unwrap()).collect()
+    };
+    assert_eq!(items(&plan), [vec![1], vec![2, 0], vec![3], vec![4], vec![5, 6]]);
+    // Passages: 100 tokens hold each shard whole, still sorted within it.
+    let rows = tch::Tensor::arange(4, (Kind::Int64, tch::Device::Cpu));
+    let p: Vec<Vec<i64>> = plan.chunks(Side::Passages).iter().map(|c| Vec::<i64>::try_from(c.rows(&rows).unwrap()).unwrap()).collect();
+    assert_eq!(p, [vec![1, 0], vec![3, 2]]);
+    // Rank 1's share: its own items (local numbering), global streams 2–4.
+    let share = plan.share([gradcache::core::layout::Piece { start: 3, len: 4 }, gradcache::core::layout::Piece { start: 2, len: 2 }]);
+    let local: Vec<(usize, Vec<i64>)> = share
+        .chunks(Side::Queries)
+        .iter()
+        .map(|c| (c.stream, Vec::<i64>::try_from(c.rows(&tch::Tensor::arange(4, (Kind::Int64, tch::Device::Cpu))).unwrap()).unwrap()))
+        .collect();
+    assert_eq!(local, [(2, vec![0]), (3, vec![1]), (4, vec![2, 3])]);
+    // Lengths are needed where a side sorts.
+    let err = Plan::sharded(&config, [&[3, 4], &[2, 2]], [None, Some(&[1, 2, 3, 4])]).unwrap_err();
+    assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "query_chunk_tokens", .. }), "{err}");
+}
+
+#[test]
+fn one_process_with_sorted_and_token_chunks_equals_the_full_batch_step() {
+    let _serial = serial();
+    let layout = gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 };
+    let configs = [
+        ("sorted", StepConfig { layout, sort_by_length: true, ..StepConfig::default() }),
+        ("token budgets", StepConfig { layout, query_chunk_tokens: Some(16), passage_chunk_tokens: Some(24), ..StepConfig::default() }),
+        ("cost-sized blocks", StepConfig { layout, head_block_flops: Some(20_000.0), ..StepConfig::default() }),
+    ];
+    for (name, config) in configs {
+        let model = Model::new(HeadKind::Interaction, true, Kind::Double, 0.2);
+        let data = data(5, 2, LossKind::InfoNce, 3);
+        let loss = loss(LossKind::InfoNce);
+        let mut gc = model.step(config.clone(), loss.as_ref());
+        gradcache::check::zero_grads(&model.vs);
+        tch::manual_seed(7);
+        let ours = gc.distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap();
+        let ours_grads = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+        gradcache::check::zero_grads(&model.vs);
+        tch::manual_seed(7);
+        let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
+        let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+        assert_eq!(ours.sizes, reference.sizes, "{name}: the same cut");
+        assert!(name != "cost-sized blocks" || ours.sizes.block_pairs.1 < 5, "{name}: the blocks were sized: {:?}", ours.sizes);
+        let c = Comparison { cached_loss: ours.loss, reference_loss: reference.loss, grads: ours_grads.compare(&theirs).unwrap() };
+        assert_exact(&c, F64_TOL, &format!("{name}, one process"));
+    }
 }
 
 #[test]
@@ -117,7 +181,7 @@ fn one_two_and_three_processes_equal_the_full_batch_step_and_catch_local_targets
         assert!(out.status.success(), "mpirun -np {ranks} failed:\n{stdout}\n{stderr}");
         // Every rank reported every case, and the control was caught.
         let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("rank ")).collect();
-        assert_eq!(lines.iter().filter(|l| l.ends_with(": ok")).count(), 9 * ranks, "{stdout}");
+        assert_eq!(lines.iter().filter(|l| l.ends_with(": ok")).count(), 12 * ranks, "{stdout}");
         let controls = if ranks > 1 { ranks } else { 0 };
         assert_eq!(lines.iter().filter(|l| l.ends_with("caught (ok)")).count(), controls, "{stdout}");
     }
@@ -148,6 +212,11 @@ fn small_recipe(dir: &std::path::Path) -> gradcache::app::recipe::RerankerConfig
     };
     c.step.layout.query_chunk_size = 2;
     c.step.layout.passage_chunk_size = 2;
+    // Item chunks in batch order: each process's are then the one
+    // process's, and so are the dropout draws (token budgets sort within
+    // each process's share, a different cut from one process's).
+    c.step.query_chunk_tokens = None;
+    c.step.passage_chunk_tokens = None;
     c.train.steps = 3;
     c.train.checkpoint_every = 1;
     c.train.progress = false;
@@ -246,6 +315,10 @@ fn a_two_process_run_resumed_under_two_processes_ends_like_an_uninterrupted_one(
     let dir = scratch("distributed_resume");
     let mut c = small_recipe(&dir);
     c.train.steps = 4;
+    // Token budgets, as the recipe's default cuts: each process sorts its
+    // share and cuts it into chunks of one or two of these short texts.
+    c.step.query_chunk_tokens = Some(12);
+    c.step.passage_chunk_tokens = Some(12);
     let config = dir.join("config.json");
     std::fs::write(&config, serde_json::to_string_pretty(&c).unwrap()).unwrap();
     mpirun_recipe(&config, &dir.join("whole"), &[]);

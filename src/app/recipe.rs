@@ -42,6 +42,16 @@ use crate::core::targets::Targets;
 /// committed baselines were measured at.
 pub const RECIPE_LAYOUT: Layout = Layout { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64 };
 
+/// The recipe's encoder chunks: each side sorted by length and cut into
+/// chunks of at most 768 padded tokens (items × the chunk's longest), where
+/// the library cuts fixed counts of items in batch order. 768 is 16 × the
+/// recipe's `max_len` of 48, the worst case of [`RECIPE_LAYOUT`]'s chunks
+/// of 16, so no chunk pads to more than those could; on the main job it
+/// cut the step from 3.12 to 2.37 s (docs/benchmarks.md). A longer
+/// `max_len` wants a larger budget (about 16 × `max_len` keeps chunks of
+/// 16 full-length texts), or `--chunk-size` for item chunks.
+pub const RECIPE_CHUNK_TOKENS: usize = 768;
+
 /// The recipe's InfoNCE temperature: 1, where the library's default is
 /// 0.05 ([`InfoNce::default`]). The recipe's heads start from the residual
 /// cosine, which carries a learned scale of its own (20 at the start, the
@@ -81,10 +91,12 @@ pub const RECIPE_NORMALIZE: Option<bool> = Some(false);
 /// it), each with its constant: every other
 /// field of the step, loss, head, encoder and training blocks is the
 /// library's default (`tests/defaults.rs` checks both ways).
-pub const RECIPE_OVERRIDES: [&str; 9] = [
+pub const RECIPE_OVERRIDES: [&str; 11] = [
     "encoder.normalize",
     "step.query_chunk_size",
     "step.passage_chunk_size",
+    "step.query_chunk_tokens",
+    "step.passage_chunk_tokens",
     "step.head_block_queries",
     "step.head_block_passages",
     "loss.temperature",
@@ -190,7 +202,12 @@ impl Default for RerankerConfig {
             encoder: TextEncoderConfig { normalize: RECIPE_NORMALIZE, ..TextEncoderConfig::default() },
             head: HeadConfig::default(),
             loss: InfoNce { temperature: RECIPE_TEMPERATURE, ..InfoNce::default() },
-            step: StepConfig { layout: RECIPE_LAYOUT, ..StepConfig::default() },
+            step: StepConfig {
+                layout: RECIPE_LAYOUT,
+                query_chunk_tokens: Some(RECIPE_CHUNK_TOKENS),
+                passage_chunk_tokens: Some(RECIPE_CHUNK_TOKENS),
+                ..StepConfig::default()
+            },
             train: TrainConfig { learning_rate: RECIPE_LEARNING_RATE, lr_multipliers: recipe_lr_multipliers(), checkpoint_every: RECIPE_CHECKPOINT_EVERY, ..TrainConfig::default() },
             check_weights_every: 0,
         }

@@ -34,7 +34,10 @@ pub struct TrainArgs {
     /// Queries per batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Encoder chunk size (queries and passages); head blocks of that many queries × 4× as many passages ([`Layout::from_chunk_size`]).
+    /// Encoder chunks of this many items (queries and passages, in batch
+    /// order unless --sort-by-length) instead of the recipe's token budget;
+    /// head blocks of that many queries × 4× as many passages
+    /// ([`Layout::from_chunk_size`]).
     #[arg(long)]
     pub chunk_size: Option<usize>,
     /// What the step keeps instead of recomputing: `all` (recompute all,
@@ -48,7 +51,7 @@ pub struct TrainArgs {
     /// Cut both sides' encoder chunks by a budget of padded tokens (items ×
     /// the chunk's longest) instead of by items: short texts go in large
     /// chunks, long ones in small (sorts by length; replaces the chunk
-    /// sizes).
+    /// sizes; the recipe's default is 768).
     #[arg(long)]
     pub chunk_tokens: Option<usize>,
     /// The same for query chunks only (over --chunk-tokens).
@@ -197,7 +200,11 @@ impl TrainArgs {
             c.step.precision = p;
         }
         if let Some(v) = self.chunk_size {
+            // Item chunks asked for: the token budgets (the recipe has
+            // them by default) would override them.
             c.step.layout = Layout::from_chunk_size(v);
+            c.step.query_chunk_tokens = None;
+            c.step.passage_chunk_tokens = None;
         }
         if let Some(v) = self.query_chunk_tokens.or(self.chunk_tokens) {
             c.step.query_chunk_tokens = Some(v);

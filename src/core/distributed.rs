@@ -36,7 +36,7 @@ use tch::{nn, Kind, Tensor};
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, Recompute, RetainCounts};
 use crate::core::encoder::Encoder;
-use crate::core::layout::{chunk_tokens_field, ChunkRule, Piece, Side};
+use crate::core::layout::{Piece, Side};
 use crate::core::output::{PhaseTimings, StepOutput};
 use crate::core::passes::{backprop_all, backward_pairs, encode_all};
 use crate::core::plan::Plan;
@@ -231,6 +231,19 @@ fn gather(rep: &Representation, collective: &dyn Collective) -> Result<Represent
     }
 }
 
+/// Every item's length of a side, in the batch's order, on every process,
+/// where `config` sorts that side; `None` where it does not.
+fn gather_lengths<C: Chunk>(config: &crate::core::config::StepConfig, side: Side, input: &C, collective: &dyn Collective) -> Result<Option<Vec<usize>>> {
+    match crate::core::plan::sort_lengths(config, side, input)? {
+        None => Ok(None),
+        Some(local) => {
+            let local: Vec<i64> = local.into_iter().map(|l| l as i64).collect();
+            let all = collective.all_gather(&Tensor::from_slice(&local))?;
+            Ok(Some(Vec::<i64>::try_from(&all)?.into_iter().map(|l| l as usize).collect()))
+        }
+    }
+}
+
 /// The sum over processes of this step's gradient of every variable, in
 /// buckets of at most `BUCKET` elements, name order (the same on every
 /// process). `before` holds the gradients as they were before the step, so
@@ -275,7 +288,10 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// (`tch::manual_seed`) — the step's seeds are taken from rank 0
     /// anyway — and the same config. Dropout differs across processes
     /// (each chunk of the global batch has its own stream) and is replayed
-    /// within each.
+    /// within each. Each process cuts its own shard by the config's chunk
+    /// rule — sorted by length and by token budget too — so the step equals
+    /// the full-batch step over the batch cut per shard
+    /// ([`GradCache::sharded_full_batch_step`]), not one cut of the whole.
     ///
     /// # Errors
     /// [`GradCacheError::EmptyBatch`] when any process has no query or no
@@ -297,17 +313,6 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                 reason: "must be {\"recompute\": \"all\"} for a step across processes (retention is not supported there yet)",
             });
         }
-        if self.config.sort_by_length {
-            return Err(GradCacheError::InvalidConfig { field: "sort_by_length", reason: "is not supported for a step across processes yet" });
-        }
-        if self.config.head_block_flops.is_some() {
-            return Err(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "cost-sized head blocks are not supported for a step across processes yet" });
-        }
-        for side in [Side::Queries, Side::Passages] {
-            if matches!(self.config.chunk_rule(side), ChunkRule::Tokens(_)) {
-                return Err(GradCacheError::InvalidConfig { field: chunk_tokens_field(side), reason: "token-budget chunks are not supported for a step across processes yet" });
-            }
-        }
         let shards = Shards::exchange(collective, queries.len(), passages.len())?;
         if shards.queries.contains(&0) {
             return Err(GradCacheError::EmptyBatch { side: Side::Queries });
@@ -315,7 +320,11 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         if shards.passages.contains(&0) {
             return Err(GradCacheError::EmptyBatch { side: Side::Passages });
         }
-        let plan = Plan::sharded(&self.config, &shards.queries, &shards.passages);
+        // Where a side is sorted by length, every process cuts its share
+        // from its own items sorted, but all need every item's length to
+        // number the chunks (their streams) across the whole batch alike.
+        let lengths = [gather_lengths(&self.config, Side::Queries, queries, collective)?, gather_lengths(&self.config, Side::Passages, passages, collective)?];
+        let plan = Plan::sharded(&self.config, [&shards.queries, &shards.passages], [lengths[0].as_deref(), lengths[1].as_deref()])?;
         let (n, m) = (shards.queries.iter().sum::<usize>(), shards.passages.iter().sum::<usize>());
         targets.check_batch(n, m)?;
         let (rank, world) = (collective.rank(), collective.world_size());
@@ -341,17 +350,15 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let t = Instant::now();
         let own_q = shards.own(Side::Queries);
         let own_p = shards.own(Side::Passages);
-        // This process's share, cut like a batch of its own, with the
-        // streams its chunks have in the global plan.
-        let chunks_before = |side: Side, own: Piece| plan.chunks(side).iter().take_while(|c| c.piece.start < own.start).count();
-        let share = Plan::with_retained(&c.layout, own_q.len, own_p.len, RetainCounts::default())
-            .with_first_streams([chunks_before(Side::Queries, own_q), chunks_before(Side::Passages, own_p)]);
+        let share = plan.share([own_q, own_p]);
         let (u_local, v_local) = tch::no_grad(|| -> Result<_> {
             let u = encode_all(self.query_encoder, queries, &share, Side::Queries, &seeds, c.forward())?.0;
             let v = encode_all(self.passage_encoder, passages, &share, Side::Passages, &seeds, c.forward())?.0;
             Ok((u, v))
         })?;
         let reps = Representations::detached(gather(&u_local, collective)?, gather(&v_local, collective)?);
+        // Every process sizes cost-sized blocks from the same gathered shapes.
+        let plan = self.sized_blocks(plan, &reps.queries, &reps.passages)?;
         timings.representation = t.elapsed();
 
         // 3. This process's blocks (a contiguous run of the grid, row by

@@ -96,27 +96,28 @@ fn retain_counts(config: &StepConfig) -> Result<Option<RetainCounts>> {
     }
 }
 
-/// A sorted side: its items in chunking order (position → item) and their
-/// lengths in that order.
-type Sorted = (Vec<usize>, Vec<usize>);
-
-/// For each side the config sorts ([`StepConfig::sorts`]), its items
-/// sorted by length, longest first (stable), with their lengths.
-fn sorted_lengths<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<Sorted>; 2]> {
-    let sort = |side: Side, lengths: &dyn Fn() -> Result<Option<Vec<usize>>>| -> Result<Option<Sorted>> {
-        if !config.sorts(side) {
-            return Ok(None);
-        }
-        let field = if config.sort_by_length { "sort_by_length" } else { chunk_tokens_field(side) };
-        let lengths = lengths()?.ok_or(GradCacheError::InvalidConfig { field, reason: "needs an input whose items have lengths (e.g. TokenBatch)" })?;
-        let mut order: Vec<usize> = (0..lengths.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-        let sorted = order.iter().map(|&i| lengths[i]).collect();
-        Ok(Some((order, sorted)))
-    };
-    Ok([sort(Side::Queries, &|| queries.lengths())?, sort(Side::Passages, &|| passages.lengths())?])
+/// The field that makes a side sorted by length (for errors).
+fn sort_field(config: &StepConfig, side: Side) -> &'static str {
+    if config.sort_by_length {
+        "sort_by_length"
+    } else {
+        chunk_tokens_field(side)
+    }
 }
 
+/// A side's item lengths where `config` sorts it ([`StepConfig::sorts`]),
+/// `None` where it does not.
+///
+/// # Errors
+/// [`GradCacheError::InvalidConfig`] when the side sorts and `input`
+/// cannot report its items' lengths.
+pub fn sort_lengths<C: Chunk>(config: &StepConfig, side: Side, input: &C) -> Result<Option<Vec<usize>>> {
+    if !config.sorts(side) {
+        return Ok(None);
+    }
+    let reason = "needs an input whose items have lengths (e.g. TokenBatch)";
+    Ok(Some(input.lengths()?.ok_or(GradCacheError::InvalidConfig { field: sort_field(config, side), reason })?))
+}
 
 impl Plan {
     /// The plan of `config` for `n` queries and `m` passages, in the
@@ -158,14 +159,10 @@ impl Plan {
     /// has one: what the passes run over when called one by one.
     ///
     /// # Errors
-    /// As [`Plan::length_orders`] and [`ChunkRule::cut`].
+    /// As [`sort_lengths`] and [`ChunkRule::cut`].
     pub fn layout_of<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<Plan> {
-        let [q, p] = sorted_lengths(config, queries, passages)?;
-        let pieces = |side: Side, total: usize, sorted: &Option<Sorted>| -> Result<Vec<(Piece, bool)>> {
-            Ok(config.chunk_rule(side).cut(side, total, sorted.as_ref().map(|(_, l)| l.as_slice()))?.into_iter().map(|p| (p, false)).collect())
-        };
-        let chunks = [pieces(Side::Queries, queries.len(), &q)?, pieces(Side::Passages, passages.len(), &p)?];
-        Ok(Plan { orders: [q.map(|(o, _)| o), p.map(|(o, _)| o)], first_streams: [0, 0], chunks, grid: config.layout.grid(queries.len(), passages.len()) })
+        let lengths = [sort_lengths(config, Side::Queries, queries)?, sort_lengths(config, Side::Passages, passages)?];
+        Plan::sharded(config, [&[queries.len()], &[passages.len()]], [lengths[0].as_deref(), lengths[1].as_deref()])
     }
 
     /// The same plan with the first `counts` chunks of each side and
@@ -201,31 +198,66 @@ impl Plan {
         Plan::with_retained(&Layout { query_chunk_size: one, passage_chunk_size: one, ..*layout }, n, m, all)
     }
 
-    /// The layout of a batch split across processes: `query_shards[r]`
-    /// queries and `passage_shards[r]` passages on rank `r`, in rank order.
-    /// Each shard is cut into `config`'s chunks on its own (a chunk never
-    /// spans two processes); chunks are numbered, and so seeded, across the
-    /// whole batch, so every chunk of every process has its own random
-    /// stream. The pair grid is `config`'s blocks over the whole batch.
-    /// Nothing is retained.
-    pub fn sharded(config: &StepConfig, query_shards: &[usize], passage_shards: &[usize]) -> Plan {
-        let cut_shards = |shards: &[usize], size: usize| {
-            let mut chunks = Vec::new();
+    /// The layout of a batch split across processes: `shards[side][r]`
+    /// items of that side on rank `r`, in rank order. Each shard is cut on
+    /// its own by `config`'s rule ([`StepConfig::chunk_rule`]), from its
+    /// own items sorted by length where the config sorts the side
+    /// (`lengths[side]`: every item's length, in batch order), so a chunk
+    /// never spans two processes and each process can cut its own;
+    /// chunks are numbered, and so seeded, across the whole batch, so every
+    /// chunk of every process has its own random stream. The pair grid is
+    /// `config`'s blocks over the whole batch. Nothing is retained. One
+    /// shard is the batch's own layout ([`Plan::layout_of`]).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] when a side sorts and has no
+    /// lengths, or lengths of another count than its shards add up to.
+    pub fn sharded(config: &StepConfig, shards: [&[usize]; 2], lengths: [Option<&[usize]>; 2]) -> Result<Plan> {
+        let mut orders: [Option<Vec<usize>>; 2] = [None, None];
+        let mut chunks: [Vec<(Piece, bool)>; 2] = [Vec::new(), Vec::new()];
+        for side in [Side::Queries, Side::Passages] {
+            let s = side_index(side);
+            let total: usize = shards[s].iter().sum();
+            let lengths = match (config.sorts(side), lengths[s]) {
+                (false, _) => None,
+                (true, Some(l)) if l.len() == total => Some(l),
+                (true, _) => return Err(GradCacheError::InvalidConfig { field: sort_field(config, side), reason: "needs every item's length" }),
+            };
+            let mut order = Vec::with_capacity(total);
             let mut offset = 0;
-            for &items in shards {
-                chunks.extend(cut(items, size).into_iter().map(|p| (Piece { start: offset + p.start, len: p.len }, false)));
+            for &items in shards[s] {
+                // Longest first; stable, so equal lengths keep batch order.
+                let sorted: Option<Vec<usize>> = lengths.map(|l| {
+                    let mut own: Vec<usize> = (offset..offset + items).collect();
+                    own.sort_by_key(|&i| std::cmp::Reverse(l[i]));
+                    own
+                });
+                let sorted_lengths: Option<Vec<usize>> = sorted.as_ref().zip(lengths).map(|(o, l)| o.iter().map(|&i| l[i]).collect());
+                let pieces = config.chunk_rule(side).cut(side, items, sorted_lengths.as_deref())?;
+                chunks[s].extend(pieces.into_iter().map(|p| (Piece { start: offset + p.start, len: p.len }, false)));
+                order.extend(sorted.unwrap_or_default());
                 offset += items;
             }
-            chunks
-        };
-        let (n, m) = (query_shards.iter().sum(), passage_shards.iter().sum());
-        let layout = &config.layout;
-        Plan {
-            orders: [None, None],
-            first_streams: [0, 0],
-            chunks: [cut_shards(query_shards, layout.query_chunk_size), cut_shards(passage_shards, layout.passage_chunk_size)],
-            grid: layout.grid(n, m),
+            orders[s] = lengths.map(|_| order);
         }
+        let (n, m) = (shards[0].iter().sum(), shards[1].iter().sum());
+        Ok(Plan { orders, first_streams: [0, 0], chunks, grid: config.layout.grid(n, m) })
+    }
+
+    /// Process `r`'s share of a [`Plan::sharded`] plan, cut like a batch of
+    /// its own: the chunks inside `own[side]` (its rows of each side),
+    /// renumbered from its first row, keeping the streams they have in the
+    /// whole plan. The pair grid stays the whole batch's.
+    pub fn share(&self, own: [Piece; 2]) -> Plan {
+        let mut share = self.clone();
+        for s in 0..2 {
+            let o = own[s];
+            let inside = |p: &Piece| p.start >= o.start && p.start < o.start + o.len;
+            share.first_streams[s] = self.first_streams[s] + self.chunks[s].iter().take_while(|(p, _)| !inside(p)).count();
+            share.chunks[s] = self.chunks[s].iter().filter(|(p, _)| inside(p)).map(|&(p, r)| (Piece { start: p.start - o.start, len: p.len }, r)).collect();
+            share.orders[s] = self.orders[s].as_ref().map(|order| order[o.start..o.start + o.len].iter().map(|&i| i - o.start).collect());
+        }
+        share
     }
 
     /// The same plan with each side's items chunked in `orders` (position
@@ -265,10 +297,9 @@ impl Plan {
     /// ([`StepConfig::sorts`]).
     ///
     /// # Errors
-    /// [`GradCacheError::InvalidConfig`] when an input cannot report its
-    /// items' lengths.
+    /// As [`Plan::layout_of`].
     pub fn length_orders<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<Vec<usize>>; 2]> {
-        Ok(sorted_lengths(config, queries, passages)?.map(|side| side.map(|(order, _)| order)))
+        Ok(Plan::layout_of(config, queries, passages)?.orders)
     }
 
     /// The encoder chunks of a side, cut: each with its stream, its items

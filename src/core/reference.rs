@@ -10,7 +10,7 @@ use crate::core::encoder::Encoder;
 use crate::core::layout::{cut, Side};
 use crate::core::output::{PhaseTimings, StepOutput};
 use crate::core::passes::{checked_loss_value, encode_all};
-use crate::core::plan::Plan;
+use crate::core::plan::{sort_lengths, Plan};
 use crate::core::replay::{ReplaySeeds, Stream};
 use crate::core::scoring::{check_finite, score_grid};
 use crate::core::step::GradCache;
@@ -34,7 +34,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         self.check_batch(queries, passages, targets)?;
         let seeds = ReplaySeeds::draw()?;
         let (plan, _) = self.plan(queries, passages, &seeds)?;
-        let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
+        let (loss, timings, plan) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
         seeds.finish();
         Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None, flops: Default::default() })
     }
@@ -42,8 +42,10 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// The full-batch step over a batch that [`GradCache::distributed_step`]
     /// would see split across processes (`query_shards[r]` queries and
     /// `passage_shards[r]` passages on rank `r`): the whole batch here, cut
-    /// into the same chunks ([`Plan::sharded`]) so that every chunk draws
-    /// the same random stream; the distributed step must equal it.
+    /// into the same chunks ([`Plan::sharded`]: each shard on its own,
+    /// sorted by length within it where the config sorts) so that every
+    /// chunk draws the same random stream; the distributed step must equal
+    /// it.
     ///
     /// # Errors
     /// As [`GradCache::full_batch_step`]; [`GradCacheError::InvalidConfig`]
@@ -61,8 +63,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             return Err(GradCacheError::InvalidConfig { field: "shards", reason: "must add up to the batch's queries and passages" });
         }
         let seeds = ReplaySeeds::draw()?;
-        let plan = Plan::sharded(&self.config, query_shards, passage_shards);
-        let (loss, timings) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
+        let lengths = [sort_lengths(&self.config, Side::Queries, queries)?, sort_lengths(&self.config, Side::Passages, passages)?];
+        let plan = Plan::sharded(&self.config, [query_shards, passage_shards], [lengths[0].as_deref(), lengths[1].as_deref()])?;
+        let (loss, timings, plan) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
         seeds.finish();
         Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None, flops: Default::default() })
     }
@@ -101,7 +104,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let p = passages.chunk(start * g, len * g)?;
             let t = targets.sub_batch(start, len)?;
             let plan = Plan::with_retained(&self.config.layout, len, len * g, RetainCounts::default());
-            let (l, tm) = self.full_graph(&q, &p, &t, &seeds.child(k), &plan, len as f64 / n as f64)?;
+            let (l, tm, _) = self.full_graph(&q, &p, &t, &seeds.child(k), &plan, len as f64 / n as f64)?;
             loss += l;
             timings.representation += tm.representation;
             timings.score += tm.score;
@@ -113,7 +116,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     }
 
     /// Forward with graph over every chunk and block, `scale · L`, backward.
-    /// Returns the scaled loss.
+    /// Returns the scaled loss and the plan as run (its head blocks sized
+    /// where the config sizes them by cost).
     fn full_graph(
         &self,
         queries: &QE::Input,
@@ -122,7 +126,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         seeds: &ReplaySeeds,
         plan: &Plan,
         scale: f64,
-    ) -> Result<(f64, PhaseTimings)> {
+    ) -> Result<(f64, PhaseTimings, Plan)> {
         let c = &self.config;
         // Under `with_grad` every piece keeps its graph as part of the one
         // graph of the batch: none is set aside as "retained".
@@ -150,7 +154,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let t = Instant::now();
             loss.f_mul_scalar(scale)?.f_backward()?;
             timings.encoder = t.elapsed();
-            Ok((value * scale, timings))
+            Ok((value * scale, timings, plan))
         })
     }
 }

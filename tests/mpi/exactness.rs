@@ -3,7 +3,8 @@
 //! this rank's uneven shard of a global batch, against the full-batch step
 //! over the whole batch cut the same way (`sharded_full_batch_step`), for
 //! vector and token heads, every loss, f64 and f32, tied and separate
-//! encoders, dropout on; then a control with targets left in local indices
+//! encoders, chunks sorted by length and cut by token budget within each
+//! shard, cost-sized head blocks, dropout on; then a control with targets left in local indices
 //! (not re-indexed after the gather), which must fail the comparison. Each
 //! rank prints one line per case; the exit status is 1 if any case fails.
 
@@ -37,18 +38,24 @@ fn main() {
     let q_off: usize = q_shards[..rank].iter().sum();
     let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 }, ..StepConfig::default() };
 
+    let sorted = StepConfig { sort_by_length: true, ..config.clone() };
+    let by_tokens = StepConfig { query_chunk_tokens: Some(16), passage_chunk_tokens: Some(24), ..config.clone() };
+    let by_cost = StepConfig { head_block_flops: Some(20_000.0), ..config.clone() };
     let mut cases = Vec::new();
     for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::MaxSim, HeadKind::Interaction] {
-        cases.push((head, LossKind::InfoNce, Kind::Double, true));
+        cases.push((head, LossKind::InfoNce, Kind::Double, true, "items", config.clone()));
     }
     for loss in [LossKind::MultiPositive, LossKind::Symmetric, LossKind::Distill] {
-        cases.push((HeadKind::Mlp, loss, Kind::Double, true));
+        cases.push((HeadKind::Mlp, loss, Kind::Double, true, "items", config.clone()));
     }
-    cases.push((HeadKind::Bilinear, LossKind::InfoNce, Kind::Double, false));
-    cases.push((HeadKind::Interaction, LossKind::InfoNce, Kind::Float, true));
+    cases.push((HeadKind::Bilinear, LossKind::InfoNce, Kind::Double, false, "items", config.clone()));
+    cases.push((HeadKind::Interaction, LossKind::InfoNce, Kind::Float, true, "items", config.clone()));
+    cases.push((HeadKind::MaxSim, LossKind::InfoNce, Kind::Double, true, "sorted", sorted));
+    cases.push((HeadKind::Interaction, LossKind::InfoNce, Kind::Double, false, "token budgets", by_tokens));
+    cases.push((HeadKind::Mlp, LossKind::InfoNce, Kind::Double, true, "cost-sized blocks", by_cost));
 
     let mut failed = 0;
-    let run = |model: &Model, data: &Data, loss_kind: LossKind, targets: &Targets| {
+    let run = |model: &Model, data: &Data, loss_kind: LossKind, targets: &Targets, config: &StepConfig| {
         let loss = loss(loss_kind);
         let gc = model.step(config.clone(), loss.as_ref());
         let local_q = data.queries.chunk(q_off, q_shards[rank]).unwrap();
@@ -63,16 +70,16 @@ fn main() {
         let theirs = GradientSnapshot::take(&model.vs).unwrap();
         (ours.loss, reference.loss, ours_grads.compare(&theirs).unwrap())
     };
-    for (head, loss_kind, kind, tied) in cases {
+    for (head, loss_kind, kind, tied, chunks, config) in cases {
         let model = Model::new(head, tied, kind, 0.2);
         let data = data(n, GROUP, loss_kind, 21);
-        let (ours, theirs, grads) = run(&model, &data, loss_kind, &data.targets);
+        let (ours, theirs, grads) = run(&model, &data, loss_kind, &data.targets, &config);
         let tol = if kind == Kind::Double { F64_TOL } else { F32_TOL };
         let loss_ok = (ours - theirs).abs() <= tol.abs + tol.rel * theirs.abs();
         let ok = loss_ok && grads.failures(tol).is_empty();
         failed += usize::from(!ok);
         println!(
-            "rank {rank}/{world}: {head:?} {loss_kind:?} {kind:?} tied {tied}: loss {ours:.15} vs {theirs:.15}, max |grad diff| {:.1e}: {}",
+            "rank {rank}/{world}: {head:?} {loss_kind:?} {kind:?} tied {tied}, {chunks}: loss {ours:.15} vs {theirs:.15}, max |grad diff| {:.1e}: {}",
             grads.max_abs_diff(),
             if ok { "ok" } else { "FAILED" }
         );
@@ -93,7 +100,7 @@ fn main() {
         positives.extend((0..q).map(|i| vec![i * GROUP]));
     }
     let local_targets = Targets::from_positives(n * GROUP, positives).unwrap();
-    let (ours, theirs, grads) = run(&model, &data, LossKind::InfoNce, &local_targets);
+    let (ours, theirs, grads) = run(&model, &data, LossKind::InfoNce, &local_targets, &config);
     let caught = (ours - theirs).abs() > 1e-6 || !grads.failures(F64_TOL).is_empty();
     failed += usize::from(!caught);
     println!(
