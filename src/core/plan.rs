@@ -250,8 +250,7 @@ impl Plan {
     /// whole plan. The pair grid stays the whole batch's.
     pub fn share(&self, own: [Piece; 2]) -> Plan {
         let mut share = self.clone();
-        for s in 0..2 {
-            let o = own[s];
+        for (s, &o) in own.iter().enumerate() {
             let inside = |p: &Piece| p.start >= o.start && p.start < o.start + o.len;
             share.first_streams[s] = self.first_streams[s] + self.chunks[s].iter().take_while(|(p, _)| !inside(p)).count();
             share.chunks[s] = self.chunks[s].iter().filter(|(p, _)| inside(p)).map(|&(p, r)| (Piece { start: p.start - o.start, len: p.len }, r)).collect();
