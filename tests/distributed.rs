@@ -72,23 +72,30 @@ fn one_process_with_sorted_and_token_chunks_equals_the_full_batch_step() {
         ("cost-sized blocks", StepConfig { layout, head_block_flops: Some(20_000.0), ..StepConfig::default() }),
     ];
     for (name, config) in configs {
-        let model = Model::new(HeadKind::Interaction, true, Kind::Double, 0.2);
-        let data = data(5, 2, LossKind::InfoNce, 3);
-        let loss = loss(LossKind::InfoNce);
-        let mut gc = model.step(config.clone(), loss.as_ref());
-        gradcache::check::zero_grads(&model.vs);
-        tch::manual_seed(7);
-        let ours = gc.distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap();
-        let ours_grads = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
-        gradcache::check::zero_grads(&model.vs);
-        tch::manual_seed(7);
-        let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
-        let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+        let (ours, reference, c) = one_process_against_full_batch(HeadKind::Interaction, config);
         assert_eq!(ours.sizes, reference.sizes, "{name}: the same cut");
         assert!(name != "cost-sized blocks" || ours.sizes.block_pairs.1 < 5, "{name}: the blocks were sized: {:?}", ours.sizes);
-        let c = Comparison { cached_loss: ours.loss, reference_loss: reference.loss, grads: ours_grads.compare(&theirs).unwrap() };
         assert_exact(&c, F64_TOL, &format!("{name}, one process"));
     }
+}
+
+/// The distributed step on one process and the full-batch step, from the
+/// same generator state, on 5 queries × 2 passages with dropout on.
+fn one_process_against_full_batch(head: HeadKind, config: StepConfig) -> (gradcache::StepOutput, gradcache::StepOutput, Comparison) {
+    let model = Model::new(head, true, Kind::Double, 0.2);
+    let data = data(5, 2, LossKind::InfoNce, 3);
+    let loss = loss(LossKind::InfoNce);
+    let mut gc = model.step(config, loss.as_ref());
+    gradcache::check::zero_grads(&model.vs);
+    tch::manual_seed(7);
+    let ours = gc.distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap();
+    let ours_grads = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+    gradcache::check::zero_grads(&model.vs);
+    tch::manual_seed(7);
+    let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
+    let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
+    let c = Comparison { cached_loss: ours.loss, reference_loss: reference.loss, grads: ours_grads.compare(&theirs).unwrap() };
+    (ours, reference, c)
 }
 
 #[test]
@@ -96,19 +103,7 @@ fn one_process_equals_the_full_batch_step() {
     let _serial = serial();
     let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 }, ..StepConfig::default() };
     for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::Interaction] {
-        let model = Model::new(head, true, Kind::Double, 0.2);
-        let data = data(5, 2, LossKind::InfoNce, 3);
-        let loss = loss(LossKind::InfoNce);
-        let mut gc = model.step(config.clone(), loss.as_ref());
-        gradcache::check::zero_grads(&model.vs);
-        tch::manual_seed(7);
-        let ours = gc.distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap();
-        let ours_grads = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
-        gradcache::check::zero_grads(&model.vs);
-        tch::manual_seed(7);
-        let reference = gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap();
-        let theirs = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
-        let c = Comparison { cached_loss: ours.loss, reference_loss: reference.loss, grads: ours_grads.compare(&theirs).unwrap() };
+        let (_, _, c) = one_process_against_full_batch(head, config.clone());
         assert_exact(&c, F64_TOL, &format!("{head:?}, one process"));
     }
 }
