@@ -55,7 +55,7 @@ pub struct StepConfig {
     /// shapes) within this many, at least one; so a dear head (token
     /// interaction) gets narrow blocks and a cheap one wide blocks, each
     /// about as much work. Replaces `head_block_passages`. Needs a head that
-    /// counts its FLOPs; not with a memory budget or across processes yet.
+    /// counts its FLOPs; not with a memory budget yet.
     /// Default: unset.
     pub head_block_flops: Option<f64>,
     /// With a memory budget, choose the layout for each batch from the

@@ -266,15 +266,6 @@ impl Plan {
         self
     }
 
-    /// The same plan with its chunks drawing the replay streams from
-    /// `first_streams` (per side) on: the share of process `r` of a batch
-    /// split across processes is cut like a batch of its own, but its
-    /// chunks keep the streams they have in [`Plan::sharded`].
-    pub fn with_first_streams(mut self, first_streams: [usize; 2]) -> Plan {
-        self.first_streams = first_streams;
-        self
-    }
-
     /// The same layout with nothing retained.
     pub fn without_retained(mut self) -> Plan {
         for (_, r) in self.chunks.iter_mut().flatten() {
@@ -405,7 +396,10 @@ mod tests {
     fn chunks_keep_their_retained_prefix_and_streams() {
         let kept = Plan::with_retained(&Layout::from_chunk_size(2), 5, 5, RetainCounts { query_chunks: 2, ..Default::default() });
         assert_eq!(kept.chunk_pieces(Side::Queries).iter().map(|&(p, r)| (p.start, p.len, r)).collect::<Vec<_>>(), [(0, 2, true), (2, 2, true), (4, 1, false)]);
-        let plan = Plan::with_retained(&Layout::from_chunk_size(2), 5, 5, RetainCounts { query_chunks: 1, ..Default::default() }).with_first_streams([3, 0]);
+        // Rank 1 of [6, 5] queries: its chunks follow rank 0's three.
+        let config = StepConfig { layout: Layout::from_chunk_size(2), ..StepConfig::default() };
+        let sharded = Plan::sharded(&config, [&[6, 5], &[5]], [None, None]).unwrap();
+        let plan = sharded.share([Piece { start: 6, len: 5 }, Piece { start: 0, len: 5 }]).retaining(RetainCounts { query_chunks: 1, ..Default::default() });
         let q = plan.chunks(Side::Queries);
         assert_eq!(q.iter().map(|c| (c.stream, c.retained)).collect::<Vec<_>>(), [(3, true), (4, false), (5, false)]);
     }
