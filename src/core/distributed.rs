@@ -426,7 +426,11 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         all_reduce_gradients(&vars, &before, collective)?;
         timings.encoder = t.elapsed();
         seeds.finish();
-        Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form), retained: RetainCounts::default(), budget: None, flops: Default::default() })
+        // This process's own work (its chunks, its blocks), against its own
+        // pass times, which include the collectives.
+        // (The share again: its grid is the one the blocks were sized to.)
+        let flops = crate::core::flops::count(self.parts(), &plan.share([own_q, own_p]), queries, passages, (&reps.queries, &reps.passages), closed_form, &owned)?;
+        Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form), retained: RetainCounts::default(), budget: None, flops })
     }
 }
 

@@ -21,7 +21,9 @@ pub const BACKWARD_FACTOR: f64 = 2.0;
 
 /// The FLOPs of `plan`'s passes over this batch; `reps` are the
 /// representation pass's U and V (the head's cost may depend on their
-/// shapes, e.g. tokens per item).
+/// shapes, e.g. tokens per item). Only the head blocks whose index
+/// `counted` accepts count (a process's own blocks of a step across
+/// processes; every block otherwise).
 ///
 /// # Errors
 /// The inputs' errors when a chunk is cut.
@@ -32,6 +34,7 @@ pub fn count<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     passages: &PE::Input,
     (u, v): (&Representation, &Representation),
     closed_form_head: bool,
+    counted: &dyn Fn(usize) -> bool,
 ) -> Result<PassFlops> {
     // (forward over every piece, forward over the recomputed ones)
     fn side<E: Encoder + ?Sized>(encoder: &E, plan: &Plan, side: Side, input: &E::Input) -> Result<Option<(f64, f64)>> {
@@ -48,7 +51,7 @@ pub fn count<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
         _ => None,
     };
     let mut blocks = Some((0.0, 0.0));
-    for b in plan.blocks() {
+    for b in plan.blocks().filter(|b| counted(b.index)) {
         let f = model.head.score_flops(&u.narrow(b.queries.start, b.queries.len)?, &v.narrow(b.passages.start, b.passages.len)?);
         blocks = match (blocks, f) {
             (Some((all, again)), Some(f)) => Some((all + f, again + if b.retained || closed_form_head { 0.0 } else { f })),

@@ -57,7 +57,7 @@ fn main() {
     let mut failed = 0;
     let run = |model: &Model, data: &Data, loss_kind: LossKind, targets: &Targets, config: &StepConfig| {
         let loss = loss(loss_kind);
-        let gc = model.step(config.clone(), loss.as_ref());
+        let mut gc = model.step(config.clone(), loss.as_ref());
         let local_q = data.queries.chunk(q_off, q_shards[rank]).unwrap();
         let local_p = data.passages.chunk(q_off * GROUP, p_shards[rank]).unwrap();
         zero_grads(&model.vs);
@@ -68,19 +68,26 @@ fn main() {
         tch::manual_seed(99);
         let reference = gc.sharded_full_batch_step(&data.queries, &data.passages, &data.targets, &q_shards, &p_shards).unwrap();
         let theirs = GradientSnapshot::take(&model.vs).unwrap();
-        (ours.loss, reference.loss, ours_grads.compare(&theirs).unwrap())
+        // Each process counts the head FLOPs of its own blocks: together,
+        // the one-process step's count over the same grid.
+        let score_flops = ours.flops.score.expect("every test head counts its FLOPs");
+        let summed = collective.all_reduce_sum(&tch::Tensor::from_slice(&[score_flops])).unwrap().double_value(&[0]);
+        let whole = gc.step(&data.queries, &data.passages, &data.targets).unwrap().flops.score.unwrap();
+        let flops_ok = (summed - whole).abs() <= 1e-9 * whole;
+        (ours.loss, reference.loss, ours_grads.compare(&theirs).unwrap(), flops_ok)
     };
     for (head, loss_kind, kind, tied, chunks, config) in cases {
         let model = Model::new(head, tied, kind, 0.2);
         let data = data(n, GROUP, loss_kind, 21);
-        let (ours, theirs, grads) = run(&model, &data, loss_kind, &data.targets, &config);
+        let (ours, theirs, grads, flops_ok) = run(&model, &data, loss_kind, &data.targets, &config);
         let tol = if kind == Kind::Double { F64_TOL } else { F32_TOL };
         let loss_ok = (ours - theirs).abs() <= tol.abs + tol.rel * theirs.abs();
-        let ok = loss_ok && grads.failures(tol).is_empty();
+        let ok = loss_ok && grads.failures(tol).is_empty() && flops_ok;
         failed += usize::from(!ok);
         println!(
-            "rank {rank}/{world}: {head:?} {loss_kind:?} {kind:?} tied {tied}, {chunks}: loss {ours:.15} vs {theirs:.15}, max |grad diff| {:.1e}: {}",
+            "rank {rank}/{world}: {head:?} {loss_kind:?} {kind:?} tied {tied}, {chunks}: loss {ours:.15} vs {theirs:.15}, max |grad diff| {:.1e}, head FLOPs summed over processes {}: {}",
             grads.max_abs_diff(),
+            if flops_ok { "= one process's" } else { "DIFFER" },
             if ok { "ok" } else { "FAILED" }
         );
     }
@@ -100,7 +107,7 @@ fn main() {
         positives.extend((0..q).map(|i| vec![i * GROUP]));
     }
     let local_targets = Targets::from_positives(n * GROUP, positives).unwrap();
-    let (ours, theirs, grads) = run(&model, &data, LossKind::InfoNce, &local_targets, &config);
+    let (ours, theirs, grads, _) = run(&model, &data, LossKind::InfoNce, &local_targets, &config);
     let caught = (ours - theirs).abs() > 1e-6 || !grads.failures(F64_TOL).is_empty();
     failed += usize::from(!caught);
     println!(
