@@ -36,10 +36,11 @@ use crate::core::config::StepConfig;
 use crate::core::step::GradCache;
 use crate::core::targets::Targets;
 
-/// The recipe's layout: chunks of 16 and blocks of 16 × 64 pairs, half the
-/// library's ([`Layout::default`]): the main job's 64 queries × 2 passages
-/// then run in 4 and 8 chunks, which is what its memory figures and
-/// committed baselines were measured at.
+/// The recipe's layout: blocks of 16 × 64 pairs, half the library's
+/// ([`Layout::default`]), what the main job's memory figures and committed
+/// baselines were measured at; and chunks of 16 texts, which apply only
+/// where the token budgets ([`RECIPE_CHUNK_TOKENS`]) are unset (e.g.
+/// `--chunk-size`).
 pub const RECIPE_LAYOUT: Layout = Layout { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64 };
 
 /// The recipe's encoder chunks: each side sorted by length and cut into

@@ -248,6 +248,10 @@ impl Plan {
     /// its own: the chunks inside `own[side]` (its rows of each side),
     /// renumbered from its first row, keeping the streams they have in the
     /// whole plan. The pair grid stays the whole batch's.
+    ///
+    /// # Panics
+    /// When `own` reaches past the plan's items of a side (a caller's bug:
+    /// the pieces come from the same shards as the plan).
     pub fn share(&self, own: [Piece; 2]) -> Plan {
         let mut share = self.clone();
         for (s, &o) in own.iter().enumerate() {
