@@ -98,6 +98,19 @@ fn one_layout_type_serves_the_step_and_the_bundle_with_one_rule_for_chunk_size()
 }
 
 #[test]
+fn a_token_budget_too_small_for_max_len_gets_a_note() {
+    let recipe = RerankerConfig::default();
+    // 768 tokens at max_len 48: 16 texts, nothing to say.
+    assert_eq!(gradcache::app::recipe::chunk_note(&recipe.step, 48), None);
+    // At max_len 256 the same budget holds 3 full-length texts.
+    let note = gradcache::app::recipe::chunk_note(&recipe.step, 256).unwrap();
+    assert!(note.contains("holds 3 text(s) of max_len 256") && note.contains("--chunk-tokens 4096"), "{note}");
+    // Item chunks have no token budget to warn about.
+    let items = gradcache::cli::TrainArgs { chunk_size: Some(8), ..Default::default() }.resolve().unwrap();
+    assert_eq!(gradcache::app::recipe::chunk_note(&items.step, 256), None);
+}
+
+#[test]
 fn a_step_config_refuses_unknown_fields_despite_the_flattened_layout() {
     let err = serde_json::from_str::<StepConfig>(r#"{"query_chunk_size": 8, "chunk_sise": 3}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field `chunk_sise`"), "{err}");

@@ -215,6 +215,27 @@ impl Default for RerankerConfig {
     }
 }
 
+/// A note for a token budget that holds fewer than 4 texts of `max_len`
+/// tokens (e.g. the recipe's 768 after raising `--max-len` to 256): such
+/// chunks are small and slow, and the budget is easy to miss. `None` for
+/// item chunks, sizes from a budget, or a budget of 4 such texts or more.
+pub fn chunk_note(step: &StepConfig, max_len: usize) -> Option<String> {
+    let smallest = [Side::Queries, Side::Passages]
+        .into_iter()
+        .filter_map(|side| match step.chunk_rule(side) {
+            ChunkRule::Tokens(t) => Some(t),
+            ChunkRule::Items(_) => None,
+        })
+        .min()?;
+    (!step.auto_sizes && smallest < 4 * max_len).then(|| {
+        format!(
+            "note: a chunk of at most {smallest} padded tokens holds {} text(s) of max_len {max_len}; --chunk-tokens {} keeps 16 (more memory per chunk), --chunk-size N cuts N texts",
+            (smallest / max_len.max(1)).max(1),
+            16 * max_len
+        )
+    })
+}
+
 impl RerankerConfig {
     /// Checks every part (the head's width against the model's own
     /// `hidden_size` is checked when the model is built).
@@ -645,6 +666,9 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
             c.batch_size * c.group_size,
             c.train.steps
         );
+        if let Some(note) = chunk_note(&c.step, c.max_len) {
+            println!("{note}");
+        }
         if ranks > 1 {
             println!("{ranks} processes (MPI), queries per process {shares:?}: one global batch per step");
         }
