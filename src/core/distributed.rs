@@ -428,8 +428,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         seeds.finish();
         // This process's own work (its chunks, its blocks), against its own
         // pass times, which include the collectives.
-        // (The share again: its grid is the one the blocks were sized to.)
-        let flops = crate::core::flops::count(self.parts(), &plan.share([own_q, own_p]), queries, passages, (&reps.queries, &reps.passages), closed_form, &owned)?;
+        let flops = crate::core::flops::count(self.parts(), &share, queries, passages, (&reps.queries, &reps.passages), closed_form, blocks[lo..hi].iter().copied())?;
         Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form), retained: RetainCounts::default(), budget: None, flops })
     }
 }

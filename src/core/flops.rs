@@ -8,7 +8,7 @@
 
 use crate::core::encoder::Encoder;
 use crate::core::head::ScoringHead;
-use crate::core::layout::Side;
+use crate::core::layout::{Block, Side};
 use crate::core::model::StepModel;
 use crate::core::output::PassFlops;
 use crate::core::plan::Plan;
@@ -19,11 +19,11 @@ use crate::error::{GradCacheError, Result};
 /// multiply's two input gradients are two multiplies of its size.
 pub const BACKWARD_FACTOR: f64 = 2.0;
 
-/// The FLOPs of `plan`'s passes over this batch; `reps` are the
+/// The FLOPs of a step's passes over this batch: the encoders' over
+/// `plan`'s chunks, the head's over `blocks` (the plan's, or a process's
+/// own run of them in a step across processes); `reps` are the
 /// representation pass's U and V (the head's cost may depend on their
-/// shapes, e.g. tokens per item). Only the head blocks whose index
-/// `counted` accepts count (a process's own blocks of a step across
-/// processes; every block otherwise).
+/// shapes, e.g. tokens per item).
 ///
 /// # Errors
 /// The inputs' errors when a chunk is cut.
@@ -34,7 +34,7 @@ pub fn count<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     passages: &PE::Input,
     (u, v): (&Representation, &Representation),
     closed_form_head: bool,
-    counted: &dyn Fn(usize) -> bool,
+    blocks: impl IntoIterator<Item = Block>,
 ) -> Result<PassFlops> {
     // (forward over every piece, forward over the recomputed ones)
     fn side<E: Encoder + ?Sized>(encoder: &E, plan: &Plan, side: Side, input: &E::Input) -> Result<Option<(f64, f64)>> {
@@ -50,18 +50,18 @@ pub fn count<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
         (Some(q), Some(p)) => Some((q.0 + p.0, q.1 + p.1)),
         _ => None,
     };
-    let mut blocks = Some((0.0, 0.0));
-    for b in plan.blocks().filter(|b| counted(b.index)) {
+    let mut heads = Some((0.0, 0.0));
+    for b in blocks {
         let f = model.head.score_flops(&u.narrow(b.queries.start, b.queries.len)?, &v.narrow(b.passages.start, b.passages.len)?);
-        blocks = match (blocks, f) {
+        heads = match (heads, f) {
             (Some((all, again)), Some(f)) => Some((all + f, again + if b.retained || closed_form_head { 0.0 } else { f })),
             _ => None,
         };
     }
     Ok(PassFlops {
         representation: encoders.map(|e| e.0),
-        score: blocks.map(|b| b.0),
-        head: blocks.map(|(all, again)| again + BACKWARD_FACTOR * all),
+        score: heads.map(|b| b.0),
+        head: heads.map(|(all, again)| again + BACKWARD_FACTOR * all),
         encoder: encoders.map(|(all, again)| again + BACKWARD_FACTOR * all),
     })
 }

@@ -209,7 +209,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             (Some(b), Some(start)) => Some(BudgetReport { measured_peak_mb: Some(start.peak_mb()?), ..b }),
             (b, _) => b,
         };
-        let flops = crate::core::flops::count(self.parts(), &plan, queries, passages, (&reps.queries, &reps.passages), closed_form_head, &|_| true)?;
+        let flops = crate::core::flops::count(self.parts(), &plan, queries, passages, (&reps.queries, &reps.passages), closed_form_head, plan.blocks())?;
         Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form_head), retained: plan.retained(), budget, flops })
     }
 
