@@ -111,6 +111,14 @@ pub enum AppError {
         known: Vec<String>,
     },
 
+    /// `gradcache serve`'s model thread died while serving (it panicked):
+    /// the server stopped, and its process should be restarted.
+    #[error("the model died while serving: {reason}")]
+    ModelDied {
+        /// What ended it.
+        reason: String,
+    },
+
     /// An export was asked to write into a folder that holds files.
     #[error("{path} exists and is not empty: export to a new folder")]
     ExportExists {

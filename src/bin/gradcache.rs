@@ -411,8 +411,15 @@ fn main() -> Result<ExitCode> {
         }
         Command::Serve(args) => {
             let config = args.config();
-            gradcache::app::serve::run(config).with_context(|| format!("serving {}", args.model.display()))?;
-            Ok(ExitCode::SUCCESS)
+            match gradcache::app::serve::run(config) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                // A supervisor restarts on this code (docs/serving.md).
+                Err(e @ gradcache::app::error::AppError::ModelDied { .. }) => {
+                    eprintln!("error: serving {}: {e}", args.model.display());
+                    Ok(ExitCode::from(gradcache::app::serve::EXIT_MODEL_DIED))
+                }
+                Err(e) => Err(e).with_context(|| format!("serving {}", args.model.display())),
+            }
         }
         Command::Train(args) => {
             let config = args.resolve().context("reading the run's settings")?;

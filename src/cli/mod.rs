@@ -432,10 +432,12 @@ pub struct ServeArgs {
     /// (what an index holds) or queries; the same one when tied.
     #[arg(long, default_value = "passages", value_parser = ["passages", "queries"])]
     pub embed_side: String,
-    /// The model name /info and /v1/embeddings report (default: the bundle's path).
+    /// The model name /info and /v1/embeddings report (default: the bundle
+    /// folder's name, never its full path).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer KEY` on every route but /health.
+    /// Require `Authorization: Bearer KEY` on every route but /health,
+    /// /ping, GET / and /metrics (as TEI).
     #[arg(long, env = "API_KEY")]
     pub api_key: Option<String>,
     /// Inputs in flight at once (a rerank request counts its texts); over it, 429.
@@ -457,6 +459,30 @@ pub struct ServeArgs {
     /// them with 422 unless a request says `truncate: true`).
     #[arg(long, default_value_t = crate::app::serve::Limits::default().auto_truncate, action = clap::ArgAction::Set)]
     pub auto_truncate: bool,
+    /// Threads that tokenize (default: the cores).
+    #[arg(long, default_value_t = crate::app::serve::Limits::default().tokenization_workers)]
+    pub tokenization_workers: usize,
+    /// Open connections at most; past it, new ones wait to be accepted.
+    #[arg(long, default_value_t = crate::app::serve::Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds for a request's head, counted from when the connection waits
+    /// for one (so also a kept-alive connection's idle time).
+    #[arg(long, default_value_t = crate::app::serve::Timeouts::default().header_read)]
+    pub header_read_timeout: u64,
+    /// Seconds between two pieces of a request body (then 408).
+    #[arg(long, default_value_t = crate::app::serve::Timeouts::default().body_read)]
+    pub body_read_timeout: u64,
+    /// Seconds for a whole request, head to answer (then 408).
+    #[arg(long, default_value_t = crate::app::serve::Timeouts::default().request)]
+    pub request_timeout: u64,
+    /// Seconds the model thread has to answer /health (between batches)
+    /// before the server reports itself unhealthy (503).
+    #[arg(long, default_value_t = crate::app::serve::Timeouts::default().health)]
+    pub health_timeout: u64,
+    /// Seconds after SIGTERM for requests in flight; then open connections
+    /// are cut and the process exits.
+    #[arg(long, default_value_t = crate::app::serve::Timeouts::default().shutdown)]
+    pub shutdown_timeout: u64,
 }
 
 impl ServeArgs {
@@ -477,6 +503,15 @@ impl ServeArgs {
                 max_client_batch_size: self.max_client_batch_size,
                 payload_limit: self.payload_limit,
                 auto_truncate: self.auto_truncate,
+                tokenization_workers: self.tokenization_workers,
+                max_connections: self.max_connections,
+            },
+            timeouts: crate::app::serve::Timeouts {
+                header_read: self.header_read_timeout,
+                body_read: self.body_read_timeout,
+                request: self.request_timeout,
+                health: self.health_timeout,
+                shutdown: self.shutdown_timeout,
             },
         }
     }

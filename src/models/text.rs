@@ -143,6 +143,18 @@ impl TextTokenizer {
         TokenBatch::from_ids(&rows)
     }
 
+    /// How many token ids the vocabulary holds (added tokens included):
+    /// every id a text can tokenize to is below it.
+    pub fn vocab_size(&self) -> usize {
+        match &self.backend {
+            Backend::WordPiece(inner) => {
+                use rust_tokenizers::vocab::Vocab;
+                Tokenizer::vocab(inner.as_ref()).values().len()
+            }
+            Backend::Json { whole, .. } => whole.get_vocab_size(true),
+        }
+    }
+
     /// One text's token ids with the special tokens, **not** truncated: what
     /// [`TextTokenizer::truncate`] cuts to `max_len`.
     ///
@@ -167,14 +179,22 @@ impl TextTokenizer {
     /// the special tokens at both ends and the first (`from_left: false`,
     /// what [`TextTokenizer::encode`] does) or the last tokens of the text.
     pub fn truncate(&self, ids: Vec<i64>, from_left: bool) -> Vec<i64> {
+        self.truncate_to(ids, self.max_len, from_left)
+    }
+
+    /// As [`TextTokenizer::truncate`], to `max_len` tokens instead of the
+    /// tokenizer's own (a server that clamps its input length); a
+    /// `max_len` below the special tokens' count is raised to it.
+    pub fn truncate_to(&self, ids: Vec<i64>, max_len: usize, from_left: bool) -> Vec<i64> {
         let (before, after) = self.specials;
-        if ids.len() <= self.max_len || ids.len() < before + after {
+        let max_len = max_len.max(before + after);
+        if ids.len() <= max_len || ids.len() < before + after {
             return ids;
         }
-        let keep = self.max_len - before - after;
+        let keep = max_len - before - after;
         let body = &ids[before..ids.len() - after];
         let body = if from_left { &body[body.len() - keep..] } else { &body[..keep] };
-        let mut out = Vec::with_capacity(self.max_len);
+        let mut out = Vec::with_capacity(max_len);
         out.extend_from_slice(&ids[..before]);
         out.extend_from_slice(body);
         out.extend_from_slice(&ids[ids.len() - after..]);

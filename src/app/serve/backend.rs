@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::queue::{Answer, Entry, Job};
+use super::queue::{Answer, BackendError, Command, Entry, Job, Served};
 use crate::app::error::Result;
 use crate::app::retrieval::{l2_normalized, pooled_vectors};
 use crate::app::scorer::Scorer;
@@ -18,10 +18,20 @@ use crate::core::batch::TokenBatch;
 use crate::core::layout::Side;
 use crate::core::representation::Representation;
 
-/// Runs batches until the queue closes.
-pub(crate) fn run(scorer: &Scorer, mut batches: mpsc::Receiver<Vec<Entry>>, embed_side: Side) {
-    while let Some(batch) = batches.blocking_recv() {
-        run_batch(scorer, batch, embed_side);
+/// Runs the commands until the channel closes: batches, and health checks
+/// answered between them. `faults` (tests only, [`super::faults`]) may
+/// hold the thread or make it panic before a command.
+pub(crate) fn run(scorer: &Scorer, mut commands: mpsc::Receiver<Command>, embed_side: Side, faults: Option<&super::faults::Faults>) {
+    while let Some(command) = commands.blocking_recv() {
+        if let Some(f) = faults {
+            f.before_command();
+        }
+        match command {
+            Command::Batch(batch) => run_batch(scorer, batch, embed_side),
+            Command::Health(reply) => {
+                let _ = reply.send(());
+            }
+        }
     }
 }
 
@@ -43,24 +53,27 @@ fn run_batch(scorer: &Scorer, batch: Vec<Entry>, embed_side: Side) {
         return;
     }
     let answers = answer(scorer, &live, embed_side);
-    metrics::histogram!("te_request_inference_duration").record(started.elapsed().as_secs_f64());
+    let inference = started.elapsed();
+    metrics::histogram!("te_request_inference_duration").record(inference.as_secs_f64());
     match answers {
         Ok(answers) => {
             for (e, a) in live.into_iter().zip(answers) {
-                let _ = e.reply.send(Ok(a));
+                let queue = started.duration_since(e.queued);
+                let _ = e.reply.send(a.map(|answer| Served { answer, queue, inference }).ok_or(BackendError::Unanswered));
             }
         }
         Err(err) => {
-            let message = err.to_string();
+            let error = BackendError::Inference(err.to_string());
             for e in live {
-                let _ = e.reply.send(Err(message.clone()));
+                let _ = e.reply.send(Err(error.clone()));
             }
         }
     }
 }
 
-/// Every entry's answer, in order.
-fn answer(scorer: &Scorer, entries: &[Entry], embed_side: Side) -> Result<Vec<Answer>> {
+/// Every entry's answer, in order (`None`: the batch left it unanswered,
+/// which the router reports as an error, never as a value).
+fn answer(scorer: &Scorer, entries: &[Entry], embed_side: Side) -> Result<Vec<Option<Answer>>> {
     let mut out: Vec<Option<Answer>> = entries.iter().map(|_| None).collect();
     let pairs: Vec<usize> = (0..entries.len()).filter(|&i| matches!(entries[i].job, Job::Pair { .. })).collect();
     let embeds: Vec<usize> = (0..entries.len()).filter(|&i| matches!(entries[i].job, Job::Embed { .. })).collect();
@@ -85,7 +98,7 @@ fn answer(scorer: &Scorer, entries: &[Entry], embed_side: Side) -> Result<Vec<An
             });
         }
     }
-    Ok(out.into_iter().map(|a| a.unwrap_or(Answer::Score(f32::NAN))).collect())
+    Ok(out)
 }
 
 /// The head's score of each pair: each distinct query encoded once, every

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+
 use tokio::sync::{mpsc, oneshot};
 
 /// What one entry asks of the model.
@@ -59,6 +60,102 @@ pub(crate) enum Answer {
     Tokens(Vec<Vec<f32>>),
 }
 
+impl Answer {
+    fn kind(&self) -> &'static str {
+        match self {
+            Answer::Score(_) => "a score",
+            Answer::Vector(_) => "a vector",
+            Answer::Tokens(_) => "token vectors",
+        }
+    }
+
+    /// The score of a pair, finite.
+    ///
+    /// # Errors
+    /// [`BackendError::WrongKind`] for another answer,
+    /// [`BackendError::NonFinite`] for NaN or an infinity.
+    pub(crate) fn into_score(self) -> Result<f32, BackendError> {
+        match self {
+            Answer::Score(s) if s.is_finite() => Ok(s),
+            Answer::Score(s) => Err(BackendError::NonFinite(format!("a score of {s}"))),
+            other => Err(BackendError::WrongKind { wanted: "a score", got: other.kind() }),
+        }
+    }
+
+    /// A pooled vector, every value finite.
+    ///
+    /// # Errors
+    /// As [`Answer::into_score`].
+    pub(crate) fn into_vector(self) -> Result<Vec<f32>, BackendError> {
+        match self {
+            Answer::Vector(v) if v.iter().all(|x| x.is_finite()) => Ok(v),
+            Answer::Vector(_) => Err(BackendError::NonFinite("a vector with NaN or an infinity".into())),
+            other => Err(BackendError::WrongKind { wanted: "a vector", got: other.kind() }),
+        }
+    }
+
+    /// Token vectors, every value finite.
+    ///
+    /// # Errors
+    /// As [`Answer::into_score`].
+    pub(crate) fn into_tokens(self) -> Result<Vec<Vec<f32>>, BackendError> {
+        match self {
+            Answer::Tokens(t) if t.iter().flatten().all(|x| x.is_finite()) => Ok(t),
+            Answer::Tokens(_) => Err(BackendError::NonFinite("token vectors with NaN or an infinity".into())),
+            other => Err(BackendError::WrongKind { wanted: "token vectors", got: other.kind() }),
+        }
+    }
+}
+
+/// An entry's answer and how long it waited and ran (TEI's
+/// `x-queue-time` and `x-inference-time`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Served {
+    pub answer: Answer,
+    /// From being queued to its batch starting.
+    pub queue: std::time::Duration,
+    /// Its batch's run.
+    pub inference: std::time::Duration,
+}
+
+/// Why the backend gave no usable answer for an entry (a 424 or, when the
+/// model thread is gone, a 503).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The model failed on the batch (a libtorch error, a bad shape).
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// The batch ran but left this entry without an answer.
+    #[error("the model gave no answer for an entry of its batch")]
+    Unanswered,
+    /// The answer is of another kind than the route asked for.
+    #[error("the model answered {got} where {wanted} was asked for")]
+    WrongKind {
+        /// What the route asked for.
+        wanted: &'static str,
+        /// What came back.
+        got: &'static str,
+    },
+    /// NaN or an infinity, which JSON cannot carry as a number.
+    #[error("the model answered {0}")]
+    NonFinite(String),
+    /// The model thread ended (it panicked) before answering.
+    #[error("the model thread is gone")]
+    Dead,
+}
+
+/// What the model thread is handed: a batch to run, or a health check to
+/// answer between batches (so that `/health` sees a thread that is gone or
+/// stuck).
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Run these entries.
+    Batch(Vec<Entry>),
+    /// Answer this at once.
+    Health(oneshot::Sender<()>),
+}
+
 /// One unit of model work and where its answer goes.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -70,7 +167,7 @@ pub(crate) struct Entry {
     pub queued: Instant,
     /// Dropped by the router when the client goes away: the entry is then
     /// skipped.
-    pub reply: oneshot::Sender<Result<Answer, String>>,
+    pub reply: oneshot::Sender<Result<Served, BackendError>>,
 }
 
 impl Entry {
@@ -93,7 +190,7 @@ pub(crate) struct BatchLimits {
 /// order) into batches and hands them to the model, one ready ahead.
 /// Entries whose client has gone are dropped here. Ends when the router's
 /// side of the queue is closed and everything queued has been handed on.
-pub(crate) async fn batching_task(mut requests: mpsc::UnboundedReceiver<Vec<Entry>>, to_model: mpsc::Sender<Vec<Entry>>, limits: BatchLimits, queued: Arc<AtomicUsize>) {
+pub(crate) async fn batching_task(mut requests: mpsc::UnboundedReceiver<Vec<Entry>>, to_model: mpsc::Sender<Command>, limits: BatchLimits, queued: Arc<AtomicUsize>) {
     let mut waiting: std::collections::VecDeque<Entry> = std::collections::VecDeque::new();
     loop {
         if waiting.is_empty() {
@@ -131,7 +228,7 @@ pub(crate) async fn batching_task(mut requests: mpsc::UnboundedReceiver<Vec<Entr
         metrics::gauge!("te_queue_size").set(queued.load(Ordering::Relaxed) as f64);
         metrics::histogram!("te_batch_next_size").record(batch.len() as f64);
         metrics::histogram!("te_batch_next_tokens").record((batch.len() * longest) as f64);
-        if to_model.send(batch).await.is_err() {
+        if to_model.send(Command::Batch(batch)).await.is_err() {
             break;
         }
     }

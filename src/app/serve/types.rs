@@ -51,19 +51,31 @@ pub struct Rank {
     pub score: f32,
 }
 
-/// One text or several.
+/// One input: a text, or token ids as the model's tokenizer numbers them
+/// (TEI's `InputType`; LangChain's OpenAI embeddings send ids).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum InputType {
+    /// A text, tokenized by the server.
+    Text(String),
+    /// Token ids, used as they are (no special tokens added), each checked
+    /// against the vocabulary.
+    Ids(Vec<u32>),
+}
+
+/// One input or several.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Input {
-    /// One text.
-    Single(String),
+    /// One input (a text, or one list of ids).
+    Single(InputType),
     /// Several.
-    Batch(Vec<String>),
+    Batch(Vec<InputType>),
 }
 
 impl Input {
-    /// The texts, in order.
-    pub fn into_texts(self) -> Vec<String> {
+    /// The inputs, in order.
+    pub fn into_inputs(self) -> Vec<InputType> {
         match self {
             Input::Single(s) => vec![s],
             Input::Batch(v) => v,
