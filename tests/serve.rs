@@ -867,3 +867,97 @@ fn metrics_carry_teis_names_and_labels() {
     assert_eq!(metric_in(&text, "te_embed_success"), 2.0, "{text}");
     assert_eq!(metric_in(&text, "te_predict_success"), 1.0, "{text}");
 }
+
+/// Request bodies from a generator, a few thousand in all: JSON of every
+/// shape on every route, good bodies with one field replaced by anything,
+/// and raw bytes. Each answer is 200 with a well-formed body or a
+/// documented status (400, 413, 422) with TEI's JSON error (OpenAI's on
+/// /v1/embeddings); none is 5xx; and after each, `/health` and a correct
+/// `/rerank` still answer.
+#[test]
+fn generated_bad_input_gets_documented_statuses_and_never_breaks_the_server() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let _serial = common::serial();
+    let dir = common::scratch("serve-fuzz");
+    let (model, scorer) = bundle(&dir, "max_sim");
+    let server = Server::start(&model, &["--max-client-batch-size", "8", "--payload-limit", "20000"]);
+    let good_texts = ["the sea".to_string(), "a bank".to_string()];
+    let want = in_process(&scorer, QUERY, &good_texts);
+    let agent = Server::agent();
+
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        (0u32..40_000).prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+        Just(Value::from("")),
+        Just(Value::from(" ")),
+    ];
+    let json = leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((prop_oneof![Just("query".to_string()), Just("texts".to_string()), Just("inputs".to_string()), Just("input".to_string()), Just("truncate".to_string()), Just("dimensions".to_string()), Just("normalize".to_string()), Just("truncation_direction".to_string()), Just("encoding_format".to_string()), Just("raw_scores".to_string()), Just("return_text".to_string()), Just("prompt_name".to_string()), ".{0,6}".prop_map(String::from)], inner), 0..5)
+                .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+        ]
+    });
+    let routes = prop_oneof![Just("/rerank"), Just("/"), Just("/embed"), Just("/embed_all"), Just("/v1/embeddings")];
+    let good = |route: &str| match route {
+        "/rerank" | "/" => json!({"query": QUERY, "texts": ["the sea", "a bank"], "raw_scores": true, "truncate": true}),
+        "/v1/embeddings" => json!({"input": ["the sea"], "encoding_format": "float", "dimensions": 8}),
+        _ => json!({"inputs": ["the sea"], "truncate": true, "normalize": true, "truncation_direction": "right"}),
+    };
+    // What is sent: a body and whether it is JSON text.
+    let body = prop_oneof![
+        3 => json.clone().prop_map(|v| v.to_string().into_bytes()),
+        3 => (routes.clone(), json.clone(), 0usize..8).prop_map(move |(route, v, k)| {
+            let mut g = good(route);
+            let keys: Vec<String> = g.as_object().unwrap().keys().cloned().collect();
+            g[&keys[k % keys.len()]] = v;
+            g.to_string().into_bytes()
+        }),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ];
+    let mut runner = TestRunner::new(Config { cases: 3000, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&(routes, body), |(route, body)| {
+        let mut r = agent.post(&format!("{}{route}", server.base)).header("Content-Type", "application/json").send(&body[..]).unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        let shown = || format!("{route} {:?} -> {status} {text}", String::from_utf8_lossy(&body));
+        prop_assert!(matches!(status, 200 | 400 | 413 | 422), "undocumented status: {}", shown());
+        let answer: Value = serde_json::from_str(&text).map_err(|_| TestCaseError::fail(format!("not JSON: {}", shown())))?;
+        if status == 200 {
+            match route {
+                "/rerank" | "/" => {
+                    let ranks = answer.as_array().ok_or_else(|| TestCaseError::fail(shown()))?;
+                    let mut seen: Vec<u64> = ranks.iter().filter_map(|r| r["index"].as_u64()).collect();
+                    seen.sort_unstable();
+                    seen.dedup();
+                    prop_assert!(!ranks.is_empty() && seen.len() == ranks.len(), "{}", shown());
+                    prop_assert!(ranks.iter().all(|r| r["score"].as_f64().is_some_and(f64::is_finite)), "{}", shown());
+                }
+                "/v1/embeddings" => prop_assert!(answer["data"].as_array().is_some_and(|d| !d.is_empty()), "{}", shown()),
+                _ => {
+                    let rows = answer.as_array().ok_or_else(|| TestCaseError::fail(shown()))?;
+                    prop_assert!(!rows.is_empty() && rows.iter().all(|r| r.as_array().is_some_and(|v| !v.is_empty())), "{}", shown());
+                }
+            }
+        } else if route == "/v1/embeddings" {
+            prop_assert!(answer["message"].is_string() && answer["code"] == json!(status) && answer["type"].is_string(), "{}", shown());
+        } else {
+            let kind = answer["error_type"].as_str().unwrap_or_default();
+            prop_assert!(answer["error"].is_string() && matches!(kind, "Validation" | "Tokenizer" | "Empty"), "{}", shown());
+        }
+        prop_assert_eq!(server.get("/health").0, 200, "after {}", shown());
+        let (status, answer) = server.post("/rerank", &json!({"query": QUERY, "texts": good_texts, "raw_scores": true}));
+        prop_assert_eq!(status, 200);
+        prop_assert_eq!(served(&answer, 2), want.clone(), "after {}", shown());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
