@@ -29,11 +29,16 @@ fn setup(dir: &Path) -> PathBuf {
     path
 }
 
-fn start(config: &Path, out: &Path, resume: bool) -> Child {
+fn start(config: &Path, out: &Path, resume: bool, stop_in_checkpoint: bool) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradcache"));
     cmd.args(["train", "--config", config.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--quiet"]);
     if resume {
         cmd.arg("--resume");
+    }
+    if stop_in_checkpoint {
+        // The trainer stops itself half-way through its next checkpoint
+        // write: the kill lands there whatever the machine's speed.
+        cmd.env(gradcache::app::train::checkpoint::STOP_AT_ENV, "checkpoint");
     }
     cmd.current_dir(env!("CARGO_MANIFEST_DIR")).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
@@ -69,9 +74,17 @@ fn bundle_files(out: &Path, bundle: &str) -> Vec<Vec<u8>> {
 enum Kill {
     /// This many milliseconds after the log shows step `k` done.
     AfterStep(u64, u64),
-    /// As soon as a checkpoint's temporary folder appears (a kill during
-    /// the checkpoint write).
+    /// Half-way through a checkpoint write: the trainer stops itself there
+    /// (SIGSTOP, `GRADCACHE_TEST_STOP_AT=checkpoint`) and is killed stopped.
     DuringCheckpoint,
+}
+
+/// Whether the process is stopped (state `T` in /proc).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+        .unwrap_or(false)
 }
 
 fn last_logged_step(out: &Path) -> u64 {
@@ -98,7 +111,7 @@ fn run_with_kills(config: &Path, out: &Path, kills: &[Kill]) -> usize {
     let mut killed = 0;
     for attempt in 0.. {
         let kill = kills.get(attempt).copied();
-        let mut child = start(config, out, attempt > 0);
+        let mut child = start(config, out, attempt > 0, matches!(kill, Some(Kill::DuringCheckpoint)));
         let mut event: Option<Instant> = None;
         let finished = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -115,7 +128,11 @@ fn run_with_kills(config: &Path, out: &Path, kills: &[Kill]) -> usize {
                     }
                     event.is_some_and(|t| t.elapsed() >= Duration::from_millis(delay))
                 }
-                Some(Kill::DuringCheckpoint) => checkpoint_being_written(out),
+                Some(Kill::DuringCheckpoint) => {
+                    let due = stopped(child.id());
+                    assert!(!due || checkpoint_being_written(out), "stopped outside a checkpoint write");
+                    due
+                }
                 None => false,
             };
             if due {

@@ -91,6 +91,7 @@ pub fn save(dir: &Path, vs: &nn::VarStore, optimizer: &AdamW, state: &Checkpoint
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     save_safetensors(vs, "", &tmp.join("model.safetensors"))?;
+    stop_point_for_tests("checkpoint");
     optimizer.save(&tmp.join("optimizer.safetensors"))?;
     let mut state = state.clone();
     for file in WEIGHT_FILES {
@@ -107,6 +108,22 @@ pub fn save(dir: &Path, vs: &nn::VarStore, optimizer: &AdamW, state: &Checkpoint
         std::fs::remove_dir_all(old).map_err(io(old))?;
     }
     Ok(final_path)
+}
+
+/// The environment variable naming where a test wants the trainer to stop
+/// itself (SIGSTOP), so that it can kill it there and not at a moment it
+/// has to race for: `checkpoint` is half-way through a checkpoint write.
+pub const STOP_AT_ENV: &str = "GRADCACHE_TEST_STOP_AT";
+
+/// Stops this process with SIGSTOP when [`STOP_AT_ENV`] names `point`.
+fn stop_point_for_tests(point: &str) {
+    #[cfg(unix)]
+    if std::env::var(STOP_AT_ENV).as_deref() == Ok(point) {
+        // SAFETY: raise() has no preconditions; SIGSTOP cannot be caught.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
+    }
 }
 
 /// Reads a checkpoint's state and checks every weights file against its
