@@ -92,18 +92,18 @@ impl Limits {
     /// [`GradCacheError::InvalidConfig`] naming the first bad field (its
     /// flag is the field's name with dashes).
     pub fn validate(&self) -> crate::error::Result<()> {
-        let positive = [
-            ("max_concurrent_requests", self.max_concurrent_requests),
-            ("max_batch_tokens", self.max_batch_tokens),
-            ("max_client_batch_size", self.max_client_batch_size),
-            ("payload_limit", self.payload_limit),
-            ("max_batch_requests", self.max_batch_requests.unwrap_or(1)),
-            ("tokenization_workers", self.tokenization_workers),
-            ("max_connections", self.max_connections),
-        ];
-        if let Some(&(field, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1" });
-        }
+        refuse_zero(
+            &[
+                ("max_concurrent_requests", self.max_concurrent_requests),
+                ("max_batch_tokens", self.max_batch_tokens),
+                ("max_client_batch_size", self.max_client_batch_size),
+                ("payload_limit", self.payload_limit),
+                ("max_batch_requests", self.max_batch_requests.unwrap_or(1)),
+                ("tokenization_workers", self.tokenization_workers),
+                ("max_connections", self.max_connections),
+            ],
+            "must be at least 1",
+        )?;
         if self.max_concurrent_requests > Semaphore::MAX_PERMITS.min(u32::MAX as usize) {
             return Err(GradCacheError::InvalidConfig { field: "max_concurrent_requests", reason: "is too large" });
         }
@@ -117,6 +117,14 @@ impl Limits {
             return Err(GradCacheError::InvalidConfig { field: "max_connections", reason: "is too large" });
         }
         Ok(())
+    }
+}
+
+/// The first field that is 0, as an error with `reason`.
+fn refuse_zero(fields: &[(&'static str, usize)], reason: &'static str) -> crate::error::Result<()> {
+    match fields.iter().find(|(_, v)| *v == 0) {
+        Some(&(field, _)) => Err(GradCacheError::InvalidConfig { field, reason }),
+        None => Ok(()),
     }
 }
 
@@ -152,17 +160,17 @@ impl Timeouts {
     /// # Errors
     /// [`GradCacheError::InvalidConfig`] naming the first that is 0.
     pub fn validate(&self) -> crate::error::Result<()> {
-        let all = [
-            ("header_read_timeout", self.header_read),
-            ("body_read_timeout", self.body_read),
-            ("request_timeout", self.request),
-            ("health_timeout", self.health),
-            ("shutdown_timeout", self.shutdown),
-        ];
-        match all.iter().find(|(_, v)| *v == 0) {
-            Some(&(field, _)) => Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1 second" }),
-            None => Ok(()),
-        }
+        let seconds = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        refuse_zero(
+            &[
+                ("header_read_timeout", seconds(self.header_read)),
+                ("body_read_timeout", seconds(self.body_read)),
+                ("request_timeout", seconds(self.request)),
+                ("health_timeout", seconds(self.health)),
+                ("shutdown_timeout", seconds(self.shutdown)),
+            ],
+            "must be at least 1 second",
+        )
     }
 
     fn of(seconds: u64) -> Duration {
