@@ -961,3 +961,26 @@ fn generated_bad_input_gets_documented_statuses_and_never_breaks_the_server() {
         panic!("{e}");
     }
 }
+
+/// The answer checks cannot pass on nothing: a duplicate index, a missing
+/// answer, an empty list or a short vector each fail them.
+#[test]
+fn the_answer_checks_fail_on_duplicate_missing_or_empty_answers() {
+    let fails = |f: &(dyn Fn() + std::panic::RefUnwindSafe)| std::panic::catch_unwind(f).is_err();
+    assert!(fails(&|| {
+        served(&json!([{"index": 0, "score": 1.0}, {"index": 0, "score": 0.5}]), 2);
+    }));
+    assert!(fails(&|| {
+        served(&json!([{"index": 1, "score": 1.0}]), 2);
+    }));
+    assert!(fails(&|| {
+        served(&json!([]), 1);
+    }));
+    assert!(fails(&|| {
+        vectors(&json!([[], [1.0, 2.0]]), 2, 2);
+    }));
+    assert!(fails(&|| {
+        vectors(&json!([[1.0, 2.0]]), 2, 2);
+    }));
+    assert_eq!(served(&json!([{"index": 1, "score": 2.0}, {"index": 0, "score": 1.0}]), 2), vec![1.0, 2.0]);
+}
