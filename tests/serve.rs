@@ -460,7 +460,7 @@ fn limits_that_contradict_each_other_are_refused_at_start() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && text.contains("max_client_batch_size") && text.contains("max_concurrent_requests"), "{text}");
+    assert!(!out.status.success() && text.contains("--max-client-batch-size") && text.contains("--max-concurrent-requests"), "{text}");
     let out = Command::new(env!("CARGO_BIN_EXE_gradcache")).args(["serve", "--model", "/nonexistent", "--header-read-timeout", "0"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("header_read_timeout"), "{text}");

@@ -110,7 +110,7 @@ impl Limits {
         if self.max_client_batch_size > self.max_concurrent_requests {
             return Err(GradCacheError::InvalidConfig {
                 field: "max_client_batch_size",
-                reason: "must not exceed max_concurrent_requests (a request that large would get 429 on an idle server)",
+                reason: "must not exceed max_concurrent_requests (--max-client-batch-size over --max-concurrent-requests: a request that large would get 429 on an idle server)",
             });
         }
         if self.max_connections > Semaphore::MAX_PERMITS {
