@@ -1,4 +1,4 @@
-//! This machine's dense f32 matrix-multiply rate through libtorch, on the
+//! This machine's dense f32 and bf16 matrix-multiply rates through libtorch, on the
 //! step's threads: at the shapes of MiniLM's layers in a chunk of the main
 //! job (rows = padded tokens of a chunk, 384 ↔ 1,536 wide) and at large
 //! square shapes, where the kernels reach their peak. What the step's
@@ -34,8 +34,10 @@ fn main() -> Result<()> {
     shapes.push(("square", (1024, 1024, 1024)));
     shapes.push(("square", (2048, 2048, 2048)));
     for (what, (m, k, n)) in shapes {
-        let gflops = gradcache::runtime::matmul_gflops(tch::Device::Cpu, (m, k, n), a.seconds)?;
-        println!("{}", serde_json::json!({"shape": [m, k, n], "what": what, "gflop_s": gflops, "threads": a.threads}));
+        // Side by side: bf16 over f32 is what AMX (or avx512_bf16) gains.
+        let f32 = gradcache::runtime::matmul_gflops(tch::Device::Cpu, (m, k, n), tch::Kind::Float, a.seconds)?.gflops;
+        let bf16 = gradcache::runtime::matmul_gflops(tch::Device::Cpu, (m, k, n), tch::Kind::BFloat16, a.seconds)?.gflops;
+        println!("{}", serde_json::json!({"shape": [m, k, n], "what": what, "gflop_s": f32, "bf16_gflop_s": bf16, "bf16_over_f32": bf16 / f32, "threads": a.threads}));
     }
     Ok(())
 }

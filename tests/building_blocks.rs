@@ -187,5 +187,8 @@ fn the_step_counts_each_pass_flops_over_its_chunks_and_blocks() {
     // The dot product over every pair of the 2 × 3 blocks: 2 · 5 · 7 · 4;
     // closed form, so the head pass is its two products W·V and Wᵀ·U.
     assert_eq!((f.score, f.head), (Some(280.0), Some(560.0)));
-    assert!(out.describe_rates(Some(100.0)).contains("encoder"), "{}", out.describe_rates(Some(100.0)));
+    let f32 = gradcache::runtime::MatmulRate { gflops: 100.0, kind: tch::Kind::Float };
+    let bf16 = gradcache::runtime::MatmulRate { gflops: 400.0, kind: tch::Kind::BFloat16 };
+    assert!(out.describe_rates(Some(f32)).contains("encoder") && out.describe_rates(Some(f32)).ends_with("of a 100 GFLOP/s matmul"), "{}", out.describe_rates(Some(f32)));
+    assert!(out.describe_rates(Some(bf16)).ends_with("of a 400 GFLOP/s bf16 matmul"), "{}", out.describe_rates(Some(bf16)));
 }

@@ -42,3 +42,17 @@ fn peak_resident_memory_grows_with_a_touched_buffer_and_never_falls() {
     // fell back with the freed buffer would drop by ~64 MiB.
     assert!(after > during - 8.0, "{during} -> {after}");
 }
+
+/// The matmul probe measures in the kind it is asked for: the step's
+/// precision decides which rate its passes are read against.
+#[test]
+fn the_matmul_probe_measures_the_precision_it_is_given() {
+    use gradcache::runtime::precision::Precision;
+    for precision in [Precision::F32, Precision::Bf16] {
+        let rate = gradcache::runtime::matmul_gflops(tch::Device::Cpu, (64, 64, 64), precision.matmul_kind(), 0.01).unwrap();
+        assert_eq!(rate.kind, precision.matmul_kind());
+        assert!(rate.gflops.is_finite() && rate.gflops > 0.0, "{rate:?}");
+    }
+    assert_eq!(Precision::Bf16.matmul_kind(), tch::Kind::BFloat16);
+    assert_eq!(Precision::F32.matmul_kind(), tch::Kind::Float);
+}

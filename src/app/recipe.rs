@@ -502,10 +502,10 @@ pub struct RunSummary {
     pub losses: Vec<f64>,
     /// Per pass, the median GFLOP/s over the steps
     /// ([`crate::app::train::TrainSummary::median_rates`]), and this
-    /// machine's f32 matmul rate measured before training
-    /// ([`crate::runtime::matmul_gflops`] at
+    /// machine's matmul rate in the run's precision, measured before
+    /// training ([`crate::runtime::matmul_gflops`] at
     /// [`crate::runtime::MATMUL_PROBE_SHAPE`]).
-    pub rates: (crate::core::output::PassFlops, Option<f64>),
+    pub rates: (crate::core::output::PassFlops, Option<crate::runtime::MatmulRate>),
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -724,9 +724,10 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
             }
         }
     }
-    // What the machine's matrix multiply reaches, for the steps' rates to
-    // be read against (a third of a second, before training).
-    let matmul = if lead { crate::runtime::matmul_gflops(device, crate::runtime::MATMUL_PROBE_SHAPE, 0.3).ok() } else { None };
+    // What the machine's matrix multiply reaches in the step's precision
+    // (bf16 runs several times faster on AMX), for the steps' rates to be
+    // read against (a third of a second, before training).
+    let matmul = if lead { crate::runtime::matmul_gflops(device, crate::runtime::MATMUL_PROBE_SHAPE, c.step.precision.matmul_kind(), 0.3).ok() } else { None };
     let summary = trainer.run(
         |i| -> Result<crate::core::output::StepOutput> {
             let (q, p, t) = batch(&records, c, &tok, i, device)?;

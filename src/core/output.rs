@@ -108,13 +108,13 @@ impl StepOutput {
     }
 
     /// The rate each pass achieved, in GFLOP/s, and as a fraction of
-    /// `matmul_gflops` (this machine's measured matrix-multiply rate,
-    /// [`crate::runtime::matmul_gflops`]) when given, e.g. `GFLOP/s:
+    /// `matmul` (this machine's measured matrix-multiply rate in the step's
+    /// precision, [`crate::runtime::matmul_gflops`]) when given, e.g. `GFLOP/s:
     /// representation 84 (0.69×), score 2 (0.02×), head 5 (0.04×), encoder
     /// 80 (0.66×) of a 121 GFLOP/s matmul`; passes whose FLOPs are not
     /// counted are left out.
-    pub fn describe_rates(&self, matmul_gflops: Option<f64>) -> String {
-        describe_rates(&self.flops.gflops_per_second(&self.timings), matmul_gflops)
+    pub fn describe_rates(&self, matmul: Option<crate::runtime::MatmulRate>) -> String {
+        describe_rates(&self.flops.gflops_per_second(&self.timings), matmul)
     }
 
     /// The same as JSON (the trainer's first log line carries it).
@@ -134,16 +134,16 @@ impl StepOutput {
 
 /// One line of per-pass rates (GFLOP/s), as [`StepOutput::describe_rates`]
 /// gives for one step (and a trainer for the median over its steps).
-pub fn describe_rates(rates: &PassFlops, matmul_gflops: Option<f64>) -> String {
+pub fn describe_rates(rates: &PassFlops, matmul: Option<crate::runtime::MatmulRate>) -> String {
     let passes = [("representation", rates.representation), ("score", rates.score), ("head", rates.head), ("encoder", rates.encoder)];
     let shown: Vec<String> = passes
         .iter()
-        .filter_map(|(name, r)| r.map(|r| match matmul_gflops {
-            Some(m) => format!("{name} {r:.1} ({:.2}×)", r / m),
+        .filter_map(|(name, r)| r.map(|r| match matmul {
+            Some(m) => format!("{name} {r:.1} ({:.2}×)", r / m.gflops),
             None => format!("{name} {r:.1}"),
         }))
         .collect();
-    let of = matmul_gflops.map(|m| format!(" of a {m:.0} GFLOP/s matmul")).unwrap_or_default();
+    let of = matmul.map(|m| format!(" of a {:.0} GFLOP/s{} matmul", m.gflops, m.label())).unwrap_or_default();
     format!("GFLOP/s: {}{of}", if shown.is_empty() { "not counted".to_string() } else { shown.join(", ") })
 }
 

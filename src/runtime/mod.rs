@@ -105,16 +105,43 @@ pub fn available_bytes() -> Result<u64> {
         .ok_or(GradCacheError::PeakMemoryUnavailable { reason: "no readable MemAvailable line in /proc/meminfo" })
 }
 
-/// This machine's dense f32 matrix-multiply rate through libtorch on
-/// `device` with its current threads, in GFLOP/s: `[m, k] × [k, n]`
-/// multiplied until `seconds` have passed (after one warm-up product), the
-/// best of those runs. What a step's achieved rates are set against.
+/// A measured matrix-multiply rate and the element kind it was measured
+/// in: what a step's achieved rates are set against, in the precision the
+/// step runs in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatmulRate {
+    /// GFLOP/s.
+    pub gflops: f64,
+    /// `Float` or, under `--precision bf16`, `BFloat16`.
+    pub kind: tch::Kind,
+}
+
+impl MatmulRate {
+    /// How the rate is named in a report: `" bf16"` for a bf16 rate,
+    /// nothing for f32 (the reports' wording before bf16 probes).
+    pub fn label(&self) -> &'static str {
+        match self.kind {
+            tch::Kind::BFloat16 => " bf16",
+            tch::Kind::Half => " f16",
+            _ => "",
+        }
+    }
+}
+
+/// This machine's dense matrix-multiply rate through libtorch on `device`
+/// with its current threads, in GFLOP/s, for elements of `kind` (`Float`;
+/// `BFloat16`, which CPUs with AMX or avx512_bf16 run several times
+/// faster): `[m, k] × [k, n]` multiplied until `seconds` have passed
+/// (after one warm-up product), the best of those runs.
+///
+/// # Shapes
+/// `[m, k] × [k, n]`.
 ///
 /// # Errors
-/// libtorch errors.
-pub fn matmul_gflops(device: Device, (m, k, n): (i64, i64, i64), seconds: f64) -> Result<f64> {
-    let a = tch::Tensor::f_randn([m, k], (tch::Kind::Float, device))?;
-    let b = tch::Tensor::f_randn([k, n], (tch::Kind::Float, device))?;
+/// libtorch errors (e.g. a kind the device cannot multiply).
+pub fn matmul_gflops(device: Device, (m, k, n): (i64, i64, i64), kind: tch::Kind, seconds: f64) -> Result<MatmulRate> {
+    let a = tch::Tensor::f_randn([m, k], (kind, device))?;
+    let b = tch::Tensor::f_randn([k, n], (kind, device))?;
     let run = || -> Result<f64> {
         let t = std::time::Instant::now();
         let c = a.f_matmul(&b)?;
@@ -126,7 +153,7 @@ pub fn matmul_gflops(device: Device, (m, k, n): (i64, i64, i64), seconds: f64) -
     while started.elapsed().as_secs_f64() < seconds || best.is_infinite() {
         best = best.min(run()?);
     }
-    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+    Ok(MatmulRate { gflops: 2.0 * (m * k * n) as f64 / best / 1e9, kind })
 }
 
 /// The shape [`matmul_gflops`] measures by default: large and square,

@@ -59,6 +59,16 @@ impl Precision {
         }
     }
 
+    /// The element kind autocast multiplies matrices in under this
+    /// precision: `Float` for f32, `BFloat16` for bf16, `Half` for f16.
+    pub fn matmul_kind(&self) -> tch::Kind {
+        match self {
+            Precision::F32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+            Precision::F16 => tch::Kind::Half,
+        }
+    }
+
     /// Runs `f` with autocast on for this precision (nothing changes for
     /// `f32`), on the CPU and CUDA, then restores the previous state.
     ///
