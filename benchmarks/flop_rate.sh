@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# This machine's f32 matrix-multiply rate through libtorch on 2 threads, at
+# This machine's f32 and bf16 matrix-multiply rates through libtorch on 2 threads, at
 # MiniLM's layer shapes and at large squares (benchmarks/flop_rate.rs):
 # docs/results/flop_rate.jsonl, what the step's achieved GFLOP/s are read
 # against (docs/benchmarks.md). Run on a machine doing nothing else.
