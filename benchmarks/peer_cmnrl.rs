@@ -60,6 +60,10 @@ struct Args {
     /// `--chunk` items (`StepConfig.query_chunk_tokens`/`passage_chunk_tokens`).
     #[arg(long)]
     chunk_tokens: Option<usize>,
+    /// `f32` or `bf16` (autocast, `StepConfig.precision`): the peer's
+    /// `--precision bf16` is `torch.autocast("cpu", torch.bfloat16)`.
+    #[arg(long, default_value = "f32")]
+    precision: gradcache::runtime::precision::Precision,
 }
 
 fn main() -> Result<()> {
@@ -100,6 +104,7 @@ fn main() -> Result<()> {
         auto_sizes: a.auto_sizes,
         query_chunk_tokens: a.chunk_tokens,
         passage_chunk_tokens: a.chunk_tokens,
+        precision: a.precision,
         ..StepConfig::default()
     };
     let mut gc = GradCache::tied(config, &encoder, &head, &loss)?;
@@ -131,6 +136,7 @@ fn main() -> Result<()> {
             "median_s": times[times.len() / 2], "peak_mb": gradcache::runtime::peak_resident_mb()?, "before_step_mb": before_mb,
             "first_loss": losses[0], "steps": times.len(), "memory": serde_json::from_str::<serde_json::Value>(&a.memory)?, "auto_sizes": a.auto_sizes, "plan": plan,
             "chunk_tokens": a.chunk_tokens, "step_gflop": flops.map(|f| f / 1e9), "gflop_s": gflop_s,
+            "precision": format!("{:?}", a.precision).to_lowercase(),
         })
     );
     Ok(())

@@ -7,7 +7,7 @@ optimizer. Prints one JSON line like the Rust side.
 
     ./.python benchmarks/peers/st_cmnrl.py --triples FILE [--chunk 16] [--steps 3]
 """
-import argparse, json, resource, time
+import argparse, contextlib, json, resource, time
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
@@ -24,6 +24,8 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--max-len", type=int, default=128)
 p.add_argument("--mini-batch-num-tokens", type=int, default=None,
                help="its token budget per mini-batch (non-padding tokens), instead of --chunk sequences")
+p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+               help="bf16: torch.autocast('cpu', torch.bfloat16) around the loss and its backward (whose cached re-forward runs inside it)")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -39,8 +41,9 @@ times, losses = [], []
 for step in range(a.steps + 1):
     model.zero_grad(set_to_none=True)
     t = time.perf_counter()
-    loss = loss_fn(features, None)
-    loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16) if a.precision == "bf16" else contextlib.nullcontext():
+        loss = loss_fn(features, None)
+        loss.backward()
     if step > 0:
         times.append(time.perf_counter() - t)
     losses.append(loss.item())
@@ -65,4 +68,5 @@ def step_flops():
 print(json.dumps({"impl": "sentence-transformers CachedMNRL", "batch": len(triples), "chunk": a.chunk, "threads": a.threads,
                   "median_s": times[len(times) // 2], "peak_mb": vm_hwm_mb(), "before_step_mb": before,
                   "first_loss": losses[0], "steps": len(times), "mini_batch_num_tokens": a.mini_batch_num_tokens,
-                  "step_gflop": step_flops() / 1e9, "gflop_s": {"step": step_flops() / 1e9 / times[len(times) // 2]}}))
+                  "step_gflop": step_flops() / 1e9, "gflop_s": {"step": step_flops() / 1e9 / times[len(times) // 2]},
+                  "precision": a.precision}))
