@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
@@ -94,13 +93,13 @@ impl Limits {
     pub fn validate(&self) -> crate::error::Result<()> {
         refuse_zero(
             &[
-                ("max_concurrent_requests", self.max_concurrent_requests),
-                ("max_batch_tokens", self.max_batch_tokens),
-                ("max_client_batch_size", self.max_client_batch_size),
-                ("payload_limit", self.payload_limit),
-                ("max_batch_requests", self.max_batch_requests.unwrap_or(1)),
-                ("tokenization_workers", self.tokenization_workers),
-                ("max_connections", self.max_connections),
+                ("max_concurrent_requests", self.max_concurrent_requests as u64),
+                ("max_batch_tokens", self.max_batch_tokens as u64),
+                ("max_client_batch_size", self.max_client_batch_size as u64),
+                ("payload_limit", self.payload_limit as u64),
+                ("max_batch_requests", self.max_batch_requests.unwrap_or(1) as u64),
+                ("tokenization_workers", self.tokenization_workers as u64),
+                ("max_connections", self.max_connections as u64),
             ],
             "must be at least 1",
         )?;
@@ -121,7 +120,7 @@ impl Limits {
 }
 
 /// The first field that is 0, as an error with `reason`.
-fn refuse_zero(fields: &[(&'static str, usize)], reason: &'static str) -> crate::error::Result<()> {
+fn refuse_zero(fields: &[(&'static str, u64)], reason: &'static str) -> crate::error::Result<()> {
     match fields.iter().find(|(_, v)| *v == 0) {
         Some(&(field, _)) => Err(GradCacheError::InvalidConfig { field, reason }),
         None => Ok(()),
@@ -160,21 +159,16 @@ impl Timeouts {
     /// # Errors
     /// [`GradCacheError::InvalidConfig`] naming the first that is 0.
     pub fn validate(&self) -> crate::error::Result<()> {
-        let seconds = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         refuse_zero(
             &[
-                ("header_read_timeout", seconds(self.header_read)),
-                ("body_read_timeout", seconds(self.body_read)),
-                ("request_timeout", seconds(self.request)),
-                ("health_timeout", seconds(self.health)),
-                ("shutdown_timeout", seconds(self.shutdown)),
+                ("header_read_timeout", self.header_read),
+                ("body_read_timeout", self.body_read),
+                ("request_timeout", self.request),
+                ("health_timeout", self.health),
+                ("shutdown_timeout", self.shutdown),
             ],
             "must be at least 1 second",
         )
-    }
-
-    fn of(seconds: u64) -> Duration {
-        Duration::from_secs(seconds)
     }
 }
 
@@ -408,7 +402,7 @@ mod connections {
 
     pub(super) async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connections: usize, timeouts: Timeouts, mut stop: watch::Receiver<bool>) {
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(Timeouts::of(timeouts.header_read));
+        http.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(timeouts.header_read));
         let open = Arc::new(Semaphore::new(max_connections));
         let graceful = GracefulShutdown::new();
         let mut tasks = JoinSet::new();
@@ -444,7 +438,7 @@ mod connections {
         drop(listener);
         // In-flight requests are answered, idle connections closed; past
         // the deadline whatever is still open is cut.
-        if tokio::time::timeout(Timeouts::of(timeouts.shutdown), graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(timeouts.shutdown), graceful.shutdown()).await.is_err() {
             eprintln!("gradcache serve: {} connection(s) still open after the {} s shutdown timeout: cut", tasks.len(), timeouts.shutdown);
         }
         tasks.abort_all();
@@ -473,7 +467,7 @@ fn load(config: &ServeConfig) -> Result<(Scorer, router::Loaded)> {
         );
     }
     let info = types::Info {
-        model_id: served_name(config),
+        model_id: name.clone(),
         model_sha: None,
         model_dtype: match config.precision {
             Precision::Bf16 => "bfloat16".into(),
@@ -500,7 +494,7 @@ fn load(config: &ServeConfig) -> Result<(Scorer, router::Loaded)> {
     };
     let tokenizer = scorer.tokenizer().clone();
     let vocab_size = tokenizer.vocab_size();
-    Ok((scorer, router::Loaded { tokenizer, info, dim, max_input_length, vocab_size }))
+    Ok((scorer, router::Loaded { tokenizer, info, dim, vocab_size }))
 }
 
 /// The name clients see: `--served-model-name`, else the bundle folder's

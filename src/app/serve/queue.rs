@@ -126,7 +126,8 @@ pub enum BackendError {
     /// The model failed on the batch (a libtorch error, a bad shape).
     #[error("inference failed: {0}")]
     Inference(String),
-    /// The batch ran but left this entry without an answer.
+    /// The batch ran but left this entry without an answer, or its reply
+    /// was dropped unanswered (the model thread ended).
     #[error("the model gave no answer for an entry of its batch")]
     Unanswered,
     /// The answer is of another kind than the route asked for.
@@ -140,9 +141,6 @@ pub enum BackendError {
     /// NaN or an infinity, which JSON cannot carry as a number.
     #[error("the model answered {0}")]
     NonFinite(String),
-    /// The model thread ended (it panicked) before answering.
-    #[error("the model thread is gone")]
-    Dead,
 }
 
 /// What the model thread is handed: a batch to run, or a health check to

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::queue::{Answer, BackendError, Command, Entry, Job, Served};
+use super::queue::{Answer, BackendError, Command, Entry, Job};
 use super::types::*;
 use super::{ServeConfig, CHARS_PER_TOKEN};
 use crate::core::layout::Side;
@@ -44,9 +44,6 @@ pub(crate) struct Loaded {
     pub info: Info,
     /// The width of `/embed`'s vectors.
     pub dim: usize,
-    /// Tokens per input, at most: the model's length, clamped to
-    /// `max_batch_tokens`.
-    pub max_input_length: usize,
     /// Token ids must be below it.
     pub vocab_size: usize,
 }
@@ -77,7 +74,7 @@ impl ApiError {
 
     /// A backend's error: 503 once the model thread is gone, else 424.
     fn backend(state: &AppState, error: BackendError) -> Self {
-        if error == BackendError::Dead || !state.alive.load(Ordering::SeqCst) {
+        if !state.alive.load(Ordering::SeqCst) {
             return ApiError::new(ErrorType::Unhealthy, "the model thread died; the server is stopping");
         }
         ApiError::new(ErrorType::Backend, error.to_string())
@@ -240,12 +237,13 @@ struct Tokenized {
     took: Duration,
 }
 
-/// A text cut to `max_chars` characters from the kept end: what
-/// tokenization then reads.
-fn cut_chars(text: &str, max_chars: usize, from_left: bool) -> &str {
-    if from_left {
-        let skip = text.chars().count().saturating_sub(max_chars);
-        text.char_indices().nth(skip).map_or("", |(i, _)| &text[i..])
+/// A text of `chars` characters cut to `max_chars` from the kept end:
+/// what tokenization then reads.
+fn cut_chars(text: &str, chars: usize, max_chars: usize, from_left: bool) -> &str {
+    if chars <= max_chars {
+        text
+    } else if from_left {
+        text.char_indices().nth(chars - max_chars).map_or("", |(i, _)| &text[i..])
     } else {
         text.char_indices().nth(max_chars).map_or(text, |(i, _)| &text[..i])
     }
@@ -259,13 +257,10 @@ fn cut_chars(text: &str, max_chars: usize, from_left: bool) -> &str {
 /// within the concurrency limit.
 async fn tokenize(state: &Arc<AppState>, inputs: Vec<InputType>, truncate: Option<bool>, direction: TruncationDirection, permit: &Arc<OwnedSemaphorePermit>) -> Result<Tokenized, ApiError> {
     let model = loaded(state)?;
-    let (tokenizer, max_len, vocab) = (model.tokenizer.clone(), model.max_input_length, model.vocab_size);
+    let (tokenizer, max_len, vocab) = (model.tokenizer.clone(), model.info.max_input_length, model.vocab_size);
     let truncate = truncate.unwrap_or(state.config.limits.auto_truncate);
     let from_left = direction == TruncationDirection::Left;
     let max_chars = max_len.saturating_mul(CHARS_PER_TOKEN);
-    let too_long = move |n: usize| {
-        ApiError::new(ErrorType::Validation, format!("Input validation error: `inputs` must have less than {max_len} tokens. Given: {n}"))
-    };
     let started = Instant::now();
     let permit = permit.clone();
     let (ids, characters) = tokio::task::spawn_blocking(move || -> Result<(Vec<Vec<i64>>, usize), ApiError> {
@@ -283,8 +278,8 @@ async fn tokenize(state: &Arc<AppState>, inputs: Vec<InputType>, truncate: Optio
                             format!("Input validation error: `inputs` has {chars} characters; with truncation off at most {max_chars} ({max_len} tokens × {CHARS_PER_TOKEN}) are read"),
                         ));
                     }
-                    let text = cut_chars(t, max_chars, from_left);
-                    characters += text.chars().count();
+                    let text = cut_chars(t, chars, max_chars, from_left);
+                    characters += chars.min(max_chars);
                     tokenizer.ids_untruncated(text).map_err(|e| ApiError::new(ErrorType::Tokenizer, e.to_string()))?
                 }
                 InputType::Ids(ids) if ids.is_empty() => return Err(ApiError::new(ErrorType::Empty, "`inputs` cannot be empty")),
@@ -296,7 +291,7 @@ async fn tokenize(state: &Arc<AppState>, inputs: Vec<InputType>, truncate: Optio
                 }
             };
             if ids.len() > max_len && !truncate {
-                return Err(too_long(ids.len()));
+                return Err(ApiError::new(ErrorType::Validation, format!("Input validation error: `inputs` must have less than {max_len} tokens. Given: {}", ids.len())));
             }
             out.push(match input {
                 InputType::Text(_) => tokenizer.truncate_to(ids, max_len, from_left),
@@ -331,9 +326,9 @@ impl Drop for Waiting {
 }
 
 /// Queues a request's jobs together and waits for every answer (dropped,
-/// with its queued work, when the client goes away). Returns the answers
-/// and the longest queue and inference times among them.
-async fn submit(state: &AppState, jobs: Vec<Job>) -> Result<(Vec<Answer>, Duration, Duration), ApiError> {
+/// with its queued work, when the client goes away); records the longest
+/// queue and inference times among them in `timed`.
+async fn submit(state: &AppState, jobs: Vec<Job>, timed: &mut Timed) -> Result<Vec<Answer>, ApiError> {
     let mut waits = Vec::with_capacity(jobs.len());
     let mut entries = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -346,26 +341,24 @@ async fn submit(state: &AppState, jobs: Vec<Job>) -> Result<(Vec<Answer>, Durati
     metrics::gauge!("te_queue_size").set(state.queued.load(Ordering::Relaxed) as f64);
     state.queue.send(entries).map_err(|_| ApiError::new(ErrorType::Unhealthy, "the server is shutting down"))?;
     let mut waiting = Waiting { armed: true };
-    let (mut answers, mut queue, mut inference) = (Vec::with_capacity(waits.len()), Duration::ZERO, Duration::ZERO);
+    let mut answers = Vec::with_capacity(waits.len());
     for wait in waits {
-        let served: Result<Served, BackendError> = wait.await.unwrap_or(Err(BackendError::Dead));
-        match served {
+        // A reply dropped unanswered: the batch it was in never answered
+        // (a 503 when that is because the model thread is gone).
+        match wait.await.unwrap_or(Err(BackendError::Unanswered)) {
             Ok(s) => {
-                queue = queue.max(s.queue);
-                inference = inference.max(s.inference);
+                timed.queue = timed.queue.max(s.queue);
+                timed.inference = timed.inference.max(s.inference);
                 answers.push(s.answer);
             }
             Err(e) => {
                 waiting.armed = false;
-                // A reply dropped unanswered: the model thread is gone, or
-                // the batch it was in failed.
-                let e = if e == BackendError::Dead && state.alive.load(Ordering::SeqCst) { BackendError::Unanswered } else { e };
                 return Err(ApiError::backend(state, e));
             }
         }
     }
     waiting.armed = false;
-    Ok((answers, queue, inference))
+    Ok(answers)
 }
 
 /// A request's count and timing: TEI's counters and TEI's headers.
@@ -436,8 +429,7 @@ async fn rerank(State(state): Shared, TeiJson(r): TeiJson<RerankRequest>) -> Res
     let n = ids.len();
     metrics::counter!("te_predict_count").increment(n as u64);
     let jobs = ids.into_iter().map(|passage| Job::Pair { query: query.clone(), passage }).collect();
-    let (answers, queue, inference) = submit(&state, jobs).await?;
-    (timed.queue, timed.inference) = (queue, inference);
+    let answers = submit(&state, jobs, &mut timed).await?;
     let mut ranks = Vec::with_capacity(answers.len());
     for (index, a) in answers.into_iter().enumerate() {
         let s = a.into_score().map_err(|e| ApiError::backend(&state, e))?;
@@ -472,8 +464,7 @@ async fn embed_inputs(state: &Arc<AppState>, timed: &mut Timed, inputs: Vec<Inpu
     timed.tokenized(&tokenized);
     let n = tokenized.ids.len() as u64;
     metrics::counter!("te_embed_count").increment(n);
-    let (answers, queue, inference) = submit(state, tokenized.ids.into_iter().map(job).collect()).await?;
-    (timed.queue, timed.inference) = (queue, inference);
+    let answers = submit(state, tokenized.ids.into_iter().map(job).collect(), timed).await?;
     metrics::counter!("te_embed_success").increment(n);
     Ok(answers)
 }
@@ -631,7 +622,7 @@ mod tests {
                 sha: None,
                 docker_label: None,
             };
-            let _ = state.loaded.set(Loaded { tokenizer, info, dim: 4, max_input_length: 8, vocab_size: 7 });
+            let _ = state.loaded.set(Loaded { tokenizer, info, dim: 4, vocab_size: 7 });
             // The model thread is gone: its end of the command channel too.
             drop(commands);
             state.alive.store(false, Ordering::SeqCst);
@@ -670,10 +661,10 @@ mod tests {
 
     #[test]
     fn texts_are_cut_by_characters_at_a_character_boundary() {
-        assert_eq!(cut_chars("héllo wörld", 4, false), "héll");
-        assert_eq!(cut_chars("héllo wörld", 4, true), "örld");
-        assert_eq!(cut_chars("abc", 10, false), "abc");
-        assert_eq!(cut_chars("abc", 10, true), "abc");
+        assert_eq!(cut_chars("héllo wörld", 11, 4, false), "héll");
+        assert_eq!(cut_chars("héllo wörld", 11, 4, true), "örld");
+        assert_eq!(cut_chars("abc", 3, 10, false), "abc");
+        assert_eq!(cut_chars("abc", 3, 10, true), "abc");
     }
 
     #[test]
