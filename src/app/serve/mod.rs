@@ -494,7 +494,8 @@ fn load(config: &ServeConfig) -> Result<(Scorer, router::Loaded)> {
     };
     let tokenizer = scorer.tokenizer().clone();
     let vocab_size = tokenizer.vocab_size();
-    Ok((scorer, router::Loaded { tokenizer, info, dim, vocab_size }))
+    let compute_type = if device.is_cuda() { "gpu" } else { "cpu" };
+    Ok((scorer, router::Loaded { tokenizer, info, dim, vocab_size, compute_type }))
 }
 
 /// The name clients see: `--served-model-name`, else the bundle folder's

@@ -46,6 +46,9 @@ pub(crate) struct Loaded {
     pub dim: usize,
     /// Token ids must be below it.
     pub vocab_size: usize,
+    /// TEI's `x-compute-type`: `gpu` or `cpu`, where the model was
+    /// loaded (`--device auto` included).
+    pub compute_type: &'static str,
 }
 
 /// An error as TEI answers it: its status and `{error, error_type}`.
@@ -395,7 +398,7 @@ impl Timed {
         metrics::histogram!("te_request_duration").record(total.as_secs_f64());
         let mut response = body.into_response();
         let ms = |d: Duration| d.as_millis().to_string();
-        let device = if state.config.device.starts_with("cuda") { "gpu" } else { "cpu" };
+        let device = state.loaded.get().map_or("cpu", |l| l.compute_type);
         let headers = response.headers_mut();
         for (name, value) in [
             ("x-compute-type", device.to_string()),
@@ -622,7 +625,7 @@ mod tests {
                 sha: None,
                 docker_label: None,
             };
-            let _ = state.loaded.set(Loaded { tokenizer, info, dim: 4, vocab_size: 7 });
+            let _ = state.loaded.set(Loaded { tokenizer, info, dim: 4, vocab_size: 7, compute_type: "cpu" });
             // The model thread is gone: its end of the command channel too.
             drop(commands);
             state.alive.store(false, Ordering::SeqCst);
