@@ -159,6 +159,16 @@ impl Server {
         (r.status().as_u16(), headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// `post`, on a thread of its own: for requests that must be in flight
+    /// while the test goes on.
+    fn post_in_thread(&self, path: &str, body: Value) -> std::thread::JoinHandle<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        std::thread::spawn(move || {
+            let mut r = Server::agent().post(&url).send_json(body).unwrap();
+            (r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap())
+        })
+    }
+
     /// A raw HTTP/1.1 request (for bodies no client library sends).
     fn raw(&self, head: &str, body: &[u8]) -> (u16, String) {
         let mut stream = self.connect();
@@ -405,8 +415,7 @@ fn bad_input_gets_its_status_and_a_json_error_and_the_server_carries_on() {
 
     // A client that hangs up mid-request: the server answers the next one.
     {
-        let address = server.base.strip_prefix("http://").unwrap();
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        let mut stream = server.connect();
         stream.write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"query\": \"a\",").unwrap();
     }
     still_fine("a hang-up");
@@ -424,15 +433,7 @@ fn over_the_concurrency_limit_requests_get_429_and_service_returns() {
     let texts: Vec<String> = (0..8).map(|i| format!("passage number {i} about the sea and rivers")).collect();
     let want = in_process(&scorer, QUERY, &texts);
     server.hold();
-    let threads: Vec<_> = (0..2)
-        .map(|_| {
-            let (base, texts) = (server.base.clone(), texts.clone());
-            std::thread::spawn(move || {
-                let mut r = Server::agent().post(&format!("{base}/rerank")).send_json(json!({"query": QUERY, "texts": texts, "raw_scores": true})).unwrap();
-                (r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap())
-            })
-        })
-        .collect();
+    let threads: Vec<_> = (0..2).map(|_| server.post_in_thread("/rerank", json!({"query": QUERY, "texts": texts, "raw_scores": true}))).collect();
     // Each request's query and texts tokenized: 2 × 9 inputs.
     server.wait_metric("te_request_input_length_count", |n| n >= 18.0);
     let (status, refused) = server.post("/rerank", &json!({"query": QUERY, "texts": ["one more"]}));
@@ -563,15 +564,7 @@ fn sigterm_answers_what_is_in_flight_and_exits_zero() {
     // The model is held until after the signal: every request is still in
     // flight when it comes.
     server.hold();
-    let threads: Vec<_> = (0..16)
-        .map(|_| {
-            let (base, texts) = (server.base.clone(), texts.clone());
-            std::thread::spawn(move || {
-                let mut r = Server::agent().post(&format!("{base}/rerank")).send_json(json!({"query": QUERY, "texts": texts})).unwrap();
-                (r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap())
-            })
-        })
-        .collect();
+    let threads: Vec<_> = (0..16).map(|_| server.post_in_thread("/rerank", json!({"query": QUERY, "texts": texts}))).collect();
     // Every request is in (a connection made after the signal would
     // rightly be refused).
     server.wait_metric("te_request_count{method=\"batch\"}", |n| n >= 16.0);
