@@ -56,3 +56,46 @@ fn the_matmul_probe_measures_the_precision_it_is_given() {
     assert_eq!(Precision::Bf16.matmul_kind(), tch::Kind::BFloat16);
     assert_eq!(Precision::F32.matmul_kind(), tch::Kind::Float);
 }
+
+/// The embedding lookup's gradient: the same values as libtorch's dense
+/// backward, accumulated over several backward passes into a dense
+/// `.grad()` even when the weight had none; and the rows no id touched stay
+/// zero. libtorch's own sparse lookup, on a weight without a gradient,
+/// leaves a sparse `.grad()` (what optimizers, clipping and all-reduce
+/// cannot take): the helper must not.
+#[test]
+fn embedding_gradients_are_dense_and_equal_the_dense_backward() {
+    use gradcache::runtime::embedding::{embedding, grad_enabled};
+    use tch::{Kind, Tensor};
+    tch::manual_seed(3);
+    let table = Tensor::randn([50, 8], (Kind::Float, Device::Cpu));
+    let chunks = [Tensor::from_slice(&[3i64, 7, 3, 0, 49]).view([1, 5]), Tensor::from_slice(&[7i64, 7, 12, 3]).view([2, 2])];
+    let upstream: Vec<Tensor> = chunks.iter().map(|ids| Tensor::randn(ids.size().into_iter().chain([8]).collect::<Vec<_>>(), (Kind::Float, Device::Cpu))).collect();
+    let run = |lookup: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+        let w = table.detach().copy().set_requires_grad(true);
+        for (ids, g) in chunks.iter().zip(&upstream) {
+            (lookup(&w, ids) * g).sum(Kind::Float).backward();
+        }
+        w.grad()
+    };
+    let dense = run(&|w, ids| Tensor::embedding(w, ids, -1, false, false));
+    let ours = run(&|w, ids| embedding(w, ids).unwrap());
+    assert!(!ours.is_sparse(), "the helper left a sparse gradient");
+    assert_eq!(ours.size(), vec![50, 8]);
+    let diff = f64::try_from((&ours - &dense).abs().max()).unwrap();
+    assert!(diff < 1e-6, "{diff}");
+    // Row 1 was never looked up; row 7 three times.
+    assert_eq!(f64::try_from(ours.get(1).abs().sum(Kind::Float)).unwrap(), 0.0);
+    assert!(f64::try_from(ours.get(7).abs().sum(Kind::Float)).unwrap() > 0.0);
+    // The hazard the helper avoids.
+    let raw = run(&|w, ids| Tensor::embedding(w, ids, -1, false, true));
+    assert!(raw.is_sparse());
+    // Without autograd the lookup sets no gradient.
+    let w = table.detach().copy().set_requires_grad(true);
+    let out = tch::no_grad(|| {
+        assert!(!grad_enabled());
+        embedding(&w, &chunks[0]).unwrap()
+    });
+    assert!(grad_enabled());
+    assert!(!w.grad().defined() && !out.requires_grad());
+}

@@ -160,5 +160,6 @@ pub fn matmul_gflops(device: Device, (m, k, n): (i64, i64, i64), kind: tch::Kind
 /// where libtorch's kernels reach their peak.
 pub const MATMUL_PROBE_SHAPE: (i64, i64, i64) = (1024, 1024, 1024);
 
+pub mod embedding;
 pub mod gpu;
 pub mod precision;

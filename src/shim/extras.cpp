@@ -1,8 +1,11 @@
 // What gradcache needs from libtorch's C++ API that tch 0.17 does not wrap:
 // autocast on any device type with a chosen dtype (tch's `autocast` is
-// CUDA-only and keeps CUDA's default float16), and the libtorch version.
+// CUDA-only and keeps CUDA's default float16), a dense zero gradient set on
+// a leaf without a backward pass, the grad mode, and the libtorch version.
 // Every function catches C++ exceptions and reports them as a message.
 #include <ATen/autocast_mode.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
 #include <torch/version.h>
 
 #include <cstdio>
@@ -42,6 +45,23 @@ int gradcache_autocast_set(int device_type, int enabled, int dtype, int nesting,
             at::autocast::increment_nesting();
         } else if (nesting < 0 && at::autocast::decrement_nesting() == 0) {
             at::autocast::clear_cache();
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        report(e, err, len);
+        return 1;
+    }
+}
+
+// Whether autograd records operations on this thread.
+int gradcache_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
+
+// Gives `t` (a leaf that requires grad) a dense zero gradient if it has
+// none, so that sparse gradients accumulate into it in place.
+int gradcache_define_dense_grad(const at::Tensor* t, char* err, size_t len) {
+    try {
+        if (t->requires_grad() && !t->grad().defined()) {
+            t->mutable_grad() = at::zeros_like(*t);
         }
         return 0;
     } catch (const std::exception& e) {

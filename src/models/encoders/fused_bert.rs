@@ -144,7 +144,7 @@ impl FusedBert {
                 real.f_cumsum(1, Kind::Int64)?.f_mul(&real)?.f_add_scalar(padding_idx)?
             }
         };
-        let x = Tensor::f_embedding(&self.word, ids, -1, false, false)?
+        let x = crate::runtime::embedding::embedding(&self.word, ids)?
             .f_add(&Tensor::f_embedding(&self.position, &positions, -1, false, false)?)?
             .f_add(&self.token_type.f_get(0)?)?;
         let mut x = self.embedding_norm.forward(&x)?.f_dropout(self.hidden_dropout, train)?;

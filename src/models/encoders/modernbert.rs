@@ -164,7 +164,7 @@ impl ModernBert {
     pub(crate) fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let (n, len) = (ids.size()[0], ids.size()[1]);
         let device = ids.device();
-        let x = Tensor::f_embedding(&self.tok, ids, -1, false, false)?;
+        let x = crate::runtime::embedding::embedding(&self.tok, ids)?;
         let mut x = self.embedding_norm.forward(&x)?.f_dropout(self.embedding_dropout, train)?;
         let d = *x.size().last().unwrap_or(&0);
         let dh = d / self.heads;
