@@ -146,3 +146,31 @@ fn autocast_is_confined_to_the_step_and_f16_is_refused() {
     assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
     assert!("fp8".parse::<Precision>().is_err());
 }
+
+/// `Precision::casting_once` keeps autocast's cast of a weight across
+/// regions: seen through the hazard its documentation names, a cast cached
+/// without autograd reused by a region with autograd leaves the weight
+/// without gradient. Without the scope each region casts afresh and the
+/// gradient arrives. (The step never mixes grad modes in one scope:
+/// `bf16_two_cache_equals_the_full_batch_under_the_same_autocast` fails
+/// when it does.)
+#[test]
+fn casting_once_keeps_each_weights_cast_across_regions() {
+    let _serial = serial();
+    let w = Tensor::ones([4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let x = Tensor::ones([2, 4], (Kind::Float, Device::Cpu));
+    let two_regions = || -> gradcache::Result<Tensor> {
+        tch::no_grad(|| Precision::Bf16.run(|| Ok(x.mm(&w))))?;
+        let y = Precision::Bf16.run(|| Ok(x.mm(&w)))?;
+        assert_eq!(y.kind(), Kind::BFloat16);
+        Ok(y)
+    };
+    two_regions().unwrap().to_kind(Kind::Float).sum(Kind::Float).backward();
+    assert!(w.grad().defined(), "separate regions cast afresh");
+    let mut w_grad = w.grad();
+    w_grad.zero_();
+    let y = Precision::Bf16.casting_once(two_regions).unwrap();
+    assert!(!y.requires_grad(), "one scope: the second region reused the first's cast (made without autograd)");
+    // f32 has no cache: nothing changes.
+    assert!(Precision::F32.casting_once(|| Ok(x.mm(&w))).unwrap().requires_grad());
+}

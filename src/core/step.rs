@@ -242,11 +242,18 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// Encoder errors; [`GradCacheError::EncoderLength`].
     pub fn representation_pass(&self, queries: &QE::Input, passages: &PE::Input, plan: &Plan, seeds: &ReplaySeeds) -> Result<Representations> {
         let fwd = self.config.forward();
-        tch::no_grad(|| {
+        let pass = || {
             let (u, kept_u) = encode_all(self.query_encoder, queries, plan, Side::Queries, seeds, fwd)?;
             let (v, kept_v) = encode_all(self.passage_encoder, passages, plan, Side::Passages, seeds, fwd)?;
             Ok(Representations { queries: u, passages: v, kept: [kept_u, kept_v] })
-        })
+        };
+        // Retained chunks run with autograd among chunks without: each
+        // region then casts its own weights.
+        if plan.retained().query_chunks + plan.retained().passage_chunks == 0 {
+            tch::no_grad(|| fwd.precision.casting_once(pass))
+        } else {
+            tch::no_grad(pass)
+        }
     }
 
     /// Step 2, the score pass: scores every block of `plan` with autograd
@@ -374,8 +381,10 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let [kept_u, kept_v] = std::mem::take(&mut reps.kept);
         backprop_kept(plan, [(Side::Queries, kept_u, &grads.queries), (Side::Passages, kept_v, &grads.passages)])?;
         let (fwd, replay) = (self.config.forward(), self.config.check_replay.then_some(self.config.replay_tolerance));
-        backprop_all(self.query_encoder, queries, plan, Side::Queries, &reps.queries, &grads.queries, seeds, fwd, replay)?;
-        backprop_all(self.passage_encoder, passages, plan, Side::Passages, &reps.passages, &grads.passages, seeds, fwd, replay)
+        fwd.precision.casting_once(|| {
+            backprop_all(self.query_encoder, queries, plan, Side::Queries, &reps.queries, &grads.queries, seeds, fwd, replay)?;
+            backprop_all(self.passage_encoder, passages, plan, Side::Passages, &reps.passages, &grads.passages, seeds, fwd, replay)
+        })
     }
 }
 

@@ -86,6 +86,51 @@ impl Precision {
     }
 }
 
+impl Precision {
+    /// Runs `f`, in which several [`Precision::run`] regions may follow one
+    /// another, with autocast's cast cache kept across them: each float32
+    /// weight is cast to bfloat16 once for all of `f` instead of once per
+    /// region (per chunk). Every region inside must run in the same grad
+    /// mode: a cast cached without autograd has no graph, and a region with
+    /// autograd that reused it would leave the weight without gradient.
+    /// The cache is dropped when `f` returns, so weights updated after it
+    /// are cast afresh. Nothing changes for `f32`.
+    ///
+    /// # Errors
+    /// [`GradCacheError::LibtorchCall`] when libtorch refuses; `f`'s errors.
+    pub fn casting_once<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if *self != Precision::Bf16 {
+            return f();
+        }
+        let _scope = CacheScope::enter()?;
+        f()
+    }
+}
+
+/// Keeps autocast's cast cache alive while alive (one nesting level, the
+/// autocast state itself unchanged).
+struct CacheScope {
+    state: (c_int, c_int),
+}
+
+impl CacheScope {
+    fn enter() -> Result<CacheScope> {
+        let (mut enabled, mut kind) = (0, 0);
+        // SAFETY: valid out-pointers and error buffer.
+        shim("autocast state", |e, l| unsafe { gradcache_autocast_get(CPU, &mut enabled, &mut kind, e, l) })?;
+        // SAFETY: only the error buffer is a pointer.
+        shim("autocast", |e, l| unsafe { gradcache_autocast_set(CPU, enabled, kind, 1, e, l) })?;
+        Ok(CacheScope { state: (enabled, kind) })
+    }
+}
+
+impl Drop for CacheScope {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`; nothing to report from a destructor.
+        let _ = shim("autocast", |e, l| unsafe { gradcache_autocast_set(CPU, self.state.0, self.state.1, -1, e, l) });
+    }
+}
+
 extern "C" {
     fn gradcache_autocast_get(device_type: c_int, enabled: *mut c_int, dtype: *mut c_int, err: *mut c_char, len: usize) -> c_int;
     fn gradcache_autocast_set(device_type: c_int, enabled: c_int, dtype: c_int, nesting: c_int, err: *mut c_char, len: usize) -> c_int;
