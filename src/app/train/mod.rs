@@ -401,17 +401,27 @@ impl<'v> Trainer<'v> {
             zero_grads(self.vs);
             tch::manual_seed(crate::core::replay::ReplaySeeds::from_base(c.seed).seed(crate::core::replay::Stream::After, i) >> 1);
             let out = step(i)?;
+            let update = Instant::now();
             let norm = clip_grad_norm(self.vs, c.max_grad_norm)?;
             if !norm.is_finite() {
                 return Err(AppError::NonFiniteGradient { step: i + 1 });
             }
             let lr = schedule.lr(i);
             self.optimizer.step_with(self.vs, |name| lr * c.lr_multiplier(name))?;
+            let update = update.elapsed();
             let done = i + 1;
             losses.push(out.loss);
             let mut entry = serde_json::json!({
                 "step": done, "loss": out.loss, "lr": lr, "grad_norm": norm,
                 "seconds": started.elapsed().as_secs_f64(),
+            });
+            // Where the step's time went: the paper's passes, then clipping
+            // and the optimizer ("update").
+            let t = &out.timings;
+            entry["pass_seconds"] = serde_json::json!({
+                "representation": t.representation.as_secs_f64(), "score": t.score.as_secs_f64(),
+                "distance_gradient": t.distance_gradient.as_secs_f64(), "head": t.head.as_secs_f64(), "encoder": t.encoder.as_secs_f64(),
+                "update": update.as_secs_f64(),
             });
             let rate = out.flops.gflops_per_second(&out.timings);
             if rate.any() {
