@@ -57,6 +57,9 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
+                // lerp_ takes no mixed dtypes (a gradient left in float64 by
+                // a check on a model since cast to float32).
+                let g = if g.kind() == p.kind() { g } else { g.f_to_kind(p.kind())? };
                 let lr = lr_of(&name);
                 let (m, v) = match self.moments.get_mut(&name) {
                     Some(mv) => mv,
