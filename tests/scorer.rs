@@ -291,3 +291,36 @@ fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
         }
     }
 }
+
+/// Stage two over the representations stage one kept
+/// (`rerank_encoded`, what `evaluate_two_stage` does when they fit its
+/// memory share) ranks as re-encoding every candidate does
+/// (`rerank_candidates`), for a vector and a token head.
+#[test]
+fn reranking_kept_representations_equals_encoding_the_candidates_again() {
+    use gradcache::app::retrieval::{rerank_candidates, rerank_encoded, Encoded};
+    let _serial = common::serial();
+    let dir = common::scratch("rerank-kept");
+    for config in [vector_model(), token_model()] {
+        let scorer = trained(config, &dir.join("bert"));
+        let mut quiet = |_: &str, _: usize, _: usize| {};
+        let candidates = first_stage(&scorer, &QUERIES, &PASSAGES, 3, &mut quiet).unwrap();
+        let again = rerank_candidates(&scorer, &QUERIES, &PASSAGES, &candidates, &mut quiet).unwrap();
+        // The corpus encoded in two pieces of different padded widths, as
+        // stage one's blocks are.
+        let parts = [scorer.encode_passages(&PASSAGES[..2]).unwrap(), scorer.encode_passages(&PASSAGES[2..]).unwrap()];
+        let encoded = Encoded { queries: scorer.encode_queries(&QUERIES).unwrap(), corpus: gradcache::core::representation::Representation::cat(&parts).unwrap() };
+        let kept = rerank_encoded(&scorer, &encoded, &candidates, &mut quiet).unwrap();
+        assert_eq!(kept.len(), again.len());
+        for (k, a) in kept.iter().zip(&again) {
+            assert_eq!(k.iter().map(|&(d, _)| d).collect::<Vec<_>>(), a.iter().map(|&(d, _)| d).collect::<Vec<_>>());
+            for (&(_, x), &(_, y)) in k.iter().zip(a) {
+                assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} vs {y}");
+            }
+        }
+        // Candidates naming a document the kept corpus lacks are refused.
+        let mut bad = candidates.clone();
+        bad[0][0].0 = PASSAGES.len();
+        assert!(rerank_encoded(&scorer, &encoded, &bad, &mut quiet).is_err());
+    }
+}

@@ -175,7 +175,42 @@ where
     D: AsRef<str> + Sync,
     B: AsRef<[D]>,
 {
-    let q = first_stage_vectors(&scorer.encode_queries(queries)?)?;
+    Ok(first_stage_keeping(scorer, queries, blocks, total, k, 0, progress)?.0)
+}
+
+/// The representations stage one encoded, kept for stage two: every query
+/// and every document, in corpus order.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The queries' representations.
+    pub queries: Representation,
+    /// The documents'.
+    pub corpus: Representation,
+}
+
+/// [`first_stage_streamed`], also keeping the encoders' representations of
+/// the queries and of every document while their bytes stay within
+/// `keep_bytes` (none kept past it: stage two then encodes its candidates
+/// itself).
+fn first_stage_keeping<Q, D, B>(
+    scorer: &Scorer,
+    queries: &[Q],
+    blocks: impl Iterator<Item = Result<B>>,
+    total: usize,
+    k: usize,
+    keep_bytes: usize,
+    progress: ProgressFn,
+) -> Result<(Vec<Ranked>, Option<Encoded>)>
+where
+    Q: AsRef<str> + Sync,
+    D: AsRef<str> + Sync,
+    B: AsRef<[D]>,
+{
+    let encoded_queries = scorer.encode_queries(queries)?;
+    let q = first_stage_vectors(&encoded_queries)?;
+    let bytes = |r: &Representation| r.tensor().numel() * r.tensor().kind().elt_size_in_bytes();
+    let mut kept_bytes = bytes(&encoded_queries);
+    let mut kept = (kept_bytes <= keep_bytes).then(Vec::new);
     let mut top = StreamingTopK::new(k);
     let mut done = 0;
     for block in blocks {
@@ -184,15 +219,25 @@ where
         if texts.is_empty() {
             continue;
         }
-        let c = first_stage_vectors(&scorer.encode_passages(texts)?)?;
+        let encoded = scorer.encode_passages(texts)?;
+        let c = first_stage_vectors(&encoded)?;
         top.push(&tch::no_grad(|| q.f_matmul(&c.f_transpose(0, 1)?))?)?;
+        kept_bytes += bytes(&encoded);
+        kept = kept.filter(|_| kept_bytes <= keep_bytes).map(|mut parts| {
+            parts.push(encoded);
+            parts
+        });
         done += texts.len();
         progress("encoding the corpus", done, total.max(done));
     }
     if done == 0 {
         return Err(GradCacheError::EmptyBatch { side: crate::error::Side::Passages }.into());
     }
-    top.finish()
+    let kept = match kept {
+        Some(parts) => Some(Encoded { queries: encoded_queries, corpus: Representation::cat(&parts)? }),
+        None => None,
+    };
+    Ok((top.finish()?, kept))
 }
 
 /// Stage two: the head scores each query against its own candidates only.
@@ -209,32 +254,72 @@ pub fn rerank_candidates<Q: AsRef<str> + Sync, D: AsRef<str> + Sync>(
     candidates: &[Ranked],
     progress: ProgressFn,
 ) -> Result<Vec<Ranked>> {
-    if candidates.len() != queries.len() || candidates.iter().flatten().any(|&(d, _)| d >= corpus.len()) {
+    check_candidates(candidates, queries.len(), corpus.len())?;
+    let encode = |start: usize, end: usize, docs: &[usize]| -> Result<(Representation, Representation)> {
+        let texts: Vec<&str> = docs.iter().map(|&d| corpus[d].as_ref()).collect();
+        Ok((scorer.encode_queries(&queries[start..end])?, scorer.encode_passages(&texts)?))
+    };
+    rerank_with(scorer, candidates, &encode, progress)
+}
+
+/// [`rerank_candidates`] over representations encoded already (what stage
+/// one kept, [`Encoded`]): nothing is encoded again.
+///
+/// # Errors
+/// As [`rerank_candidates`].
+pub fn rerank_encoded(scorer: &Scorer, encoded: &Encoded, candidates: &[Ranked], progress: ProgressFn) -> Result<Vec<Ranked>> {
+    check_candidates(candidates, encoded.queries.len(), encoded.corpus.len())?;
+    let take = |start: usize, end: usize, docs: &[usize]| -> Result<(Representation, Representation)> {
+        let rows: Vec<i64> = docs.iter().map(|&d| d as i64).collect();
+        let rows = Tensor::f_from_slice(&rows)?.f_to_device(encoded.corpus.tensor().device())?;
+        Ok((encoded.queries.narrow(start, end - start)?, encoded.corpus.select(&rows)?))
+    };
+    rerank_with(scorer, candidates, &take, progress)
+}
+
+fn check_candidates(candidates: &[Ranked], queries: usize, corpus: usize) -> Result<()> {
+    if candidates.len() != queries || candidates.iter().flatten().any(|&(d, _)| d >= corpus) {
         return Err(GradCacheError::Shape {
             what: "candidates",
             expected: "one list per query, documents inside the corpus",
-            got: vec![queries.len() as i64, candidates.len() as i64],
+            got: vec![queries as i64, candidates.len() as i64],
         }.into());
     }
+    Ok(())
+}
+
+/// Stage two over groups of `head_block_queries` queries: `represent(start,
+/// end, docs)` gives the group's queries and its distinct candidates
+/// (`docs`, in first-seen order).
+fn rerank_with(
+    scorer: &Scorer,
+    candidates: &[Ranked],
+    represent: &dyn Fn(usize, usize, &[usize]) -> Result<(Representation, Representation)>,
+    progress: ProgressFn,
+) -> Result<Vec<Ranked>> {
     let group = scorer.config().layout.head_block_queries;
-    let mut out = Vec::with_capacity(queries.len());
-    for start in (0..queries.len()).step_by(group) {
-        let end = (start + group).min(queries.len());
-        let q = scorer.encode_queries(&queries[start..end])?;
+    let mut out = Vec::with_capacity(candidates.len());
+    for start in (0..candidates.len()).step_by(group) {
+        let end = (start + group).min(candidates.len());
         let mut row_of: HashMap<usize, i64> = HashMap::new();
-        let mut docs: Vec<&str> = Vec::new();
+        let mut docs: Vec<usize> = Vec::new();
         for &(d, _) in candidates[start..end].iter().flatten() {
             row_of.entry(d).or_insert_with(|| {
-                docs.push(corpus[d].as_ref());
+                docs.push(d);
                 docs.len() as i64 - 1
             });
         }
-        let passages = if docs.is_empty() { None } else { Some(scorer.encode_passages(&docs)?) };
+        if docs.is_empty() {
+            out.extend((start..end).map(|_| Vec::new()));
+            progress("reranking", end, candidates.len());
+            continue;
+        }
+        let (q, passages) = represent(start, end, &docs)?;
         for (j, cands) in candidates[start..end].iter().enumerate() {
-            let Some(passages) = passages.as_ref().filter(|_| !cands.is_empty()) else {
+            if cands.is_empty() {
                 out.push(Vec::new());
                 continue;
-            };
+            }
             let rows: Vec<i64> = cands.iter().map(|(d, _)| row_of[d]).collect();
             let chosen = passages.select(&Tensor::f_from_slice(&rows)?.f_to_device(scorer.device())?)?;
             let scores = scorer.score_representations(&q.narrow(j, 1)?, &chosen)?;
@@ -243,7 +328,7 @@ pub fn rerank_candidates<Q: AsRef<str> + Sync, D: AsRef<str> + Sync>(
             ranked.sort_by(crate::app::metrics::by_descending_score);
             out.push(ranked);
         }
-        progress("reranking", end, queries.len());
+        progress("reranking", end, candidates.len());
     }
     Ok(out)
 }
@@ -310,8 +395,17 @@ pub fn evaluate_two_stage(scorer: &Scorer, set: &RetrievalSet, retrieve_k: usize
     let relevance = set.relevance()?;
     let queries: Vec<&str> = set.queries.iter().map(|(_, t)| t.as_str()).collect();
     let corpus: Vec<&str> = set.corpus.iter().map(|(_, t)| t.as_str()).collect();
-    let first = first_stage(scorer, &queries, &corpus, retrieve_k, progress)?;
-    let reranked = rerank_candidates(scorer, &queries, &corpus, &first, progress)?;
+    // Stage one's representations serve stage two when they fit a quarter
+    // of the memory available (vectors nearly always; token states of a
+    // large corpus may not): encoding every candidate again cost a pydoc
+    // evaluation about 45 s.
+    let keep_bytes = crate::runtime::gpu::available_bytes_on(scorer.device()).map(|b| (b / 4) as usize).unwrap_or(0);
+    let blocks = corpus.chunks(first_stage_block(scorer)).map(Ok);
+    let (first, kept) = first_stage_keeping(scorer, &queries, blocks, corpus.len(), retrieve_k, keep_bytes, progress)?;
+    let reranked = match &kept {
+        Some(encoded) => rerank_encoded(scorer, encoded, &first, progress)?,
+        None => rerank_candidates(scorer, &queries, &corpus, &first, progress)?,
+    };
     let order = |r: &[Ranked]| r.iter().map(|row| row.iter().map(|&(d, _)| d).collect::<Vec<_>>()).collect::<Vec<_>>();
     Ok(TwoStageRun {
         retrieve_k,
