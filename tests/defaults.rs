@@ -100,11 +100,11 @@ fn one_layout_type_serves_the_step_and_the_bundle_with_one_rule_for_chunk_size()
 #[test]
 fn a_token_budget_too_small_for_max_len_gets_a_note() {
     let recipe = RerankerConfig::default();
-    // 768 tokens at max_len 48: 16 texts, nothing to say.
+    // 512 tokens at max_len 48: 10 texts, nothing to say.
     assert_eq!(gradcache::app::recipe::chunk_note(&recipe.step, 48), None);
-    // At max_len 256 the same budget holds 3 full-length texts.
+    // At max_len 256 the same budget holds 2 full-length texts.
     let note = gradcache::app::recipe::chunk_note(&recipe.step, 256).unwrap();
-    assert!(note.contains("holds 3 text(s) of max_len 256") && note.contains("--chunk-tokens 4096"), "{note}");
+    assert!(note.contains("holds 2 text(s) of max_len 256") && note.contains("--chunk-tokens 4096"), "{note}");
     // Item chunks have no token budget to warn about.
     let items = gradcache::cli::TrainArgs { chunk_size: Some(8), ..Default::default() }.resolve().unwrap();
     assert_eq!(gradcache::app::recipe::chunk_note(&items.step, 256), None);

@@ -160,7 +160,7 @@ fn casting_once_keeps_each_weights_cast_across_regions() {
     let w = Tensor::ones([4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let x = Tensor::ones([2, 4], (Kind::Float, Device::Cpu));
     let two_regions = || -> gradcache::Result<Tensor> {
-        tch::no_grad(|| Precision::Bf16.run(|| Ok(x.mm(&w))))?;
+        let _ = tch::no_grad(|| Precision::Bf16.run(|| Ok(x.mm(&w))))?;
         let y = Precision::Bf16.run(|| Ok(x.mm(&w)))?;
         assert_eq!(y.kind(), Kind::BFloat16);
         Ok(y)
@@ -168,9 +168,38 @@ fn casting_once_keeps_each_weights_cast_across_regions() {
     two_regions().unwrap().to_kind(Kind::Float).sum(Kind::Float).backward();
     assert!(w.grad().defined(), "separate regions cast afresh");
     let mut w_grad = w.grad();
-    w_grad.zero_();
+    let _ = w_grad.zero_();
     let y = Precision::Bf16.casting_once(two_regions).unwrap();
     assert!(!y.requires_grad(), "one scope: the second region reused the first's cast (made without autograd)");
     // f32 has no cache: nothing changes.
     assert!(Precision::F32.casting_once(|| Ok(x.mm(&w))).unwrap().requires_grad());
+}
+
+/// `auto` reads the CPU's flags: bf16 with AMX or AVX-512 BF16, f32
+/// without; it must be resolved before a step or a scorer runs.
+#[test]
+fn auto_chooses_bf16_where_the_cpu_has_bfloat16_units_and_must_be_resolved() {
+    use gradcache::runtime::precision::{cpu_bf16_flag, PrecisionChoice};
+    let amx = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n";
+    let avx = "flags\t\t: fpu avx512f avx512_bf16\n";
+    let none = "flags\t\t: fpu sse avx2 avx512f\n";
+    assert_eq!(cpu_bf16_flag(amx), Some("amx_bf16"));
+    assert_eq!(cpu_bf16_flag(avx), Some("avx512_bf16"));
+    assert_eq!(cpu_bf16_flag(none), None);
+    // A flag's name inside another is no match.
+    assert_eq!(cpu_bf16_flag("flags\t: xamx_bf16y\n"), None);
+    // This machine: what its /proc/cpuinfo says.
+    let here = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|i| cpu_bf16_flag(&i).map(str::to_string));
+    let choice = Precision::Auto.resolve(Device::Cpu);
+    assert_eq!(choice.chosen, if here.is_some() { Precision::Bf16 } else { Precision::F32 }, "{choice}");
+    assert!(choice.to_string().starts_with(choice.chosen.name()) && choice.to_string().contains("auto: CPU"), "{choice}");
+    // Named precisions stay as asked.
+    assert_eq!(Precision::F32.resolve(Device::Cpu), PrecisionChoice { asked: Precision::F32, chosen: Precision::F32, reason: String::new() });
+    assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
+    // Unresolved, it runs nowhere.
+    assert!(Precision::Auto.run(|| Ok(())).is_err());
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (encoder, head) = model(&vs, "mlp");
+    let loss = InfoNce::default();
+    assert!(matches!(GradCache::tied(config(Precision::Auto), &encoder, head.as_ref(), &loss), Err(GradCacheError::InvalidConfig { field: "precision", .. })));
 }

@@ -64,6 +64,10 @@ fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/config.json")).unwrap()).unwrap();
     let bundle: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/model/gradcache.json")).unwrap()).unwrap();
     assert_eq!(written["encoder"]["pooling"], "mean", "{}", written["encoder"]);
+    // The recipe's `auto` precision is recorded as what ran on this machine.
+    let chosen = gradcache::runtime::precision::Precision::Auto.resolve(tch::Device::Cpu).chosen;
+    assert_eq!(written["step"]["precision"], chosen.name());
+    assert_ne!(written["step"]["precision"], "auto");
     assert_eq!(written["encoder"], bundle["encoder"]);
     let scorer = Scorer::load(&report.bundle, tch::Device::Cpu).unwrap();
     let dev = WordSenseData::read(&c.data_dir).unwrap().sense_eval(Split::Dev, 12);

@@ -25,6 +25,7 @@ use crate::models::heads::{CosineHeadConfig, HeadConfig};
 use crate::core::loss::InfoNce;
 use crate::models::pretrained::ModelDir;
 use crate::runtime::parse_device;
+use crate::runtime::precision::Precision;
 use crate::app::scorer::{ModelConfig, Scorer};
 use crate::core::layout::{ChunkRule, Layout, Side};
 use crate::models::text::TextTokenizer;
@@ -44,14 +45,17 @@ use crate::core::targets::Targets;
 pub const RECIPE_LAYOUT: Layout = Layout { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64 };
 
 /// The recipe's encoder chunks: each side sorted by length and cut into
-/// chunks of at most 768 padded tokens (items × the chunk's longest), where
-/// the library cuts fixed counts of items in batch order. 768 is 16 × the
-/// recipe's `max_len` of 48, the worst case of [`RECIPE_LAYOUT`]'s chunks
-/// of 16, so no chunk pads to more than those could; on the main job it
-/// cut the step from 3.12 to 2.37 s (docs/benchmarks.md). A longer
-/// `max_len` wants a larger budget (about 16 × `max_len` keeps chunks of
-/// 16 full-length texts), or `--chunk-size` for item chunks.
-pub const RECIPE_CHUNK_TOKENS: usize = 768;
+/// chunks of at most 512 padded tokens (items × the chunk's longest), where
+/// the library cuts fixed counts of items in batch order: about 10 texts of
+/// the recipe's `max_len` of 48 at worst, more of the short ones. Token
+/// chunks first cut the main job's step from 3.12 to 2.37 s at 768
+/// (docs/benchmarks.md); once an encoder chunk no longer paid for a whole
+/// embedding table's gradient, smaller ones won in both precisions (f32
+/// 1.49–1.53 s at 512 vs 1.59–1.60 at 768, bf16 0.62–0.66 vs 0.64–0.68;
+/// docs/benchmarks.md has the sweep). A longer `max_len` wants a larger
+/// budget (about 16 × `max_len` keeps chunks of 16 full-length texts), or
+/// `--chunk-size` for item chunks.
+pub const RECIPE_CHUNK_TOKENS: usize = 512;
 
 /// The recipe's InfoNCE temperature: 1, where the library's default is
 /// 0.05 ([`InfoNce::default`]). The recipe's heads start from the residual
@@ -74,6 +78,14 @@ pub fn recipe_lr_multipliers() -> BTreeMap<String, f64> {
 /// at 3e-5 in docs/heads-results.md's runs).
 pub const RECIPE_LEARNING_RATE: f64 = 3e-5;
 
+/// The recipe's precision: `auto`, bf16 where the device multiplies it in
+/// hardware and f32 elsewhere ([`Precision::resolve`]), where the library
+/// stays f32 (its exactness tests compare in f32/f64). On this project's
+/// CPUs (AMX) the main job's step runs in PRECISION_STEP_RATIO of its f32
+/// time with dev and test metrics within the f32 seeds' spread
+/// (docs/benchmarks.md, docs/training.md).
+pub const RECIPE_PRECISION: Precision = Precision::Auto;
+
 /// The recipe checkpoints every 40 steps (the library's default, 0, only at
 /// the end): a killed main job loses at most 40 of its 100 steps.
 pub const RECIPE_CHECKPOINT_EVERY: usize = 40;
@@ -92,8 +104,9 @@ pub const RECIPE_NORMALIZE: Option<bool> = Some(false);
 /// it), each with its constant: every other
 /// field of the step, loss, head, encoder and training blocks is the
 /// library's default (`tests/defaults.rs` checks both ways).
-pub const RECIPE_OVERRIDES: [&str; 11] = [
+pub const RECIPE_OVERRIDES: [&str; 12] = [
     "encoder.normalize",
+    "step.precision",
     "step.query_chunk_size",
     "step.passage_chunk_size",
     "step.query_chunk_tokens",
@@ -207,6 +220,7 @@ impl Default for RerankerConfig {
                 layout: RECIPE_LAYOUT,
                 query_chunk_tokens: Some(RECIPE_CHUNK_TOKENS),
                 passage_chunk_tokens: Some(RECIPE_CHUNK_TOKENS),
+                precision: RECIPE_PRECISION,
                 ..StepConfig::default()
             },
             train: TrainConfig { learning_rate: RECIPE_LEARNING_RATE, lr_multipliers: recipe_lr_multipliers(), checkpoint_every: RECIPE_CHECKPOINT_EVERY, ..TrainConfig::default() },
@@ -541,6 +555,10 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     // here leaves an existing run folder as it was.
     c.validate()?;
     let device = parse_device(&c.device)?;
+    // `auto` is decided here, once, for the device: config.json, the
+    // resume fingerprint and the bundle record what ran.
+    let precision = c.step.precision.resolve(device);
+    let c = &RerankerConfig { step: StepConfig { precision: precision.chosen, ..c.step.clone() }, ..c.clone() };
     let (rank, ranks) = (world.rank(), world.world_size());
     let lead = rank == 0;
     if c.batch_size < ranks {
@@ -641,7 +659,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
             evaluated.push(format!("{} {split} {} queries x {} documents", dir.display(), set.queries.len(), set.corpus.len()));
         }
         let evaluated = if evaluated.is_empty() { "no evaluation".to_string() } else { format!("evaluated on {}", evaluated.join(" and ")) };
-        println!("train_reranker: {} training records, {evaluated}, device {device:?}", records.len());
+        println!("train_reranker: {} training records, {evaluated}, device {device:?}, precision {precision}", records.len());
         if let (Some(metric), 0) = (&selected, c.train.eval_every) {
             println!("--select-best {metric} chooses between the evaluations before and after training: --eval-every N evaluates in between");
         }

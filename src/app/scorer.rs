@@ -292,15 +292,17 @@ impl Scorer {
     }
 
     /// The same scorer with its encoders and head run under `precision`'s
-    /// autocast (`bf16`: faster on GPUs with bfloat16 units; scores move by
-    /// bfloat16's rounding). A runtime setting: it is not saved in the
-    /// bundle.
+    /// autocast (`bf16`: faster where the device has bfloat16 units; scores
+    /// move by bfloat16's rounding; `auto`: bf16 where it has them, else
+    /// f32, [`crate::runtime::precision::Precision::resolve`] for the
+    /// scorer's device). A runtime setting: it is not saved in the bundle.
     ///
     /// # Errors
     /// [`GradCacheError::InvalidConfig`] for `f16`.
     pub fn with_precision(mut self, precision: crate::runtime::precision::Precision) -> Result<Self> {
-        precision.validate()?;
-        self.precision = precision;
+        let chosen = precision.resolve(self.device()).chosen;
+        chosen.require_resolved()?;
+        self.precision = chosen;
         Ok(self)
     }
 

@@ -51,7 +51,7 @@ pub struct TrainArgs {
     /// Cut both sides' encoder chunks by a budget of padded tokens (items ×
     /// the chunk's longest) instead of by items: short texts go in large
     /// chunks, long ones in small (sorts by length; replaces the chunk
-    /// sizes; the recipe's default is 768).
+    /// sizes; the recipe's default is 512).
     #[arg(long)]
     pub chunk_tokens: Option<usize>,
     /// The same for query chunks only (over --chunk-tokens).
@@ -69,7 +69,9 @@ pub struct TrainArgs {
     /// (needs `--memory` with a budget; `--chunk-size` is then ignored).
     #[arg(long)]
     pub auto_sizes: bool,
-    /// Forward passes under autocast: `f32` (default) or `bf16` (`f16` is
+    /// Forward passes under autocast: `auto` (the recipe's default: bf16
+    /// where the CPU or GPU has bfloat16 units, f32 elsewhere; the run's
+    /// header and config.json say which), `f32` or `bf16` (`f16` is
     /// refused: no loss scaling).
     #[arg(long, value_parser = parse_precision)]
     pub precision: Option<Precision>,
@@ -277,9 +279,10 @@ pub struct RunArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Forward passes under autocast: f32 or bf16 (faster on GPUs with
-    /// bfloat16 units; scores move by its rounding).
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    /// Forward passes under autocast: auto (bf16 where the CPU or GPU has
+    /// bfloat16 units, as this project's AMX CPUs do; f32 elsewhere), f32
+    /// or bf16 (scores move by its rounding: docs/inference.md).
+    #[arg(long, default_value = "auto", value_parser = parse_precision)]
     pub precision: Precision,
 }
 

@@ -65,8 +65,9 @@ pub struct StepConfig {
     /// written win).
     pub auto_sizes: bool,
     /// The encoders' and the head's forward passes under autocast
-    /// ([`Precision`]): `f32` (default) or `bf16`; `f16` is refused (no loss
-    /// scaling).
+    /// ([`Precision`]): `f32` (default) or `bf16`; `auto` in a config
+    /// that a run resolves for its device ([`Precision::resolve`]) before it
+    /// builds the step; `f16` is refused (no loss scaling).
     pub precision: Precision,
 }
 

@@ -106,6 +106,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
     pub fn new(config: StepConfig, query_encoder: &'m QE, passage_encoder: &'m PE, head: &'m dyn ScoringHead, loss: &'m dyn ContrastiveLoss) -> Result<Self> {
         config.validate()?;
+        config.precision.require_resolved()?;
         Ok(GradCache { config, query_encoder, passage_encoder, head, loss, budget: BudgetState::default() })
     }
 

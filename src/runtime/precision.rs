@@ -29,6 +29,33 @@ pub enum Precision {
     /// range needs a loss scale with overflow checks, which gradcache does
     /// not implement; bf16 gives the same speed on hardware that has it.
     F16,
+    /// `bf16` where the device multiplies bfloat16 in hardware (a CPU with
+    /// AMX or AVX-512 BF16, a GPU of compute capability 8.0 or later),
+    /// `f32` elsewhere: chosen by [`Precision::resolve`] for the device a
+    /// run uses, before anything runs (a step refuses an unresolved one).
+    Auto,
+}
+
+/// Why [`Precision::resolve`] chose what it chose, for a run's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrecisionChoice {
+    /// What was asked for (`auto` or a precision).
+    pub asked: Precision,
+    /// What runs.
+    pub chosen: Precision,
+    /// The device's feature that decided it, e.g. `CPU with amx_bf16`;
+    /// empty when a precision was asked for by name.
+    pub reason: String,
+}
+
+impl std::fmt::Display for PrecisionChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.asked == Precision::Auto {
+            write!(f, "{} (auto: {})", self.chosen.name(), self.reason)
+        } else {
+            f.write_str(self.chosen.name())
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {
@@ -39,7 +66,8 @@ impl std::str::FromStr for Precision {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             "f16" => Ok(Precision::F16),
-            _ => Err(GradCacheError::InvalidConfig { field: "precision", reason: "must be f32, bf16 or f16" }),
+            "auto" => Ok(Precision::Auto),
+            _ => Err(GradCacheError::InvalidConfig { field: "precision", reason: "must be auto, f32, bf16 or f16" }),
         }
     }
 }
@@ -59,6 +87,44 @@ impl Precision {
         }
     }
 
+    /// Refuses `auto`, which only [`Precision::resolve`] turns into what
+    /// runs (the step and the scorer call it before running anything).
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] naming `precision`.
+    pub fn require_resolved(&self) -> Result<()> {
+        match self {
+            Precision::Auto => Err(GradCacheError::InvalidConfig {
+                field: "precision",
+                reason: "auto must be resolved for a device first (Precision::resolve)",
+            }),
+            _ => self.validate(),
+        }
+    }
+
+    /// Its name as configs and flags spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+            Precision::Auto => "auto",
+        }
+    }
+
+    /// The precision to run on `device`: `auto` becomes `bf16` where the
+    /// device has bfloat16 matrix units ([`bf16_units`]) and `f32`
+    /// elsewhere; any other precision stays as asked.
+    pub fn resolve(self, device: tch::Device) -> PrecisionChoice {
+        match self {
+            Precision::Auto => match bf16_units(device) {
+                Some(reason) => PrecisionChoice { asked: self, chosen: Precision::Bf16, reason },
+                None => PrecisionChoice { asked: self, chosen: Precision::F32, reason: format!("{} without bfloat16 units", device_name(device)) },
+            },
+            p => PrecisionChoice { asked: p, chosen: p, reason: String::new() },
+        }
+    }
+
     /// The element kind autocast multiplies matrices in under this
     /// precision: `Float` for f32, `BFloat16` for bf16, `Half` for f16.
     pub fn matmul_kind(&self) -> tch::Kind {
@@ -66,6 +132,7 @@ impl Precision {
             Precision::F32 => tch::Kind::Float,
             Precision::Bf16 => tch::Kind::BFloat16,
             Precision::F16 => tch::Kind::Half,
+            Precision::Auto => tch::Kind::Float,
         }
     }
 
@@ -79,7 +146,7 @@ impl Precision {
         let dtype = match self {
             Precision::F32 => return f(),
             Precision::Bf16 => BFLOAT16,
-            Precision::F16 => return Err(self.validate().expect_err("f16 is refused")),
+            Precision::F16 | Precision::Auto => return Err(self.require_resolved().expect_err("f16 and auto are refused")),
         };
         let _guard = Autocast::enter(dtype)?;
         f()
@@ -104,6 +171,41 @@ impl Precision {
         }
         let _scope = CacheScope::enter()?;
         f()
+    }
+}
+
+/// The CPU flags that mean bfloat16 matrix units (Linux names).
+pub const CPU_BF16_FLAGS: [&str; 2] = ["amx_bf16", "avx512_bf16"];
+
+/// Which of `device`'s features multiplies bfloat16 in hardware, in words
+/// (`CPU with amx_bf16`, `GPU of compute capability 9.0`), or `None`.
+/// CPUs are read from `/proc/cpuinfo`'s flags (none found off Linux); a
+/// GPU from its compute capability (8.0, Ampere, or later).
+pub fn bf16_units(device: tch::Device) -> Option<String> {
+    match device {
+        tch::Device::Cpu => {
+            let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+            cpu_bf16_flag(&info).map(|flag| format!("CPU with {flag}"))
+        }
+        tch::Device::Cuda(_) => {
+            let (major, minor) = crate::runtime::gpu::device_info(device).ok()?.capability;
+            (major >= 8).then(|| format!("GPU of compute capability {major}.{minor}"))
+        }
+        _ => None,
+    }
+}
+
+/// The first of [`CPU_BF16_FLAGS`] on the `flags` line of a
+/// `/proc/cpuinfo` text.
+pub fn cpu_bf16_flag(cpuinfo: &str) -> Option<&'static str> {
+    let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags"))?.split_once(':')?.1.split_whitespace().collect();
+    CPU_BF16_FLAGS.into_iter().find(|f| flags.contains(f))
+}
+
+fn device_name(device: tch::Device) -> &'static str {
+    match device {
+        tch::Device::Cpu => "CPU",
+        _ => "GPU",
     }
 }
 

@@ -469,7 +469,7 @@ fn load(config: &ServeConfig) -> Result<(Scorer, router::Loaded)> {
     let info = types::Info {
         model_id: name.clone(),
         model_sha: None,
-        model_dtype: match config.precision {
+        model_dtype: match scorer.precision() {
             Precision::Bf16 => "bfloat16".into(),
             _ => "float32".into(),
         },
