@@ -85,7 +85,9 @@ fn bundle(dir: &std::path::Path) -> Scorer {
         }
     });
     scorer.save(&dir.join("model")).unwrap();
-    scorer
+    // In process at the commands' default precision (`auto`: bf16 on a CPU
+    // with bfloat16 units), which the comparisons below hold them to.
+    scorer.with_precision(gradcache::runtime::precision::Precision::Auto).unwrap()
 }
 
 #[test]

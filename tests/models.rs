@@ -362,7 +362,8 @@ fn xlmr_trains_evaluates_and_exports_from_the_cli() {
     let texts: &Vec<String> = &fx.reference.texts.iter().filter(|t| !t.is_empty()).cloned().collect();
     let input: String = texts.iter().map(|t| serde_json::to_string(t).unwrap() + "\n").collect();
     std::fs::write(work.join("texts.jsonl"), input).unwrap();
-    run(&["encode", "--model", bundle.to_str().unwrap(), "--input", &w("texts.jsonl"), "--output", &w("emb.safetensors"), "--quiet", "--device", "cpu"]);
+    // In f32, the precision sentence-transformers runs the export in.
+    run(&["encode", "--model", bundle.to_str().unwrap(), "--input", &w("texts.jsonl"), "--output", &w("emb.safetensors"), "--quiet", "--device", "cpu", "--precision", "f32"]);
     let ours = gradcache::models::weights::read_safetensors(&work.join("emb.safetensors")).unwrap();
     let ours = &ours.iter().find(|(k, _)| k == "embeddings").unwrap().1;
     let theirs = st_encode(&work.join("st"), texts);

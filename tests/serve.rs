@@ -36,7 +36,9 @@ fn bundle(dir: &Path, head: &str) -> (PathBuf, Scorer) {
     });
     let out = dir.join(format!("model-{head}"));
     scorer.save(&out).unwrap();
-    (out, scorer)
+    // In process at the server's default precision (`auto`: bf16 on a CPU
+    // with bfloat16 units), which the comparisons hold it to.
+    (out, scorer.with_precision(gradcache::runtime::precision::Precision::Auto).unwrap())
 }
 
 /// A server process; killed when dropped. Started with fault injection
