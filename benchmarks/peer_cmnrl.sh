@@ -8,6 +8,8 @@
 #
 # PRECISIONS="f32 bf16" runs each side in each precision (gradcache's
 # --precision bf16, the peer's torch.autocast("cpu", torch.bfloat16)).
+# TOKENS=N cuts gradcache's chunks by N padded tokens (its best setting)
+# while the peer keeps mini-batches of CHUNK texts (its best).
 #
 #   benchmarks/peer_cmnrl.sh [ROUNDS]      (BATCHES="32 128 512" CHUNK=16 PRECISIONS=f32 by default)
 set -euo pipefail
@@ -25,11 +27,11 @@ for round in $(seq "$rounds"); do
     for batch in $batches; do
         for precision in $precisions; do
             echo "[peer_cmnrl] round $round batch $batch $precision" >&2
-            "$bin" --batch "$batch" --chunk "$chunk" --precision "$precision" --write-triples "$triples" >> "$out.tmp"
+            "$bin" --batch "$batch" --chunk "$chunk" ${TOKENS:+--chunk-tokens "$TOKENS"} --precision "$precision" --write-triples "$triples" >> "$out.tmp"
             ./.python benchmarks/peers/st_cmnrl.py --triples "$triples" --chunk "$chunk" --precision "$precision" 2>/dev/null >> "$out.tmp"
         done
     done
 done
 mv "$out.tmp" "$out"
-./.python benchmarks/peer_report.py "$out" "benchmarks/peer_cmnrl.sh $rounds (BATCHES=\"$batches\" CHUNK=$chunk PRECISIONS=\"$precisions\")" > "$name.md"
+./.python benchmarks/peer_report.py "$out" "benchmarks/peer_cmnrl.sh $rounds (BATCHES=\"$batches\" CHUNK=$chunk${TOKENS:+ TOKENS=$TOKENS} PRECISIONS=\"$precisions\")" > "$name.md"
 cat "$name.md"

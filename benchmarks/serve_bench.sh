@@ -9,6 +9,10 @@
 #
 #   benchmarks/serve_bench.sh [BUNDLE]   (default runs/train_reranker/model;
 #                                         SECONDS=20 per configuration)
+#
+# PRECISIONS="f32 bf16" serves with dynamic batching once per precision
+# (`--precision P`) instead of the three batching modes, into
+# OUT=docs/results/serve_bench_precision (the in-process ceiling row is f32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/gradcache.sh setup
@@ -32,7 +36,8 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open("$work/body.json", "rb"); wrk.body = f:read("*a"); f:close()
 LUA
-out=docs/results/serve_bench.jsonl
+name="${OUT:-docs/results/serve_bench}"
+out="$name.jsonl"
 : > "$out.tmp"
 ./target/release/examples/bench_serve_inprocess --model "$model" --body "$work/body.json" --seconds "$seconds" >> "$out.tmp"
 serve() { # $1: label, then extra flags
@@ -65,11 +70,15 @@ PY
     done
     kill -TERM "$pid"; wait "$pid" || true
 }
-serve "served, dynamic batching (defaults)"
-serve "served, one request's pairs per batch" --max-batch-requests 100
-serve "served, one pair per batch" --max-batch-requests 1
+if [ -n "${PRECISIONS:-}" ]; then
+    for p in $PRECISIONS; do serve "served, dynamic batching, $p" --precision "$p"; done
+else
+    serve "served, dynamic batching (defaults)"
+    serve "served, one request's pairs per batch" --max-batch-requests 100
+    serve "served, one pair per batch" --max-batch-requests 1
+fi
 mv "$out.tmp" "$out"
-./.python - "$out" docs/results/serve_bench.md "$model" "$seconds" <<'PY'
+./.python - "$out" "$name.md" "$model" "$seconds" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ceiling = rows[0]["pairs_per_s"]

@@ -81,9 +81,9 @@ pub const RECIPE_LEARNING_RATE: f64 = 3e-5;
 /// The recipe's precision: `auto`, bf16 where the device multiplies it in
 /// hardware and f32 elsewhere ([`Precision::resolve`]), where the library
 /// stays f32 (its exactness tests compare in f32/f64). On this project's
-/// CPUs (AMX) the main job's step runs in PRECISION_STEP_RATIO of its f32
-/// time with dev and test metrics within the f32 seeds' spread
-/// (docs/benchmarks.md, docs/training.md).
+/// CPUs (AMX) the main job's step runs in 0.42× its f32 time with dev and
+/// test metrics within the f32 seeds' spread (docs/benchmarks.md,
+/// "bf16 on AMX").
 pub const RECIPE_PRECISION: Precision = Precision::Auto;
 
 /// The recipe checkpoints every 40 steps (the library's default, 0, only at
