@@ -182,6 +182,44 @@ fn one_two_and_three_processes_equal_the_full_batch_step_and_catch_local_targets
     }
 }
 
+/// Under bf16 autocast the distributed step (one process here; two in
+/// `a_two_process_training_run_writes_the_weights_of_a_one_process_run`,
+/// which trains in bf16) equals the full-batch step under the same
+/// autocast by tests/precision.rs's criterion: the same loss, and a
+/// gradient distance under a tenth of what bf16 itself moves against f32
+/// (per parameter this tiny encoder's bf16 rounding reaches 2e-3 of the
+/// largest gradient in the single-process step as well).
+#[test]
+fn one_process_equals_the_full_batch_step_under_bf16() {
+    use gradcache::check::{zero_grads, GradientSnapshot};
+    use gradcache::runtime::precision::Precision;
+    let _serial = serial();
+    let layout = gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 };
+    for head in [HeadKind::Mlp, HeadKind::Interaction] {
+        let model = Model::new(head, true, Kind::Float, 0.2);
+        let data = data(5, 2, LossKind::InfoNce, 3);
+        let loss = loss(LossKind::InfoNce);
+        let run = |precision: Precision, distributed: bool| {
+            let mut gc = model.step(StepConfig { layout, precision, ..StepConfig::default() }, loss.as_ref());
+            zero_grads(&model.vs);
+            tch::manual_seed(7);
+            let out = if distributed {
+                gc.distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap()
+            } else {
+                gc.full_batch_step(&data.queries, &data.passages, &data.targets).unwrap()
+            };
+            (out.loss, GradientSnapshot::take(&model.vs).unwrap())
+        };
+        let (ours_loss, ours) = run(Precision::Bf16, true);
+        let (full_loss, full) = run(Precision::Bf16, false);
+        let (f32_loss, f32_full) = run(Precision::F32, false);
+        let (step, precision) = (ours.relative_distance(&full).unwrap(), full.relative_distance(&f32_full).unwrap());
+        assert!((ours_loss - full_loss).abs() <= 1e-6 * full_loss.abs().max(1.0), "{head:?}: losses {ours_loss} vs {full_loss}");
+        assert!((full_loss - f32_loss).abs() > 1e-6, "{head:?}: bf16 loss equals f32's: autocast is off");
+        assert!(step <= 0.1 * precision, "{head:?}: the distributed step's difference ({step:.2e}) is not small against bf16's own ({precision:.2e})");
+    }
+}
+
 /// A small recipe run's config: a 1-layer width-32 BERT, eight JSONL
 /// records, batches of 4 queries in chunks of 2 (so each of 2 processes
 /// holds whole chunks, and draws the same dropout streams as one process).
@@ -212,6 +250,9 @@ fn small_recipe(dir: &std::path::Path) -> gradcache::app::recipe::RerankerConfig
     // each process's share, a different cut from one process's).
     c.step.query_chunk_tokens = None;
     c.step.passage_chunk_tokens = None;
+    // The processes' step in bf16 whatever the machine (the recipe's auto
+    // would pick f32 where the CPU lacks bfloat16 units).
+    c.step.precision = gradcache::runtime::precision::Precision::Bf16;
     c.train.steps = 3;
     c.train.checkpoint_every = 1;
     c.train.progress = false;
@@ -331,3 +372,4 @@ fn a_two_process_run_resumed_under_two_processes_ends_like_an_uninterrupted_one(
         assert!(x.equal(y), "{name} differs after the resume");
     }
 }
+
