@@ -79,7 +79,7 @@ fn run(head: &str, config: StepConfig, full: bool) -> gradcache::Result<(f64, Gr
 #[test]
 fn bf16_two_cache_equals_the_full_batch_under_the_same_autocast() {
     let _serial = serial();
-    for head in ["mlp", "max_sim", "interaction", "dot"] {
+    for head in ["dot", "cosine", "bilinear", "mlp", "max_sim", "weighted_max_sim", "poly", "interaction"] {
         let (cached_loss, cached) = run(head, config(Precision::Bf16), false).unwrap();
         let (full_loss, full) = run(head, config(Precision::Bf16), true).unwrap();
         let (f32_loss, f32_full) = run(head, config(Precision::F32), true).unwrap();
