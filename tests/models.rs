@@ -166,6 +166,48 @@ fn two_cache_step_is_exact_through_xlmr_and_modernbert_with_dropout() {
     }
 }
 
+/// The same step under bf16 autocast through XLM-R and ModernBERT (f32
+/// weights, dropout on): equal to the full-batch step under the same
+/// autocast by tests/precision.rs's criterion (the same loss; a gradient
+/// distance under a tenth of bf16's own against f32), and autocast ran.
+#[test]
+fn two_cache_step_under_bf16_equals_the_full_batch_through_xlmr_and_modernbert() {
+    use gradcache::check::{zero_grads, GradientSnapshot};
+    use gradcache::runtime::precision::Precision;
+    use gradcache::{GradCache, InfoNce, StepConfig, Targets};
+    let _serial = serial();
+    for name in ["xlmr", "modernbert"] {
+        let model = ModelDir::open(model_path(name)).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = TextEncoderConfig { pooling: Some(Pooling::Mean), projection: Some(16), normalize: Some(true), ..Default::default() };
+        let (enc, _) = config.init_pretrained(&vs, "encoder", &model).unwrap();
+        let head = MlpHeadConfig { dim: 16, hidden: 8, dropout: 0.1, residual: None }.init(&(vs.root() / "head")).unwrap();
+        let tok = model.tokenizer(16).unwrap();
+        let queries = tok.encode(&["a bank of a river", "Geld auf der Bank", "銀行の岸", "a bank of switches 🙂"]).unwrap();
+        let passages = tok
+            .encode(&["sloping land beside water", "a financial institution", "tip laterally", "an arrangement in a row", "a container for coins", "a flight maneuver", "a long ridge", "the funds held by a gambling house"])
+            .unwrap();
+        let targets = Targets::grouped(4, 8, 2).unwrap();
+        let loss = InfoNce { temperature: 0.5, symmetric: false };
+        let layout = Layout { query_chunk_size: 3, passage_chunk_size: 3, head_block_queries: 3, head_block_passages: 5 };
+        let run = |precision: Precision, full: bool| {
+            let mut gc = GradCache::tied(StepConfig { layout, precision, ..StepConfig::default() }, &enc, &head, &loss).unwrap();
+            zero_grads(&vs);
+            tch::manual_seed(5);
+            let out = if full { gc.full_batch_step(&queries, &passages, &targets) } else { gc.step(&queries, &passages, &targets) }.unwrap();
+            (out.loss, GradientSnapshot::take(&vs).unwrap())
+        };
+        let (cached_loss, cached) = run(Precision::Bf16, false);
+        let (full_loss, full) = run(Precision::Bf16, true);
+        let (f32_loss, f32_full) = run(Precision::F32, true);
+        let (step, precision) = (cached.relative_distance(&full).unwrap(), full.relative_distance(&f32_full).unwrap());
+        eprintln!("{name}: two-cache vs full batch under bf16 {step:.2e}; bf16 vs f32 {precision:.2e}");
+        assert!((cached_loss - full_loss).abs() <= 1e-6 * full_loss.abs().max(1.0), "{name}: losses {cached_loss} vs {full_loss}");
+        assert!((full_loss - f32_loss).abs() > 1e-6 || precision > 1e-3, "{name}: bf16 changed nothing against f32: autocast is off");
+        assert!(step <= 0.1 * precision, "{name}: the two-cache step's difference ({step:.2e}) is not small against bf16's own ({precision:.2e})");
+    }
+}
+
 fn cosine_bundle_config() -> ModelConfig {
     ModelConfig::new(TextEncoderConfig::default(), 24, true, HeadConfig::Cosine(Default::default()), Layout::default())
 }
