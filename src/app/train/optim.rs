@@ -12,7 +12,9 @@ use crate::models::weights::{read_safetensors, write_bytes_atomically};
 
 /// AdamW (Loshchilov & Hutter) as PyTorch computes it: decoupled weight
 /// decay `p ← p·(1 − lr·wd)`, then `p ← p − lr·m̂/(√v̂ + ε)`. Parameters with
-/// one dimension (biases, LayerNorm) get no weight decay.
+/// one dimension (biases, LayerNorm) get no weight decay. Float32 CPU
+/// variables are updated in one fused pass over memory; others through
+/// tensor ops in place.
 #[derive(Debug)]
 pub struct AdamW {
     /// β₁, β₂.
@@ -65,19 +67,10 @@ impl AdamW {
                     Some(mv) => mv,
                     None => self.moments.entry(name.clone()).or_insert((p.f_zeros_like()?, p.f_zeros_like()?)),
                 };
-                // PyTorch's single-tensor AdamW, in place: one temporary
-                // (the denominator) per variable instead of one per term,
-                // which on the main job cut the update from 0.15 to 0.03 s.
-                if p.dim() > 1 && self.weight_decay > 0.0 {
-                    let _ = p.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
-                }
-                let _ = m.f_lerp_(&g, 1.0 - b1)?;
-                let _ = v.f_mul_scalar_(b2)?.f_addcmul_(&g.f_mul_scalar(1.0 - b2)?, &g)?;
-                // tch's addcdiv_ has no scale: p + m / (denom · (−c1/lr)) is
-                // p − (lr/c1)·m/denom.
-                if lr != 0.0 {
-                    let mut denom = v.f_sqrt()?.f_div_scalar_(c2.sqrt())?.f_add_scalar_(self.eps)?;
-                    let _ = p.f_addcdiv_(m, &denom.f_mul_scalar_(-c1 / lr)?)?;
+                let decay = if p.dim() > 1 { self.weight_decay } else { 0.0 };
+                let h = Hyper { lr, b1, b2, eps: self.eps, decay, c1, c2 };
+                if !fused_f32(&mut p, &g, m, v, h)? {
+                    tensor_update(&mut p, &g, m, v, h)?;
                 }
             }
             Ok(())
@@ -199,4 +192,81 @@ pub fn clip_grad_norm(vs: &nn::VarStore, max_norm: Option<f64>) -> Result<f64> {
         }
     }
     Ok(norm)
+}
+
+/// One update's constants: the learning rate, β₁, β₂, ε, the weight decay
+/// of this variable, and the bias corrections `1 − βᵗ`.
+#[derive(Debug, Clone, Copy)]
+struct Hyper {
+    lr: f64,
+    b1: f64,
+    b2: f64,
+    eps: f64,
+    decay: f64,
+    c1: f64,
+    c2: f64,
+}
+
+/// PyTorch's single-tensor AdamW in tensor ops, in place (one temporary, the
+/// denominator): any dtype and device.
+fn tensor_update(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, h: Hyper) -> crate::error::Result<()> {
+    if h.decay > 0.0 {
+        let _ = p.f_mul_scalar_(1.0 - h.lr * h.decay)?;
+    }
+    let _ = m.f_lerp_(g, 1.0 - h.b1)?;
+    let _ = v.f_mul_scalar_(h.b2)?.f_addcmul_(&g.f_mul_scalar(1.0 - h.b2)?, g)?;
+    // tch's addcdiv_ has no scale: p + m / (denom · (−c1/lr)) is
+    // p − (lr/c1)·m/denom.
+    if h.lr != 0.0 {
+        let mut denom = v.f_sqrt()?.f_div_scalar_(h.c2.sqrt())?.f_add_scalar_(h.eps)?;
+        let _ = p.f_addcdiv_(m, &denom.f_mul_scalar_(-h.c1 / h.lr)?)?;
+    }
+    Ok(())
+}
+
+/// The same update in one pass over contiguous float32 CPU tensors (the
+/// tensor ops make about 20 passes over memory, 0.05 s a step on the main
+/// job), on two threads; `false` (nothing done) for anything else.
+fn fused_f32(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, h: Hyper) -> crate::error::Result<bool> {
+    let all = [&*p, g, &*m, &*v];
+    if !all.iter().all(|t| t.kind() == tch::Kind::Float && t.device() == tch::Device::Cpu && t.is_contiguous() && t.size() == p.size()) {
+        return Ok(false);
+    }
+    let n = p.numel();
+    // SAFETY: four distinct contiguous float32 CPU tensors of `n` elements
+    // each (m and v are this optimizer's own buffers, g is p's gradient);
+    // nothing else touches them during the update (autograd is off, the
+    // caller holds the only handles).
+    let (ps, gs, ms, vs) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(p.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(g.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts_mut(v.data_ptr() as *mut f32, n),
+        )
+    };
+    let (shrink, w1, b2, w2) = ((1.0 - h.lr * h.decay) as f32, (1.0 - h.b1) as f32, h.b2 as f32, (1.0 - h.b2) as f32);
+    let (sqrt_c2, eps, step) = (h.c2.sqrt() as f32, h.eps as f32, (h.lr / h.c1) as f32);
+    let decay = h.decay > 0.0;
+    let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+        for i in 0..p.len() {
+            if decay {
+                p[i] *= shrink;
+            }
+            m[i] += w1 * (g[i] - m[i]);
+            v[i] = v[i] * b2 + w2 * g[i] * g[i];
+            if step != 0.0 {
+                p[i] -= step * m[i] / (v[i].sqrt() / sqrt_c2 + eps);
+            }
+        }
+    };
+    let threads = if n >= 1 << 16 { 2 } else { 1 };
+    let piece = n.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let parts = ps.chunks_mut(piece).zip(gs.chunks(piece)).zip(ms.chunks_mut(piece)).zip(vs.chunks_mut(piece));
+        for (((p, g), m), v) in parts {
+            scope.spawn(move || update(p, g, m, v));
+        }
+    });
+    Ok(true)
 }
