@@ -250,7 +250,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         };
         // Retained chunks run with autograd among chunks without: each
         // region then casts its own weights.
-        if plan.retained().query_chunks + plan.retained().passage_chunks == 0 {
+        let retained = plan.retained();
+        if retained.query_chunks + retained.passage_chunks == 0 {
             tch::no_grad(|| fwd.precision.casting_once(pass))
         } else {
             tch::no_grad(pass)

@@ -148,12 +148,10 @@ impl Precision {
             Precision::Bf16 => BFLOAT16,
             Precision::F16 | Precision::Auto => return Err(self.require_resolved().expect_err("f16 and auto are refused")),
         };
-        let _guard = Autocast::enter(dtype)?;
+        let _guard = Autocast::enter(Some(dtype))?;
         f()
     }
-}
 
-impl Precision {
     /// Runs `f`, in which several [`Precision::run`] regions may follow one
     /// another, with autocast's cast cache kept across them: each float32
     /// weight is cast to bfloat16 once for all of `f` instead of once per
@@ -169,7 +167,7 @@ impl Precision {
         if *self != Precision::Bf16 {
             return f();
         }
-        let _scope = CacheScope::enter()?;
+        let _scope = Autocast::enter(None)?;
         f()
     }
 }
@@ -209,30 +207,6 @@ fn device_name(device: tch::Device) -> &'static str {
     }
 }
 
-/// Keeps autocast's cast cache alive while alive (one nesting level, the
-/// autocast state itself unchanged).
-struct CacheScope {
-    state: (c_int, c_int),
-}
-
-impl CacheScope {
-    fn enter() -> Result<CacheScope> {
-        let (mut enabled, mut kind) = (0, 0);
-        // SAFETY: valid out-pointers and error buffer.
-        shim("autocast state", |e, l| unsafe { gradcache_autocast_get(CPU, &mut enabled, &mut kind, e, l) })?;
-        // SAFETY: only the error buffer is a pointer.
-        shim("autocast", |e, l| unsafe { gradcache_autocast_set(CPU, enabled, kind, 1, e, l) })?;
-        Ok(CacheScope { state: (enabled, kind) })
-    }
-}
-
-impl Drop for CacheScope {
-    fn drop(&mut self) {
-        // SAFETY: as in `enter`; nothing to report from a destructor.
-        let _ = shim("autocast", |e, l| unsafe { gradcache_autocast_set(CPU, self.state.0, self.state.1, -1, e, l) });
-    }
-}
-
 extern "C" {
     fn gradcache_autocast_get(device_type: c_int, enabled: *mut c_int, dtype: *mut c_int, err: *mut c_char, len: usize) -> c_int;
     fn gradcache_autocast_set(device_type: c_int, enabled: c_int, dtype: c_int, nesting: c_int, err: *mut c_char, len: usize) -> c_int;
@@ -244,13 +218,15 @@ const BFLOAT16: c_int = 15;
 const CPU: c_int = 0;
 const CUDA: c_int = 1;
 
-/// Autocast on for the CPU and CUDA while alive; restores what was there.
+/// One autocast nesting level for the CPU and CUDA while alive, autocast
+/// on with dtype `code` (`None`: each device's state left as it is, only
+/// the cast cache kept alive); restores what was there.
 struct Autocast {
     previous: [(c_int, c_int, c_int); 2],
 }
 
 impl Autocast {
-    fn enter(code: c_int) -> Result<Autocast> {
+    fn enter(code: Option<c_int>) -> Result<Autocast> {
         let mut previous = [(CPU, 0, 0), (CUDA, 0, 0)];
         for p in previous.iter_mut() {
             let (mut enabled, mut kind) = (0, 0);
@@ -258,11 +234,12 @@ impl Autocast {
             shim("autocast state", |e, l| unsafe { gradcache_autocast_get(p.0, &mut enabled, &mut kind, e, l) })?;
             (p.1, p.2) = (enabled, kind);
         }
-        for (i, &(device, _, _)) in previous.iter().enumerate() {
+        for (i, &(device, enabled, kind)) in previous.iter().enumerate() {
             // One nesting level for the pair.
             let nesting = if i == 0 { 1 } else { 0 };
+            let (enabled, kind) = code.map_or((enabled, kind), |code| (1, code));
             // SAFETY: only the error buffer is a pointer.
-            shim("autocast", |e, l| unsafe { gradcache_autocast_set(device, 1, code, nesting, e, l) })?;
+            shim("autocast", |e, l| unsafe { gradcache_autocast_set(device, enabled, kind, nesting, e, l) })?;
         }
         Ok(Autocast { previous })
     }
