@@ -4,7 +4,7 @@
 # `perf record` for SECONDS (default 12) from its fifth step on (after
 # loading, the first evaluation and the warm-up steps), then perf's
 # self-time per symbol grouped into operator families (oneDNN's JIT
-# kernels, the bf16 matmuls on AMX; MKL sgemm; OpenMP waits; kernel time,
+# kernels, the bf16 matmuls; MKL sgemm; OpenMP waits; kernel time,
 # mostly page faults; casts; softmax; element-wise; allocator; optimizer).
 # The per-pass split is in the run's metrics.jsonl (pass_seconds). Needs
 # `perf` and kernel.perf_event_paranoid <= 2.
@@ -31,7 +31,7 @@ python3 - "$dir.symbols" "$dir/metrics.jsonl" "$precision" "benchmarks/step_prof
 import collections, json, re, statistics, sys
 symbols, metrics, precision, command, commit = sys.argv[1:]
 groups = [
-    ("oneDNN JIT kernels (bf16 matmuls on AMX)", r"\[JIT\]"),
+    ("oneDNN JIT kernels (bf16 matmuls)", r"\[JIT\]"),
     ("oneDNN / brgemm library code", r"brg|amx|dnnl|onednn|mkldnn"),
     ("MKL sgemm (f32 matmuls)", r"sgemm|mkl_blas"),
     ("MKL vector math and RNG (dropout masks)", r"mkl_vml|mkl_vsl"),

@@ -81,9 +81,9 @@ pub const RECIPE_LEARNING_RATE: f64 = 3e-5;
 /// The recipe's precision: `auto`, bf16 where the device multiplies it in
 /// hardware and f32 elsewhere ([`Precision::resolve`]), where the library
 /// stays f32 (its exactness tests compare in f32/f64). On this project's
-/// CPUs (AMX) the main job's step runs in 0.42× its f32 time with dev and
+/// CPUs (AVX-512 BF16) the main job's step runs in 0.42× its f32 time with dev and
 /// test metrics within the f32 seeds' spread (docs/benchmarks.md,
-/// "bf16 on AMX").
+/// "bf16 on the CPU").
 pub const RECIPE_PRECISION: Precision = Precision::Auto;
 
 /// The recipe checkpoints every 40 steps (the library's default, 0, only at
@@ -743,7 +743,7 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         }
     }
     // What the machine's matrix multiply reaches in the step's precision
-    // (bf16 runs several times faster on AMX), for the steps' rates to be
+    // (bf16 runs several times faster on bf16 units), for the steps' rates to be
     // read against (a third of a second, before training).
     let matmul = if lead { crate::runtime::matmul_gflops(device, crate::runtime::MATMUL_PROBE_SHAPE, c.step.precision.matmul_kind(), 0.3).ok() } else { None };
     let summary = trainer.run(

@@ -280,7 +280,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Forward passes under autocast: auto (bf16 where the CPU or GPU has
-    /// bfloat16 units, as this project's AMX CPUs do; f32 elsewhere), f32
+    /// bfloat16 units, as this project's CPUs do; f32 elsewhere), f32
     /// or bf16 (scores move by its rounding: docs/inference.md).
     #[arg(long, default_value = "auto", value_parser = parse_precision)]
     pub precision: Precision,
