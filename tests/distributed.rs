@@ -102,7 +102,7 @@ fn one_process_against_full_batch(head: HeadKind, config: StepConfig) -> (gradca
 fn one_process_equals_the_full_batch_step() {
     let _serial = serial();
     let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 }, ..StepConfig::default() };
-    for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::Interaction] {
+    for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::Interaction, HeadKind::Mol] {
         let (_, _, c) = one_process_against_full_batch(head, config.clone());
         assert_exact(&c, F64_TOL, &format!("{head:?}, one process"));
     }
@@ -176,7 +176,7 @@ fn one_two_and_three_processes_equal_the_full_batch_step_and_catch_local_targets
         assert!(out.status.success(), "mpirun -np {ranks} failed:\n{stdout}\n{stderr}");
         // Every rank reported every case, and the control was caught.
         let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("rank ")).collect();
-        assert_eq!(lines.iter().filter(|l| l.ends_with(": ok")).count(), 12 * ranks, "{stdout}");
+        assert_eq!(lines.iter().filter(|l| l.ends_with(": ok")).count(), 14 * ranks, "{stdout}");
         let controls = if ranks > 1 { ranks } else { 0 };
         assert_eq!(lines.iter().filter(|l| l.ends_with("caught (ok)")).count(), controls, "{stdout}");
     }

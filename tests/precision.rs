@@ -79,7 +79,7 @@ fn run(head: &str, config: StepConfig, full: bool) -> gradcache::Result<(f64, Gr
 #[test]
 fn bf16_two_cache_equals_the_full_batch_under_the_same_autocast() {
     let _serial = serial();
-    for head in ["dot", "cosine", "bilinear", "mlp", "max_sim", "weighted_max_sim", "poly", "interaction"] {
+    for head in HeadConfig::NAMES {
         let (cached_loss, cached) = run(head, config(Precision::Bf16), false).unwrap();
         let (full_loss, full) = run(head, config(Precision::Bf16), true).unwrap();
         let (f32_loss, f32_full) = run(head, config(Precision::F32), true).unwrap();
@@ -117,11 +117,11 @@ fn the_replay_check_catches_an_unreplayed_mask_under_bf16() {
     let mut scores = gc.score_pass(&reps, &plan, &seeds).unwrap();
     let cache = gc.distance_gradient_cache(&scores, &b.targets).unwrap();
     // Replayed: passes.
-    let (grads, _) = gc.head_pass(&reps, &mut scores, &cache.weights, &plan, &seeds).unwrap();
+    let (grads, _) = gc.head_pass(&reps, &mut scores, &cache, &plan, &seeds).unwrap();
     gc.encoder_pass(&b.queries, &b.passages, &mut reps, &grads, &plan, &seeds).unwrap();
     // Not replayed (other streams in the second passes): caught.
     let other = seeds.child(777);
-    match gc.head_pass(&reps, &mut scores, &cache.weights, &plan, &other).and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &mut reps, &g, &plan, &other)) {
+    match gc.head_pass(&reps, &mut scores, &cache, &plan, &other).and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &mut reps, &g, &plan, &other)) {
         Err(GradCacheError::ReplayMismatch { max_abs_diff, tolerance, .. }) => assert!(max_abs_diff > tolerance),
         other => panic!("expected a replay mismatch under bf16, got {other:?}"),
     }

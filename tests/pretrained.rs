@@ -303,8 +303,8 @@ print(json.dumps(out))
 /// use) against torch.utils.flop_counter over the same computation written
 /// in PyTorch: the interaction block (cross-attention from the query's
 /// tokens to the passage's, self-attention of the first position, its
-/// feed-forward layer and score), the MLP over pair features, MaxSim and
-/// the poly-encoder, at one block shape with padded token matrices.
+/// feed-forward layer and score), the MLP over pair features, MaxSim, the
+/// poly-encoder and Mixture of Logits, at one block shape with padded token matrices.
 #[test]
 fn head_flops_match_torchs_flop_counter() {
     use gradcache::models::heads::{InteractionConfig, MaxSimHead, PolyEncoderConfig};
@@ -346,7 +346,14 @@ def poly():
     p = v.mean(1)
     w = torch.einsum("amd,bd->abm", qc, p).softmax(-1)
     return torch.einsum("abd,bd->ab", torch.einsum("abm,amd->abd", w, qc), p)
-print(json.dumps({"interaction": count(interaction), "mlp": count(mlp), "max_sim": count(maxsim), "poly": count(poly)}))
+def mol(Pq=3, Px=2, c=5):
+    K = Pq * Px
+    f = torch.nn.functional.normalize(lin(uv, Pq * c).view(a, Pq, c), dim=-1)
+    g = torch.nn.functional.normalize(lin(vv, Px * c).view(b, Px, c), dim=-1)
+    logits = torch.einsum("aic,bjc->abij", f, g).reshape(a, b, K)
+    z = lin(logits, K) + torch.nn.functional.silu(lin(uv, K))[:, None] * lin(vv, K)[None]
+    return (z.softmax(-1) * logits).sum(-1)
+print(json.dumps({"interaction": count(interaction), "mlp": count(mlp), "max_sim": count(maxsim), "poly": count(poly), "mol": count(mol)}))
 "#;
     let python = repo().join(".python");
     let shape = serde_json::to_string(&[a, b, lq, lp, d, h, f, hidden, codes]).unwrap();
@@ -362,11 +369,13 @@ print(json.dumps({"interaction": count(interaction), "mlp": count(mlp), "max_sim
     let interaction = InteractionConfig { dim: d, heads: h, ffn: f, residual: None, ..Default::default() }.init(&(&root / "interaction")).unwrap();
     let mlp = MlpHeadConfig { dim: d, hidden, residual: None, ..Default::default() }.init(&(&root / "mlp")).unwrap();
     let poly = PolyEncoderConfig { dim: d, codes, residual: None, ..Default::default() }.init(&(&root / "poly")).unwrap();
+    let mol = gradcache::models::heads::MolHeadConfig { dim: d, query_components: 3, passage_components: 2, component_dim: 5, residual: None, ..Default::default() }.init(&(&root / "mol")).unwrap();
     let ours = [
         ("interaction", interaction.score_flops(&u, &v)),
         ("mlp", mlp.score_flops(&vectors(a), &vectors(b))),
         ("max_sim", MaxSimHead.score_flops(&u, &v)),
         ("poly", poly.score_flops(&u, &v)),
+        ("mol", mol.score_flops(&vectors(a), &vectors(b))),
     ];
     for (name, ours) in ours {
         let (ours, theirs) = (ours.unwrap(), torch[name]);

@@ -70,7 +70,7 @@ fn token_rep(n: i64, len: i64) -> Representation {
 
 fn learned_heads(residual: Option<ResidualConfig>) -> Vec<HeadConfig> {
     let mut out = Vec::new();
-    for kind in ["bilinear", "mlp", "weighted_max_sim", "poly", "interaction"] {
+    for kind in ["bilinear", "mlp", "weighted_max_sim", "poly", "interaction", "mol"] {
         let mut c = HeadConfig::named(kind, D, 0.3).unwrap();
         *c.residual_slot().expect("a learned head has a residual field") = residual.clone();
         out.push(c);

@@ -376,7 +376,7 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     let mut scores = gc.score_pass(&reps, &plan, &seeds)?;
     let cache = gc.distance_gradient_cache(&scores, &targets)?;
     let other = seeds.child(777);
-    let unreplayed = match gc.head_pass(&reps, &mut scores, &cache.weights, &plan, &other).and_then(|(d, _)| gc.encoder_pass(&queries, &passages, &mut reps, &d, &plan, &other)) {
+    let unreplayed = match gc.head_pass(&reps, &mut scores, &cache, &plan, &other).and_then(|(d, _)| gc.encoder_pass(&queries, &passages, &mut reps, &d, &plan, &other)) {
         Err(e @ GradCacheError::ReplayMismatch { .. }) => format!("caught: {e}"),
         Err(e) => return Err(e),
         Ok(()) => "NOT caught".to_string(),

@@ -37,7 +37,7 @@ pub fn score_corpus<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     tch::no_grad(|| {
         let u = encode_chunks(query_encoder, queries, layout.query_chunk_size, Side::Queries, precision)?;
         let v = encode_chunks(passage_encoder, corpus, layout.passage_chunk_size, Side::Passages, precision)?;
-        Ok(score_grid(head, &u, &v, &layout.grid(u.len(), v.len()), Forward::eval(precision), &|_| ())?.0)
+        Ok(score_grid(head, &u, &v, &layout.grid(u.len(), v.len()), Forward::eval(precision), &|_| ())?.matrix)
     })
 }
 

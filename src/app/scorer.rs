@@ -400,7 +400,7 @@ impl Scorer {
     /// Head errors; [`GradCacheError::HeadShape`].
     pub fn score_representations(&self, queries: &Representation, passages: &Representation) -> Result<Tensor> {
         let grid = self.config.layout.grid(queries.len(), passages.len());
-        Ok(tch::no_grad(|| score_grid(self.head.as_ref(), queries, passages, &grid, Forward::eval(self.precision), &|_| ()))?.0)
+        Ok(tch::no_grad(|| score_grid(self.head.as_ref(), queries, passages, &grid, Forward::eval(self.precision), &|_| ()))?.matrix)
     }
 
     /// Scores every query against every passage.

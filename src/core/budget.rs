@@ -425,7 +425,7 @@ pub fn probe_costs<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
             let (ul, vl) = (u.narrow(0, a)?.detached_leaf()?, v.narrow(0, b)?.detached_leaf()?);
             seeds.enter(Stream::HeadBlock, 0);
             let s = tch::with_grad(|| score_block(head, &ul, &vl, fwd))?;
-            Ok(Box::new((s, ul, vl)))
+            Ok(Box::new((s.scores, s.gates, ul, vl)))
         })?;
         Some(bytes / (a * b) as f64)
     };

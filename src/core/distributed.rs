@@ -42,6 +42,7 @@ use crate::core::passes::{backprop_all, backward_pairs, encode_all};
 use crate::core::plan::Plan;
 use crate::core::replay::{ReplaySeeds, Stream};
 use crate::core::representation::Representation;
+use crate::core::balance::GateTotals;
 use crate::core::scoring::{check_finite, score_block};
 use crate::core::step::{GradCache, Representations, Scores};
 use crate::core::targets::Targets;
@@ -367,16 +368,23 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let blocks: Vec<crate::core::layout::Block> = plan.blocks().collect();
         let (lo, hi) = (blocks.len() * rank / world, blocks.len() * (rank + 1) / world);
         let owned = |index: usize| (lo..hi).contains(&index);
-        let mine = tch::no_grad(|| -> Result<Vec<Tensor>> {
-            blocks[lo..hi]
-                .iter()
-                .map(|block| {
-                    seeds.enter(Stream::HeadBlock, block.index);
-                    let u = reps.queries.narrow(block.queries.start, block.queries.len)?;
-                    let v = reps.passages.narrow(block.passages.start, block.passages.len)?;
-                    Ok(score_block(self.head, &u, &v, c.forward())?.f_flatten(0, -1)?)
-                })
-                .collect()
+        let (mine, gates) = tch::no_grad(|| -> Result<(Vec<Tensor>, Option<GateTotals>)> {
+            let (mut mine, mut gates) = (Vec::new(), None);
+            for block in &blocks[lo..hi] {
+                seeds.enter(Stream::HeadBlock, block.index);
+                let u = reps.queries.narrow(block.queries.start, block.queries.len)?;
+                let v = reps.passages.narrow(block.passages.start, block.passages.len)?;
+                let s = score_block(self.head, &u, &v, c.forward())?;
+                mine.push(s.scores.f_flatten(0, -1)?);
+                if let Some(g) = &s.gates {
+                    let t = GateTotals::of(g)?;
+                    gates = Some(match gates.take() {
+                        Some(all) => t.add(all)?,
+                        None => t,
+                    });
+                }
+            }
+            Ok((mine, gates))
         })?;
         let local = match mine.is_empty() {
             false => Tensor::f_cat(&mine, 0)?,
@@ -396,6 +404,24 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             offset += al * bl;
         }
         check_finite(&scores, plan.grid())?;
+        // A gated head's gate totals, summed over every process's blocks.
+        let gates = match self.head.balance_weight() > 0.0 {
+            false => None,
+            true => {
+                let packed = match gates {
+                    Some(g) => g.pack()?,
+                    // A process with no block still joins the sum, with
+                    // zeros of the gates' width (learned from one pair).
+                    None => {
+                        let one = tch::no_grad(|| score_block(self.head, &reps.queries.narrow(0, 1)?, &reps.passages.narrow(0, 1)?, c.forward()))?;
+                        let k = one.gates.as_ref().map_or(0, |g| g.size()[2]);
+                        Tensor::f_zeros([k + 1], (tch::Kind::Double, reps.queries.tensor().device()))?
+                    }
+                };
+                Some(GateTotals::unpack(&collective.all_reduce_sum(&packed)?, (n * m) as i64)?)
+            }
+        };
+        let scores = Scores::detached(scores, gates);
         timings.score = t.elapsed();
 
         // 4.
@@ -408,7 +434,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         // The head pass over this process's blocks; their partial sums of
         // ∂L/∂U and ∂L/∂V add up across processes (a closed form is whole
         // on every process already).
-        let (grads, closed_form) = self.head_pass_over(&reps, &mut Scores::detached(scores), &cache.weights, &plan, &seeds, &owned)?;
+        let (grads, closed_form) = self.head_pass_over(&reps, &mut { scores }, &cache, &plan, &seeds, &owned)?;
         let (d_queries, d_passages) = match closed_form {
             true => (grads.queries, grads.passages),
             false => (collective.all_reduce_sum(&grads.queries)?, collective.all_reduce_sum(&grads.passages)?),

@@ -50,6 +50,28 @@ pub trait ScoringHead {
         None
     }
 
+    /// The weight `λ` of the head's load-balancing term `λ·B` over the
+    /// gates of every scored pair ([`crate::core::balance`]); 0, the
+    /// default, for a head without gates. A head that returns more than 0
+    /// returns its gates from [`ScoringHead::score_gated`].
+    fn balance_weight(&self) -> f64 {
+        0.0
+    }
+
+    /// Scores a block as [`ScoringHead::score`] does and, for a head with
+    /// a load-balancing term, returns each pair's gate weights `π` (a
+    /// distribution over the head's `K` mixture components, before any
+    /// dropout). The default: `score`'s scores, no gates.
+    ///
+    /// # Shapes
+    /// Returns `[a, b]` scores and `[a, b, K]` gates.
+    ///
+    /// # Errors
+    /// As [`ScoringHead::score`].
+    fn score_gated(&self, queries: &Representation, passages: &Representation, train: bool) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.score(queries, passages, train)?, None))
+    }
+
     /// ∂L/∂U and ∂L/∂V in closed form, given the whole batch's
     /// representations and the distance-gradient cache `W = ∂L/∂S`. A head
     /// with parameters must return `None` (the default): its parameters get

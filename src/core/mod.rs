@@ -17,6 +17,7 @@
 //! - the step's peers: [`reference`](mod@reference) (full batch, gradient accumulation),
 //!   [`distributed`] (one batch across processes).
 
+pub mod balance;
 pub mod batch;
 pub mod budget;
 pub mod config;

@@ -141,13 +141,20 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
 
             let t = Instant::now();
             let enter = |b: &crate::core::layout::Block| seeds.enter(Stream::HeadBlock, b.index);
-            let (scores, _) = score_grid(self.head, &u, &v, plan.grid(), c.forward(), &enter)?;
-            check_finite(&scores, plan.grid())?;
+            let grid = score_grid(self.head, &u, &v, plan.grid(), c.forward(), &enter)?;
+            check_finite(&grid.matrix, plan.grid())?;
             timings.score = t.elapsed();
 
             let t = Instant::now();
-            let scores = scores.f_to_kind(accumulation_kind(scores.kind()))?;
-            let loss = self.loss.loss(&scores, targets)?;
+            let scores = grid.matrix.f_to_kind(accumulation_kind(grid.matrix.kind()))?;
+            let mut loss = self.loss.loss(&scores, targets)?;
+            // A gated head's λ·B, differentiated as it stands: through the
+            // batch's mean gate.
+            if let (w, Some(totals)) = (self.head.balance_weight(), &grid.gates) {
+                if w > 0.0 {
+                    loss = loss.f_add(&totals.term(w)?.f_to_kind(loss.kind())?)?;
+                }
+            }
             let value = checked_loss_value(&loss)?;
             timings.distance_gradient = t.elapsed();
 

@@ -6,6 +6,7 @@
 
 use tch::Tensor;
 
+use crate::core::balance::GateTotals;
 use crate::core::head::ScoringHead;
 use crate::core::layout::{Block, BlockGrid};
 use crate::core::representation::Representation;
@@ -39,27 +40,68 @@ pub struct KeptBlock {
     pub queries: Representation,
     /// The passage columns, a leaf.
     pub passages: Representation,
+    /// The block's gates, with graph, for a head with a load-balancing
+    /// term ([`ScoringHead::score_gated`]).
+    pub gates: Option<Tensor>,
+}
+
+/// A block's scores and, for a head with a load-balancing term
+/// ([`ScoringHead::balance_weight`] above 0), its pairs' gates.
+///
+/// # Shapes
+/// `scores`: `[a, b]`; `gates`: `[a, b, K]`.
+#[derive(Debug)]
+pub struct BlockScores {
+    /// The block's scores.
+    pub scores: Tensor,
+    /// The pairs' gate weights.
+    pub gates: Option<Tensor>,
+}
+
+/// The score matrix of a grid of blocks, the graphs of its retained blocks,
+/// and the totals of its gates.
+///
+/// # Shapes
+/// `matrix`: `[N, M]`.
+#[derive(Debug)]
+pub struct ScoredGrid {
+    /// `S`.
+    pub matrix: Tensor,
+    /// Per block, its graph when retained (`None` for the others).
+    pub kept: Vec<Option<KeptBlock>>,
+    /// The gates' totals over every block, for a head with a
+    /// load-balancing term (with graph when scored with graph).
+    pub gates: Option<GateTotals>,
 }
 
 /// Scores one block: `head` over the block's query rows of `u` and passage
-/// columns of `v`, its shape checked.
+/// columns of `v`, its shape checked; with the gates of a head that has a
+/// load-balancing term.
 ///
 /// # Shapes
-/// Returns `[block queries, block passages]`.
+/// Returns `[block queries, block passages]` scores.
 ///
 /// # Errors
 /// Head errors; [`GradCacheError::HeadShape`].
-pub fn score_block(head: &dyn ScoringHead, u: &Representation, v: &Representation, fwd: Forward) -> Result<Tensor> {
-    let s = fwd.precision.run(|| head.score(u, v, fwd.train))?;
-    if s.size() != [u.len() as i64, v.len() as i64] {
-        return Err(GradCacheError::HeadShape { queries: u.len(), passages: v.len(), got: s.size() });
+pub fn score_block(head: &dyn ScoringHead, u: &Representation, v: &Representation, fwd: Forward) -> Result<BlockScores> {
+    let (scores, gates) = fwd.precision.run(|| match head.balance_weight() > 0.0 {
+        true => head.score_gated(u, v, fwd.train),
+        false => Ok((head.score(u, v, fwd.train)?, None)),
+    })?;
+    if scores.size() != [u.len() as i64, v.len() as i64] {
+        return Err(GradCacheError::HeadShape { queries: u.len(), passages: v.len(), got: scores.size() });
     }
-    Ok(s)
+    if let Some(g) = &gates {
+        if g.dim() != 3 || g.size()[..2] != scores.size()[..] {
+            return Err(GradCacheError::Shape { what: "a gated head's gates", expected: "[a, b, K] over the block's pairs", got: g.size() });
+        }
+    }
+    Ok(BlockScores { scores, gates })
 }
 
 /// Scores every block of `grid` over `queries × passages` (with or without
 /// graph, as the caller's grad mode says), calling `enter(block)` before
-/// each, and assembles `S`. A retained block is scored with graph on fresh
+/// each, assembles `S` and sums the gates of a gated head. A retained block is scored with graph on fresh
 /// input leaves whatever the mode, kept (returned per block, `None` for the
 /// others), and enters `S` detached.
 ///
@@ -75,9 +117,20 @@ pub fn score_grid(
     grid: &BlockGrid,
     fwd: Forward,
     enter: &dyn Fn(&Block),
-) -> Result<(Tensor, Vec<Option<KeptBlock>>)> {
+) -> Result<ScoredGrid> {
     let mut rows: Vec<Vec<Tensor>> = grid.rows.iter().map(|_| Vec::new()).collect();
     let mut kept = Vec::new();
+    let mut totals: Option<GateTotals> = None;
+    let mut add_gates = |g: &Option<Tensor>| -> Result<()> {
+        if let Some(g) = g {
+            let t = GateTotals::of(g)?;
+            totals = Some(match totals.take() {
+                Some(all) => all.add(t)?,
+                None => t,
+            });
+        }
+        Ok(())
+    };
     for block in grid.blocks() {
         let u = queries.narrow(block.queries.start, block.queries.len)?;
         let v = passages.narrow(block.passages.start, block.passages.len)?;
@@ -85,15 +138,18 @@ pub fn score_grid(
         if block.retained {
             let (u, v) = (u.detached_leaf()?, v.detached_leaf()?);
             let s = tch::with_grad(|| score_block(head, &u, &v, fwd))?;
-            rows[block.row].push(s.f_detach()?);
-            kept.push(Some(KeptBlock { scores: s, queries: u, passages: v }));
+            tch::no_grad(|| add_gates(&s.gates))?;
+            rows[block.row].push(s.scores.f_detach()?);
+            kept.push(Some(KeptBlock { scores: s.scores, queries: u, passages: v, gates: s.gates }));
         } else {
-            rows[block.row].push(score_block(head, &u, &v, fwd)?);
+            let s = score_block(head, &u, &v, fwd)?;
+            add_gates(&s.gates)?;
+            rows[block.row].push(s.scores);
             kept.push(None);
         }
     }
     let rows = rows.iter().map(|r| Tensor::f_cat(r, 1)).collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok((Tensor::f_cat(&rows, 0)?, kept))
+    Ok(ScoredGrid { matrix: Tensor::f_cat(&rows, 0)?, kept, gates: totals })
 }
 
 /// `S` checked for NaN and infinity.

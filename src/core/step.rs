@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
+use crate::core::balance::{Balance, GateTotals};
 use crate::core::batch::Chunk;
 use crate::core::budget::{BudgetState, CostModel};
 use crate::core::config::StepConfig;
@@ -47,7 +48,7 @@ pub struct Representations {
 }
 
 /// The score matrix of the score pass (with the graphs of the blocks the
-/// plan retains); it dereferences to `S`.
+/// plan retains, and a gated head's gate totals); it dereferences to `S`.
 ///
 /// # Shapes
 /// `[N, M]`.
@@ -56,6 +57,7 @@ pub struct Scores {
     /// S.
     pub matrix: Tensor,
     kept: Vec<Option<KeptBlock>>,
+    gates: Option<GateTotals>,
 }
 
 impl std::ops::Deref for Scores {
@@ -65,16 +67,20 @@ impl std::ops::Deref for Scores {
     }
 }
 
-/// The loss and the distance-gradient cache.
+/// The loss and the distance-gradient cache, with a gated head's
+/// load-balancing cache beside it.
 ///
 /// # Shapes
 /// `weights`: `[N, M]`, `W = ∂L/∂S` (the paper's `w_ij`).
 #[derive(Debug)]
 pub struct DistanceGradients {
-    /// The loss of the batch.
+    /// The loss of the batch, `L(S)` plus a gated head's `λ·B`.
     pub loss: f64,
     /// ∂L/∂S.
     pub weights: Tensor,
+    /// For a head with a load-balancing term, what each block's head pass
+    /// needs of the whole batch's gates ([`crate::core::balance`]).
+    pub balance: Option<Balance>,
 }
 
 /// The two-cache gradient step over a query encoder, a passage encoder (the
@@ -199,7 +205,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let cache = self.distance_gradient_cache(&scores, targets)?;
         timings.distance_gradient = t.elapsed();
         let t = Instant::now();
-        let (grads, closed_form_head) = self.head_pass(&reps, &mut scores, &cache.weights, &plan, &seeds)?;
+        let (grads, closed_form_head) = self.head_pass(&reps, &mut scores, &cache, &plan, &seeds)?;
         timings.head = t.elapsed();
         let t = Instant::now();
         self.encoder_pass(queries, passages, &mut reps, &grads, &plan, &seeds)?;
@@ -267,28 +273,44 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// [`GradCacheError::NonFiniteScores`] naming the first bad block.
     pub fn score_pass(&self, reps: &Representations, plan: &Plan, seeds: &ReplaySeeds) -> Result<Scores> {
         let enter = |b: &crate::core::layout::Block| seeds.enter(Stream::HeadBlock, b.index);
-        let (matrix, kept) = tch::no_grad(|| score_grid(self.head, &reps.queries, &reps.passages, plan.grid(), self.config.forward(), &enter))?;
-        check_finite(&matrix, plan.grid())?;
-        Ok(Scores { matrix, kept })
+        let grid = tch::no_grad(|| score_grid(self.head, &reps.queries, &reps.passages, plan.grid(), self.config.forward(), &enter))?;
+        check_finite(&grid.matrix, plan.grid())?;
+        Ok(Scores { matrix: grid.matrix, kept: grid.kept, gates: grid.gates })
     }
 
-    /// Step 3, the distance-gradient cache: `L(S)` and `W = ∂L/∂S`.
+    /// Step 3, the distance-gradient cache: `L(S)` and `W = ∂L/∂S`; for a
+    /// head with a load-balancing term, also `λ·B` and its per-pair
+    /// coefficients from the gates' totals ([`Balance`]).
     ///
     /// # Shapes
     /// `scores`: `[N, M]`; `W` has the same shape, in fp32 when `S` is half
     /// precision.
     ///
     /// # Errors
-    /// Loss errors; [`GradCacheError::LossShape`]; [`GradCacheError::NonFiniteLoss`].
-    pub fn distance_gradient_cache(&self, scores: &Tensor, targets: &Targets) -> Result<DistanceGradients> {
-        let leaf = scores.f_detach()?.f_to_kind(accumulation_kind(scores.kind()))?.set_requires_grad(true);
+    /// Loss errors; [`GradCacheError::LossShape`]; [`GradCacheError::NonFiniteLoss`];
+    /// [`GradCacheError::InvalidConfig`] when a head with a load-balancing
+    /// term returned no gates.
+    pub fn distance_gradient_cache(&self, scores: &Scores, targets: &Targets) -> Result<DistanceGradients> {
+        let leaf = scores.matrix.f_detach()?.f_to_kind(accumulation_kind(scores.matrix.kind()))?.set_requires_grad(true);
         let loss = tch::with_grad(|| self.loss.loss(&leaf, targets))?;
-        let value = checked_loss_value(&loss)?;
+        let mut value = checked_loss_value(&loss)?;
         loss.f_backward()?;
-        Ok(DistanceGradients { loss: value, weights: leaf.f_grad()? })
+        let balance = match (self.head.balance_weight(), &scores.gates) {
+            (w, _) if w <= 0.0 => None,
+            (w, Some(totals)) => Some(Balance::new(w, totals)?),
+            (_, None) => return Err(GradCacheError::InvalidConfig { field: "balance", reason: "the head has a load-balancing weight but returned no gates" }),
+        };
+        if let Some(b) = &balance {
+            value += b.value;
+            if !value.is_finite() {
+                return Err(GradCacheError::NonFiniteLoss { value });
+            }
+        }
+        Ok(DistanceGradients { loss: value, weights: leaf.f_grad()?, balance })
     }
 
-    /// Step 4, the head pass: backpropagates `W[a, b]` through every block
+    /// Step 4, the head pass: backpropagates `W[a, b]` (and a gated head's
+    /// load-balancing surrogate, [`Balance::surrogate`]) through every block
     /// of `plan` (a retained block through the graph the score pass kept,
     /// all of them in one backward call, which frees them before anything
     /// is recomputed; the others recomputed with autograd on from the score
@@ -303,8 +325,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// # Errors
     /// Head errors; [`GradCacheError::ReplayMismatch`] when a block's
     /// recomputed scores differ from the score pass.
-    pub fn head_pass(&self, reps: &Representations, scores: &mut Scores, weights: &Tensor, plan: &Plan, seeds: &ReplaySeeds) -> Result<(RepresentationGradients, bool)> {
-        self.head_pass_over(reps, scores, weights, plan, seeds, &|_| true)
+    pub fn head_pass(&self, reps: &Representations, scores: &mut Scores, cache: &DistanceGradients, plan: &Plan, seeds: &ReplaySeeds) -> Result<(RepresentationGradients, bool)> {
+        self.head_pass_over(reps, scores, cache, plan, seeds, &|_| true)
     }
 
     /// [`GradCache::head_pass`] over the blocks for which `runs(index)`
@@ -314,11 +336,23 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         &self,
         reps: &Representations,
         scores: &mut Scores,
-        weights: &Tensor,
+        cache: &DistanceGradients,
         plan: &Plan,
         seeds: &ReplaySeeds,
         runs: &dyn Fn(usize) -> bool,
     ) -> Result<(RepresentationGradients, bool)> {
+        let weights = &cache.weights;
+        // What a block backpropagates: `Σ W ⊙ S` over its pairs, plus the
+        // load-balancing surrogate of its gates.
+        let block_terms = |s: Tensor, gates: Option<&Tensor>, w: Tensor| -> Result<Vec<(Tensor, Tensor)>> {
+            let mut terms = vec![(s, w)];
+            if let (Some(b), Some(g)) = (&cache.balance, gates) {
+                let t = b.surrogate(g)?;
+                let one = t.f_ones_like()?;
+                terms.push((t, one));
+            }
+            Ok(terms)
+        };
         if let Some(grads) = closed_form_gradients(self.head, self.config.precision, &reps.queries, &reps.passages, weights) {
             let grads = grads?;
             for (g, r, what) in [(&grads.queries, &reps.queries, "closed-form ∂L/∂U"), (&grads.passages, &reps.passages, "closed-form ∂L/∂V")] {
@@ -336,7 +370,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             Ok(())
         };
         let retained: Vec<_> = plan.blocks().filter_map(|b| scores.kept.get_mut(b.index).and_then(Option::take).map(|k| (b, k))).collect();
-        backward_pairs(retained.iter().map(|(b, k)| Ok((k.scores.shallow_clone(), b.of(weights)?))).collect::<Result<Vec<_>>>()?)?;
+        tch::with_grad(|| {
+            let mut terms = Vec::new();
+            for (b, k) in &retained {
+                terms.extend(block_terms(k.scores.shallow_clone(), k.gates.as_ref(), b.of(weights)?)?);
+            }
+            backward_pairs(terms)
+        })?;
         for (b, k) in retained {
             add_into(&d_passages, b.passages, k.passages.tensor())?;
             add_into(&d_queries, b.queries, k.queries.tensor())?;
@@ -357,8 +397,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let v = reps.passages.narrow(block.passages.start, block.passages.len)?.detached_leaf()?;
             seeds.enter(Stream::HeadBlock, block.index);
             let s = tch::with_grad(|| score_block(self.head, &u, &v, self.config.forward()))?;
-            log.record(&s, &block.of(&scores.matrix)?)?;
-            backward_pairs(vec![(s, block.of(weights)?)])?;
+            log.record(&s.scores, &block.of(&scores.matrix)?)?;
+            tch::with_grad(|| backward_pairs(block_terms(s.scores, s.gates.as_ref(), block.of(weights)?)?))?;
             add_into(&d_passages, block.passages, v.tensor())?;
         }
         for (row, leaf) in plan.grid().rows.iter().zip(&row_leaf) {
@@ -398,8 +438,9 @@ impl Representations {
 }
 
 impl Scores {
-    /// A score matrix with no kept graph.
-    pub(crate) fn detached(matrix: Tensor) -> Scores {
-        Scores { matrix, kept: Vec::new() }
+    /// A score matrix with no kept graph, and the whole batch's gate totals
+    /// (e.g. gathered from processes).
+    pub(crate) fn detached(matrix: Tensor, gates: Option<GateTotals>) -> Scores {
+        Scores { matrix, kept: Vec::new(), gates }
     }
 }

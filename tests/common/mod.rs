@@ -5,7 +5,8 @@
 use gradcache::check::{zero_grads, GradientComparison, GradientSnapshot, Tolerance};
 use gradcache::models::encoders::{Pooling, TinyEncoder, TinyEncoderConfig};
 use gradcache::models::heads::{
-    BilinearHeadConfig, CosineHeadConfig, HeadConfig, InteractionConfig, MlpHeadConfig, PolyEncoderConfig, ResidualConfig, WeightedMaxSimConfig,
+    BilinearHeadConfig, CosineHeadConfig, HeadConfig, InteractionConfig, MlpHeadConfig, MolGate, MolHeadConfig, PolyEncoderConfig, ResidualConfig,
+    WeightedMaxSimConfig,
 };
 use gradcache::{ContrastiveLoss, GradCache, InfoNce, ListwiseKl, ScoringHead, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
@@ -38,9 +39,14 @@ pub enum HeadKind {
     ResidualMlp,
     /// The interaction block with the residual start over MaxSim, gate open.
     ResidualInteraction,
+    /// Mixture of Logits with the "glu_silu" gate and a load-balancing
+    /// weight large enough that its gradients count.
+    Mol,
+    /// Mixture of Logits with the logits-only gate, residual start open.
+    ResidualMol,
 }
 
-pub const HEADS: [HeadKind; 11] = [
+pub const HEADS: [HeadKind; 13] = [
     HeadKind::Dot,
     HeadKind::Cosine,
     HeadKind::Bilinear,
@@ -52,6 +58,8 @@ pub const HEADS: [HeadKind; 11] = [
     HeadKind::Interaction,
     HeadKind::ResidualMlp,
     HeadKind::ResidualInteraction,
+    HeadKind::Mol,
+    HeadKind::ResidualMol,
 ];
 
 impl HeadKind {
@@ -76,8 +84,16 @@ impl HeadKind {
                 residual: Some(open_gate()),
                 ..Default::default()
             }),
+            HeadKind::Mol => HeadConfig::Mol(small_mol(MolGate::GluSilu, dropout, 0.3, None)),
+            HeadKind::ResidualMol => HeadConfig::Mol(small_mol(MolGate::Logits, dropout, 0.3, Some(open_gate()))),
         }
     }
+}
+
+/// A Mixture of Logits of 3 × 2 components of width 4 over `DIM`, at
+/// temperature 0.5, with load-balancing weight `balance`.
+pub fn small_mol(gate: MolGate, dropout: f64, balance: f64, residual: Option<ResidualConfig>) -> MolHeadConfig {
+    MolHeadConfig { dim: DIM, query_components: 3, passage_components: 2, component_dim: 4, temperature: 0.5, gate, dropout, balance, residual }
 }
 
 /// A residual start whose gate is not 0 (so Φ gets gradients at once) and

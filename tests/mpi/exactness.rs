@@ -53,6 +53,9 @@ fn main() {
     cases.push((HeadKind::MaxSim, LossKind::InfoNce, Kind::Double, true, "sorted", sorted));
     cases.push((HeadKind::Interaction, LossKind::InfoNce, Kind::Double, false, "token budgets", by_tokens));
     cases.push((HeadKind::Mlp, LossKind::InfoNce, Kind::Double, true, "cost-sized blocks", by_cost));
+    // The load-balancing term's batch-mean gate is summed across processes.
+    cases.push((HeadKind::Mol, LossKind::InfoNce, Kind::Double, true, "items", config.clone()));
+    cases.push((HeadKind::ResidualMol, LossKind::Symmetric, Kind::Double, false, "items", config.clone()));
 
     let mut failed = 0;
     let run = |model: &Model, data: &Data, loss_kind: LossKind, targets: &Targets, config: &StepConfig| {

@@ -10,9 +10,10 @@
 //! | [`WeightedMaxSimHead`] | tokens | per-token weight | no |
 //! | [`PolyEncoderHead`] | tokens | `m` codes | no |
 //! | [`InteractionHead`] | tokens | cross/self attention, FFN | no |
+//! | [`MolHead`] | vectors | component projections, gate | no |
 //!
 //! Every learned head (bilinear, MLP, weighted MaxSim, poly-encoder,
-//! interaction) starts as a [`ResidualHead`] by default: the encoders'
+//! interaction, Mixture of Logits) starts as a [`ResidualHead`] by default: the encoders'
 //! cosine (or MaxSim) plus a gated correction that is zero at step 0.
 //!
 //! `docs/heads.md` gives each head's formula, cost per pair and activation
@@ -25,6 +26,7 @@ mod dot;
 mod interaction;
 mod maxsim;
 mod mlp;
+mod mol;
 mod poly;
 mod residual;
 mod weighted_maxsim;
@@ -35,6 +37,7 @@ pub use dot::DotHead;
 pub use interaction::{copy_bert_layer, InteractionConfig, InteractionHead, InteractionInit};
 pub use maxsim::MaxSimHead;
 pub use mlp::{MlpHead, MlpHeadConfig};
+pub use mol::{MolGate, MolHead, MolHeadConfig};
 pub use poly::{PolyEncoderConfig, PolyEncoderHead};
 pub use residual::{ResidualBase, ResidualConfig, ResidualHead};
 pub use weighted_maxsim::{WeightedMaxSimConfig, WeightedMaxSimHead};
@@ -81,6 +84,8 @@ pub enum HeadConfig {
     Poly(PolyEncoderConfig),
     /// [`InteractionHead`].
     Interaction(InteractionConfig),
+    /// [`MolHead`].
+    Mol(MolHeadConfig),
 }
 
 impl Default for HeadConfig {
@@ -91,10 +96,10 @@ impl Default for HeadConfig {
 
 impl HeadConfig {
     /// The names accepted as `kind`.
-    pub const KINDS: [&'static str; 8] = ["dot", "cosine", "bilinear", "mlp", "max_sim", "weighted_max_sim", "poly", "interaction"];
+    pub const KINDS: [&'static str; 9] = ["dot", "cosine", "bilinear", "mlp", "max_sim", "weighted_max_sim", "poly", "interaction", "mol"];
 
     /// The names [`HeadConfig::named`] knows, one per built-in head.
-    pub const NAMES: [&'static str; 8] = ["dot", "cosine", "bilinear", "mlp", "max_sim", "weighted_max_sim", "poly", "interaction"];
+    pub const NAMES: [&'static str; 9] = ["dot", "cosine", "bilinear", "mlp", "max_sim", "weighted_max_sim", "poly", "interaction", "mol"];
 
     /// The head named `kind` with its default settings and width `dim`.
     ///
@@ -113,7 +118,8 @@ impl HeadConfig {
                 let heads = [8, 6, 4, 2, 1].into_iter().find(|h| dim.is_multiple_of(*h)).unwrap_or(1);
                 HeadConfig::Interaction(InteractionConfig { dim, heads, ffn: 2 * dim, dropout, ..InteractionConfig::default() })
             }
-            _ => return Err(GradCacheError::InvalidConfig { field: "kind", reason: "must be one of dot, cosine, bilinear, mlp, max_sim, weighted_max_sim, poly, interaction" }),
+            "mol" => HeadConfig::Mol(MolHeadConfig { dim, dropout, ..MolHeadConfig::default() }),
+            _ => return Err(GradCacheError::InvalidConfig { field: "kind", reason: "must be one of dot, cosine, bilinear, mlp, max_sim, weighted_max_sim, poly, interaction, mol" }),
         })
     }
 
@@ -131,6 +137,7 @@ impl HeadConfig {
             HeadConfig::WeightedMaxSim(c) => Some(c.dim),
             HeadConfig::Poly(c) => Some(c.dim),
             HeadConfig::Interaction(c) => Some(c.dim),
+            HeadConfig::Mol(c) => Some(c.dim),
         }
     }
 
@@ -144,6 +151,7 @@ impl HeadConfig {
             HeadConfig::WeightedMaxSim(c) => c.dim = dim,
             HeadConfig::Poly(c) => c.dim = dim,
             HeadConfig::Interaction(c) => c.dim = dim,
+            HeadConfig::Mol(c) => c.dim = dim,
         }
         self
     }
@@ -207,6 +215,7 @@ impl HeadConfig {
             HeadConfig::WeightedMaxSim(c) => Box::new(c.init(path)?),
             HeadConfig::Poly(c) => Box::new(c.init(path)?),
             HeadConfig::Interaction(c) => Box::new(c.init(path)?),
+            HeadConfig::Mol(c) => Box::new(c.init(path)?),
         };
         Ok(match self.residual() {
             Some(r) => Box::new(r.init(&(path / "residual"), ResidualBase::for_tokens(self.reads_tokens()), head)?),
@@ -239,6 +248,7 @@ impl HeadConfig {
             HeadConfig::WeightedMaxSim(c) => Some(&mut c.residual),
             HeadConfig::Poly(c) => Some(&mut c.residual),
             HeadConfig::Interaction(c) => Some(&mut c.residual),
+            HeadConfig::Mol(c) => Some(&mut c.residual),
         }
     }
 
@@ -252,6 +262,7 @@ impl HeadConfig {
             HeadConfig::WeightedMaxSim(c) => c.residual.as_ref(),
             HeadConfig::Poly(c) => c.residual.as_ref(),
             HeadConfig::Interaction(c) => c.residual.as_ref(),
+            HeadConfig::Mol(c) => c.residual.as_ref(),
         }
     }
 }

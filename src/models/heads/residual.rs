@@ -146,9 +146,19 @@ impl ResidualHead {
 
 impl ScoringHead for ResidualHead {
     fn score(&self, queries: &Representation, passages: &Representation, train: bool) -> Result<Tensor> {
+        Ok(self.score_gated(queries, passages, train)?.0)
+    }
+
+    /// The correction head's (a Mixture of Logits' load balancing acts on
+    /// its own gates, whatever the gate `α`).
+    fn balance_weight(&self) -> f64 {
+        self.correction.balance_weight()
+    }
+
+    fn score_gated(&self, queries: &Representation, passages: &Representation, train: bool) -> Result<(Tensor, Option<Tensor>)> {
         let base = self.base.score(queries, passages)?.f_mul(&self.log_scale.f_exp()?)?;
-        let correction = self.correction.score(queries, passages, train)?;
-        Ok(base.f_add(&correction.f_mul(&self.gate)?)?)
+        let (correction, gates) = self.correction.score_gated(queries, passages, train)?;
+        Ok((base.f_add(&correction.f_mul(&self.gate)?)?, gates))
     }
 
     /// The base's (cosine `2·a·b·d`, MaxSim `2·a·b·Lq·Lp·d`) and the
