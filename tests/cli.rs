@@ -73,8 +73,11 @@ use gradcache::Scorer;
 /// A small "trained" bundle: a tiny BERT with a residual MLP head whose
 /// weights (gate included) were moved off their initialisation.
 fn bundle(dir: &std::path::Path) -> Scorer {
+    bundle_with(dir, HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }) }))
+}
+
+fn bundle_with(dir: &std::path::Path, head: HeadConfig) -> Scorer {
     let model = common::tiny_bert_folder(&dir.join("bert"), 32, 4, 2, 1);
-    let head = HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }) });
     let layout = Layout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 4, head_block_passages: 16 };
     tch::manual_seed(2);
     let scorer = Scorer::from_pretrained(ModelConfig::new(Default::default(), 32, true, head, layout), &model, tch::Device::Cpu).unwrap();
@@ -238,4 +241,48 @@ fn encode_writes_the_encoder_vectors_and_the_ids() {
     let want = scorer.encode_passages(&["first text", "T: second", "third, bare"]).unwrap();
     assert!(emb.allclose(want.tensor(), 1e-6, 1e-6, false), "{emb} vs {}", want.tensor());
     assert_eq!(std::fs::read_to_string(dir.join("emb.safetensors.ids.txt")).unwrap(), "a\n2\n\n");
+}
+
+/// A Mixture of Logits bundle: `encode` also writes each text's component
+/// embeddings, `eval --first-stage head-union` ranks the corpus with the
+/// head, and a component search with another head is refused by name.
+#[test]
+fn a_mol_bundle_encodes_its_components_and_retrieves_with_the_head() {
+    let _serial = common::serial();
+    let dir = common::scratch("cli-mol");
+    let head = HeadConfig::Mol(gradcache::models::heads::MolHeadConfig { dim: 32, query_components: 3, passage_components: 2, component_dim: 8, ..Default::default() });
+    let scorer = bundle_with(&dir, head);
+    let input = dir.join("texts.jsonl");
+    std::fs::write(&input, "\"a bank of a river\"\n\"a bank that lends\"\n").unwrap();
+    let out = dir.join("emb.safetensors");
+    let (ok, text) = gradcache(&["encode", "--model", dir.join("model").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--quiet"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("components [2, 2, 8]"), "{text}");
+    let tensors: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let rep = scorer.encode_passages(&["a bank of a river", "a bank that lends"]).unwrap();
+    let want = tch::no_grad(|| scorer.precision().run(|| scorer.head().components(&rep, gradcache::core::layout::Side::Passages).unwrap())).unwrap();
+    assert!(tensors["components"].to_kind(tch::Kind::Float).allclose(&want.to_kind(tch::Kind::Float), 1e-5, 1e-5, false));
+
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let beir = dir.join("beir");
+    let (ok, text) = gradcache(&["prepare-wordnet", "--out", repo.join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR).to_str().unwrap(), "--beir", beir.to_str().unwrap(), "--queries", "12"]);
+    assert!(ok, "{text}");
+    let eval = |model: &std::path::Path, how: &str| {
+        let out = dir.join(format!("eval-{how}"));
+        let (ok, text) = gradcache(&["eval", "--model", model.to_str().unwrap(), "--data", beir.join("dev").to_str().unwrap(), "--split", "dev", "--first-stage", how, "--retrieve-k", "10", "--output", out.to_str().unwrap(), "--quiet"]);
+        (ok, text, out)
+    };
+    let (ok, text, out) = eval(&dir.join("model"), "head-union");
+    assert!(ok, "{text}");
+    assert!(text.contains("the head as first stage (head-union)"), "{text}");
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["first_stage_kind"], "head-union");
+    assert_eq!(std::fs::read_to_string(out.join("run.trec")).unwrap().lines().count(), 12 * 10);
+
+    let other = dir.join("other");
+    bundle(&other);
+    let (ok, text, _) = eval(&other.join("model"), "head-mean");
+    assert!(!ok && text.contains("first_stage") && text.contains("Mixture of Logits"), "{text}");
+    let (ok, text, _) = eval(&other.join("model"), "nearest");
+    assert!(!ok && text.contains("cosine, head, head-union, head-mean"), "{text}");
 }

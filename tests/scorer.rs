@@ -9,9 +9,9 @@ use std::path::Path;
 use gradcache::AppError;
 use gradcache::app::data::RetrievalSet;
 use gradcache::models::encoders::{TextEncoderConfig, Pooling};
-use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
+use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, MolHeadConfig, ResidualConfig};
 use gradcache::app::metrics::{ranked_metrics, retrieval_metrics};
-use gradcache::app::retrieval::{evaluate_two_stage, first_stage, first_stage_vectors, StreamingTopK};
+use gradcache::app::retrieval::{evaluate_retrieval, evaluate_two_stage, first_stage, first_stage_vectors, FirstStage, Searcher, StreamingTopK};
 use gradcache::app::scorer::{ModelConfig, BUNDLE_FILE};
 use gradcache::Layout;
 use gradcache::{GradCacheError, Scorer};
@@ -322,5 +322,103 @@ fn reranking_kept_representations_equals_encoding_the_candidates_again() {
         let mut bad = candidates.clone();
         bad[0][0].0 = PASSAGES.len();
         assert!(rerank_encoded(&scorer, &encoded, &bad, &mut quiet).is_err());
+    }
+}
+
+fn mol_model(residual: Option<ResidualConfig>) -> ModelConfig {
+    let head = HeadConfig::Mol(MolHeadConfig { dim: 32, query_components: 3, passage_components: 2, component_dim: 8, residual, ..MolHeadConfig::default() });
+    ModelConfig::new(TextEncoderConfig::default(), 24, true, head, layout())
+}
+
+/// The head as its own first stage: exact search is the head's grid sorted
+/// (for any head); a component search with k = the corpus finds every
+/// document and, rescored, ranks as the head does; with a small k it
+/// rescores only its candidates, and it refuses a head without components.
+#[test]
+fn the_head_as_first_stage_equals_its_grid_and_component_searches_rescore_exactly() {
+    let _serial = common::serial();
+    let dir = common::scratch("head-first-stage");
+    let set = small_set();
+    let relevance = set.relevance().unwrap();
+    let mut quiet = |_: &str, _: usize, _: usize| {};
+    for config in [mol_model(None), mol_model(Some(ResidualConfig { base_scale: None, gate: 0.0 })), vector_model()] {
+        let is_mol = matches!(config.head, HeadConfig::Mol(_));
+        let scorer = trained(config, &dir.join("bert"));
+        let grid = scorer.score(&QUERIES, &PASSAGES).unwrap();
+        let full = retrieval_metrics(&grid, &relevance).unwrap();
+        let exact = evaluate_retrieval(&scorer, &set, PASSAGES.len(), FirstStage::Head, &mut quiet).unwrap();
+        approx::assert_abs_diff_eq!(exact.first_stage_metrics.mrr10, full.mrr10, epsilon = 1e-12);
+        // Exact top 2 is the grid's top 2, scores included.
+        let top2 = evaluate_retrieval(&scorer, &set, 2, FirstStage::Head, &mut quiet).unwrap();
+        for (q, row) in top2.first_stage.iter().enumerate() {
+            let mut want: Vec<(usize, f64)> = (0..PASSAGES.len()).map(|d| (d, grid.double_value(&[q as i64, d as i64]))).collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1));
+            assert_eq!(row.iter().map(|r| r.0).collect::<Vec<_>>(), want[..2].iter().map(|r| r.0).collect::<Vec<_>>());
+            for (&(_, got), &(_, w)) in row.iter().zip(&want) {
+                approx::assert_abs_diff_eq!(got, w, epsilon = 1e-5);
+            }
+        }
+        for how in [FirstStage::HeadUnion, FirstStage::HeadMean] {
+            if !is_mol {
+                let err = evaluate_retrieval(&scorer, &set, 2, how, &mut quiet).unwrap_err();
+                assert!(matches!(err, AppError::Core(GradCacheError::InvalidConfig { field: "first_stage", .. })), "{err}");
+                continue;
+            }
+            let all = evaluate_retrieval(&scorer, &set, PASSAGES.len(), how, &mut quiet).unwrap();
+            approx::assert_abs_diff_eq!(all.first_stage_metrics.mrr10, full.mrr10, epsilon = 1e-12);
+            let short = evaluate_retrieval(&scorer, &set, 1, how, &mut quiet).unwrap();
+            for (q, row) in short.first_stage.iter().enumerate() {
+                assert_eq!(row.len(), 1, "{how:?}: cut to k");
+                approx::assert_abs_diff_eq!(row[0].1, grid.double_value(&[q as i64, row[0].0 as i64]), epsilon = 1e-5);
+            }
+        }
+    }
+}
+
+/// head-mean searches the mean of each side's components; head-union each
+/// query component against every document's best component (and the
+/// cosine's list for a residual head): the candidate lists are those
+/// searches written out here.
+#[test]
+fn component_searches_find_the_candidates_their_definitions_give() {
+    let _serial = common::serial();
+    let dir = common::scratch("component-search");
+    for residual in [None, Some(ResidualConfig { base_scale: None, gate: 0.0 })] {
+        let scorer = trained(mol_model(residual.clone()), &dir.join("bert"));
+        let (q, p) = (scorer.encode_queries(&QUERIES).unwrap(), scorer.encode_passages(&PASSAGES).unwrap());
+        let (fq, gp) = tch::no_grad(|| {
+            let side = |r, s| scorer.head().components(r, s).unwrap().unwrap();
+            (side(&q, gradcache::core::layout::Side::Queries), side(&p, gradcache::core::layout::Side::Passages))
+        });
+        let top = |scores: &Tensor, k: i64| -> Vec<Vec<usize>> {
+            (0..scores.size()[0]).map(|r| Vec::<i64>::try_from(scores.get(r).topk(k, 0, true, true).1).unwrap().into_iter().map(|i| i as usize).collect()).collect()
+        };
+        let found = |how| {
+            let mut s = Searcher::new(&scorer, &q, 2, how).unwrap();
+            s.push(&p.narrow(0, 3).unwrap()).unwrap();
+            s.push(&p.narrow(3, 2).unwrap()).unwrap();
+            s.finish().unwrap().into_iter().map(|r| { let mut d: Vec<usize> = r.into_iter().map(|x| x.0).collect(); d.sort(); d }).collect::<Vec<_>>()
+        };
+        let cosine = top(&first_stage_vectors(&q).unwrap().matmul(&first_stage_vectors(&p).unwrap().tr()), 2);
+        let with_base = |mut lists: Vec<Vec<usize>>| -> Vec<Vec<usize>> {
+            for (l, c) in lists.iter_mut().zip(&cosine) {
+                if residual.is_some() {
+                    l.extend(c);
+                }
+                l.sort();
+                l.dedup();
+            }
+            lists
+        };
+        let mean = top(&fq.mean_dim(1, false, None).matmul(&gp.mean_dim(1, false, None).tr()), 2);
+        assert_eq!(found(FirstStage::HeadMean), with_base(mean), "head-mean, residual {residual:?}");
+        let best = (fq.unsqueeze(1).unsqueeze(3) * gp.unsqueeze(0).unsqueeze(2)).sum_dim_intlist(-1, false, None::<Kind>).amax([3], false); // [Q, C, P_q]
+        let mut union: Vec<Vec<usize>> = vec![Vec::new(); QUERIES.len()];
+        for i in 0..fq.size()[1] {
+            for (u, t) in union.iter_mut().zip(top(&best.select(2, i), 2)) {
+                u.extend(t);
+            }
+        }
+        assert_eq!(found(FirstStage::HeadUnion), with_base(union), "head-union, residual {residual:?}");
     }
 }

@@ -16,8 +16,8 @@ use gradcache::models::heads::HeadConfig;
 use gradcache::{Layout, Scorer};
 use serde_json::{json, Value};
 
-/// A bundle with a tiny random BERT and `head` (`mlp`, `max_sim` or
-/// `interaction`), its weights moved off their initialisation so that the
+/// A bundle with a tiny random BERT and `head` (`mlp`, `max_sim`,
+/// `interaction` or `mol`), its weights moved off their initialisation so that the
 /// residual gate is open. Returns its folder and the model in process.
 fn bundle(dir: &Path, head: &str) -> (PathBuf, Scorer) {
     let bert = dir.join("bert");
@@ -267,9 +267,15 @@ fn vectors(answer: &Value, n: usize, width: usize) -> Vec<Vec<f32>> {
 fn served_scores_equal_the_scorer_for_every_head_family() {
     let _serial = common::serial();
     let dir = common::scratch("serve-equal");
-    for head in ["mlp", "max_sim", "interaction"] {
+    for head in ["mlp", "max_sim", "interaction", "mol"] {
         let (model, scorer) = bundle(&dir, head);
         let server = Server::start(&model, &[]);
+        // /info says what /embed returns: the first stage's pooled vectors,
+        // and for a Mixture of Logits where its component embeddings are.
+        let info: Value = serde_json::from_str(&server.get("/info").1).unwrap();
+        let returns = info["model_type"]["reranker"]["embed_returns"].as_str().unwrap_or_default().to_string();
+        assert!(returns.contains("pooled"), "{head}: {info}");
+        assert_eq!(returns.contains("gradcache encode"), head == "mol", "{head}: {returns}");
         let texts = texts();
         let want = in_process(&scorer, QUERY, &texts);
         // Alone, a request is cut into the same chunks and blocks as

@@ -130,6 +130,182 @@ impl StreamingTopK {
     }
 }
 
+/// How stage one ranks the corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstStage {
+    /// The encoders' cosine of pooled vectors ([`first_stage_vectors`]);
+    /// the head reranks the top k.
+    #[default]
+    Cosine,
+    /// The head itself over every document: exact, streamed block by block
+    /// (brute force).
+    Head,
+    /// For a head with component embeddings (Mixture of Logits): each query
+    /// component's top k over the documents (a document's best component),
+    /// unioned over the query's components and rescored exactly by the head.
+    /// A head with the residual start scores `e^λ·cos + α·MoL`, so its
+    /// base, the encoders' cosine, adds its own top k to the union.
+    HeadUnion,
+    /// For a head with component embeddings: the top k by the mean of each
+    /// side's components (the mixture with a uniform gate), with the
+    /// cosine's top k for a residual head as for [`FirstStage::HeadUnion`],
+    /// rescored exactly by the head.
+    HeadMean,
+}
+
+impl FirstStage {
+    /// The names `--first-stage` accepts, in the order of the variants.
+    pub const NAMES: [&'static str; 4] = ["cosine", "head", "head-union", "head-mean"];
+
+    /// The name of this stage.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Whether the head ranks the corpus itself (no separate rerank).
+    pub fn is_head(self) -> bool {
+        self != FirstStage::Cosine
+    }
+}
+
+impl std::str::FromStr for FirstStage {
+    type Err = GradCacheError;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "cosine" => Ok(FirstStage::Cosine),
+            "head" => Ok(FirstStage::Head),
+            "head-union" => Ok(FirstStage::HeadUnion),
+            "head-mean" => Ok(FirstStage::HeadMean),
+            _ => Err(GradCacheError::InvalidConfig { field: "first_stage", reason: "must be one of cosine, head, head-union, head-mean" }),
+        }
+    }
+}
+
+/// Stage one's search over a corpus that arrives in blocks of encoded
+/// documents: keeps a running top k per query (per query component for
+/// [`FirstStage::HeadUnion`]), never a `[Q, C]` matrix. Works on
+/// representations, so a caller may feed it vectors from anywhere (an
+/// index, a synthetic corpus).
+pub struct Searcher<'s> {
+    scorer: &'s Scorer,
+    how: FirstStage,
+    queries: &'s Representation,
+    // Cosine: unit pooled vectors `[Q, d]`; head-mean: mean components
+    // `[Q, c]`; head-union: components `[Q, P_q, c]`.
+    query_side: Option<Tensor>,
+    // A residual head's base for the component searches: the cosine's
+    // unit pooled query vectors, searched as one more list (the last).
+    base: Option<Tensor>,
+    tops: Vec<StreamingTopK>,
+}
+
+impl std::fmt::Debug for Searcher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Searcher").field("how", &self.how).finish_non_exhaustive()
+    }
+}
+
+fn head_components(scorer: &Scorer, rep: &Representation, side: crate::error::Side) -> Result<Tensor> {
+    match tch::no_grad(|| scorer.precision().run(|| scorer.head().components(rep, side).transpose()))? {
+        Some(c) => Ok(c),
+        None => Err(GradCacheError::InvalidConfig {
+            field: "first_stage",
+            reason: "head-union and head-mean search component embeddings, which only a Mixture of Logits head (\"kind\": \"mol\") has; use --first-stage head for exact search with any head",
+        }
+        .into()),
+    }
+}
+
+impl<'s> Searcher<'s> {
+    /// A search for the `k` best documents of each of `queries`.
+    ///
+    /// # Errors
+    /// [`GradCacheError::InvalidConfig`] for a component search with a head
+    /// that has no components; head errors.
+    pub fn new(scorer: &'s Scorer, queries: &'s Representation, k: usize, how: FirstStage) -> Result<Self> {
+        let query_side = match how {
+            FirstStage::Cosine => Some(first_stage_vectors(queries)?),
+            FirstStage::Head => None,
+            FirstStage::HeadMean => Some(head_components(scorer, queries, crate::error::Side::Queries)?.f_mean_dim(1, false, None::<Kind>)?),
+            FirstStage::HeadUnion => Some(head_components(scorer, queries, crate::error::Side::Queries)?),
+        };
+        let base = match how {
+            FirstStage::HeadUnion | FirstStage::HeadMean if scorer.config().head.residual().is_some() => Some(first_stage_vectors(queries)?),
+            _ => None,
+        };
+        let lists = match (&query_side, how) {
+            (Some(c), FirstStage::HeadUnion) => c.size()[1] as usize,
+            _ => 1,
+        } + usize::from(base.is_some());
+        Ok(Searcher { scorer, how, queries, query_side, base, tops: (0..lists).map(|_| StreamingTopK::new(k)).collect() })
+    }
+
+    /// Adds the next block of documents, numbered after those seen so far.
+    ///
+    /// # Errors
+    /// Head errors; [`GradCacheError::Shape`].
+    pub fn push(&mut self, block: &Representation) -> Result<()> {
+        let side = crate::error::Side::Passages;
+        if let (Some(q), Some(last)) = (&self.base, self.tops.last_mut()) {
+            let c = first_stage_vectors(block)?;
+            last.push(&tch::no_grad(|| q.f_matmul(&c.f_transpose(0, 1)?))?)?;
+        }
+        let q = self.query_side.as_ref();
+        match (self.how, q) {
+            (FirstStage::Head, _) => self.tops[0].push(&self.scorer.score_representations(self.queries, block)?),
+            (FirstStage::Cosine, Some(q)) => {
+                let c = first_stage_vectors(block)?;
+                self.tops[0].push(&tch::no_grad(|| q.f_matmul(&c.f_transpose(0, 1)?))?)
+            }
+            (FirstStage::HeadMean, Some(q)) => {
+                let c = head_components(self.scorer, block, side)?.f_mean_dim(1, false, None::<Kind>)?;
+                self.tops[0].push(&tch::no_grad(|| q.f_matmul(&c.f_transpose(0, 1)?))?)
+            }
+            (FirstStage::HeadUnion, Some(q)) => {
+                let c = head_components(self.scorer, block, side)?;
+                let ((n, pq, w), (b, px)) = ((q.size()[0], q.size()[1], q.size()[2]), (c.size()[0], c.size()[1]));
+                // Each query component against every document component,
+                // then each document's best: [Q, P_q, b].
+                let s = tch::no_grad(|| -> Result<Tensor> {
+                    Ok(q.f_reshape([n * pq, w])?.f_matmul(&c.f_reshape([b * px, w])?.f_tr()?)?.f_view([n, pq, b, px])?.f_amax([3], false)?)
+                })?;
+                for i in 0..pq as usize {
+                    self.tops[i].push(&s.f_select(1, i as i64)?)?;
+                }
+                Ok(())
+            }
+            (_, None) => unreachable!("every search but the head's has a query side"),
+        }
+    }
+
+    /// Each query's candidates: its top k (scores: the search's own), or
+    /// for [`FirstStage::HeadUnion`] the union of its components' top k
+    /// (each with its best component score), to be rescored by the head.
+    ///
+    /// # Errors
+    /// Torch errors.
+    pub fn finish(self) -> Result<Vec<Ranked>> {
+        let mut lists = self.tops.into_iter().map(StreamingTopK::finish).collect::<Result<Vec<_>>>()?;
+        let mut out = lists.remove(0);
+        for other in lists {
+            for (row, more) in out.iter_mut().zip(other) {
+                let mut seen: HashMap<usize, usize> = row.iter().enumerate().map(|(i, &(d, _))| (d, i)).collect();
+                for (d, s) in more {
+                    match seen.get(&d) {
+                        Some(&i) => row[i].1 = row[i].1.max(s),
+                        None => {
+                            seen.insert(d, row.len());
+                            row.push((d, s));
+                        }
+                    }
+                }
+                row.sort_by(crate::app::metrics::by_descending_score);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Stage one: every query's `k` best documents of `corpus` by the cosine of
 /// [`first_stage_vectors`], encoding the corpus block by block.
 ///
@@ -175,7 +351,7 @@ where
     D: AsRef<str> + Sync,
     B: AsRef<[D]>,
 {
-    Ok(first_stage_keeping(scorer, queries, blocks, total, k, 0, progress)?.0)
+    Ok(first_stage_keeping(scorer, queries, blocks, total, k, FirstStage::Cosine, 0, progress)?.0)
 }
 
 /// The representations stage one encoded, kept for stage two: every query
@@ -188,16 +364,18 @@ pub struct Encoded {
     pub corpus: Representation,
 }
 
-/// [`first_stage_streamed`], also keeping the encoders' representations of
-/// the queries and of every document while their bytes stay within
-/// `keep_bytes` (none kept past it: stage two then encodes its candidates
-/// itself).
+/// [`first_stage_streamed`] searching `how`, also keeping the encoders'
+/// representations of the queries and of every document while their bytes
+/// stay within `keep_bytes` (none kept past it: stage two then encodes its
+/// candidates itself).
+#[allow(clippy::too_many_arguments)]
 fn first_stage_keeping<Q, D, B>(
     scorer: &Scorer,
     queries: &[Q],
     blocks: impl Iterator<Item = Result<B>>,
     total: usize,
     k: usize,
+    how: FirstStage,
     keep_bytes: usize,
     progress: ProgressFn,
 ) -> Result<(Vec<Ranked>, Option<Encoded>)>
@@ -207,11 +385,10 @@ where
     B: AsRef<[D]>,
 {
     let encoded_queries = scorer.encode_queries(queries)?;
-    let q = first_stage_vectors(&encoded_queries)?;
+    let mut search = Searcher::new(scorer, &encoded_queries, k, how)?;
     let bytes = |r: &Representation| r.tensor().numel() * r.tensor().kind().elt_size_in_bytes();
     let mut kept_bytes = bytes(&encoded_queries);
     let mut kept = (kept_bytes <= keep_bytes).then(Vec::new);
-    let mut top = StreamingTopK::new(k);
     let mut done = 0;
     for block in blocks {
         let block = block?;
@@ -220,8 +397,7 @@ where
             continue;
         }
         let encoded = scorer.encode_passages(texts)?;
-        let c = first_stage_vectors(&encoded)?;
-        top.push(&tch::no_grad(|| q.f_matmul(&c.f_transpose(0, 1)?))?)?;
+        search.push(&encoded)?;
         kept_bytes += bytes(&encoded);
         kept = kept.filter(|_| kept_bytes <= keep_bytes).map(|mut parts| {
             parts.push(encoded);
@@ -233,11 +409,12 @@ where
     if done == 0 {
         return Err(GradCacheError::EmptyBatch { side: crate::error::Side::Passages }.into());
     }
+    let found = search.finish()?;
     let kept = match kept {
         Some(parts) => Some(Encoded { queries: encoded_queries, corpus: Representation::cat(&parts)? }),
         None => None,
     };
-    Ok((top.finish()?, kept))
+    Ok((found, kept))
 }
 
 /// Stage two: the head scores each query against its own candidates only.
@@ -391,6 +568,20 @@ pub fn stderr_progress(quiet: bool) -> impl FnMut(&str, usize, usize) {
 /// # Errors
 /// As [`first_stage`] and [`rerank_candidates`].
 pub fn evaluate_two_stage(scorer: &Scorer, set: &RetrievalSet, retrieve_k: usize, progress: ProgressFn) -> Result<TwoStageRun> {
+    evaluate_retrieval(scorer, set, retrieve_k, FirstStage::Cosine, progress)
+}
+
+/// Evaluates retrieval over a set with stage one searching `how`. With
+/// [`FirstStage::Cosine`], [`evaluate_two_stage`]. With the head as its own
+/// first stage, the head's ranking is both stages' (`first_stage` and
+/// `reranked` are the same): exact for [`FirstStage::Head`], and for the
+/// component searches the candidates rescored by the head and cut to the
+/// top `retrieve_k`.
+///
+/// # Errors
+/// As [`evaluate_two_stage`]; [`GradCacheError::InvalidConfig`] for a
+/// component search with a head that has no components.
+pub fn evaluate_retrieval(scorer: &Scorer, set: &RetrievalSet, retrieve_k: usize, how: FirstStage, progress: ProgressFn) -> Result<TwoStageRun> {
     // Judgements first: a bad qrel fails before any encoding.
     let relevance = set.relevance()?;
     let queries: Vec<&str> = set.queries.iter().map(|(_, t)| t.as_str()).collect();
@@ -401,11 +592,16 @@ pub fn evaluate_two_stage(scorer: &Scorer, set: &RetrievalSet, retrieve_k: usize
     // evaluation about 45 s.
     let keep_bytes = crate::runtime::gpu::available_bytes_on(scorer.device()).map(|b| (b / 4) as usize).unwrap_or(0);
     let blocks = corpus.chunks(first_stage_block(scorer)).map(Ok);
-    let (first, kept) = first_stage_keeping(scorer, &queries, blocks, corpus.len(), retrieve_k, keep_bytes, progress)?;
-    let reranked = match &kept {
-        Some(encoded) => rerank_encoded(scorer, encoded, &first, progress)?,
-        None => rerank_candidates(scorer, &queries, &corpus, &first, progress)?,
+    let (mut first, kept) = first_stage_keeping(scorer, &queries, blocks, corpus.len(), retrieve_k, how, keep_bytes, progress)?;
+    let reranked = match (how, &kept) {
+        (FirstStage::Head, _) => first.clone(),
+        (_, Some(encoded)) => rerank_encoded(scorer, encoded, &first, progress)?,
+        (_, None) => rerank_candidates(scorer, &queries, &corpus, &first, progress)?,
     };
+    if matches!(how, FirstStage::HeadUnion | FirstStage::HeadMean) {
+        first = reranked.iter().map(|r| r[..r.len().min(retrieve_k)].to_vec()).collect();
+    }
+    let reranked = if how.is_head() { first.clone() } else { reranked };
     let order = |r: &[Ranked]| r.iter().map(|row| row.iter().map(|&(d, _)| d).collect::<Vec<_>>()).collect::<Vec<_>>();
     Ok(TwoStageRun {
         retrieve_k,

@@ -24,7 +24,7 @@ use gradcache::Representation;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
 use gradcache::app::export::ExportFormat;
 use gradcache::app::data::Malformed;
-use gradcache::app::retrieval::{evaluate_two_stage, stderr_progress, write_trec_run};
+use gradcache::app::retrieval::{evaluate_retrieval, stderr_progress, write_trec_run, FirstStage};
 use gradcache::models::weights::write_bytes_atomically;
 use gradcache::app::recipe;
 use gradcache::cli::{check_sample_head, RunArgs, ServeArgs, TrainArgs};
@@ -101,9 +101,17 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "test")]
         split: String,
-        /// Candidates per query passed from the first stage to the head.
+        /// Candidates per query passed from the first stage to the head
+        /// (with the head as first stage: documents ranked per query, and
+        /// candidates per query component for head-union).
         #[arg(long, default_value_t = 100)]
         retrieve_k: usize,
+        /// What ranks the corpus first: cosine (the encoders' pooled
+        /// vectors; the head reranks the top k), head (the head over every
+        /// document, exact), head-union or head-mean (a Mixture of Logits
+        /// head's component search, rescored by the head: docs/inference.md).
+        #[arg(long, default_value = "cosine", value_parser = parse_first_stage)]
+        first_stage: FirstStage,
         /// Longest tokenized text, for a model folder (a bundle has its own).
         #[arg(long, default_value_t = 128)]
         max_len: usize,
@@ -121,8 +129,10 @@ enum Command {
     },
     /// Encode texts with a model bundle's encoder into a safetensors file:
     /// `embeddings` [n, d] for a pooled encoder, `tokens` [n, L, d] and
-    /// `mask` [n, L] for a token encoder; ids (when lines have them) in
-    /// OUTPUT.ids.txt, one a line in row order (empty for a line without).
+    /// `mask` [n, L] for a token encoder, and for a Mixture of Logits head
+    /// `components` [n, P, c] (the side's unit component embeddings); ids
+    /// (when lines have them) in OUTPUT.ids.txt, one a line in row order
+    /// (empty for a line without).
     Encode {
         #[arg(long)]
         model: PathBuf,
@@ -305,8 +315,12 @@ fn load_bundle_or_folder(model: &Path, max_len: usize, run: &RunArgs) -> Result<
     Ok(Scorer::from_pretrained(config, &folder, gradcache::runtime::parse_device(&run.device)?)?.with_precision(run.precision)?)
 }
 
+fn parse_first_stage(s: &str) -> std::result::Result<FirstStage, String> {
+    s.parse().map_err(|e: gradcache::GradCacheError| e.to_string())
+}
+
 #[allow(clippy::too_many_arguments)]
-fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, max_len: usize, output: Option<PathBuf>, skip: bool, run_args: &RunArgs, quiet: bool) -> Result<()> {
+fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, how: FirstStage, max_len: usize, output: Option<PathBuf>, skip: bool, run_args: &RunArgs, quiet: bool) -> Result<()> {
     let scorer = load_bundle_or_folder(model, max_len, run_args)?;
     let (set, skipped) = read_beir(data, split, if skip { Malformed::Skip } else { Malformed::Fail })?;
     if skipped > 0 {
@@ -314,9 +328,12 @@ fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, max_len: usiz
     }
     gradcache::app::retrieval::check_trec_ids(&set)?;
     let k = retrieve_k.max(1).min(set.corpus.len());
-    eprintln!("{} queries, {} documents; the head reranks each query's top {k}", set.queries.len(), set.corpus.len());
+    match how {
+        FirstStage::Cosine => eprintln!("{} queries, {} documents; the head reranks each query's top {k}", set.queries.len(), set.corpus.len()),
+        _ => eprintln!("{} queries, {} documents; the head ranks the corpus itself ({}), top {k}", set.queries.len(), set.corpus.len(), how.name()),
+    }
     let started = Instant::now();
-    let run = evaluate_two_stage(&scorer, &set, k, &mut stderr_progress(quiet))?;
+    let run = evaluate_retrieval(&scorer, &set, k, how, &mut stderr_progress(quiet))?;
     let seconds = started.elapsed().as_secs_f64();
     let name = data.file_name().map_or("data".into(), |n| n.to_string_lossy().into_owned());
     let out = output.unwrap_or_else(|| PathBuf::from("eval").join(format!("{name}-{split}")));
@@ -324,13 +341,17 @@ fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, max_len: usiz
     write_trec_run(&out.join("run.trec"), &set, &run.reranked, "gradcache")?;
     let metrics = serde_json::json!({
         "model": model, "data": data, "split": split, "queries": set.queries.len(), "documents": set.corpus.len(),
-        "retrieve_k": k, "seconds": seconds,
+        "retrieve_k": k, "first_stage_kind": how.name(), "seconds": seconds,
         "first_stage": run.first_stage_metrics, "reranked": run.reranked_metrics,
     });
     write_bytes_atomically(&out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?.as_bytes())?;
     let mut o = std::io::stdout().lock();
     writeln!(o, "{:<34}{:>8}{:>8}{:>8}{:>8}{:>9}{:>12}", format!("{name} {split} ({} queries)", set.queries.len()), "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10", "Recall@100")?;
-    for (label, m) in [("first stage (encoder cosine)", &run.first_stage_metrics), (&*format!("reranked by the head (top {k})"), &run.reranked_metrics)] {
+    let rows = match how {
+        FirstStage::Cosine => vec![("first stage (encoder cosine)".to_string(), &run.first_stage_metrics), (format!("reranked by the head (top {k})"), &run.reranked_metrics)],
+        _ => vec![(format!("the head as first stage ({})", how.name()), &run.first_stage_metrics)],
+    };
+    for (label, m) in rows {
         writeln!(o, "{label:<34}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>9.3}{:>12.3}", m.top1, m.top5, m.top20, m.mrr10, m.ndcg10, m.recall100)?;
     }
     writeln!(o, "{seconds:.0} s; wrote {} and {}", out.join("metrics.json").display(), out.join("run.trec").display())?;
@@ -345,10 +366,15 @@ fn encode(model: &Path, input: &Path, output: &Path, side: &str, run: &RunArgs, 
     let mut printer = stderr_progress(quiet);
     let started = Instant::now();
     let rep = scorer.encode_many(&texts, side, &mut |done, total| printer("encoding", done, total))?;
-    let named: Vec<(String, tch::Tensor)> = match &rep {
+    let mut named: Vec<(String, tch::Tensor)> = match &rep {
         Representation::Vector(v) => vec![("embeddings".into(), v.shallow_clone())],
         Representation::Tokens { tokens, mask } => vec![("tokens".into(), tokens.shallow_clone()), ("mask".into(), mask.shallow_clone())],
     };
+    // A Mixture of Logits head indexes each text as its unit component
+    // embeddings, what its component searches read (docs/inference.md).
+    if let Some(components) = tch::no_grad(|| scorer.precision().run(|| scorer.head().components(&rep, side).transpose()))? {
+        named.push(("components".into(), components));
+    }
     let model_text = model.display().to_string();
     let count = texts.len().to_string();
     let side_name = format!("{side}");
@@ -427,8 +453,8 @@ fn main() -> Result<ExitCode> {
             gradcache::cli::print_report(&report);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { model, data, split, retrieve_k, max_len, output, skip_malformed, run, quiet } => {
-            eval(&model, &data, &split, retrieve_k, max_len, output, skip_malformed, &run, quiet)?;
+        Command::Eval { model, data, split, retrieve_k, first_stage, max_len, output, skip_malformed, run, quiet } => {
+            eval(&model, &data, &split, retrieve_k, first_stage, max_len, output, skip_malformed, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Encode { model, input, output, side, run, quiet } => {

@@ -3,6 +3,7 @@
 use tch::Tensor;
 
 use crate::error::Result;
+use crate::core::layout::Side;
 use crate::core::representation::Representation;
 
 /// Gradients of the loss with respect to the representations: the
@@ -70,6 +71,18 @@ pub trait ScoringHead {
     /// As [`ScoringHead::score`].
     fn score_gated(&self, queries: &Representation, passages: &Representation, train: bool) -> Result<(Tensor, Option<Tensor>)> {
         Ok((self.score(queries, passages, train)?, None))
+    }
+
+    /// For a head whose score mixes dot products of per-side component
+    /// embeddings (Mixture of Logits), each item's unit component
+    /// embeddings on `side`: what an index stores and what approximate top-k
+    /// search reads. `None` (the default) for other heads.
+    ///
+    /// # Shapes
+    /// `rep`: `n` items; returns `[n, P, c]` (`P` the side's components).
+    fn components(&self, rep: &Representation, side: Side) -> Option<Result<Tensor>> {
+        let _ = (rep, side);
+        None
     }
 
     /// ∂L/∂U and ∂L/∂V in closed form, given the whole batch's

@@ -480,6 +480,7 @@ fn load(config: &ServeConfig) -> Result<(Scorer, router::Loaded)> {
             head,
             embed_side: router::side_name(config.embed_side).into(),
             token_encoder,
+            embed_returns: embed_returns(&model.head).into(),
         }),
         max_concurrent_requests: config.limits.max_concurrent_requests,
         max_input_length,
@@ -505,4 +506,14 @@ fn served_name(config: &ServeConfig) -> String {
         let folder = config.model.canonicalize().unwrap_or_else(|_| config.model.clone());
         folder.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
     })
+}
+
+/// What `/embed` returns for a bundle with `head`, for `/info`.
+fn embed_returns(head: &crate::models::heads::HeadConfig) -> &'static str {
+    match head {
+        crate::models::heads::HeadConfig::Mol(_) => {
+            "the encoder's pooled vectors (the cosine first stage's), not the Mixture of Logits head's component embeddings: `gradcache encode` writes those (`components` [n, P, c]) for `gradcache eval --first-stage head-union|head-mean`"
+        }
+        _ => "the encoder's pooled vectors (the cosine first stage's)",
+    }
 }

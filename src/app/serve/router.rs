@@ -613,7 +613,7 @@ mod tests {
                 model_sha: None,
                 model_dtype: "float32".into(),
                 served_model_name: "m".into(),
-                model_type: ModelType::Reranker(RerankerModel { id2label: Default::default(), label2id: Default::default(), head: "mlp".into(), embed_side: "passages".into(), token_encoder: false }),
+                model_type: ModelType::Reranker(RerankerModel { id2label: Default::default(), label2id: Default::default(), head: "mlp".into(), embed_side: "passages".into(), token_encoder: false, embed_returns: String::new() }),
                 max_concurrent_requests: 4,
                 max_input_length: 8,
                 max_batch_tokens: 64,

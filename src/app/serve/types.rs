@@ -260,6 +260,10 @@ pub struct RerankerModel {
     /// Whether the encoders produce token matrices (`/embed_all` serves
     /// them; `/embed` their masked mean).
     pub token_encoder: bool,
+    /// What `/embed` returns, in words: the pooled vectors the cosine first
+    /// stage ranks with; for a Mixture of Logits head, also where its
+    /// component embeddings come from.
+    pub embed_returns: String,
 }
 
 /// `model_type` of `/info`.

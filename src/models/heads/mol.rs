@@ -7,6 +7,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::{cosine::unit, expect_vectors};
 use crate::core::head::ScoringHead;
+use crate::core::layout::Side;
 use crate::core::representation::Representation;
 use crate::error::{GradCacheError, Result};
 
@@ -186,6 +187,13 @@ impl ScoringHead for MolHead {
 
     fn balance_weight(&self) -> f64 {
         self.config.balance
+    }
+
+    fn components(&self, rep: &Representation, side: Side) -> Option<Result<Tensor>> {
+        Some(match side {
+            Side::Queries => self.query_components(rep),
+            Side::Passages => self.passage_components(rep),
+        })
     }
 
     fn score_gated(&self, queries: &Representation, passages: &Representation, train: bool) -> Result<(Tensor, Option<Tensor>)> {

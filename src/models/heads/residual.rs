@@ -155,6 +155,10 @@ impl ScoringHead for ResidualHead {
         self.correction.balance_weight()
     }
 
+    fn components(&self, rep: &Representation, side: crate::core::layout::Side) -> Option<Result<Tensor>> {
+        self.correction.components(rep, side)
+    }
+
     fn score_gated(&self, queries: &Representation, passages: &Representation, train: bool) -> Result<(Tensor, Option<Tensor>)> {
         let base = self.base.score(queries, passages)?.f_mul(&self.log_scale.f_exp()?)?;
         let (correction, gates) = self.correction.score_gated(queries, passages, train)?;
