@@ -276,6 +276,8 @@ fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
     for (name, config) in [("vector", vector_model()), ("tokens", token_model())] {
         let scorer = trained(config, &dir.join(format!("{name}-bert")));
         let f32_scores = scorer.score(&QUERIES, &PASSAGES).unwrap();
+        let many: Vec<String> = (0..60).map(|i| format!("{} {}", PASSAGES[i % PASSAGES.len()], ["river", "bank", "money", "faith", "row", "ridge"][i % 6].repeat(1 + i / 30))).collect();
+        let f32_many = scorer.score(&QUERIES, &many).unwrap();
         let scorer = scorer.with_precision(gradcache::runtime::precision::Precision::Bf16).unwrap();
         let bf16_scores = scorer.score(&QUERIES, &PASSAGES).unwrap();
         // bfloat16 keeps 8 bits of mantissa: the scores move (autocast is
@@ -285,6 +287,15 @@ fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
         assert!(diff > 0.0, "{name}: bf16 scores equal f32's: autocast is off");
         assert!(diff <= 0.05 * spread.max(1.0), "{name}: bf16 moved scores by {diff} (largest {spread})");
         assert_eq!(scorer.precision(), gradcache::runtime::precision::Precision::Bf16);
+        // Ranking scores come out in float32, not on bf16's grid, where
+        // near candidates tie and corpus order breaks the tie: 60 texts,
+        // no two with the same score where f32 has none.
+        let bf16_many = scorer.score(&QUERIES, &many).unwrap();
+        assert_eq!(bf16_many.kind(), Kind::Float, "{name}: ranking scores in {:?}", bf16_many.kind());
+        for (q, (b_row, f_row)) in Vec::<Vec<f32>>::try_from(&bf16_many).unwrap().into_iter().zip(Vec::<Vec<f32>>::try_from(&f32_many).unwrap()).enumerate() {
+            let distinct = |r: &[f32]| r.iter().map(|x| x.to_bits()).collect::<std::collections::HashSet<_>>().len();
+            assert_eq!(distinct(&b_row), distinct(&f_row), "{name}, query {q}: bf16 scores tie where f32's do not");
+        }
         match scorer.with_precision(gradcache::runtime::precision::Precision::F16) {
             Err(AppError::Core(GradCacheError::InvalidConfig { field: "precision", .. })) => {}
             other => panic!("expected f16 to be refused, got {:?}", other.map(|s| s.precision())),

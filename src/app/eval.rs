@@ -10,7 +10,7 @@ use crate::app::metrics::{disambiguation_accuracy, retrieval_metrics};
 use crate::core::encoder::Encoder;
 use crate::core::head::ScoringHead;
 use crate::core::layout::{Layout, Side};
-use crate::core::scoring::{encode_chunks, score_grid, Forward};
+use crate::core::scoring::{encode_chunks, score_for_ranking};
 use crate::app::error::Result;
 use crate::runtime::precision::Precision;
 
@@ -37,7 +37,7 @@ pub fn score_corpus<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
     tch::no_grad(|| {
         let u = encode_chunks(query_encoder, queries, layout.query_chunk_size, Side::Queries, precision)?;
         let v = encode_chunks(passage_encoder, corpus, layout.passage_chunk_size, Side::Passages, precision)?;
-        Ok(score_grid(head, &u, &v, &layout.grid(u.len(), v.len()), Forward::eval(precision), &|_| ())?.matrix)
+        Ok(score_for_ranking(head, &u, &v, &layout.grid(u.len(), v.len()))?)
     })
 }
 

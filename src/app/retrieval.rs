@@ -62,7 +62,9 @@ pub fn l2_normalized(v: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// Torch errors.
 pub fn first_stage_vectors(rep: &Representation) -> Result<Tensor> {
-    l2_normalized(&pooled_vectors(rep)?)
+    // In float32 whatever encoded them: cosines rounded to bf16 tie
+    // (`score_for_ranking` says why that matters).
+    l2_normalized(&pooled_vectors(&rep.to_float()?)?)
 }
 
 /// The best `k` columns of each row of a score matrix that arrives in
@@ -206,7 +208,9 @@ impl std::fmt::Debug for Searcher<'_> {
 }
 
 fn head_components(scorer: &Scorer, rep: &Representation, side: crate::error::Side) -> Result<Tensor> {
-    match tch::no_grad(|| scorer.precision().run(|| scorer.head().components(rep, side).transpose()))? {
+    // In float32, as the head's ranking scores are (`score_for_ranking`).
+    let rep = rep.to_float()?;
+    match tch::no_grad(|| scorer.head().components(&rep, side).transpose())? {
         Some(c) => Ok(c),
         None => Err(GradCacheError::InvalidConfig {
             field: "first_stage",

@@ -26,7 +26,7 @@ use crate::core::head::ScoringHead;
 use crate::core::batch::TokenBatch;
 use crate::core::layout::{Layout, Side};
 use crate::core::representation::Representation;
-use crate::core::scoring::{score_grid, Forward};
+use crate::core::scoring::score_for_ranking;
 use crate::app::error::{AppError, Result};
 use crate::error::GradCacheError;
 use crate::models::encoders::{TextEncoder, TextEncoderConfig};
@@ -400,7 +400,7 @@ impl Scorer {
     /// Head errors; [`GradCacheError::HeadShape`].
     pub fn score_representations(&self, queries: &Representation, passages: &Representation) -> Result<Tensor> {
         let grid = self.config.layout.grid(queries.len(), passages.len());
-        Ok(tch::no_grad(|| score_grid(self.head.as_ref(), queries, passages, &grid, Forward::eval(self.precision), &|_| ()))?.matrix)
+        Ok(score_for_ranking(self.head.as_ref(), queries, passages, &grid)?)
     }
 
     /// Scores every query against every passage.

@@ -121,6 +121,19 @@ impl Representation {
         }
     }
 
+    /// The same representation in float32 when it is in a half precision
+    /// (bf16, f16); itself (shallow) otherwise. What ranking scores are
+    /// computed from: see [`crate::core::scoring::score_for_ranking`].
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn to_float(&self) -> Result<Representation> {
+        Ok(match self.kind() {
+            Kind::BFloat16 | Kind::Half => self.with_tensor(self.tensor().f_to_kind(Kind::Float)?),
+            _ => self.with_tensor(self.tensor().shallow_clone()),
+        })
+    }
+
     /// The same representation on `device` (tensor and mask).
     ///
     /// # Errors

@@ -152,6 +152,26 @@ pub fn score_grid(
     Ok(ScoredGrid { matrix: Tensor::f_cat(&rows, 0)?, kept, gates: totals })
 }
 
+/// Scores `queries × passages` for ranking (inference: evaluation,
+/// reranking, serving), block by block over `grid` in eval mode: the head in
+/// float32 over float32 copies of the representations, whatever precision
+/// encoded them. A head run under bf16 autocast returns scores on bf16's
+/// grid (8 significant bits: steps of 0.06 at a score of 10), which ties
+/// candidates, and a tie is then broken by corpus order: on WordNet dev,
+/// whose senses are listed most frequent first, 172 of 300 queries had a
+/// tie in their top 10 and the reranked MRR@10 rose from 0.593 to 0.602 by
+/// that order alone. The encoders, where the time goes, keep the precision.
+///
+/// # Shapes
+/// `queries`: `N` items, `passages`: `M`; returns `[N, M]` float32.
+///
+/// # Errors
+/// Head errors; [`GradCacheError::HeadShape`].
+pub fn score_for_ranking(head: &dyn ScoringHead, queries: &Representation, passages: &Representation, grid: &BlockGrid) -> Result<Tensor> {
+    let (u, v) = (queries.to_float()?, passages.to_float()?);
+    Ok(tch::no_grad(|| score_grid(head, &u, &v, grid, Forward::eval(Precision::F32), &|_| ()))?.matrix)
+}
+
 /// `S` checked for NaN and infinity.
 ///
 /// # Errors
