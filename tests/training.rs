@@ -320,3 +320,67 @@ fn adamw_in_float32_follows_the_float64_update() {
         assert!(scale > 0.0);
     }
 }
+
+/// TensorBoard's own reader (`EventAccumulator`, the `tensorboard` package
+/// in the test venv) reads every scalar of `metrics.jsonl` back from
+/// `OUTPUT/tensorboard/`, equal in float32, step for step; after a resume,
+/// each step once (the kept entries, then the new ones) — with an eval
+/// entry among them.
+#[test]
+fn tensorboard_reads_back_every_scalar_of_the_metrics_log() {
+    let _serial = serial();
+    let dir = out_dir("tensorboard");
+    // A tiny run with an evaluation every 2 steps, cut after 3 and resumed.
+    let run = |steps: usize, resume: bool| {
+        let model = Model::new(HeadKind::Mlp, true, Kind::Float, 0.2);
+        let loss = loss(LossKind::InfoNce);
+        let mut gc = model.step(StepConfig::default(), loss.as_ref());
+        let mut trainer = Trainer::new(TrainConfig { eval_every: 2, ..config(steps) }, &model.vs, &dir, resume).unwrap();
+        trainer
+            .run(
+                |i| {
+                    let d = data(6, 2, LossKind::InfoNce, 1000 + i as i64);
+                    gc.step(&d.queries, &d.passages, &d.targets)
+                },
+                |step| Ok::<_, AppError>(BTreeMap::from([("reranked.mrr10".to_string(), step as f64 / 10.0)])),
+            )
+            .unwrap();
+    };
+    run(3, false);
+    run(6, true);
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+acc.Reload()
+print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}))
+"#;
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".python");
+    let out = std::process::Command::new(&python).args(["-c", script]).arg(dir.join("tensorboard")).output().unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
+    assert!(out.status.success(), "tensorboard's reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    let read: BTreeMap<String, Vec<(i64, f64)>> = serde_json::from_slice(&out.stdout).unwrap();
+    let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let mut want: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    for line in log.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (tag, v) in gradcache::app::train::tensorboard::entry_scalars(&e) {
+            want.entry(tag).or_default().push((e["step"].as_i64().unwrap(), f64::from(v)));
+        }
+    }
+    for tag in ["train/loss", "train/lr", "train/grad_norm", "pass_seconds/encoder", "gflop_s/head", "eval/reranked.mrr10"] {
+        assert!(want.contains_key(tag), "metrics.jsonl has no {tag}: {:?}", want.keys());
+    }
+    assert_eq!(read.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    // Float32 is what an event holds; JSON printing may differ in the
+    // last digit of the f64 it widens to.
+    let as_f32 = |p: &[(i64, f64)]| p.iter().map(|&(s, v)| (s, v as f32)).collect::<Vec<_>>();
+    for (tag, points) in &want {
+        assert_eq!(as_f32(&read[tag]), as_f32(points), "{tag}");
+    }
+    // Before training, every 2 steps, and at the end of the first run (3).
+    assert_eq!(want["eval/reranked.mrr10"].iter().map(|p| p.0).collect::<Vec<_>>(), [0, 2, 3, 4, 6]);
+    assert_eq!(want["train/loss"].iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    // The fresh run of another folder set the earlier files aside, not mixed.
+    let files = std::fs::read_dir(dir.join("tensorboard")).unwrap().count();
+    assert_eq!(files, 1, "one event file after the resume");
+}

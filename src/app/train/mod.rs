@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod optim;
 pub mod progress;
+pub mod tensorboard;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,19 +150,22 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
 }
 
 /// The metrics log, `metrics.jsonl`: one JSON object a line, appended
-/// entry by entry.
+/// entry by entry; every entry also goes to `tensorboard/` as scalars.
 #[derive(Debug)]
 struct MetricsLog {
     /// `None` for a process that does not write (a follower).
     path: Option<PathBuf>,
     /// The entries kept from a resumed run's log.
     kept: Vec<serde_json::Value>,
+    /// The TensorBoard event file, for a process that writes.
+    events: Option<tensorboard::EventWriter>,
 }
 
 impl MetricsLog {
     /// Opens the log, keeping only entries up to `step` (those of a resumed
-    /// checkpoint).
-    fn open(path: PathBuf, keep_through: Option<usize>, writes: bool) -> Result<Self> {
+    /// checkpoint), and its TensorBoard twin in `events_dir`, which starts
+    /// with the same kept entries.
+    fn open(path: PathBuf, events_dir: &Path, keep_through: Option<usize>, writes: bool) -> Result<Self> {
         let kept: Vec<String> = match (keep_through, std::fs::read_to_string(&path)) {
             (Some(step), Ok(text)) => text
                 .lines()
@@ -180,8 +184,17 @@ impl MetricsLog {
         if writes {
             write_bytes_atomically(&path, kept.concat().as_bytes())?;
         }
-        let kept = kept.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        Ok(MetricsLog { path: writes.then_some(path), kept })
+        let kept: Vec<serde_json::Value> = kept.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let events = match writes {
+            true => Some(tensorboard::EventWriter::create(events_dir)?),
+            false => None,
+        };
+        if let Some(events) = &events {
+            for entry in &kept {
+                events.scalars(entry["step"].as_i64().unwrap_or(0), &tensorboard::entry_scalars(entry))?;
+            }
+        }
+        Ok(MetricsLog { path: writes.then_some(path), kept, events })
     }
 
     /// The metrics an evaluation at `step` logged, among the kept entries.
@@ -195,6 +208,9 @@ impl MetricsLog {
     fn push(&mut self, entry: serde_json::Value) -> Result<()> {
         use std::io::Write;
         let Some(path) = &self.path else { return Ok(()) };
+        if let Some(events) = &self.events {
+            events.scalars(entry["step"].as_i64().unwrap_or(0), &tensorboard::entry_scalars(&entry))?;
+        }
         let io = crate::error::io_error(path);
         let mut file = std::fs::OpenOptions::new().append(true).open(path).map_err(crate::error::io_error(path))?;
         // One write per line: a crash leaves at most a torn last line, which
@@ -327,10 +343,11 @@ impl<'v> Trainer<'v> {
         } else if writes {
             set_aside(&out.join("checkpoints"), &out.join("checkpoints.previous"))?;
             set_aside(&out.join("metrics.jsonl"), &out.join("metrics.previous.jsonl"))?;
+            set_aside(&out.join("tensorboard"), &out.join("tensorboard.previous"))?;
         }
         // Keep the log up to the checkpoint resumed from; with nothing to
         // resume, the run starts over and so does its log.
-        let log = MetricsLog::open(out.join("metrics.jsonl"), resumed_from.as_ref().map(|_| first_step), writes)?;
+        let log = MetricsLog::open(out.join("metrics.jsonl"), &out.join("tensorboard"), resumed_from.as_ref().map(|_| first_step), writes)?;
         if writes {
             let json = serde_json::to_vec_pretty(&config).map_err(|source| GradCacheError::Json { path: out.join("train_config.json"), source })?;
             write_bytes_atomically(&out.join("train_config.json"), &json)?;
