@@ -286,3 +286,36 @@ fn a_mol_bundle_encodes_its_components_and_retrieves_with_the_head() {
     let (ok, text, _) = eval(&other.join("model"), "nearest");
     assert!(!ok && text.contains("cosine, head, head-union, head-mean"), "{text}");
 }
+
+/// `gradcache plot` draws a run's loss and its dev metric into a PNG (the
+/// run's own `metrics.jsonl`, torn last line and all), names the metric it
+/// drew, and refuses a metric the run does not log by listing those it does.
+#[test]
+fn plot_draws_a_runs_loss_and_dev_metric_into_a_png() {
+    let dir = common::scratch("cli-plot");
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut log = String::new();
+    for step in 1..=20 {
+        log += &format!("{{\"step\": {step}, \"loss\": {}, \"lr\": 0.001}}\n", 2.0 / step as f64);
+        if step % 5 == 0 {
+            log += &format!("{{\"step\": {step}, \"eval\": {{\"reranked.mrr10\": {}, \"first_stage.mrr10\": 0.4}}}}\n", 0.4 + step as f64 / 100.0);
+        }
+    }
+    log += "{\"step\": 21, \"lo";
+    std::fs::write(run.join("metrics.jsonl"), log).unwrap();
+    let (ok, text) = gradcache(&["plot", run.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("loss over 20 steps, reranked.mrr10 at 4 evaluations"), "{text}");
+    let png = std::fs::read(run.join("plot.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h) = (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
+    assert_eq!((w, h), (1000, 700));
+    let out = dir.join("first.png");
+    let (ok, text) = gradcache(&["plot", run.to_str().unwrap(), "--metric", "first_stage.mrr10", "--output", out.to_str().unwrap()]);
+    assert!(ok && out.is_file(), "{text}");
+    let (ok, text) = gradcache(&["plot", run.to_str().unwrap(), "--metric", "wsd"]);
+    assert!(!ok && text.contains("first_stage.mrr10, reranked.mrr10"), "{text}");
+    let (ok, text) = gradcache(&["plot", dir.join("nothing").to_str().unwrap()]);
+    assert!(!ok && text.contains("metrics.jsonl"), "{text}");
+}

@@ -111,6 +111,15 @@ pub enum AppError {
         known: Vec<String>,
     },
 
+    /// A chart could not be drawn (`gradcache plot`).
+    #[error("{path}: could not draw the chart: {reason}")]
+    Plot {
+        /// The image being written.
+        path: std::path::PathBuf,
+        /// What the drawing library said.
+        reason: String,
+    },
+
     /// `gradcache serve`'s model thread died while serving (it panicked):
     /// the server stopped, and its process should be restarted.
     #[error("the model died while serving: {reason}")]

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod export;
 pub mod metrics;
 pub mod mine;
+pub mod plot;
 pub mod recipe;
 pub mod retrieval;
 pub mod scorer;

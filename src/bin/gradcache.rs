@@ -127,6 +127,19 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Draw a run's training loss and a dev metric against the step into a
+    /// PNG (from RUN/metrics.jsonl; TensorBoard reads RUN/tensorboard/).
+    Plot {
+        /// A run folder (--output-dir of `gradcache train`).
+        run: PathBuf,
+        /// The image (default RUN/plot.png).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The dev metric (default: the run's --select-best metric, else
+        /// reranked.mrr10 or mrr10, whichever it logs).
+        #[arg(long)]
+        metric: Option<String>,
+    },
     /// Encode texts with a model bundle's encoder into a safetensors file:
     /// `embeddings` [n, d] for a pooled encoder, `tokens` [n, L, d] and
     /// `mask` [n, L] for a token encoder, and for a Mixture of Logits head
@@ -455,6 +468,19 @@ fn main() -> Result<ExitCode> {
         }
         Command::Eval { model, data, split, retrieve_k, first_stage, max_len, output, skip_malformed, run, quiet } => {
             eval(&model, &data, &split, retrieve_k, first_stage, max_len, output, skip_malformed, &run, quiet)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plot { run, output, metric } => {
+            let curves = gradcache::app::plot::RunCurves::read(&run)?;
+            let metric = curves.metric(&run, metric.as_deref())?;
+            let output = output.unwrap_or_else(|| run.join("plot.png"));
+            let title = run.display().to_string();
+            gradcache::app::plot::draw(&curves, metric.as_deref(), &title, &output)?;
+            let evals = curves.evals.len();
+            match &metric {
+                Some(m) => println!("{}: loss over {} steps, {m} at {evals} evaluations", output.display(), curves.loss.len()),
+                None => println!("{}: loss over {} steps (the run logged no evaluation)", output.display(), curves.loss.len()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Encode { model, input, output, side, run, quiet } => {
