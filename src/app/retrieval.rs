@@ -469,13 +469,17 @@ fn check_candidates(candidates: &[Ranked], queries: usize, corpus: usize) -> Res
     Ok(())
 }
 
+/// `represent(start, end, docs)`: a group of queries' representations and
+/// those of its distinct candidates `docs`.
+type RepresentGroup<'a> = &'a dyn Fn(usize, usize, &[usize]) -> Result<(Representation, Representation)>;
+
 /// Stage two over groups of `head_block_queries` queries: `represent(start,
 /// end, docs)` gives the group's queries and its distinct candidates
 /// (`docs`, in first-seen order).
 fn rerank_with(
     scorer: &Scorer,
     candidates: &[Ranked],
-    represent: &dyn Fn(usize, usize, &[usize]) -> Result<(Representation, Representation)>,
+    represent: RepresentGroup,
     progress: ProgressFn,
 ) -> Result<Vec<Ranked>> {
     let group = scorer.config().layout.head_block_queries;

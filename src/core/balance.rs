@@ -68,7 +68,7 @@ impl GateTotals {
     ///
     /// # Errors
     /// libtorch errors (e.g. different `K`).
-    pub fn add(self, other: GateTotals) -> Result<GateTotals> {
+    pub fn merge(self, other: GateTotals) -> Result<GateTotals> {
         Ok(GateTotals { sum: self.sum.f_add(&other.sum)?, entropy: self.entropy.f_add(&other.entropy)?, pairs: self.pairs + other.pairs })
     }
 

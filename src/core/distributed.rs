@@ -379,7 +379,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                 if let Some(g) = &s.gates {
                     let t = GateTotals::of(g)?;
                     gates = Some(match gates.take() {
-                        Some(all) => t.add(all)?,
+                        Some(all) => t.merge(all)?,
                         None => t,
                     });
                 }

@@ -125,7 +125,7 @@ pub fn score_grid(
         if let Some(g) = g {
             let t = GateTotals::of(g)?;
             totals = Some(match totals.take() {
-                Some(all) => all.add(t)?,
+                Some(all) => all.merge(t)?,
                 None => t,
             });
         }
