@@ -13,7 +13,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=GRADCACHE_NO_CUDA");
-    let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report libtorch's lib folder (DEP_TCH_LIBTORCH_LIB)"));
+    let lib = PathBuf::from(
+        std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report libtorch's lib folder (DEP_TCH_LIBTORCH_LIB)"),
+    );
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // Resolved: `.libtorch` is a link into a venv's site-packages, where the
     // NVIDIA wheels' headers sit beside it.

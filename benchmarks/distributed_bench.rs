@@ -63,7 +63,15 @@ fn main() -> Result<()> {
     let (encoder, _) = TextEncoderConfig::default().init_pretrained(&vs, "encoder", &model)?;
     let head = MlpHeadConfig { dim: 384, hidden: 256, dropout: 0.1, ..MlpHeadConfig::default() }.init(&(vs.root() / "head"))?;
     let loss = InfoNce { temperature: 1.0, symmetric: false };
-    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: 16, head_block_passages: 64 }, ..StepConfig::default() };
+    let config = StepConfig {
+        layout: gradcache::Layout {
+            query_chunk_size: a.chunk,
+            passage_chunk_size: a.chunk,
+            head_block_queries: 16,
+            head_block_passages: 64,
+        },
+        ..StepConfig::default()
+    };
     let mut gc = GradCache::tied(config, &encoder, &head, &loss)?;
     let before_mb = gradcache::runtime::peak_resident_mb()?;
     let (mut times, mut losses, mut score_s, mut head_s) = (Vec::new(), Vec::new(), 0.0, 0.0);
@@ -72,7 +80,8 @@ fn main() -> Result<()> {
         gradcache::check::zero_grads(&vs);
         tch::manual_seed(step as i64);
         let t = std::time::Instant::now();
-        let out = if ranks == 1 { gc.step(&q, &p, &targets)? } else { gc.distributed_step(&local_q, &local_p, &targets, &vs, world.as_ref())? };
+        let out =
+            if ranks == 1 { gc.step(&q, &p, &targets)? } else { gc.distributed_step(&local_q, &local_p, &targets, &vs, world.as_ref())? };
         if step > 0 {
             times.push(t.elapsed().as_secs_f64());
             score_s += out.timings.score.as_secs_f64() / a.steps as f64;

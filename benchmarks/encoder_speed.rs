@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use gradcache::models::encoders::{TextEncoderConfig, BertImplementation};
+use gradcache::models::encoders::{BertImplementation, TextEncoderConfig};
 use gradcache::models::pretrained::ModelDir;
 use gradcache::runtime::tune_allocator;
 use gradcache::{Encoder, TokenBatch};

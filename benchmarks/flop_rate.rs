@@ -37,7 +37,10 @@ fn main() -> Result<()> {
         // Side by side: bf16 over f32 is what AMX (or avx512_bf16) gains.
         let f32 = gradcache::runtime::matmul_gflops(tch::Device::Cpu, (m, k, n), tch::Kind::Float, a.seconds)?.gflops;
         let bf16 = gradcache::runtime::matmul_gflops(tch::Device::Cpu, (m, k, n), tch::Kind::BFloat16, a.seconds)?.gflops;
-        println!("{}", serde_json::json!({"shape": [m, k, n], "what": what, "gflop_s": f32, "bf16_gflop_s": bf16, "bf16_over_f32": bf16 / f32, "threads": a.threads}));
+        println!(
+            "{}",
+            serde_json::json!({"shape": [m, k, n], "what": what, "gflop_s": f32, "bf16_gflop_s": bf16, "bf16_over_f32": bf16 / f32, "threads": a.threads})
+        );
     }
     Ok(())
 }

@@ -61,7 +61,14 @@ struct Args {
 /// Searches `corpus` block by block `how`; the component searches'
 /// candidates are rescored exactly by the head and cut to `k`. Also the
 /// seconds of the search alone (before rescoring).
-fn search(scorer: &Scorer, queries: &Representation, corpus: &Representation, k: usize, block: usize, how: FirstStage) -> Result<(Vec<Ranked>, f64)> {
+fn search(
+    scorer: &Scorer,
+    queries: &Representation,
+    corpus: &Representation,
+    k: usize,
+    block: usize,
+    how: FirstStage,
+) -> Result<(Vec<Ranked>, f64)> {
     let started = Instant::now();
     let mut s = Searcher::new(scorer, queries, k, how)?;
     let n = corpus.len();

@@ -18,7 +18,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use gradcache::models::encoders::{TextEncoderConfig, BertImplementation};
+use gradcache::models::encoders::{BertImplementation, TextEncoderConfig};
 use gradcache::models::heads::CosineHeadConfig;
 use gradcache::models::pretrained::ModelDir;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets};
@@ -99,7 +99,12 @@ fn main() -> Result<()> {
     let loss = InfoNce { temperature: 1.0, symmetric: false };
     // Like theirs: `chunk` query rows against every passage at once.
     let config = StepConfig {
-        layout: gradcache::Layout { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: a.chunk, head_block_passages: 2 * a.batch },
+        layout: gradcache::Layout {
+            query_chunk_size: a.chunk,
+            passage_chunk_size: a.chunk,
+            head_block_queries: a.chunk,
+            head_block_passages: 2 * a.batch,
+        },
         memory: serde_json::from_str(&a.memory).with_context(|| format!("--memory {}", a.memory))?,
         auto_sizes: a.auto_sizes,
         query_chunk_tokens: a.chunk_tokens,

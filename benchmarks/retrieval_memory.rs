@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use gradcache::app::retrieval::{first_stage_block, first_stage_streamed, first_stage_vectors};
+use gradcache::app::scorer::ModelConfig;
 use gradcache::models::encoders::TextEncoderConfig;
 use gradcache::models::heads::{CosineHeadConfig, HeadConfig};
 use gradcache::models::pretrained::ModelDir;
-use gradcache::app::retrieval::{first_stage_block, first_stage_streamed, first_stage_vectors};
 use gradcache::runtime::peak_resident_mb;
-use gradcache::app::scorer::ModelConfig;
 use gradcache::Layout;
 use gradcache::Scorer;
 use tch::{Device, Kind, Tensor};

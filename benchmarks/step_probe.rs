@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
-use gradcache::models::encoders::TextEncoder;
 use gradcache::core::head::ScoringHead;
+use gradcache::models::encoders::TextEncoder;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use rust_bert::bert::BertConfig;
 use tch::{nn, Device};
@@ -99,12 +99,21 @@ pub fn probe(a: &ProbeArgs) -> Result<serde_json::Value> {
     let (encoder, head) = small_model(&vs, &a.head)?;
     let loss = InfoNce { temperature: 1.0, symmetric: false };
     let (n, m) = (a.batch, a.batch * a.group);
-    let layout = StepConfig { layout: gradcache::Layout { query_chunk_size: a.chunk, passage_chunk_size: a.chunk, head_block_queries: a.block_queries, head_block_passages: a.block_passages },
+    let layout = StepConfig {
+        layout: gradcache::Layout {
+            query_chunk_size: a.chunk,
+            passage_chunk_size: a.chunk,
+            head_block_queries: a.block_queries,
+            head_block_passages: a.block_passages,
+        },
         ..StepConfig::default()
     };
     let config = match a.method {
         Method::Full => layout.whole_batch(m),
-        Method::RepCache => StepConfig { layout: gradcache::Layout { head_block_queries: n, head_block_passages: m, ..gradcache::Layout::default() }, ..layout },
+        Method::RepCache => StepConfig {
+            layout: gradcache::Layout { head_block_queries: n, head_block_passages: m, ..gradcache::Layout::default() },
+            ..layout
+        },
         Method::Accumulation | Method::TwoCache => layout,
     };
     let memory = match &a.memory {

@@ -14,7 +14,8 @@ use gradcache::models::text::TextTokenizer;
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args().nth(1).map(|r| r.parse()).transpose()?.unwrap_or(5);
     let task = gradcache::app::data::wordnet::WordSenseData::read(std::path::Path::new(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR))?;
-    let texts: Vec<String> = task.training_records().into_iter().flat_map(|r| std::iter::once(r.query).chain(r.positives).chain(r.negatives)).collect();
+    let texts: Vec<String> =
+        task.training_records().into_iter().flat_map(|r| std::iter::once(r.query).chain(r.positives).chain(r.negatives)).collect();
     let model = ModelDir::open(EMBEDDED_MODEL_DIR)?;
     let json = TextTokenizer::from_tokenizer_json(&model.root().join("tokenizer.json"), 48)?;
     let vocab = TextTokenizer::from_vocab(&model.root().join("vocab.txt"), true, 48)?;

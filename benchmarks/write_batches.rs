@@ -40,6 +40,14 @@ fn main() -> Result<()> {
     }
     gradcache::models::weights::write_bytes_atomically(&cli.batches, text.as_bytes())?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "wrote {} batches of {} queries x {} passages (seed {}) to {}", c.train.steps, c.batch_size, c.group_size, c.train.seed, cli.batches.display())?;
+    writeln!(
+        out,
+        "wrote {} batches of {} queries x {} passages (seed {}) to {}",
+        c.train.steps,
+        c.batch_size,
+        c.group_size,
+        c.train.seed,
+        cli.batches.display()
+    )?;
     Ok(())
 }

@@ -4,9 +4,9 @@
 //!     cargo run --release --example custom_head
 
 use anyhow::{ensure, Result};
+use gradcache::app::train::optim::AdamW;
 use gradcache::check::{check_head, Tolerance};
 use gradcache::models::encoders::TinyEncoderConfig;
-use gradcache::app::train::optim::AdamW;
 use gradcache::{GradCache, InfoNce, Representation, ScoringHead, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -53,7 +53,10 @@ fn check_then_train() -> Result<(f64, f64)> {
     let p = vs.root() / "head";
     let head = GatedHead { gate: p.ones("gate", &[32]), beta: p.zeros("beta", &[]) };
     let loss = InfoNce { temperature: 1.0, symmetric: false };
-    let step = StepConfig { layout: gradcache::Layout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 8, head_block_passages: 16 }, ..Default::default() };
+    let step = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 8, head_block_passages: 16 },
+        ..Default::default()
+    };
 
     // 1. Check it, in f64, on a small batch cut into several chunks and blocks.
     vs.double();
@@ -94,7 +97,19 @@ fn the_head_is_exact_and_learns() {
 
 /// The step's model scoring every query against every item of a corpus in
 /// eval mode, cut as the step's layout cuts a batch.
-fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(gc: &GradCache<'_, QE, PE>, queries: &QE::Input, corpus: &PE::Input) -> Result<tch::Tensor, gradcache::AppError> {
+fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(
+    gc: &GradCache<'_, QE, PE>,
+    queries: &QE::Input,
+    corpus: &PE::Input,
+) -> Result<tch::Tensor, gradcache::AppError> {
     let (model, config) = (gc.parts(), gc.config());
-    gradcache::app::eval::score_corpus(model.query_encoder, model.passage_encoder, model.head, &config.layout, config.precision, queries, corpus)
+    gradcache::app::eval::score_corpus(
+        model.query_encoder,
+        model.passage_encoder,
+        model.head,
+        &config.layout,
+        config.precision,
+        queries,
+        corpus,
+    )
 }

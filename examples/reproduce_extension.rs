@@ -30,16 +30,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use gradcache::check::{zero_grads, GradientSnapshot};
 use gradcache::app::data::grouped_batch;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
-use gradcache::models::encoders::{TextEncoderConfig, BertImplementation, Pooling};
 use gradcache::app::eval::sense_metrics;
+use gradcache::app::train::{sample_indices, TrainConfig, Trainer};
+use gradcache::check::{zero_grads, GradientSnapshot};
+use gradcache::models::encoders::{BertImplementation, Pooling, TextEncoderConfig};
 use gradcache::models::heads::{CosineHeadConfig, HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig};
 use gradcache::models::pretrained::ModelDir;
-use gradcache::app::train::{sample_indices, TrainConfig, Trainer};
-use gradcache::models::weights::write_bytes_atomically;
 use gradcache::models::text::TextTokenizer;
+use gradcache::models::weights::write_bytes_atomically;
 use gradcache::{GradCache, InfoNce, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind};
 
@@ -189,7 +189,10 @@ fn gradient_groups(head_name: &str, kind: Kind, full_seed: i64) -> Result<Vec<se
     // temperature would saturate the softmax and leave no gradient.
     let loss = InfoNce { temperature: 1.0, symmetric: false };
     // Uneven on purpose: 24 queries in chunks of 10, 48 passages in 7s.
-    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 10, passage_chunk_size: 7, head_block_queries: 5, head_block_passages: 13 }, ..StepConfig::default() };
+    let config = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 10, passage_chunk_size: 7, head_block_queries: 5, head_block_passages: 13 },
+        ..StepConfig::default()
+    };
     let mut gc = GradCache::tied(config, &encoder, head.as_ref(), &loss)?;
     zero_grads(&vs);
     tch::manual_seed(1);
@@ -307,11 +310,7 @@ impl Model {
 /// The heads of the rows, with the learning-rate multipliers the main job
 /// uses (the residual gate is one scalar that needs a larger step).
 fn lr_multipliers() -> BTreeMap<String, f64> {
-    BTreeMap::from([
-        ("head".to_string(), 30.0),
-        ("head.residual.gate".to_string(), 300.0),
-        ("encoder.projection".to_string(), 30.0),
-    ])
+    BTreeMap::from([("head".to_string(), 30.0), ("head.residual.gate".to_string(), 300.0), ("encoder.projection".to_string(), 30.0)])
 }
 
 /// A row's encoder, head and InfoNCE temperature. `interaction`: MiniLM's
@@ -324,7 +323,9 @@ fn lr_multipliers() -> BTreeMap<String, f64> {
 fn table_model(head: &str, model: Model) -> (TextEncoderConfig, HeadConfig, f64) {
     match model {
         Model::Cosine => (TextEncoderConfig::default(), HeadConfig::Cosine(CosineHeadConfig { initial_temperature: 0.05 }), 1.0),
-        Model::MaxSim => (TextEncoderConfig { pooling: Some(Pooling::Tokens), normalize: Some(true), ..Default::default() }, HeadConfig::MaxSim, 0.2),
+        Model::MaxSim => {
+            (TextEncoderConfig { pooling: Some(Pooling::Tokens), normalize: Some(true), ..Default::default() }, HeadConfig::MaxSim, 0.2)
+        }
         Model::Head if head == "interaction" => (
             TextEncoderConfig { pooling: Some(Pooling::Tokens), ..Default::default() },
             HeadConfig::Interaction(InteractionConfig {
@@ -354,7 +355,15 @@ struct TableData {
 }
 
 /// One training run of the table: returns its JSON row.
-fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: u64, runs_dir: &Path, quiet: bool) -> Result<serde_json::Value> {
+fn train_one(
+    plan: &Plan,
+    data: &TableData,
+    model: Model,
+    method: Method,
+    seed: u64,
+    runs_dir: &Path,
+    quiet: bool,
+) -> Result<serde_json::Value> {
     let started = Instant::now();
     let batch = if method == Method::SmallBatch { plan.small_batch } else { plan.large_batch };
     let steps = plan.examples / batch;
@@ -403,9 +412,7 @@ fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: 
     let label = row_label(model, method, &data.head);
     println!(
         "[table] {label:<40} seed {seed}: {steps} steps of {batch}, Top-1 {:.3}, Top-20 {:.3}, MRR@10 {:.3} ({seconds:.0} s)",
-        summary.after["top1"],
-        summary.after["top20"],
-        summary.after["mrr10"]
+        summary.after["top1"], summary.after["top20"], summary.after["mrr10"]
     );
     Ok(serde_json::json!({
         "row": label, "model": model.slug(&data.head), "method": method.name(), "seed": seed, "batch": batch, "steps": steps, "examples": steps * batch,
@@ -415,7 +422,10 @@ fn train_one(plan: &Plan, data: &TableData, model: Model, method: Method, seed: 
 
 /// Chunks and blocks of every table run (and of its evaluation).
 fn table_step_config() -> StepConfig {
-    StepConfig { layout: gradcache::Layout { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64 }, ..StepConfig::default() }
+    StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 16, passage_chunk_size: 16, head_block_queries: 16, head_block_passages: 64 },
+        ..StepConfig::default()
+    }
 }
 
 /// A table row's name.
@@ -452,7 +462,11 @@ fn pretrained_row(data: &TableData) -> Result<serde_json::Value> {
 fn trained_rows(baselines: bool) -> Vec<(Model, Method)> {
     let base = [(Model::Cosine, Method::TwoCache), (Model::MaxSim, Method::TwoCache)];
     let head = Method::ALL.map(|m| (Model::Head, m));
-    if baselines { base.iter().chain(head.iter()).copied().collect() } else { head.to_vec() }
+    if baselines {
+        base.iter().chain(head.iter()).copied().collect()
+    } else {
+        head.to_vec()
+    }
 }
 
 fn table(plan: &Plan, args: &Args) -> Result<Vec<serde_json::Value>> {
@@ -501,9 +515,20 @@ fn jsonl(rows: &[serde_json::Value]) -> String {
 }
 
 /// The markdown report of whichever parts ran.
-fn report(plan: &Plan, args: &Args, command: &str, grads: &[serde_json::Value], mem: &[serde_json::Value], runs: &[serde_json::Value]) -> String {
+fn report(
+    plan: &Plan,
+    args: &Args,
+    command: &str,
+    grads: &[serde_json::Value],
+    mem: &[serde_json::Value],
+    runs: &[serde_json::Value],
+) -> String {
     let mut s = String::from("# Reproducing the two-cache extension (Gradient Cache, Section 5)\n\n");
-    s += &format!("Command: `{command}`. {} CPUs, {} threads, files written by that command.\n\n", std::thread::available_parallelism().map_or(0, |n| n.get()), args.threads);
+    s += &format!(
+        "Command: `{command}`. {} CPUs, {} threads, files written by that command.\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.threads
+    );
     if !grads.is_empty() {
         s += "## 1. Gradient equality\n\nTwo-cache step against one full-batch graph with the same dropout masks: small BERT (2 layers, width 128), \
               24 queries x 2 passages, 16 tokens, query chunks of 10, passage chunks of 7, head blocks of 5 x 13 (uneven on purpose), \
@@ -543,9 +568,9 @@ fn report(plan: &Plan, args: &Args, command: &str, grads: &[serde_json::Value], 
         s += "| queries | full batch MB | accumulation MB | rep. cache only MB | two-cache MB | two-cache s/step |\n|---|---|---|---|---|---|\n";
         for &b in &plan.memory_batches {
             let cell = |m: &str, k: &str| {
-                mem.iter()
-                    .find(|r| r["batch"].as_u64() == Some(b as u64) && r["method"] == m)
-                    .map_or("–".to_string(), |r| format!("{:.0}", r[k].as_f64().unwrap_or(f64::NAN) * if k == "median_s" { 1000.0 } else { 1.0 }))
+                mem.iter().find(|r| r["batch"].as_u64() == Some(b as u64) && r["method"] == m).map_or("–".to_string(), |r| {
+                    format!("{:.0}", r[k].as_f64().unwrap_or(f64::NAN) * if k == "median_s" { 1000.0 } else { 1.0 })
+                })
             };
             s += &format!(
                 "| {b} | {} | {} | {} | {} | {} ms |\n",
@@ -646,7 +671,15 @@ fn main() -> Result<()> {
     if !mem.is_empty() {
         let mut csv = String::from("method,batch,passages,peak_mb,before_step_mb,median_s\n");
         for r in &mem {
-            csv += &format!("{},{},{},{},{},{}\n", r["method"].as_str().unwrap_or(""), r["batch"], r["passages"], r["peak_mb"], r["before_step_mb"], r["median_s"]);
+            csv += &format!(
+                "{},{},{},{},{},{}\n",
+                r["method"].as_str().unwrap_or(""),
+                r["batch"],
+                r["passages"],
+                r["peak_mb"],
+                r["before_step_mb"],
+                r["median_s"]
+            );
         }
         write(&out.join("memory.csv"), &csv)?;
         let plotted = std::process::Command::new("./.python")
@@ -685,7 +718,8 @@ mod tests {
         let (n, small, large, seed) = (100, 8, 64, 7);
         for j in 0..4 {
             let large_picks = sample_indices(n, large, j, seed);
-            let small_picks: Vec<usize> = (0..large / small).flat_map(|k| sample_indices(n, small, j * (large / small) + k, seed)).collect();
+            let small_picks: Vec<usize> =
+                (0..large / small).flat_map(|k| sample_indices(n, small, j * (large / small) + k, seed)).collect();
             assert_eq!(small_picks, large_picks, "large step {j}");
         }
     }
@@ -733,7 +767,19 @@ mod tests {
 
 /// The step's model scoring every query against every item of a corpus in
 /// eval mode, cut as the step's layout cuts a batch.
-fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(gc: &GradCache<'_, QE, PE>, queries: &QE::Input, corpus: &PE::Input) -> Result<tch::Tensor, gradcache::AppError> {
+fn score_with<QE: gradcache::Encoder + ?Sized, PE: gradcache::Encoder + ?Sized>(
+    gc: &GradCache<'_, QE, PE>,
+    queries: &QE::Input,
+    corpus: &PE::Input,
+) -> Result<tch::Tensor, gradcache::AppError> {
     let (model, config) = (gc.parts(), gc.config());
-    gradcache::app::eval::score_corpus(model.query_encoder, model.passage_encoder, model.head, &config.layout, config.precision, queries, corpus)
+    gradcache::app::eval::score_corpus(
+        model.query_encoder,
+        model.passage_encoder,
+        model.head,
+        &config.layout,
+        config.precision,
+        queries,
+        corpus,
+    )
 }

@@ -305,6 +305,12 @@ case "$cmd" in
         setup_pylate
         setup_mpi
         cd "$repo"
+        # One formatting (rustfmt.toml) and no clippy warnings on any target,
+        # before anything slower runs.
+        cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 \
+            || { log "cargo fmt and cargo clippy are needed (rustup component add rustfmt clippy)"; exit 1; }
+        cargo fmt --check || { log "cargo fmt --check: run cargo fmt"; exit 1; }
+        cargo clippy --all-targets --features mpi --quiet -- -D warnings
         # The API docs build without warnings (broken links fail here), with
         # and without the optional feature (as docs.rs builds them).
         RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet

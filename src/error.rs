@@ -171,7 +171,9 @@ pub enum GradCacheError {
     },
 
     /// A scoring head returned a tensor of the wrong shape.
-    #[error("scoring head returned shape {got:?} for a block of {queries} queries × {passages} passages (expected [{queries}, {passages}])")]
+    #[error(
+        "scoring head returned shape {got:?} for a block of {queries} queries × {passages} passages (expected [{queries}, {passages}])"
+    )]
     HeadShape {
         /// Queries in the block.
         queries: usize,

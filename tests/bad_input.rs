@@ -7,8 +7,7 @@ use common::*;
 use gradcache::check::{zero_grads, GradientSnapshot};
 use gradcache::models::heads::{DotHead, MlpHeadConfig};
 use gradcache::{
-    ContrastiveLoss, GradCache, GradCacheError, InfoNce, ListwiseKl, Representation, ScoringHead, StepConfig, Targets,
-    TokenBatch,
+    ContrastiveLoss, GradCache, GradCacheError, InfoNce, ListwiseKl, Representation, ScoringHead, StepConfig, Targets, TokenBatch,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -60,7 +59,10 @@ fn zero_chunk_or_block_size() {
 #[test]
 fn config_files_reject_unknown_fields_and_fill_defaults() {
     let parsed: StepConfig = serde_json::from_str(r#"{"query_chunk_size": 8}"#).unwrap();
-    assert_eq!(parsed, StepConfig { layout: gradcache::Layout { query_chunk_size: 8, ..gradcache::Layout::default() }, ..StepConfig::default() });
+    assert_eq!(
+        parsed,
+        StepConfig { layout: gradcache::Layout { query_chunk_size: 8, ..gradcache::Layout::default() }, ..StepConfig::default() }
+    );
     let err = serde_json::from_str::<StepConfig>(r#"{"query_chunk_sise": 8}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field"), "{err}");
 }
@@ -141,7 +143,10 @@ fn head_with_wrong_shape_or_non_finite_scores() {
 
     // Blocks of 2 × 3 over 4 × 8: column blocks 0..3, 3..6, 6..8; only the
     // last is two wide, so the first bad block is rows 0..2, columns 6..8.
-    let config = StepConfig { layout: gradcache::Layout { head_block_queries: 2, head_block_passages: 3, ..gradcache::Layout::default() }, ..StepConfig::default() };
+    let config = StepConfig {
+        layout: gradcache::Layout { head_block_queries: 2, head_block_passages: 3, ..gradcache::Layout::default() },
+        ..StepConfig::default()
+    };
     let nan_head = NanInNarrowBlocks(DotHead);
     let mut gc = GradCache::tied(config, &model.query, &nan_head, &loss).unwrap();
     zero_grads(&model.vs);
@@ -219,7 +224,10 @@ fn representation_kinds_and_shapes() {
 
     assert!(matches!(Representation::vector(Tensor::zeros([2, 3, 4], (Kind::Float, Device::Cpu))), Err(GradCacheError::Shape { .. })));
     let mask = Tensor::ones([2, 5], (Kind::Int64, Device::Cpu));
-    assert!(matches!(Representation::tokens(Tensor::zeros([2, 3, 4], (Kind::Float, Device::Cpu)), &mask), Err(GradCacheError::Shape { .. })));
+    assert!(matches!(
+        Representation::tokens(Tensor::zeros([2, 3, 4], (Kind::Float, Device::Cpu)), &mask),
+        Err(GradCacheError::Shape { .. })
+    ));
     let ids = Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu));
     assert!(matches!(TokenBatch::new(ids.shallow_clone(), mask), Err(GradCacheError::Shape { what: "attention mask", .. })));
     let float_ids = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
@@ -243,13 +251,16 @@ fn libtorch_errors_inside_heads_and_encoders_are_returned_not_panicked() {
     use gradcache::models::heads::InteractionConfig;
     use gradcache::{Encoder, Representation, ScoringHead};
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let head = InteractionConfig { dim: 8, heads: 2, ffn: 16, dropout: 0.0, residual: None, ..InteractionConfig::default() }.init(&(vs.root() / "head")).unwrap();
+    let head = InteractionConfig { dim: 8, heads: 2, ffn: 16, dropout: 0.0, residual: None, ..InteractionConfig::default() }
+        .init(&(vs.root() / "head"))
+        .unwrap();
     let mask = Tensor::ones([2, 3], (Kind::Int64, Device::Cpu));
     let u = Representation::tokens(Tensor::randn([2, 3, 8], (Kind::Double, Device::Cpu)), &mask).unwrap();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| head.score(&u, &u, false)));
     assert!(matches!(outcome, Ok(Err(GradCacheError::Torch(_)))), "a typed error, not a panic");
 
-    let enc = TinyEncoderConfig { vocab_size: 10, max_len: 4, dim: 8, dropout: 0.0, pooling: Pooling::Mean }.init(&(vs.root() / "enc")).unwrap();
+    let enc =
+        TinyEncoderConfig { vocab_size: 10, max_len: 4, dim: 8, dropout: 0.0, pooling: Pooling::Mean }.init(&(vs.root() / "enc")).unwrap();
     // Ids beyond the vocabulary: the embedding lookup fails.
     let ids = Tensor::from_slice(&[3i64, 99, 1, 2]).view([1, 4]);
     let batch = TokenBatch::new(ids, Tensor::ones([1, 4], (Kind::Int64, Device::Cpu))).unwrap();

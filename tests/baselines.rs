@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use gradcache::check::{zero_grads, GradientSnapshot};
-use gradcache::{GradCacheError, StepConfig, Targets};
 use gradcache::Chunk;
+use gradcache::{GradCacheError, StepConfig, Targets};
 use tch::Kind;
 
 #[test]

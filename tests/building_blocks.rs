@@ -3,8 +3,8 @@
 mod common;
 
 use common::serial;
-use gradcache::models::heads::{MaxSimHead, MlpHeadConfig};
 use gradcache::core::replay::{ReplaySeeds, Stream};
+use gradcache::models::heads::{MaxSimHead, MlpHeadConfig};
 use gradcache::{Chunk, Representation, ScoringHead, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -29,8 +29,10 @@ fn token_chunks_drop_padding_no_item_uses() {
 
 #[test]
 fn concatenated_token_chunks_are_padded_with_masked_zeros() {
-    let a = Representation::tokens(Tensor::ones([1, 2, 3], (Kind::Float, Device::Cpu)), &Tensor::ones([1, 2], (Kind::Int64, Device::Cpu))).unwrap();
-    let b = Representation::tokens(Tensor::ones([2, 4, 3], (Kind::Float, Device::Cpu)), &Tensor::ones([2, 4], (Kind::Int64, Device::Cpu))).unwrap();
+    let a = Representation::tokens(Tensor::ones([1, 2, 3], (Kind::Float, Device::Cpu)), &Tensor::ones([1, 2], (Kind::Int64, Device::Cpu)))
+        .unwrap();
+    let b = Representation::tokens(Tensor::ones([2, 4, 3], (Kind::Float, Device::Cpu)), &Tensor::ones([2, 4], (Kind::Int64, Device::Cpu)))
+        .unwrap();
     let cat = Representation::cat(&[a, b]).unwrap();
     assert_eq!(cat.tensor().size(), [3, 4, 3]);
     let mask = cat.mask().unwrap();
@@ -99,7 +101,9 @@ fn mlp_head_equals_the_feature_concatenation_it_decomposes() {
     let (w2, b2) = (&vars["head.second.weight"], &vars["head.second.bias"]);
     let u = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
     let v = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
-    let s = head.score(&Representation::vector(u.shallow_clone()).unwrap(), &Representation::vector(v.shallow_clone()).unwrap(), false).unwrap();
+    let s = head
+        .score(&Representation::vector(u.shallow_clone()).unwrap(), &Representation::vector(v.shallow_clone()).unwrap(), false)
+        .unwrap();
     for i in 0..3 {
         for j in 0..5 {
             let (ui, vj) = (u.get(i), v.get(j));
@@ -143,12 +147,16 @@ fn layered_configs_keep_the_defaults_a_partial_block_does_not_name() {
     let alone: TrainConfig = serde_json::from_value(json!({ "checkpoint_every": 2 })).unwrap();
     assert_ne!(alone, TrainConfig { checkpoint_every: 2, ..documented.clone() });
     // Maps merge by key, values replace, null replaces.
-    let merged = layered(defaults.clone(), json!({ "train": { "lr_multipliers": { "head.residual.gate": 300.0 }, "max_grad_norm": null } }));
+    let merged =
+        layered(defaults.clone(), json!({ "train": { "lr_multipliers": { "head.residual.gate": 300.0 }, "max_grad_norm": null } }));
     assert_eq!(merged["train"]["lr_multipliers"], json!({ "head": 30.0, "head.residual.gate": 300.0 }));
     assert_eq!(merged["train"]["max_grad_norm"], serde_json::Value::Null);
     assert_eq!(merged["batch_size"], json!(64));
     // Same head kind: fields merge. Another kind: the block replaces the default.
-    assert_eq!(layered(defaults.clone(), json!({ "head": { "hidden": 512 } }))["head"], json!({ "kind": "mlp", "dim": 384, "hidden": 512 }));
+    assert_eq!(
+        layered(defaults.clone(), json!({ "head": { "hidden": 512 } }))["head"],
+        json!({ "kind": "mlp", "dim": 384, "hidden": 512 })
+    );
     assert_eq!(layered(defaults, json!({ "head": { "kind": "cosine" } }))["head"], json!({ "kind": "cosine" }));
 }
 
@@ -170,13 +178,16 @@ impl gradcache::Encoder for Counted {
 fn the_step_counts_each_pass_flops_over_its_chunks_and_blocks() {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let enc = Counted(vs.root().ones("w", &[4]));
-    let (queries, passages) = (Tensor::randn([5, 4], (Kind::Float, tch::Device::Cpu)), Tensor::randn([7, 4], (Kind::Float, tch::Device::Cpu)));
+    let (queries, passages) =
+        (Tensor::randn([5, 4], (Kind::Float, tch::Device::Cpu)), Tensor::randn([7, 4], (Kind::Float, tch::Device::Cpu)));
     let targets = gradcache::Targets::from_positives(7, vec![vec![0], vec![1], vec![2], vec![3], vec![4]]).unwrap();
     let loss = gradcache::InfoNce { temperature: 0.5, symmetric: false };
     // Queries in chunks of 2 (2, 2, 1), passages of 3 (3, 3, 1); the first
     // query chunk retained (its encoder pass runs no second forward).
     let layout = gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 3 };
-    let memory = gradcache::core::config::MemoryConfig::Retain { retain: gradcache::core::config::RetainCounts { query_chunks: 1, ..Default::default() } };
+    let memory = gradcache::core::config::MemoryConfig::Retain {
+        retain: gradcache::core::config::RetainCounts { query_chunks: 1, ..Default::default() },
+    };
     let config = gradcache::StepConfig { layout, memory, ..gradcache::StepConfig::default() };
     let mut gc = gradcache::GradCache::new(config, &enc, &enc, &gradcache::models::heads::DotHead, &loss).unwrap();
     let out = gc.step(&queries, &passages, &targets).unwrap();
@@ -189,6 +200,10 @@ fn the_step_counts_each_pass_flops_over_its_chunks_and_blocks() {
     assert_eq!((f.score, f.head), (Some(280.0), Some(560.0)));
     let f32 = gradcache::runtime::MatmulRate { gflops: 100.0, kind: tch::Kind::Float };
     let bf16 = gradcache::runtime::MatmulRate { gflops: 400.0, kind: tch::Kind::BFloat16 };
-    assert!(out.describe_rates(Some(f32)).contains("encoder") && out.describe_rates(Some(f32)).ends_with("of a 100 GFLOP/s matmul"), "{}", out.describe_rates(Some(f32)));
+    assert!(
+        out.describe_rates(Some(f32)).contains("encoder") && out.describe_rates(Some(f32)).ends_with("of a 100 GFLOP/s matmul"),
+        "{}",
+        out.describe_rates(Some(f32))
+    );
     assert!(out.describe_rates(Some(bf16)).ends_with("of a 400 GFLOP/s bf16 matmul"), "{}", out.describe_rates(Some(bf16)));
 }

@@ -58,22 +58,29 @@ fn prepare_wordnet_writes_the_task_and_its_license() {
     assert!(!ok && text.contains("apt-get install wordnet-base"), "{text}");
 }
 
-
 mod common;
 
 use gradcache::app::data::beir::{read_beir, write_beir};
 use gradcache::app::data::wordnet::{Split, WordSenseData};
 use gradcache::app::data::Malformed;
-use gradcache::models::heads::{HeadConfig, MlpHeadConfig, ResidualConfig};
 use gradcache::app::metrics::retrieval_metrics;
 use gradcache::app::scorer::ModelConfig;
+use gradcache::models::heads::{HeadConfig, MlpHeadConfig, ResidualConfig};
 use gradcache::Layout;
 use gradcache::Scorer;
 
 /// A small "trained" bundle: a tiny BERT with a residual MLP head whose
 /// weights (gate included) were moved off their initialisation.
 fn bundle(dir: &std::path::Path) -> Scorer {
-    bundle_with(dir, HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }) }))
+    bundle_with(
+        dir,
+        HeadConfig::Mlp(MlpHeadConfig {
+            dim: 32,
+            hidden: 16,
+            dropout: 0.1,
+            residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }),
+        }),
+    )
 }
 
 fn bundle_with(dir: &std::path::Path, head: HeadConfig) -> Scorer {
@@ -100,7 +107,15 @@ fn eval_on_the_wordnet_beir_export_reproduces_the_full_grid_metrics() {
     let scorer = bundle(&dir);
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let beir = dir.join("beir");
-    let (ok, text) = gradcache(&["prepare-wordnet", "--out", repo.join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR).to_str().unwrap(), "--beir", beir.to_str().unwrap(), "--queries", "24"]);
+    let (ok, text) = gradcache(&[
+        "prepare-wordnet",
+        "--out",
+        repo.join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR).to_str().unwrap(),
+        "--beir",
+        beir.to_str().unwrap(),
+        "--queries",
+        "24",
+    ]);
     assert!(ok, "{text}");
     // The export is the set the training run evaluates.
     let task = WordSenseData::read(&repo.join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR)).unwrap();
@@ -111,8 +126,18 @@ fn eval_on_the_wordnet_beir_export_reproduces_the_full_grid_metrics() {
     let out = dir.join("eval-out");
     let corpus = dev.set.corpus.len().to_string();
     let (ok, text) = gradcache(&[
-        "eval", "--model", dir.join("model").to_str().unwrap(), "--data", beir.join("dev").to_str().unwrap(), "--split", "dev",
-        "--retrieve-k", &corpus, "--output", out.to_str().unwrap(), "--quiet",
+        "eval",
+        "--model",
+        dir.join("model").to_str().unwrap(),
+        "--data",
+        beir.join("dev").to_str().unwrap(),
+        "--split",
+        "dev",
+        "--retrieve-k",
+        &corpus,
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
     ]);
     assert!(ok, "{text}");
     assert!(text.contains("first stage") && text.contains("reranked by the head"), "{text}");
@@ -127,7 +152,8 @@ fn eval_on_the_wordnet_beir_export_reproduces_the_full_grid_metrics() {
     let grid = scorer.score(&queries, &docs).unwrap();
     let grid: Vec<Vec<f64>> = Vec::<Vec<f64>>::try_from(grid.to_kind(tch::Kind::Double)).unwrap();
     let run = std::fs::read_to_string(out.join("run.trec")).unwrap();
-    let query_row: std::collections::HashMap<&str, usize> = dev.set.queries.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
+    let query_row: std::collections::HashMap<&str, usize> =
+        dev.set.queries.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
     let doc_col: std::collections::HashMap<&str, usize> = dev.set.corpus.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
     // The CLI's ranking, as scores that order documents as it did.
     let mut by_rank = vec![vec![0.0f64; docs.len()]; queries.len()];
@@ -136,14 +162,25 @@ fn eval_on_the_wordnet_beir_export_reproduces_the_full_grid_metrics() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (q, d, rank, score) = (query_row[f[0]], doc_col[f[2]], f[3].parse::<usize>().unwrap(), f[4].parse::<f64>().unwrap());
         const TOL: f64 = 1e-5;
-        assert!((score - grid[q][d]).abs() <= TOL * grid[q][d].abs().max(1.0), "{}/{}: the CLI scored {score}, in process {}", f[0], f[2], grid[q][d]);
+        assert!(
+            (score - grid[q][d]).abs() <= TOL * grid[q][d].abs().max(1.0),
+            "{}/{}: the CLI scored {score}, in process {}",
+            f[0],
+            f[2],
+            grid[q][d]
+        );
         by_rank[q][d] = -(rank as f64);
         ranked[q].push((rank, grid[q][d]));
     }
     for (q, r) in ranked.iter_mut().enumerate() {
         r.sort_by_key(|&(rank, _)| rank);
         for pair in r.windows(2) {
-            assert!(pair[0].1 >= pair[1].1 - 1e-5, "query {q}: the CLI ranks {:?} above {:?} against the in-process scores", pair[0], pair[1]);
+            assert!(
+                pair[0].1 >= pair[1].1 - 1e-5,
+                "query {q}: the CLI ranks {:?} above {:?} against the in-process scores",
+                pair[0],
+                pair[1]
+            );
         }
     }
     let relevance = dev.set.relevance().unwrap();
@@ -201,9 +238,18 @@ fn rerank_sorts_each_line_and_keeps_its_fields() {
     )
     .unwrap();
     let output = dir.join("ranked.jsonl");
-    let (ok, text) = gradcache(&["rerank", "--model", dir.join("model").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let (ok, text) = gradcache(&[
+        "rerank",
+        "--model",
+        dir.join("model").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
     assert!(ok, "{text}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["qid"], "x");
     let want = scorer.rerank("pets at home", &cands).unwrap();
@@ -220,7 +266,15 @@ fn rerank_sorts_each_line_and_keeps_its_fields() {
     // A malformed line names the file and the line; no output is written.
     std::fs::write(&input, "{\"query\": \"q\", \"candidates\": [\"a\"]}\n{\"query\": \"q\", \"candidates\": \"a\"}\n").unwrap();
     let fresh = dir.join("not-written.jsonl");
-    let (ok, text) = gradcache(&["rerank", "--model", dir.join("model").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", fresh.to_str().unwrap()]);
+    let (ok, text) = gradcache(&[
+        "rerank",
+        "--model",
+        dir.join("model").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        fresh.to_str().unwrap(),
+    ]);
     assert!(!ok && text.contains("requests.jsonl:2"), "{text}");
     assert!(!fresh.exists());
 }
@@ -231,9 +285,22 @@ fn encode_writes_the_encoder_vectors_and_the_ids() {
     let dir = common::scratch("cli-encode");
     let scorer = bundle(&dir);
     let input = dir.join("texts.jsonl");
-    std::fs::write(&input, "{\"_id\": \"a\", \"text\": \"first text\"}\n{\"id\": 2, \"title\": \"T\", \"text\": \"second\"}\n\"third, bare\"\n").unwrap();
+    std::fs::write(
+        &input,
+        "{\"_id\": \"a\", \"text\": \"first text\"}\n{\"id\": 2, \"title\": \"T\", \"text\": \"second\"}\n\"third, bare\"\n",
+    )
+    .unwrap();
     let out = dir.join("emb.safetensors");
-    let (ok, text) = gradcache(&["encode", "--model", dir.join("model").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--quiet"]);
+    let (ok, text) = gradcache(&[
+        "encode",
+        "--model",
+        dir.join("model").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert!(ok, "{text}");
     let tensors = tch::Tensor::read_safetensors(&out).unwrap();
     let (name, emb) = &tensors[0];
@@ -250,26 +317,65 @@ fn encode_writes_the_encoder_vectors_and_the_ids() {
 fn a_mol_bundle_encodes_its_components_and_retrieves_with_the_head() {
     let _serial = common::serial();
     let dir = common::scratch("cli-mol");
-    let head = HeadConfig::Mol(gradcache::models::heads::MolHeadConfig { dim: 32, query_components: 3, passage_components: 2, component_dim: 8, ..Default::default() });
+    let head = HeadConfig::Mol(gradcache::models::heads::MolHeadConfig {
+        dim: 32,
+        query_components: 3,
+        passage_components: 2,
+        component_dim: 8,
+        ..Default::default()
+    });
     let scorer = bundle_with(&dir, head);
     let input = dir.join("texts.jsonl");
     std::fs::write(&input, "\"a bank of a river\"\n\"a bank that lends\"\n").unwrap();
     let out = dir.join("emb.safetensors");
-    let (ok, text) = gradcache(&["encode", "--model", dir.join("model").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--quiet"]);
+    let (ok, text) = gradcache(&[
+        "encode",
+        "--model",
+        dir.join("model").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert!(ok, "{text}");
     assert!(text.contains("components [2, 2, 8]"), "{text}");
     let tensors: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&out).unwrap().into_iter().collect();
     let rep = scorer.encode_passages(&["a bank of a river", "a bank that lends"]).unwrap();
-    let want = tch::no_grad(|| scorer.precision().run(|| scorer.head().components(&rep, gradcache::core::layout::Side::Passages).unwrap())).unwrap();
+    let want = tch::no_grad(|| scorer.precision().run(|| scorer.head().components(&rep, gradcache::core::layout::Side::Passages).unwrap()))
+        .unwrap();
     assert!(tensors["components"].to_kind(tch::Kind::Float).allclose(&want.to_kind(tch::Kind::Float), 1e-5, 1e-5, false));
 
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let beir = dir.join("beir");
-    let (ok, text) = gradcache(&["prepare-wordnet", "--out", repo.join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR).to_str().unwrap(), "--beir", beir.to_str().unwrap(), "--queries", "12"]);
+    let (ok, text) = gradcache(&[
+        "prepare-wordnet",
+        "--out",
+        repo.join(gradcache::app::data::wordnet::EMBEDDED_TASK_DIR).to_str().unwrap(),
+        "--beir",
+        beir.to_str().unwrap(),
+        "--queries",
+        "12",
+    ]);
     assert!(ok, "{text}");
     let eval = |model: &std::path::Path, how: &str| {
         let out = dir.join(format!("eval-{how}"));
-        let (ok, text) = gradcache(&["eval", "--model", model.to_str().unwrap(), "--data", beir.join("dev").to_str().unwrap(), "--split", "dev", "--first-stage", how, "--retrieve-k", "10", "--output", out.to_str().unwrap(), "--quiet"]);
+        let (ok, text) = gradcache(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            beir.join("dev").to_str().unwrap(),
+            "--split",
+            "dev",
+            "--first-stage",
+            how,
+            "--retrieve-k",
+            "10",
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
         (ok, text, out)
     };
     let (ok, text, out) = eval(&dir.join("model"), "head-union");
@@ -299,7 +405,10 @@ fn plot_draws_a_runs_loss_and_dev_metric_into_a_png() {
     for step in 1..=20 {
         log += &format!("{{\"step\": {step}, \"loss\": {}, \"lr\": 0.001}}\n", 2.0 / step as f64);
         if step % 5 == 0 {
-            log += &format!("{{\"step\": {step}, \"eval\": {{\"reranked.mrr10\": {}, \"first_stage.mrr10\": 0.4}}}}\n", 0.4 + step as f64 / 100.0);
+            log += &format!(
+                "{{\"step\": {step}, \"eval\": {{\"reranked.mrr10\": {}, \"first_stage.mrr10\": 0.4}}}}\n",
+                0.4 + step as f64 / 100.0
+            );
         }
     }
     log += "{\"step\": 21, \"lo";

@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use gradcache::AppError;
 use gradcache::app::data::beir::read_beir;
 use gradcache::app::data::jsonl::read_training_records;
 use gradcache::app::data::wordnet::{parse_data_file, Split, WordSenseData};
 use gradcache::app::data::{check_negatives, grouped_batch, Malformed, TrainingRecord};
 use gradcache::app::error::DataLineError;
+use gradcache::AppError;
 use gradcache::GradCacheError;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -104,12 +104,8 @@ fn embedded_task_keeps_held_out_senses_out_of_training() {
     let records = data.training_records();
     assert_eq!(records.len(), counts[0]);
     for (r, e) in records.iter().zip(data.examples(Split::Train)) {
-        let allowed: Vec<String> = data
-            .senses_of(&e.lemma)
-            .iter()
-            .filter(|s| Split::of_synset(s) == Split::Train)
-            .map(|s| data.sense_text(&e.lemma, s))
-            .collect();
+        let allowed: Vec<String> =
+            data.senses_of(&e.lemma).iter().filter(|s| Split::of_synset(s) == Split::Train).map(|s| data.sense_text(&e.lemma, s)).collect();
         assert_eq!(r.query, e.text);
         assert_eq!(r.positives, [data.sense_text(&e.lemma, &e.synset)]);
         for passage in &r.negatives {
@@ -135,10 +131,14 @@ fn sense_eval_holds_gold_and_distractors() {
 #[test]
 fn jsonl_records_and_their_errors() {
     let d = temp_dir("jsonl");
-    let p = write(&d, "train.jsonl", r#"{"query": "q1", "positive": "p1", "negatives": ["n1", "n2"]}
+    let p = write(
+        &d,
+        "train.jsonl",
+        r#"{"query": "q1", "positive": "p1", "negatives": ["n1", "n2"]}
 
 {"query": "q2", "positives": ["p2", "p3"]}
-"#);
+"#,
+    );
     let read = read_training_records(&p, Malformed::Fail).unwrap();
     assert_eq!(read.items.len(), 2);
     assert_eq!(read.items[1].positives, ["p2", "p3"]);
@@ -159,7 +159,11 @@ fn jsonl_records_and_their_errors() {
 #[test]
 fn beir_folders_and_their_errors() {
     let d = temp_dir("beir");
-    write(&d, "corpus.jsonl", "{\"_id\": \"d1\", \"title\": \"Bank\", \"text\": \"land by a river\"}\n{\"_id\": \"d2\", \"text\": \"money\"}\n");
+    write(
+        &d,
+        "corpus.jsonl",
+        "{\"_id\": \"d1\", \"title\": \"Bank\", \"text\": \"land by a river\"}\n{\"_id\": \"d2\", \"text\": \"money\"}\n",
+    );
     write(&d, "queries.jsonl", "{\"_id\": \"q1\", \"text\": \"river side\"}\n{\"_id\": \"q2\", \"text\": \"unjudged\"}\n");
     write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\n");
     let (set, skipped) = read_beir(&d, "test", Malformed::Fail).unwrap();
@@ -174,7 +178,10 @@ fn beir_folders_and_their_errors() {
     write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\tx\n");
     assert!(matches!(read_beir(&d, "test", Malformed::Fail), Err(AppError::DataLine { line: 2, reason: DataLineError::Number(_), .. })));
     write(&d, "qrels/test.tsv", "query-id\tcorpus-id\n");
-    assert!(matches!(read_beir(&d, "test", Malformed::Fail), Err(AppError::DataLine { line: 1, reason: DataLineError::Columns { expected: 3, found: 2 }, .. })));
+    assert!(matches!(
+        read_beir(&d, "test", Malformed::Fail),
+        Err(AppError::DataLine { line: 1, reason: DataLineError::Columns { expected: 3, found: 2 }, .. })
+    ));
     let (_, skipped) = {
         write(&d, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\n");
         read_beir(&d, "test", Malformed::Skip).unwrap()
@@ -271,11 +278,22 @@ pq.write_table(pa.table({"anchor": ["a"], "answer": ["b"]}), d + "/no_positive.p
 pq.write_table(pa.table({"query": ["fine", "  "], "positive": ["yes", "no"]}), d + "/empty_query.parquet")
 "#;
     let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".python-models");
-    let out = std::process::Command::new(&python).args(["-c", script, dir.to_str().unwrap()]).output().unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup-models", python.display()));
+    let out = std::process::Command::new(&python)
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup-models", python.display()));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let want = vec![
-        TrainingRecord { query: "reset the router".into(), positives: vec!["hold the button".into()], negatives: vec!["bake bread".into(), "feed the cat".into()] },
-        TrainingRecord { query: "capital of france".into(), positives: vec!["paris".into()], negatives: vec!["berlin".into(), "rome".into()] },
+        TrainingRecord {
+            query: "reset the router".into(),
+            positives: vec!["hold the button".into()],
+            negatives: vec!["bake bread".into(), "feed the cat".into()],
+        },
+        TrainingRecord {
+            query: "capital of france".into(),
+            positives: vec!["paris".into()],
+            negatives: vec!["berlin".into(), "rome".into()],
+        },
     ];
     for file in ["triplets.parquet", "lists.parquet"] {
         assert_eq!(read_training_file(&dir.join(file), Malformed::Fail).unwrap().items, want, "{file}");

@@ -39,7 +39,9 @@ fn differing(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
 fn recipe_blocks(recipe: &RerankerConfig) -> serde_json::Value {
     let full = serde_json::to_value(recipe).unwrap();
     let blocks = ["step", "loss", "head", "encoder", "train"];
-    serde_json::Value::Object(full.as_object().unwrap().iter().filter(|(k, _)| blocks.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+    serde_json::Value::Object(
+        full.as_object().unwrap().iter().filter(|(k, _)| blocks.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect(),
+    )
 }
 
 #[test]
@@ -47,7 +49,10 @@ fn the_recipe_differs_from_the_library_only_where_it_says_so() {
     let found = differing(&recipe_blocks(&RerankerConfig::default()), &library_defaults());
     let covers = |listed: &str, field: &str| field == listed || field.starts_with(&format!("{listed}."));
     let unlisted: Vec<&String> = found.iter().filter(|f| !RECIPE_OVERRIDES.iter().any(|l| covers(l, f))).collect();
-    assert!(unlisted.is_empty(), "the recipe overrides library defaults that RECIPE_OVERRIDES (and docs/training.md) do not list: {unlisted:?}");
+    assert!(
+        unlisted.is_empty(),
+        "the recipe overrides library defaults that RECIPE_OVERRIDES (and docs/training.md) do not list: {unlisted:?}"
+    );
     let stale: Vec<&&str> = RECIPE_OVERRIDES.iter().filter(|l| !found.iter().any(|f| covers(l, f))).collect();
     assert!(stale.is_empty(), "RECIPE_OVERRIDES lists fields the recipe no longer overrides: {stale:?}");
 }
@@ -75,7 +80,10 @@ fn one_layout_type_serves_the_step_and_the_bundle_with_one_rule_for_chunk_size()
     assert_eq!(StepConfig::default().layout, layout);
     // A bundle built in code scores with the library's layout; one trained
     // by the recipe records the recipe's.
-    assert_eq!(ModelConfig::new(Default::default(), 48, true, HeadConfig::default(), Layout::default()).layout, StepConfig::default().layout);
+    assert_eq!(
+        ModelConfig::new(Default::default(), 48, true, HeadConfig::default(), Layout::default()).layout,
+        StepConfig::default().layout
+    );
     assert_eq!(RerankerConfig::default().model_config().layout, RECIPE_LAYOUT);
     assert_eq!(RerankerConfig::default().step.layout, RECIPE_LAYOUT);
     // `--chunk-size v`: chunks of v, blocks of v × 4v, from one rule.
@@ -87,14 +95,23 @@ fn one_layout_type_serves_the_step_and_the_bundle_with_one_rule_for_chunk_size()
     assert_eq!((recipe.query_chunk_tokens, recipe.passage_chunk_tokens), (Some(RECIPE_CHUNK_TOKENS), Some(RECIPE_CHUNK_TOKENS)));
     assert_eq!((from_flag.step.query_chunk_tokens, from_flag.step.passage_chunk_tokens), (None, None));
     let both = gradcache::cli::TrainArgs { chunk_size: Some(8), chunk_tokens: Some(100), ..Default::default() }.resolve().unwrap();
-    assert_eq!((both.step.layout.query_chunk_size, both.step.query_chunk_tokens, both.step.passage_chunk_tokens), (8, Some(100), Some(100)));
+    assert_eq!(
+        (both.step.layout.query_chunk_size, both.step.query_chunk_tokens, both.step.passage_chunk_tokens),
+        (8, Some(100), Some(100))
+    );
     // In a config file, `null` selects item chunks over the recipe's budgets.
     let path = std::env::temp_dir().join(format!("gradcache-defaults-{}.json", std::process::id()));
     std::fs::write(&path, r#"{"step": {"query_chunk_size": 8, "query_chunk_tokens": null}}"#).unwrap();
     let from_file = gradcache::cli::TrainArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap();
     std::fs::remove_file(&path).unwrap();
-    assert_eq!((from_file.step.layout.query_chunk_size, from_file.step.query_chunk_tokens, from_file.step.passage_chunk_tokens), (8, None, Some(RECIPE_CHUNK_TOKENS)));
-    assert_eq!(Layout::from_chunk_size(8), Layout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 8, head_block_passages: 32 });
+    assert_eq!(
+        (from_file.step.layout.query_chunk_size, from_file.step.query_chunk_tokens, from_file.step.passage_chunk_tokens),
+        (8, None, Some(RECIPE_CHUNK_TOKENS))
+    );
+    assert_eq!(
+        Layout::from_chunk_size(8),
+        Layout { query_chunk_size: 8, passage_chunk_size: 8, head_block_queries: 8, head_block_passages: 32 }
+    );
 }
 
 #[test]

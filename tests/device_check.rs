@@ -6,8 +6,8 @@
 #[path = "../examples/device_check/harness.rs"]
 mod harness;
 
-use harness::{run, DeviceCheckConfig};
 use gradcache::models::heads::HeadConfig;
+use harness::{run, DeviceCheckConfig};
 use tch::Device;
 
 #[test]

@@ -5,16 +5,19 @@
 mod common;
 
 use common::*;
-use gradcache::core::distributed::{Collective, Shards, SingleProcess};
-use gradcache::error::Side;
 use gradcache::core::config::{MemoryConfig, Recompute};
+use gradcache::core::distributed::{Collective, Shards, SingleProcess};
 use gradcache::core::plan::Plan;
+use gradcache::error::Side;
 use gradcache::StepConfig;
 use tch::Kind;
 
 #[test]
 fn a_sharded_plan_cuts_each_shard_on_its_own_and_numbers_chunks_globally() {
-    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
+    let config = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5 },
+        ..StepConfig::default()
+    };
     // Ranks hold 3, 1 and 4 queries: chunks [0,2) [2,3) | [3,4) | [4,6) [6,8).
     let plan = Plan::sharded(&config, [&[3, 1, 4], &[6, 2, 8]], [None, None]).unwrap();
     let q: Vec<(usize, usize)> = plan.chunks(Side::Queries).iter().map(|c| (c.piece.start, c.piece.len)).collect();
@@ -101,7 +104,10 @@ fn one_process_against_full_batch(head: HeadKind, config: StepConfig) -> (gradca
 #[test]
 fn one_process_equals_the_full_batch_step() {
     let _serial = serial();
-    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 }, ..StepConfig::default() };
+    let config = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 },
+        ..StepConfig::default()
+    };
     for head in [HeadKind::Dot, HeadKind::Mlp, HeadKind::Interaction, HeadKind::Mol] {
         let (_, _, c) = one_process_against_full_batch(head, config.clone());
         assert_exact(&c, F64_TOL, &format!("{head:?}, one process"));
@@ -113,7 +119,10 @@ fn gradients_from_earlier_steps_are_kept_not_summed_again() {
     // Two accumulated distributed steps equal two accumulated full-batch
     // steps: the sum over processes covers only each step's own gradient.
     let _serial = serial();
-    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, ..gradcache::Layout::default() }, ..StepConfig::default() };
+    let config = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, ..gradcache::Layout::default() },
+        ..StepConfig::default()
+    };
     let model = Model::new(HeadKind::Mlp, true, Kind::Double, 0.2);
     let data = data(4, 2, LossKind::InfoNce, 4);
     let loss = loss(LossKind::InfoNce);
@@ -143,7 +152,10 @@ fn shards_and_unsupported_settings_are_checked() {
     let data = data(3, 2, LossKind::InfoNce, 5);
     let loss = loss(LossKind::InfoNce);
     let retain = StepConfig { memory: MemoryConfig::Recompute { recompute: Recompute::None }, ..StepConfig::default() };
-    let err = model.step(retain, loss.as_ref()).distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess).unwrap_err();
+    let err = model
+        .step(retain, loss.as_ref())
+        .distributed_step(&data.queries, &data.passages, &data.targets, &model.vs, &SingleProcess)
+        .unwrap_err();
     assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "memory", .. }), "{err}");
     assert_eq!(SingleProcess.world_size(), 1);
 }
@@ -155,7 +167,11 @@ fn shards_and_unsupported_settings_are_checked() {
 fn mpirun(ranks: usize, example: &str) -> std::process::Command {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("examples").join(example);
-    assert!(bin.exists(), "{} is not built: run `cargo build --features mpi --examples` first (scripts/gradcache.sh test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --features mpi --examples` first (scripts/gradcache.sh test does)",
+        bin.display()
+    );
     let mut cmd = std::process::Command::new("mpirun");
     cmd.args(["--oversubscribe", "-np", &ranks.to_string()]);
     // SAFETY: geteuid has no preconditions.
@@ -216,7 +232,10 @@ fn one_process_equals_the_full_batch_step_under_bf16() {
         let (step, precision) = (ours.relative_distance(&full).unwrap(), full.relative_distance(&f32_full).unwrap());
         assert!((ours_loss - full_loss).abs() <= 1e-6 * full_loss.abs().max(1.0), "{head:?}: losses {ours_loss} vs {full_loss}");
         assert!((full_loss - f32_loss).abs() > 1e-6, "{head:?}: bf16 loss equals f32's: autocast is off");
-        assert!(step <= 0.1 * precision, "{head:?}: the distributed step's difference ({step:.2e}) is not small against bf16's own ({precision:.2e})");
+        assert!(
+            step <= 0.1 * precision,
+            "{head:?}: the distributed step's difference ({step:.2e}) is not small against bf16's own ({precision:.2e})"
+        );
     }
 }
 
@@ -340,7 +359,11 @@ fn the_weight_check_passes_for_one_process_and_catches_a_diverged_one() {
 fn mpirun_recipe(config: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> String {
     let run = mpirun(2, "train_reranker").arg("--config").arg(config).arg("--output-dir").arg(out).args(extra).output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(run.status.success(), "{stdout}\n{}\n(examples are built by `cargo build --features mpi --examples`)", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}\n(examples are built by `cargo build --features mpi --examples`)",
+        String::from_utf8_lossy(&run.stderr)
+    );
     stdout
 }
 
@@ -372,4 +395,3 @@ fn a_two_process_run_resumed_under_two_processes_ends_like_an_uninterrupted_one(
         assert!(x.equal(y), "{name} differs after the resume");
     }
 }
-

@@ -10,7 +10,8 @@ use tch::Kind;
 /// Uneven cuts everywhere: 6 queries in chunks of 4 (4 + 2), 18 passages in
 /// chunks of 5 (5+5+5+3), a 2 × 3 grid of head blocks (4 + 2 rows, 7+7+4 cols).
 fn uneven() -> StepConfig {
-    StepConfig { layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 },
+    StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 },
         ..StepConfig::default()
     }
 }
@@ -47,11 +48,17 @@ fn block_grids_from_one_by_one_to_every_pair_alone() {
         ("chunks and blocks ≥ batch (1 × 1 grid)", StepConfig::default().whole_batch(1000)),
         (
             "single-item chunks, single-pair blocks (N × M grid)",
-            StepConfig { layout: gradcache::Layout { query_chunk_size: 1, passage_chunk_size: 1, head_block_queries: 1, head_block_passages: 1 }, ..StepConfig::default() },
+            StepConfig {
+                layout: gradcache::Layout { query_chunk_size: 1, passage_chunk_size: 1, head_block_queries: 1, head_block_passages: 1 },
+                ..StepConfig::default()
+            },
         ),
         (
             "chunks equal to the batch, many blocks",
-            StepConfig { layout: gradcache::Layout { query_chunk_size: 5, passage_chunk_size: 20, head_block_queries: 2, head_block_passages: 3 }, ..StepConfig::default() },
+            StepConfig {
+                layout: gradcache::Layout { query_chunk_size: 5, passage_chunk_size: 20, head_block_queries: 2, head_block_passages: 3 },
+                ..StepConfig::default()
+            },
         ),
     ];
     for head in HEADS {

@@ -218,7 +218,8 @@ fn killed_and_resumed_runs_keep_the_same_best_model() {
     let reference = dir.join("reference");
     assert_eq!(run_with_kills(&config, &reference, &[]), 0);
     let best = |out: &Path| -> serde_json::Value {
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()["best"]["step"].clone()
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()["best"]["step"]
+            .clone()
     };
     let kept = best(&reference).as_u64().unwrap();
     eprintln!("reference keeps step {kept}");

@@ -20,7 +20,11 @@ fn gpu_readers_refuse_the_cpu_and_absent_devices_with_typed_errors() {
         other => panic!("expected PeakMemoryUnavailable for the CPU, got {other:?}"),
     }
     if tch::Cuda::device_count() == 0 {
-        for result in [gradcache::runtime::gpu::memory(Device::Cuda(0)).map(|_| ()), gradcache::runtime::gpu::reset_peak(Device::Cuda(0)), gradcache::runtime::gpu::device_info(Device::Cuda(0)).map(|_| ())] {
+        for result in [
+            gradcache::runtime::gpu::memory(Device::Cuda(0)).map(|_| ()),
+            gradcache::runtime::gpu::reset_peak(Device::Cuda(0)),
+            gradcache::runtime::gpu::device_info(Device::Cuda(0)).map(|_| ()),
+        ] {
             match result {
                 Err(GradCacheError::InvalidConfig { field: "device", .. }) => {}
                 other => panic!("expected InvalidConfig for an absent CUDA device, got {other:?}"),

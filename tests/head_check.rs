@@ -13,7 +13,10 @@ use gradcache::{GradCache, GradCacheError, InfoNce, Representation, ScoringHead,
 use tch::{nn, Kind, Tensor};
 
 fn layout() -> StepConfig {
-    StepConfig { layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 }, ..StepConfig::default() }
+    StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 },
+        ..StepConfig::default()
+    }
 }
 
 fn run(model: &Model, head: &dyn ScoringHead) -> HeadCheckReport {

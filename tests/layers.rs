@@ -32,8 +32,17 @@ fn rank(top: &str) -> Option<usize> {
 }
 
 /// What inference must not reach.
-const TRAINING: [&str; 9] =
-    ["core::step", "core::passes", "core::budget", "core::reference", "core::distributed", "core::replay", "app::train", "app::recipe", "check"];
+const TRAINING: [&str; 9] = [
+    "core::step",
+    "core::passes",
+    "core::budget",
+    "core::reference",
+    "core::distributed",
+    "core::replay",
+    "app::train",
+    "app::recipe",
+    "check",
+];
 
 /// Inference: what a served or evaluated model runs (the server too).
 const INFERENCE: [&str; 7] = ["app::scorer", "app::eval", "app::retrieval", "app::metrics", "app::serve", "app::export", "app::mine"];
@@ -89,7 +98,10 @@ fn imports(path: &str, source: &str) -> (BTreeSet<String>, Vec<String>) {
                     problems.push(format!("{path}:{}: `crate::{first}` names a re-export: use the module's path", n + 1));
                 }
             } else {
-                let second = after[first.len()..].strip_prefix("::").map(identifier).filter(|s| s.chars().next().is_some_and(|c| c.is_ascii_lowercase()));
+                let second = after[first.len()..]
+                    .strip_prefix("::")
+                    .map(identifier)
+                    .filter(|s| s.chars().next().is_some_and(|c| c.is_ascii_lowercase()));
                 out.insert(module_of_path(first, second));
             }
             rest = &after[first.len()..];

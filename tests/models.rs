@@ -126,7 +126,9 @@ fn hidden_states_match_transformers() {
         let model = ModelDir::open(model_path(name)).unwrap();
         let batch = model.tokenizer(fx.reference.max_len).unwrap().encode(&fx.reference.texts).unwrap();
         let mask = batch.mask().to_kind(Kind::Double).unsqueeze(2);
-        for (precision, want, tolerance) in [("f32", &fx.reference.models[name].hidden_f32, 1e-4), ("f64", &fx.reference.models[name].hidden_f64, 1e-10)] {
+        for (precision, want, tolerance) in
+            [("f32", &fx.reference.models[name].hidden_f32, 1e-4), ("f64", &fx.reference.models[name].hidden_f64, 1e-10)]
+        {
             let mut vs = nn::VarStore::new(Device::Cpu);
             let enc = token_encoder(&vs, &model, implementation);
             if precision == "f64" {
@@ -185,7 +187,16 @@ fn two_cache_step_under_bf16_equals_the_full_batch_through_xlmr_and_modernbert()
         let tok = model.tokenizer(16).unwrap();
         let queries = tok.encode(&["a bank of a river", "Geld auf der Bank", "銀行の岸", "a bank of switches 🙂"]).unwrap();
         let passages = tok
-            .encode(&["sloping land beside water", "a financial institution", "tip laterally", "an arrangement in a row", "a container for coins", "a flight maneuver", "a long ridge", "the funds held by a gambling house"])
+            .encode(&[
+                "sloping land beside water",
+                "a financial institution",
+                "tip laterally",
+                "an arrangement in a row",
+                "a container for coins",
+                "a flight maneuver",
+                "a long ridge",
+                "the funds held by a gambling house",
+            ])
             .unwrap();
         let targets = Targets::grouped(4, 8, 2).unwrap();
         let loss = InfoNce { temperature: 0.5, symmetric: false };
@@ -194,7 +205,8 @@ fn two_cache_step_under_bf16_equals_the_full_batch_through_xlmr_and_modernbert()
             let mut gc = GradCache::tied(StepConfig { layout, precision, ..StepConfig::default() }, &enc, &head, &loss).unwrap();
             zero_grads(&vs);
             tch::manual_seed(5);
-            let out = if full { gc.full_batch_step(&queries, &passages, &targets) } else { gc.step(&queries, &passages, &targets) }.unwrap();
+            let out =
+                if full { gc.full_batch_step(&queries, &passages, &targets) } else { gc.step(&queries, &passages, &targets) }.unwrap();
             (out.loss, GradientSnapshot::take(&vs).unwrap())
         };
         let (cached_loss, cached) = run(Precision::Bf16, false);
@@ -204,7 +216,10 @@ fn two_cache_step_under_bf16_equals_the_full_batch_through_xlmr_and_modernbert()
         eprintln!("{name}: two-cache vs full batch under bf16 {step:.2e}; bf16 vs f32 {precision:.2e}");
         assert!((cached_loss - full_loss).abs() <= 1e-6 * full_loss.abs().max(1.0), "{name}: losses {cached_loss} vs {full_loss}");
         assert!((full_loss - f32_loss).abs() > 1e-6 || precision > 1e-3, "{name}: bf16 changed nothing against f32: autocast is off");
-        assert!(step <= 0.1 * precision, "{name}: the two-cache step's difference ({step:.2e}) is not small against bf16's own ({precision:.2e})");
+        assert!(
+            step <= 0.1 * precision,
+            "{name}: the two-cache step's difference ({step:.2e}) is not small against bf16's own ({precision:.2e})"
+        );
     }
 }
 
@@ -234,7 +249,9 @@ fn rows(v: &[Vec<f32>]) -> Tensor {
 fn sentence_transformers_folders_are_read_with_their_modules() {
     let _serial = serial();
     let fx = fixtures();
-    for (name, path, want) in [("minilm", model_path("minilm"), (Pooling::Mean, None, true)), ("st_xlmr", fx.dir.join("st_xlmr"), (Pooling::Cls, Some(16), true))] {
+    for (name, path, want) in
+        [("minilm", model_path("minilm"), (Pooling::Mean, None, true)), ("st_xlmr", fx.dir.join("st_xlmr"), (Pooling::Cls, Some(16), true))]
+    {
         let model = ModelDir::open(&path).unwrap();
         let config = ModelConfig { max_len: 256, ..cosine_bundle_config() };
         let scorer = Scorer::from_pretrained(config, &model, Device::Cpu).unwrap();
@@ -287,25 +304,38 @@ fn what_gradcache_cannot_run_is_a_typed_error_naming_it() {
     let err = ModelDir::open(&max).unwrap_err();
     assert!(matches!(&err, GradCacheError::UnsupportedModule { module, .. } if module.contains("max")), "{err}");
 
-    let unknown = edited("unknown", "modules.json", |t| t.replacen("sentence_transformers.base.modules.dense.Dense", "sentence_transformers.models.LayerNorm", 1));
+    let unknown = edited("unknown", "modules.json", |t| {
+        t.replacen("sentence_transformers.base.modules.dense.Dense", "sentence_transformers.models.LayerNorm", 1)
+    });
     let err = ModelDir::open(&unknown).unwrap_err();
     assert!(matches!(&err, GradCacheError::UnsupportedModule { module, .. } if module == "LayerNorm"), "{err}");
 
     let gpt = edited("gpt2", "config.json", |t| t.replace("\"xlm-roberta\"", "\"gpt2\""));
     let err = ModelDir::open(&gpt).unwrap_err();
-    assert!(matches!(&err, GradCacheError::UnsupportedModel { model_type, supported, .. } if model_type == "gpt2" && supported.contains("modernbert")), "{err}");
+    assert!(
+        matches!(&err, GradCacheError::UnsupportedModel { model_type, supported, .. } if model_type == "gpt2" && supported.contains("modernbert")),
+        "{err}"
+    );
     assert!(err.to_string().contains("xlm-roberta"), "the error lists what is supported: {err}");
 
     // The interaction block's "copy the encoder's top layer" works for
     // XLM-R (BERT's layer layout) and is a typed error for ModernBERT.
     let interaction = |dim: usize| -> HeadConfig {
-        serde_json::from_value(serde_json::json!({"kind": "interaction", "dim": dim, "heads": 4, "ffn": 64, "dropout": 0.1, "init": "encoder_top_layer"})).unwrap()
+        serde_json::from_value(
+            serde_json::json!({"kind": "interaction", "dim": dim, "heads": 4, "ffn": 64, "dropout": 0.1, "init": "encoder_top_layer"}),
+        )
+        .unwrap()
     };
-    let token_config = |head: HeadConfig| ModelConfig::new(TextEncoderConfig { pooling: Some(Pooling::Tokens), ..Default::default() }, 24, true, head, Layout::default());
+    let token_config = |head: HeadConfig| {
+        ModelConfig::new(TextEncoderConfig { pooling: Some(Pooling::Tokens), ..Default::default() }, 24, true, head, Layout::default())
+    };
     let xlmr = ModelDir::open(model_path("xlmr")).unwrap();
     Scorer::from_pretrained(token_config(interaction(32)), &xlmr, Device::Cpu).unwrap();
     let modernbert = ModelDir::open(model_path("modernbert")).unwrap();
-    let mb_head: HeadConfig = serde_json::from_value(serde_json::json!({"kind": "interaction", "dim": 32, "heads": 4, "ffn": 48, "dropout": 0.1, "init": "encoder_top_layer"})).unwrap();
+    let mb_head: HeadConfig = serde_json::from_value(
+        serde_json::json!({"kind": "interaction", "dim": 32, "heads": 4, "ffn": 48, "dropout": 0.1, "init": "encoder_top_layer"}),
+    )
+    .unwrap();
     let err = Scorer::from_pretrained(token_config(mb_head), &modernbert, Device::Cpu).unwrap_err();
     assert!(matches!(&err, AppError::Core(GradCacheError::InvalidConfig { field: "init", .. })), "{err}");
 }
@@ -324,7 +354,8 @@ from sentence_transformers import SentenceTransformer
 model = SentenceTransformer(sys.argv[1], device="cpu")
 print(json.dumps(model.encode(json.loads(sys.argv[2]), batch_size=4).tolist()))
 "#;
-    let output = Command::new(python()).args(["-c", script, folder.to_str().unwrap(), &serde_json::to_string(texts).unwrap()]).output().unwrap();
+    let output =
+        Command::new(python()).args(["-c", script, folder.to_str().unwrap(), &serde_json::to_string(texts).unwrap()]).output().unwrap();
     assert!(output.status.success(), "sentence-transformers failed: {}", String::from_utf8_lossy(&output.stderr));
     let line = output.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap().to_vec();
     rows(&serde_json::from_slice::<Vec<Vec<f32>>>(&line).unwrap())
@@ -343,14 +374,19 @@ fn export_round_trips_a_sentence_transformers_folder() {
     scorer.save(&bundle).unwrap();
     let out = fx.dir.join("roundtrip-st");
     let _ = std::fs::remove_dir_all(&out);
-    let printed = run(&["export", "--model", bundle.to_str().unwrap(), "--format", "sentence-transformers", "--output", out.to_str().unwrap()]);
+    let printed =
+        run(&["export", "--model", bundle.to_str().unwrap(), "--format", "sentence-transformers", "--output", out.to_str().unwrap()]);
     assert!(printed.contains("Transformer -> Pooling -> Dense -> Normalize"), "{printed}");
     let diff = max_diff(&st_encode(&out, &fx.reference.texts), &rows(&fx.reference.st["st_xlmr"]));
     assert!(diff < 1e-5, "the export embeds otherwise than its source: max |Δ| = {diff:e}");
     // The pooler, which gradcache does not run, travels unchanged, so that
     // transformers finds every weight of its AutoModel.
     let pooler = |dir: &Path| -> Vec<(String, Tensor)> {
-        let mut t: Vec<_> = gradcache::models::weights::read_safetensors(&dir.join("model.safetensors")).unwrap().into_iter().filter(|(k, _)| k.starts_with("pooler.")).collect();
+        let mut t: Vec<_> = gradcache::models::weights::read_safetensors(&dir.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("pooler."))
+            .collect();
         t.sort_by(|a, b| a.0.cmp(&b.0));
         t
     };
@@ -380,8 +416,22 @@ fn xlmr_trains_evaluates_and_exports_from_the_cli() {
     let w = |p: &str| work.join(p).to_str().unwrap().to_string();
     let xlmr = model_path("xlmr");
     let log = run(&[
-        "train", "--model-dir", xlmr.to_str().unwrap(), "--steps", "3", "--batch-size", "8", "--dev-queries", "20",
-        "--max-len", "24", "--output-dir", &w("run"), "--quiet", "--device", "cpu",
+        "train",
+        "--model-dir",
+        xlmr.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--dev-queries",
+        "20",
+        "--max-len",
+        "24",
+        "--output-dir",
+        &w("run"),
+        "--quiet",
+        "--device",
+        "cpu",
     ]);
     assert!(log.contains("head.dim 384 -> 32"), "{log}");
     let bundle = work.join("run/model");
@@ -395,7 +445,20 @@ fn xlmr_trains_evaluates_and_exports_from_the_cli() {
     assert!(!losses.is_empty() && losses.iter().all(|l| l.is_finite()), "losses {losses:?}");
 
     run(&["prepare-wordnet", "--beir", &w("beir"), "--queries", "20"]);
-    let eval = run(&["eval", "--model", bundle.to_str().unwrap(), "--data", &w("beir/dev"), "--split", "dev", "--output", &w("eval"), "--quiet", "--device", "cpu"]);
+    let eval = run(&[
+        "eval",
+        "--model",
+        bundle.to_str().unwrap(),
+        "--data",
+        &w("beir/dev"),
+        "--split",
+        "dev",
+        "--output",
+        &w("eval"),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]);
     let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(work.join("eval/metrics.json")).unwrap()).unwrap();
     assert!(metrics.to_string().contains("mrr"), "{eval}\n{metrics}");
 
@@ -405,7 +468,20 @@ fn xlmr_trains_evaluates_and_exports_from_the_cli() {
     let input: String = texts.iter().map(|t| serde_json::to_string(t).unwrap() + "\n").collect();
     std::fs::write(work.join("texts.jsonl"), input).unwrap();
     // In f32, the precision sentence-transformers runs the export in.
-    run(&["encode", "--model", bundle.to_str().unwrap(), "--input", &w("texts.jsonl"), "--output", &w("emb.safetensors"), "--quiet", "--device", "cpu", "--precision", "f32"]);
+    run(&[
+        "encode",
+        "--model",
+        bundle.to_str().unwrap(),
+        "--input",
+        &w("texts.jsonl"),
+        "--output",
+        &w("emb.safetensors"),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--precision",
+        "f32",
+    ]);
     let ours = gradcache::models::weights::read_safetensors(&work.join("emb.safetensors")).unwrap();
     let ours = &ours.iter().find(|(k, _)| k == "embeddings").unwrap().1;
     let theirs = st_encode(&work.join("st"), texts);
@@ -413,10 +489,14 @@ fn xlmr_trains_evaluates_and_exports_from_the_cli() {
     let diff = max_diff(ours, &theirs);
     assert!(diff < 1e-5, "sentence-transformers embeds the export otherwise than gradcache encode: max |Δ| = {diff:e}");
     // The trained weights, not the pretrained ones, were exported.
-    let pretrained = Scorer::from_pretrained(ModelConfig { encoder: TextEncoderConfig { normalize: Some(false), ..Default::default() }, ..cosine_bundle_config() }, &ModelDir::open(&xlmr).unwrap(), Device::Cpu).unwrap();
+    let pretrained = Scorer::from_pretrained(
+        ModelConfig { encoder: TextEncoderConfig { normalize: Some(false), ..Default::default() }, ..cosine_bundle_config() },
+        &ModelDir::open(&xlmr).unwrap(),
+        Device::Cpu,
+    )
+    .unwrap();
     assert!(max_diff(&embeddings(&pretrained, texts), &theirs) > 1e-4, "the export is the pretrained model");
 }
-
 
 fn pylate_python() -> PathBuf {
     repo().join(".python-pylate")
@@ -458,7 +538,11 @@ print(json.dumps({"queries": [x.tolist() for x in q], "documents": [x.tolist() f
         scores: Vec<Vec<f32>>,
     }
     let out: Out = serde_json::from_slice(&line).unwrap();
-    PylateOutput { queries: out.queries.iter().map(|m| rows(m)).collect(), documents: out.documents.iter().map(|m| rows(m)).collect(), scores: rows(&out.scores) }
+    PylateOutput {
+        queries: out.queries.iter().map(|m| rows(m)).collect(),
+        documents: out.documents.iter().map(|m| rows(m)).collect(),
+        scores: rows(&out.scores),
+    }
 }
 
 /// The largest difference between PyLate's per-text token matrices and a
@@ -537,16 +621,23 @@ fn pylate_reads_a_maxsim_export() {
     let cases = [
         ("cosine", cosine_bundle_config(), "pools one vector"),
         ("untied", ModelConfig { tied: false, ..maxsim(None) }, "not tied"),
-        ("unnormalised", ModelConfig { encoder: TextEncoderConfig { normalize: Some(false), ..maxsim(None).encoder }, ..maxsim(None) }, "normalises"),
+        (
+            "unnormalised",
+            ModelConfig { encoder: TextEncoderConfig { normalize: Some(false), ..maxsim(None).encoder }, ..maxsim(None) },
+            "normalises",
+        ),
     ];
     for (name, config, reason) in cases {
         let scorer = Scorer::from_pretrained(config, &model, Device::Cpu).unwrap();
-        let err = gradcache::app::export::export(&scorer, ExportFormat::Pylate, gradcache::error::Side::Passages, &work.join(name)).unwrap_err();
+        let err =
+            gradcache::app::export::export(&scorer, ExportFormat::Pylate, gradcache::error::Side::Passages, &work.join(name)).unwrap_err();
         assert!(matches!(err, AppError::UnsupportedExport { format: "pylate", .. }) && err.to_string().contains(reason), "{name}: {err}");
         assert!(!work.join(name).exists(), "{name}: a refused export left a folder");
     }
     let scorer = Scorer::from_pretrained(maxsim(None), &model, Device::Cpu).unwrap();
-    let err = gradcache::app::export::export(&scorer, ExportFormat::SentenceTransformers, gradcache::error::Side::Passages, &work.join("st")).unwrap_err();
+    let err =
+        gradcache::app::export::export(&scorer, ExportFormat::SentenceTransformers, gradcache::error::Side::Passages, &work.join("st"))
+            .unwrap_err();
     assert!(err.to_string().contains("--format pylate"), "{err}");
 }
 
@@ -573,7 +664,10 @@ print(json.dumps(fc.get_total_flops()))
         let model = ModelDir::open(model_path(name)).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
         let enc = token_encoder(&vs, &model, BertImplementation::Fused);
-        let output = Command::new(python()).args(["-c", script, model_path(name).to_str().unwrap(), &serde_json::to_string(&(n, len)).unwrap()]).output().unwrap();
+        let output = Command::new(python())
+            .args(["-c", script, model_path(name).to_str().unwrap(), &serde_json::to_string(&(n, len)).unwrap()])
+            .output()
+            .unwrap();
         assert!(output.status.success(), "{name}: python failed: {}", String::from_utf8_lossy(&output.stderr));
         let torch: f64 = serde_json::from_slice(output.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
         let ids = Tensor::ones([n as i64, len as i64], (Kind::Int64, Device::Cpu));

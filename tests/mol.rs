@@ -75,24 +75,45 @@ fn scores_gates_balance_and_gradients_match_a_pytorch_reimplementation() {
     let _serial = serial();
     for gate in [MolGate::GluSilu, MolGate::Logits] {
         tch::manual_seed(11);
-        let config = MolHeadConfig { dim: 12, query_components: 3, passage_components: 4, component_dim: 5, temperature: 0.2, gate, dropout: 0.3, balance: 0.7, residual: None };
+        let config = MolHeadConfig {
+            dim: 12,
+            query_components: 3,
+            passage_components: 4,
+            component_dim: 5,
+            temperature: 0.2,
+            gate,
+            dropout: 0.3,
+            balance: 0.7,
+            residual: None,
+        };
         let mut vs = nn::VarStore::new(Device::Cpu);
         let head = HeadConfig::Mol(config.clone()).init(&(vs.root() / "head")).unwrap();
         vs.double();
         let opts = (Kind::Double, Device::Cpu);
-        let (u, v, w) = (Tensor::randn([5, 12], opts).set_requires_grad(true), Tensor::randn([7, 12], opts).set_requires_grad(true), Tensor::randn([5, 7], opts));
+        let (u, v, w) = (
+            Tensor::randn([5, 12], opts).set_requires_grad(true),
+            Tensor::randn([7, 12], opts).set_requires_grad(true),
+            Tensor::randn([5, 7], opts),
+        );
         // Eval mode: the formula without the gate's dropout.
-        let (s, gates) = head.score_gated(&Representation::vector(u.shallow_clone()).unwrap(), &Representation::vector(v.shallow_clone()).unwrap(), false).unwrap();
+        let (s, gates) = head
+            .score_gated(&Representation::vector(u.shallow_clone()).unwrap(), &Representation::vector(v.shallow_clone()).unwrap(), false)
+            .unwrap();
         let gates = gates.expect("a MoL head returns its gates");
         let b = GateTotals::of(&gates).unwrap().term(1.0).unwrap();
         (&s * &w).sum(Kind::Double).g_add(&(&b * config.balance)).backward();
 
-        let weights: serde_json::Map<String, serde_json::Value> = vs.variables().iter().map(|(k, t)| (k.clone(), serde_json::json!(nested(t)))).collect();
+        let weights: serde_json::Map<String, serde_json::Value> =
+            vs.variables().iter().map(|(k, t)| (k.clone(), serde_json::json!(nested(t)))).collect();
         let input = serde_json::json!({"weights": weights, "u": nested(&u), "v": nested(&v), "W": nested(&w), "pq": 3, "px": 4, "c": 5, "tau": 0.2, "lam": 0.7, "glu": gate == MolGate::GluSilu});
         let path = std::env::temp_dir().join(format!("gradcache-mol-oracle-{}-{gate:?}.json", std::process::id()));
         std::fs::write(&path, input.to_string()).unwrap();
         let python = repo().join(".python");
-        let out = Command::new(&python).args(["-c", ORACLE]).arg(&path).output().unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
+        let out = Command::new(&python)
+            .args(["-c", ORACLE])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
         std::fs::remove_file(&path).ok();
         assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
         let oracle: Oracle = serde_json::from_slice(&out.stdout).unwrap();
@@ -145,7 +166,11 @@ fn the_balance_cache_is_exact_per_block_and_a_per_block_term_is_not() {
         blocks.iter().map(|&b| balance.surrogate(&block(g, b)).unwrap()).reduce(|a, b| a + b).unwrap()
     });
     let per_block = grad_of(&|g| {
-        blocks.iter().map(|&b| GateTotals::of(&block(g, b)).unwrap().term(lam * (b.0 .1 * b.1 .1) as f64 / 54.0).unwrap()).reduce(|a, b| a + b).unwrap()
+        blocks
+            .iter()
+            .map(|&b| GateTotals::of(&block(g, b)).unwrap().term(lam * (b.0 .1 * b.1 .1) as f64 / 54.0).unwrap())
+            .reduce(|a, b| a + b)
+            .unwrap()
     });
     let scale = whole.abs().max().double_value(&[]);
     let d = |x: &Tensor| (x - &whole).abs().max().double_value(&[]) / scale;
@@ -167,7 +192,13 @@ fn a_step_that_leaves_out_the_balance_term_is_caught() {
     let make = |balance: f64| {
         tch::manual_seed(1234);
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let enc = gradcache::models::encoders::TinyEncoderConfig { vocab_size: VOCAB, max_len: MAX_LEN, dim: DIM, dropout: 0.2, pooling: gradcache::models::encoders::Pooling::Mean };
+        let enc = gradcache::models::encoders::TinyEncoderConfig {
+            vocab_size: VOCAB,
+            max_len: MAX_LEN,
+            dim: DIM,
+            dropout: 0.2,
+            pooling: gradcache::models::encoders::Pooling::Mean,
+        };
         let query = enc.init(&(vs.root() / "encoder")).unwrap();
         let head = HeadConfig::Mol(small_mol(MolGate::GluSilu, 0.2, balance, None)).init(&(vs.root() / "head")).unwrap();
         vs.double();
@@ -176,12 +207,20 @@ fn a_step_that_leaves_out_the_balance_term_is_caught() {
     let (with, without) = (make(0.3), make(0.0));
     let data = data(6, 3, LossKind::InfoNce, 7);
     let loss = loss(LossKind::InfoNce);
-    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 }, ..StepConfig::default() };
+    let config = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 },
+        ..StepConfig::default()
+    };
     let grads = |m: &Model, full: bool| {
         let mut gc = m.step(config.clone(), loss.as_ref());
         zero_grads(&m.vs);
         tch::manual_seed(99);
-        let out = if full { gc.full_batch_step(&data.queries, &data.passages, &data.targets) } else { gc.step(&data.queries, &data.passages, &data.targets) }.unwrap();
+        let out = if full {
+            gc.full_batch_step(&data.queries, &data.passages, &data.targets)
+        } else {
+            gc.step(&data.queries, &data.passages, &data.targets)
+        }
+        .unwrap();
         (out.loss, GradientSnapshot::take(&m.vs).unwrap())
     };
     let (loss_with, ours) = grads(&with, false);
@@ -190,13 +229,18 @@ fn a_step_that_leaves_out_the_balance_term_is_caught() {
     assert!(ours.compare(&full_with).unwrap().failures(F64_TOL).is_empty(), "λ = 0.3 on both sides");
     assert!((loss_with - full_loss_with).abs() < 1e-12);
     let missed = ours.compare(&full_without).unwrap();
-    assert!(!missed.failures(F64_TOL).is_empty() && missed.max_rel_diff() > 1e-6, "the term's gradients must be visible: {:e}", missed.max_rel_diff());
+    assert!(
+        !missed.failures(F64_TOL).is_empty() && missed.max_rel_diff() > 1e-6,
+        "the term's gradients must be visible: {:e}",
+        missed.max_rel_diff()
+    );
     assert!(loss_with - full_loss_without > 1e-6 || full_loss_without - loss_with > 1e-6, "the term moves the loss");
 }
 
 #[test]
 fn mol_configs_are_checked_and_read_from_json() {
-    let c: HeadConfig = serde_json::from_str(r#"{"kind": "mol", "dim": 8, "query_components": 2, "gate": "logits", "balance": 0.0}"#).unwrap();
+    let c: HeadConfig =
+        serde_json::from_str(r#"{"kind": "mol", "dim": 8, "query_components": 2, "gate": "logits", "balance": 0.0}"#).unwrap();
     let HeadConfig::Mol(m) = &c else { panic!("{c:?}") };
     assert_eq!((m.dim, m.query_components, m.passage_components, m.gate, m.balance), (8, 2, 4, MolGate::Logits, 0.0));
     assert!(serde_json::from_str::<HeadConfig>(r#"{"kind": "mol", "components": 2}"#).is_err(), "unknown fields are refused");
@@ -215,6 +259,8 @@ fn mol_configs_are_checked_and_read_from_json() {
     }
     // Token matrices are refused with a typed error.
     let head = HeadConfig::Mol(MolHeadConfig { dim: 4, residual: None, ..Default::default() }).init(&vs.root()).unwrap();
-    let tokens = Representation::tokens(Tensor::zeros([2, 3, 4], (Kind::Float, Device::Cpu)), &Tensor::ones([2, 3], (Kind::Int64, Device::Cpu))).unwrap();
+    let tokens =
+        Representation::tokens(Tensor::zeros([2, 3, 4], (Kind::Float, Device::Cpu)), &Tensor::ones([2, 3], (Kind::Int64, Device::Cpu)))
+            .unwrap();
     assert!(matches!(head.score(&tokens, &tokens, false), Err(gradcache::GradCacheError::RepresentationKind { .. })));
 }

@@ -18,8 +18,8 @@ mod common;
 
 use common::serial;
 use gradcache::check::{zero_grads, GradientSnapshot, Tolerance};
-use gradcache::models::encoders::{TextEncoder, TextEncoderConfig, Pooling};
 use gradcache::core::head::ScoringHead;
+use gradcache::models::encoders::{Pooling, TextEncoder, TextEncoderConfig};
 use gradcache::models::heads::HeadConfig;
 use gradcache::runtime::precision::Precision;
 use gradcache::{GradCache, GradCacheError, InfoNce, StepConfig, Targets, TokenBatch};
@@ -32,11 +32,20 @@ const BF16_TOL: Tolerance = Tolerance { abs: 1e-7, rel: 1e-3 };
 /// and a head by name, from a fixed seed.
 fn model(vs: &nn::VarStore, head: &str) -> (TextEncoder, Box<dyn ScoringHead>) {
     tch::manual_seed(5);
-    let bert =
-        BertConfig { hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, num_hidden_layers: 2, vocab_size: 200, max_position_embeddings: 16, ..BertConfig::default() };
+    let bert = BertConfig {
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_attention_heads: 2,
+        num_hidden_layers: 2,
+        vocab_size: 200,
+        max_position_embeddings: 16,
+        ..BertConfig::default()
+    };
     let head = HeadConfig::named(head, 32, 0.1).unwrap();
     let pooling = if head.reads_tokens() { Pooling::Tokens } else { Pooling::Mean };
-    let encoder = TextEncoderConfig { pooling: Some(pooling), ..Default::default() }.init_fresh(vs, "encoder", &gradcache::models::pretrained::Architecture::bert(bert, 1e-12)).unwrap();
+    let encoder = TextEncoderConfig { pooling: Some(pooling), ..Default::default() }
+        .init_fresh(vs, "encoder", &gradcache::models::pretrained::Architecture::bert(bert, 1e-12))
+        .unwrap();
     let head = head.init(&(vs.root() / "head")).unwrap();
     (encoder, head)
 }
@@ -60,7 +69,11 @@ fn batch() -> Batch {
 }
 
 fn config(precision: Precision) -> StepConfig {
-    StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5 }, precision, ..StepConfig::default() }
+    StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5 },
+        precision,
+        ..StepConfig::default()
+    }
 }
 
 /// One step's loss and gradients: two-cache, or the full-batch step.
@@ -121,7 +134,10 @@ fn the_replay_check_catches_an_unreplayed_mask_under_bf16() {
     gc.encoder_pass(&b.queries, &b.passages, &mut reps, &grads, &plan, &seeds).unwrap();
     // Not replayed (other streams in the second passes): caught.
     let other = seeds.child(777);
-    match gc.head_pass(&reps, &mut scores, &cache, &plan, &other).and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &mut reps, &g, &plan, &other)) {
+    match gc
+        .head_pass(&reps, &mut scores, &cache, &plan, &other)
+        .and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &mut reps, &g, &plan, &other))
+    {
         Err(GradCacheError::ReplayMismatch { max_abs_diff, tolerance, .. }) => assert!(max_abs_diff > tolerance),
         other => panic!("expected a replay mismatch under bf16, got {other:?}"),
     }
@@ -194,12 +210,18 @@ fn auto_chooses_bf16_where_the_cpu_has_bfloat16_units_and_must_be_resolved() {
     assert_eq!(choice.chosen, if here.is_some() { Precision::Bf16 } else { Precision::F32 }, "{choice}");
     assert!(choice.to_string().starts_with(choice.chosen.name()) && choice.to_string().contains("auto: CPU"), "{choice}");
     // Named precisions stay as asked.
-    assert_eq!(Precision::F32.resolve(Device::Cpu), PrecisionChoice { asked: Precision::F32, chosen: Precision::F32, reason: String::new() });
+    assert_eq!(
+        Precision::F32.resolve(Device::Cpu),
+        PrecisionChoice { asked: Precision::F32, chosen: Precision::F32, reason: String::new() }
+    );
     assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
     // Unresolved, it runs nowhere.
     assert!(Precision::Auto.run(|| Ok(())).is_err());
     let vs = nn::VarStore::new(Device::Cpu);
     let (encoder, head) = model(&vs, "mlp");
     let loss = InfoNce::default();
-    assert!(matches!(GradCache::tied(config(Precision::Auto), &encoder, head.as_ref(), &loss), Err(GradCacheError::InvalidConfig { field: "precision", .. })));
+    assert!(matches!(
+        GradCache::tied(config(Precision::Auto), &encoder, head.as_ref(), &loss),
+        Err(GradCacheError::InvalidConfig { field: "precision", .. })
+    ));
 }

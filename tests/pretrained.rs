@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::serial;
-use gradcache::models::encoders::{TextEncoder, TextEncoderConfig, BertImplementation, Pooling};
+use gradcache::models::encoders::{BertImplementation, Pooling, TextEncoder, TextEncoderConfig};
 use gradcache::models::heads::MlpHeadConfig;
 use gradcache::models::pretrained::ModelDir;
 use gradcache::{Encoder, GradCacheError};
@@ -295,7 +295,10 @@ print(json.dumps(out))
         let ours = enc.forward_flops(&batch).unwrap();
         assert!((ours - forward).abs() <= 1e-9 * forward, "{n} × {len}: ours {ours:e}, torch {forward:e}");
         let backward = with_backward - forward;
-        assert!((backward - gradcache::core::flops::BACKWARD_FACTOR * forward).abs() <= 1e-9 * forward, "{n} × {len}: backward {backward:e} vs forward {forward:e}");
+        assert!(
+            (backward - gradcache::core::flops::BACKWARD_FACTOR * forward).abs() <= 1e-9 * forward,
+            "{n} × {len}: backward {backward:e} vs forward {forward:e}"
+        );
     }
 }
 
@@ -357,19 +360,39 @@ print(json.dumps({"interaction": count(interaction), "mlp": count(mlp), "max_sim
 "#;
     let python = repo().join(".python");
     let shape = serde_json::to_string(&[a, b, lq, lp, d, h, f, hidden, codes]).unwrap();
-    let output = Command::new(&python).args(["-c", script, &shape]).output().unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
+    let output = Command::new(&python)
+        .args(["-c", script, &shape])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
     assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
-    let torch: std::collections::HashMap<String, f64> = serde_json::from_slice(output.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
+    let torch: std::collections::HashMap<String, f64> =
+        serde_json::from_slice(output.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
 
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
-    let tokens = |n: usize, l: usize| Representation::tokens(Tensor::zeros([n as i64, l as i64, d as i64], (Kind::Float, Device::Cpu)), &Tensor::ones([n as i64, l as i64], (Kind::Float, Device::Cpu))).unwrap();
+    let tokens = |n: usize, l: usize| {
+        Representation::tokens(
+            Tensor::zeros([n as i64, l as i64, d as i64], (Kind::Float, Device::Cpu)),
+            &Tensor::ones([n as i64, l as i64], (Kind::Float, Device::Cpu)),
+        )
+        .unwrap()
+    };
     let vectors = |n: usize| Representation::vector(Tensor::zeros([n as i64, d as i64], (Kind::Float, Device::Cpu))).unwrap();
     let (u, v) = (tokens(a, lq), tokens(b, lp));
-    let interaction = InteractionConfig { dim: d, heads: h, ffn: f, residual: None, ..Default::default() }.init(&(&root / "interaction")).unwrap();
+    let interaction =
+        InteractionConfig { dim: d, heads: h, ffn: f, residual: None, ..Default::default() }.init(&(&root / "interaction")).unwrap();
     let mlp = MlpHeadConfig { dim: d, hidden, residual: None, ..Default::default() }.init(&(&root / "mlp")).unwrap();
     let poly = PolyEncoderConfig { dim: d, codes, residual: None, ..Default::default() }.init(&(&root / "poly")).unwrap();
-    let mol = gradcache::models::heads::MolHeadConfig { dim: d, query_components: 3, passage_components: 2, component_dim: 5, residual: None, ..Default::default() }.init(&(&root / "mol")).unwrap();
+    let mol = gradcache::models::heads::MolHeadConfig {
+        dim: d,
+        query_components: 3,
+        passage_components: 2,
+        component_dim: 5,
+        residual: None,
+        ..Default::default()
+    }
+    .init(&(&root / "mol"))
+    .unwrap();
     let ours = [
         ("interaction", interaction.score_flops(&u, &v)),
         ("mlp", mlp.score_flops(&vectors(a), &vectors(b))),

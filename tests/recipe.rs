@@ -4,12 +4,12 @@
 
 mod common;
 
-use gradcache::AppError;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
 use gradcache::app::eval::sense_metrics;
-use gradcache::models::heads::{HeadConfig, MlpHeadConfig};
 use gradcache::app::recipe::{run, RerankerConfig, Start};
 use gradcache::cli::TrainArgs;
+use gradcache::models::heads::{HeadConfig, MlpHeadConfig};
+use gradcache::AppError;
 use gradcache::{GradCacheError, Scorer};
 
 fn repo() -> std::path::PathBuf {
@@ -83,12 +83,16 @@ fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
     let mut printed = Vec::new();
     gradcache::cli::write_report(&report, &mut printed).unwrap();
     let printed = String::from_utf8(printed).unwrap();
-    let row = |name: &str| printed.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no `{name}` row in:\n{printed}")).to_string();
-    let cells = |line: String| -> Vec<f64> { line.split_whitespace().rev().take(6).map(|c| c.parse().unwrap()).collect::<Vec<f64>>().into_iter().rev().collect() };
+    let row =
+        |name: &str| printed.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no `{name}` row in:\n{printed}")).to_string();
+    let cells = |line: String| -> Vec<f64> {
+        line.split_whitespace().rev().take(6).map(|c| c.parse().unwrap()).collect::<Vec<f64>>().into_iter().rev().collect()
+    };
     let columns = ["wsd_accuracy", "top1", "top5", "top20", "mrr10", "ndcg10"];
     // Printed to 3 decimals: within half a unit of the last.
     let same = |printed_row: Vec<f64>, m: &serde_json::Value| {
-        printed_row.len() == columns.len() && columns.iter().zip(&printed_row).all(|(k, p)| (m[k].as_f64().unwrap() - p).abs() <= 5e-4 + 1e-12)
+        printed_row.len() == columns.len()
+            && columns.iter().zip(&printed_row).all(|(k, p)| (m[k].as_f64().unwrap() - p).abs() <= 5e-4 + 1e-12)
     };
     assert!(same(cells(row("this run: 2 two-cache steps, seed 0")), &report.results["after"]), "{printed}");
     assert!(same(cells(row("pretrained bert, cosine")), &report.results["pretrained_cosine"]), "{printed}");
@@ -105,8 +109,14 @@ const DEV_PAIRS: [(&str, &str); 6] = [
     ("when does the bakery open", "the bakery opens at seven"),
     ("where is berlin", "berlin is in germany"),
 ];
-const DISTRACTORS: [&str; 6] =
-    ["hens lay eggs", "pythons are snakes", "the river bank was muddy", "routers forward packets", "france borders spain", "bread needs flour"];
+const DISTRACTORS: [&str; 6] = [
+    "hens lay eggs",
+    "pythons are snakes",
+    "the river bank was muddy",
+    "routers forward packets",
+    "france borders spain",
+    "bread needs flour",
+];
 
 /// Training on one's own records with one's own dev set: evaluated at
 /// every step (and before), the WordNet task left out, the best model
@@ -137,7 +147,11 @@ fn eval_data_is_evaluated_while_training_and_the_best_model_is_kept() {
     // The first evaluation with the highest logged reranked MRR@10.
     let (want_step, want_value) = evals.iter().fold((0, f64::NEG_INFINITY), |(bs, bv), (s, m)| {
         let v = m["reranked.mrr10"].as_f64().unwrap();
-        if v > bv { (*s, v) } else { (bs, bv) }
+        if v > bv {
+            (*s, v)
+        } else {
+            (bs, bv)
+        }
     });
     let best = &report.results["best"];
     assert_eq!((best["metric"].as_str(), best["step"].as_u64()), (Some("reranked.mrr10"), Some(want_step)), "{best}");
@@ -147,13 +161,17 @@ fn eval_data_is_evaluated_while_training_and_the_best_model_is_kept() {
     let (set, _) = gradcache::app::data::beir::read_beir(&dir.join("dev"), "dev", gradcache::app::data::Malformed::Fail).unwrap();
     let measure = |bundle: &std::path::Path| {
         let scorer = Scorer::load(bundle, tch::Device::Cpu).unwrap();
-        gradcache::app::retrieval::evaluate_two_stage(&scorer, &set, 100usize.min(set.corpus.len()), &mut |_, _, _| {}).unwrap().reranked_metrics.mrr10
+        gradcache::app::retrieval::evaluate_two_stage(&scorer, &set, 100usize.min(set.corpus.len()), &mut |_, _, _| {})
+            .unwrap()
+            .reranked_metrics
+            .mrr10
     };
     assert_eq!(measure(&dir.join("run/model")), want_value, "the kept bundle is not the best step's model");
     let last = evals.last().unwrap().1["reranked.mrr10"].as_f64().unwrap();
     assert_eq!(measure(&dir.join("run/last")), last, "run/last is not the last model");
     if want_step != 6 {
-        let differ = std::fs::read(dir.join("run/model/head.safetensors")).unwrap() != std::fs::read(dir.join("run/last/head.safetensors")).unwrap();
+        let differ =
+            std::fs::read(dir.join("run/model/head.safetensors")).unwrap() != std::fs::read(dir.join("run/last/head.safetensors")).unwrap();
         assert!(differ, "the best and the last model are the same files");
     }
 
@@ -241,7 +259,9 @@ fn a_run_folder_changes_only_for_a_valid_resume_or_an_explicit_overwrite() {
     }
     let mut lr = c.clone();
     lr.train.learning_rate = 1.0;
-    assert!(matches!(run(&lr, Start::Resume), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("train.learning_rate")));
+    assert!(
+        matches!(run(&lr, Start::Resume), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("train.learning_rate"))
+    );
     std::fs::write(dir.join("train.jsonl"), RECORDS[..2].join("\n")).unwrap();
     assert!(matches!(run(&c, Start::Resume), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("data.sha256")));
     std::fs::write(dir.join("train.jsonl"), RECORDS.join("\n")).unwrap();
@@ -309,7 +329,12 @@ fn damaged_checkpoints_are_skipped_for_the_newest_intact_one() {
             result.unwrap_or_else(|e| panic!("{file} {name}: {e}"));
             // Resumed from step 2: one metrics line per step 1..4, each once.
             let log = std::fs::read_to_string(c.output_dir.join("metrics.jsonl")).unwrap();
-            let steps: Vec<u64> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v.get("loss").is_some()).map(|v| v["step"].as_u64().unwrap()).collect();
+            let steps: Vec<u64> = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v.get("loss").is_some())
+                .map(|v| v["step"].as_u64().unwrap())
+                .collect();
             assert_eq!(steps, [1, 2, 3, 4], "{file} {name}");
             // Back to the 3-step state for the next damage.
             std::fs::remove_dir_all(c.output_dir.join("checkpoints/step-000004")).unwrap();

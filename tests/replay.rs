@@ -14,7 +14,8 @@ use gradcache::{GradCacheError, StepConfig};
 use tch::Kind;
 
 fn config(check_replay: bool) -> StepConfig {
-    StepConfig { layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 },
+    StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 7 },
         check_replay,
         ..StepConfig::default()
     }

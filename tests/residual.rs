@@ -5,9 +5,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{serial, Model, HeadKind};
-use gradcache::models::encoders::{TextEncoderConfig, Pooling};
+use common::{serial, HeadKind, Model};
 use gradcache::app::eval::{ReferenceResults, ReferenceRow};
+use gradcache::models::encoders::{Pooling, TextEncoderConfig};
 use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, ResidualConfig};
 use gradcache::{GradCacheError, InfoNce, Representation, StepConfig};
 use rust_bert::bert::BertConfig;
@@ -91,13 +91,21 @@ fn distance_from_base(residual: Option<ResidualConfig>) -> Vec<(String, f64)> {
         // variable was created), so the comparison itself can be tight.
         let scale = match vs.variables().get("head.residual.log_scale") {
             Some(l) => l.exp().double_value(&[]),
-            None => if config.reads_tokens() { 5.0 } else { 20.0 },
+            None => {
+                if config.reads_tokens() {
+                    5.0
+                } else {
+                    20.0
+                }
+            }
         };
         assert!((scale / if config.reads_tokens() { 5.0 } else { 20.0 } - 1.0).abs() < 1e-6, "initial scale {scale}");
         let diff = if config.reads_tokens() {
             let (q, p) = (token_rep(3, 5), token_rep(4, 6));
             let s = head.score(&q, &p, true).unwrap();
-            let (Representation::Tokens { tokens: u, mask: mq }, Representation::Tokens { tokens: v, mask: mp }) = (&q, &p) else { unreachable!() };
+            let (Representation::Tokens { tokens: u, mask: mq }, Representation::Tokens { tokens: v, mask: mp }) = (&q, &p) else {
+                unreachable!()
+            };
             f64_max_diff(&s, &(maxsim_cos(u, mq, v, mp) * scale))
         } else {
             let (q, p) = (vectors(3), vectors(4));
@@ -138,7 +146,14 @@ fn at_step_0_only_the_gate_and_the_scale_get_gradients() {
     model.vs.double();
     let loss = InfoNce { temperature: 0.5, symmetric: false };
     let data = common::data(6, 2, common::LossKind::InfoNce, 3);
-    model.step(StepConfig { layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5 }, ..Default::default() }, &loss)
+    model
+        .step(
+            StepConfig {
+                layout: gradcache::Layout { query_chunk_size: 4, passage_chunk_size: 5, head_block_queries: 4, head_block_passages: 5 },
+                ..Default::default()
+            },
+            &loss,
+        )
         .step(&data.queries, &data.passages, &data.targets)
         .unwrap();
     let vars = model.vs.variables();
@@ -157,14 +172,19 @@ fn residual_configs_read_from_json() {
     assert_eq!(c.residual(), Some(&ResidualConfig { base_scale: None, gate: 0.0 }));
     let c: HeadConfig = serde_json::from_str(r#"{"kind": "mlp", "residual": null}"#).unwrap();
     assert_eq!(c.residual(), None);
-    let c: HeadConfig = serde_json::from_str(r#"{"kind": "interaction", "residual": {"base_scale": 2}, "init": "encoder_top_layer"}"#).unwrap();
+    let c: HeadConfig =
+        serde_json::from_str(r#"{"kind": "interaction", "residual": {"base_scale": 2}, "init": "encoder_top_layer"}"#).unwrap();
     let HeadConfig::Interaction(i) = &c else { panic!("{c:?}") };
     assert_eq!((i.init, i.residual.as_ref().and_then(|r| r.base_scale)), (InteractionInit::EncoderTopLayer, Some(2.0)));
     assert!(serde_json::from_str::<HeadConfig>(r#"{"kind": "mlp", "residual": {"gait": 0}}"#).is_err());
     assert!(serde_json::from_str::<HeadConfig>(r#"{"kind": "interaction", "init": "bottom_layer"}"#).is_err());
     // Bad values are typed errors at init.
     let vs = nn::VarStore::new(Device::Cpu);
-    let bad = HeadConfig::Mlp(MlpHeadConfig { dim: D, residual: Some(ResidualConfig { base_scale: Some(0.0), gate: 0.0 }), ..Default::default() });
+    let bad = HeadConfig::Mlp(MlpHeadConfig {
+        dim: D,
+        residual: Some(ResidualConfig { base_scale: Some(0.0), gate: 0.0 }),
+        ..Default::default()
+    });
     assert!(matches!(bad.init(&vs.root()), Err(GradCacheError::InvalidConfig { field: "residual.base_scale", .. })));
 }
 
@@ -179,7 +199,9 @@ fn small_bert(vs: &nn::VarStore) -> gradcache::models::encoders::TextEncoder {
         max_position_embeddings: 16,
         ..BertConfig::default()
     };
-    TextEncoderConfig { pooling: Some(Pooling::Tokens), ..Default::default() }.init_fresh(vs, "encoder", &gradcache::models::pretrained::Architecture::bert(bert, 1e-12)).unwrap()
+    TextEncoderConfig { pooling: Some(Pooling::Tokens), ..Default::default() }
+        .init_fresh(vs, "encoder", &gradcache::models::pretrained::Architecture::bert(bert, 1e-12))
+        .unwrap()
 }
 
 fn interaction(heads: usize, ffn: usize, init: InteractionInit) -> HeadConfig {
@@ -229,7 +251,10 @@ fn interaction_block_that_does_not_fit_the_layer_is_a_typed_error() {
     let vs = nn::VarStore::new(Device::Cpu);
     let encoder = small_bert(&vs);
     let top = InteractionInit::EncoderTopLayer;
-    assert!(matches!(interaction(4, 20, top).init_with_encoder(&vs, "h1", &encoder), Err(GradCacheError::InvalidConfig { field: "heads", .. })));
+    assert!(matches!(
+        interaction(4, 20, top).init_with_encoder(&vs, "h1", &encoder),
+        Err(GradCacheError::InvalidConfig { field: "heads", .. })
+    ));
     match interaction(2, 24, top).init_with_encoder(&vs, "h2", &encoder) {
         Err(GradCacheError::LayerInit { reason, .. }) => assert!(reason.contains("h2.ffn.up.weight"), "{reason}"),
         Err(other) => panic!("expected LayerInit, got {other}"),
@@ -241,7 +266,8 @@ fn interaction_block_that_does_not_fit_the_layer_is_a_typed_error() {
 
 #[test]
 fn reference_results_compare_budgets() {
-    let budget = |steps: u64| BTreeMap::from([("steps".to_string(), serde_json::json!(steps)), ("batch_size".to_string(), serde_json::json!(64))]);
+    let budget =
+        |steps: u64| BTreeMap::from([("steps".to_string(), serde_json::json!(steps)), ("batch_size".to_string(), serde_json::json!(64))]);
     let r = ReferenceResults {
         budget: budget(100),
         command: "benchmarks/heads_compare.sh cosine".into(),

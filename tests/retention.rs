@@ -15,7 +15,11 @@ use tch::{Kind, Tensor};
 fn layout(memory: MemoryConfig) -> StepConfig {
     // Uneven on purpose: 5 queries in chunks of 2, 15 passages in chunks of
     // 4, blocks of 2 × 6 (3 × 3 grid).
-    StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 2, head_block_passages: 6 }, memory, ..StepConfig::default() }
+    StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 2, head_block_passages: 6 },
+        memory,
+        ..StepConfig::default()
+    }
 }
 
 fn mixes() -> Vec<(&'static str, MemoryConfig)> {
@@ -105,7 +109,10 @@ fn memory_configs_read_from_json_and_unknown_forms_are_errors() {
     assert_eq!(parse("none").unwrap(), MemoryConfig::Recompute { recompute: Recompute::None });
     assert_eq!(parse("auto").unwrap(), MemoryConfig::Auto { budget: gradcache::core::config::AutoBudget::Auto });
     assert_eq!(parse("1500").unwrap(), MemoryConfig::Budget { budget_mb: 1500.0 });
-    assert_eq!(parse(r#"{"retain": {"query_chunks": 2}}"#).unwrap(), MemoryConfig::Retain { retain: RetainCounts { query_chunks: 2, ..Default::default() } });
+    assert_eq!(
+        parse(r#"{"retain": {"query_chunks": 2}}"#).unwrap(),
+        MemoryConfig::Retain { retain: RetainCounts { query_chunks: 2, ..Default::default() } }
+    );
     for bad in ["-3", "0", "lots", "{\"budget_mb\": \"x\"}"] {
         assert!(parse(bad).is_err(), "{bad} should be refused");
     }
@@ -186,7 +193,10 @@ fn a_budget_keeps_greedily_what_fits_and_refuses_what_cannot_fit() {
     // Everything (725), in the configured chunks: a budget never merges
     // them (that would change the dropout streams).
     let (plan, used) = fit(725.0).unwrap();
-    assert_eq!((plan.retained(), plan.sizes(false).query_chunks, used), (RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 }, 3, 725.0));
+    assert_eq!(
+        (plan.retained(), plan.sizes(false).query_chunks, used),
+        (RetainCounts { query_chunks: 3, passage_chunks: 4, head_blocks: 9 }, 3, 725.0)
+    );
     // The backward headroom scales the graphs, not the caches.
     let costs = CostModel { backward_headroom: 2.0, query_rep_bytes: 1.0, ..synthetic() };
     let plan = Plan::with_retained(&config.layout, 5, 15, RetainCounts::default());
@@ -246,13 +256,23 @@ fn a_budget_on_a_real_model_stays_within_itself_and_is_exact() {
 /// One step of `config` with the cost model `costs` (no fresh probe), and
 /// its comparison with the full-batch step, each from the same generator
 /// state.
-fn budgeted_step_against_full_batch(model: &Model, loss: &dyn gradcache::ContrastiveLoss, config: StepConfig, costs: CostModel, data: &Data) -> (gradcache::StepOutput, Comparison) {
+fn budgeted_step_against_full_batch(
+    model: &Model,
+    loss: &dyn gradcache::ContrastiveLoss,
+    config: StepConfig,
+    costs: CostModel,
+    data: &Data,
+) -> (gradcache::StepOutput, Comparison) {
     let mut gc = model.step(config, loss);
     gc.set_costs(costs);
     let mut run = |full: bool| {
         gradcache::check::zero_grads(&model.vs);
         tch::manual_seed(99);
-        let out = if full { gc.full_batch_step(&data.queries, &data.passages, &data.targets) } else { gc.step(&data.queries, &data.passages, &data.targets) };
+        let out = if full {
+            gc.full_batch_step(&data.queries, &data.passages, &data.targets)
+        } else {
+            gc.step(&data.queries, &data.passages, &data.targets)
+        };
         (out.unwrap(), gradcache::check::GradientSnapshot::take(&model.vs).unwrap())
     };
     let ((out, ours), (reference, theirs)) = (run(false), run(true));
@@ -314,7 +334,8 @@ fn the_unchunked_reference_catches_a_chunking_bug() {
     let loss = loss(LossKind::InfoNce);
     let (reference_loss, theirs) = whole_batch(&model, &data, loss.as_ref());
     let idx = Tensor::from_slice(&[1i64, 0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
-    let shifted = gradcache::TokenBatch::new(data.passages.ids().index_select(0, &idx), data.passages.mask().index_select(0, &idx)).unwrap();
+    let shifted =
+        gradcache::TokenBatch::new(data.passages.ids().index_select(0, &idx), data.passages.mask().index_select(0, &idx)).unwrap();
     gradcache::check::zero_grads(&model.vs);
     let memory = MemoryConfig::Retain { retain: RetainCounts { query_chunks: 1, passage_chunks: 2, head_blocks: 4 } };
     let out = model.step(layout(memory), loss.as_ref()).step(&data.queries, &shifted, &data.targets).unwrap();
@@ -363,7 +384,11 @@ fn length_sorted_chunks_pad_less_and_give_the_same_gradients() {
     // Dropout on: against the full-batch step (same sorted chunks, same
     // streams), tied and separate encoders, under a budget too.
     for tied in [true, false] {
-        for (name, memory) in [("recompute all", MemoryConfig::default()), ("first of each", mixes()[1].1), ("budget", MemoryConfig::Budget { budget_mb: 1e6 })] {
+        for (name, memory) in [
+            ("recompute all", MemoryConfig::default()),
+            ("first of each", mixes()[1].1),
+            ("budget", MemoryConfig::Budget { budget_mb: 1e6 }),
+        ] {
             let model = Model::new(HeadKind::Interaction, tied, Kind::Double, 0.2);
             let loss = loss(LossKind::InfoNce);
             let c = compare(&model, &data, loss.as_ref(), sorted(memory));
@@ -384,7 +409,9 @@ fn token_budget_chunks_stay_within_their_budget_and_give_the_full_batch_gradient
     let data = data(9, 3, LossKind::InfoNce, 14);
     let config = by_tokens(16, 24, MemoryConfig::default());
     let plan = Plan::for_batch(&config, &data.queries, &data.passages).unwrap();
-    for (side, input, budget) in [(gradcache::error::Side::Queries, &data.queries, 16), (gradcache::error::Side::Passages, &data.passages, 24)] {
+    for (side, input, budget) in
+        [(gradcache::error::Side::Queries, &data.queries, 16), (gradcache::error::Side::Passages, &data.passages, 24)]
+    {
         let chunks = plan.chunks(side);
         let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
         assert_eq!(sizes.iter().sum::<usize>(), input.len(), "{side:?}: every item once");
@@ -425,7 +452,11 @@ fn token_budget_chunks_stay_within_their_budget_and_give_the_full_batch_gradient
     // Dropout on: against the full-batch step on the same chunks and
     // streams, every head, with retention and under a budget.
     for head in HEADS {
-        for (name, memory) in [("recompute all", MemoryConfig::default()), ("first of each", mixes()[1].1), ("budget", MemoryConfig::Budget { budget_mb: 1e6 })] {
+        for (name, memory) in [
+            ("recompute all", MemoryConfig::default()),
+            ("first of each", mixes()[1].1),
+            ("budget", MemoryConfig::Budget { budget_mb: 1e6 }),
+        ] {
             let model = Model::new(head, true, Kind::Double, 0.2);
             let loss = loss(LossKind::InfoNce);
             let c = compare(&model, &data, loss.as_ref(), by_tokens(16, 24, memory));
@@ -450,20 +481,30 @@ fn cost_sized_blocks_stay_within_their_budget_and_give_the_full_batch_gradients(
         let info_nce = loss(LossKind::InfoNce);
         let gc = model.step(layout(MemoryConfig::default()), info_nce.as_ref());
         let plan = Plan::layout_of(gc.config(), &data.queries, &data.passages).unwrap();
-        let reps = tch::no_grad(|| gc.representation_pass(&data.queries, &data.passages, &plan, &gradcache::core::replay::ReplaySeeds::from_base(1))).unwrap();
-        let pair = |a: usize, b: usize| model.head.score_flops(&reps.queries.narrow(0, a).unwrap(), &reps.passages.narrow(0, b).unwrap()).unwrap();
+        let reps = tch::no_grad(|| {
+            gc.representation_pass(&data.queries, &data.passages, &plan, &gradcache::core::replay::ReplaySeeds::from_base(1))
+        })
+        .unwrap();
+        let pair =
+            |a: usize, b: usize| model.head.score_flops(&reps.queries.narrow(0, a).unwrap(), &reps.passages.narrow(0, b).unwrap()).unwrap();
         let budget = pair(2, 4);
         let cols = gradcache::core::flops::block_columns(model.head.as_ref(), &reps.queries, &reps.passages, 2, budget).unwrap();
         assert_eq!(cols, 4, "{head:?}: a budget of exactly 2 × 4 pairs is 4 columns");
         assert!(pair(2, cols + 1) > budget, "{head:?}: one column more would fit");
-        columns.insert(format!("{head:?}"), gradcache::core::flops::block_columns(model.head.as_ref(), &reps.queries, &reps.passages, 2, 2e4).unwrap());
+        columns.insert(
+            format!("{head:?}"),
+            gradcache::core::flops::block_columns(model.head.as_ref(), &reps.queries, &reps.passages, 2, 2e4).unwrap(),
+        );
         // Exact: dropout on against the full-batch step on the same blocks,
         // recomputed and retained.
         for (name, memory) in [("recompute all", MemoryConfig::default()), ("half", mixes()[2].1)] {
             let c = compare(&model, &data, loss(LossKind::InfoNce).as_ref(), by_cost(budget, memory));
             assert_exact(&c, F64_TOL, &format!("{head:?}, cost-sized blocks, {name}"));
         }
-        let out = model.step(by_cost(budget, MemoryConfig::default()), loss(LossKind::InfoNce).as_ref()).step(&data.queries, &data.passages, &data.targets).unwrap();
+        let out = model
+            .step(by_cost(budget, MemoryConfig::default()), loss(LossKind::InfoNce).as_ref())
+            .step(&data.queries, &data.passages, &data.targets)
+            .unwrap();
         assert_eq!(out.sizes.block_pairs, (2, 4), "{head:?}: the step used the sized blocks");
     }
     // At one budget, a token interaction head gets narrower blocks than
@@ -476,7 +517,11 @@ fn cost_sized_blocks_stay_within_their_budget_and_give_the_full_batch_gradients(
     gradcache::check::zero_grads(&model.vs);
     let out = model.step(by_cost(1e5, MemoryConfig::default()), loss.as_ref()).step(&data.queries, &data.passages, &data.targets).unwrap();
     let ours = gradcache::check::GradientSnapshot::take(&model.vs).unwrap();
-    assert_exact(&Comparison { cached_loss: out.loss, reference_loss, grads: ours.compare(&theirs).unwrap() }, F64_TOL, "cost-sized blocks against the unchunked step");
+    assert_exact(
+        &Comparison { cached_loss: out.loss, reference_loss, grads: ours.compare(&theirs).unwrap() },
+        F64_TOL,
+        "cost-sized blocks against the unchunked step",
+    );
     // Refused with a memory budget, and at zero.
     let err = by_cost(1e6, MemoryConfig::Budget { budget_mb: 100.0 }).validate().unwrap_err();
     assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "head_block_flops", .. }), "{err}");
@@ -620,11 +665,30 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
             let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) };
             let (out, c) = budgeted_step_against_full_batch(&model, loss.as_ref(), config, costs, &data);
             let report = out.budget.unwrap();
-            assert!(report.estimated_peak_mb <= budget_mb, "{head:?}: estimate {} MB over the budget {budget_mb} MB", report.estimated_peak_mb);
+            assert!(
+                report.estimated_peak_mb <= budget_mb,
+                "{head:?}: estimate {} MB over the budget {budget_mb} MB",
+                report.estimated_peak_mb
+            );
             let now = out.sizes.chunk_items;
-            assert!(now.0 >= last.0 && now.1 >= last.1, "{head:?}: chunks shrank from {last:?} to {now:?} as the budget grew to {budget_mb} MB");
-            let chosen = Plan::sized_for_budget(&StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) }, 5, 15, &costs, widths(&data), [true, true], budget_mb * mb).unwrap();
-            assert!(chosen.query_chunk_tokens.is_some() && chosen.passage_chunk_tokens.is_some(), "{head:?}: token inputs are cut by tokens");
+            assert!(
+                now.0 >= last.0 && now.1 >= last.1,
+                "{head:?}: chunks shrank from {last:?} to {now:?} as the budget grew to {budget_mb} MB"
+            );
+            let chosen = Plan::sized_for_budget(
+                &StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb }) },
+                5,
+                15,
+                &costs,
+                widths(&data),
+                [true, true],
+                budget_mb * mb,
+            )
+            .unwrap();
+            assert!(
+                chosen.query_chunk_tokens.is_some() && chosen.passage_chunk_tokens.is_some(),
+                "{head:?}: token inputs are cut by tokens"
+            );
             let chosen_items = Plan::layout_of(&chosen, &data.queries, &data.passages).unwrap().sizes(false).chunk_items;
             assert_eq!(chosen_items, now, "{head:?}: the step did not use the sizes chosen for {budget_mb} MB");
             assert_exact(&c, F64_TOL, &format!("{head:?}: auto sizes {now:?} at {budget_mb} MB"));
@@ -642,10 +706,13 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
 /// its own longest item.
 fn widths(data: &Data) -> (f64, f64) {
     let widest = |input: &gradcache::TokenBatch, size: usize| {
-        (0..input.len()).step_by(size).map(|s| {
-            let len = size.min(input.len() - s);
-            input.chunk(s, len).unwrap().padded_tokens() as f64 / len as f64
-        }).fold(0.0, f64::max)
+        (0..input.len())
+            .step_by(size)
+            .map(|s| {
+                let len = size.min(input.len() - s);
+                input.chunk(s, len).unwrap().padded_tokens() as f64 / len as f64
+            })
+            .fold(0.0, f64::max)
     };
     (widest(&data.queries, 2), widest(&data.passages, 4))
 }

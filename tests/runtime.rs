@@ -70,7 +70,8 @@ fn embedding_gradients_are_dense_and_equal_the_dense_backward() {
     tch::manual_seed(3);
     let table = Tensor::randn([50, 8], (Kind::Float, Device::Cpu));
     let chunks = [Tensor::from_slice(&[3i64, 7, 3, 0, 49]).view([1, 5]), Tensor::from_slice(&[7i64, 7, 12, 3]).view([2, 2])];
-    let upstream: Vec<Tensor> = chunks.iter().map(|ids| Tensor::randn(ids.size().into_iter().chain([8]).collect::<Vec<_>>(), (Kind::Float, Device::Cpu))).collect();
+    let upstream: Vec<Tensor> =
+        chunks.iter().map(|ids| Tensor::randn(ids.size().into_iter().chain([8]).collect::<Vec<_>>(), (Kind::Float, Device::Cpu))).collect();
     let run = |lookup: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
         let w = table.detach().copy().set_requires_grad(true);
         for (ids, g) in chunks.iter().zip(&upstream) {

@@ -6,13 +6,15 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use gradcache::AppError;
 use gradcache::app::data::RetrievalSet;
-use gradcache::models::encoders::{TextEncoderConfig, Pooling};
-use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, MolHeadConfig, ResidualConfig};
 use gradcache::app::metrics::{ranked_metrics, retrieval_metrics};
-use gradcache::app::retrieval::{evaluate_retrieval, evaluate_two_stage, first_stage, first_stage_vectors, FirstStage, Searcher, StreamingTopK};
+use gradcache::app::retrieval::{
+    evaluate_retrieval, evaluate_two_stage, first_stage, first_stage_vectors, FirstStage, Searcher, StreamingTopK,
+};
 use gradcache::app::scorer::{ModelConfig, BUNDLE_FILE};
+use gradcache::models::encoders::{Pooling, TextEncoderConfig};
+use gradcache::models::heads::{HeadConfig, InteractionConfig, InteractionInit, MlpHeadConfig, MolHeadConfig, ResidualConfig};
+use gradcache::AppError;
 use gradcache::Layout;
 use gradcache::{GradCacheError, Scorer};
 use tch::{Device, Kind, Tensor};
@@ -32,7 +34,12 @@ fn layout() -> Layout {
 }
 
 fn vector_model() -> ModelConfig {
-    let head = HeadConfig::Mlp(MlpHeadConfig { dim: 32, hidden: 16, dropout: 0.1, residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }) });
+    let head = HeadConfig::Mlp(MlpHeadConfig {
+        dim: 32,
+        hidden: 16,
+        dropout: 0.1,
+        residual: Some(ResidualConfig { base_scale: None, gate: 0.0 }),
+    });
     ModelConfig::new(TextEncoderConfig::default(), 24, true, head, layout())
 }
 
@@ -87,7 +94,12 @@ fn a_saved_bundle_scores_bit_for_bit_like_the_model_in_memory() {
         assert!(before.equal(&after), "{name}: {before} vs {after}");
         // Control: the same architecture from its initialisation scores
         // otherwise, so equality above is the weights' round trip.
-        let fresh = Scorer::from_pretrained(scorer.config().clone(), &gradcache::models::pretrained::ModelDir::open(dir.join(format!("{name}-bert"))).unwrap(), Device::Cpu).unwrap();
+        let fresh = Scorer::from_pretrained(
+            scorer.config().clone(),
+            &gradcache::models::pretrained::ModelDir::open(dir.join(format!("{name}-bert"))).unwrap(),
+            Device::Cpu,
+        )
+        .unwrap();
         let other = fresh.score(&QUERIES, &PASSAGES).unwrap();
         assert!((&other - &before).abs().max().double_value(&[]) > 1e-3, "{name}");
     }
@@ -143,22 +155,32 @@ fn bad_bundles_are_typed_errors_naming_the_file() {
 
     let no_head = copy("no-head");
     std::fs::remove_file(no_head.join("head.safetensors")).unwrap();
-    assert!(matches!(Scorer::load(&no_head, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with("head.safetensors")));
+    assert!(
+        matches!(Scorer::load(&no_head, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with("head.safetensors"))
+    );
 
     let no_weights = copy("no-weights");
     std::fs::remove_file(no_weights.join("query_encoder/model.safetensors")).unwrap();
-    assert!(matches!(Scorer::load(&no_weights, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with("model.safetensors")));
+    assert!(
+        matches!(Scorer::load(&no_weights, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with("model.safetensors"))
+    );
 
     let wider = copy("wider-head");
     edit_json(&wider, &|v| v["head"]["hidden"] = 24.into());
-    assert!(matches!(Scorer::load(&wider, Device::Cpu), Err(AppError::Core(GradCacheError::WeightShape { path, .. })) if path.ends_with("head.safetensors")));
+    assert!(
+        matches!(Scorer::load(&wider, Device::Cpu), Err(AppError::Core(GradCacheError::WeightShape { path, .. })) if path.ends_with("head.safetensors"))
+    );
 
     let unknown = copy("unknown-field");
     edit_json(&unknown, &|v| v["pooling"] = "mean".into());
-    assert!(matches!(Scorer::load(&unknown, Device::Cpu), Err(AppError::Core(GradCacheError::Json { path, .. })) if path.ends_with(BUNDLE_FILE)));
+    assert!(
+        matches!(Scorer::load(&unknown, Device::Cpu), Err(AppError::Core(GradCacheError::Json { path, .. })) if path.ends_with(BUNDLE_FILE))
+    );
 
     let not_bundle = dir.join("not-a-bundle");
-    assert!(matches!(Scorer::load(&not_bundle, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with(BUNDLE_FILE)));
+    assert!(
+        matches!(Scorer::load(&not_bundle, Device::Cpu), Err(AppError::Core(GradCacheError::Io { path, .. })) if path.ends_with(BUNDLE_FILE))
+    );
 
     // Saving over a folder that is not a bundle leaves it alone.
     std::fs::create_dir_all(&not_bundle).unwrap();
@@ -168,7 +190,8 @@ fn bad_bundles_are_typed_errors_naming_the_file() {
     assert_eq!(std::fs::read_dir(&not_bundle).unwrap().count(), 1);
     // Saving over a bundle replaces it, and leaves no staging folder.
     scorer.save(&good).unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -263,9 +286,11 @@ fn a_model_of_another_width_works_and_a_head_of_the_wrong_width_is_named() {
     // model's own config.json.
     let model = common::tiny_bert_folder(&dir.join("bert"), 48, 4, 1, 0);
     let head = |dim| HeadConfig::Mlp(MlpHeadConfig { dim, hidden: 8, dropout: 0.0, residual: None });
-    let ok = Scorer::from_pretrained(ModelConfig::new(TextEncoderConfig::default(), 16, true, head(48), layout()), &model, Device::Cpu).unwrap();
+    let ok =
+        Scorer::from_pretrained(ModelConfig::new(TextEncoderConfig::default(), 16, true, head(48), layout()), &model, Device::Cpu).unwrap();
     assert_eq!(ok.score(&QUERIES, &PASSAGES).unwrap().size(), [3, 5]);
-    let err = Scorer::from_pretrained(ModelConfig::new(TextEncoderConfig::default(), 16, true, head(384), layout()), &model, Device::Cpu).unwrap_err();
+    let err = Scorer::from_pretrained(ModelConfig::new(TextEncoderConfig::default(), 16, true, head(384), layout()), &model, Device::Cpu)
+        .unwrap_err();
     assert!(matches!(err, AppError::Core(GradCacheError::InvalidConfig { field: "head.dim", .. })), "{err}");
 }
 
@@ -276,7 +301,15 @@ fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
     for (name, config) in [("vector", vector_model()), ("tokens", token_model())] {
         let scorer = trained(config, &dir.join(format!("{name}-bert")));
         let f32_scores = scorer.score(&QUERIES, &PASSAGES).unwrap();
-        let many: Vec<String> = (0..60).map(|i| format!("{} {}", PASSAGES[i % PASSAGES.len()], ["river", "bank", "money", "faith", "row", "ridge"][i % 6].repeat(1 + i / 30))).collect();
+        let many: Vec<String> = (0..60)
+            .map(|i| {
+                format!(
+                    "{} {}",
+                    PASSAGES[i % PASSAGES.len()],
+                    ["river", "bank", "money", "faith", "row", "ridge"][i % 6].repeat(1 + i / 30)
+                )
+            })
+            .collect();
         let f32_many = scorer.score(&QUERIES, &many).unwrap();
         let scorer = scorer.with_precision(gradcache::runtime::precision::Precision::Bf16).unwrap();
         let bf16_scores = scorer.score(&QUERIES, &PASSAGES).unwrap();
@@ -292,7 +325,9 @@ fn a_bf16_scorer_scores_near_f32_and_f16_is_refused() {
         // no two with the same score where f32 has none.
         let bf16_many = scorer.score(&QUERIES, &many).unwrap();
         assert_eq!(bf16_many.kind(), Kind::Float, "{name}: ranking scores in {:?}", bf16_many.kind());
-        for (q, (b_row, f_row)) in Vec::<Vec<f32>>::try_from(&bf16_many).unwrap().into_iter().zip(Vec::<Vec<f32>>::try_from(&f32_many).unwrap()).enumerate() {
+        for (q, (b_row, f_row)) in
+            Vec::<Vec<f32>>::try_from(&bf16_many).unwrap().into_iter().zip(Vec::<Vec<f32>>::try_from(&f32_many).unwrap()).enumerate()
+        {
             let distinct = |r: &[f32]| r.iter().map(|x| x.to_bits()).collect::<std::collections::HashSet<_>>().len();
             assert_eq!(distinct(&b_row), distinct(&f_row), "{name}, query {q}: bf16 scores tie where f32's do not");
         }
@@ -320,7 +355,10 @@ fn reranking_kept_representations_equals_encoding_the_candidates_again() {
         // The corpus encoded in two pieces of different padded widths, as
         // stage one's blocks are.
         let parts = [scorer.encode_passages(&PASSAGES[..2]).unwrap(), scorer.encode_passages(&PASSAGES[2..]).unwrap()];
-        let encoded = Encoded { queries: scorer.encode_queries(&QUERIES).unwrap(), corpus: gradcache::core::representation::Representation::cat(&parts).unwrap() };
+        let encoded = Encoded {
+            queries: scorer.encode_queries(&QUERIES).unwrap(),
+            corpus: gradcache::core::representation::Representation::cat(&parts).unwrap(),
+        };
         let kept = rerank_encoded(&scorer, &encoded, &candidates, &mut quiet).unwrap();
         assert_eq!(kept.len(), again.len());
         for (k, a) in kept.iter().zip(&again) {
@@ -337,7 +375,14 @@ fn reranking_kept_representations_equals_encoding_the_candidates_again() {
 }
 
 fn mol_model(residual: Option<ResidualConfig>) -> ModelConfig {
-    let head = HeadConfig::Mol(MolHeadConfig { dim: 32, query_components: 3, passage_components: 2, component_dim: 8, residual, ..MolHeadConfig::default() });
+    let head = HeadConfig::Mol(MolHeadConfig {
+        dim: 32,
+        query_components: 3,
+        passage_components: 2,
+        component_dim: 8,
+        residual,
+        ..MolHeadConfig::default()
+    });
     ModelConfig::new(TextEncoderConfig::default(), 24, true, head, layout())
 }
 
@@ -402,13 +447,23 @@ fn component_searches_find_the_candidates_their_definitions_give() {
             (side(&q, gradcache::core::layout::Side::Queries), side(&p, gradcache::core::layout::Side::Passages))
         });
         let top = |scores: &Tensor, k: i64| -> Vec<Vec<usize>> {
-            (0..scores.size()[0]).map(|r| Vec::<i64>::try_from(scores.get(r).topk(k, 0, true, true).1).unwrap().into_iter().map(|i| i as usize).collect()).collect()
+            (0..scores.size()[0])
+                .map(|r| Vec::<i64>::try_from(scores.get(r).topk(k, 0, true, true).1).unwrap().into_iter().map(|i| i as usize).collect())
+                .collect()
         };
         let found = |how| {
             let mut s = Searcher::new(&scorer, &q, 2, how).unwrap();
             s.push(&p.narrow(0, 3).unwrap()).unwrap();
             s.push(&p.narrow(3, 2).unwrap()).unwrap();
-            s.finish().unwrap().into_iter().map(|r| { let mut d: Vec<usize> = r.into_iter().map(|x| x.0).collect(); d.sort(); d }).collect::<Vec<_>>()
+            s.finish()
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    let mut d: Vec<usize> = r.into_iter().map(|x| x.0).collect();
+                    d.sort();
+                    d
+                })
+                .collect::<Vec<_>>()
         };
         let cosine = top(&first_stage_vectors(&q).unwrap().matmul(&first_stage_vectors(&p).unwrap().tr()), 2);
         let with_base = |mut lists: Vec<Vec<usize>>| -> Vec<Vec<usize>> {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gradcache::app::scorer::ModelConfig;
-use gradcache::models::encoders::{TextEncoderConfig, Pooling};
+use gradcache::models::encoders::{Pooling, TextEncoderConfig};
 use gradcache::models::heads::HeadConfig;
 use gradcache::{Layout, Scorer};
 use serde_json::{json, Value};
@@ -21,7 +21,11 @@ use serde_json::{json, Value};
 /// residual gate is open. Returns its folder and the model in process.
 fn bundle(dir: &Path, head: &str) -> (PathBuf, Scorer) {
     let bert = dir.join("bert");
-    let model = if bert.join("config.json").is_file() { gradcache::models::pretrained::ModelDir::open(&bert).unwrap() } else { common::tiny_bert_folder(&bert, 32, 4, 1, 3) };
+    let model = if bert.join("config.json").is_file() {
+        gradcache::models::pretrained::ModelDir::open(&bert).unwrap()
+    } else {
+        common::tiny_bert_folder(&bert, 32, 4, 1, 3)
+    };
     let head_config = HeadConfig::named(head, 32, 0.1).unwrap();
     let pooling = if head_config.reads_tokens() { Pooling::Tokens } else { Pooling::Mean };
     let encoder = TextEncoderConfig { pooling: Some(pooling), ..Default::default() };
@@ -281,16 +285,28 @@ fn served_scores_equal_the_scorer_for_every_head_family() {
         // Alone, a request is cut into the same chunks and blocks as
         // Scorer::rerank cuts it: the same bits (the long text is truncated
         // as the bundle's tokenizer truncates it).
-        let (status, headers, answer) = server.post_full("/rerank", &json!({"query": QUERY, "texts": texts, "raw_scores": true, "return_text": true}), None);
+        let (status, headers, answer) =
+            server.post_full("/rerank", &json!({"query": QUERY, "texts": texts, "raw_scores": true, "return_text": true}), None);
         assert_eq!(status, 200, "{head}: {answer}");
         // TEI's timing headers, as numbers; the tokens are the query's and
         // the texts' (the long one cut to the bundle's 24).
-        for name in ["x-compute-time", "x-compute-characters", "x-compute-tokens", "x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time"] {
+        for name in [
+            "x-compute-time",
+            "x-compute-characters",
+            "x-compute-tokens",
+            "x-total-time",
+            "x-tokenization-time",
+            "x-queue-time",
+            "x-inference-time",
+        ] {
             let v = headers.get(name).unwrap_or_else(|| panic!("{head}: no {name} header"));
             v.to_str().unwrap().parse::<u64>().unwrap_or_else(|_| panic!("{head}: {name} is {v:?}"));
         }
         assert_eq!(headers.get("x-compute-type").unwrap(), "cpu");
-        let tokens: usize = std::iter::once(QUERY).chain(texts.iter().map(String::as_str)).map(|t| scorer.tokenizer().truncate(scorer.tokenizer().ids_untruncated(t).unwrap(), false).len()).sum();
+        let tokens: usize = std::iter::once(QUERY)
+            .chain(texts.iter().map(String::as_str))
+            .map(|t| scorer.tokenizer().truncate(scorer.tokenizer().ids_untruncated(t).unwrap(), false).len())
+            .sum();
         assert_eq!(headers.get("x-compute-tokens").unwrap().to_str().unwrap(), tokens.to_string(), "{head}");
         assert_eq!(served(&answer, texts.len()), want, "{head}: raw scores differ from Scorer::rerank");
         let ranked: Vec<f32> = answer.as_array().unwrap().iter().map(|r| r["score"].as_f64().unwrap() as f32).collect();
@@ -318,7 +334,10 @@ fn served_scores_equal_the_scorer_for_every_head_family() {
             .map(|q| {
                 let (base, q, texts) = (server.base.clone(), q.to_string(), texts.clone());
                 std::thread::spawn(move || {
-                    let mut r = Server::agent().post(&format!("{base}/rerank")).send_json(json!({"query": q, "texts": texts, "raw_scores": true})).unwrap();
+                    let mut r = Server::agent()
+                        .post(&format!("{base}/rerank"))
+                        .send_json(json!({"query": q, "texts": texts, "raw_scores": true}))
+                        .unwrap();
                     (q, r.body_mut().read_json::<Value>().unwrap())
                 })
             })
@@ -396,7 +415,12 @@ fn bad_input_gets_its_status_and_a_json_error_and_the_server_carries_on() {
     expect("wrong types", server.post_with("/rerank", &json!({"query": 3, "texts": "a"}), key), 422, "Validation");
     expect("missing field", server.post_with("/rerank", &json!({"query": QUERY}), key), 422, "Validation");
     let long = "water ".repeat(100);
-    expect("too long, truncation off", server.post_with("/rerank", &json!({"query": QUERY, "texts": [long], "truncate": false}), key), 422, "Validation");
+    expect(
+        "too long, truncation off",
+        server.post_with("/rerank", &json!({"query": QUERY, "texts": [long], "truncate": false}), key),
+        422,
+        "Validation",
+    );
     expect("an unknown prompt", server.post_with("/embed", &json!({"inputs": "a", "prompt_name": "query"}), key), 422, "Validation");
     expect("too many dimensions", server.post_with("/embed", &json!({"inputs": "a", "dimensions": 33}), key), 422, "Validation");
     expect("empty inputs", server.post_with("/embed", &json!({"inputs": []}), key), 400, "Empty");
@@ -441,7 +465,8 @@ fn over_the_concurrency_limit_requests_get_429_and_service_returns() {
     let texts: Vec<String> = (0..8).map(|i| format!("passage number {i} about the sea and rivers")).collect();
     let want = in_process(&scorer, QUERY, &texts);
     server.hold();
-    let threads: Vec<_> = (0..2).map(|_| server.post_in_thread("/rerank", json!({"query": QUERY, "texts": texts, "raw_scores": true}))).collect();
+    let threads: Vec<_> =
+        (0..2).map(|_| server.post_in_thread("/rerank", json!({"query": QUERY, "texts": texts, "raw_scores": true}))).collect();
     // Each request's query and texts tokenized: 2 × 9 inputs.
     server.wait_metric("te_request_input_length_count", |n| n >= 18.0);
     let (status, refused) = server.post("/rerank", &json!({"query": QUERY, "texts": ["one more"]}));
@@ -470,7 +495,10 @@ fn limits_that_contradict_each_other_are_refused_at_start() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("--max-client-batch-size") && text.contains("--max-concurrent-requests"), "{text}");
-    let out = Command::new(env!("CARGO_BIN_EXE_gradcache")).args(["serve", "--model", "/nonexistent", "--header-read-timeout", "0"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gradcache"))
+        .args(["serve", "--model", "/nonexistent", "--header-read-timeout", "0"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("header_read_timeout"), "{text}");
 }
@@ -514,23 +542,35 @@ fn under_load_every_answer_is_right_none_is_lost_and_memory_stays_flat() {
     let texts: Vec<String> = (0..4).map(|i| format!("short passage {i}")).collect();
     let queries: Vec<String> = (0..8).map(|i| format!("query number {i}")).collect();
     let want: Vec<Vec<f32>> = queries.iter().map(|q| in_process(&scorer, q, &texts)).collect();
-    let embed_want: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(gradcache::app::retrieval::first_stage_vectors(&scorer.encode_passages(&texts).unwrap()).unwrap()).unwrap();
+    let embed_want: Vec<Vec<f32>> =
+        Vec::<Vec<f32>>::try_from(gradcache::app::retrieval::first_stage_vectors(&scorer.encode_passages(&texts).unwrap()).unwrap())
+            .unwrap();
     // 64 clients, each a fixed number of requests (a mix of /rerank and
     // /embed); every answer checked.
     let round = |per_client: usize| {
         let threads: Vec<_> = (0..64)
             .map(|c| {
-                let (base, texts, queries, want, embed_want) = (server.base.clone(), texts.clone(), queries.clone(), want.clone(), embed_want.clone());
+                let (base, texts, queries, want, embed_want) =
+                    (server.base.clone(), texts.clone(), queries.clone(), want.clone(), embed_want.clone());
                 std::thread::spawn(move || {
                     let agent = Server::agent();
                     for i in 0..per_client {
                         let k = (c + i) % queries.len();
                         if i % 4 == 3 {
-                            let got: Value = agent.post(&format!("{base}/embed")).send_json(json!({"inputs": texts})).unwrap().body_mut().read_json().unwrap();
+                            let got: Value = agent
+                                .post(&format!("{base}/embed"))
+                                .send_json(json!({"inputs": texts}))
+                                .unwrap()
+                                .body_mut()
+                                .read_json()
+                                .unwrap();
                             let got = vectors(&got, texts.len(), 32);
                             assert!(got.iter().flatten().zip(embed_want.iter().flatten()).all(|(a, b)| (a - b).abs() <= 1e-5));
                         } else {
-                            let mut r = agent.post(&format!("{base}/rerank")).send_json(json!({"query": queries[k], "texts": texts, "raw_scores": true})).unwrap();
+                            let mut r = agent
+                                .post(&format!("{base}/rerank"))
+                                .send_json(json!({"query": queries[k], "texts": texts, "raw_scores": true}))
+                                .unwrap();
                             assert_eq!(r.status().as_u16(), 200);
                             let answer: Value = r.body_mut().read_json().unwrap();
                             for (s, w) in served(&answer, texts.len()).iter().zip(&want[k]) {
@@ -553,11 +593,23 @@ fn under_load_every_answer_is_right_none_is_lost_and_memory_stays_flat() {
     }
     assert_eq!(done, 10_240);
     let after_all = rss_kb(server.pid());
-    assert!(after_all <= after_first_thousand + 16 * 1024, "RSS grew from {after_first_thousand} kB to {after_all} kB over {done} requests");
+    assert!(
+        after_all <= after_first_thousand + 16 * 1024,
+        "RSS grew from {after_first_thousand} kB to {after_all} kB over {done} requests"
+    );
     let (_, metrics) = server.get("/metrics");
-    let successes: f64 = metrics.lines().filter(|l| l.starts_with("te_request_success")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    let successes: f64 =
+        metrics.lines().filter(|l| l.starts_with("te_request_success")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
     assert!(successes >= done as f64, "{successes} successes counted for {done} requests:\n{metrics}");
-    for name in ["te_request_count", "te_batch_next_size", "te_batch_next_tokens", "te_queue_size", "te_request_queue_duration", "te_request_inference_duration", "te_request_tokenization_duration"] {
+    for name in [
+        "te_request_count",
+        "te_batch_next_size",
+        "te_batch_next_tokens",
+        "te_queue_size",
+        "te_request_queue_duration",
+        "te_request_inference_duration",
+        "te_request_tokenization_duration",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 }
@@ -599,7 +651,9 @@ fn queued_work_of_a_client_that_hung_up_is_dropped() {
     let texts: Vec<String> = (0..4).map(|i| format!("a passage about the sea, number {i}")).collect();
     let first = {
         let (base, texts) = (server.base.clone(), texts.clone());
-        std::thread::spawn(move || Server::agent().post(&format!("{base}/rerank")).send_json(json!({"query": QUERY, "texts": texts})).unwrap().status().as_u16())
+        std::thread::spawn(move || {
+            Server::agent().post(&format!("{base}/rerank")).send_json(json!({"query": QUERY, "texts": texts})).unwrap().status().as_u16()
+        })
     };
     // The first request's batches fill the model's hands and its channel;
     // the batcher waits on the third.
@@ -607,7 +661,12 @@ fn queued_work_of_a_client_that_hung_up_is_dropped() {
     // A client that queues 16 pairs behind it, then hangs up.
     let body = json!({"query": "bread", "texts": vec!["flour and water"; 16]}).to_string();
     let mut impatient = server.connect();
-    impatient.write_all(format!("POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).unwrap();
+    impatient
+        .write_all(
+            format!("POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                .as_bytes(),
+        )
+        .unwrap();
     server.wait_metric("te_queue_size", |n| n >= 16.0);
     drop(impatient);
     // The server has seen the hang-up and dropped the request's future.
@@ -660,11 +719,17 @@ fn info_describes_the_model_and_the_limits() {
     let info: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(info["model_type"]["reranker"]["head"], json!("max_sim"));
     assert_eq!(info["model_type"]["reranker"]["token_encoder"], json!(true));
-    assert_eq!((info["max_input_length"].clone(), info["max_batch_tokens"].clone(), info["served_model_name"].clone()), (json!(24), json!(2048), json!("tiny")));
+    assert_eq!(
+        (info["max_input_length"].clone(), info["max_batch_tokens"].clone(), info["served_model_name"].clone()),
+        (json!(24), json!(2048), json!("tiny"))
+    );
     assert_eq!(info["max_client_batch_size"], json!(32));
     let (status, answer) = server.post("/v1/embeddings", &json!({"input": ["the sea", "a bank"], "model": "tiny"}));
     assert_eq!(status, 200, "{answer}");
-    assert_eq!((answer["object"].clone(), answer["model"].clone(), answer["data"][1]["index"].clone()), (json!("list"), json!("tiny"), json!(1)));
+    assert_eq!(
+        (answer["object"].clone(), answer["model"].clone(), answer["data"][1]["index"].clone()),
+        (json!("list"), json!("tiny"), json!(1))
+    );
     let (_, b64) = server.post("/v1/embeddings", &json!({"input": "the sea", "encoding_format": "base64"}));
     let (_, floats) = server.post("/v1/embeddings", &json!({"input": "the sea"}));
     use base64::Engine;
@@ -718,7 +783,10 @@ fn stalled_connections_are_cut_by_the_timeouts_and_do_not_block_service() {
             if i % 2 == 0 {
                 s.write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
             } else {
-                s.write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"query\": ").unwrap();
+                s.write_all(
+                    b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"query\": ",
+                )
+                .unwrap();
             }
             s
         })
@@ -752,7 +820,8 @@ fn stalled_connections_are_cut_by_the_timeouts_and_do_not_block_service() {
     drop(stalled);
     // A body that stalls: 408 once the body timeout passes.
     let mut slow = server.connect();
-    slow.write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\": ").unwrap();
+    slow.write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\": ")
+        .unwrap();
     let mut answer = String::new();
     let _ = slow.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -799,7 +868,11 @@ fn tokenization_is_bounded_for_huge_texts_and_hang_ups() {
         let clients: Vec<_> = (0..64)
             .map(|_| {
                 let mut s = server.connect();
-                s.write_all(format!("POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes()).unwrap();
+                s.write_all(
+                    format!("POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len())
+                        .as_bytes(),
+                )
+                .unwrap();
                 s.write_all(body.as_bytes()).unwrap();
                 s
             })
@@ -906,8 +979,28 @@ fn generated_bad_input_gets_documented_statuses_and_never_breaks_the_server() {
     let json = leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((prop_oneof![Just("query".to_string()), Just("texts".to_string()), Just("inputs".to_string()), Just("input".to_string()), Just("truncate".to_string()), Just("dimensions".to_string()), Just("normalize".to_string()), Just("truncation_direction".to_string()), Just("encoding_format".to_string()), Just("raw_scores".to_string()), Just("return_text".to_string()), Just("prompt_name".to_string()), ".{0,6}".prop_map(String::from)], inner), 0..5)
-                .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            prop::collection::vec(
+                (
+                    prop_oneof![
+                        Just("query".to_string()),
+                        Just("texts".to_string()),
+                        Just("inputs".to_string()),
+                        Just("input".to_string()),
+                        Just("truncate".to_string()),
+                        Just("dimensions".to_string()),
+                        Just("normalize".to_string()),
+                        Just("truncation_direction".to_string()),
+                        Just("encoding_format".to_string()),
+                        Just("raw_scores".to_string()),
+                        Just("return_text".to_string()),
+                        Just("prompt_name".to_string()),
+                        ".{0,6}".prop_map(String::from)
+                    ],
+                    inner
+                ),
+                0..5
+            )
+            .prop_map(|fields| Value::Object(fields.into_iter().collect())),
         ]
     });
     let routes = prop_oneof![Just("/rerank"), Just("/"), Just("/embed"), Just("/embed_all"), Just("/v1/embeddings")];

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use gradcache::AppError;
 use gradcache::app::train::optim::{AdamW, LinearSchedule};
 use gradcache::app::train::{sample_indices, TrainConfig, Trainer};
+use gradcache::AppError;
 use gradcache::{GradCacheError, StepConfig};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -94,7 +94,10 @@ fn config(steps: usize) -> TrainConfig {
 fn train(out: &Path, steps: usize, resume: bool) -> (Vec<f64>, WeightSnapshot) {
     let model = Model::new(HeadKind::Mlp, true, Kind::Float, 0.2);
     let loss = loss(LossKind::InfoNce);
-    let step_config = StepConfig { layout: gradcache::Layout { query_chunk_size: 3, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
+    let step_config = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 3, passage_chunk_size: 4, head_block_queries: 3, head_block_passages: 5 },
+        ..StepConfig::default()
+    };
     let mut gc = model.step(step_config, loss.as_ref());
     let mut trainer = Trainer::new(config(steps), &model.vs, out, resume).unwrap();
     let summary = trainer
@@ -186,7 +189,8 @@ fn resuming_without_the_optimizer_state_would_diverge() {
     // Record the replacement's checksum, as if the checkpoint had been
     // written that way (otherwise the resume rightly refuses the file).
     let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json")).unwrap()).unwrap();
-    state["checksums"]["optimizer.safetensors"] = gradcache::app::train::checkpoint::sha256_file(&ckpt.join("optimizer.safetensors")).unwrap().into();
+    state["checksums"]["optimizer.safetensors"] =
+        gradcache::app::train::checkpoint::sha256_file(&ckpt.join("optimizer.safetensors")).unwrap().into();
     std::fs::write(ckpt.join("state.json"), state.to_string()).unwrap();
     let (rest, _) = train(&dir, 6, true);
     assert_eq!(rest.len(), 3, "still resumes at step 3");
@@ -200,9 +204,8 @@ fn a_fresh_run_keeps_the_previous_one_aside() {
     let dir = out_dir("fresh");
     train(&dir, 6, false);
     train(&dir, 3, false);
-    let steps = |d: &str| -> Vec<usize> {
-        gradcache::app::train::checkpoint::list(&dir.join(d)).unwrap().into_iter().map(|(s, _)| s).collect()
-    };
+    let steps =
+        |d: &str| -> Vec<usize> { gradcache::app::train::checkpoint::list(&dir.join(d)).unwrap().into_iter().map(|(s, _)| s).collect() };
     assert_eq!(steps("checkpoints"), [3], "no stale checkpoint of the earlier run");
     assert_eq!(steps("checkpoints.previous"), [3, 6]);
     let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().count();
@@ -241,7 +244,10 @@ fn unusable_checkpoints_are_clear_errors() {
 
 #[test]
 fn training_configs_are_validated() {
-    assert!(matches!(TrainConfig { steps: 0, ..TrainConfig::default() }.validate(), Err(AppError::Core(GradCacheError::InvalidConfig { field: "steps", .. }))));
+    assert!(matches!(
+        TrainConfig { steps: 0, ..TrainConfig::default() }.validate(),
+        Err(AppError::Core(GradCacheError::InvalidConfig { field: "steps", .. }))
+    ));
     assert!(matches!(
         TrainConfig { learning_rate: f64::NAN, ..TrainConfig::default() }.validate(),
         Err(AppError::Core(GradCacheError::InvalidConfig { field: "learning_rate", .. }))
@@ -292,7 +298,8 @@ fn adamw_in_float32_follows_the_float64_update() {
         for (i, s) in shapes.iter().enumerate() {
             let _ = vs.root().var_copy(&format!("w{i}"), &Tensor::randn(*s, (Kind::Double, Device::Cpu)));
         }
-        let grads: Vec<Vec<Tensor>> = (0..3).map(|_| shapes.iter().map(|s| Tensor::randn(*s, (Kind::Double, Device::Cpu))).collect()).collect();
+        let grads: Vec<Vec<Tensor>> =
+            (0..3).map(|_| shapes.iter().map(|s| Tensor::randn(*s, (Kind::Double, Device::Cpu))).collect()).collect();
         if kind == Kind::Double {
             vs.double();
         } else {
@@ -301,7 +308,11 @@ fn adamw_in_float32_follows_the_float64_update() {
         let vars: Vec<Tensor> = vs.root().get("w0").into_iter().chain(vs.root().get("w1")).chain(vs.root().get("w2")).collect();
         let mut opt = AdamW::new(0.1);
         for step in &grads {
-            let loss = vars.iter().zip(step).map(|(w, g)| (w * g.to_kind(kind)).sum(kind)).fold(Tensor::zeros([], (kind, Device::Cpu)), |a, b| a + b);
+            let loss = vars
+                .iter()
+                .zip(step)
+                .map(|(w, g)| (w * g.to_kind(kind)).sum(kind))
+                .fold(Tensor::zeros([], (kind, Device::Cpu)), |a, b| a + b);
             for w in &vars {
                 let mut w = w.shallow_clone();
                 w.zero_grad();
@@ -356,7 +367,11 @@ acc.Reload()
 print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}))
 "#;
     let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".python");
-    let out = std::process::Command::new(&python).args(["-c", script]).arg(dir.join("tensorboard")).output().unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(dir.join("tensorboard"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/gradcache.sh setup", python.display()));
     assert!(out.status.success(), "tensorboard's reader failed: {}", String::from_utf8_lossy(&out.stderr));
     let read: BTreeMap<String, Vec<(i64, f64)>> = serde_json::from_slice(&out.stdout).unwrap();
     let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();

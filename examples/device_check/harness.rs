@@ -27,16 +27,16 @@ use rust_bert::bert::BertConfig;
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
-use gradcache::models::heads::bert_with_head;
-use gradcache::runtime::gpu::synchronize;
 use gradcache::check::{check_head, max_abs, zero_grads, GradientSnapshot, Tolerance};
-use gradcache::models::encoders::TextEncoder;
-use gradcache::error::{GradCacheError, Result};
 use gradcache::core::head::ScoringHead;
-use gradcache::models::heads::HeadConfig;
 use gradcache::core::loss::{ContrastiveLoss, InfoNce, ListwiseKl};
-use gradcache::runtime::precision::Precision;
 use gradcache::core::replay::ReplaySeeds;
+use gradcache::error::{GradCacheError, Result};
+use gradcache::models::encoders::TextEncoder;
+use gradcache::models::heads::bert_with_head;
+use gradcache::models::heads::HeadConfig;
+use gradcache::runtime::gpu::synchronize;
+use gradcache::runtime::precision::Precision;
 use gradcache::{GradCache, StepConfig, Targets, TokenBatch};
 
 /// What to run.
@@ -198,7 +198,15 @@ pub struct PrecisionEvidence {
 /// The encoder's shape.
 fn bert_config(quick: bool) -> BertConfig {
     if quick {
-        BertConfig { hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, num_hidden_layers: 2, vocab_size: 1000, max_position_embeddings: 128, ..BertConfig::default() }
+        BertConfig {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_attention_heads: 2,
+            num_hidden_layers: 2,
+            vocab_size: 1000,
+            max_position_embeddings: 128,
+            ..BertConfig::default()
+        }
     } else {
         BertConfig {
             hidden_size: 384,
@@ -211,7 +219,6 @@ fn bert_config(quick: bool) -> BertConfig {
         }
     }
 }
-
 
 fn model(vs: &nn::VarStore, head: &str, quick: bool) -> Result<(TextEncoder, Box<dyn ScoringHead>)> {
     bert_with_head(vs, &bert_config(quick), head)
@@ -281,7 +288,10 @@ pub fn run(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
     progress(&format!("device check on {} ({})", environment.device, environment.gpu.as_ref().map(|g| g.name.as_str()).unwrap_or("CPU")));
     let exactness = exactness(config, progress)?;
     let replay = replay(config)?;
-    progress(&format!("replay: same seed {:.1e}, other seed {:.1e}, unreplayed: {}", replay.same_seed_diff, replay.other_seed_diff, replay.unreplayed));
+    progress(&format!(
+        "replay: same seed {:.1e}, other seed {:.1e}, unreplayed: {}",
+        replay.same_seed_diff, replay.other_seed_diff, replay.unreplayed
+    ));
     let precision = precision(config, progress)?;
     let training_losses = training(config)?;
     progress(&format!("training losses: {training_losses:?}"));
@@ -291,12 +301,25 @@ pub fn run(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
     let scaling = scaling(config, progress)?;
     let trained = training_losses.last() < training_losses.first();
     let passed = exactness.iter().all(|r| r.passed) && replay.passed && precision.passed && trained;
-    Ok(DeviceReport { environment, exactness, replay, scaling, budgets, precision, training_losses, passed, seconds: start.elapsed().as_secs_f64() })
+    Ok(DeviceReport {
+        environment,
+        exactness,
+        replay,
+        scaling,
+        budgets,
+        precision,
+        training_losses,
+        passed,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 fn exactness(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result<Vec<ExactnessRow>> {
     let (n, g, len) = if config.quick { (6, 2, 8) } else { (8, 2, 16) };
-    let layout = StepConfig { layout: gradcache::Layout { query_chunk_size: 3, passage_chunk_size: 5, head_block_queries: 3, head_block_passages: 5 }, ..StepConfig::default() };
+    let layout = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 3, passage_chunk_size: 5, head_block_queries: 3, head_block_passages: 5 },
+        ..StepConfig::default()
+    };
     let mut cases: Vec<(&str, &str)> = HeadConfig::NAMES.iter().map(|h| (*h, "infonce")).collect();
     cases.extend([("mlp", "symmetric infonce"), ("mlp", "listwise kl")]);
     let mut rows = Vec::new();
@@ -318,7 +341,9 @@ fn exactness(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Resu
             let loss: Box<dyn ContrastiveLoss> = match loss_name {
                 "symmetric infonce" => Box::new(InfoNce { temperature: 0.05, symmetric: true }),
                 "listwise kl" => {
-                    targets = targets.with_teacher_scores(Tensor::f_randn([n as i64, g as i64], (Kind::Float, Device::Cpu))?.f_to_device(config.device)?)?;
+                    targets = targets.with_teacher_scores(
+                        Tensor::f_randn([n as i64, g as i64], (Kind::Float, Device::Cpu))?.f_to_device(config.device)?,
+                    )?;
                     Box::new(ListwiseKl { temperature: 0.05, teacher_temperature: 1.0 })
                 }
                 _ => Box::new(InfoNce { temperature: 0.05, symmetric: false }),
@@ -368,7 +393,10 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     let passages = tokens(n * g, 16, vocab(config.quick), config.device)?;
     let targets = Targets::grouped(n, n * g, g)?;
     let loss = InfoNce { temperature: 0.05, symmetric: false };
-    let layout = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 2, head_block_passages: 4 }, ..StepConfig::default() };
+    let layout = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 4, head_block_queries: 2, head_block_passages: 4 },
+        ..StepConfig::default()
+    };
     let gc = GradCache::tied(layout, &encoder, head.as_ref(), &loss)?;
     let seeds = ReplaySeeds::draw()?;
     let plan = gradcache::core::plan::Plan::layout_of(gc.config(), &queries, &passages)?;
@@ -376,7 +404,10 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     let mut scores = gc.score_pass(&reps, &plan, &seeds)?;
     let cache = gc.distance_gradient_cache(&scores, &targets)?;
     let other = seeds.child(777);
-    let unreplayed = match gc.head_pass(&reps, &mut scores, &cache, &plan, &other).and_then(|(d, _)| gc.encoder_pass(&queries, &passages, &mut reps, &d, &plan, &other)) {
+    let unreplayed = match gc
+        .head_pass(&reps, &mut scores, &cache, &plan, &other)
+        .and_then(|(d, _)| gc.encoder_pass(&queries, &passages, &mut reps, &d, &plan, &other))
+    {
         Err(e @ GradCacheError::ReplayMismatch { .. }) => format!("caught: {e}"),
         Err(e) => return Err(e),
         Ok(()) => "NOT caught".to_string(),
@@ -385,7 +416,6 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     let passed = same_seed_diff == 0.0 && other_seed_diff > 0.0 && unreplayed.starts_with("caught");
     Ok(ReplayEvidence { same_seed_diff, other_seed_diff, unreplayed, passed })
 }
-
 
 /// Median seconds of `steps` timed calls after one warm-up, and the peak
 /// bytes above the start (CUDA only).
@@ -441,10 +471,7 @@ fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
         let vs = nn::VarStore::new(config.device);
         let (encoder, scoring) = model(&vs, head, config.quick)?;
         let loss = InfoNce { temperature: 0.05, symmetric: false };
-        let layout = StepConfig { layout: gradcache::Layout::from_chunk_size(chunk),
-            check_replay: false,
-            ..StepConfig::default()
-        };
+        let layout = StepConfig { layout: gradcache::Layout::from_chunk_size(chunk), check_replay: false, ..StepConfig::default() };
         let mut stopped = [false; 3];
         let mut batch = first;
         while batch <= config.max_batch && stopped.iter().any(|s| !s) {
@@ -470,7 +497,9 @@ fn scaling(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
                     }
                 };
                 let row = match time_steps_within(config.device, 2, per_head / 10.0, &mut step) {
-                    Ok((seconds, peak_mb)) => ScalingRow { head: head.into(), method: method.into(), batch, seconds: Some(seconds), peak_mb, error: None },
+                    Ok((seconds, peak_mb)) => {
+                        ScalingRow { head: head.into(), method: method.into(), batch, seconds: Some(seconds), peak_mb, error: None }
+                    }
                     // Out of memory is the sweep's expected end for a
                     // method; any other failure is recorded and ends it
                     // too, so that the other sections' results are kept.
@@ -536,7 +565,10 @@ fn budgets(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Result
             retained: format!("{} / {} / {}", r.query_chunks, r.passage_chunks, r.head_blocks),
             seconds,
         };
-        progress(&format!("budget {:.0} MB: estimate {:.0} MB, measured {:?}, {:.3} s", row.budget_mb, row.estimated_mb, row.measured_mb, row.seconds));
+        progress(&format!(
+            "budget {:.0} MB: estimate {:.0} MB, measured {:?}, {:.3} s",
+            row.budget_mb, row.estimated_mb, row.measured_mb, row.seconds
+        ));
         rows.push(row);
     }
     zero_grads(&w.vs);
@@ -568,7 +600,13 @@ fn precision(config: &DeviceCheckConfig, progress: &mut dyn FnMut(&str)) -> Resu
     let vs_full_batch = bf16_g.relative_distance(&bf16_full)?;
     zero_grads(&w.vs);
     progress(&format!("bf16: {bf16_s:.3} s vs f32 {f32_s:.3} s; gradients vs f32 {vs_f32:.1e}, vs bf16 full batch {vs_full_batch:.1e}"));
-    Ok(PrecisionEvidence { batch, seconds: (f32_s, bf16_s), vs_f32, vs_full_batch, passed: vs_full_batch <= 1e-3 && vs_full_batch <= 0.1 * vs_f32 })
+    Ok(PrecisionEvidence {
+        batch,
+        seconds: (f32_s, bf16_s),
+        vs_f32,
+        vs_full_batch,
+        passed: vs_full_batch <= 1e-3 && vs_full_batch <= 0.1 * vs_f32,
+    })
 }
 
 fn training(config: &DeviceCheckConfig) -> Result<Vec<f64>> {
@@ -661,10 +699,15 @@ impl DeviceReport {
             );
         }
         let _ = writeln!(md, "\nUnder memory budgets (MLP head, two-cache; retained = query chunks / passage chunks / head blocks):\n");
-        let _ = writeln!(md, "| queries | budget MB | estimated peak MB | measured peak MB | retained | s/step |\n|---|---|---|---|---|---|");
+        let _ =
+            writeln!(md, "| queries | budget MB | estimated peak MB | measured peak MB | retained | s/step |\n|---|---|---|---|---|---|");
         for b in &self.budgets {
             let measured = b.measured_mb.map(|m| format!("{m:.1}")).unwrap_or_else(|| "– (CPU)".into());
-            let _ = writeln!(md, "| {} | {:.1} | {:.1} | {} | {} | {:.3} |", b.batch, b.budget_mb, b.estimated_mb, measured, b.retained, b.seconds);
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {} | {} | {:.3} |",
+                b.batch, b.budget_mb, b.estimated_mb, measured, b.retained, b.seconds
+            );
         }
         let p = &self.precision;
         let _ = writeln!(
@@ -678,7 +721,11 @@ impl DeviceReport {
             p.vs_full_batch,
             if p.passed { "ok" } else { "FAILED" }
         );
-        let _ = writeln!(md, "## 5. Training on one batch\n\nlosses: {}\n", self.training_losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" → "));
+        let _ = writeln!(
+            md,
+            "## 5. Training on one batch\n\nlosses: {}\n",
+            self.training_losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" → ")
+        );
         md
     }
 }

@@ -180,7 +180,6 @@ pub enum AppError {
         /// What is wrong.
         reason: String,
     },
-
 }
 
 impl From<tch::TchError> for AppError {

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use tch::Tensor;
 
 use crate::app::data::wordnet::SenseEval;
+use crate::app::error::Result;
 use crate::app::metrics::{disambiguation_accuracy, retrieval_metrics};
 use crate::core::encoder::Encoder;
 use crate::core::head::ScoringHead;
 use crate::core::layout::{Layout, Side};
 use crate::core::scoring::{encode_chunks, score_for_ranking};
-use crate::app::error::Result;
 use crate::runtime::precision::Precision;
 
 /// Scores every query against every corpus item in eval mode (no dropout,
@@ -101,7 +101,8 @@ impl ReferenceResults {
     pub fn read(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
         serde_json::from_str(&text)
-            .map_err(|source| crate::error::GradCacheError::Json { path: path.to_path_buf(), source }).map_err(Into::into)
+            .map_err(|source| crate::error::GradCacheError::Json { path: path.to_path_buf(), source })
+            .map_err(Into::into)
     }
 
     /// The budget fields whose values differ from `budget` (or that one side

@@ -133,17 +133,22 @@ pub fn export(scorer: &Scorer, format: ExportFormat, side: Side, out: &Path) -> 
     }
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
     let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    let written = (|| -> Result<ExportReport> {
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(crate::error::io_error(&staging))?;
-        }
-        scorer.model_dir().export(scorer.var_store(), encoder.body_prefix(), &staging)?;
-        write_json(&staging.join("sentence_bert_config.json"), &json!({"max_seq_length": scorer.config().max_len, "do_lower_case": false}))?;
-        let report = match format {
-            ExportFormat::SentenceTransformers => write_sentence_transformers(scorer, encoder, &staging)?,
-            ExportFormat::Pylate => write_pylate(scorer, encoder, &staging)?,
-        };
-        let readme = format!(
+    let written =
+        (|| -> Result<ExportReport> {
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(crate::error::io_error(&staging))?;
+            }
+            scorer.model_dir().export(scorer.var_store(), encoder.body_prefix(), &staging)?;
+            write_json(
+                &staging.join("sentence_bert_config.json"),
+                &json!({"max_seq_length": scorer.config().max_len, "do_lower_case": false}),
+            )?;
+            let report = match format {
+                ExportFormat::SentenceTransformers => write_sentence_transformers(scorer, encoder, &staging)?,
+                ExportFormat::Pylate => write_pylate(scorer, encoder, &staging)?,
+            };
+            let readme =
+                format!(
             "# Exported by gradcache\n\nThe {} encoder of a gradcache bundle ({} model), as a {} folder: {}. Its {} are of width {}. \
              The bundle's learned scoring head is not part of this folder: serve the bundle with `gradcache serve` for reranking.\n",
             if scorer.config().tied { "shared" } else if side == Side::Queries { "query" } else { "passage" },
@@ -156,9 +161,9 @@ pub fn export(scorer: &Scorer, format: ExportFormat, side: Side, out: &Path) -> 
             format.vectors(),
             report.dim,
         );
-        write_bytes_atomically(&staging.join("README.md"), readme.as_bytes())?;
-        Ok(report)
-    })();
+            write_bytes_atomically(&staging.join("README.md"), readme.as_bytes())?;
+            Ok(report)
+        })();
     let report = match written {
         Ok(report) => report,
         Err(e) => {
@@ -195,11 +200,8 @@ fn write_dense(dir: &Path, weight: &Tensor, bias: Option<&Tensor>) -> Result<()>
 }
 
 fn write_modules(staging: &Path, modules: &[(&str, String)]) -> Result<()> {
-    let entries: Vec<serde_json::Value> = modules
-        .iter()
-        .enumerate()
-        .map(|(i, (kind, path))| json!({"idx": i, "name": i.to_string(), "path": path, "type": kind}))
-        .collect();
+    let entries: Vec<serde_json::Value> =
+        modules.iter().enumerate().map(|(i, (kind, path))| json!({"idx": i, "name": i.to_string(), "path": path, "type": kind})).collect();
     write_json(&staging.join("modules.json"), &serde_json::Value::Array(entries))
 }
 
@@ -247,7 +249,10 @@ fn write_sentence_transformers(scorer: &Scorer, encoder: &TextEncoder, staging: 
         modules.push(("sentence_transformers.models.Normalize", path));
     }
     write_modules(staging, &modules)?;
-    write_json(&staging.join("config_sentence_transformers.json"), &json!({"prompts": {}, "default_prompt_name": null, "similarity_fn_name": "cosine"}))?;
+    write_json(
+        &staging.join("config_sentence_transformers.json"),
+        &json!({"prompts": {}, "default_prompt_name": null, "similarity_fn_name": "cosine"}),
+    )?;
     Ok(ExportReport { modules: modules.iter().map(|(k, _)| short_name(k)).collect(), dim })
 }
 

@@ -96,7 +96,8 @@ pub fn ranked_metrics(rankings: &[Vec<usize>], relevance: &[Vec<(usize, u32)>]) 
             what: "rankings",
             expected: "one ranking per query, at least one query",
             got: vec![rankings.len() as i64, relevance.len() as i64],
-        }.into());
+        }
+        .into());
     }
     let (mut top1, mut top5, mut top20, mut mrr, mut ndcg, mut recall) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     for (order, rel) in rankings.iter().zip(relevance) {
@@ -144,7 +145,9 @@ pub fn disambiguation_accuracy(scores: &Tensor, candidates: &[Vec<usize>], gold:
     let mut hits = 0usize;
     for ((row, cands), &g) in rows.iter().zip(candidates).zip(gold) {
         if !cands.contains(&g) || cands.iter().any(|&c| c >= row.len()) {
-            return Err(GradCacheError::Shape { what: "candidates", expected: "indices below C including the gold", got: scores.size() }.into());
+            return Err(
+                GradCacheError::Shape { what: "candidates", expected: "indices below C including the gold", got: scores.size() }.into()
+            );
         }
         let best = cands.iter().copied().max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)));
         hits += usize::from(best == Some(g));

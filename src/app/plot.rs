@@ -49,7 +49,8 @@ impl RunCurves {
     /// # Errors
     /// [`AppError::UnknownMetric`] for an `asked` metric the run does not log.
     pub fn metric(&self, run: &Path, asked: Option<&str>) -> Result<Option<String>> {
-        let known: Vec<String> = self.evals.iter().flat_map(|(_, m)| m.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let known: Vec<String> =
+            self.evals.iter().flat_map(|(_, m)| m.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         if let Some(name) = asked {
             return match known.iter().any(|k| k == name) {
                 true => Ok(Some(name.to_string())),
@@ -109,7 +110,13 @@ pub fn draw(curves: &RunCurves, metric: Option<&str>, title: &str, output: &Path
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..last, range(&mut curves.loss.iter().map(|p| p.1)))
             .map_err(|e| err(e.to_string()))?;
-        chart.configure_mesh().x_desc("step").y_desc("loss").x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
         chart.draw_series(LineSeries::new(curves.loss.iter().copied(), &BLUE)).map_err(|e| err(e.to_string()))?;
         if let (Some(area), Some(m)) = (bottom, metric) {
             let mut chart = ChartBuilder::on(&area)
@@ -119,7 +126,13 @@ pub fn draw(curves: &RunCurves, metric: Option<&str>, title: &str, output: &Path
                 .y_label_area_size(60)
                 .build_cartesian_2d(0f64..last, range(&mut points.iter().map(|p| p.1)))
                 .map_err(|e| err(e.to_string()))?;
-            chart.configure_mesh().x_desc("step").y_desc(m).x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(|e| err(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc(m)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
             chart.draw_series(LineSeries::new(points.iter().copied(), &RED)).map_err(|e| err(e.to_string()))?;
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, RED.filled()))).map_err(|e| err(e.to_string()))?;
         }

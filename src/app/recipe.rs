@@ -17,25 +17,25 @@ use tch::Device;
 
 use crate::app::data::wordnet::{Split, WordSenseData};
 use crate::app::data::{grouped_batch, GroupedBatch, Malformed, TrainingRecord};
-use crate::models::encoders::{TextEncoderConfig, Pooling};
 use crate::app::error::{AppError, Result};
-use crate::error::GradCacheError;
 use crate::app::eval::{sense_metrics, ReferenceResults};
-use crate::models::heads::{CosineHeadConfig, HeadConfig};
-use crate::core::loss::InfoNce;
-use crate::models::pretrained::ModelDir;
-use crate::runtime::parse_device;
-use crate::runtime::precision::Precision;
 use crate::app::scorer::{ModelConfig, Scorer};
-use crate::core::layout::{ChunkRule, Layout, Side};
-use crate::models::text::TextTokenizer;
 use crate::app::train::{sample_indices, TrainConfig, Trainer};
-use crate::models::weights::write_bytes_atomically;
-use crate::core::distributed::Collective;
 use crate::core::batch::{Chunk, TokenBatch};
 use crate::core::config::StepConfig;
+use crate::core::distributed::Collective;
+use crate::core::layout::{ChunkRule, Layout, Side};
+use crate::core::loss::InfoNce;
 use crate::core::step::GradCache;
 use crate::core::targets::Targets;
+use crate::error::GradCacheError;
+use crate::models::encoders::{Pooling, TextEncoderConfig};
+use crate::models::heads::{CosineHeadConfig, HeadConfig};
+use crate::models::pretrained::ModelDir;
+use crate::models::text::TextTokenizer;
+use crate::models::weights::write_bytes_atomically;
+use crate::runtime::parse_device;
+use crate::runtime::precision::Precision;
 
 /// The recipe's layout: blocks of 16 × 64 pairs, half the library's
 /// ([`Layout::default`]), what the main job's memory figures and committed
@@ -223,7 +223,12 @@ impl Default for RerankerConfig {
                 precision: RECIPE_PRECISION,
                 ..StepConfig::default()
             },
-            train: TrainConfig { learning_rate: RECIPE_LEARNING_RATE, lr_multipliers: recipe_lr_multipliers(), checkpoint_every: RECIPE_CHECKPOINT_EVERY, ..TrainConfig::default() },
+            train: TrainConfig {
+                learning_rate: RECIPE_LEARNING_RATE,
+                lr_multipliers: recipe_lr_multipliers(),
+                checkpoint_every: RECIPE_CHECKPOINT_EVERY,
+                ..TrainConfig::default()
+            },
             check_weights_every: 0,
         }
     }
@@ -258,7 +263,11 @@ impl RerankerConfig {
     /// [`GradCacheError::InvalidConfig`] naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 || self.group_size == 0 || self.dev_queries == 0 {
-            return Err(GradCacheError::InvalidConfig { field: "batch_size", reason: "batch_size, group_size and dev_queries must be at least 1" }.into());
+            return Err(GradCacheError::InvalidConfig {
+                field: "batch_size",
+                reason: "batch_size, group_size and dev_queries must be at least 1",
+            }
+            .into());
         }
         self.model_config().validate()?;
         if self.eval_retrieve_k == 0 {
@@ -460,7 +469,6 @@ fn batch(
     Ok((tok.encode(&b.queries)?.to_device(device)?, tok.encode(&b.passages)?.to_device(device)?, targets))
 }
 
-
 /// What a finished run left.
 #[derive(Debug, Clone)]
 pub struct TrainReport {
@@ -658,10 +666,13 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         if let (Some(dir), Some(set)) = (&c.eval_data, &eval_set) {
             evaluated.push(format!("{} {split} {} queries x {} documents", dir.display(), set.queries.len(), set.corpus.len()));
         }
-        let evaluated = if evaluated.is_empty() { "no evaluation".to_string() } else { format!("evaluated on {}", evaluated.join(" and ")) };
+        let evaluated =
+            if evaluated.is_empty() { "no evaluation".to_string() } else { format!("evaluated on {}", evaluated.join(" and ")) };
         println!("train_reranker: {} training records, {evaluated}, device {device:?}, precision {precision}", records.len());
         if let (Some(metric), 0) = (&selected, c.train.eval_every) {
-            println!("--select-best {metric} chooses between the evaluations before and after training: --eval-every N evaluates in between");
+            println!(
+                "--select-best {metric} chooses between the evaluations before and after training: --eval-every N evaluates in between"
+            );
         }
         let sizes = if c.step.auto_sizes {
             "chunk and block sizes from the memory budget".to_string()
@@ -738,14 +749,22 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
         }
         if let (Some((step, _)), true) = (best, lead) {
             if !bundle.join(crate::app::scorer::BUNDLE_FILE).is_file() {
-                return Err(crate::error::not_found(&bundle, &format!("the best model so far (step {step}) is missing: resume needs it, or start over with --overwrite")).into());
+                return Err(crate::error::not_found(
+                    &bundle,
+                    &format!("the best model so far (step {step}) is missing: resume needs it, or start over with --overwrite"),
+                )
+                .into());
             }
         }
     }
     // What the machine's matrix multiply reaches in the step's precision
     // (bf16 runs several times faster on bf16 units), for the steps' rates to be
     // read against (a third of a second, before training).
-    let matmul = if lead { crate::runtime::matmul_gflops(device, crate::runtime::MATMUL_PROBE_SHAPE, c.step.precision.matmul_kind(), 0.3).ok() } else { None };
+    let matmul = if lead {
+        crate::runtime::matmul_gflops(device, crate::runtime::MATMUL_PROBE_SHAPE, c.step.precision.matmul_kind(), 0.3).ok()
+    } else {
+        None
+    };
     let summary = trainer.run(
         |i| -> Result<crate::core::output::StepOutput> {
             let (q, p, t) = batch(&records, c, &tok, i, device)?;
@@ -806,7 +825,8 @@ pub fn run_with(c: &RerankerConfig, start: Start, world: &dyn Collective) -> Res
     let mut results = serde_json::json!(results);
     results["split"] = split.into();
     if let (Some(key), Some((step, value))) = (&selected, best) {
-        results["best"] = serde_json::json!({"metric": key, "step": step, "value": value, "bundle": bundle, "last": c.output_dir.join("last")});
+        results["best"] =
+            serde_json::json!({"metric": key, "step": step, "value": value, "bundle": bundle, "last": c.output_dir.join("last")});
     }
     results["budget"] = serde_json::json!(c.budget());
     write_json(&c.output_dir.join("results.json"), &results)?;

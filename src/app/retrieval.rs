@@ -13,10 +13,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::app::data::RetrievalSet;
 use crate::app::error::{AppError, Result};
-use crate::error::GradCacheError;
 use crate::app::metrics::{ranked_metrics, RetrievalMetrics};
-use crate::core::representation::Representation;
 use crate::app::scorer::Scorer;
+use crate::core::representation::Representation;
+use crate::error::GradCacheError;
 use crate::models::weights::write_bytes_atomically;
 
 /// One query's ranked documents: `(document index, score)`, best first.
@@ -100,7 +100,9 @@ impl StreamingTopK {
             None => (s, index),
             Some((v, i)) => {
                 if v.size()[0] != rows {
-                    return Err(GradCacheError::Shape { what: "top-k block", expected: "as many rows as the first block", got: s.size() }.into());
+                    return Err(
+                        GradCacheError::Shape { what: "top-k block", expected: "as many rows as the first block", got: s.size() }.into()
+                    );
                 }
                 (Tensor::f_cat(&[v, s], 1)?, Tensor::f_cat(&[i, index], 1)?)
             }
@@ -230,11 +232,15 @@ impl<'s> Searcher<'s> {
         let query_side = match how {
             FirstStage::Cosine => Some(first_stage_vectors(queries)?),
             FirstStage::Head => None,
-            FirstStage::HeadMean => Some(head_components(scorer, queries, crate::error::Side::Queries)?.f_mean_dim(1, false, None::<Kind>)?),
+            FirstStage::HeadMean => {
+                Some(head_components(scorer, queries, crate::error::Side::Queries)?.f_mean_dim(1, false, None::<Kind>)?)
+            }
             FirstStage::HeadUnion => Some(head_components(scorer, queries, crate::error::Side::Queries)?),
         };
         let base = match how {
-            FirstStage::HeadUnion | FirstStage::HeadMean if scorer.config().head.residual().is_some() => Some(first_stage_vectors(queries)?),
+            FirstStage::HeadUnion | FirstStage::HeadMean if scorer.config().head.residual().is_some() => {
+                Some(first_stage_vectors(queries)?)
+            }
             _ => None,
         };
         let lists = match (&query_side, how) {
@@ -271,7 +277,10 @@ impl<'s> Searcher<'s> {
                 // Each query component against every document component,
                 // then each document's best: [Q, P_q, b].
                 let s = tch::no_grad(|| -> Result<Tensor> {
-                    Ok(q.f_reshape([n * pq, w])?.f_matmul(&c.f_reshape([b * px, w])?.f_tr()?)?.f_view([n, pq, b, px])?.f_amax([3], false)?)
+                    Ok(q.f_reshape([n * pq, w])?
+                        .f_matmul(&c.f_reshape([b * px, w])?.f_tr()?)?
+                        .f_view([n, pq, b, px])?
+                        .f_amax([3], false)?)
                 })?;
                 for i in 0..pq as usize {
                     self.tops[i].push(&s.f_select(1, i as i64)?)?;
@@ -464,7 +473,8 @@ fn check_candidates(candidates: &[Ranked], queries: usize, corpus: usize) -> Res
             what: "candidates",
             expected: "one list per query, documents inside the corpus",
             got: vec![queries as i64, candidates.len() as i64],
-        }.into());
+        }
+        .into());
     }
     Ok(())
 }
@@ -476,12 +486,7 @@ type RepresentGroup<'a> = &'a dyn Fn(usize, usize, &[usize]) -> Result<(Represen
 /// Stage two over groups of `head_block_queries` queries: `represent(start,
 /// end, docs)` gives the group's queries and its distinct candidates
 /// (`docs`, in first-seen order).
-fn rerank_with(
-    scorer: &Scorer,
-    candidates: &[Ranked],
-    represent: RepresentGroup,
-    progress: ProgressFn,
-) -> Result<Vec<Ranked>> {
+fn rerank_with(scorer: &Scorer, candidates: &[Ranked], represent: RepresentGroup, progress: ProgressFn) -> Result<Vec<Ranked>> {
     let group = scorer.config().layout.head_block_queries;
     let mut out = Vec::with_capacity(candidates.len());
     for start in (0..candidates.len()).step_by(group) {
@@ -589,7 +594,13 @@ pub fn evaluate_two_stage(scorer: &Scorer, set: &RetrievalSet, retrieve_k: usize
 /// # Errors
 /// As [`evaluate_two_stage`]; [`GradCacheError::InvalidConfig`] for a
 /// component search with a head that has no components.
-pub fn evaluate_retrieval(scorer: &Scorer, set: &RetrievalSet, retrieve_k: usize, how: FirstStage, progress: ProgressFn) -> Result<TwoStageRun> {
+pub fn evaluate_retrieval(
+    scorer: &Scorer,
+    set: &RetrievalSet,
+    retrieve_k: usize,
+    how: FirstStage,
+    progress: ProgressFn,
+) -> Result<TwoStageRun> {
     // Judgements first: a bad qrel fails before any encoding.
     let relevance = set.relevance()?;
     let queries: Vec<&str> = set.queries.iter().map(|(_, t)| t.as_str()).collect();
@@ -649,7 +660,8 @@ pub fn write_trec_run(path: &Path, set: &RetrievalSet, rankings: &[Ranked], tag:
             what: "run file rankings",
             expected: "one list per query, documents inside the corpus",
             got: vec![rankings.len() as i64],
-        }.into());
+        }
+        .into());
     }
     let mut text = String::new();
     for ((qid, _), ranked) in set.queries.iter().zip(rankings) {

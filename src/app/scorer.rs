@@ -22,12 +22,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use crate::core::head::ScoringHead;
+use crate::app::error::{AppError, Result};
 use crate::core::batch::TokenBatch;
+use crate::core::head::ScoringHead;
 use crate::core::layout::{Layout, Side};
 use crate::core::representation::Representation;
 use crate::core::scoring::score_for_ranking;
-use crate::app::error::{AppError, Result};
 use crate::error::GradCacheError;
 use crate::models::encoders::{TextEncoder, TextEncoderConfig};
 use crate::models::heads::HeadConfig;
@@ -83,7 +83,8 @@ impl ModelConfig {
             return Err(GradCacheError::InvalidConfig {
                 field: "head",
                 reason: "a token head needs \"pooling\": \"tokens\", a vector head a pooled encoder",
-            }.into());
+            }
+            .into());
         }
         Ok(())
     }
@@ -147,7 +148,8 @@ impl Scorer {
             return Err(GradCacheError::InvalidConfig {
                 field: "head.dim",
                 reason: "must equal the encoder's output width: its projection, or the model's hidden_size",
-            }.into());
+            }
+            .into());
         }
         let vs = nn::VarStore::new(device);
         let (q_name, p_name) = encoder_names(config.tied);
@@ -155,7 +157,16 @@ impl Scorer {
         let passage = if config.tied { None } else { Some(config.encoder.init_pretrained(&vs, p_name, model)?.0) };
         let head = config.head.init_with_encoder(&vs, "head", &query)?;
         let tokenizer = model.tokenizer(config.max_len)?;
-        Ok(Scorer { vs, query, passage, head, tokenizer, config, model: model.clone(), precision: crate::runtime::precision::Precision::F32 })
+        Ok(Scorer {
+            vs,
+            query,
+            passage,
+            head,
+            tokenizer,
+            config,
+            model: model.clone(),
+            precision: crate::runtime::precision::Precision::F32,
+        })
     }
 
     /// Reads a bundle written by [`Scorer::save`] onto `device`.
@@ -172,8 +183,7 @@ impl Scorer {
             return Err(crate::error::not_found(&file, "not a gradcache model bundle (no gradcache.json)").into());
         }
         let text = std::fs::read_to_string(&file).map_err(crate::error::io_error(&file))?;
-        let version: FormatOnly =
-            serde_json::from_str(&text).map_err(|source| GradCacheError::Json { path: file.clone(), source })?;
+        let version: FormatOnly = serde_json::from_str(&text).map_err(|source| GradCacheError::Json { path: file.clone(), source })?;
         if version.format != BUNDLE_FORMAT {
             return Err(AppError::BundleFormat { path: file, found: version.format, supported: BUNDLE_FORMAT });
         }
@@ -238,8 +248,8 @@ impl Scorer {
         if has_variables(&self.vs, "head") {
             save_safetensors(&self.vs, "head", &out.join("head.safetensors"))?;
         }
-        let json = serde_json::to_string_pretty(&self.config)
-            .map_err(|source| GradCacheError::Json { path: out.join(BUNDLE_FILE), source })?;
+        let json =
+            serde_json::to_string_pretty(&self.config).map_err(|source| GradCacheError::Json { path: out.join(BUNDLE_FILE), source })?;
         write_bytes_atomically(&out.join(BUNDLE_FILE), json.as_bytes()).map_err(Into::into)
     }
 
@@ -338,7 +348,9 @@ impl Scorer {
             Side::Passages => self.passage_encoder(),
         };
         let tokens = tokens.to_device(self.device())?;
-        Ok(tch::no_grad(|| crate::core::scoring::encode_chunks(encoder, &tokens, self.config.layout.chunk_size(side), side, self.precision))?)
+        Ok(tch::no_grad(|| {
+            crate::core::scoring::encode_chunks(encoder, &tokens, self.config.layout.chunk_size(side), side, self.precision)
+        })?)
     }
 
     /// Query representations, chunk by chunk (texts tokenized per chunk).
@@ -360,7 +372,12 @@ impl Scorer {
     ///
     /// # Errors
     /// [`GradCacheError::EmptyBatch`] for no texts; encoder errors.
-    pub fn encode_many<S: AsRef<str> + Sync>(&self, texts: &[S], side: Side, progress: &mut dyn FnMut(usize, usize)) -> Result<Representation> {
+    pub fn encode_many<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        side: Side,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Representation> {
         if texts.is_empty() {
             return Err(GradCacheError::EmptyBatch { side }.into());
         }

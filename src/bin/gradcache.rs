@@ -18,18 +18,18 @@ use clap::{Parser, Subcommand};
 use gradcache::app::data::beir::{read_beir, write_beir};
 use gradcache::app::data::rerank::read_rerank_requests;
 use gradcache::app::data::texts::read_texts;
-use gradcache::error::Side;
-use gradcache::models::weights::encode_safetensors;
-use gradcache::Representation;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
-use gradcache::app::export::ExportFormat;
 use gradcache::app::data::Malformed;
-use gradcache::app::retrieval::{evaluate_retrieval, stderr_progress, write_trec_run, FirstStage};
-use gradcache::models::weights::write_bytes_atomically;
+use gradcache::app::export::ExportFormat;
 use gradcache::app::recipe;
+use gradcache::app::retrieval::{evaluate_retrieval, stderr_progress, write_trec_run, FirstStage};
 use gradcache::cli::{check_sample_head, RunArgs, ServeArgs, TrainArgs};
-use gradcache::Scorer;
+use gradcache::error::Side;
 use gradcache::models::heads::HeadConfig;
+use gradcache::models::weights::encode_safetensors;
+use gradcache::models::weights::write_bytes_atomically;
+use gradcache::Representation;
+use gradcache::Scorer;
 
 #[derive(Parser)]
 #[command(name = "gradcache", about = "Two-cache Gradient Cache tools")]
@@ -277,7 +277,17 @@ fn parse_export_format(name: &str) -> std::result::Result<ExportFormat, String> 
 
 /// A bundle, or a pretrained folder's encoder with the cosine head.
 #[allow(clippy::too_many_arguments)]
-fn mine(model: &Path, pairs: &Path, corpus: &Path, output: &Path, config: &gradcache::app::mine::MineConfig, max_len: usize, keep_short: bool, run: &RunArgs, quiet: bool) -> Result<()> {
+fn mine(
+    model: &Path,
+    pairs: &Path,
+    corpus: &Path,
+    output: &Path,
+    config: &gradcache::app::mine::MineConfig,
+    max_len: usize,
+    keep_short: bool,
+    run: &RunArgs,
+    quiet: bool,
+) -> Result<()> {
     config.validate()?;
     // Where the records go is checked before the work, not after it.
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -322,7 +332,8 @@ fn load_bundle_or_folder(model: &Path, max_len: usize, run: &RunArgs) -> Result<
     if model.join(gradcache::app::scorer::BUNDLE_FILE).is_file() {
         return load_scorer(model, run);
     }
-    let folder = gradcache::models::pretrained::ModelDir::open(model).with_context(|| format!("{} is neither a gradcache bundle nor a model folder", model.display()))?;
+    let folder = gradcache::models::pretrained::ModelDir::open(model)
+        .with_context(|| format!("{} is neither a gradcache bundle nor a model folder", model.display()))?;
     let head = HeadConfig::Cosine(Default::default());
     let config = gradcache::ModelConfig::new(Default::default(), max_len, true, head, Default::default());
     Ok(Scorer::from_pretrained(config, &folder, gradcache::runtime::parse_device(&run.device)?)?.with_precision(run.precision)?)
@@ -333,7 +344,18 @@ fn parse_first_stage(s: &str) -> std::result::Result<FirstStage, String> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, how: FirstStage, max_len: usize, output: Option<PathBuf>, skip: bool, run_args: &RunArgs, quiet: bool) -> Result<()> {
+fn eval(
+    model: &Path,
+    data: &Path,
+    split: &str,
+    retrieve_k: usize,
+    how: FirstStage,
+    max_len: usize,
+    output: Option<PathBuf>,
+    skip: bool,
+    run_args: &RunArgs,
+    quiet: bool,
+) -> Result<()> {
     let scorer = load_bundle_or_folder(model, max_len, run_args)?;
     let (set, skipped) = read_beir(data, split, if skip { Malformed::Skip } else { Malformed::Fail })?;
     if skipped > 0 {
@@ -342,8 +364,15 @@ fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, how: FirstSta
     gradcache::app::retrieval::check_trec_ids(&set)?;
     let k = retrieve_k.max(1).min(set.corpus.len());
     match how {
-        FirstStage::Cosine => eprintln!("{} queries, {} documents; the head reranks each query's top {k}", set.queries.len(), set.corpus.len()),
-        _ => eprintln!("{} queries, {} documents; the head ranks the corpus itself ({}), top {k}", set.queries.len(), set.corpus.len(), how.name()),
+        FirstStage::Cosine => {
+            eprintln!("{} queries, {} documents; the head reranks each query's top {k}", set.queries.len(), set.corpus.len())
+        }
+        _ => eprintln!(
+            "{} queries, {} documents; the head ranks the corpus itself ({}), top {k}",
+            set.queries.len(),
+            set.corpus.len(),
+            how.name()
+        ),
     }
     let started = Instant::now();
     let run = evaluate_retrieval(&scorer, &set, k, how, &mut stderr_progress(quiet))?;
@@ -359,9 +388,22 @@ fn eval(model: &Path, data: &Path, split: &str, retrieve_k: usize, how: FirstSta
     });
     write_bytes_atomically(&out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?.as_bytes())?;
     let mut o = std::io::stdout().lock();
-    writeln!(o, "{:<34}{:>8}{:>8}{:>8}{:>8}{:>9}{:>12}", format!("{name} {split} ({} queries)", set.queries.len()), "Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10", "Recall@100")?;
+    writeln!(
+        o,
+        "{:<34}{:>8}{:>8}{:>8}{:>8}{:>9}{:>12}",
+        format!("{name} {split} ({} queries)", set.queries.len()),
+        "Top-1",
+        "Top-5",
+        "Top-20",
+        "MRR@10",
+        "nDCG@10",
+        "Recall@100"
+    )?;
     let rows = match how {
-        FirstStage::Cosine => vec![("first stage (encoder cosine)".to_string(), &run.first_stage_metrics), (format!("reranked by the head (top {k})"), &run.reranked_metrics)],
+        FirstStage::Cosine => vec![
+            ("first stage (encoder cosine)".to_string(), &run.first_stage_metrics),
+            (format!("reranked by the head (top {k})"), &run.reranked_metrics),
+        ],
         _ => vec![(format!("the head as first stage ({})", how.name()), &run.first_stage_metrics)],
     };
     for (label, m) in rows {
@@ -487,7 +529,21 @@ fn main() -> Result<ExitCode> {
             encode(&model, &input, &output, &side, &run, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mine { model, pairs, corpus, output, negatives, range_min, range_max, margin, relative_margin, max_len, keep_short, run, quiet } => {
+        Command::Mine {
+            model,
+            pairs,
+            corpus,
+            output,
+            negatives,
+            range_min,
+            range_max,
+            margin,
+            relative_margin,
+            max_len,
+            keep_short,
+            run,
+            quiet,
+        } => {
             let config = gradcache::app::mine::MineConfig { negatives, range_min, range_max, absolute_margin: margin, relative_margin };
             mine(&model, &pairs, &corpus, &output, &config, max_len, keep_short, &run, quiet)?;
             Ok(ExitCode::SUCCESS)

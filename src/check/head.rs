@@ -23,10 +23,10 @@ use tch::{nn, Tensor};
 use super::{zero_grads, GradientComparison, GradientSnapshot, Tolerance};
 use crate::core::config::StepConfig;
 use crate::core::encoder::Encoder;
-use crate::error::{GradCacheError, Result};
 use crate::core::replay::ReplaySeeds;
 use crate::core::step::GradCache;
 use crate::core::targets::Targets;
+use crate::error::{GradCacheError, Result};
 use crate::util::max_abs;
 
 /// The coupling check's outcome.

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use crate::app::data::wordnet::Split;
+use crate::app::error::Result;
 use crate::app::recipe::{RerankerConfig, Start};
 use crate::app::scorer::Scorer;
 use crate::check::{check_head, HeadCheckReport, Tolerance};
@@ -16,7 +17,6 @@ use crate::core::layout::Layout;
 use crate::core::loss::InfoNce;
 use crate::core::step::GradCache;
 use crate::core::targets::Targets;
-use crate::app::error::Result;
 use crate::error::GradCacheError;
 use crate::models::encoders::{Pooling, TinyEncoderConfig};
 use crate::models::heads::HeadConfig;
@@ -270,8 +270,6 @@ impl TrainArgs {
     }
 }
 
-
-
 /// How a command runs a model bundle (`gradcache eval`, `encode`,
 /// `rerank`): the device and the forward passes' precision.
 #[derive(clap::Args, Debug, Clone)]
@@ -323,7 +321,12 @@ pub fn check_sample_head(head: &HeadConfig, dim: usize, dropout: f64, queries: u
     let loss = InfoNce { temperature: 1.0, symmetric: false };
     // A layout that cuts the sample into several uneven chunks and blocks.
     let cut = |n: usize| (n / 2 + 1).max(1);
-    let layout = Layout { query_chunk_size: cut(queries), passage_chunk_size: cut(queries * group), head_block_queries: cut(queries), head_block_passages: cut(queries * group) };
+    let layout = Layout {
+        query_chunk_size: cut(queries),
+        passage_chunk_size: cut(queries * group),
+        head_block_queries: cut(queries),
+        head_block_passages: cut(queries * group),
+    };
     let gc = GradCache::tied(StepConfig { layout, ..StepConfig::default() }, &encoder, scoring.as_ref(), &loss)?;
     check_head(&gc, &vs, &q, &p, &targets, tolerance).map_err(Into::into)
 }
@@ -372,7 +375,16 @@ pub fn write_report(report: &crate::app::recipe::TrainReport, out: &mut dyn std:
                 for r in &reference.rows {
                     let cells: Vec<String> = TABLE_METRICS
                         .iter()
-                        .map(|k| format!("{:>13}", format!("{:.3}±{:.3}", r.mean.get(*k).copied().unwrap_or(f64::NAN), r.sd.get(*k).copied().unwrap_or(f64::NAN))))
+                        .map(|k| {
+                            format!(
+                                "{:>13}",
+                                format!(
+                                    "{:.3}±{:.3}",
+                                    r.mean.get(*k).copied().unwrap_or(f64::NAN),
+                                    r.sd.get(*k).copied().unwrap_or(f64::NAN)
+                                )
+                            )
+                        })
                         .collect();
                     writeln!(out, "{:<48}{}", format!("{} ({} seeds)", r.name, r.seeds), cells.join(" "))?;
                 }
@@ -383,15 +395,17 @@ pub fn write_report(report: &crate::app::recipe::TrainReport, out: &mut dyn std:
         row(out, &this_run, &s.after)?;
     }
     if let Some((name, queries, documents, k)) = &s.eval_data {
-        let header: Vec<String> = ["Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10", "Recall@100"].iter().map(|h| format!("{h:>11}")).collect();
+        let header: Vec<String> =
+            ["Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10", "Recall@100"].iter().map(|h| format!("{h:>11}")).collect();
         writeln!(out, "\n{:<60}{}", format!("{name} {} ({queries} queries, {documents} documents)", s.split), header.join(" "))?;
-        let row = |out: &mut dyn std::io::Write, name: &str, stage: &str, m: &std::collections::BTreeMap<String, f64>| -> std::io::Result<()> {
-            let cells: Vec<String> = crate::app::metrics::RETRIEVAL_METRICS
-                .iter()
-                .map(|k| format!("{:>11.3}", m.get(&format!("{stage}.{k}")).copied().unwrap_or(f64::NAN)))
-                .collect();
-            writeln!(out, "{name:<60}{}", cells.join(" "))
-        };
+        let row =
+            |out: &mut dyn std::io::Write, name: &str, stage: &str, m: &std::collections::BTreeMap<String, f64>| -> std::io::Result<()> {
+                let cells: Vec<String> = crate::app::metrics::RETRIEVAL_METRICS
+                    .iter()
+                    .map(|k| format!("{:>11.3}", m.get(&format!("{stage}.{k}")).copied().unwrap_or(f64::NAN)))
+                    .collect();
+                writeln!(out, "{name:<60}{}", cells.join(" "))
+            };
         if let Some(cosine) = &s.pretrained_cosine {
             row(out, &format!("{pretrained} (first stage)"), "first_stage", cosine)?;
         }
@@ -409,7 +423,12 @@ pub fn write_report(report: &crate::app::recipe::TrainReport, out: &mut dyn std:
         writeln!(out, "step passes, median over steps: {}", crate::core::output::describe_rates(&s.rates.0, s.rates.1))?;
     }
     if let Some((metric, step, value)) = &s.best {
-        writeln!(out, "best by {metric}: step {step} ({value:.4}), kept in {}; the last model is in {}", report.bundle.display(), s.output_dir.join("last").display())?;
+        writeln!(
+            out,
+            "best by {metric}: step {step} ({value:.4}), kept in {}; the last model is in {}",
+            report.bundle.display(),
+            s.output_dir.join("last").display()
+        )?;
     }
     writeln!(out, "model bundle in {} (gradcache eval / rerank --model {})", report.bundle.display(), report.bundle.display())?;
     writeln!(out, "outputs in {}", s.output_dir.display())?;

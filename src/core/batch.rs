@@ -90,18 +90,10 @@ impl TokenBatch {
     /// [`GradCacheError::Shape`] when the shapes disagree or ids are not int64.
     pub fn new(ids: Tensor, mask: Tensor) -> Result<Self> {
         if ids.dim() != 2 || ids.kind() != Kind::Int64 {
-            return Err(GradCacheError::Shape {
-                what: "token ids",
-                expected: "[n, L] int64",
-                got: ids.size(),
-            });
+            return Err(GradCacheError::Shape { what: "token ids", expected: "[n, L] int64", got: ids.size() });
         }
         if mask.size() != ids.size() {
-            return Err(GradCacheError::Shape {
-                what: "attention mask",
-                expected: "[n, L] matching the ids",
-                got: mask.size(),
-            });
+            return Err(GradCacheError::Shape { what: "attention mask", expected: "[n, L] matching the ids", got: mask.size() });
         }
         let mask = mask.f_to_kind(Kind::Int64)?;
         Ok(TokenBatch { ids, mask })
@@ -119,7 +111,10 @@ impl TokenBatch {
     /// [`GradCacheError::InvalidConfig`] for an empty range; libtorch errors.
     pub fn random(n: usize, lengths: std::ops::RangeInclusive<usize>, ids: std::ops::Range<i64>) -> Result<Self> {
         if lengths.is_empty() || *lengths.start() == 0 || ids.is_empty() {
-            return Err(GradCacheError::InvalidConfig { field: "random token batch", reason: "needs lengths from at least 1 and a non-empty id range" });
+            return Err(GradCacheError::InvalidConfig {
+                field: "random token batch",
+                reason: "needs lengths from at least 1 and a non-empty id range",
+            });
         }
         let (n, width) = (n as i64, *lengths.end() as i64);
         let cpu = (Kind::Int64, tch::Device::Cpu);
@@ -165,10 +160,7 @@ impl TokenBatch {
 
     /// Moves both tensors to `device`.
     pub fn to_device(&self, device: tch::Device) -> Result<TokenBatch> {
-        Ok(TokenBatch {
-            ids: self.ids.f_to_device(device)?,
-            mask: self.mask.f_to_device(device)?,
-        })
+        Ok(TokenBatch { ids: self.ids.f_to_device(device)?, mask: self.mask.f_to_device(device)? })
     }
 }
 
@@ -200,9 +192,6 @@ impl Chunk for TokenBatch {
         // Longest item in the chunk (right padding): trim the columns after it.
         let width = if len == 0 { 0 } else { mask.f_sum_dim_intlist(1, false, Kind::Int64)?.f_max()?.f_int64_value(&[])? };
         let width = width.max(1);
-        Ok(TokenBatch {
-            ids: ids.f_narrow(1, 0, width)?,
-            mask: mask.f_narrow(1, 0, width)?,
-        })
+        Ok(TokenBatch { ids: ids.f_narrow(1, 0, width)?, mask: mask.f_narrow(1, 0, width)? })
     }
 }

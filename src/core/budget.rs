@@ -8,8 +8,8 @@ use tch::{Device, Tensor};
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, StepConfig};
 use crate::core::encoder::Encoder;
-use crate::core::model::StepModel;
 use crate::core::layout::{Layout, Side};
+use crate::core::model::StepModel;
 use crate::core::output::BudgetReport;
 use crate::core::passes::{encode_chunk, has_closed_form};
 use crate::core::plan::Plan;
@@ -86,7 +86,6 @@ pub struct ChunkTokens {
     pub passages: Vec<usize>,
 }
 
-
 impl ChunkTokens {
     /// The padded tokens of every chunk of `plan`, both sides.
     ///
@@ -128,10 +127,9 @@ impl Plan {
         let (n, m) = (grid.rows.iter().map(|r| r.len).sum::<usize>() as f64, grid.cols.iter().map(|c| c.len).sum::<usize>() as f64);
         let caches = 2.0 * (n * costs.query_rep_bytes + m * costs.passage_rep_bytes) + 2.0 * n * m * costs.score_bytes;
         let (mut retained_enc, mut chunk_work) = (0.0_f64, 0.0_f64);
-        for (chunks, counts, per_token) in [
-            (query_chunks, &tokens.queries, costs.query_token_bytes),
-            (passage_chunks, &tokens.passages, costs.passage_token_bytes),
-        ] {
+        for (chunks, counts, per_token) in
+            [(query_chunks, &tokens.queries, costs.query_token_bytes), (passage_chunks, &tokens.passages, costs.passage_token_bytes)]
+        {
             for (&(_, retained), &t) in chunks.iter().zip(counts) {
                 let cost = per_token * t as f64;
                 if retained {
@@ -235,8 +233,17 @@ impl Plan {
     /// [`GradCacheError::BudgetTooSmall`] when, after the caches, a quarter
     /// of the budget cannot hold a chunk of one item or a block of one pair
     /// (`needed_mb` is the least budget that can).
-    pub fn sized_for_budget(config: &StepConfig, n: usize, m: usize, costs: &CostModel, widths: (f64, f64), by_tokens: [bool; 2], budget_bytes: f64) -> Result<StepConfig> {
-        let caches = 2.0 * (n as f64 * costs.query_rep_bytes + m as f64 * costs.passage_rep_bytes) + 2.0 * (n * m) as f64 * costs.score_bytes;
+    pub fn sized_for_budget(
+        config: &StepConfig,
+        n: usize,
+        m: usize,
+        costs: &CostModel,
+        widths: (f64, f64),
+        by_tokens: [bool; 2],
+        budget_bytes: f64,
+    ) -> Result<StepConfig> {
+        let caches =
+            2.0 * (n as f64 * costs.query_rep_bytes + m as f64 * costs.passage_rep_bytes) + 2.0 * (n * m) as f64 * costs.score_bytes;
         let share = AUTO_SIZE_SHARE * (budget_bytes - caches);
         let h = costs.backward_headroom;
         // The least budget: one item per chunk and one pair per block.
@@ -244,7 +251,10 @@ impl Plan {
         let passage_item = costs.passage_token_bytes * widths.1;
         let dearest = query_item.max(passage_item).max(costs.pair_bytes.unwrap_or(0.0));
         if h * dearest > share {
-            return Err(GradCacheError::BudgetTooSmall { budget_mb: budget_bytes / MB, needed_mb: (caches + h * dearest / AUTO_SIZE_SHARE) / MB });
+            return Err(GradCacheError::BudgetTooSmall {
+                budget_mb: budget_bytes / MB,
+                needed_mb: (caches + h * dearest / AUTO_SIZE_SHARE) / MB,
+            });
         }
         // The largest size up to `limit` whose graph fits the share: `limit`
         // itself, or else a power of two (at least 1).
@@ -261,7 +271,9 @@ impl Plan {
         };
         let query_chunk = largest(n.max(1), query_item);
         let passage_chunk = largest(m.max(1), passage_item);
-        let side_tokens = |by: bool, items: usize, width: f64, per_token: f64| by.then(|| largest(((items as f64 * width).ceil() as usize).max(1), per_token));
+        let side_tokens = |by: bool, items: usize, width: f64, per_token: f64| {
+            by.then(|| largest(((items as f64 * width).ceil() as usize).max(1), per_token))
+        };
         let query_tokens = side_tokens(by_tokens[0], n, widths.0, costs.query_token_bytes);
         let passage_tokens = side_tokens(by_tokens[1], m, widths.1, costs.passage_token_bytes);
         let (mut rows, mut cols) = (config.layout.head_block_queries, config.layout.head_block_passages);
@@ -277,7 +289,12 @@ impl Plan {
                 cols = power_of_two_below(cols);
             }
         }
-        let layout = Layout { query_chunk_size: query_chunk, passage_chunk_size: passage_chunk, head_block_queries: rows, head_block_passages: cols };
+        let layout = Layout {
+            query_chunk_size: query_chunk,
+            passage_chunk_size: passage_chunk,
+            head_block_queries: rows,
+            head_block_passages: cols,
+        };
         Ok(StepConfig { layout, query_chunk_tokens: query_tokens, passage_chunk_tokens: passage_tokens, ..config.clone() })
     }
 }
@@ -415,7 +432,8 @@ pub fn probe_costs<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
         v = Some(rep.detach()?);
         Ok(Box::new(rep))
     })?;
-    let (u, v) = (u.ok_or(GradCacheError::EmptyBatch { side: Side::Queries })?, v.ok_or(GradCacheError::EmptyBatch { side: Side::Passages })?);
+    let (u, v) =
+        (u.ok_or(GradCacheError::EmptyBatch { side: Side::Queries })?, v.ok_or(GradCacheError::EmptyBatch { side: Side::Passages })?);
     let bytes_of = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as f64;
     let pair_bytes = if has_closed_form(head, config.precision, &u, &v)? {
         None

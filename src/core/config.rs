@@ -129,17 +129,20 @@ impl StepConfig {
         }
         if let Some(f) = self.head_block_flops {
             if !(f.is_finite() && f >= 1.0) {
-                return Err(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "must be a finite number of FLOPs, at least 1" });
+                return Err(GradCacheError::InvalidConfig {
+                    field: "head_block_flops",
+                    reason: "must be a finite number of FLOPs, at least 1",
+                });
             }
             if self.memory.is_budget() {
-                return Err(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "cannot be combined with a memory budget yet (the budget fits the configured blocks)" });
+                return Err(GradCacheError::InvalidConfig {
+                    field: "head_block_flops",
+                    reason: "cannot be combined with a memory budget yet (the budget fits the configured blocks)",
+                });
             }
         }
         if !(self.replay_tolerance.is_finite() && self.replay_tolerance >= 0.0) {
-            return Err(GradCacheError::InvalidConfig {
-                field: "replay_tolerance",
-                reason: "must be finite and non-negative",
-            });
+            return Err(GradCacheError::InvalidConfig { field: "replay_tolerance", reason: "must be finite and non-negative" });
         }
         if self.auto_sizes && !self.memory.is_budget() {
             return Err(GradCacheError::InvalidConfig {
@@ -224,7 +227,10 @@ impl std::str::FromStr for MemoryConfig {
     type Err = GradCacheError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = GradCacheError::InvalidConfig { field: "memory", reason: "must be all, none, auto, a budget in MB, or StepConfig.memory's JSON" };
+        let bad = GradCacheError::InvalidConfig {
+            field: "memory",
+            reason: "must be all, none, auto, a budget in MB, or StepConfig.memory's JSON",
+        };
         let config = match s.trim() {
             "all" => MemoryConfig::Recompute { recompute: Recompute::All },
             "none" => MemoryConfig::Recompute { recompute: Recompute::None },
@@ -294,4 +300,3 @@ impl Default for MemoryConfig {
         MemoryConfig::Recompute { recompute: Recompute::All }
     }
 }
-

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tch::{nn, Kind, Tensor};
 
+use crate::core::balance::GateTotals;
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, Recompute, RetainCounts};
 use crate::core::encoder::Encoder;
@@ -42,7 +43,6 @@ use crate::core::passes::{backprop_all, backward_pairs, encode_all};
 use crate::core::plan::Plan;
 use crate::core::replay::{ReplaySeeds, Stream};
 use crate::core::representation::Representation;
-use crate::core::balance::GateTotals;
 use crate::core::scoring::{check_finite, score_block};
 use crate::core::step::{GradCache, Representations, Scores};
 use crate::core::targets::Targets;
@@ -234,7 +234,12 @@ fn gather(rep: &Representation, collective: &dyn Collective) -> Result<Represent
 
 /// Every item's length of a side, in the batch's order, on every process,
 /// where `config` sorts that side; `None` where it does not.
-fn gather_lengths<C: Chunk>(config: &crate::core::config::StepConfig, side: Side, input: &C, collective: &dyn Collective) -> Result<Option<Vec<usize>>> {
+fn gather_lengths<C: Chunk>(
+    config: &crate::core::config::StepConfig,
+    side: Side,
+    input: &C,
+    collective: &dyn Collective,
+) -> Result<Option<Vec<usize>>> {
     match crate::core::plan::sort_lengths(config, side, input)? {
         None => Ok(None),
         Some(local) => {
@@ -324,7 +329,10 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         // Where a side is sorted by length, every process cuts its share
         // from its own items sorted, but all need every item's length to
         // number the chunks (their streams) across the whole batch alike.
-        let lengths = [gather_lengths(&self.config, Side::Queries, queries, collective)?, gather_lengths(&self.config, Side::Passages, passages, collective)?];
+        let lengths = [
+            gather_lengths(&self.config, Side::Queries, queries, collective)?,
+            gather_lengths(&self.config, Side::Passages, passages, collective)?,
+        ];
         let plan = Plan::sharded(&self.config, [&shards.queries, &shards.passages], [lengths[0].as_deref(), lengths[1].as_deref()])?;
         let (n, m) = (shards.queries.iter().sum::<usize>(), shards.passages.iter().sum::<usize>());
         targets.check_batch(n, m)?;
@@ -391,7 +399,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             // A process with no block still joins the gather, with nothing
             // of the scores' kind (learned from one pair).
             true => {
-                let kind = tch::no_grad(|| c.precision.run(|| self.head.score(&reps.queries.narrow(0, 1)?, &reps.passages.narrow(0, 1)?, false)))?.kind();
+                let kind =
+                    tch::no_grad(|| c.precision.run(|| self.head.score(&reps.queries.narrow(0, 1)?, &reps.passages.narrow(0, 1)?, false)))?
+                        .kind();
                 Tensor::f_zeros([0], (kind, reps.queries.tensor().device()))?
             }
         };
@@ -399,7 +409,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let scores = Tensor::f_zeros([n as i64, m as i64], (flat.kind(), flat.device()))?;
         let mut offset = 0;
         for block in &blocks {
-            let (a0, al, b0, bl) = (block.queries.start as i64, block.queries.len as i64, block.passages.start as i64, block.passages.len as i64);
+            let (a0, al, b0, bl) =
+                (block.queries.start as i64, block.queries.len as i64, block.passages.start as i64, block.passages.len as i64);
             scores.f_narrow(0, a0, al)?.f_narrow(1, b0, bl)?.f_copy_(&flat.f_narrow(0, offset, al * bl)?.f_view([al, bl])?)?;
             offset += al * bl;
         }
@@ -413,7 +424,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                     // A process with no block still joins the sum, with
                     // zeros of the gates' width (learned from one pair).
                     None => {
-                        let one = tch::no_grad(|| score_block(self.head, &reps.queries.narrow(0, 1)?, &reps.passages.narrow(0, 1)?, c.forward()))?;
+                        let one = tch::no_grad(|| {
+                            score_block(self.head, &reps.queries.narrow(0, 1)?, &reps.passages.narrow(0, 1)?, c.forward())
+                        })?;
                         let k = one.gates.as_ref().map_or(0, |g| g.size()[2]);
                         Tensor::f_zeros([k + 1], (tch::Kind::Double, reps.queries.tensor().device()))?
                     }
@@ -445,8 +458,28 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let t = Instant::now();
         let own_rows = |d: &Tensor, own: Piece| d.f_narrow(0, own.start as i64, own.len as i64);
         let replay = c.check_replay.then_some(c.replay_tolerance);
-        backprop_all(self.query_encoder, queries, &share, Side::Queries, &u_local, &own_rows(&d_queries, own_q)?, &seeds, c.forward(), replay)?;
-        backprop_all(self.passage_encoder, passages, &share, Side::Passages, &v_local, &own_rows(&d_passages, own_p)?, &seeds, c.forward(), replay)?;
+        backprop_all(
+            self.query_encoder,
+            queries,
+            &share,
+            Side::Queries,
+            &u_local,
+            &own_rows(&d_queries, own_q)?,
+            &seeds,
+            c.forward(),
+            replay,
+        )?;
+        backprop_all(
+            self.passage_encoder,
+            passages,
+            &share,
+            Side::Passages,
+            &v_local,
+            &own_rows(&d_passages, own_p)?,
+            &seeds,
+            c.forward(),
+            replay,
+        )?;
 
         // 7.
         all_reduce_gradients(&vars, &before, collective)?;
@@ -454,7 +487,15 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         seeds.finish();
         // This process's own work (its chunks, its blocks), against its own
         // pass times, which include the collectives.
-        let flops = crate::core::flops::count(self.parts(), &share, queries, passages, (&reps.queries, &reps.passages), closed_form, blocks[lo..hi].iter().copied())?;
+        let flops = crate::core::flops::count(
+            self.parts(),
+            &share,
+            queries,
+            passages,
+            (&reps.queries, &reps.passages),
+            closed_form,
+            blocks[lo..hi].iter().copied(),
+        )?;
         Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form), retained: RetainCounts::default(), budget: None, flops })
     }
 }

@@ -1,8 +1,8 @@
 //! The encoder trait: inputs → representations.
 
 use crate::core::batch::Chunk;
-use crate::error::Result;
 use crate::core::representation::Representation;
+use crate::error::Result;
 
 /// Turns a chunk of inputs into representations.
 ///

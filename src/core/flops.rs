@@ -46,10 +46,11 @@ pub fn count<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
         }
         Ok(Some(sums))
     }
-    let encoders = match (side(model.query_encoder, plan, Side::Queries, queries)?, side(model.passage_encoder, plan, Side::Passages, passages)?) {
-        (Some(q), Some(p)) => Some((q.0 + p.0, q.1 + p.1)),
-        _ => None,
-    };
+    let encoders =
+        match (side(model.query_encoder, plan, Side::Queries, queries)?, side(model.passage_encoder, plan, Side::Passages, passages)?) {
+            (Some(q), Some(p)) => Some((q.0 + p.0, q.1 + p.1)),
+            _ => None,
+        };
     let mut heads = Some((0.0, 0.0));
     for b in blocks {
         let f = model.head.score_flops(&u.narrow(b.queries.start, b.queries.len)?, &v.narrow(b.passages.start, b.passages.len)?);
@@ -82,7 +83,10 @@ pub fn block_columns(head: &dyn ScoringHead, u: &Representation, v: &Representat
     }
     let q = u.narrow(0, rows.clamp(1, n))?;
     let cost = |c: usize| -> Result<f64> {
-        head.score_flops(&q, &v.narrow(0, c)?).ok_or(GradCacheError::InvalidConfig { field: "head_block_flops", reason: "needs a head that counts its FLOPs (ScoringHead::score_flops)" })
+        head.score_flops(&q, &v.narrow(0, c)?).ok_or(GradCacheError::InvalidConfig {
+            field: "head_block_flops",
+            reason: "needs a head that counts its FLOPs (ScoringHead::score_flops)",
+        })
     };
     let (one, two) = (cost(1)?, cost(2)?);
     let per_column = (two - one).max(f64::MIN_POSITIVE);

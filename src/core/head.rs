@@ -2,9 +2,9 @@
 
 use tch::Tensor;
 
-use crate::error::Result;
 use crate::core::layout::Side;
 use crate::core::representation::Representation;
+use crate::error::Result;
 
 /// Gradients of the loss with respect to the representations: the
 /// representation-gradient cache.

@@ -120,7 +120,10 @@ impl ChunkRule {
             ChunkRule::Tokens(budget) => budget,
         };
         let field = chunk_tokens_field(side);
-        let lengths = lengths.ok_or(GradCacheError::InvalidConfig { field, reason: "a token budget needs an input whose items have lengths (e.g. TokenBatch)" })?;
+        let lengths = lengths.ok_or(GradCacheError::InvalidConfig {
+            field,
+            reason: "a token budget needs an input whose items have lengths (e.g. TokenBatch)",
+        })?;
         if lengths.len() != total || lengths.windows(2).any(|w| w[0] < w[1]) {
             return Err(GradCacheError::InvalidConfig { field, reason: "a token budget cuts items sorted by length, longest first" });
         }
@@ -233,7 +236,8 @@ mod tests {
     #[test]
     fn a_token_budget_cuts_chunks_whose_padded_tokens_fit() {
         let lengths = [40, 30, 30, 12, 10, 10, 9, 3, 3];
-        let pieces: Vec<(usize, usize)> = ChunkRule::Tokens(64).cut(Side::Queries, 9, Some(&lengths)).unwrap().iter().map(|p| (p.start, p.len)).collect();
+        let pieces: Vec<(usize, usize)> =
+            ChunkRule::Tokens(64).cut(Side::Queries, 9, Some(&lengths)).unwrap().iter().map(|p| (p.start, p.len)).collect();
         // 40 alone (2 × 40 > 64), then 2 × 30 = 60, then 5 × 12 = 60, then
         // the last two (the budget would take 21 of length 3).
         assert_eq!(pieces, [(0, 1), (1, 2), (3, 5), (8, 1)]);
@@ -251,7 +255,8 @@ mod tests {
     fn a_grid_numbers_its_blocks_row_by_row_and_retains_a_prefix() {
         let mut grid = Layout { head_block_queries: 2, head_block_passages: 3, ..Layout::default() }.grid(3, 5);
         grid.retained = 3;
-        let blocks: Vec<(usize, usize, usize, usize, bool)> = grid.blocks().map(|b| (b.index, b.row, b.queries.start, b.passages.start, b.retained)).collect();
+        let blocks: Vec<(usize, usize, usize, usize, bool)> =
+            grid.blocks().map(|b| (b.index, b.row, b.queries.start, b.passages.start, b.retained)).collect();
         assert_eq!(blocks, [(0, 0, 0, 0, true), (1, 0, 0, 3, true), (2, 1, 2, 0, true), (3, 1, 2, 3, false)]);
     }
 }

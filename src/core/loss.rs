@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::error::{GradCacheError, Result};
 use crate::core::targets::Targets;
+use crate::error::{GradCacheError, Result};
 
 /// A loss over the whole batch's score matrix.
 pub trait ContrastiveLoss {
@@ -68,11 +68,7 @@ fn masked_nll(logits: &Tensor, mask: &Tensor, dim: i64) -> Result<Tensor> {
     let logp = logits.f_log_softmax(dim, kind)?;
     let hits = mask.f_sum_dim_intlist(dim, false, kind)?;
     let has = hits.f_gt(0.0)?.f_to_kind(kind)?;
-    let per_anchor = logp
-        .f_mul(mask)?
-        .f_sum_dim_intlist(dim, false, kind)?
-        .f_neg()?
-        .f_div(&hits.f_clamp_min(1.0)?)?;
+    let per_anchor = logp.f_mul(mask)?.f_sum_dim_intlist(dim, false, kind)?.f_neg()?.f_div(&hits.f_clamp_min(1.0)?)?;
     Ok(per_anchor.f_mul(&has)?.f_sum(kind)?.f_div(&has.f_sum(kind)?)?)
 }
 
@@ -122,10 +118,7 @@ impl ListwiseKl {
 impl ContrastiveLoss for ListwiseKl {
     fn loss(&self, scores: &Tensor, targets: &Targets) -> Result<Tensor> {
         self.validate()?;
-        let needs = GradCacheError::TargetsIncomplete {
-            what: "listwise KL",
-            needs: "teacher scores and a group layout",
-        };
+        let needs = GradCacheError::TargetsIncomplete { what: "listwise KL", needs: "teacher scores and a group layout" };
         let (Some(g), Some(teacher)) = (targets.group_size(), targets.teacher()) else {
             return Err(needs);
         };
@@ -139,11 +132,7 @@ impl ContrastiveLoss for ListwiseKl {
         let student = scores.f_gather(1, &index, false)?.f_div_scalar(self.temperature)?;
         let kind = student.kind();
         let log_student = student.f_log_softmax(1, kind)?;
-        let log_teacher = teacher
-            .f_to_device(device)?
-            .f_to_kind(kind)?
-            .f_div_scalar(self.teacher_temperature)?
-            .f_log_softmax(1, kind)?;
+        let log_teacher = teacher.f_to_device(device)?.f_to_kind(kind)?.f_div_scalar(self.teacher_temperature)?.f_log_softmax(1, kind)?;
         let kl = log_teacher.f_exp()?.f_mul(&log_teacher.f_sub(&log_student)?)?;
         Ok(kl.f_sum(kind)?.f_div_scalar(n as f64)?)
     }

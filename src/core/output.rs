@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::core::config::RetainCounts;
 
-
 /// Wall time of each phase of a step.
 ///
 /// For [`GradCache::full_batch_step`](crate::GradCache::full_batch_step) and [`GradCache::accumulation_step`](crate::GradCache::accumulation_step),
@@ -138,10 +137,12 @@ pub fn describe_rates(rates: &PassFlops, matmul: Option<crate::runtime::MatmulRa
     let passes = [("representation", rates.representation), ("score", rates.score), ("head", rates.head), ("encoder", rates.encoder)];
     let shown: Vec<String> = passes
         .iter()
-        .filter_map(|(name, r)| r.map(|r| match matmul {
-            Some(m) => format!("{name} {r:.1} ({:.2}×)", r / m.gflops),
-            None => format!("{name} {r:.1}"),
-        }))
+        .filter_map(|(name, r)| {
+            r.map(|r| match matmul {
+                Some(m) => format!("{name} {r:.1} ({:.2}×)", r / m.gflops),
+                None => format!("{name} {r:.1}"),
+            })
+        })
         .collect();
     let of = matmul.map(|m| format!(" of a {:.0} GFLOP/s{} matmul", m.gflops, m.label())).unwrap_or_default();
     format!("GFLOP/s: {}{of}", if shown.is_empty() { "not counted".to_string() } else { shown.join(", ") })
@@ -204,7 +205,12 @@ impl PassFlops {
                 n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
             }
         };
-        PassFlops { representation: median(|r| r.representation), score: median(|r| r.score), head: median(|r| r.head), encoder: median(|r| r.encoder) }
+        PassFlops {
+            representation: median(|r| r.representation),
+            score: median(|r| r.score),
+            head: median(|r| r.head),
+            encoder: median(|r| r.encoder),
+        }
     }
 
     /// Whether any pass is counted.

@@ -31,7 +31,14 @@ fn stream_of(side: Side) -> Stream {
 ///
 /// # Errors
 /// Encoder and input errors; [`GradCacheError::EncoderLength`].
-pub(crate) fn encode_chunk<E: Encoder + ?Sized>(encoder: &E, input: &E::Input, chunk: &ChunkPiece, side: Side, seeds: &ReplaySeeds, fwd: Forward) -> Result<Representation> {
+pub(crate) fn encode_chunk<E: Encoder + ?Sized>(
+    encoder: &E,
+    input: &E::Input,
+    chunk: &ChunkPiece,
+    side: Side,
+    seeds: &ReplaySeeds,
+    fwd: Forward,
+) -> Result<Representation> {
     let items = chunk.cut(input)?;
     seeds.enter(stream_of(side), chunk.stream);
     let rep = fwd.precision.run(|| encoder.encode(&items, fwd.train))?;
@@ -48,7 +55,14 @@ pub(crate) fn encode_chunk<E: Encoder + ?Sized>(encoder: &E, input: &E::Input, c
 ///
 /// # Errors
 /// As [`encode_chunk`].
-pub(crate) fn encode_all<E: Encoder + ?Sized>(encoder: &E, input: &E::Input, plan: &Plan, side: Side, seeds: &ReplaySeeds, fwd: Forward) -> Result<Encoded> {
+pub(crate) fn encode_all<E: Encoder + ?Sized>(
+    encoder: &E,
+    input: &E::Input,
+    plan: &Plan,
+    side: Side,
+    seeds: &ReplaySeeds,
+    fwd: Forward,
+) -> Result<Encoded> {
     let mut parts = Vec::new();
     let mut kept = Vec::new();
     for chunk in plan.chunks(side) {

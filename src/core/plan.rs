@@ -89,7 +89,9 @@ pub struct Plan {
 /// plan).
 fn retain_counts(config: &StepConfig) -> Result<Option<RetainCounts>> {
     match config.memory {
-        MemoryConfig::Budget { .. } | MemoryConfig::Auto { .. } => Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget needs a cost model: use Plan::fit" }),
+        MemoryConfig::Budget { .. } | MemoryConfig::Auto { .. } => {
+            Err(GradCacheError::InvalidConfig { field: "memory", reason: "a budget needs a cost model: use Plan::fit" })
+        }
         MemoryConfig::Recompute { recompute: Recompute::All } => Ok(Some(RetainCounts::default())),
         MemoryConfig::Recompute { recompute: Recompute::None } => Ok(None),
         MemoryConfig::Retain { retain } => Ok(Some(retain)),
@@ -130,7 +132,10 @@ impl Plan {
     pub fn new(config: &StepConfig, n: usize, m: usize) -> Result<Plan> {
         config.validate()?;
         if let Some(side) = [Side::Queries, Side::Passages].into_iter().find(|&s| matches!(config.chunk_rule(s), ChunkRule::Tokens(_))) {
-            return Err(GradCacheError::InvalidConfig { field: chunk_tokens_field(side), reason: "a token budget needs the batch's lengths: use Plan::for_batch" });
+            return Err(GradCacheError::InvalidConfig {
+                field: chunk_tokens_field(side),
+                reason: "a token budget needs the batch's lengths: use Plan::for_batch",
+            });
         }
         let counts = match retain_counts(config)? {
             Some(counts) => counts,
@@ -150,7 +155,9 @@ impl Plan {
         config.validate()?;
         match retain_counts(config)? {
             Some(counts) => Ok(Plan::layout_of(config, queries, passages)?.retaining(counts)),
-            None => Ok(Plan::whole(&config.layout, queries.len(), passages.len()).with_orders(Plan::length_orders(config, queries, passages)?)),
+            None => {
+                Ok(Plan::whole(&config.layout, queries.len(), passages.len()).with_orders(Plan::length_orders(config, queries, passages)?))
+            }
         }
     }
 
@@ -180,8 +187,13 @@ impl Plan {
     /// The layout's pieces with the first `counts` of each kept.
     pub fn with_retained(layout: &Layout, n: usize, m: usize, counts: RetainCounts) -> Plan {
         let unretained = |total, size| cut(total, size).into_iter().map(|p| (p, false)).collect();
-        Plan { orders: [None, None], first_streams: [0, 0], chunks: [unretained(n, layout.query_chunk_size), unretained(m, layout.passage_chunk_size)], grid: layout.grid(n, m) }
-            .retaining(counts)
+        Plan {
+            orders: [None, None],
+            first_streams: [0, 0],
+            chunks: [unretained(n, layout.query_chunk_size), unretained(m, layout.passage_chunk_size)],
+            grid: layout.grid(n, m),
+        }
+        .retaining(counts)
     }
 
     /// Everything kept, each side's encoder work in one piece (the
@@ -221,7 +233,9 @@ impl Plan {
             let lengths = match (config.sorts(side), lengths[s]) {
                 (false, _) => None,
                 (true, Some(l)) if l.len() == total => Some(l),
-                (true, _) => return Err(GradCacheError::InvalidConfig { field: sort_field(config, side), reason: "needs every item's length" }),
+                (true, _) => {
+                    return Err(GradCacheError::InvalidConfig { field: sort_field(config, side), reason: "needs every item's length" })
+                }
             };
             let mut order = Vec::with_capacity(total);
             let mut offset = 0;
@@ -257,7 +271,11 @@ impl Plan {
         for (s, &o) in own.iter().enumerate() {
             let inside = |p: &Piece| p.start >= o.start && p.start < o.start + o.len;
             share.first_streams[s] = self.first_streams[s] + self.chunks[s].iter().take_while(|(p, _)| !inside(p)).count();
-            share.chunks[s] = self.chunks[s].iter().filter(|(p, _)| inside(p)).map(|&(p, r)| (Piece { start: p.start - o.start, len: p.len }, r)).collect();
+            share.chunks[s] = self.chunks[s]
+                .iter()
+                .filter(|(p, _)| inside(p))
+                .map(|&(p, r)| (Piece { start: p.start - o.start, len: p.len }, r))
+                .collect();
             share.orders[s] = self.orders[s].as_ref().map(|order| order[o.start..o.start + o.len].iter().map(|&i| i - o.start).collect());
         }
         share
@@ -370,7 +388,11 @@ impl Plan {
     /// How many chunks of each side and blocks keep their graphs.
     pub fn retained(&self) -> RetainCounts {
         let kept = |c: &[(Piece, bool)]| c.iter().filter(|(_, r)| *r).count();
-        RetainCounts { query_chunks: kept(&self.chunks[0]), passage_chunks: kept(&self.chunks[1]), head_blocks: self.grid.retained.min(self.grid.len()) }
+        RetainCounts {
+            query_chunks: kept(&self.chunks[0]),
+            passage_chunks: kept(&self.chunks[1]),
+            head_blocks: self.grid.retained.min(self.grid.len()),
+        }
     }
 
     /// How the plan cuts the batch, as a step reports it.
@@ -399,11 +421,16 @@ mod tests {
     #[test]
     fn chunks_keep_their_retained_prefix_and_streams() {
         let kept = Plan::with_retained(&Layout::from_chunk_size(2), 5, 5, RetainCounts { query_chunks: 2, ..Default::default() });
-        assert_eq!(kept.chunk_pieces(Side::Queries).iter().map(|&(p, r)| (p.start, p.len, r)).collect::<Vec<_>>(), [(0, 2, true), (2, 2, true), (4, 1, false)]);
+        assert_eq!(
+            kept.chunk_pieces(Side::Queries).iter().map(|&(p, r)| (p.start, p.len, r)).collect::<Vec<_>>(),
+            [(0, 2, true), (2, 2, true), (4, 1, false)]
+        );
         // Rank 1 of [6, 5] queries: its chunks follow rank 0's three.
         let config = StepConfig { layout: Layout::from_chunk_size(2), ..StepConfig::default() };
         let sharded = Plan::sharded(&config, [&[6, 5], &[5]], [None, None]).unwrap();
-        let plan = sharded.share([Piece { start: 6, len: 5 }, Piece { start: 0, len: 5 }]).retaining(RetainCounts { query_chunks: 1, ..Default::default() });
+        let plan = sharded
+            .share([Piece { start: 6, len: 5 }, Piece { start: 0, len: 5 }])
+            .retaining(RetainCounts { query_chunks: 1, ..Default::default() });
         let q = plan.chunks(Side::Queries);
         assert_eq!(q.iter().map(|c| (c.stream, c.retained)).collect::<Vec<_>>(), [(3, true), (4, false), (5, false)]);
     }

@@ -36,7 +36,14 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let (plan, _) = self.plan(queries, passages, &seeds)?;
         let (loss, timings, plan) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None, flops: Default::default() })
+        Ok(StepOutput {
+            loss,
+            timings,
+            sizes: plan.sizes(false),
+            retained: RetainCounts::default(),
+            budget: None,
+            flops: Default::default(),
+        })
     }
 
     /// The full-batch step over a batch that [`GradCache::distributed_step`]
@@ -67,7 +74,14 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let plan = Plan::sharded(&self.config, [query_shards, passage_shards], [lengths[0].as_deref(), lengths[1].as_deref()])?;
         let (loss, timings, plan) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: plan.sizes(false), retained: RetainCounts::default(), budget: None, flops: Default::default() })
+        Ok(StepOutput {
+            loss,
+            timings,
+            sizes: plan.sizes(false),
+            retained: RetainCounts::default(),
+            budget: None,
+            flops: Default::default(),
+        })
     }
 
     /// Gradient accumulation: the batch is split into sub-batches of
@@ -91,10 +105,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         if sub_batch_queries == 0 {
             return Err(GradCacheError::InvalidConfig { field: "sub_batch_queries", reason: "must be at least 1" });
         }
-        let g = targets.group_size().ok_or(GradCacheError::TargetsIncomplete {
-            what: "gradient accumulation",
-            needs: "a group layout (Targets::grouped)",
-        })?;
+        let g = targets
+            .group_size()
+            .ok_or(GradCacheError::TargetsIncomplete { what: "gradient accumulation", needs: "a group layout (Targets::grouped)" })?;
         let seeds = ReplaySeeds::draw()?;
         let n = queries.len();
         let (mut loss, mut timings) = (0.0, PhaseTimings::default());
@@ -112,7 +125,14 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             timings.encoder += tm.encoder;
         }
         seeds.finish();
-        Ok(StepOutput { loss, timings, sizes: Plan::with_retained(&self.config.layout, n, passages.len(), RetainCounts::default()).sizes(false), retained: RetainCounts::default(), budget: None, flops: Default::default() })
+        Ok(StepOutput {
+            loss,
+            timings,
+            sizes: Plan::with_retained(&self.config.layout, n, passages.len(), RetainCounts::default()).sizes(false),
+            retained: RetainCounts::default(),
+            budget: None,
+            flops: Default::default(),
+        })
     }
 
     /// Forward with graph over every chunk and block, `scale · L`, backward.

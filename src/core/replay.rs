@@ -139,15 +139,9 @@ impl ReplayLog {
         let values: Vec<f64> = Vec::<f64>::try_from(&diffs)?;
         for (index, &d) in values.iter().enumerate() {
             if d.is_nan() || d > tolerance {
-                return Err(GradCacheError::ReplayMismatch {
-                    stage: self.stage,
-                    index,
-                    max_abs_diff: d,
-                    tolerance,
-                });
+                return Err(GradCacheError::ReplayMismatch { stage: self.stage, index, max_abs_diff: d, tolerance });
             }
         }
         Ok(())
     }
 }
-

@@ -33,11 +33,7 @@ impl Representation {
     /// [`GradCacheError::Shape`] if `vectors` is not 2-D.
     pub fn vector(vectors: Tensor) -> Result<Self> {
         if vectors.dim() != 2 {
-            return Err(GradCacheError::Shape {
-                what: "vector representation",
-                expected: "[n, d]",
-                got: vectors.size(),
-            });
+            return Err(GradCacheError::Shape { what: "vector representation", expected: "[n, d]", got: vectors.size() });
         }
         Ok(Representation::Vector(vectors))
     }
@@ -53,18 +49,10 @@ impl Representation {
     pub fn tokens(tokens: Tensor, mask: &Tensor) -> Result<Self> {
         let (ts, ms) = (tokens.size(), mask.size());
         if ts.len() != 3 {
-            return Err(GradCacheError::Shape {
-                what: "token representation",
-                expected: "[n, L, d]",
-                got: ts,
-            });
+            return Err(GradCacheError::Shape { what: "token representation", expected: "[n, L, d]", got: ts });
         }
         if ms.len() != 2 || ms[..] != ts[..2] {
-            return Err(GradCacheError::Shape {
-                what: "token mask",
-                expected: "[n, L] matching the tokens",
-                got: ms,
-            });
+            return Err(GradCacheError::Shape { what: "token mask", expected: "[n, L] matching the tokens", got: ms });
         }
         let mask = mask.f_to_kind(tokens.kind())?;
         Ok(Representation::Tokens { tokens, mask })
@@ -114,10 +102,7 @@ impl Representation {
     pub fn with_tensor(&self, tensor: Tensor) -> Representation {
         match self {
             Representation::Vector(_) => Representation::Vector(tensor),
-            Representation::Tokens { mask, .. } => Representation::Tokens {
-                tokens: tensor,
-                mask: mask.shallow_clone(),
-            },
+            Representation::Tokens { mask, .. } => Representation::Tokens { tokens: tensor, mask: mask.shallow_clone() },
         }
     }
 
@@ -141,7 +126,9 @@ impl Representation {
     pub fn to_device(&self, device: tch::Device) -> Result<Representation> {
         Ok(match self {
             Representation::Vector(v) => Representation::Vector(v.f_to_device(device)?),
-            Representation::Tokens { tokens, mask } => Representation::Tokens { tokens: tokens.f_to_device(device)?, mask: mask.f_to_device(device)? },
+            Representation::Tokens { tokens, mask } => {
+                Representation::Tokens { tokens: tokens.f_to_device(device)?, mask: mask.f_to_device(device)? }
+            }
         })
     }
 
@@ -153,10 +140,9 @@ impl Representation {
         let (s, l) = (start as i64, len as i64);
         Ok(match self {
             Representation::Vector(v) => Representation::Vector(v.f_narrow(0, s, l)?),
-            Representation::Tokens { tokens, mask } => Representation::Tokens {
-                tokens: tokens.f_narrow(0, s, l)?,
-                mask: mask.f_narrow(0, s, l)?,
-            },
+            Representation::Tokens { tokens, mask } => {
+                Representation::Tokens { tokens: tokens.f_narrow(0, s, l)?, mask: mask.f_narrow(0, s, l)? }
+            }
         })
     }
 
@@ -168,10 +154,9 @@ impl Representation {
     pub fn select(&self, indices: &Tensor) -> Result<Representation> {
         Ok(match self {
             Representation::Vector(v) => Representation::Vector(v.f_index_select(0, indices)?),
-            Representation::Tokens { tokens, mask } => Representation::Tokens {
-                tokens: tokens.f_index_select(0, indices)?,
-                mask: mask.f_index_select(0, indices)?,
-            },
+            Representation::Tokens { tokens, mask } => {
+                Representation::Tokens { tokens: tokens.f_index_select(0, indices)?, mask: mask.f_index_select(0, indices)? }
+            }
         })
     }
 
@@ -195,11 +180,8 @@ impl Representation {
     /// tokens; [`GradCacheError::EmptyBatch`]-free: an empty slice gives a
     /// [`GradCacheError::Shape`] error.
     pub fn cat(parts: &[Representation]) -> Result<Representation> {
-        let first = parts.first().ok_or(GradCacheError::Shape {
-            what: "representation chunks",
-            expected: "at least one chunk",
-            got: vec![0],
-        })?;
+        let first =
+            parts.first().ok_or(GradCacheError::Shape { what: "representation chunks", expected: "at least one chunk", got: vec![0] })?;
         if let Some(other) = parts.iter().find(|p| p.kind_name() != first.kind_name()) {
             return Err(GradCacheError::RepresentationKind {
                 what: "concatenating chunks",
@@ -223,10 +205,7 @@ impl Representation {
                     let mask = p.mask().expect("token representation has a mask");
                     masks.push(mask.f_constant_pad_nd([0, pad])?);
                 }
-                Ok(Representation::Tokens {
-                    tokens: Tensor::f_cat(&tokens, 0)?,
-                    mask: Tensor::f_cat(&masks, 0)?,
-                })
+                Ok(Representation::Tokens { tokens: Tensor::f_cat(&tokens, 0)?, mask: Tensor::f_cat(&masks, 0)? })
             }
         }
     }

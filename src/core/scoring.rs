@@ -93,7 +93,11 @@ pub fn score_block(head: &dyn ScoringHead, u: &Representation, v: &Representatio
     }
     if let Some(g) = &gates {
         if g.dim() != 3 || g.size()[..2] != scores.size()[..] {
-            return Err(GradCacheError::Shape { what: "a gated head's gates", expected: "[a, b, K] over the block's pairs", got: g.size() });
+            return Err(GradCacheError::Shape {
+                what: "a gated head's gates",
+                expected: "[a, b, K] over the block's pairs",
+                got: g.size(),
+            });
         }
     }
     Ok(BlockScores { scores, gates })
@@ -183,7 +187,10 @@ pub fn check_finite(scores: &Tensor, grid: &BlockGrid) -> Result<()> {
     }
     for b in grid.blocks() {
         if !all_finite(&b.of(scores)?)? {
-            return Err(GradCacheError::NonFiniteScores { queries: b.queries.start..b.queries.start + b.queries.len, passages: b.passages.start..b.passages.start + b.passages.len });
+            return Err(GradCacheError::NonFiniteScores {
+                queries: b.queries.start..b.queries.start + b.queries.len,
+                passages: b.passages.start..b.passages.start + b.passages.len,
+            });
         }
     }
     let (n, m) = (scores.size()[0] as usize, scores.size()[1] as usize);
@@ -199,7 +206,13 @@ pub fn check_finite(scores: &Tensor, grid: &BlockGrid) -> Result<()> {
 ///
 /// # Errors
 /// Encoder and input errors; [`GradCacheError::EncoderLength`].
-pub fn encode_chunks<E: crate::core::encoder::Encoder + ?Sized>(encoder: &E, input: &E::Input, chunk_size: usize, side: crate::core::layout::Side, precision: Precision) -> Result<Representation> {
+pub fn encode_chunks<E: crate::core::encoder::Encoder + ?Sized>(
+    encoder: &E,
+    input: &E::Input,
+    chunk_size: usize,
+    side: crate::core::layout::Side,
+    precision: Precision,
+) -> Result<Representation> {
     use crate::core::batch::Chunk;
     let parts = crate::core::layout::cut(input.len(), chunk_size)
         .into_iter()

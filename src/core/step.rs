@@ -22,7 +22,9 @@ use crate::core::layout::Side;
 use crate::core::loss::ContrastiveLoss;
 use crate::core::model::StepModel;
 use crate::core::output::{BudgetReport, PhaseTimings, StepOutput};
-use crate::core::passes::{backprop_all, backprop_kept, backward_pairs, checked_loss_value, closed_form_gradients, encode_all, has_closed_form, leaf_grad};
+use crate::core::passes::{
+    backprop_all, backprop_kept, backward_pairs, checked_loss_value, closed_form_gradients, encode_all, has_closed_form, leaf_grad,
+};
 use crate::core::plan::Plan;
 use crate::core::replay::{ReplayLog, ReplaySeeds, Stream};
 use crate::core::representation::Representation;
@@ -110,7 +112,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     ///
     /// # Errors
     /// [`GradCacheError::InvalidConfig`] from [`StepConfig::validate`].
-    pub fn new(config: StepConfig, query_encoder: &'m QE, passage_encoder: &'m PE, head: &'m dyn ScoringHead, loss: &'m dyn ContrastiveLoss) -> Result<Self> {
+    pub fn new(
+        config: StepConfig,
+        query_encoder: &'m QE,
+        passage_encoder: &'m PE,
+        head: &'m dyn ScoringHead,
+        loss: &'m dyn ContrastiveLoss,
+    ) -> Result<Self> {
         config.validate()?;
         config.precision.require_resolved()?;
         Ok(GradCache { config, query_encoder, passage_encoder, head, loss, budget: BudgetState::default() })
@@ -216,7 +224,15 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             (Some(b), Some(start)) => Some(BudgetReport { measured_peak_mb: Some(start.peak_mb()?), ..b }),
             (b, _) => b,
         };
-        let flops = crate::core::flops::count(self.parts(), &plan, queries, passages, (&reps.queries, &reps.passages), closed_form_head, plan.blocks())?;
+        let flops = crate::core::flops::count(
+            self.parts(),
+            &plan,
+            queries,
+            passages,
+            (&reps.queries, &reps.passages),
+            closed_form_head,
+            plan.blocks(),
+        )?;
         Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form_head), retained: plan.retained(), budget, flops })
     }
 
@@ -226,7 +242,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// cuts alike.
     pub(crate) fn sized_blocks(&self, plan: Plan, u: &Representation, v: &Representation) -> Result<Plan> {
         match self.config.head_block_flops {
-            Some(budget) => Ok(plan.with_block_columns(crate::core::flops::block_columns(self.head, u, v, self.config.layout.head_block_queries, budget)?)),
+            Some(budget) => Ok(plan.with_block_columns(crate::core::flops::block_columns(
+                self.head,
+                u,
+                v,
+                self.config.layout.head_block_queries,
+                budget,
+            )?)),
             None => Ok(plan),
         }
     }
@@ -247,7 +269,13 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     ///
     /// # Errors
     /// Encoder errors; [`GradCacheError::EncoderLength`].
-    pub fn representation_pass(&self, queries: &QE::Input, passages: &PE::Input, plan: &Plan, seeds: &ReplaySeeds) -> Result<Representations> {
+    pub fn representation_pass(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        plan: &Plan,
+        seeds: &ReplaySeeds,
+    ) -> Result<Representations> {
         let fwd = self.config.forward();
         let pass = || {
             let (u, kept_u) = encode_all(self.query_encoder, queries, plan, Side::Queries, seeds, fwd)?;
@@ -298,7 +326,12 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let balance = match (self.head.balance_weight(), &scores.gates) {
             (w, _) if w <= 0.0 => None,
             (w, Some(totals)) => Some(Balance::new(w, totals)?),
-            (_, None) => return Err(GradCacheError::InvalidConfig { field: "balance", reason: "the head has a load-balancing weight but returned no gates" }),
+            (_, None) => {
+                return Err(GradCacheError::InvalidConfig {
+                    field: "balance",
+                    reason: "the head has a load-balancing weight but returned no gates",
+                })
+            }
         };
         if let Some(b) = &balance {
             value += b.value;
@@ -325,7 +358,14 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// # Errors
     /// Head errors; [`GradCacheError::ReplayMismatch`] when a block's
     /// recomputed scores differ from the score pass.
-    pub fn head_pass(&self, reps: &Representations, scores: &mut Scores, cache: &DistanceGradients, plan: &Plan, seeds: &ReplaySeeds) -> Result<(RepresentationGradients, bool)> {
+    pub fn head_pass(
+        &self,
+        reps: &Representations,
+        scores: &mut Scores,
+        cache: &DistanceGradients,
+        plan: &Plan,
+        seeds: &ReplaySeeds,
+    ) -> Result<(RepresentationGradients, bool)> {
         self.head_pass_over(reps, scores, cache, plan, seeds, &|_| true)
     }
 
@@ -355,7 +395,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         };
         if let Some(grads) = closed_form_gradients(self.head, self.config.precision, &reps.queries, &reps.passages, weights) {
             let grads = grads?;
-            for (g, r, what) in [(&grads.queries, &reps.queries, "closed-form ∂L/∂U"), (&grads.passages, &reps.passages, "closed-form ∂L/∂V")] {
+            for (g, r, what) in
+                [(&grads.queries, &reps.queries, "closed-form ∂L/∂U"), (&grads.passages, &reps.passages, "closed-form ∂L/∂V")]
+            {
                 if g.size() != r.tensor().size() {
                     return Err(GradCacheError::Shape { what, expected: "the shape of the representations", got: g.size() });
                 }
@@ -419,7 +461,15 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// # Errors
     /// Encoder errors; [`GradCacheError::ReplayMismatch`] when a re-encoded
     /// chunk differs from the representation pass.
-    pub fn encoder_pass(&self, queries: &QE::Input, passages: &PE::Input, reps: &mut Representations, grads: &RepresentationGradients, plan: &Plan, seeds: &ReplaySeeds) -> Result<()> {
+    pub fn encoder_pass(
+        &self,
+        queries: &QE::Input,
+        passages: &PE::Input,
+        reps: &mut Representations,
+        grads: &RepresentationGradients,
+        plan: &Plan,
+        seeds: &ReplaySeeds,
+    ) -> Result<()> {
         let [kept_u, kept_v] = std::mem::take(&mut reps.kept);
         backprop_kept(plan, [(Side::Queries, kept_u, &grads.queries), (Side::Passages, kept_v, &grads.passages)])?;
         let (fwd, replay) = (self.config.forward(), self.config.check_replay.then_some(self.config.replay_tolerance));

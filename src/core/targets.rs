@@ -37,12 +37,7 @@ impl Targets {
     /// # Errors
     /// As [`Targets::grouped`]; [`GradCacheError::InvalidConfig`] unless
     /// `1 ≤ positives_per_group ≤ g`.
-    pub fn grouped_with_positives(
-        num_queries: usize,
-        num_passages: usize,
-        group_size: usize,
-        positives_per_group: usize,
-    ) -> Result<Self> {
+    pub fn grouped_with_positives(num_queries: usize, num_passages: usize, group_size: usize, positives_per_group: usize) -> Result<Self> {
         if num_queries == 0 {
             return Err(GradCacheError::EmptyBatch { side: Side::Queries });
         }
@@ -50,14 +45,9 @@ impl Targets {
             return Err(GradCacheError::GroupMismatch { num_queries, num_passages, group_size });
         }
         if positives_per_group == 0 || positives_per_group > group_size {
-            return Err(GradCacheError::InvalidConfig {
-                field: "positives_per_group",
-                reason: "must be between 1 and the group size",
-            });
+            return Err(GradCacheError::InvalidConfig { field: "positives_per_group", reason: "must be between 1 and the group size" });
         }
-        let positives = (0..num_queries)
-            .map(|i| (i * group_size..i * group_size + positives_per_group).collect())
-            .collect();
+        let positives = (0..num_queries).map(|i| (i * group_size..i * group_size + positives_per_group).collect()).collect();
         Ok(Targets { num_queries, num_passages, positives, group_size: Some(group_size), teacher: None })
     }
 
@@ -86,13 +76,7 @@ impl Targets {
             list.dedup();
             sorted.push(list);
         }
-        Ok(Targets {
-            num_queries: sorted.len(),
-            num_passages,
-            positives: sorted,
-            group_size: None,
-            teacher: None,
-        })
+        Ok(Targets { num_queries: sorted.len(), num_passages, positives: sorted, group_size: None, teacher: None })
     }
 
     /// Adds teacher scores over each query's own group, for distillation.
@@ -105,16 +89,11 @@ impl Targets {
     /// [`GradCacheError::Shape`] for another shape;
     /// [`GradCacheError::NonFiniteTeacherScores`] for NaN or infinity.
     pub fn with_teacher_scores(mut self, teacher: Tensor) -> Result<Self> {
-        let g = self.group_size.ok_or(GradCacheError::TargetsIncomplete {
-            what: "teacher scores",
-            needs: "a group layout (Targets::grouped)",
-        })?;
+        let g = self
+            .group_size
+            .ok_or(GradCacheError::TargetsIncomplete { what: "teacher scores", needs: "a group layout (Targets::grouped)" })?;
         if teacher.size() != [self.num_queries as i64, g as i64] {
-            return Err(GradCacheError::Shape {
-                what: "teacher scores",
-                expected: "[num_queries, group_size]",
-                got: teacher.size(),
-            });
+            return Err(GradCacheError::Shape { what: "teacher scores", expected: "[num_queries, group_size]", got: teacher.size() });
         }
         if !all_finite(&teacher)? {
             let rows = teacher.f_isfinite()?.f_all_dim(1, false)?;
@@ -176,10 +155,7 @@ impl Targets {
             needs: "a group layout (Targets::grouped)",
         })?;
         let offset = start * g;
-        let positives = self.positives[start..start + len]
-            .iter()
-            .map(|list| list.iter().map(|&j| j - offset).collect())
-            .collect();
+        let positives = self.positives[start..start + len].iter().map(|list| list.iter().map(|&j| j - offset).collect()).collect();
         let teacher = match &self.teacher {
             Some(t) => Some(t.f_narrow(0, start as i64, len as i64)?),
             None => None,
@@ -190,18 +166,10 @@ impl Targets {
     /// Checks that the targets were built for a batch of this size.
     pub(crate) fn check_batch(&self, num_queries: usize, num_passages: usize) -> Result<()> {
         if num_queries != self.num_queries {
-            return Err(GradCacheError::TargetsMismatch {
-                side: Side::Queries,
-                expected: self.num_queries,
-                actual: num_queries,
-            });
+            return Err(GradCacheError::TargetsMismatch { side: Side::Queries, expected: self.num_queries, actual: num_queries });
         }
         if num_passages != self.num_passages {
-            return Err(GradCacheError::TargetsMismatch {
-                side: Side::Passages,
-                expected: self.num_passages,
-                actual: num_passages,
-            });
+            return Err(GradCacheError::TargetsMismatch { side: Side::Passages, expected: self.num_passages, actual: num_passages });
         }
         Ok(())
     }

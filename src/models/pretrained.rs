@@ -334,7 +334,11 @@ fn read_modules(root: &Path) -> Result<(String, SentenceTransformersModules)> {
             "Dense" if pooling.is_some() && dense.is_none() && !normalize => dense = Some(read_dense(&dir)?),
             "Normalize" if pooling.is_some() => normalize = true,
             kind @ ("Transformer" | "Pooling" | "Dense" | "Normalize") => {
-                return Err(unsupported(&file, kind, "gradcache runs Transformer, Pooling, an optional Dense and an optional Normalize, once each, in this order"));
+                return Err(unsupported(
+                    &file,
+                    kind,
+                    "gradcache runs Transformer, Pooling, an optional Dense and an optional Normalize, once each, in this order",
+                ));
             }
             other => return Err(unsupported(&file, other, "not one of Transformer, Pooling, Dense, Normalize")),
         }

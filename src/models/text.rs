@@ -93,7 +93,10 @@ impl TextTokenizer {
         let before = mask.iter().take_while(|&&m| m == 1).count();
         let after = mask.iter().rev().take_while(|&&m| m == 1).count().min(mask.len() - before);
         if max_len <= before + after {
-            return Err(GradCacheError::InvalidConfig { field: "max_len", reason: "must leave room for a token besides the special tokens" });
+            return Err(GradCacheError::InvalidConfig {
+                field: "max_len",
+                reason: "must leave room for a token besides the special tokens",
+            });
         }
         let mut truncating = whole.clone();
         truncating

@@ -97,11 +97,8 @@ pub fn save_safetensors(vs: &nn::VarStore, prefix: &str, file: &Path) -> Result<
 
 /// The variables of `vs` under `prefix`, named without it, sorted by name.
 pub fn named_variables(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
-    let mut named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter_map(|(name, var)| strip(&name, prefix).map(|k| (k.to_string(), var)))
-        .collect();
+    let mut named: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter_map(|(name, var)| strip(&name, prefix).map(|k| (k.to_string(), var))).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named
 }
@@ -164,8 +161,11 @@ pub fn encode_safetensors(named: &[(String, Tensor)], metadata: &[(&str, &str)])
     }
     let mut info: std::collections::HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     info.insert("format".into(), "pt".into());
-    safetensors::serialize(views, &Some(info))
-        .map_err(|_| GradCacheError::Shape { what: "safetensors serialisation", expected: "tensors the format can hold", got: vec![named.len() as i64] })
+    safetensors::serialize(views, &Some(info)).map_err(|_| GradCacheError::Shape {
+        what: "safetensors serialisation",
+        expected: "tensors the format can hold",
+        got: vec![named.len() as i64],
+    })
 }
 
 /// Writes `file` through `write(tmp)` on a sibling temporary path, then

@@ -61,7 +61,14 @@ pub struct CudaDevice {
 mod ffi {
     use std::ffi::{c_char, c_int};
     extern "C" {
-        pub fn gradcache_cuda_memory(device: c_int, allocated: *mut i64, peak: *mut i64, reserved: *mut i64, err: *mut c_char, len: usize) -> c_int;
+        pub fn gradcache_cuda_memory(
+            device: c_int,
+            allocated: *mut i64,
+            peak: *mut i64,
+            reserved: *mut i64,
+            err: *mut c_char,
+            len: usize,
+        ) -> c_int;
         pub fn gradcache_cuda_reset_peak(device: c_int, err: *mut c_char, len: usize) -> c_int;
         #[allow(clippy::too_many_arguments)]
         pub fn gradcache_cuda_device(
@@ -117,7 +124,9 @@ pub fn memory(device: Device) -> Result<GpuMemory> {
     {
         let (mut allocated, mut peak, mut reserved) = (0i64, 0i64, 0i64);
         // SAFETY: the out-pointers are valid for the call.
-        call("CUDACachingAllocator::getDeviceStats", |e, l| unsafe { ffi::gradcache_cuda_memory(index, &mut allocated, &mut peak, &mut reserved, e, l) })?;
+        call("CUDACachingAllocator::getDeviceStats", |e, l| unsafe {
+            ffi::gradcache_cuda_memory(index, &mut allocated, &mut peak, &mut reserved, e, l)
+        })?;
         Ok(GpuMemory { allocated: allocated as u64, peak: peak as u64, reserved: reserved as u64 })
     }
     #[cfg(not(gradcache_cuda))]
@@ -159,7 +168,18 @@ pub fn device_info(device: Device) -> Result<CudaDevice> {
         // SAFETY: every pointer is valid for the call; the name buffer's
         // length is passed with it.
         call("getDeviceProperties", |e, l| unsafe {
-            ffi::gradcache_cuda_device(index, name.as_mut_ptr(), name.len(), &mut total, &mut major, &mut minor, &mut runtime, &mut driver, e, l)
+            ffi::gradcache_cuda_device(
+                index,
+                name.as_mut_ptr(),
+                name.len(),
+                &mut total,
+                &mut major,
+                &mut minor,
+                &mut runtime,
+                &mut driver,
+                e,
+                l,
+            )
         })?;
         // SAFETY: the shim NUL-terminates the name within the buffer.
         let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();

@@ -119,7 +119,11 @@ impl Precision {
         match self {
             Precision::Auto => match bf16_units(device) {
                 Some(reason) => PrecisionChoice { asked: self, chosen: Precision::Bf16, reason },
-                None => PrecisionChoice { asked: self, chosen: Precision::F32, reason: format!("{} without bfloat16 units", device_name(device)) },
+                None => PrecisionChoice {
+                    asked: self,
+                    chosen: Precision::F32,
+                    reason: format!("{} without bfloat16 units", device_name(device)),
+                },
             },
             p => PrecisionChoice { asked: p, chosen: p, reason: String::new() },
         }

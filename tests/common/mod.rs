@@ -5,8 +5,8 @@
 use gradcache::check::{zero_grads, GradientComparison, GradientSnapshot, Tolerance};
 use gradcache::models::encoders::{Pooling, TinyEncoder, TinyEncoderConfig};
 use gradcache::models::heads::{
-    BilinearHeadConfig, CosineHeadConfig, HeadConfig, InteractionConfig, MlpHeadConfig, MolGate, MolHeadConfig, PolyEncoderConfig, ResidualConfig,
-    WeightedMaxSimConfig,
+    BilinearHeadConfig, CosineHeadConfig, HeadConfig, InteractionConfig, MlpHeadConfig, MolGate, MolHeadConfig, PolyEncoderConfig,
+    ResidualConfig, WeightedMaxSimConfig,
 };
 use gradcache::{ContrastiveLoss, GradCache, InfoNce, ListwiseKl, ScoringHead, StepConfig, Targets, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
@@ -74,7 +74,9 @@ impl HeadKind {
             HeadKind::MaxSim => HeadConfig::MaxSim,
             HeadKind::WeightedMaxSim => HeadConfig::WeightedMaxSim(WeightedMaxSimConfig { dim: DIM, residual: None }),
             HeadKind::Poly => HeadConfig::Poly(PolyEncoderConfig { dim: DIM, codes: 3, dropout, residual: None }),
-            HeadKind::Interaction => HeadConfig::Interaction(InteractionConfig { dim: DIM, heads: 2, ffn: 20, dropout, residual: None, ..Default::default() }),
+            HeadKind::Interaction => {
+                HeadConfig::Interaction(InteractionConfig { dim: DIM, heads: 2, ffn: 20, dropout, residual: None, ..Default::default() })
+            }
             HeadKind::ResidualMlp => HeadConfig::Mlp(MlpHeadConfig { dim: DIM, hidden: 24, dropout, residual: Some(open_gate()) }),
             HeadKind::ResidualInteraction => HeadConfig::Interaction(InteractionConfig {
                 dim: DIM,
@@ -93,7 +95,17 @@ impl HeadKind {
 /// A Mixture of Logits of 3 × 2 components of width 4 over `DIM`, at
 /// temperature 0.5, with load-balancing weight `balance`.
 pub fn small_mol(gate: MolGate, dropout: f64, balance: f64, residual: Option<ResidualConfig>) -> MolHeadConfig {
-    MolHeadConfig { dim: DIM, query_components: 3, passage_components: 2, component_dim: 4, temperature: 0.5, gate, dropout, balance, residual }
+    MolHeadConfig {
+        dim: DIM,
+        query_components: 3,
+        passage_components: 2,
+        component_dim: 4,
+        temperature: 0.5,
+        gate,
+        dropout,
+        balance,
+        residual,
+    }
 }
 
 /// A residual start whose gate is not 0 (so Φ gets gradients at once) and
@@ -247,7 +259,13 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
 /// A small randomly initialised BERT folder (MiniLM's vocabulary and
 /// config with the given sizes, weights drawn from `seed`), opened: a model
 /// of another width than MiniLM's, fast enough for tests.
-pub fn tiny_bert_folder(dir: &std::path::Path, hidden: usize, heads: usize, layers: usize, seed: i64) -> gradcache::models::pretrained::ModelDir {
+pub fn tiny_bert_folder(
+    dir: &std::path::Path,
+    hidden: usize,
+    heads: usize,
+    layers: usize,
+    seed: i64,
+) -> gradcache::models::pretrained::ModelDir {
     let minilm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(gradcache::models::pretrained::EMBEDDED_MODEL_DIR);
     let base = gradcache::models::pretrained::ModelDir::open(&minilm).expect("run scripts/gradcache.sh setup first");
     gradcache::models::encoders::write_random_bert(&base, dir, hidden, heads, layers, seed).unwrap()
@@ -261,8 +279,10 @@ pub fn pairs_beir(dir: &std::path::Path, pairs: &[(&str, &str)], distractors: &[
     std::fs::create_dir_all(dir.join("qrels")).unwrap();
     let line = |id: String, text: &str| serde_json::json!({ "_id": id, "text": text }).to_string() + "\n";
     let queries: String = pairs.iter().enumerate().map(|(i, (q, _))| line(format!("q{i}"), q)).collect();
-    let corpus: String = pairs.iter().map(|(_, p)| *p).chain(distractors.iter().copied()).enumerate().map(|(i, t)| line(format!("d{i}"), t)).collect();
-    let qrels: String = std::iter::once("query-id\tcorpus-id\tscore\n".to_string()).chain((0..pairs.len()).map(|i| format!("q{i}\td{i}\t1\n"))).collect();
+    let corpus: String =
+        pairs.iter().map(|(_, p)| *p).chain(distractors.iter().copied()).enumerate().map(|(i, t)| line(format!("d{i}"), t)).collect();
+    let qrels: String =
+        std::iter::once("query-id\tcorpus-id\tscore\n".to_string()).chain((0..pairs.len()).map(|i| format!("q{i}\td{i}\t1\n"))).collect();
     std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
     std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
     std::fs::write(dir.join("qrels/dev.tsv"), qrels).unwrap();
@@ -285,8 +305,14 @@ pub fn assert_exact_through_text_encoder(
     let queries = tokenizer.encode(&queries).unwrap();
     let passages = tokenizer
         .encode(&[
-            "sloping land beside water", "a financial institution", "tip laterally", "an arrangement in a row",
-            "a container for coins", "a flight maneuver", "a long ridge", "the funds held by a gambling house",
+            "sloping land beside water",
+            "a financial institution",
+            "tip laterally",
+            "an arrangement in a row",
+            "a container for coins",
+            "a flight maneuver",
+            "a long ridge",
+            "the funds held by a gambling house",
         ])
         .unwrap();
     let targets = Targets::grouped(4, 8, 2).unwrap();

@@ -36,7 +36,10 @@ fn main() {
     let q_shards = shards(n, world);
     let p_shards: Vec<usize> = q_shards.iter().map(|q| q * GROUP).collect();
     let q_off: usize = q_shards[..rank].iter().sum();
-    let config = StepConfig { layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 }, ..StepConfig::default() };
+    let config = StepConfig {
+        layout: gradcache::Layout { query_chunk_size: 2, passage_chunk_size: 3, head_block_queries: 2, head_block_passages: 5 },
+        ..StepConfig::default()
+    };
 
     let sorted = StepConfig { sort_by_length: true, ..config.clone() };
     let by_tokens = StepConfig { query_chunk_tokens: Some(16), passage_chunk_tokens: Some(24), ..config.clone() };

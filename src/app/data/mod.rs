@@ -136,10 +136,10 @@ impl RetrievalSet {
                 let mut row = judged
                     .iter()
                     .map(|(d, &g)| {
-                        index.get(d.as_str()).map(|&i| (i, g)).ok_or_else(|| AppError::UnknownDocument {
-                            query: qid.clone(),
-                            document: d.clone(),
-                        })
+                        index
+                            .get(d.as_str())
+                            .map(|&i| (i, g))
+                            .ok_or_else(|| AppError::UnknownDocument { query: qid.clone(), document: d.clone() })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 row.sort_unstable();

@@ -58,7 +58,8 @@ pub fn read_parquet_records(path: &Path, malformed: Malformed) -> Result<Read<Tr
     let file = std::fs::File::open(path).map_err(crate::error::io_error(path))?;
     let refused = |e: parquet::errors::ParquetError| AppError::Parquet { path: path.to_path_buf(), reason: e.to_string() };
     let reader = SerializedFileReader::new(file).map_err(refused)?;
-    let names: Vec<String> = reader.metadata().file_metadata().schema_descr().root_schema().get_fields().iter().map(|f| f.name().to_string()).collect();
+    let names: Vec<String> =
+        reader.metadata().file_metadata().schema_descr().root_schema().get_fields().iter().map(|f| f.name().to_string()).collect();
     let cols = columns(path, &names)?;
     let mut items = Vec::new();
     let mut skipped = 0;

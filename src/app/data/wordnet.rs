@@ -183,12 +183,7 @@ impl WordSenseData {
         for s in &synsets {
             for text in &s.examples {
                 let lower = text.to_lowercase();
-                let lemma = s
-                    .lemmas
-                    .iter()
-                    .filter(|l| mentions(&lower, l))
-                    .max_by_key(|l| l.len())
-                    .unwrap_or(&s.lemmas[0]);
+                let lemma = s.lemmas.iter().filter(|l| mentions(&lower, l)).max_by_key(|l| l.len()).unwrap_or(&s.lemmas[0]);
                 let senses = &all_senses[lemma.as_str()];
                 if senses.len() < 2 {
                     continue;
@@ -203,8 +198,7 @@ impl WordSenseData {
             }
         }
         let needed: std::collections::HashSet<&String> = data.senses.values().flatten().collect();
-        data.definitions =
-            synsets.iter().filter(|s| needed.contains(&s.id)).map(|s| (s.id.clone(), s.definition.clone())).collect();
+        data.definitions = synsets.iter().filter(|s| needed.contains(&s.id)).map(|s| (s.id.clone(), s.definition.clone())).collect();
         Ok(data)
     }
 
@@ -218,11 +212,8 @@ impl WordSenseData {
         let clean = |s: &str| s.replace(['\t', '\n'], " ");
         let synsets: String = self.definitions.iter().map(|(id, d)| format!("{id}\t{}\n", clean(d))).collect();
         let senses: String = self.senses.iter().map(|(l, ids)| format!("{l}\t{}\n", ids.join(" "))).collect();
-        let examples: String = self
-            .examples
-            .iter()
-            .map(|e| format!("{}\t{}\t{}\t{}\n", e.split.name(), e.synset, e.lemma, clean(&e.text)))
-            .collect();
+        let examples: String =
+            self.examples.iter().map(|e| format!("{}\t{}\t{}\t{}\n", e.split.name(), e.synset, e.lemma, clean(&e.text))).collect();
         write_bytes_atomically(&dir.join("synsets.tsv"), synsets.as_bytes())?;
         write_bytes_atomically(&dir.join("senses.tsv"), senses.as_bytes())?;
         write_bytes_atomically(&dir.join("examples.tsv"), examples.as_bytes()).map_err(Into::into)

@@ -318,7 +318,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
         permits: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
         prometheus,
     });
-    let limits = queue::BatchLimits { max_batch_tokens: config.limits.max_batch_tokens, max_batch_requests: config.limits.max_batch_requests };
+    let limits =
+        queue::BatchLimits { max_batch_tokens: config.limits.max_batch_tokens, max_batch_requests: config.limits.max_batch_requests };
     let batcher = tokio::spawn(queue::batching_task(requests, to_model, limits, queued));
     // The backend thread loads the bundle, tells the router, then runs
     // commands until every sender is gone.
@@ -400,7 +401,13 @@ mod connections {
         let _ = stop.wait_for(|s| *s).await;
     }
 
-    pub(super) async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connections: usize, timeouts: Timeouts, mut stop: watch::Receiver<bool>) {
+    pub(super) async fn serve(
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        max_connections: usize,
+        timeouts: Timeouts,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(timeouts.header_read));
         let open = Arc::new(Semaphore::new(max_connections));
@@ -454,7 +461,8 @@ fn load(config: &ServeConfig) -> Result<(Scorer, router::Loaded)> {
     let head = serde_json::to_value(&model.head).ok().and_then(|v| v["kind"].as_str().map(str::to_string)).unwrap_or_default();
     let token_encoder = model.encoder.pooling() == crate::models::encoders::Pooling::Tokens;
     // The width of `/embed`'s vectors, measured on one text.
-    let probe = scorer.encode_tokens(&crate::core::batch::TokenBatch::from_ids(&[scorer.tokenizer().ids_untruncated("width")?])?, config.embed_side)?;
+    let probe = scorer
+        .encode_tokens(&crate::core::batch::TokenBatch::from_ids(&[scorer.tokenizer().ids_untruncated("width")?])?, config.embed_side)?;
     let dim = crate::app::retrieval::pooled_vectors(&probe)?.size()[1] as usize;
     let name = served_name(config);
     // TEI clamps the input length to the batch budget: a text of the

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-
 use tokio::sync::{mpsc, oneshot};
 
 /// What one entry asks of the model.
@@ -188,7 +187,12 @@ pub(crate) struct BatchLimits {
 /// order) into batches and hands them to the model, one ready ahead.
 /// Entries whose client has gone are dropped here. Ends when the router's
 /// side of the queue is closed and everything queued has been handed on.
-pub(crate) async fn batching_task(mut requests: mpsc::UnboundedReceiver<Vec<Entry>>, to_model: mpsc::Sender<Command>, limits: BatchLimits, queued: Arc<AtomicUsize>) {
+pub(crate) async fn batching_task(
+    mut requests: mpsc::UnboundedReceiver<Vec<Entry>>,
+    to_model: mpsc::Sender<Command>,
+    limits: BatchLimits,
+    queued: Arc<AtomicUsize>,
+) {
     let mut waiting: std::collections::VecDeque<Entry> = std::collections::VecDeque::new();
     loop {
         if waiting.is_empty() {

@@ -189,7 +189,10 @@ async fn backend_health(state: &AppState) -> Result<(), ApiError> {
     match tokio::time::timeout(Duration::from_secs(state.config.timeouts.health), ask).await {
         Ok(Some(())) => Ok(()),
         Ok(None) => Err(ApiError::new(ErrorType::Unhealthy, "the model thread is gone")),
-        Err(_) => Err(ApiError::new(ErrorType::Unhealthy, format!("the model did not answer within the {} s health timeout", state.config.timeouts.health))),
+        Err(_) => Err(ApiError::new(
+            ErrorType::Unhealthy,
+            format!("the model did not answer within the {} s health timeout", state.config.timeouts.health),
+        )),
     }
 }
 
@@ -199,7 +202,8 @@ async fn backend_health(state: &AppState) -> Result<(), ApiError> {
 async fn health(State(state): Shared) -> Response {
     match backend_health(&state).await {
         Ok(()) => StatusCode::OK.into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorResponse { error: "unhealthy".into(), error_type: ErrorType::Unhealthy })).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorResponse { error: "unhealthy".into(), error_type: ErrorType::Unhealthy }))
+            .into_response(),
     }
 }
 
@@ -214,11 +218,7 @@ async fn metrics_text(State(state): Shared) -> Response {
 
 /// Permits for `n` inputs, or 429.
 fn permits(state: &AppState, n: usize) -> Result<OwnedSemaphorePermit, ApiError> {
-    state
-        .permits
-        .clone()
-        .try_acquire_many_owned(n as u32)
-        .map_err(|_| ApiError::new(ErrorType::Overloaded, "Model is overloaded"))
+    state.permits.clone().try_acquire_many_owned(n as u32).map_err(|_| ApiError::new(ErrorType::Overloaded, "Model is overloaded"))
 }
 
 /// Checks a request's number of inputs against the client batch limit.
@@ -228,7 +228,9 @@ fn check_count(state: &AppState, n: usize, what: &str) -> Result<(), ApiError> {
     }
     let max = state.config.limits.max_client_batch_size;
     if n > max {
-        return Err(ApiError::new(ErrorType::Validation, format!("batch size {n} > maximum allowed batch size {max}")).labelled("batch_size"));
+        return Err(
+            ApiError::new(ErrorType::Validation, format!("batch size {n} > maximum allowed batch size {max}")).labelled("batch_size")
+        );
     }
     Ok(())
 }
@@ -258,7 +260,13 @@ fn cut_chars(text: &str, chars: usize, max_chars: usize, from_left: bool) -> &st
 /// else refused over it. `permit` is held until tokenization ends, even if
 /// the client hangs up meanwhile, so that the work in the pool stays
 /// within the concurrency limit.
-async fn tokenize(state: &Arc<AppState>, inputs: Vec<InputType>, truncate: Option<bool>, direction: TruncationDirection, permit: &Arc<OwnedSemaphorePermit>) -> Result<Tokenized, ApiError> {
+async fn tokenize(
+    state: &Arc<AppState>,
+    inputs: Vec<InputType>,
+    truncate: Option<bool>,
+    direction: TruncationDirection,
+    permit: &Arc<OwnedSemaphorePermit>,
+) -> Result<Tokenized, ApiError> {
     let model = loaded(state)?;
     let (tokenizer, max_len, vocab) = (model.tokenizer.clone(), model.info.max_input_length, model.vocab_size);
     let truncate = truncate.unwrap_or(state.config.limits.auto_truncate);
@@ -381,7 +389,15 @@ impl Timed {
     fn start(inputs: usize) -> Self {
         let method = if inputs > 1 { "batch" } else { "single" };
         metrics::counter!("te_request_count", "method" => method).increment(1);
-        Timed { method, started: Instant::now(), characters: 0, tokens: 0, tokenization: Duration::ZERO, queue: Duration::ZERO, inference: Duration::ZERO }
+        Timed {
+            method,
+            started: Instant::now(),
+            characters: 0,
+            tokens: 0,
+            tokenization: Duration::ZERO,
+            queue: Duration::ZERO,
+            inference: Duration::ZERO,
+        }
     }
 
     fn tokenized(&mut self, t: &Tokenized) {
@@ -447,7 +463,10 @@ async fn rerank(State(state): Shared, TeiJson(r): TeiJson<RerankRequest>) -> Res
 /// Checks an embedding request's options against the model.
 fn check_embed_options(state: &AppState, prompt_name: &Option<String>, dimensions: Option<usize>) -> Result<(), ApiError> {
     if let Some(name) = prompt_name {
-        return Err(ApiError::new(ErrorType::Validation, format!("prompt `{name}` is not in the model's configuration (a gradcache bundle has no prompts)")));
+        return Err(ApiError::new(
+            ErrorType::Validation,
+            format!("prompt `{name}` is not in the model's configuration (a gradcache bundle has no prompts)"),
+        ));
     }
     let dim = loaded(state)?.dim;
     if let Some(d) = dimensions {
@@ -460,7 +479,13 @@ fn check_embed_options(state: &AppState, prompt_name: &Option<String>, dimension
 
 /// Tokenizes and runs an embedding request's inputs; `job` makes each
 /// input's job from its ids.
-async fn embed_inputs(state: &Arc<AppState>, timed: &mut Timed, inputs: Vec<InputType>, options: &TextOptions, job: impl Fn(Vec<i64>) -> Job) -> Result<Vec<Answer>, ApiError> {
+async fn embed_inputs(
+    state: &Arc<AppState>,
+    timed: &mut Timed,
+    inputs: Vec<InputType>,
+    options: &TextOptions,
+    job: impl Fn(Vec<i64>) -> Job,
+) -> Result<Vec<Answer>, ApiError> {
     check_count(state, inputs.len(), "inputs")?;
     let permit = Arc::new(permits(state, inputs.len())?);
     let tokenized = tokenize(state, inputs, options.truncate, options.truncation_direction, &permit).await?;
@@ -473,7 +498,14 @@ async fn embed_inputs(state: &Arc<AppState>, timed: &mut Timed, inputs: Vec<Inpu
 }
 
 /// Embeds inputs; each answer a finite vector.
-async fn embed_vectors(state: &Arc<AppState>, timed: &mut Timed, inputs: Vec<InputType>, options: &TextOptions, normalize: bool, dimensions: Option<usize>) -> Result<Vec<Vec<f32>>, ApiError> {
+async fn embed_vectors(
+    state: &Arc<AppState>,
+    timed: &mut Timed,
+    inputs: Vec<InputType>,
+    options: &TextOptions,
+    normalize: bool,
+    dimensions: Option<usize>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
     let answers = embed_inputs(state, timed, inputs, options, |ids| Job::Embed { ids, normalize, dimensions }).await?;
     answers.into_iter().map(|a| a.into_vector().map_err(|e| ApiError::backend(state, e))).collect()
 }
@@ -492,10 +524,15 @@ async fn embed_all(State(state): Shared, TeiJson(r): TeiJson<EmbedAllRequest>) -
     check_embed_options(&state, &r.options.prompt_name, None)?;
     let ModelType::Reranker(model) = &loaded(&state)?.info.model_type;
     if !model.token_encoder {
-        return Err(ApiError::new(ErrorType::Validation, "`/embed_all` needs a bundle whose encoders give token vectors (pooling `tokens`: MaxSim, interaction heads); this one pools").labelled("model_type"));
+        return Err(ApiError::new(
+            ErrorType::Validation,
+            "`/embed_all` needs a bundle whose encoders give token vectors (pooling `tokens`: MaxSim, interaction heads); this one pools",
+        )
+        .labelled("model_type"));
     }
     let answers = embed_inputs(&state, &mut timed, inputs, &r.options, |ids| Job::EmbedTokens { ids }).await?;
-    let tokens: Vec<Vec<Vec<f32>>> = answers.into_iter().map(|a| a.into_tokens().map_err(|e| ApiError::backend(&state, e))).collect::<Result<_, _>>()?;
+    let tokens: Vec<Vec<Vec<f32>>> =
+        answers.into_iter().map(|a| a.into_tokens().map_err(|e| ApiError::backend(&state, e))).collect::<Result<_, _>>()?;
     Ok(timed.succeeded(&state, Json(tokens)))
 }
 
@@ -511,7 +548,10 @@ impl IntoResponse for OpenAiError {
     }
 }
 
-async fn openai_embeddings(State(state): Shared, body: Result<TeiJson<OpenAiEmbeddingsRequest>, ApiError>) -> Result<Response, OpenAiError> {
+async fn openai_embeddings(
+    State(state): Shared,
+    body: Result<TeiJson<OpenAiEmbeddingsRequest>, ApiError>,
+) -> Result<Response, OpenAiError> {
     let TeiJson(r) = body.map_err(OpenAiError)?;
     let inputs = r.input.into_inputs();
     let mut timed = Timed::start(inputs.len());
@@ -534,7 +574,8 @@ async fn openai_embeddings(State(state): Shared, body: Result<TeiJson<OpenAiEmbe
         })
         .collect();
     let model = loaded(&state).map_err(OpenAiError)?.info.served_model_name.clone();
-    let body = Json(OpenAiEmbeddingsResponse { object: "list", data, model, usage: OpenAiUsage { prompt_tokens: tokens, total_tokens: tokens } });
+    let body =
+        Json(OpenAiEmbeddingsResponse { object: "list", data, model, usage: OpenAiUsage { prompt_tokens: tokens, total_tokens: tokens } });
     Ok(timed.succeeded(&state, body))
 }
 
@@ -579,7 +620,14 @@ mod tests {
     }
 
     fn request() -> RerankRequest {
-        RerankRequest { query: "q".into(), texts: vec!["t".into()], truncate: None, truncation_direction: TruncationDirection::Right, raw_scores: false, return_text: false }
+        RerankRequest {
+            query: "q".into(),
+            texts: vec!["t".into()],
+            truncate: None,
+            truncation_direction: TruncationDirection::Right,
+            raw_scores: false,
+            return_text: false,
+        }
     }
 
     #[test]
@@ -613,7 +661,14 @@ mod tests {
                 model_sha: None,
                 model_dtype: "float32".into(),
                 served_model_name: "m".into(),
-                model_type: ModelType::Reranker(RerankerModel { id2label: Default::default(), label2id: Default::default(), head: "mlp".into(), embed_side: "passages".into(), token_encoder: false, embed_returns: String::new() }),
+                model_type: ModelType::Reranker(RerankerModel {
+                    id2label: Default::default(),
+                    label2id: Default::default(),
+                    head: "mlp".into(),
+                    embed_side: "passages".into(),
+                    token_encoder: false,
+                    embed_returns: String::new(),
+                }),
                 max_concurrent_requests: 4,
                 max_input_length: 8,
                 max_batch_tokens: 64,
@@ -672,7 +727,12 @@ mod tests {
 
     #[test]
     fn open_routes_are_teis() {
-        assert!(open_route(&Method::GET, "/health") && open_route(&Method::GET, "/ping") && open_route(&Method::GET, "/metrics") && open_route(&Method::GET, "/"));
+        assert!(
+            open_route(&Method::GET, "/health")
+                && open_route(&Method::GET, "/ping")
+                && open_route(&Method::GET, "/metrics")
+                && open_route(&Method::GET, "/")
+        );
         assert!(!open_route(&Method::POST, "/") && !open_route(&Method::POST, "/rerank") && !open_route(&Method::GET, "/info"));
     }
 }

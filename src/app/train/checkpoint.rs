@@ -14,8 +14,8 @@ use tch::nn;
 
 use super::optim::AdamW;
 use super::TrainConfig;
-use crate::app::settings::{differing_fields, flatten};
 use crate::app::error::{AppError, Result};
+use crate::app::settings::{differing_fields, flatten};
 use crate::error::{io_error as io, GradCacheError};
 use crate::models::weights::{load_safetensors, save_safetensors, write_bytes_atomically};
 
@@ -163,10 +163,8 @@ pub fn verify(path: &Path) -> Result<CheckpointState> {
 /// training configuration.
 pub fn differences(state: &CheckpointState, config: &TrainConfig, run: &RunFingerprint) -> Vec<String> {
     let flat = |c: &TrainConfig| flatten(&serde_json::to_value(c).unwrap_or_default());
-    let mut out: Vec<String> = differing_fields(&flat(&state.config), &flat(config), &MAY_CHANGE_ON_RESUME)
-        .into_iter()
-        .map(|d| format!("train.{d}"))
-        .collect();
+    let mut out: Vec<String> =
+        differing_fields(&flat(&state.config), &flat(config), &MAY_CHANGE_ON_RESUME).into_iter().map(|d| format!("train.{d}")).collect();
     out.extend(differing_fields(&state.run, run, &[]));
     out
 }
@@ -181,7 +179,13 @@ pub fn differences(state: &CheckpointState, config: &TrainConfig, run: &RunFinge
 /// variables; [`GradCacheError::MissingWeights`] /
 /// [`GradCacheError::WeightShape`] for weights that do not fit. On error,
 /// no variable has changed.
-pub fn restore(path: &Path, vs: &nn::VarStore, optimizer: &mut AdamW, config: &TrainConfig, run: &RunFingerprint) -> Result<CheckpointState> {
+pub fn restore(
+    path: &Path,
+    vs: &nn::VarStore,
+    optimizer: &mut AdamW,
+    config: &TrainConfig,
+    run: &RunFingerprint,
+) -> Result<CheckpointState> {
     let state = verify(path)?;
     let fields = differences(&state, config, run);
     if !fields.is_empty() {

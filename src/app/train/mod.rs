@@ -20,11 +20,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use crate::check::zero_grads;
 use crate::app::error::{AppError, Result};
-use crate::error::GradCacheError;
+use crate::check::zero_grads;
 use crate::core::output::PassFlops;
 use crate::core::output::StepOutput;
+use crate::error::GradCacheError;
 use crate::models::weights::write_bytes_atomically;
 use optim::{clip_grad_norm, AdamW, LinearSchedule};
 use progress::Progress;
@@ -313,7 +313,14 @@ impl<'v> Trainer<'v> {
         Self::open(config, vs, out, resume, run, false)
     }
 
-    fn open(config: TrainConfig, vs: &'v nn::VarStore, out: &Path, resume: bool, run: checkpoint::RunFingerprint, writes: bool) -> Result<Self> {
+    fn open(
+        config: TrainConfig,
+        vs: &'v nn::VarStore,
+        out: &Path,
+        resume: bool,
+        run: checkpoint::RunFingerprint,
+        writes: bool,
+    ) -> Result<Self> {
         config.validate()?;
         if writes {
             std::fs::create_dir_all(out).map_err(crate::error::io_error(out))?;
@@ -349,7 +356,8 @@ impl<'v> Trainer<'v> {
         // resume, the run starts over and so does its log.
         let log = MetricsLog::open(out.join("metrics.jsonl"), &out.join("tensorboard"), resumed_from.as_ref().map(|_| first_step), writes)?;
         if writes {
-            let json = serde_json::to_vec_pretty(&config).map_err(|source| GradCacheError::Json { path: out.join("train_config.json"), source })?;
+            let json = serde_json::to_vec_pretty(&config)
+                .map_err(|source| GradCacheError::Json { path: out.join("train_config.json"), source })?;
             write_bytes_atomically(&out.join("train_config.json"), &json)?;
         }
         Ok(Trainer { config, vs, out: out.to_path_buf(), optimizer, first_step, log, run, resumed_from, skipped, writes })
@@ -462,8 +470,10 @@ impl<'v> Trainer<'v> {
                 after = self.evaluate(done, &mut evaluate, &progress)?;
             }
             if self.writes && (done == c.steps || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0)) {
-                let state = checkpoint::CheckpointState { step: done, config: c.clone(), run: self.run.clone(), checksums: BTreeMap::new() };
-                checkpoint_path = Some(checkpoint::save(&self.out.join("checkpoints"), self.vs, &self.optimizer, &state, c.keep_checkpoints)?);
+                let state =
+                    checkpoint::CheckpointState { step: done, config: c.clone(), run: self.run.clone(), checksums: BTreeMap::new() };
+                checkpoint_path =
+                    Some(checkpoint::save(&self.out.join("checkpoints"), self.vs, &self.optimizer, &state, c.keep_checkpoints)?);
             }
         }
         if self.first_step >= c.steps {
@@ -475,7 +485,15 @@ impl<'v> Trainer<'v> {
             Some(p) => p,
             None => checkpoint::list(&self.out.join("checkpoints"))?.pop().map(|(_, p)| p).unwrap_or_default(),
         };
-        Ok(TrainSummary { first_step: self.first_step, steps: c.steps, losses, before, after, checkpoint, median_rates: PassFlops::median(&rates) })
+        Ok(TrainSummary {
+            first_step: self.first_step,
+            steps: c.steps,
+            losses,
+            before,
+            after,
+            checkpoint,
+            median_rates: PassFlops::median(&rates),
+        })
     }
 
     fn evaluate<E>(
@@ -496,4 +514,3 @@ impl<'v> Trainer<'v> {
         Ok(metrics)
     }
 }
-

@@ -176,6 +176,9 @@ mod tests {
         let e = serde_json::json!({"step": 3, "loss": 1.5, "pass_seconds": {"head": 0.25}, "plan": {"chunks": 4}, "eval": {"reranked.mrr10": 0.5}});
         let mut got = entry_scalars(&e);
         got.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(got, vec![("eval/reranked.mrr10".to_string(), 0.5), ("pass_seconds/head".to_string(), 0.25), ("train/loss".to_string(), 1.5)]);
+        assert_eq!(
+            got,
+            vec![("eval/reranked.mrr10".to_string(), 0.5), ("pass_seconds/head".to_string(), 0.25), ("train/loss".to_string(), 1.5)]
+        );
     }
 }

@@ -38,7 +38,8 @@ impl MpiCollective {
     /// [`GradCacheError::Distributed`] when MPI was initialised already in
     /// this process.
     pub fn init() -> Result<MpiCollective> {
-        let universe = mpi::initialize().ok_or(GradCacheError::Distributed { reason: "MPI is already initialised in this process".into() })?;
+        let universe =
+            mpi::initialize().ok_or(GradCacheError::Distributed { reason: "MPI is already initialised in this process".into() })?;
         let world = universe.world();
         Ok(MpiCollective { world, meter: TrafficMeter::default(), _universe: universe })
     }
@@ -62,7 +63,9 @@ impl MpiCollective {
         self.world.all_gather_into(&rows, &mut counts[..]);
         self.world.all_gather_into(&row, &mut widths[..]);
         if widths.iter().any(|&w| w != row) {
-            return Err(GradCacheError::Distributed { reason: format!("all-gather of rows of different sizes across processes: {widths:?}") });
+            return Err(GradCacheError::Distributed {
+                reason: format!("all-gather of rows of different sizes across processes: {widths:?}"),
+            });
         }
         let send: Vec<T> = host_vec(local)?;
         let elements: Vec<Count> = counts.iter().map(|&c| (c * row) as Count).collect();

@@ -41,7 +41,11 @@ struct LayerNorm {
 
 impl LayerNorm {
     fn new(p: nn::Path, dim: i64, eps: f64) -> Result<Self> {
-        Ok(LayerNorm { weight: p.f_var("weight", &[dim], nn::Init::Const(1.0))?, bias: p.f_var("bias", &[dim], nn::Init::Const(0.0))?, eps })
+        Ok(LayerNorm {
+            weight: p.f_var("weight", &[dim], nn::Init::Const(1.0))?,
+            bias: p.f_var("bias", &[dim], nn::Init::Const(0.0))?,
+            eps,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -11,8 +11,8 @@ pub use tiny::{TinyEncoder, TinyEncoderConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::error::{GradCacheError, Result};
 use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
 
 /// How token states become a representation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

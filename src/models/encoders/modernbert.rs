@@ -95,11 +95,19 @@ impl ModernBert {
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
-            _ => return Err(GradCacheError::InvalidConfig { field: "hidden_activation", reason: "must be gelu, gelu_new, gelu_pytorch_tanh, relu or silu" }),
+            _ => {
+                return Err(GradCacheError::InvalidConfig {
+                    field: "hidden_activation",
+                    reason: "must be gelu, gelu_new, gelu_pytorch_tanh, relu or silu",
+                })
+            }
         };
         let d = c.hidden_size;
         if c.num_attention_heads <= 0 || d % c.num_attention_heads != 0 || (d / c.num_attention_heads) % 2 != 0 {
-            return Err(GradCacheError::InvalidConfig { field: "num_attention_heads", reason: "must divide hidden_size into heads of even width" });
+            return Err(GradCacheError::InvalidConfig {
+                field: "num_attention_heads",
+                reason: "must divide hidden_size into heads of even width",
+            });
         }
         if c.global_attn_every_n_layers <= 0 {
             return Err(GradCacheError::InvalidConfig { field: "global_attn_every_n_layers", reason: "must be at least 1" });

@@ -149,7 +149,9 @@ impl TextEncoderConfig {
                 let body_name = body_name(*positions);
                 let p = &path / body_name;
                 let body = match positions {
-                    PositionIds::FromZero => Body::RustBert(Box::new(BertModel::<BertEmbeddings>::new_with_optional_pooler(p, config, false))),
+                    PositionIds::FromZero => {
+                        Body::RustBert(Box::new(BertModel::<BertEmbeddings>::new_with_optional_pooler(p, config, false)))
+                    }
                     PositionIds::AfterPadding { .. } => {
                         Body::RustRoberta(Box::new(BertModel::<RobertaEmbeddings>::new_with_optional_pooler(p, config, false)))
                     }
@@ -161,10 +163,14 @@ impl TextEncoderConfig {
                 (body, "modernbert")
             }
             (Architecture::ModernBert(_), BertImplementation::RustBert) => {
-                return Err(GradCacheError::InvalidConfig { field: "implementation", reason: "rust_bert runs BERT-layout models only; ModernBERT runs fused" })
+                return Err(GradCacheError::InvalidConfig {
+                    field: "implementation",
+                    reason: "rust_bert runs BERT-layout models only; ModernBERT runs fused",
+                })
             }
         };
-        let projection = self.projection.map(|d| nn::linear(&path / "projection", architecture.hidden_size() as i64, d as i64, Default::default()));
+        let projection =
+            self.projection.map(|d| nn::linear(&path / "projection", architecture.hidden_size() as i64, d as i64, Default::default()));
         let prefix = if name.is_empty() { body_name.to_string() } else { format!("{name}.{body_name}") };
         let top_layer = match body {
             Body::ModernBert(_) => None,
@@ -197,7 +203,12 @@ fn load_dense(vs: &nn::VarStore, prefix: &str, file: &std::path::Path, bias: boo
             None => return Err(GradCacheError::MissingWeights { path: file.to_path_buf(), missing: vec![key.to_string()] }),
         };
         if source.size() != var.size() {
-            return Err(GradCacheError::WeightShape { path: file.to_path_buf(), name: key.to_string(), expected: var.size(), got: source.size() });
+            return Err(GradCacheError::WeightShape {
+                path: file.to_path_buf(),
+                name: key.to_string(),
+                expected: var.size(),
+                got: source.size(),
+            });
         }
         tch::no_grad(|| var.shallow_clone().f_copy_(&source.f_to_kind(var.kind())?.f_to_device(var.device())?))?;
     }
@@ -313,7 +324,14 @@ impl Encoder for TextEncoder {
 /// # Errors
 /// [`GradCacheError::Io`], [`GradCacheError::Json`], and the errors of
 /// building the encoder (e.g. heads not dividing the width).
-pub fn write_random_bert(base: &ModelDir, out: &std::path::Path, hidden: usize, heads: usize, layers: usize, seed: i64) -> Result<ModelDir> {
+pub fn write_random_bert(
+    base: &ModelDir,
+    out: &std::path::Path,
+    hidden: usize,
+    heads: usize,
+    layers: usize,
+    seed: i64,
+) -> Result<ModelDir> {
     let bert = base.write_resized(out, hidden, heads, layers)?;
     tch::manual_seed(seed);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);

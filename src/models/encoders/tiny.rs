@@ -6,8 +6,8 @@ use tch::{nn, Kind, Tensor};
 use super::{pool, Pooling};
 use crate::core::batch::TokenBatch;
 use crate::core::encoder::Encoder;
-use crate::error::{GradCacheError, Result};
 use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
 use crate::util::{embed, linear};
 
 /// Configuration of [`TinyEncoder`].

@@ -20,15 +20,7 @@ fn split_heads(x: &Tensor, heads: i64) -> Result<Tensor> {
 /// `q`: `[..., Lq, d]`; `k`, `v`: `[..., Lk, d]`; `key_mask`: `[..., Lk]`
 /// (1 = attend, 0 = padding); leading axes broadcast. Returns `[..., Lq, d]`
 /// over the broadcast leading axes.
-pub(crate) fn multi_head(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    key_mask: &Tensor,
-    heads: i64,
-    dropout: f64,
-    train: bool,
-) -> Result<Tensor> {
+pub(crate) fn multi_head(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: &Tensor, heads: i64, dropout: f64, train: bool) -> Result<Tensor> {
     let (qh, kh, vh) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);
     let scale = 1.0 / ((*q.size().last().unwrap_or(&1) / heads) as f64).sqrt();
     // Padding keys get -10000 added before the softmax, as BERT does.
@@ -56,4 +48,3 @@ pub(crate) fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 pub(crate) fn heads_divide(dim: usize, heads: usize) -> bool {
     heads > 0 && dim.is_multiple_of(heads)
 }
-

@@ -3,9 +3,9 @@
 use tch::Tensor;
 
 use super::expect_vectors;
-use crate::error::Result;
 use crate::core::head::{RepresentationGradients, ScoringHead};
 use crate::core::representation::Representation;
+use crate::error::Result;
 
 /// `s_ij = ⟨u_i, v_j⟩`. Cost per pair: `d` multiply-adds; activation memory
 /// per block: the `[a, b]` scores. Gives closed-form gradients, so the step

@@ -6,9 +6,9 @@ use tch::{nn, Tensor};
 
 use super::attention::{heads_divide, multi_head};
 use super::expect_tokens;
-use crate::error::{GradCacheError, Result};
 use crate::core::head::ScoringHead;
 use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
 use crate::util::{layer_norm, linear};
 
 /// Configuration of [`InteractionHead`].
@@ -143,7 +143,8 @@ impl ScoringHead for InteractionHead {
         let x = layer_norm(&u.f_unsqueeze(1)?.f_add(&linear(&cross, &self.cross.output)?.f_dropout(p, train)?)?, &self.cross_norm)?;
         let sa = &self.self_attention;
         let first = x.f_narrow(2, 0, 1)?; // [a, b, 1, d]
-        let own = multi_head(&linear(&first, &sa.query)?, &linear(&x, &sa.key)?, &linear(&x, &sa.value)?, &mq.f_unsqueeze(1)?, h, p, train)?;
+        let own =
+            multi_head(&linear(&first, &sa.query)?, &linear(&x, &sa.key)?, &linear(&x, &sa.value)?, &mq.f_unsqueeze(1)?, h, p, train)?;
         let x0 = layer_norm(&first.f_add(&linear(&own, &sa.output)?.f_dropout(p, train)?)?, &self.self_norm)?;
         let ffn = linear(&linear(&x0, &self.up)?.f_gelu("none")?, &self.down)?.f_dropout(p, train)?;
         let x0 = layer_norm(&x0.f_add(&ffn)?, &self.ffn_norm)?;

@@ -3,9 +3,9 @@
 use tch::Tensor;
 
 use super::expect_tokens;
-use crate::error::Result;
 use crate::core::head::ScoringHead;
 use crate::core::representation::Representation;
+use crate::error::Result;
 
 /// MaxSim: `s_ij = Σ_t mq_it · max_{k: mp_jk = 1} ⟨u_it, v_jk⟩`, summing over
 /// the query's real tokens the best match among the passage's real tokens.

@@ -4,9 +4,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use super::expect_vectors;
-use crate::error::{GradCacheError, Result};
 use crate::core::head::ScoringHead;
 use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
 
 /// Configuration of [`MlpHead`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -44,8 +44,8 @@ pub use weighted_maxsim::{WeightedMaxSimConfig, WeightedMaxSimHead};
 
 use tch::Tensor;
 
-use crate::error::{GradCacheError, Result};
 use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
 
 /// The `[n, d]` tensor of a vector representation, or a typed error naming
 /// the head.
@@ -119,7 +119,12 @@ impl HeadConfig {
                 HeadConfig::Interaction(InteractionConfig { dim, heads, ffn: 2 * dim, dropout, ..InteractionConfig::default() })
             }
             "mol" => HeadConfig::Mol(MolHeadConfig { dim, dropout, ..MolHeadConfig::default() }),
-            _ => return Err(GradCacheError::InvalidConfig { field: "kind", reason: "must be one of dot, cosine, bilinear, mlp, max_sim, weighted_max_sim, poly, interaction, mol" }),
+            _ => {
+                return Err(GradCacheError::InvalidConfig {
+                    field: "kind",
+                    reason: "must be one of dot, cosine, bilinear, mlp, max_sim, weighted_max_sim, poly, interaction, mol",
+                })
+            }
         })
     }
 
@@ -281,8 +286,12 @@ pub(crate) fn residual_default() -> Option<ResidualConfig> {
 /// # Errors
 /// [`GradCacheError::InvalidConfig`] for an unknown head name; libtorch
 /// errors.
-pub fn bert_with_head(vs: &tch::nn::VarStore, bert: &rust_bert::bert::BertConfig, head: &str) -> Result<(crate::models::encoders::TextEncoder, Box<dyn crate::core::head::ScoringHead>)> {
-    use crate::models::encoders::{TextEncoderConfig, Pooling};
+pub fn bert_with_head(
+    vs: &tch::nn::VarStore,
+    bert: &rust_bert::bert::BertConfig,
+    head: &str,
+) -> Result<(crate::models::encoders::TextEncoder, Box<dyn crate::core::head::ScoringHead>)> {
+    use crate::models::encoders::{Pooling, TextEncoderConfig};
     let head_config = match head {
         "interaction" => HeadConfig::named("interaction", 32, 0.1)?,
         name => HeadConfig::named(name, bert.hidden_size as usize, 0.1)?,
@@ -293,7 +302,8 @@ pub fn bert_with_head(vs: &tch::nn::VarStore, bert: &rust_bert::bert::BertConfig
         (_, false) => (Pooling::Mean, None),
     };
     let architecture = crate::models::pretrained::Architecture::bert(bert.clone(), 1e-12);
-    let encoder = TextEncoderConfig { pooling: Some(pooling), projection, ..Default::default() }.init_fresh(vs, "encoder", &architecture)?;
+    let encoder =
+        TextEncoderConfig { pooling: Some(pooling), projection, ..Default::default() }.init_fresh(vs, "encoder", &architecture)?;
     let head = head_config.init(&(vs.root() / "head"))?;
     Ok((encoder, head))
 }

@@ -74,7 +74,12 @@ impl MolHeadConfig {
     /// # Errors
     /// [`GradCacheError::InvalidConfig`] naming the first bad field.
     pub fn validate(&self) -> Result<()> {
-        for (field, v) in [("dim", self.dim), ("query_components", self.query_components), ("passage_components", self.passage_components), ("component_dim", self.component_dim)] {
+        for (field, v) in [
+            ("dim", self.dim),
+            ("query_components", self.query_components),
+            ("passage_components", self.passage_components),
+            ("component_dim", self.component_dim),
+        ] {
             if v == 0 {
                 return Err(GradCacheError::InvalidConfig { field, reason: "must be at least 1" });
             }
@@ -101,7 +106,9 @@ impl MolHeadConfig {
         let (d, c, k) = (self.dim as i64, self.component_dim as i64, self.mixtures() as i64);
         let gate = path / "gate";
         let sides = match self.gate {
-            MolGate::GluSilu => Some((nn::linear(&gate / "query", d, k, Default::default()), nn::linear(&gate / "passage", d, k, Default::default()))),
+            MolGate::GluSilu => {
+                Some((nn::linear(&gate / "query", d, k, Default::default()), nn::linear(&gate / "passage", d, k, Default::default())))
+            }
             MolGate::Logits => None,
         };
         Ok(MolHead {
@@ -202,7 +209,12 @@ impl ScoringHead for MolHead {
         let (b, px) = (g.size()[0], g.size()[1]);
         let k = pq * px;
         // [a·P_q, c] × [c, b·P_x] → [a, P_q, b, P_x] → [a, b, K] (i-major).
-        let logits = f.f_reshape([a * pq, c])?.f_matmul(&g.f_reshape([b * px, c])?.f_tr()?)?.f_view([a, pq, b, px])?.f_permute([0, 2, 1, 3])?.f_reshape([a, b, k])?;
+        let logits = f
+            .f_reshape([a * pq, c])?
+            .f_matmul(&g.f_reshape([b * px, c])?.f_tr()?)?
+            .f_view([a, pq, b, px])?
+            .f_permute([0, 2, 1, 3])?
+            .f_reshape([a, b, k])?;
         let mut z = linear(&logits, &self.gate_logits)?;
         if let Some((gq, gp)) = &self.gate_sides {
             let (u, v) = (self.checked(queries)?, self.checked(passages)?);

@@ -5,9 +5,9 @@ use tch::{nn, Tensor};
 
 use super::attention::masked_mean;
 use super::expect_tokens;
-use crate::error::{GradCacheError, Result};
 use crate::core::head::ScoringHead;
 use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
 
 /// Configuration of [`PolyEncoderHead`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

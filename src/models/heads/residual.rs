@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use super::{cosine::unit, expect_tokens, expect_vectors, MaxSimHead};
-use crate::error::{GradCacheError, Result};
 use crate::core::head::ScoringHead;
 use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
 
 /// The similarity a residual head refines: the encoders' own, with no
 /// parameters of its own but the scale.

@@ -4,9 +4,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use super::{expect_tokens, maxsim::token_maxima};
-use crate::error::{GradCacheError, Result};
 use crate::core::head::ScoringHead;
 use crate::core::representation::Representation;
+use crate::error::{GradCacheError, Result};
 
 /// Configuration of [`WeightedMaxSimHead`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
