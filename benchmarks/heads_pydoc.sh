@@ -43,6 +43,10 @@ for name in "$@"; do
         done
     done
 done
+# The pretrained encoder's cosine, the baseline every head starts from.
+pre=runs/heads-pydoc/pretrained-eval
+[ -f "$pre/metrics.json" ] || "$bin" eval --model .models/all-MiniLM-L6-v2 --max-len 128 --data examples/data/pydoc/dev --split dev \
+    --output "$pre" --quiet > "$pre.log" 2>&1
 mkdir -p docs/results
 python3 benchmarks/heads_pydoc_report.py runs/heads-pydoc > docs/results/heads_pydoc.md
 cat docs/results/heads_pydoc.md

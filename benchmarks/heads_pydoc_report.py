@@ -16,7 +16,11 @@ print("30 steps of 32 queries (one mined negative each, max_len 128) from all-Mi
       "Mean ± sample sd over seeds.\n")
 print("| configuration | seeds | first stage (fine-tuned cosine) MRR@10 | reranked top 100 MRR@10 | reranked nDCG@10 | head as first stage MRR@10 | head as first stage nDCG@10 | head as first stage Recall@100 |")
 print("|---|---|---|---|---|---|---|---|")
-for d in sorted(p for p in root.iterdir() if p.is_dir()):
+pre = root / "pretrained-eval" / "metrics.json"
+if pre.exists():
+    m = json.loads(pre.read_text())
+    print(f"| pretrained all-MiniLM-L6-v2, cosine | – | {m['first_stage']['mrr10']:.3f} | – | {m['first_stage']['ndcg10']:.3f} (first stage) | – | – | – |")
+for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "pretrained-eval"):
     seeds = [s for s in sorted(d.glob("seed-*")) if (s / "eval-cosine" / "metrics.json").exists()]
     if not seeds: continue
     ev = lambda stage: [json.loads((s / f"eval-{stage}" / "metrics.json").read_text()) for s in seeds if (s / f"eval-{stage}" / "metrics.json").exists()]
