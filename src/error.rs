@@ -192,6 +192,16 @@ pub enum GradCacheError {
         passages: std::ops::Range<usize>,
     },
 
+    /// The head pass backpropagated the scores and no gradient reached one
+    /// side's representations: the head's scores do not depend on them
+    /// (e.g. it reads only the other side), so training its encoder would
+    /// silently do nothing.
+    #[error("the head's scores do not depend on the {side}' representations: no gradient reached them (a disconnected graph)")]
+    NoGradient {
+        /// The side no gradient reached.
+        side: Side,
+    },
+
     /// An encoder returned a representation that does not match its chunk.
     #[error("encoder returned {got} representations for a chunk of {expected} {side}")]
     EncoderLength {

@@ -267,3 +267,48 @@ fn libtorch_errors_inside_heads_and_encoders_are_returned_not_panicked() {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| enc.encode(&batch, false)));
     assert!(matches!(outcome, Ok(Err(GradCacheError::Torch(_)))), "a typed error, not a panic");
 }
+
+/// A head whose scores read one side only: `⟨u, w⟩` for every passage (or
+/// `⟨v, w⟩` for every query), with a learned `w`.
+struct OneSided {
+    w: Tensor,
+    queries_only: bool,
+}
+
+impl ScoringHead for OneSided {
+    fn score(&self, queries: &Representation, passages: &Representation, _train: bool) -> gradcache::Result<Tensor> {
+        let (a, b) = (queries.len() as i64, passages.len() as i64);
+        Ok(match self.queries_only {
+            true => queries.tensor().matmul(&self.w).unsqueeze(1).expand([a, b], false),
+            false => passages.tensor().matmul(&self.w).unsqueeze(0).expand([a, b], false),
+        })
+    }
+}
+
+/// A side no gradient reaches is a typed error naming it (a disconnected
+/// graph), not a step that silently trains that side's encoder with zeros;
+/// retained blocks are checked as recomputed ones are.
+#[test]
+fn a_head_that_ignores_a_side_is_a_named_error() {
+    let _serial = serial();
+    let model = Model::new(HeadKind::Dot, false, Kind::Float, 0.0);
+    let loss = InfoNce::default();
+    let d = data(4, 2, LossKind::InfoNce, 5);
+    for (queries_only, side) in [(true, gradcache::error::Side::Passages), (false, gradcache::error::Side::Queries)] {
+        let head = OneSided { w: Tensor::randn([DIM as i64], (Kind::Float, Device::Cpu)).set_requires_grad(true), queries_only };
+        for retained in [false, true] {
+            let memory = match retained {
+                true => gradcache::core::config::MemoryConfig::Retain {
+                    retain: gradcache::core::config::RetainCounts { query_chunks: 0, passage_chunks: 0, head_blocks: 100 },
+                },
+                false => gradcache::core::config::MemoryConfig::default(),
+            };
+            let config = StepConfig { memory, ..StepConfig::default() };
+            let mut gc = GradCache::new(config, &model.query, model.passage.as_ref().unwrap(), &head, &loss).unwrap();
+            match gc.step(&d.queries, &d.passages, &d.targets) {
+                Err(GradCacheError::NoGradient { side: s }) => assert_eq!(s, side),
+                other => panic!("queries_only {queries_only}, retained {retained}: {:?}", other.map(|o| o.loss)),
+            }
+        }
+    }
+}

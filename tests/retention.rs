@@ -291,8 +291,13 @@ fn whole_batch(model: &Model, data: &Data, loss: &dyn gradcache::ContrastiveLoss
     let l = tch::with_grad(|| {
         let u = model.query.encode(&data.queries, true).unwrap();
         let v = passage_encoder.encode(&data.passages, true).unwrap();
-        let s = model.head.score(&u, &v, true).unwrap();
-        let l = loss.loss(&s, &data.targets).unwrap();
+        // The loss a step trains: L(S), plus a gated head's λ·B over every
+        // pair's gates (Mixture of Logits).
+        let (s, gates) = model.head.score_gated(&u, &v, true).unwrap();
+        let mut l = loss.loss(&s, &data.targets).unwrap();
+        if let Some(g) = gates.filter(|_| model.head.balance_weight() > 0.0) {
+            l = l + gradcache::core::balance::GateTotals::of(&g).unwrap().term(model.head.balance_weight()).unwrap();
+        }
         l.backward();
         l.double_value(&[])
     });

@@ -150,17 +150,14 @@ pub(crate) fn backward_pairs(pairs: Vec<(Tensor, Tensor)>) -> Result<()> {
     Ok(())
 }
 
-/// The gradient of a leaf, in `kind`; zeros if nothing reached it.
+/// The gradient of a leaf, in `kind`; `None` if nothing reached it (the
+/// graph did not connect it to what was backpropagated).
 ///
 /// # Errors
 /// libtorch errors.
-pub(crate) fn leaf_grad(leaf: &Tensor, kind: Kind) -> Result<Tensor> {
+pub(crate) fn leaf_grad(leaf: &Tensor, kind: Kind) -> Result<Option<Tensor>> {
     let g = leaf.f_grad()?;
-    if g.defined() {
-        Ok(g.f_to_kind(kind)?)
-    } else {
-        Ok(leaf.f_zeros_like()?.f_to_kind(kind)?)
-    }
+    Ok(if g.defined() { Some(g.f_to_kind(kind)?) } else { None })
 }
 
 /// The loss as f64, after checking it is a finite scalar.

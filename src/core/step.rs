@@ -407,8 +407,18 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let acc = accumulation_kind(reps.queries.kind());
         let d_queries = reps.queries.tensor().f_zeros_like()?.f_to_kind(acc)?;
         let d_passages = reps.passages.tensor().f_zeros_like()?.f_to_kind(acc)?;
-        let add_into = |total: &Tensor, piece: crate::core::layout::Piece, leaf: &Tensor| -> Result<()> {
-            let _ = piece.rows(total)?.f_add_(&leaf_grad(leaf, acc)?)?;
+        // Per side, whether any leaf was backpropagated, and whether any got
+        // a gradient: a side that never does is a head whose scores ignore
+        // it, a disconnected graph (an error, not silent zeros).
+        let reached = std::cell::Cell::new([(false, false); 2]);
+        let add_into = |total: &Tensor, piece: crate::core::layout::Piece, leaf: &Tensor, side: Side| -> Result<()> {
+            let g = leaf_grad(leaf, acc)?;
+            let mut r = reached.get();
+            r[side as usize] = (true, r[side as usize].1 || g.is_some());
+            reached.set(r);
+            if let Some(g) = g {
+                let _ = piece.rows(total)?.f_add_(&g)?;
+            }
             Ok(())
         };
         let retained: Vec<_> = plan.blocks().filter_map(|b| scores.kept.get_mut(b.index).and_then(Option::take).map(|k| (b, k))).collect();
@@ -420,8 +430,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             backward_pairs(terms)
         })?;
         for (b, k) in retained {
-            add_into(&d_passages, b.passages, k.passages.tensor())?;
-            add_into(&d_queries, b.queries, k.queries.tensor())?;
+            add_into(&d_passages, b.passages, k.passages.tensor(), Side::Passages)?;
+            add_into(&d_queries, b.queries, k.queries.tensor(), Side::Queries)?;
         }
         // One leaf per row of blocks, so that a row's query gradient
         // accumulates in it once.
@@ -441,11 +451,16 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let s = tch::with_grad(|| score_block(self.head, &u, &v, self.config.forward()))?;
             log.record(&s.scores, &block.of(&scores.matrix)?)?;
             tch::with_grad(|| backward_pairs(block_terms(s.scores, s.gates.as_ref(), block.of(weights)?)?))?;
-            add_into(&d_passages, block.passages, v.tensor())?;
+            add_into(&d_passages, block.passages, v.tensor(), Side::Passages)?;
         }
         for (row, leaf) in plan.grid().rows.iter().zip(&row_leaf) {
             if let Some(u) = leaf {
-                add_into(&d_queries, *row, u.tensor())?;
+                add_into(&d_queries, *row, u.tensor(), Side::Queries)?;
+            }
+        }
+        for side in [Side::Queries, Side::Passages] {
+            if reached.get()[side as usize] == (true, false) {
+                return Err(GradCacheError::NoGradient { side });
             }
         }
         log.finish(self.config.replay_tolerance)?;
