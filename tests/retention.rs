@@ -296,7 +296,7 @@ fn whole_batch(model: &Model, data: &Data, loss: &dyn gradcache::ContrastiveLoss
         let (s, gates) = model.head.score_gated(&u, &v, true).unwrap();
         let mut l = loss.loss(&s, &data.targets).unwrap();
         if let Some(g) = gates.filter(|_| model.head.balance_weight() > 0.0) {
-            l = l + gradcache::core::balance::GateTotals::of(&g).unwrap().term(model.head.balance_weight()).unwrap();
+            l += gradcache::core::balance::GateTotals::of(&g).unwrap().term(model.head.balance_weight()).unwrap();
         }
         l.backward();
         l.double_value(&[])
