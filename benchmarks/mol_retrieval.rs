@@ -60,7 +60,8 @@ struct Args {
 
 /// Searches `corpus` block by block `how`; the component searches'
 /// candidates are rescored exactly by the head and cut to `k`. Also the
-/// seconds of the search alone (before rescoring).
+/// seconds of the search alone (before rescoring) and the mean candidates
+/// per query it handed to the rescoring.
 fn search(
     scorer: &Scorer,
     queries: &Representation,
@@ -68,7 +69,7 @@ fn search(
     k: usize,
     block: usize,
     how: FirstStage,
-) -> Result<(Vec<Ranked>, f64)> {
+) -> Result<(Vec<Ranked>, f64, f64)> {
     let started = Instant::now();
     let mut s = Searcher::new(scorer, queries, k, how)?;
     let n = corpus.len();
@@ -77,8 +78,9 @@ fn search(
     }
     let found = s.finish()?;
     let searched = started.elapsed().as_secs_f64();
+    let candidates = found.iter().map(Vec::len).sum::<usize>() as f64 / found.len().max(1) as f64;
     if how == FirstStage::Head {
-        return Ok((found, searched));
+        return Ok((found, searched, candidates));
     }
     let encoded = Encoded { queries: queries.narrow(0, queries.len())?, corpus: corpus.narrow(0, n)? };
     let rescored = rerank_encoded(scorer, &encoded, &found, &mut |_, _, _| ())?;
@@ -86,7 +88,7 @@ fn search(
         r.truncate(k);
         r
     });
-    Ok((cut.collect(), searched))
+    Ok((cut.collect(), searched, candidates))
 }
 
 /// Mean over queries of the share of the exact top k that `found` holds.
@@ -100,16 +102,6 @@ fn recall(found: &[Ranked], exact: &[Ranked]) -> f64 {
         })
         .collect();
     per.iter().sum::<f64>() / per.len().max(1) as f64
-}
-
-/// Mean over queries of the candidates each component search rescored.
-fn candidates(scorer: &Scorer, queries: &Representation, corpus: &Representation, k: usize, block: usize, how: FirstStage) -> Result<f64> {
-    let mut s = Searcher::new(scorer, queries, k, how)?;
-    for start in (0..corpus.len()).step_by(block) {
-        s.push(&corpus.narrow(start, block.min(corpus.len() - start))?)?;
-    }
-    let found = s.finish()?;
-    Ok(found.iter().map(Vec::len).sum::<usize>() as f64 / found.len().max(1) as f64)
 }
 
 fn main() -> Result<()> {
@@ -127,7 +119,7 @@ fn main() -> Result<()> {
         let how: FirstStage = args.method.parse()?;
         let before = peak_resident_mb()?;
         let started = Instant::now();
-        let (found, searched) = search(&scorer, &queries, &corpus, args.k, args.block, how)?;
+        let (found, searched, _) = search(&scorer, &queries, &corpus, args.k, args.block, how)?;
         let seconds = started.elapsed().as_secs_f64();
         println!(
             "{}",
@@ -148,10 +140,10 @@ fn main() -> Result<()> {
     let mut exact = None;
     for how in methods {
         let started = Instant::now();
-        let (found, searched) = search(&scorer, &queries, &corpus, k, args.block, how)?;
+        let (found, searched, candidates) = search(&scorer, &queries, &corpus, k, args.block, how)?;
         let seconds = started.elapsed().as_secs_f64();
         let exact = exact.get_or_insert_with(|| found.clone());
-        let rescored = if how == FirstStage::Head { None } else { Some(candidates(&scorer, &queries, &corpus, k, args.block, how)?) };
+        let rescored = (how != FirstStage::Head).then_some(candidates);
         println!(
             "{}",
             serde_json::json!({"set": data.display().to_string(), "split": args.split, "passages": texts.len(), "queries": queries.len(), "k": k,

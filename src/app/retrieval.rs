@@ -611,16 +611,30 @@ pub fn evaluate_retrieval(
     // evaluation about 45 s.
     let keep_bytes = crate::runtime::gpu::available_bytes_on(scorer.device()).map(|b| (b / 4) as usize).unwrap_or(0);
     let blocks = corpus.chunks(first_stage_block(scorer)).map(Ok);
-    let (mut first, kept) = first_stage_keeping(scorer, &queries, blocks, corpus.len(), retrieve_k, how, keep_bytes, progress)?;
-    let reranked = match (how, &kept) {
-        (FirstStage::Head, _) => first.clone(),
-        (_, Some(encoded)) => rerank_encoded(scorer, encoded, &first, progress)?,
-        (_, None) => rerank_candidates(scorer, &queries, &corpus, &first, progress)?,
+    let (found, kept) = first_stage_keeping(scorer, &queries, blocks, corpus.len(), retrieve_k, how, keep_bytes, progress)?;
+    let mut rerank = |candidates: &[Ranked]| match &kept {
+        Some(encoded) => rerank_encoded(scorer, encoded, candidates, progress),
+        None => rerank_candidates(scorer, &queries, &corpus, candidates, progress),
     };
-    if matches!(how, FirstStage::HeadUnion | FirstStage::HeadMean) {
-        first = reranked.iter().map(|r| r[..r.len().min(retrieve_k)].to_vec()).collect();
-    }
-    let reranked = if how.is_head() { first.clone() } else { reranked };
+    // With the head as first stage its ranking is both stages'; a
+    // component search's candidates are rescored and cut to k first.
+    let (first, reranked) = match how {
+        FirstStage::Cosine => {
+            let reranked = rerank(&found)?;
+            (found, reranked)
+        }
+        FirstStage::Head => (found.clone(), found),
+        FirstStage::HeadUnion | FirstStage::HeadMean => {
+            let cut: Vec<Ranked> = rerank(&found)?
+                .into_iter()
+                .map(|mut r| {
+                    r.truncate(retrieve_k);
+                    r
+                })
+                .collect();
+            (cut.clone(), cut)
+        }
+    };
     let order = |r: &[Ranked]| r.iter().map(|row| row.iter().map(|&(d, _)| d).collect::<Vec<_>>()).collect::<Vec<_>>();
     Ok(TwoStageRun {
         retrieve_k,

@@ -72,6 +72,23 @@ impl GateTotals {
         Ok(GateTotals { sum: self.sum.f_add(&other.sum)?, entropy: self.entropy.f_add(&other.entropy)?, pairs: self.pairs + other.pairs })
     }
 
+    /// Adds the totals of one block's `gates` (`None`: a head without
+    /// gates, nothing added) into `total`: the one accumulation the score
+    /// pass, the full-batch reference and a process's share all use.
+    ///
+    /// # Errors
+    /// libtorch errors.
+    pub fn accumulate(total: &mut Option<GateTotals>, gates: Option<&Tensor>) -> Result<()> {
+        if let Some(g) = gates {
+            let t = GateTotals::of(g)?;
+            *total = Some(match total.take() {
+                Some(all) => all.merge(t)?,
+                None => t,
+            });
+        }
+        Ok(())
+    }
+
     /// `[Σ π; Σ H]` as one `[K + 1]` tensor, to be summed across processes.
     ///
     /// # Errors

@@ -384,13 +384,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                 let v = reps.passages.narrow(block.passages.start, block.passages.len)?;
                 let s = score_block(self.head, &u, &v, c.forward())?;
                 mine.push(s.scores.f_flatten(0, -1)?);
-                if let Some(g) = &s.gates {
-                    let t = GateTotals::of(g)?;
-                    gates = Some(match gates.take() {
-                        Some(all) => t.merge(all)?,
-                        None => t,
-                    });
-                }
+                GateTotals::accumulate(&mut gates, s.gates.as_ref())?;
             }
             Ok((mine, gates))
         })?;

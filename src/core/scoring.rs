@@ -125,16 +125,6 @@ pub fn score_grid(
     let mut rows: Vec<Vec<Tensor>> = grid.rows.iter().map(|_| Vec::new()).collect();
     let mut kept = Vec::new();
     let mut totals: Option<GateTotals> = None;
-    let mut add_gates = |g: &Option<Tensor>| -> Result<()> {
-        if let Some(g) = g {
-            let t = GateTotals::of(g)?;
-            totals = Some(match totals.take() {
-                Some(all) => all.merge(t)?,
-                None => t,
-            });
-        }
-        Ok(())
-    };
     for block in grid.blocks() {
         let u = queries.narrow(block.queries.start, block.queries.len)?;
         let v = passages.narrow(block.passages.start, block.passages.len)?;
@@ -142,12 +132,12 @@ pub fn score_grid(
         if block.retained {
             let (u, v) = (u.detached_leaf()?, v.detached_leaf()?);
             let s = tch::with_grad(|| score_block(head, &u, &v, fwd))?;
-            tch::no_grad(|| add_gates(&s.gates))?;
+            tch::no_grad(|| GateTotals::accumulate(&mut totals, s.gates.as_ref()))?;
             rows[block.row].push(s.scores.f_detach()?);
             kept.push(Some(KeptBlock { scores: s.scores, queries: u, passages: v, gates: s.gates }));
         } else {
             let s = score_block(head, &u, &v, fwd)?;
-            add_gates(&s.gates)?;
+            GateTotals::accumulate(&mut totals, s.gates.as_ref())?;
             rows[block.row].push(s.scores);
             kept.push(None);
         }
