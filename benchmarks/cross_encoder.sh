@@ -12,7 +12,14 @@
 # over each query's sense grid in wsd.jsonl, the training summaries in
 # train.jsonl.
 #
-#   benchmarks/cross_encoder.sh          (SEEDS="0 1 2" SPLITS="dev test" by default)
+# STEPS (default 100) trains longer (#34's 4x budget): the cross-encoder
+# on that many steps of the main job's batches, its first stage the cosine
+# bi-encoder of benchmarks/mol_quality.sh's STEPS400 runs (bf16, the same
+# folder and command, so either script reuses the other's run); tags and
+# folders carry "steps400". PRECISION (f32 by default, as the rows on record)
+# is the cross-encoder's: bf16 runs its step under torch's CPU autocast.
+#
+#   benchmarks/cross_encoder.sh          (SEEDS="0 1 2" SPLITS="dev test" STEPS=100 PRECISION=f32 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/gradcache.sh setup-bench
@@ -30,27 +37,41 @@ first_stage() {  # MODEL NAME SPLIT: gradcache eval's run.trec of MODEL's top 10
 for split in ${SPLITS:-dev test}; do
     first_stage .models/all-MiniLM-L6-v2 pretrained "$split"
 done
+steps=${STEPS:-100}; precision=${PRECISION:-f32}
+# The 100-step f32 runs keep their names; others say what differs.
+variant=""; [ "$steps" = 100 ] || variant="steps$steps-"; [ "$precision" = f32 ] || variant="$variant$precision-"
 for seed in ${SEEDS:-0 1 2}; do
-    cosine="$runs/cosine-s$seed"
-    if [ ! -f "$cosine/results.json" ]; then
-        log "fine-tuned cosine bi-encoder, seed $seed"
-        target/release/examples/train_reranker --config benchmarks/heads/cosine.json --seed "$seed" --output-dir "$cosine" --quiet > "$cosine.log" 2>&1
+    if [ "$steps" = 100 ]; then
+        cosine="$runs/cosine-s$seed"; cosine_name="cosine-s$seed"
+        if [ ! -f "$cosine/results.json" ]; then
+            log "fine-tuned cosine bi-encoder, seed $seed"
+            target/release/examples/train_reranker --config benchmarks/heads/cosine.json --seed "$seed" --output-dir "$cosine" --quiet > "$cosine.log" 2>&1
+        fi
+    else
+        cosine="runs/steps$steps/cosine-bf16/seed-$seed"; cosine_name="cosine-steps$steps-s$seed"
+        if [ ! -f "$cosine/results.json" ]; then
+            log "fine-tuned cosine bi-encoder, $steps steps, seed $seed"
+            mkdir -p "$(dirname "$cosine")"
+            target/release/examples/train_reranker --config benchmarks/heads/cosine.json --seed "$seed" --precision bf16 --test-queries 300 \
+                --output-dir "$cosine" --overwrite --quiet --steps "$steps" > "$cosine.log" 2>&1
+        fi
     fi
-    ce="$runs/ce-s$seed"
+    ce="$runs/ce-${variant}s$seed"
     if [ ! -f "$ce/summary.json" ]; then
-        target/release/examples/write_batches --batches "$runs/batches-s$seed.jsonl" --seed "$seed" >&2
-        log "cross-encoder, seed $seed"
-        ./.python benchmarks/peers/st_cross_encoder.py --batches "$runs/batches-s$seed.jsonl" --output "$ce" --seed "$seed" 2> "$ce.log" | tail -1 >> "$res/train.jsonl"
+        target/release/examples/write_batches --batches "$runs/batches-${variant}s$seed.jsonl" --seed "$seed" --steps "$steps" >&2
+        log "cross-encoder, $steps steps, $precision, seed $seed"
+        ./.python benchmarks/peers/st_cross_encoder.py --batches "$runs/batches-${variant}s$seed.jsonl" --output "$ce" --seed "$seed" \
+            --precision "$precision" 2> "$ce.log" | tail -1 >> "$res/train.jsonl"
     fi
     for split in ${SPLITS:-dev test}; do
-        if ! grep -qF "\"tag\": \"ce-s$seed $split wsd\"" "$res/wsd.jsonl" 2>/dev/null; then
+        if ! grep -qF "\"tag\": \"ce-${variant}s$seed $split wsd\"" "$res/wsd.jsonl" 2>/dev/null; then
             log "WSD accuracy of the cross-encoder of seed $seed on $split"
             ./.python benchmarks/peers/st_cross_encoder_rerank.py --model "$ce/model" --data "$runs/wordnet-beir/$split" --split "$split" \
-                --run "$runs/first-pretrained-$split/run.trec" --wsd-only --tag "ce-s$seed $split wsd" 2>> "$ce.log" >> "$res/wsd.jsonl"
+                --run "$runs/first-pretrained-$split/run.trec" --wsd-only --tag "ce-${variant}s$seed $split wsd" 2>> "$ce.log" >> "$res/wsd.jsonl"
         fi
-        first_stage "$cosine/model" "cosine-s$seed" "$split"
-        for first in pretrained "cosine-s$seed"; do
-            tag="ce-s$seed $split $first"
+        first_stage "$cosine/model" "$cosine_name" "$split"
+        for first in pretrained "$cosine_name"; do
+            tag="ce-${variant}s$seed $split $first"
             if grep -qF "\"tag\": \"$tag\"" "$res/rerank.jsonl" 2>/dev/null; then continue; fi
             log "reranking $first's top 100 on $split with the cross-encoder of seed $seed"
             ./.python benchmarks/peers/st_cross_encoder_rerank.py --model "$ce/model" --data "$runs/wordnet-beir/$split" --split "$split" \

@@ -6,7 +6,7 @@
 # `gradcache eval` on the WordNet BEIR export, reranking the fine-tuned
 # cosine's top 100 and as their own first stage (exact). SWEEP names
 # configurations run on seed 0 only (the tuning sweep); STEPS400 names
-# configurations run for 400 steps on seed 0. Runs in runs/precision/ (the
+# configurations run for 400 steps on SEEDS400 (default 0). Runs in runs/precision/ (the
 # same folders as benchmarks/precision_quality.sh: one command line) and
 # runs/steps400/; the table goes to docs/results/mol_quality.md.
 #
@@ -31,9 +31,12 @@ done
 for name in ${SWEEP:-mol_sweep_balance0 mol_sweep_balance1e-2 mol_sweep_temp0.1 mol_sweep_logits_gate mol_sweep_4x4}; do
     train "$name" 0 "runs/precision/$name-bf16/seed-0"
 done
-for name in ${STEPS400:-mol_residual cosine}; do train "$name" 0 "runs/steps400/$name-bf16/seed-0" --steps 400; done
+for name in ${STEPS400:-mol_residual cosine}; do
+    for seed in ${SEEDS400:-0}; do train "$name" "$seed" "runs/steps400/$name-bf16/seed-$seed" --steps 400; done
+done
 [ -d runs/wordnet-beir ] || "$tmp/gradcache" prepare-wordnet --beir runs/wordnet-beir > /dev/null
-for model in runs/precision/mol_residual-bf16/seed-*/model; do
+for model in runs/precision/mol_residual-bf16/seed-*/model runs/steps400/mol_residual-bf16/seed-*/model; do
+    [ -d "$model" ] || continue
     run=$(dirname "$model")
     for split in dev test; do for stage in cosine head; do
         [ -f "$run/eval-$split-$stage/metrics.json" ] && continue

@@ -7,7 +7,8 @@ its CachedMultipleNegativesRankingLoss on the batches that
 the same order, 100 steps of 64 queries, AdamW at the main job's learning
 rate (3e-5; the fresh head at 30x, as gradcache's head), weight decay 0.01
 on matrices, 10 warm-up steps then linear decay to 0, gradient norm clipped
-to 1, dropout on. For each query the loss scores its positive, its hard
+to 1, dropout on. `--precision bf16` puts the step under torch's CPU
+autocast (what a user on a CPU with bf16 units would add). For each query the loss scores its positive, its hard
 negative (the batch's second column) and `--num-negatives` passages drawn
 from the rest of the batch (the loss's own sampling; 4 by default, so 6
 pairs per query and 384 per step), sigmoid x 10, cross-entropy. Pairs are
@@ -41,6 +42,8 @@ p.add_argument("--max-length", type=int, default=96)
 p.add_argument("--num-negatives", type=int, default=4)
 p.add_argument("--mini-batch", type=int, default=32)
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+               help="bf16: the forward and the loss's cached re-forward under torch's CPU autocast (one line, as a user would)")
 a = p.parse_args()
 
 torch.set_num_threads(a.threads)
@@ -85,8 +88,10 @@ for b in batches:
     columns = [passages[j::group] for j in range(group)]  # positives, then hard negatives
     t = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn([queries] + columns, None)
-    loss.backward()
+    # The cached loss runs its second forward inside backward(): both under autocast.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+        loss = loss_fn([queries] + columns, None)
+        loss.backward()
     torch.nn.utils.clip_grad_norm_([q for _, q in named], a.clip)
     optimizer.step()
     scheduler.step()
