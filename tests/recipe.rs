@@ -364,3 +364,133 @@ fn a_partial_block_keeps_the_documented_values_of_every_field_it_does_not_name()
         assert_eq!(got, want, "block {block}");
     }
 }
+
+/// `text` with what varies between runs and machines replaced: the scratch
+/// folder by `DIR`, decimals (losses, metrics, rates, seconds) by `F`,
+/// durations (`1m05s`, `1h02m`) by `T`.
+fn console_shape(text: &str, dir: &std::path::Path) -> String {
+    let text = text.replace(&dir.display().to_string(), "DIR");
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    let digits = |mut j: usize| {
+        while j < chars.len() && chars[j].is_ascii_digit() {
+            j += 1;
+        }
+        j
+    };
+    while i < chars.len() {
+        let after_word = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        if !chars[i].is_ascii_digit() || after_word {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let end = digits(i);
+        let unit = chars.get(end).copied();
+        if unit == Some('.') && chars.get(end + 1).is_some_and(char::is_ascii_digit) {
+            out.push('F');
+            i = digits(end + 1);
+        } else if matches!(unit, Some('m' | 'h')) && digits(end + 1) == end + 3 {
+            out.push('T');
+            let next = if unit == Some('m') { 's' } else { 'm' };
+            i = end + 3 + usize::from(chars.get(end + 3) == Some(&next));
+        } else {
+            let rest: String = chars[end..chars.len().min(end + 9)].iter().collect();
+            if rest.starts_with("/s") || rest.starts_with(" GFLOP/s") {
+                out.push('R');
+            } else if rest.starts_with(" s)") || rest.starts_with(" s,") {
+                out.push('T');
+            } else {
+                out.extend(&chars[i..end]);
+            }
+            i = end;
+        }
+    }
+    // Which evaluation is best can turn on a last-digit difference between CPUs.
+    out.lines()
+        .map(|l| match (l.starts_with("best by "), l.find(": step ")) {
+            (true, Some(at)) => format!("{}: step S{}", &l[..at], l[at + 7..].trim_start_matches(|c: char| c.is_ascii_digit())),
+            _ => l.to_string(),
+        })
+        .map(|l| l + "\n")
+        .collect()
+}
+
+/// The main job's console lines (stdout and stderr of `gradcache train`),
+/// held line for line but for timings and numbers that vary by machine,
+/// across a run with every header line, evaluations during training, the
+/// best model kept, a test split and a resume; and a run with nothing to
+/// evaluate. `GRADCACHE_WRITE_CONSOLE=1` rewrites tests/fixtures/console/.
+#[test]
+fn the_console_output_of_a_run_stays_line_for_line() {
+    let _serial = common::serial();
+    let dir = common::scratch("recipe-console");
+    common::tiny_bert_folder(&dir.join("bert"), 32, 4, 1, 0);
+    std::fs::write(dir.join("train.jsonl"), RECORDS.join("\n")).unwrap();
+    common::pairs_beir(&dir.join("dev"), &DEV_PAIRS, &DISTRACTORS);
+    std::fs::write(dir.join("c.json"), r#"{"train": {"checkpoint_every": 2}}"#).unwrap();
+    // From the repository, as the README runs it: the WordNet task is found there.
+    let train = |args: &[&str]| {
+        let mut all =
+            vec!["train", "--model-dir", "DIR/bert", "--train-jsonl", "DIR/train.jsonl", "--batch-size", "3", "--precision", "f32"];
+        all.extend(args);
+        let all: Vec<String> = all.iter().map(|a| a.replace("DIR", &dir.display().to_string())).collect();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gradcache"))
+            .args(&all)
+            .current_dir(repo())
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{all:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+        let command = console_shape(&all.join(" "), &dir);
+        format!("$ gradcache {command}\n--- stdout\n{}--- stderr\n{}", console_shape(&stdout, &dir), console_shape(&stderr, &dir))
+    };
+    let watched = [
+        "--config",
+        "DIR/c.json",
+        "--output-dir",
+        "DIR/run",
+        "--steps",
+        "4",
+        "--dev-queries",
+        "12",
+        "--test-queries",
+        "6",
+        "--eval-every",
+        "2",
+        "--eval-data",
+        "DIR/dev",
+        "--wordnet-eval",
+        "--select-best",
+        "mrr10",
+    ];
+    let mut resumed = watched.to_vec();
+    resumed.push("--resume");
+    let shown = [train(&watched), train(&resumed), train(&["--output-dir", "DIR/bare", "--steps", "1", "--quiet"])].join("\n");
+    let fixture = repo().join("tests/fixtures/console/train.txt");
+    if std::env::var_os("GRADCACHE_WRITE_CONSOLE").is_some() {
+        std::fs::create_dir_all(fixture.parent().unwrap()).unwrap();
+        std::fs::write(&fixture, &shown).unwrap();
+    }
+    let want = std::fs::read_to_string(&fixture).unwrap();
+    for (i, (got, want)) in shown.lines().zip(want.lines()).enumerate() {
+        assert_eq!(got, want, "line {} of the console differs; all of it:\n{shown}", i + 1);
+    }
+    assert_eq!(shown.lines().count(), want.lines().count(), "the console has other lines; all of it:\n{shown}");
+}
+
+#[test]
+fn the_console_shape_masks_timings_and_keeps_words_and_counts() {
+    let dir = std::path::Path::new("/tmp/x");
+    assert_eq!(
+        console_shape("step 3/10 [==  ] loss 0.6931 | 2.50 steps/s | ETA 1m05s in /tmp/x/run, 2h03m", dir),
+        "step 3/10 [==  ] loss F | F steps/s | ETA T in DIR/run, T\n"
+    );
+    assert_eq!(
+        console_shape("bf16 x2 64 queries 1e-3\n12/12 (260/s, ETA 0 s) of a 124 GFLOP/s", dir),
+        "bf16 x2 64 queries 1e-3\n12/12 (R/s, ETA T s) of a R GFLOP/s\n"
+    );
+    assert_eq!(console_shape("best by mrr10: step 12 (0.5), kept", dir), "best by mrr10: step S (F), kept\n");
+}
