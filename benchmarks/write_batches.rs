@@ -30,7 +30,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let c = cli.args.resolve().context("reading the run's settings")?;
     let task = WordSenseData::read(&c.data_dir)?;
-    let records = training_records(&c, &task)?;
+    let records = training_records(&c, &task, &gradcache::cli::console::Console::new())?;
     let mut text = String::new();
     for step in 0..c.train.steps {
         let b = batch_texts(&records, &c, step)?;

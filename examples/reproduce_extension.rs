@@ -407,6 +407,7 @@ fn train_one(
         },
         // Only the trained model is evaluated (step 0 is skipped to save time).
         |i| if i == 0 { Ok(BTreeMap::new()) } else { sense_metrics(&score_with(&evaluator, &data.test_q, &data.test_c)?, &data.test) },
+        &gradcache::cli::console::Console::new(),
     )?;
     let seconds = started.elapsed().as_secs_f64();
     let label = row_label(model, method, &data.head);

@@ -24,7 +24,8 @@ fn main() -> Result<()> {
     gradcache::runtime::tune_allocator();
     let cli = Cli::parse();
     let config = cli.args.resolve().context("reading the run's settings")?;
-    let report = run(&config, cli.args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
+    let report = run(&config, cli.args.start(), &gradcache::cli::console::Console::new())
+        .with_context(|| format!("training into {}", config.output_dir.display()))?;
     gradcache::cli::print_report(&report);
     Ok(())
 }

@@ -306,7 +306,7 @@ fn a_two_process_training_run_writes_the_weights_of_a_one_process_run() {
     assert_eq!(log.lines().filter(|l| l.contains("\"loss\"")).count(), 3, "{log}");
 
     c.output_dir = dir.join("one");
-    gradcache::app::recipe::run(&c, gradcache::app::recipe::Start::New).unwrap();
+    gradcache::app::recipe::run(&c, gradcache::app::recipe::Start::New, &gradcache::app::reporter::Silent).unwrap();
     let (a, b) = (bundle_weights(&two), bundle_weights(&c.output_dir));
     assert_eq!(a.len(), b.len());
     let mut worst = 0.0f64;

@@ -238,3 +238,45 @@ fn the_check_catches_upward_imports_cycles_and_inference_reaching_training() {
     grouped.push(file("app/eval.rs", "use crate::{core::step::GradCache, Scorer};"));
     assert!(violations(&grouped).iter().any(|p| p.contains("grouped")));
 }
+
+/// The places allowed to write to the terminal: the command line, the
+/// binaries, and the server (its log is its stderr).
+fn may_print(path: &str) -> bool {
+    path.starts_with("cli/") || path.starts_with("bin/") || path.starts_with("app/serve/")
+}
+
+/// Print macros in code (comments and doc examples skipped) outside
+/// [`may_print`]'s places: `path:line`.
+fn prints(files: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (path, source) in files.iter().filter(|(p, _)| !may_print(p)) {
+        for (n, line) in source.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            let code = code.split(" //").next().unwrap_or(code);
+            if ["println!", "eprintln!", "print!", "eprint!", "dbg!"].iter().any(|m| code.contains(m)) {
+                found.push(format!("{path}:{}", n + 1));
+            }
+        }
+    }
+    found
+}
+
+/// The library says what happens through a reporter
+/// (`app::reporter::Reporter`); where it is shown is the caller's choice.
+#[test]
+fn the_library_prints_nothing_outside_the_command_line_and_the_server() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    read_tree(&src, &src, &mut files);
+    assert_eq!(prints(&files), Vec::<String>::new());
+    // The check sees a print in the recipe, not one in a comment or the CLI.
+    let planted = [
+        ("app/recipe/mod.rs".to_string(), "fn f() {\n    println!(\"hi\");\n}".to_string()),
+        ("app/train/mod.rs".to_string(), "// println!(\"in a comment\")".to_string()),
+        ("cli/console.rs".to_string(), "fn f() { eprintln!(\"ok\") }".to_string()),
+    ];
+    assert_eq!(prints(&planted), ["app/recipe/mod.rs:2"]);
+}

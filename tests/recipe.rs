@@ -7,6 +7,7 @@ mod common;
 use gradcache::app::data::wordnet::{Split, WordSenseData};
 use gradcache::app::eval::sense_metrics;
 use gradcache::app::recipe::{run, RerankerConfig, Start};
+use gradcache::app::reporter::Silent;
 use gradcache::cli::TrainArgs;
 use gradcache::models::heads::{HeadConfig, MlpHeadConfig};
 use gradcache::AppError;
@@ -54,7 +55,7 @@ fn a_run_on_own_data_writes_a_bundle_that_reproduces_its_metrics() {
     let _serial = common::serial();
     let dir = common::scratch("recipe");
     let c = small_run(&dir, 2);
-    let report = run(&c, Start::New).unwrap();
+    let report = run(&c, Start::New, &Silent).unwrap();
     assert_eq!(report.bundle, dir.join("run/model"));
     for f in ["config.json", "results.json", "metrics.jsonl", "model/gradcache.json", "model/head.safetensors"] {
         assert!(dir.join("run").join(f).is_file(), "{f}");
@@ -133,7 +134,7 @@ fn eval_data_is_evaluated_while_training_and_the_best_model_is_kept() {
     c.select_best = Some("mrr10".into());
     c.train.eval_every = 1;
     c.train.learning_rate = 1e-3;
-    let report = run(&c, Start::New).unwrap();
+    let report = run(&c, Start::New, &Silent).unwrap();
 
     let evals: Vec<(u64, serde_json::Value)> = std::fs::read_to_string(dir.join("run/metrics.jsonl"))
         .unwrap()
@@ -186,7 +187,7 @@ fn eval_data_is_evaluated_while_training_and_the_best_model_is_kept() {
     let mut wrong = c.clone();
     wrong.select_best = Some("wsd_accuracy".into());
     wrong.output_dir = dir.join("wrong");
-    let err = run(&wrong, Start::New).unwrap_err();
+    let err = run(&wrong, Start::New, &Silent).unwrap_err();
     assert!(matches!(&err, AppError::UnknownMetric { known, .. } if known.contains(&"reranked.mrr10".to_string())), "{err}");
     assert!(!dir.join("wrong").exists());
 }
@@ -240,17 +241,17 @@ fn a_run_folder_changes_only_for_a_valid_resume_or_an_explicit_overwrite() {
     let _serial = common::serial();
     let dir = common::scratch("recipe-folder");
     let c = small_run(&dir, 2);
-    run(&c, Start::New).unwrap();
+    run(&c, Start::New, &Silent).unwrap();
     let before = folder_snapshot(&c.output_dir);
 
     // A second new run into the same folder is refused.
-    assert!(matches!(run(&c, Start::New), Err(AppError::RunExists { .. })));
+    assert!(matches!(run(&c, Start::New, &Silent), Err(AppError::RunExists { .. })));
     // A resume with a setting that shapes training changed is refused,
     // naming it; so is a changed training file and a changed training block.
     let mut other = c.clone();
     other.batch_size = 2;
     other.loss.temperature = 0.5;
-    match run(&other, Start::Resume) {
+    match run(&other, Start::Resume, &Silent) {
         Err(AppError::ResumeMismatch { fields, .. }) => {
             assert!(fields.iter().any(|f| f.starts_with("batch_size: 3 -> 2")), "{fields:?}");
             assert!(fields.iter().any(|f| f.starts_with("loss.temperature")), "{fields:?}");
@@ -260,25 +261,27 @@ fn a_run_folder_changes_only_for_a_valid_resume_or_an_explicit_overwrite() {
     let mut lr = c.clone();
     lr.train.learning_rate = 1.0;
     assert!(
-        matches!(run(&lr, Start::Resume), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("train.learning_rate"))
+        matches!(run(&lr, Start::Resume, &Silent), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("train.learning_rate"))
     );
     std::fs::write(dir.join("train.jsonl"), RECORDS[..2].join("\n")).unwrap();
-    assert!(matches!(run(&c, Start::Resume), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("data.sha256")));
+    assert!(
+        matches!(run(&c, Start::Resume, &Silent), Err(AppError::ResumeMismatch { fields, .. }) if fields[0].starts_with("data.sha256"))
+    );
     std::fs::write(dir.join("train.jsonl"), RECORDS.join("\n")).unwrap();
     // Bad data fails before anything is written.
     let mut empty = c.clone();
     std::fs::write(dir.join("empty.jsonl"), "\n").unwrap();
     empty.train_jsonl = Some(dir.join("empty.jsonl"));
-    assert!(matches!(run(&empty, Start::Overwrite), Err(AppError::NoRecords { path, .. }) if path == dir.join("empty.jsonl")));
+    assert!(matches!(run(&empty, Start::Overwrite, &Silent), Err(AppError::NoRecords { path, .. }) if path == dir.join("empty.jsonl")));
     assert!(folder_snapshot(&c.output_dir) == before, "the refused runs changed the run folder");
 
     // More steps may be asked on resume; the report keeps the run's "before".
     let mut longer = c.clone();
     longer.train.steps = 3;
-    let report = run(&longer, Start::Resume).unwrap();
+    let report = run(&longer, Start::Resume, &Silent).unwrap();
     assert!(report.results.get("before").is_some(), "{}", report.results);
     // An explicit overwrite starts over, keeping the old run one generation back.
-    run(&c, Start::Overwrite).unwrap();
+    run(&c, Start::Overwrite, &Silent).unwrap();
     assert!(c.output_dir.join("checkpoints.previous").is_dir());
 }
 
@@ -286,7 +289,7 @@ fn a_run_folder_changes_only_for_a_valid_resume_or_an_explicit_overwrite() {
 fn a_custom_model_folder_that_is_missing_is_named_without_the_setup_hint() {
     let dir = common::scratch("recipe-model");
     let c = RerankerConfig { model_dir: dir.join("nope"), output_dir: dir.join("run"), ..RerankerConfig::default() };
-    let err = run(&c, Start::New).unwrap_err();
+    let err = run(&c, Start::New, &Silent).unwrap_err();
     assert!(matches!(&err, AppError::Core(GradCacheError::Io { path, .. }) if path == &dir.join("nope")), "{err}");
     assert!(!err.to_string().contains("setup"), "{err}");
     assert!(!c.output_dir.exists(), "nothing written");
@@ -299,7 +302,7 @@ fn damaged_checkpoints_are_skipped_for_the_newest_intact_one() {
     let _serial = common::serial();
     let dir = common::scratch("recipe-damage");
     let c = small_run(&dir, 3);
-    run(&c, Start::New).unwrap();
+    run(&c, Start::New, &Silent).unwrap();
     let newest = c.output_dir.join("checkpoints/step-000003");
     let pristine = folder_snapshot(&newest);
     type Damage = fn(&std::path::Path);
@@ -324,7 +327,7 @@ fn damaged_checkpoints_are_skipped_for_the_newest_intact_one() {
             damage(&newest.join(file));
             let mut longer = c.clone();
             longer.train.steps = 4;
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&longer, Start::Resume)));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&longer, Start::Resume, &Silent)));
             let result = outcome.unwrap_or_else(|_| panic!("{file} {name}: panicked"));
             result.unwrap_or_else(|e| panic!("{file} {name}: {e}"));
             // Resumed from step 2: one metrics line per step 1..4, each once.
@@ -493,4 +496,60 @@ fn the_console_shape_masks_timings_and_keeps_words_and_counts() {
         "bf16 x2 64 queries 1e-3\n12/12 (R/s, ETA T s) of a R GFLOP/s\n"
     );
     assert_eq!(console_shape("best by mrr10: step 12 (0.5), kept", dir), "best by mrr10: step S (F), kept\n");
+}
+
+/// What a [`gradcache::app::reporter::Reporter`] receives, kept by kind.
+#[derive(Default)]
+struct Recorder {
+    lines: std::cell::RefCell<Vec<(&'static str, String)>>,
+}
+
+impl gradcache::app::reporter::Reporter for Recorder {
+    fn say(&self, line: &str) {
+        self.lines.borrow_mut().push(("say", line.to_string()));
+    }
+    fn warn(&self, line: &str) {
+        self.lines.borrow_mut().push(("warn", line.to_string()));
+    }
+    fn step(&self, p: &gradcache::app::reporter::StepProgress) {
+        self.lines.borrow_mut().push(("step", format!("{}/{}", p.done, p.total)));
+    }
+    fn note(&self, line: &str) {
+        self.lines.borrow_mut().push(("note", line.to_string()));
+    }
+    fn work(&self, what: &str, done: usize, total: usize) {
+        self.lines.borrow_mut().push(("work", format!("{what} {done}/{total}")));
+    }
+}
+
+/// Called as a library, the recipe hands everything it has to say to the
+/// caller's reporter: the header, each step, the plan, each evaluation and
+/// the passes over the dev set; with `progress` off, only the header.
+#[test]
+fn a_library_run_reports_to_its_reporter() {
+    let _serial = common::serial();
+    let dir = common::scratch("recipe-reporter");
+    common::pairs_beir(&dir.join("dev"), &DEV_PAIRS, &DISTRACTORS);
+    let mut c = small_run(&dir, 3);
+    c.eval_data = Some(dir.join("dev"));
+    c.train.progress = true;
+    let recorder = Recorder::default();
+    run(&c, Start::New, &recorder).unwrap();
+    let lines = recorder.lines.into_inner();
+    let of = |kind: &str| lines.iter().filter(|(k, _)| *k == kind).map(|(_, l)| l.clone()).collect::<Vec<_>>();
+    assert!(of("say").iter().any(|l| l.starts_with("train_reranker: 3 training records")), "{lines:?}");
+    assert!(of("say").iter().any(|l| l.starts_with("batch 3 queries x 2 passages each")), "{lines:?}");
+    assert_eq!(of("step"), ["1/3", "2/3", "3/3"]);
+    assert!(of("note").iter().any(|l| l.starts_with("step plan:")), "{lines:?}");
+    // Before and after training; the pretrained baseline's evaluation logs nothing.
+    assert_eq!(of("note").iter().filter(|l| l.starts_with("eval @ step")).count(), 2, "{lines:?}");
+    assert!(of("work").iter().any(|l| l.starts_with("reranking")), "{lines:?}");
+
+    let mut quiet = c.clone();
+    quiet.train.progress = false;
+    quiet.output_dir = dir.join("quiet");
+    let recorder = Recorder::default();
+    run(&quiet, Start::New, &recorder).unwrap();
+    let kinds: std::collections::BTreeSet<&str> = recorder.lines.borrow().iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds, ["say"].into_iter().collect(), "{:?}", recorder.lines.borrow());
 }

@@ -107,6 +107,7 @@ fn train(out: &Path, steps: usize, resume: bool) -> (Vec<f64>, WeightSnapshot) {
                 gc.step(&d.queries, &d.passages, &d.targets)
             },
             |_| Ok::<_, AppError>(BTreeMap::new()),
+            &gradcache::app::reporter::Silent,
         )
         .unwrap();
     (summary.losses, WeightSnapshot::take(&model.vs))
@@ -168,6 +169,7 @@ fn resuming_a_finished_run_reports_the_model_as_it_stands() {
                 evaluated.push(i);
                 Ok::<_, AppError>(BTreeMap::from([("wsd_accuracy".to_string(), 0.5)]))
             },
+            &gradcache::app::reporter::Silent,
         )
         .unwrap();
     assert!(summary.losses.is_empty());
@@ -274,6 +276,7 @@ fn a_non_finite_gradient_stops_before_the_update() {
                 Ok::<_, gradcache::GradCacheError>(out)
             },
             |_| Ok::<_, AppError>(BTreeMap::new()),
+            &gradcache::app::reporter::Silent,
         )
         .unwrap_err();
     assert!(matches!(err, AppError::NonFiniteGradient { step: 1 }), "{err}");
@@ -354,6 +357,7 @@ fn tensorboard_reads_back_every_scalar_of_the_metrics_log() {
                     gc.step(&d.queries, &d.passages, &d.targets)
                 },
                 |step| Ok::<_, AppError>(BTreeMap::from([("reranked.mrr10".to_string(), step as f64 / 10.0)])),
+                &gradcache::app::reporter::Silent,
             )
             .unwrap();
     };

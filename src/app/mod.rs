@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mine;
 pub mod plot;
 pub mod recipe;
+pub mod reporter;
 pub mod retrieval;
 pub mod scorer;
 pub mod serve;

@@ -5,9 +5,7 @@
 //! top k.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::Path;
-use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
@@ -536,41 +534,6 @@ pub struct TwoStageRun {
     pub first_stage_metrics: RetrievalMetrics,
     /// Metrics after reranking.
     pub reranked_metrics: RetrievalMetrics,
-}
-
-/// Progress on stderr with rate and ETA: rewritten in place on a terminal,
-/// a line per tenth otherwise; nothing when `quiet`. A [`ProgressFn`] for
-/// [`evaluate_two_stage`] and the other long passes.
-pub fn stderr_progress(quiet: bool) -> impl FnMut(&str, usize, usize) {
-    // A stage's clock starts when the previous stage last reported (the
-    // first report comes after the first block's work).
-    let mut started = Instant::now();
-    let mut previous_report = started;
-    let tty = std::io::stderr().is_terminal();
-    let mut last = (String::new(), 0usize);
-    move |what: &str, done: usize, total: usize| {
-        if quiet {
-            return;
-        }
-        if last.0 != what {
-            last = (what.to_string(), 0);
-            started = previous_report;
-        }
-        previous_report = Instant::now();
-        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let eta = (total - done.min(total)) as f64 / rate.max(1e-9);
-        let line = format!("{what}: {done}/{total} ({rate:.0}/s, ETA {eta:.0} s)");
-        let tenth = (total / 10).max(1);
-        if tty {
-            eprint!("\r{line}\x1b[K");
-            if done >= total {
-                eprintln!();
-            }
-        } else if done >= total || done / tenth > last.1 / tenth {
-            eprintln!("{line}");
-        }
-        last.1 = done;
-    }
 }
 
 /// Runs both stages over a retrieval set (e.g. a BEIR folder read by

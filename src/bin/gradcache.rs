@@ -22,7 +22,8 @@ use gradcache::app::data::wordnet::{Split, WordSenseData};
 use gradcache::app::data::Malformed;
 use gradcache::app::export::ExportFormat;
 use gradcache::app::recipe;
-use gradcache::app::retrieval::{evaluate_retrieval, stderr_progress, write_trec_run, FirstStage};
+use gradcache::app::retrieval::{evaluate_retrieval, write_trec_run, FirstStage};
+use gradcache::cli::console::stderr_progress;
 use gradcache::cli::{check_sample_head, RunArgs, ServeArgs, TrainArgs};
 use gradcache::error::Side;
 use gradcache::models::heads::HeadConfig;
@@ -504,7 +505,8 @@ fn main() -> Result<ExitCode> {
         }
         Command::Train(args) => {
             let config = args.resolve().context("reading the run's settings")?;
-            let report = recipe::run(&config, args.start()).with_context(|| format!("training into {}", config.output_dir.display()))?;
+            let report = recipe::run(&config, args.start(), &gradcache::cli::console::Console::new())
+                .with_context(|| format!("training into {}", config.output_dir.display()))?;
             gradcache::cli::print_report(&report);
             Ok(ExitCode::SUCCESS)
         }

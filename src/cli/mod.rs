@@ -4,6 +4,8 @@
 //! sample model `gradcache check-head` checks a head on. The binary (`src/bin/gradcache.rs`) and the example are thin
 //! over it.
 
+pub mod console;
+
 use std::path::PathBuf;
 
 use crate::app::data::wordnet::Split;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::app::error::{AppError, Result};
+use crate::app::reporter::{Reporter, Silent};
 use crate::check::zero_grads;
 use crate::core::output::PassFlops;
 use crate::core::output::StepOutput;
@@ -55,7 +56,8 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Seed of batches and dropout.
     pub seed: u64,
-    /// Show progress on stderr.
+    /// Report progress, the step plan and each evaluation to the run's
+    /// [`crate::app::reporter::Reporter`] (the console shows them on stderr).
     pub progress: bool,
 }
 
@@ -391,9 +393,11 @@ impl<'v> Trainer<'v> {
             .collect()
     }
 
-    /// Trains from [`Trainer::first_step`] to `config.steps`. The closures
-    /// may fail with any error the application's wraps (the step's
-    /// [`crate::GradCacheError`], or [`AppError`]).
+    /// Trains from [`Trainer::first_step`] to `config.steps`, reporting
+    /// progress, the step plan and each evaluation's metrics to `say`
+    /// (when `config.progress`, and only from the process that writes).
+    /// The closures may fail with any error the application's wraps (the
+    /// step's [`crate::GradCacheError`], or [`AppError`]).
     ///
     /// # Errors
     /// Errors of the closures; [`AppError::NonFiniteGradient`];
@@ -402,21 +406,23 @@ impl<'v> Trainer<'v> {
         &mut self,
         mut step: impl FnMut(usize) -> std::result::Result<StepOutput, E1>,
         mut evaluate: impl FnMut(usize) -> std::result::Result<BTreeMap<String, f64>, E2>,
+        say: &dyn Reporter,
     ) -> Result<TrainSummary>
     where
         AppError: From<E1> + From<E2>,
     {
         let c = self.config.clone();
+        let say: &dyn Reporter = if c.progress && self.writes { say } else { &Silent };
         let schedule = LinearSchedule { peak: c.learning_rate, warmup: c.warmup_steps, total: c.steps };
         let before = if self.first_step == 0 {
-            Some(self.evaluate(0, &mut evaluate, &Progress::new(0, c.steps, c.progress && self.writes))?)
+            Some(self.evaluate(0, &mut evaluate, say)?)
         } else {
             // A resumed run: the first run's evaluation before training, as
             // its log recorded it.
             self.log.logged_eval(0)
         };
         // Started after the first evaluation, so steps/s and ETA are about steps.
-        let mut progress = Progress::new(self.first_step, c.steps, c.progress && self.writes);
+        let mut progress = Progress::new(self.first_step, c.steps);
         let mut losses = Vec::new();
         let mut rates = Vec::new();
         let mut checkpoint_path = None;
@@ -459,15 +465,15 @@ impl<'v> Trainer<'v> {
             // once per process, logged once per run (on the first step, so a
             // resumed run's log reads like an uninterrupted one's).
             if i == self.first_step {
-                progress.message(&out.describe_plan());
+                say.note(&out.describe_plan());
             }
             if i == 0 {
                 entry["plan"] = out.plan_json();
             }
             self.log.push(entry)?;
-            progress.update(done, out.loss);
+            say.step(&progress.update(done, out.loss));
             if done == c.steps || (c.eval_every > 0 && done % c.eval_every == 0) {
-                after = self.evaluate(done, &mut evaluate, &progress)?;
+                after = self.evaluate(done, &mut evaluate, say)?;
             }
             if self.writes && (done == c.steps || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0)) {
                 let state =
@@ -479,7 +485,7 @@ impl<'v> Trainer<'v> {
         if self.first_step >= c.steps {
             // Resumed at the last step: nothing ran, so measure the model as
             // it stands rather than report nothing.
-            after = self.evaluate(c.steps, &mut evaluate, &progress)?;
+            after = self.evaluate(c.steps, &mut evaluate, say)?;
         }
         let checkpoint = match checkpoint_path {
             Some(p) => p,
@@ -500,7 +506,7 @@ impl<'v> Trainer<'v> {
         &mut self,
         step: usize,
         evaluate: &mut impl FnMut(usize) -> std::result::Result<BTreeMap<String, f64>, E>,
-        progress: &Progress,
+        say: &dyn Reporter,
     ) -> Result<BTreeMap<String, f64>>
     where
         AppError: From<E>,
@@ -508,7 +514,7 @@ impl<'v> Trainer<'v> {
         let metrics = tch::no_grad(|| evaluate(step))?;
         if !metrics.is_empty() {
             let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            progress.message(&format!("eval @ step {step}: {}", shown.join(", ")));
+            say.note(&format!("eval @ step {step}: {}", shown.join(", ")));
             self.log.push(serde_json::json!({ "step": step, "eval": metrics }))?;
         }
         Ok(metrics)
