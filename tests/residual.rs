@@ -270,7 +270,7 @@ fn reference_results_compare_budgets() {
         |steps: u64| BTreeMap::from([("steps".to_string(), serde_json::json!(steps)), ("batch_size".to_string(), serde_json::json!(64))]);
     let r = ReferenceResults {
         budget: budget(100),
-        command: "benchmarks/heads_compare.sh cosine".into(),
+        command: "benchmarks/heads/compare.sh cosine".into(),
         rows: vec![ReferenceRow { name: "cosine".into(), seeds: 3, mean: BTreeMap::new(), sd: BTreeMap::new() }],
     };
     assert!(r.differences(&budget(100)).is_empty());

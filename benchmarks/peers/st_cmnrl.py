@@ -1,5 +1,5 @@
 """sentence-transformers' CachedMultipleNegativesRankingLoss on the work of
-benchmarks/peer_cmnrl.rs: the same MiniLM folder, the same triples (written
+benchmarks/peers/cmnrl.rs: the same MiniLM folder, the same triples (written
 by it as JSONL), batch, mini-batch size and thread count; cosine x 20,
 cross-entropy over every passage in the batch. One step = zeroed gradients,
 the loss and its backward (which runs the cached mini-batch backward); no
@@ -12,7 +12,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
-from peer_common import vm_hwm_mb
+import os as _os, sys as _sys
+_sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "..", "common"))  # benchmarks/common/
+from peer_common import vm_hwm_mb  # noqa: E402
 
 
 p = argparse.ArgumentParser()

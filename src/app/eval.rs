@@ -64,7 +64,7 @@ pub fn sense_metrics(scores: &Tensor, eval: &SenseEval) -> Result<BTreeMap<Strin
 
 /// Metrics of runs made elsewhere, for printing beside a new run: e.g. the
 /// fine-tuned baselines committed in `docs/results/heads/baselines.json`
-/// (written by `benchmarks/heads_report.py`), so that a short run can show
+/// (written by `benchmarks/heads/compare_report.py`), so that a short run can show
 /// them without training them again.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -27,7 +27,7 @@ pub const AUTO_SIZE_SHARE: f64 = 0.25;
 
 /// The most pairs [`Plan::sized_for_budget`] puts in one head block: on the
 /// CPU the MLP head's step took 1.68 s with blocks of 256 × 128 pairs and
-/// 0.86 s with 256 × 64 (`benchmarks/auto_sizes.sh`, docs/benchmarks.md).
+/// 0.86 s with 256 × 64 (`benchmarks/budget/auto_sizes.sh`, docs/benchmarks.md).
 pub const AUTO_BLOCK_MAX_PAIRS: usize = 1 << 14;
 
 /// The share of available memory that `{"budget": "auto"}` takes.
@@ -72,7 +72,7 @@ pub struct CostModel {
 /// The measured ratio of a step's resident-memory growth to the graph
 /// sizes the probe measures: 1.32–1.71 on the small BERT with the dot and
 /// MLP heads at budgets from 60 MB to 1.2 GB (the first run of
-/// `benchmarks/budget_sweep.sh`, `docs/benchmarks.md`); the largest is
+/// `benchmarks/budget/sweep.sh`, `docs/benchmarks.md`); the largest is
 /// taken, so the estimate errs high.
 pub const BACKWARD_HEADROOM: f64 = 1.7;
 

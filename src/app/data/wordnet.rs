@@ -285,6 +285,18 @@ impl WordSenseData {
         self.senses.get(lemma).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The first `n` training records that have a hard negative, as
+    /// (query, positive, first hard negative): the batch the speed
+    /// benchmarks and their peers share (fewer when there are fewer).
+    pub fn hard_negative_triples(&self, n: usize) -> Vec<(String, String, String)> {
+        self.training_records()
+            .into_iter()
+            .filter(|r| !r.negatives.is_empty())
+            .take(n)
+            .map(|r| (r.query, r.positives[0].clone(), r.negatives[0].clone()))
+            .collect()
+    }
+
     /// Training records of the train split: the positive is the illustrated
     /// sense, the negatives are the lemma's other *training* senses.
     pub fn training_records(&self) -> Vec<TrainingRecord> {

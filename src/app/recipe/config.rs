@@ -153,7 +153,7 @@ pub struct RerankerConfig {
     /// into `results.json` as `test_after` (and `test_pretrained_cosine`).
     pub test_queries: usize,
     /// Fine-tuned baselines measured at the default budget
-    /// (`benchmarks/heads_compare.sh`), printed beside the run when its
+    /// (`benchmarks/heads/compare.sh`), printed beside the run when its
     /// budget is the same; `null`: none.
     pub baselines: Option<PathBuf>,
     /// One encoder for queries and passages.

@@ -40,7 +40,7 @@ pub fn training_records(c: &RerankerConfig, task: &WordSenseData, say: &dyn Repo
 /// The texts of batch `step` of a run on `c`: `batch_size` records drawn
 /// by the seed, each with its positive and `group_size - 1` hard negatives
 /// ([`grouped_batch`]). The one source of a run's batch order, also for
-/// peers trained on the same examples (`benchmarks/write_batches.rs`).
+/// peers trained on the same examples (`benchmarks/common/write_batches.rs`).
 ///
 /// # Errors
 /// As [`grouped_batch`].
