@@ -331,3 +331,25 @@ fn trec_runs_refuse_ids_with_whitespace() {
     assert!(matches!(&err, AppError::TrecId { what: "document", id } if id == "power play#n1"), "{err}");
     assert!(!dir.join("run.trec").exists());
 }
+
+/// The benchmarks' shared batch: training records with a hard negative,
+/// in the training split's order, each a real (query, positive, negative)
+/// of one record; fewer when asked for more than there are.
+#[test]
+fn hard_negative_triples_are_records_with_a_negative_in_order() {
+    let data = embedded();
+    let records = data.training_records();
+    let triples = data.hard_negative_triples(64);
+    assert_eq!(triples.len(), 64);
+    let mut from = 0;
+    for (q, p, n) in &triples {
+        let at = records[from..].iter().position(|r| &r.query == q && r.positives[0] == *p).map(|i| i + from);
+        let at = at.unwrap_or_else(|| panic!("{q:?} is not a later training record"));
+        assert!(records[at].negatives.first() == Some(n) && n != p, "{q:?}");
+        // Records without a negative between two triples are the ones skipped.
+        assert!(records[from..at].iter().all(|r| r.negatives.is_empty()), "a record with a negative was skipped before {q:?}");
+        from = at + 1;
+    }
+    let all = records.iter().filter(|r| !r.negatives.is_empty()).count();
+    assert_eq!(data.hard_negative_triples(all + 10).len(), all);
+}
