@@ -3,7 +3,8 @@
 mod common;
 
 use common::serial;
-use gradcache::core::replay::{ReplaySeeds, Stream};
+use gradcache::core::replay::ReplaySeeds;
+use gradcache::error::ReplayStage;
 use gradcache::models::heads::{MaxSimHead, MlpHeadConfig};
 use gradcache::{Chunk, Representation, ScoringHead, TokenBatch};
 use tch::{nn, Device, Kind, Tensor};
@@ -51,10 +52,10 @@ fn seeds_replay_the_same_numbers_and_separate_streams() {
         seeds.enter(stream, index);
         Tensor::randn([4], (Kind::Float, Device::Cpu))
     };
-    assert!(draw(Stream::QueryChunk, 3).equal(&draw(Stream::QueryChunk, 3)));
-    assert!(!draw(Stream::QueryChunk, 3).equal(&draw(Stream::QueryChunk, 4)));
-    assert!(!draw(Stream::QueryChunk, 0).equal(&draw(Stream::PassageChunk, 0)));
-    assert_ne!(seeds.seed(Stream::HeadBlock, 0), ReplaySeeds::from_base(43).seed(Stream::HeadBlock, 0));
+    assert!(draw(ReplayStage::QueryChunk, 3).equal(&draw(ReplayStage::QueryChunk, 3)));
+    assert!(!draw(ReplayStage::QueryChunk, 3).equal(&draw(ReplayStage::QueryChunk, 4)));
+    assert!(!draw(ReplayStage::QueryChunk, 0).equal(&draw(ReplayStage::PassageChunk, 0)));
+    assert_ne!(seeds.seed(ReplayStage::HeadBlock, 0), ReplaySeeds::from_base(43).seed(ReplayStage::HeadBlock, 0));
     assert_ne!(seeds.child(0), seeds.child(1));
 }
 

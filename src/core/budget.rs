@@ -13,8 +13,9 @@ use crate::core::model::StepModel;
 use crate::core::output::BudgetReport;
 use crate::core::passes::{encode_chunk, has_closed_form};
 use crate::core::plan::Plan;
-use crate::core::replay::{ReplaySeeds, Stream};
+use crate::core::replay::ReplaySeeds;
 use crate::core::scoring::score_block;
+use crate::error::ReplayStage;
 use crate::error::{GradCacheError, Result};
 use crate::util::accumulation_kind;
 
@@ -441,7 +442,7 @@ pub fn probe_costs<QE: Encoder + ?Sized, PE: Encoder + ?Sized>(
         let (a, b) = (u.len().min(config.layout.head_block_queries), v.len().min(config.layout.head_block_passages));
         let bytes = measure(true, &mut || {
             let (ul, vl) = (u.narrow(0, a)?.detached_leaf()?, v.narrow(0, b)?.detached_leaf()?);
-            seeds.enter(Stream::HeadBlock, 0);
+            seeds.enter(ReplayStage::HeadBlock, 0);
             let s = tch::with_grad(|| score_block(head, &ul, &vl, fwd))?;
             Ok(Box::new((s.scores, s.gates, ul, vl)))
         })?;

@@ -41,11 +41,12 @@ use crate::core::layout::{Piece, Side};
 use crate::core::output::{PhaseTimings, StepOutput};
 use crate::core::passes::{backprop_all, backward_pairs, encode_all};
 use crate::core::plan::Plan;
-use crate::core::replay::{ReplaySeeds, Stream};
+use crate::core::replay::ReplaySeeds;
 use crate::core::representation::Representation;
 use crate::core::scoring::{check_finite, score_block};
 use crate::core::step::{GradCache, Representations, Scores};
 use crate::core::targets::Targets;
+use crate::error::ReplayStage;
 use crate::error::{GradCacheError, Result};
 
 /// What the collectives of a process moved so far.
@@ -379,7 +380,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let (mine, gates) = tch::no_grad(|| -> Result<(Vec<Tensor>, Option<GateTotals>)> {
             let (mut mine, mut gates) = (Vec::new(), None);
             for block in &blocks[lo..hi] {
-                seeds.enter(Stream::HeadBlock, block.index);
+                seeds.enter(ReplayStage::HeadBlock, block.index);
                 let u = reps.queries.narrow(block.queries.start, block.queries.len)?;
                 let v = reps.passages.narrow(block.passages.start, block.passages.len)?;
                 let s = score_block(self.head, &u, &v, c.forward())?;

@@ -9,7 +9,7 @@ use crate::core::encoder::Encoder;
 use crate::core::head::{RepresentationGradients, ScoringHead};
 use crate::core::layout::Side;
 use crate::core::plan::{ChunkPiece, Plan};
-use crate::core::replay::{ReplayLog, ReplaySeeds, Stream};
+use crate::core::replay::{ReplayLog, ReplaySeeds};
 use crate::core::representation::Representation;
 use crate::core::scoring::Forward;
 use crate::error::{GradCacheError, ReplayStage, Result};
@@ -20,10 +20,11 @@ use crate::util::accumulation_kind;
 /// pass kept (`None` for a recomputed chunk).
 pub(crate) type Encoded = (Representation, Vec<Option<Representation>>);
 
-fn stream_of(side: Side) -> Stream {
+/// The replayed pieces of a side: its encoder chunks.
+fn stage_of(side: Side) -> ReplayStage {
     match side {
-        Side::Queries => Stream::QueryChunk,
-        Side::Passages => Stream::PassageChunk,
+        Side::Queries => ReplayStage::QueryChunk,
+        Side::Passages => ReplayStage::PassageChunk,
     }
 }
 
@@ -40,7 +41,7 @@ pub(crate) fn encode_chunk<E: Encoder + ?Sized>(
     fwd: Forward,
 ) -> Result<Representation> {
     let items = chunk.cut(input)?;
-    seeds.enter(stream_of(side), chunk.stream);
+    seeds.enter(stage_of(side), chunk.stream);
     let rep = fwd.precision.run(|| encoder.encode(&items, fwd.train))?;
     if rep.len() != chunk.len() {
         return Err(GradCacheError::EncoderLength { side, expected: chunk.len(), got: rep.len() });
@@ -97,11 +98,7 @@ pub(crate) fn backprop_all<E: Encoder + ?Sized>(
     fwd: Forward,
     replay: Option<f64>,
 ) -> Result<()> {
-    let stage = match side {
-        Side::Queries => ReplayStage::QueryChunk,
-        Side::Passages => ReplayStage::PassageChunk,
-    };
-    let mut log = ReplayLog::new(stage, replay.is_some());
+    let mut log = ReplayLog::new(stage_of(side), replay.is_some());
     for chunk in plan.chunks(side).iter().filter(|c| !c.retained) {
         let rep = tch::with_grad(|| encode_chunk(encoder, input, chunk, side, seeds, fwd))?;
         let y = rep.tensor();

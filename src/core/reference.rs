@@ -11,10 +11,11 @@ use crate::core::layout::{cut, Side};
 use crate::core::output::{PhaseTimings, StepOutput};
 use crate::core::passes::{checked_loss_value, encode_all};
 use crate::core::plan::{sort_lengths, Plan};
-use crate::core::replay::{ReplaySeeds, Stream};
+use crate::core::replay::ReplaySeeds;
 use crate::core::scoring::{check_finite, score_grid};
 use crate::core::step::GradCache;
 use crate::core::targets::Targets;
+use crate::error::ReplayStage;
 use crate::error::{GradCacheError, Result};
 use crate::util::accumulation_kind;
 
@@ -160,7 +161,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             let plan = self.sized_blocks(plan, &u, &v)?;
 
             let t = Instant::now();
-            let enter = |b: &crate::core::layout::Block| seeds.enter(Stream::HeadBlock, b.index);
+            let enter = |b: &crate::core::layout::Block| seeds.enter(ReplayStage::HeadBlock, b.index);
             let grid = score_grid(self.head, &u, &v, plan.grid(), c.forward(), &enter)?;
             check_finite(&grid.matrix, plan.grid())?;
             timings.score = t.elapsed();

@@ -18,27 +18,15 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{GradCacheError, ReplayStage, Result};
 
-/// The random streams of one step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// Query encoder chunks.
-    QueryChunk,
-    /// Passage encoder chunks.
-    PassageChunk,
-    /// Head blocks, indexed row-major over the block grid.
-    HeadBlock,
-    /// Whatever runs after the step.
-    After,
-}
-
-impl Stream {
-    fn tag(self) -> u64 {
-        match self {
-            Stream::QueryChunk => 1,
-            Stream::PassageChunk => 2,
-            Stream::HeadBlock => 3,
-            Stream::After => 4,
-        }
+/// The random stream of each kind of replayed piece (query chunks,
+/// passage chunks, head blocks indexed row-major over the block grid), and
+/// of whatever runs after the step: one tag each in the seed.
+fn tag(stream: Option<ReplayStage>) -> u64 {
+    match stream {
+        Some(ReplayStage::QueryChunk) => 1,
+        Some(ReplayStage::PassageChunk) => 2,
+        Some(ReplayStage::HeadBlock) => 3,
+        None => 4,
     }
 }
 
@@ -74,16 +62,27 @@ impl ReplaySeeds {
         self.base
     }
 
-    /// The seed of piece `index` of `stream`.
-    pub fn seed(&self, stream: Stream, index: usize) -> i64 {
-        let z = mix(self.base ^ mix(stream.tag() << 56 ^ index as u64));
+    /// The seed of piece `index` of the kind `stage` (a query chunk, a
+    /// passage chunk, a head block).
+    pub fn seed(&self, stage: ReplayStage, index: usize) -> i64 {
+        self.seed_of(Some(stage), index)
+    }
+
+    /// The seed of what runs after step `index` of a run (the trainer's
+    /// clipping and update), apart from every piece's.
+    pub fn after(&self, index: usize) -> i64 {
+        self.seed_of(None, index)
+    }
+
+    fn seed_of(&self, stream: Option<ReplayStage>, index: usize) -> i64 {
+        let z = mix(self.base ^ mix(tag(stream) << 56 ^ index as u64));
         // libtorch takes any i64; keep it non-negative for readability in logs.
         (z >> 1) as i64
     }
 
-    /// Seeds libtorch's generators for piece `index` of `stream`.
-    pub fn enter(&self, stream: Stream, index: usize) {
-        tch::manual_seed(self.seed(stream, index));
+    /// Seeds libtorch's generators for piece `index` of the kind `stage`.
+    pub fn enter(&self, stage: ReplayStage, index: usize) {
+        tch::manual_seed(self.seed(stage, index));
     }
 
     /// Independent seeds for sub-batch `index` (gradient accumulation).
@@ -95,7 +94,7 @@ impl ReplaySeeds {
     /// randomness after the step stays reproducible but differs from any
     /// chunk's.
     pub fn finish(&self) {
-        self.enter(Stream::After, 0);
+        tch::manual_seed(self.after(0));
     }
 }
 

@@ -26,7 +26,7 @@ use crate::core::passes::{
     backprop_all, backprop_kept, backward_pairs, checked_loss_value, closed_form_gradients, encode_all, has_closed_form, leaf_grad,
 };
 use crate::core::plan::Plan;
-use crate::core::replay::{ReplayLog, ReplaySeeds, Stream};
+use crate::core::replay::{ReplayLog, ReplaySeeds};
 use crate::core::representation::Representation;
 use crate::core::scoring::{check_finite, score_block, score_grid, KeptBlock};
 use crate::core::targets::Targets;
@@ -300,7 +300,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// Head errors; [`GradCacheError::HeadShape`];
     /// [`GradCacheError::NonFiniteScores`] naming the first bad block.
     pub fn score_pass(&self, reps: &Representations, plan: &Plan, seeds: &ReplaySeeds) -> Result<Scores> {
-        let enter = |b: &crate::core::layout::Block| seeds.enter(Stream::HeadBlock, b.index);
+        let enter = |b: &crate::core::layout::Block| seeds.enter(ReplayStage::HeadBlock, b.index);
         let grid = tch::no_grad(|| score_grid(self.head, &reps.queries, &reps.passages, plan.grid(), self.config.forward(), &enter))?;
         check_finite(&grid.matrix, plan.grid())?;
         Ok(Scores { matrix: grid.matrix, kept: grid.kept, gates: grid.gates })
@@ -447,7 +447,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                 }
             };
             let v = reps.passages.narrow(block.passages.start, block.passages.len)?.detached_leaf()?;
-            seeds.enter(Stream::HeadBlock, block.index);
+            seeds.enter(ReplayStage::HeadBlock, block.index);
             let s = tch::with_grad(|| score_block(self.head, &u, &v, self.config.forward()))?;
             log.record(&s.scores, &block.of(&scores.matrix)?)?;
             tch::with_grad(|| backward_pairs(block_terms(s.scores, s.gates.as_ref(), block.of(weights)?)?))?;

@@ -430,7 +430,7 @@ impl<'v> Trainer<'v> {
         for i in self.first_step..c.steps {
             let started = Instant::now();
             zero_grads(self.vs);
-            tch::manual_seed(crate::core::replay::ReplaySeeds::from_base(c.seed).seed(crate::core::replay::Stream::After, i) >> 1);
+            tch::manual_seed(crate::core::replay::ReplaySeeds::from_base(c.seed).after(i) >> 1);
             let out = step(i)?;
             let update = Instant::now();
             let norm = clip_grad_norm(self.vs, c.max_grad_norm)?;
