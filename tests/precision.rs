@@ -130,13 +130,13 @@ fn the_replay_check_catches_an_unreplayed_mask_under_bf16() {
     let mut scores = gc.score_pass(&reps, &plan, &seeds).unwrap();
     let cache = gc.distance_gradient_cache(&scores, &b.targets).unwrap();
     // Replayed: passes.
-    let (grads, _) = gc.head_pass(&reps, &mut scores, &cache, &plan, &seeds).unwrap();
+    let grads = gc.head_pass(&reps, &mut scores, &cache, &plan, &seeds).unwrap().gradients;
     gc.encoder_pass(&b.queries, &b.passages, &mut reps, &grads, &plan, &seeds).unwrap();
     // Not replayed (other streams in the second passes): caught.
     let other = seeds.child(777);
     match gc
         .head_pass(&reps, &mut scores, &cache, &plan, &other)
-        .and_then(|(g, _)| gc.encoder_pass(&b.queries, &b.passages, &mut reps, &g, &plan, &other))
+        .and_then(|h| gc.encoder_pass(&b.queries, &b.passages, &mut reps, &h.gradients, &plan, &other))
     {
         Err(GradCacheError::ReplayMismatch { max_abs_diff, tolerance, .. }) => assert!(max_abs_diff > tolerance),
         other => panic!("expected a replay mismatch under bf16, got {other:?}"),

@@ -35,7 +35,7 @@ fn manual_step(model: &Model, data: &Data, check_replay: bool, replay: bool) -> 
     let mut reps = gc.representation_pass(&data.queries, &data.passages, &plan, &seeds)?;
     let mut scores = gc.score_pass(&reps, &plan, &seeds)?;
     let cache = gc.distance_gradient_cache(&scores, &data.targets)?;
-    let (grads, _) = gc.head_pass(&reps, &mut scores, &cache, &plan, &second)?;
+    let grads = gc.head_pass(&reps, &mut scores, &cache, &plan, &second)?.gradients;
     gc.encoder_pass(&data.queries, &data.passages, &mut reps, &grads, &plan, &second)?;
     GradientSnapshot::take(&model.vs)
 }

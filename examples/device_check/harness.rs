@@ -406,7 +406,7 @@ fn replay(config: &DeviceCheckConfig) -> Result<ReplayEvidence> {
     let other = seeds.child(777);
     let unreplayed = match gc
         .head_pass(&reps, &mut scores, &cache, &plan, &other)
-        .and_then(|(d, _)| gc.encoder_pass(&queries, &passages, &mut reps, &d, &plan, &other))
+        .and_then(|h| gc.encoder_pass(&queries, &passages, &mut reps, &h.gradients, &plan, &other))
     {
         Err(e @ GradCacheError::ReplayMismatch { .. }) => format!("caught: {e}"),
         Err(e) => return Err(e),

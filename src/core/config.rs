@@ -178,6 +178,11 @@ impl StepConfig {
         crate::core::scoring::Forward { train: self.train, precision: self.precision }
     }
 
+    /// The replay check's tolerance, `None` when the check is off.
+    pub fn replay(&self) -> Option<f64> {
+        self.check_replay.then_some(self.replay_tolerance)
+    }
+
     /// The same config with every chunk and block as large as `n`: with
     /// `n` ≥ the batch, the representation and score passes run in one piece.
     pub fn whole_batch(&self, n: usize) -> StepConfig {

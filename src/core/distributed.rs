@@ -39,7 +39,7 @@ use crate::core::config::{MemoryConfig, Recompute, RetainCounts};
 use crate::core::encoder::Encoder;
 use crate::core::layout::{Piece, Side};
 use crate::core::output::{PhaseTimings, StepOutput};
-use crate::core::passes::{backprop_all, backward_pairs, encode_all};
+use crate::core::passes::{backprop_recomputed, backward_pairs, encode_all, Rerun};
 use crate::core::plan::Plan;
 use crate::core::replay::ReplaySeeds;
 use crate::core::representation::Representation;
@@ -442,7 +442,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         // The head pass over this process's blocks; their partial sums of
         // ∂L/∂U and ∂L/∂V add up across processes (a closed form is whole
         // on every process already).
-        let (grads, closed_form) = self.head_pass_over(&reps, &mut { scores }, &cache, &plan, &seeds, &owned)?;
+        let head = self.head_pass_over(&reps, &mut { scores }, &cache, &plan, &seeds, &owned)?;
+        let (closed_form, grads) = (head.closed_form, head.gradients);
         let (d_queries, d_passages) = match closed_form {
             true => (grads.queries, grads.passages),
             false => (collective.all_reduce_sum(&grads.queries)?, collective.all_reduce_sum(&grads.passages)?),
@@ -452,29 +453,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         // 6. Own rows of ∂L/∂U, ∂L/∂V through the local chunks, re-encoded.
         let t = Instant::now();
         let own_rows = |d: &Tensor, own: Piece| d.f_narrow(0, own.start as i64, own.len as i64);
-        let replay = c.check_replay.then_some(c.replay_tolerance);
-        backprop_all(
-            self.query_encoder,
-            queries,
-            &share,
-            Side::Queries,
-            &u_local,
-            &own_rows(&d_queries, own_q)?,
-            &seeds,
-            c.forward(),
-            replay,
-        )?;
-        backprop_all(
-            self.passage_encoder,
-            passages,
-            &share,
-            Side::Passages,
-            &v_local,
-            &own_rows(&d_passages, own_p)?,
-            &seeds,
-            c.forward(),
-            replay,
-        )?;
+        let how = Rerun { plan: &share, seeds: &seeds, fwd: c.forward(), replay: c.replay() };
+        backprop_recomputed(self.query_encoder, queries, Side::Queries, &u_local, &own_rows(&d_queries, own_q)?, how)?;
+        backprop_recomputed(self.passage_encoder, passages, Side::Passages, &v_local, &own_rows(&d_passages, own_p)?, how)?;
 
         // 7.
         all_reduce_gradients(&vars, &before, collective)?;

@@ -1,17 +1,22 @@
-//! The loops over a side's encoder chunks that the step, the full-batch
-//! reference and the distributed step share: encode every chunk of a plan,
-//! and backpropagate a gradient over the side through every chunk again.
-//! Also the one-call backward of a sum of `y ⊙ g` terms.
+//! The loops the step, the full-batch reference and the distributed step
+//! share. Encoder side: encode every chunk of a plan, and backpropagate a
+//! gradient over the side through the kept chunks ([`backprop_kept`]) and
+//! the recomputed ones ([`backprop_recomputed`]). Head side, the same split
+//! over blocks of pairs ([`backprop_kept_blocks`],
+//! [`backprop_recomputed_blocks`]) summed into ∂L/∂U and ∂L/∂V
+//! ([`GradientSums`]). Also the one-call backward of a sum of `y ⊙ g`
+//! terms.
 
 use tch::{Kind, Tensor};
 
+use crate::core::balance::Balance;
 use crate::core::encoder::Encoder;
 use crate::core::head::{RepresentationGradients, ScoringHead};
-use crate::core::layout::Side;
+use crate::core::layout::{Piece, Side};
 use crate::core::plan::{ChunkPiece, Plan};
 use crate::core::replay::{ReplayLog, ReplaySeeds};
 use crate::core::representation::Representation;
-use crate::core::scoring::Forward;
+use crate::core::scoring::{score_block, Forward, KeptBlock};
 use crate::error::{GradCacheError, ReplayStage, Result};
 use crate::runtime::precision::Precision;
 use crate::util::accumulation_kind;
@@ -79,33 +84,40 @@ pub(crate) fn encode_all<E: Encoder + ?Sized>(
     Ok((plan.in_batch_order(side, Representation::cat(&parts)?)?, kept))
 }
 
+/// How a backward pass redoes the pieces it did not keep: the plan that
+/// cut them, their random streams, the forward settings, and the replay
+/// check's tolerance (`None`: no check).
+#[derive(Clone, Copy)]
+pub(crate) struct Rerun<'a> {
+    pub plan: &'a Plan,
+    pub seeds: &'a ReplaySeeds,
+    pub fwd: Forward,
+    pub replay: Option<f64>,
+}
+
 /// Backpropagates each recomputed chunk's rows of `grads` (over the whole
 /// side) through a re-encoding from the same random stream, checked
 /// against the first pass's `cached` representations; retained chunks are
 /// left to [`backprop_kept`].
 ///
 /// # Errors
-/// Encoder errors; [`GradCacheError::ReplayMismatch`] (when `check_replay`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backprop_all<E: Encoder + ?Sized>(
+/// Encoder errors; [`GradCacheError::ReplayMismatch`] (when checked).
+pub(crate) fn backprop_recomputed<E: Encoder + ?Sized>(
     encoder: &E,
     input: &E::Input,
-    plan: &Plan,
     side: Side,
     cached: &Representation,
     grads: &Tensor,
-    seeds: &ReplaySeeds,
-    fwd: Forward,
-    replay: Option<f64>,
+    how: Rerun,
 ) -> Result<()> {
-    let mut log = ReplayLog::new(stage_of(side), replay.is_some());
-    for chunk in plan.chunks(side).iter().filter(|c| !c.retained) {
-        let rep = tch::with_grad(|| encode_chunk(encoder, input, chunk, side, seeds, fwd))?;
+    let mut log = ReplayLog::new(stage_of(side), how.replay.is_some());
+    for chunk in how.plan.chunks(side).iter().filter(|c| !c.retained) {
+        let rep = tch::with_grad(|| encode_chunk(encoder, input, chunk, side, how.seeds, how.fwd))?;
         let y = rep.tensor();
         log.record(y, &Representation::narrow_tokens_like(&chunk.rows(cached.tensor())?, y)?)?;
         backward_pairs(vec![(y.shallow_clone(), Representation::narrow_tokens_like(&chunk.rows(grads)?, y)?)])?;
     }
-    log.finish(replay.unwrap_or(0.0))
+    log.finish(how.replay.unwrap_or(0.0))
 }
 
 /// Backpropagates the retained chunks of every listed side through the
@@ -124,6 +136,147 @@ pub(crate) fn backprop_kept(plan: &Plan, sides: [(Side, Vec<Option<Representatio
         }
     }
     backward_pairs(pairs)
+}
+
+/// What a head block backpropagates: `Σ W ⊙ S` over its pairs (`W` the
+/// distance-gradient cache, `S` the head's scores), plus the
+/// load-balancing surrogate of its gates for a gated head.
+pub(crate) struct BlockTerms<'a> {
+    pub head: &'a dyn ScoringHead,
+    pub weights: &'a Tensor,
+    pub balance: Option<&'a Balance>,
+}
+
+impl BlockTerms<'_> {
+    /// The `(y, g)` pairs of `block`, whose scores (and gates) are given.
+    fn of(&self, block: &crate::core::layout::Block, scores: Tensor, gates: Option<&Tensor>) -> Result<Vec<(Tensor, Tensor)>> {
+        let mut terms = vec![(scores, block.of(self.weights)?)];
+        if let (Some(b), Some(g)) = (self.balance, gates) {
+            let t = b.surrogate(g)?;
+            let one = t.f_ones_like()?;
+            terms.push((t, one));
+        }
+        Ok(terms)
+    }
+}
+
+/// ∂L/∂U and ∂L/∂V summed over the head's blocks (in float32 or wider for
+/// half-precision representations), and per side whether any block was
+/// backpropagated and whether any leaf got a gradient: a side that never
+/// does belongs to a head whose scores ignore it, a disconnected graph.
+pub(crate) struct GradientSums {
+    queries: Tensor,
+    passages: Tensor,
+    kind: Kind,
+    reached: [(bool, bool); 2],
+}
+
+impl GradientSums {
+    /// Zeros shaped like the representations U and V.
+    pub(crate) fn new(queries: &Representation, passages: &Representation) -> Result<Self> {
+        let kind = accumulation_kind(queries.kind());
+        Ok(GradientSums {
+            queries: queries.tensor().f_zeros_like()?.f_to_kind(kind)?,
+            passages: passages.tensor().f_zeros_like()?.f_to_kind(kind)?,
+            kind,
+            reached: [(false, false); 2],
+        })
+    }
+
+    /// Adds the gradient of `leaf` (a block's rows of `side`) into `piece`'s
+    /// rows.
+    fn add(&mut self, side: Side, piece: Piece, leaf: &Tensor) -> Result<()> {
+        let g = leaf_grad(leaf, self.kind)?;
+        let r = &mut self.reached[side as usize];
+        *r = (true, r.1 || g.is_some());
+        if let Some(g) = g {
+            let total = match side {
+                Side::Queries => &self.queries,
+                Side::Passages => &self.passages,
+            };
+            let _ = piece.rows(total)?.f_add_(&g)?;
+        }
+        Ok(())
+    }
+
+    /// The representation-gradient cache.
+    ///
+    /// # Errors
+    /// [`GradCacheError::NoGradient`] naming a side that blocks were
+    /// backpropagated to and that got no gradient.
+    pub(crate) fn finish(self) -> Result<RepresentationGradients> {
+        for side in [Side::Queries, Side::Passages] {
+            if self.reached[side as usize] == (true, false) {
+                return Err(GradCacheError::NoGradient { side });
+            }
+        }
+        Ok(RepresentationGradients { queries: self.queries, passages: self.passages })
+    }
+}
+
+/// Backpropagates the blocks the score pass kept (`kept`, by block index;
+/// taken) through their graphs, all in one backward call (as the
+/// full-batch step does), which frees them before anything is recomputed.
+///
+/// # Errors
+/// libtorch errors; [`GradCacheError::Shape`] from a block's weights.
+pub(crate) fn backprop_kept_blocks(plan: &Plan, kept: &mut [Option<KeptBlock>], terms: &BlockTerms, sums: &mut GradientSums) -> Result<()> {
+    let retained: Vec<_> = plan.blocks().filter_map(|b| kept.get_mut(b.index).and_then(Option::take).map(|k| (b, k))).collect();
+    tch::with_grad(|| {
+        let mut pairs = Vec::new();
+        for (b, k) in &retained {
+            pairs.extend(terms.of(b, k.scores.shallow_clone(), k.gates.as_ref())?);
+        }
+        backward_pairs(pairs)
+    })?;
+    for (b, k) in retained {
+        sums.add(Side::Passages, b.passages, k.passages.tensor())?;
+        sums.add(Side::Queries, b.queries, k.queries.tensor())?;
+    }
+    Ok(())
+}
+
+/// Re-scores every other block of `how.plan` that `runs(index)` selects
+/// (U and V cut from `queries`, `passages`), from its random stream,
+/// checks it against the score pass's `scored` matrix, and backpropagates
+/// it. The queries of a row of blocks share one leaf, so that the row's
+/// query gradient accumulates in it once.
+///
+/// # Errors
+/// Head errors; [`GradCacheError::ReplayMismatch`] (when checked).
+pub(crate) fn backprop_recomputed_blocks(
+    terms: &BlockTerms,
+    queries: &Representation,
+    passages: &Representation,
+    scored: &Tensor,
+    runs: &dyn Fn(usize) -> bool,
+    sums: &mut GradientSums,
+    how: Rerun,
+) -> Result<()> {
+    let mut log = ReplayLog::new(ReplayStage::HeadBlock, how.replay.is_some());
+    let mut row_leaf: Vec<Option<Representation>> = how.plan.grid().rows.iter().map(|_| None).collect();
+    for block in how.plan.blocks().filter(|b| !b.retained && runs(b.index)) {
+        let u = match &row_leaf[block.row] {
+            Some(u) => u.with_tensor(u.tensor().shallow_clone()),
+            None => {
+                let u = queries.narrow(block.queries.start, block.queries.len)?.detached_leaf()?;
+                row_leaf[block.row] = Some(u.with_tensor(u.tensor().shallow_clone()));
+                u
+            }
+        };
+        let v = passages.narrow(block.passages.start, block.passages.len)?.detached_leaf()?;
+        how.seeds.enter(ReplayStage::HeadBlock, block.index);
+        let s = tch::with_grad(|| score_block(terms.head, &u, &v, how.fwd))?;
+        log.record(&s.scores, &block.of(scored)?)?;
+        tch::with_grad(|| backward_pairs(terms.of(&block, s.scores, s.gates.as_ref())?))?;
+        sums.add(Side::Passages, block.passages, v.tensor())?;
+    }
+    for (row, leaf) in how.plan.grid().rows.iter().zip(&row_leaf) {
+        if let Some(u) = leaf {
+            sums.add(Side::Queries, *row, u.tensor())?;
+        }
+    }
+    log.finish(how.replay.unwrap_or(0.0))
 }
 
 /// One backward call of `Σ_k sum(y_k ⊙ g_k)`: each `y_k` receives exactly

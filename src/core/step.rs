@@ -23,12 +23,13 @@ use crate::core::loss::ContrastiveLoss;
 use crate::core::model::StepModel;
 use crate::core::output::{BudgetReport, PhaseTimings, StepOutput};
 use crate::core::passes::{
-    backprop_all, backprop_kept, backward_pairs, checked_loss_value, closed_form_gradients, encode_all, has_closed_form, leaf_grad,
+    backprop_kept, backprop_kept_blocks, backprop_recomputed, backprop_recomputed_blocks, checked_loss_value, closed_form_gradients,
+    encode_all, has_closed_form, BlockTerms, GradientSums, Rerun,
 };
 use crate::core::plan::Plan;
-use crate::core::replay::{ReplayLog, ReplaySeeds};
+use crate::core::replay::ReplaySeeds;
 use crate::core::representation::Representation;
-use crate::core::scoring::{check_finite, score_block, score_grid, KeptBlock};
+use crate::core::scoring::{check_finite, score_grid, KeptBlock};
 use crate::core::targets::Targets;
 use crate::error::{GradCacheError, ReplayStage, Result};
 use crate::util::accumulation_kind;
@@ -60,6 +61,17 @@ pub struct Scores {
     pub matrix: Tensor,
     kept: Vec<Option<KeptBlock>>,
     gates: Option<GateTotals>,
+}
+
+/// What the head pass leaves.
+#[derive(Debug)]
+pub struct HeadPass {
+    /// The representation-gradient cache, ∂L/∂U and ∂L/∂V.
+    pub gradients: RepresentationGradients,
+    /// The head's closed-form gradients were used: no block ran, and each
+    /// process of a distributed step already holds the whole batch's
+    /// gradients.
+    pub closed_form: bool,
 }
 
 impl std::ops::Deref for Scores {
@@ -213,7 +225,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let cache = self.distance_gradient_cache(&scores, targets)?;
         timings.distance_gradient = t.elapsed();
         let t = Instant::now();
-        let (grads, closed_form_head) = self.head_pass(&reps, &mut scores, &cache, &plan, &seeds)?;
+        let HeadPass { gradients: grads, closed_form: closed_form_head } = self.head_pass(&reps, &mut scores, &cache, &plan, &seeds)?;
         timings.head = t.elapsed();
         let t = Instant::now();
         self.encoder_pass(queries, passages, &mut reps, &grads, &plan, &seeds)?;
@@ -349,7 +361,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     /// is recomputed; the others recomputed with autograd on from the score
     /// pass's random stream). Accumulates ∂L/∂Ω into the head's parameters
     /// and returns the representation-gradient cache `(∂L/∂U, ∂L/∂V)`. A
-    /// head with closed-form gradients skips the blocks; the flag says so.
+    /// head with closed-form gradients skips the blocks
+    /// ([`HeadPass::closed_form`]).
     ///
     /// # Shapes
     /// `weights`: `[N, M]`; the result has the shapes of U and V, in fp32
@@ -357,7 +370,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     ///
     /// # Errors
     /// Head errors; [`GradCacheError::ReplayMismatch`] when a block's
-    /// recomputed scores differ from the score pass.
+    /// recomputed scores differ from the score pass;
+    /// [`GradCacheError::NoGradient`] for a side the head's scores ignore.
     pub fn head_pass(
         &self,
         reps: &Representations,
@@ -365,7 +379,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         cache: &DistanceGradients,
         plan: &Plan,
         seeds: &ReplaySeeds,
-    ) -> Result<(RepresentationGradients, bool)> {
+    ) -> Result<HeadPass> {
         self.head_pass_over(reps, scores, cache, plan, seeds, &|_| true)
     }
 
@@ -380,19 +394,8 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         plan: &Plan,
         seeds: &ReplaySeeds,
         runs: &dyn Fn(usize) -> bool,
-    ) -> Result<(RepresentationGradients, bool)> {
+    ) -> Result<HeadPass> {
         let weights = &cache.weights;
-        // What a block backpropagates: `Σ W ⊙ S` over its pairs, plus the
-        // load-balancing surrogate of its gates.
-        let block_terms = |s: Tensor, gates: Option<&Tensor>, w: Tensor| -> Result<Vec<(Tensor, Tensor)>> {
-            let mut terms = vec![(s, w)];
-            if let (Some(b), Some(g)) = (&cache.balance, gates) {
-                let t = b.surrogate(g)?;
-                let one = t.f_ones_like()?;
-                terms.push((t, one));
-            }
-            Ok(terms)
-        };
         if let Some(grads) = closed_form_gradients(self.head, self.config.precision, &reps.queries, &reps.passages, weights) {
             let grads = grads?;
             for (g, r, what) in
@@ -402,69 +405,14 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
                     return Err(GradCacheError::Shape { what, expected: "the shape of the representations", got: g.size() });
                 }
             }
-            return Ok((grads, true));
+            return Ok(HeadPass { gradients: grads, closed_form: true });
         }
-        let acc = accumulation_kind(reps.queries.kind());
-        let d_queries = reps.queries.tensor().f_zeros_like()?.f_to_kind(acc)?;
-        let d_passages = reps.passages.tensor().f_zeros_like()?.f_to_kind(acc)?;
-        // Per side, whether any leaf was backpropagated, and whether any got
-        // a gradient: a side that never does is a head whose scores ignore
-        // it, a disconnected graph (an error, not silent zeros).
-        let reached = std::cell::Cell::new([(false, false); 2]);
-        let add_into = |total: &Tensor, piece: crate::core::layout::Piece, leaf: &Tensor, side: Side| -> Result<()> {
-            let g = leaf_grad(leaf, acc)?;
-            let mut r = reached.get();
-            r[side as usize] = (true, r[side as usize].1 || g.is_some());
-            reached.set(r);
-            if let Some(g) = g {
-                let _ = piece.rows(total)?.f_add_(&g)?;
-            }
-            Ok(())
-        };
-        let retained: Vec<_> = plan.blocks().filter_map(|b| scores.kept.get_mut(b.index).and_then(Option::take).map(|k| (b, k))).collect();
-        tch::with_grad(|| {
-            let mut terms = Vec::new();
-            for (b, k) in &retained {
-                terms.extend(block_terms(k.scores.shallow_clone(), k.gates.as_ref(), b.of(weights)?)?);
-            }
-            backward_pairs(terms)
-        })?;
-        for (b, k) in retained {
-            add_into(&d_passages, b.passages, k.passages.tensor(), Side::Passages)?;
-            add_into(&d_queries, b.queries, k.queries.tensor(), Side::Queries)?;
-        }
-        // One leaf per row of blocks, so that a row's query gradient
-        // accumulates in it once.
-        let mut log = ReplayLog::new(ReplayStage::HeadBlock, self.config.check_replay);
-        let mut row_leaf: Vec<Option<Representation>> = plan.grid().rows.iter().map(|_| None).collect();
-        for block in plan.blocks().filter(|b| !b.retained && runs(b.index)) {
-            let u = match &row_leaf[block.row] {
-                Some(u) => u.with_tensor(u.tensor().shallow_clone()),
-                None => {
-                    let u = reps.queries.narrow(block.queries.start, block.queries.len)?.detached_leaf()?;
-                    row_leaf[block.row] = Some(u.with_tensor(u.tensor().shallow_clone()));
-                    u
-                }
-            };
-            let v = reps.passages.narrow(block.passages.start, block.passages.len)?.detached_leaf()?;
-            seeds.enter(ReplayStage::HeadBlock, block.index);
-            let s = tch::with_grad(|| score_block(self.head, &u, &v, self.config.forward()))?;
-            log.record(&s.scores, &block.of(&scores.matrix)?)?;
-            tch::with_grad(|| backward_pairs(block_terms(s.scores, s.gates.as_ref(), block.of(weights)?)?))?;
-            add_into(&d_passages, block.passages, v.tensor(), Side::Passages)?;
-        }
-        for (row, leaf) in plan.grid().rows.iter().zip(&row_leaf) {
-            if let Some(u) = leaf {
-                add_into(&d_queries, *row, u.tensor(), Side::Queries)?;
-            }
-        }
-        for side in [Side::Queries, Side::Passages] {
-            if reached.get()[side as usize] == (true, false) {
-                return Err(GradCacheError::NoGradient { side });
-            }
-        }
-        log.finish(self.config.replay_tolerance)?;
-        Ok((RepresentationGradients { queries: d_queries, passages: d_passages }, false))
+        let terms = BlockTerms { head: self.head, weights, balance: cache.balance.as_ref() };
+        let how = Rerun { plan, seeds, fwd: self.config.forward(), replay: self.config.replay() };
+        let mut sums = GradientSums::new(&reps.queries, &reps.passages)?;
+        backprop_kept_blocks(plan, &mut scores.kept, &terms, &mut sums)?;
+        backprop_recomputed_blocks(&terms, &reps.queries, &reps.passages, &scores.matrix, runs, &mut sums, how)?;
+        Ok(HeadPass { gradients: sums.finish()?, closed_form: false })
     }
 
     /// Step 5, the encoder pass: backpropagates each chunk's rows of ∂L/∂U
@@ -487,10 +435,10 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     ) -> Result<()> {
         let [kept_u, kept_v] = std::mem::take(&mut reps.kept);
         backprop_kept(plan, [(Side::Queries, kept_u, &grads.queries), (Side::Passages, kept_v, &grads.passages)])?;
-        let (fwd, replay) = (self.config.forward(), self.config.check_replay.then_some(self.config.replay_tolerance));
-        fwd.precision.casting_once(|| {
-            backprop_all(self.query_encoder, queries, plan, Side::Queries, &reps.queries, &grads.queries, seeds, fwd, replay)?;
-            backprop_all(self.passage_encoder, passages, plan, Side::Passages, &reps.passages, &grads.passages, seeds, fwd, replay)
+        let how = Rerun { plan, seeds, fwd: self.config.forward(), replay: self.config.replay() };
+        how.fwd.precision.casting_once(|| {
+            backprop_recomputed(self.query_encoder, queries, Side::Queries, &reps.queries, &grads.queries, how)?;
+            backprop_recomputed(self.passage_encoder, passages, Side::Passages, &reps.passages, &grads.passages, how)
         })
     }
 }
