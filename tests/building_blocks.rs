@@ -208,3 +208,15 @@ fn the_step_counts_each_pass_flops_over_its_chunks_and_blocks() {
     );
     assert!(out.describe_rates(Some(bf16)).ends_with("of a 400 GFLOP/s bf16 matmul"), "{}", out.describe_rates(Some(bf16)));
 }
+
+/// `PerSide` reads and writes each side's own value, and maps both.
+#[test]
+fn per_side_values_are_read_and_written_by_side() {
+    use gradcache::core::layout::{PerSide, Side, SIDES};
+    let mut chunks = PerSide::new(vec![1, 2], vec![3]);
+    chunks[Side::Passages].push(4);
+    assert_eq!((&chunks[Side::Queries], &chunks[Side::Passages]), (&vec![1, 2], &vec![3, 4]));
+    assert_eq!(chunks.clone().map(|c| c.len()), PerSide::new(2, 2));
+    assert_eq!(PerSide::from_fn(|s| s == Side::Passages), PerSide::new(false, true));
+    assert_eq!(SIDES.map(|s| chunks[s].iter().sum::<i32>()), [3, 7]);
+}

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use gradcache::core::config::{MemoryConfig, Recompute};
 use gradcache::core::distributed::{Collective, Shards, SingleProcess};
+use gradcache::core::layout::PerSide;
 use gradcache::core::plan::Plan;
 use gradcache::error::Side;
 use gradcache::StepConfig;
@@ -19,7 +20,7 @@ fn a_sharded_plan_cuts_each_shard_on_its_own_and_numbers_chunks_globally() {
         ..StepConfig::default()
     };
     // Ranks hold 3, 1 and 4 queries: chunks [0,2) [2,3) | [3,4) | [4,6) [6,8).
-    let plan = Plan::sharded(&config, [&[3, 1, 4], &[6, 2, 8]], [None, None]).unwrap();
+    let plan = Plan::sharded(&config, PerSide::new(&[3, 1, 4], &[6, 2, 8]), PerSide::default()).unwrap();
     let q: Vec<(usize, usize)> = plan.chunks(Side::Queries).iter().map(|c| (c.piece.start, c.piece.len)).collect();
     assert_eq!(q, [(0, 2), (2, 1), (3, 1), (4, 2), (6, 2)]);
     let p: Vec<(usize, usize)> = plan.chunks(Side::Passages).iter().map(|c| (c.piece.start, c.piece.len)).collect();
@@ -27,10 +28,11 @@ fn a_sharded_plan_cuts_each_shard_on_its_own_and_numbers_chunks_globally() {
     // The pair grid is global: 8 queries in rows of 3, 16 passages in 5s.
     assert_eq!(plan.sizes(false).head_blocks, 3 * 4);
     // One shard is the plain layout.
-    assert_eq!(Plan::sharded(&config, [&[8], &[16]], [None, None]).unwrap(), Plan::new(&config, 8, 16).unwrap());
+    assert_eq!(Plan::sharded(&config, PerSide::new(&[8], &[16]), PerSide::default()).unwrap(), Plan::new(&config, 8, 16).unwrap());
     // Rank 1's share: its one query chunk, renumbered from its first row,
     // keeping its global stream (2).
-    let share = plan.share([gradcache::core::layout::Piece { start: 3, len: 1 }, gradcache::core::layout::Piece { start: 6, len: 2 }]);
+    let share =
+        plan.share(PerSide::new(gradcache::core::layout::Piece { start: 3, len: 1 }, gradcache::core::layout::Piece { start: 6, len: 2 }));
     let q: Vec<(usize, usize, usize)> = share.chunks(Side::Queries).iter().map(|c| (c.stream, c.piece.start, c.piece.len)).collect();
     assert_eq!(q, [(2, 0, 1)]);
 }
@@ -42,7 +44,7 @@ fn a_sharded_plan_sorts_and_cuts_by_tokens_within_each_shard() {
     // cut greedily: rank 0 → [5] [2, 1]; rank 1 → [4] [4] [3, 1].
     let config = StepConfig { query_chunk_tokens: Some(6), passage_chunk_tokens: Some(100), ..StepConfig::default() };
     let lengths = [1, 5, 2, 4, 4, 3, 1];
-    let plan = Plan::sharded(&config, [&[3, 4], &[2, 2]], [Some(&lengths), Some(&[1, 2, 3, 4])]).unwrap();
+    let plan = Plan::sharded(&config, PerSide::new(&[3, 4], &[2, 2]), PerSide::new(Some(&lengths), Some(&[1, 2, 3, 4]))).unwrap();
     let items = |plan: &Plan| -> Vec<Vec<i64>> {
         let rows = tch::Tensor::arange(7, (Kind::Int64, tch::Device::Cpu));
         plan.chunks(Side::Queries).iter().map(|c| Vec::<i64>::try_from(c.rows(&rows).unwrap()).unwrap()).collect()
@@ -53,7 +55,8 @@ fn a_sharded_plan_sorts_and_cuts_by_tokens_within_each_shard() {
     let p: Vec<Vec<i64>> = plan.chunks(Side::Passages).iter().map(|c| Vec::<i64>::try_from(c.rows(&rows).unwrap()).unwrap()).collect();
     assert_eq!(p, [vec![1, 0], vec![3, 2]]);
     // Rank 1's share: its own items (local numbering), global streams 2–4.
-    let share = plan.share([gradcache::core::layout::Piece { start: 3, len: 4 }, gradcache::core::layout::Piece { start: 2, len: 2 }]);
+    let share =
+        plan.share(PerSide::new(gradcache::core::layout::Piece { start: 3, len: 4 }, gradcache::core::layout::Piece { start: 2, len: 2 }));
     let local: Vec<(usize, Vec<i64>)> = share
         .chunks(Side::Queries)
         .iter()
@@ -61,7 +64,7 @@ fn a_sharded_plan_sorts_and_cuts_by_tokens_within_each_shard() {
         .collect();
     assert_eq!(local, [(2, vec![0]), (3, vec![1]), (4, vec![2, 3])]);
     // Lengths are needed where a side sorts.
-    let err = Plan::sharded(&config, [&[3, 4], &[2, 2]], [None, Some(&[1, 2, 3, 4])]).unwrap_err();
+    let err = Plan::sharded(&config, PerSide::new(&[3, 4], &[2, 2]), PerSide::new(None, Some(&[1, 2, 3, 4]))).unwrap_err();
     assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "query_chunk_tokens", .. }), "{err}");
 }
 

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use gradcache::core::budget::{ChunkTokens, CostModel};
 use gradcache::core::config::{MemoryConfig, Recompute, RetainCounts};
+use gradcache::core::layout::PerSide;
 use gradcache::core::plan::Plan;
 use gradcache::Chunk;
 use gradcache::StepConfig;
@@ -555,14 +556,14 @@ fn sorting_needs_inputs_with_lengths() {
     let err = Plan::length_orders(&sorted(MemoryConfig::default()), &t, &t).unwrap_err();
     assert!(matches!(err, gradcache::GradCacheError::InvalidConfig { field: "sort_by_length", .. }), "{err}");
     // Off, nothing is asked of the input.
-    assert_eq!(Plan::length_orders(&layout(MemoryConfig::default()), &t, &t).unwrap(), [None, None]);
+    assert_eq!(Plan::length_orders(&layout(MemoryConfig::default()), &t, &t).unwrap(), PerSide::default());
 }
 
 /// The sizes `auto_sizes` picks, as (query chunk, passage chunk, block
 /// rows, block columns).
 fn sized(costs: &CostModel, budget: f64) -> gradcache::Result<(usize, usize, usize, usize)> {
     let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
-    let c = Plan::sized_for_budget(&config, 5, 15, costs, (1.0, 1.0), [false, false], budget)?;
+    let c = Plan::sized_for_budget(&config, 5, 15, costs, (1.0, 1.0), PerSide::new(false, false), budget)?;
     Ok((c.layout.query_chunk_size, c.layout.passage_chunk_size, c.layout.head_block_queries, c.layout.head_block_passages))
 }
 
@@ -603,7 +604,7 @@ fn sizes_chosen_from_a_budget_give_each_chunk_and_block_a_quarter_of_it() {
     assert_eq!(sized(&CostModel { query_rep_bytes: 30.0, ..costs }, 1000.0).unwrap(), (1, 15, 1, 15));
     // The widths price each item at the side's longest.
     let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
-    let wide = Plan::sized_for_budget(&config, 5, 15, &costs, (2.0, 1.0), [false, false], 1000.0).unwrap();
+    let wide = Plan::sized_for_budget(&config, 5, 15, &costs, (2.0, 1.0), PerSide::new(false, false), 1000.0).unwrap();
     assert_eq!(wide.layout.query_chunk_size, 1);
 }
 
@@ -613,7 +614,7 @@ fn auto_sizes_price_a_side_with_lengths_per_padded_token() {
     let costs = synthetic();
     let config = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
     let tokens = |budget: f64, widths| {
-        let c = Plan::sized_for_budget(&config, 5, 15, &costs, widths, [true, true], budget).unwrap();
+        let c = Plan::sized_for_budget(&config, 5, 15, &costs, widths, PerSide::new(true, true), budget).unwrap();
         (c.query_chunk_tokens, c.passage_chunk_tokens)
     };
     // 2000: a quarter (500) holds the 5 queries × 1 token whole, and the
@@ -625,7 +626,7 @@ fn auto_sizes_price_a_side_with_lengths_per_padded_token() {
     // 15 × 3 passage tokens (450) fit in 500, and become one chunk.
     assert_eq!(tokens(2000.0, (2.0, 3.0)), (Some(4), Some(45)));
     // Only the sides whose items have lengths.
-    let c = Plan::sized_for_budget(&config, 5, 15, &costs, (1.0, 1.0), [false, true], 1000.0).unwrap();
+    let c = Plan::sized_for_budget(&config, 5, 15, &costs, (1.0, 1.0), PerSide::new(false, true), 1000.0).unwrap();
     assert_eq!((c.query_chunk_tokens, c.layout.query_chunk_size, c.passage_chunk_tokens), (None, 2, Some(15)));
 }
 
@@ -660,7 +661,7 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
         // From the least budget that holds one item per chunk up to one that
         // holds the whole batch in one piece, in steps of 1.6×.
         let auto = StepConfig { auto_sizes: true, ..layout(MemoryConfig::Budget { budget_mb: 1.0 }) };
-        let mut budget_mb = match Plan::sized_for_budget(&auto, 5, 15, &costs, widths(&data), [true, true], 1.0) {
+        let mut budget_mb = match Plan::sized_for_budget(&auto, 5, 15, &costs, widths(&data), PerSide::new(true, true), 1.0) {
             Err(gradcache::GradCacheError::BudgetTooSmall { needed_mb, .. }) => needed_mb * 1.0001,
             other => panic!("a 1-byte budget was accepted: {other:?}"),
         };
@@ -686,7 +687,7 @@ fn auto_sized_steps_grow_with_the_budget_stay_within_it_and_are_exact() {
                 15,
                 &costs,
                 widths(&data),
-                [true, true],
+                PerSide::new(true, true),
                 budget_mb * mb,
             )
             .unwrap();

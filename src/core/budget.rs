@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, StepConfig};
 use crate::core::encoder::Encoder;
-use crate::core::layout::{Layout, Side};
+use crate::core::layout::{Layout, PerSide, Side};
 use crate::core::model::StepModel;
 use crate::core::output::BudgetReport;
 use crate::core::passes::{encode_chunk, has_closed_form};
@@ -240,7 +240,7 @@ impl Plan {
         m: usize,
         costs: &CostModel,
         widths: (f64, f64),
-        by_tokens: [bool; 2],
+        by_tokens: PerSide<bool>,
         budget_bytes: f64,
     ) -> Result<StepConfig> {
         let caches =
@@ -275,8 +275,8 @@ impl Plan {
         let side_tokens = |by: bool, items: usize, width: f64, per_token: f64| {
             by.then(|| largest(((items as f64 * width).ceil() as usize).max(1), per_token))
         };
-        let query_tokens = side_tokens(by_tokens[0], n, widths.0, costs.query_token_bytes);
-        let passage_tokens = side_tokens(by_tokens[1], m, widths.1, costs.passage_token_bytes);
+        let query_tokens = side_tokens(by_tokens.queries, n, widths.0, costs.query_token_bytes);
+        let passage_tokens = side_tokens(by_tokens.passages, m, widths.1, costs.passage_token_bytes);
         let (mut rows, mut cols) = (config.layout.head_block_queries, config.layout.head_block_passages);
         if let Some(pair) = costs.pair_bytes {
             rows = query_chunk;
@@ -365,7 +365,7 @@ impl BudgetState {
             }
         };
         let (layout, tokens) = if config.auto_sizes {
-            let by_tokens = [queries.lengths()?.is_some(), passages.lengths()?.is_some()];
+            let by_tokens = PerSide::new(queries.lengths()?.is_some(), passages.lengths()?.is_some());
             let sized = Plan::sized_for_budget(config, n, m, &costs, widths, by_tokens, budget_bytes)?;
             let layout = Plan::layout_of(&sized, queries, passages)?;
             let tokens = ChunkTokens::of(&layout, queries, passages)?;

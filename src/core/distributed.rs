@@ -37,7 +37,7 @@ use crate::core::balance::GateTotals;
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, Recompute, RetainCounts};
 use crate::core::encoder::Encoder;
-use crate::core::layout::{Piece, Side};
+use crate::core::layout::{PerSide, Piece, Side};
 use crate::core::output::{PhaseTimings, StepOutput};
 use crate::core::passes::{backprop_recomputed, backward_pairs, encode_all, Rerun};
 use crate::core::plan::Plan;
@@ -330,11 +330,11 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         // Where a side is sorted by length, every process cuts its share
         // from its own items sorted, but all need every item's length to
         // number the chunks (their streams) across the whole batch alike.
-        let lengths = [
+        let lengths = PerSide::new(
             gather_lengths(&self.config, Side::Queries, queries, collective)?,
             gather_lengths(&self.config, Side::Passages, passages, collective)?,
-        ];
-        let plan = Plan::sharded(&self.config, [&shards.queries, &shards.passages], [lengths[0].as_deref(), lengths[1].as_deref()])?;
+        );
+        let plan = Plan::sharded(&self.config, PerSide::new(&shards.queries, &shards.passages), lengths.as_ref().map(|l| l.as_deref()))?;
         let (n, m) = (shards.queries.iter().sum::<usize>(), shards.passages.iter().sum::<usize>());
         targets.check_batch(n, m)?;
         let (rank, world) = (collective.rank(), collective.world_size());
@@ -360,7 +360,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let t = Instant::now();
         let own_q = shards.own(Side::Queries);
         let own_p = shards.own(Side::Passages);
-        let share = plan.share([own_q, own_p]);
+        let share = plan.share(PerSide::new(own_q, own_p));
         let (u_local, v_local) = tch::no_grad(|| -> Result<_> {
             let u = encode_all(self.query_encoder, queries, &share, Side::Queries, &seeds, c.forward())?.0;
             let v = encode_all(self.passage_encoder, passages, &share, Side::Passages, &seeds, c.forward())?.0;

@@ -6,6 +6,60 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::error::Side;
+
+/// Both sides of a batch.
+pub const SIDES: [Side; 2] = [Side::Queries, Side::Passages];
+
+/// One value per side of a batch (each side's chunks, its order, a flag),
+/// read and written by [`Side`]: `chunks[side]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerSide<T> {
+    /// The queries' value.
+    pub queries: T,
+    /// The passages' value.
+    pub passages: T,
+}
+
+impl<T> PerSide<T> {
+    /// Both values.
+    pub const fn new(queries: T, passages: T) -> Self {
+        PerSide { queries, passages }
+    }
+
+    /// Each side's value made by `f` from its side.
+    pub fn from_fn(mut f: impl FnMut(Side) -> T) -> Self {
+        PerSide { queries: f(Side::Queries), passages: f(Side::Passages) }
+    }
+
+    /// Each value mapped by `f`.
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> PerSide<U> {
+        PerSide { queries: f(self.queries), passages: f(self.passages) }
+    }
+
+    /// References to both values.
+    pub fn as_ref(&self) -> PerSide<&T> {
+        PerSide { queries: &self.queries, passages: &self.passages }
+    }
+}
+
+impl<T> std::ops::Index<Side> for PerSide<T> {
+    type Output = T;
+    fn index(&self, side: Side) -> &T {
+        match side {
+            Side::Queries => &self.queries,
+            Side::Passages => &self.passages,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Side> for PerSide<T> {
+    fn index_mut(&mut self, side: Side) -> &mut T {
+        match side {
+            Side::Queries => &mut self.queries,
+            Side::Passages => &mut self.passages,
+        }
+    }
+}
 use crate::error::{GradCacheError, Result};
 
 /// Chunk and block sizes. Chunk sizes bound the encoder activations held at

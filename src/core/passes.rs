@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 use crate::core::balance::Balance;
 use crate::core::encoder::Encoder;
 use crate::core::head::{RepresentationGradients, ScoringHead};
-use crate::core::layout::{Piece, Side};
+use crate::core::layout::{PerSide, Piece, Side, SIDES};
 use crate::core::plan::{ChunkPiece, Plan};
 use crate::core::replay::{ReplayLog, ReplaySeeds};
 use crate::core::representation::Representation;
@@ -126,13 +126,13 @@ pub(crate) fn backprop_recomputed<E: Encoder + ?Sized>(
 ///
 /// # Errors
 /// libtorch errors.
-pub(crate) fn backprop_kept(plan: &Plan, sides: [(Side, Vec<Option<Representation>>, &Tensor); 2]) -> Result<()> {
+pub(crate) fn backprop_kept(plan: &Plan, mut kept: PerSide<Vec<Option<Representation>>>, grads: PerSide<&Tensor>) -> Result<()> {
     let mut pairs = Vec::new();
-    for (side, kept, grads) in sides {
-        for (chunk, rep) in plan.chunks(side).iter().zip(kept) {
+    for side in SIDES {
+        for (chunk, rep) in plan.chunks(side).iter().zip(std::mem::take(&mut kept[side])) {
             let Some(rep) = rep else { continue };
             let y = rep.tensor();
-            pairs.push((y.shallow_clone(), Representation::narrow_tokens_like(&chunk.rows(grads)?, y)?));
+            pairs.push((y.shallow_clone(), Representation::narrow_tokens_like(&chunk.rows(grads[side])?, y)?));
         }
     }
     backward_pairs(pairs)
@@ -165,36 +165,27 @@ impl BlockTerms<'_> {
 /// backpropagated and whether any leaf got a gradient: a side that never
 /// does belongs to a head whose scores ignore it, a disconnected graph.
 pub(crate) struct GradientSums {
-    queries: Tensor,
-    passages: Tensor,
+    totals: PerSide<Tensor>,
     kind: Kind,
-    reached: [(bool, bool); 2],
+    reached: PerSide<(bool, bool)>,
 }
 
 impl GradientSums {
     /// Zeros shaped like the representations U and V.
     pub(crate) fn new(queries: &Representation, passages: &Representation) -> Result<Self> {
         let kind = accumulation_kind(queries.kind());
-        Ok(GradientSums {
-            queries: queries.tensor().f_zeros_like()?.f_to_kind(kind)?,
-            passages: passages.tensor().f_zeros_like()?.f_to_kind(kind)?,
-            kind,
-            reached: [(false, false); 2],
-        })
+        let zeros = |r: &Representation| r.tensor().f_zeros_like()?.f_to_kind(kind);
+        Ok(GradientSums { totals: PerSide::new(zeros(queries)?, zeros(passages)?), kind, reached: PerSide::default() })
     }
 
     /// Adds the gradient of `leaf` (a block's rows of `side`) into `piece`'s
     /// rows.
     fn add(&mut self, side: Side, piece: Piece, leaf: &Tensor) -> Result<()> {
         let g = leaf_grad(leaf, self.kind)?;
-        let r = &mut self.reached[side as usize];
+        let r = &mut self.reached[side];
         *r = (true, r.1 || g.is_some());
         if let Some(g) = g {
-            let total = match side {
-                Side::Queries => &self.queries,
-                Side::Passages => &self.passages,
-            };
-            let _ = piece.rows(total)?.f_add_(&g)?;
+            let _ = piece.rows(&self.totals[side])?.f_add_(&g)?;
         }
         Ok(())
     }
@@ -205,12 +196,12 @@ impl GradientSums {
     /// [`GradCacheError::NoGradient`] naming a side that blocks were
     /// backpropagated to and that got no gradient.
     pub(crate) fn finish(self) -> Result<RepresentationGradients> {
-        for side in [Side::Queries, Side::Passages] {
-            if self.reached[side as usize] == (true, false) {
+        for side in SIDES {
+            if self.reached[side] == (true, false) {
                 return Err(GradCacheError::NoGradient { side });
             }
         }
-        Ok(RepresentationGradients { queries: self.queries, passages: self.passages })
+        Ok(RepresentationGradients { queries: self.totals.queries, passages: self.totals.passages })
     }
 }
 

@@ -7,16 +7,9 @@
 
 use crate::core::batch::Chunk;
 use crate::core::config::{MemoryConfig, Recompute, RetainCounts, StepConfig};
-use crate::core::layout::{chunk_tokens_field, cut, Block, BlockGrid, ChunkRule, Layout, Piece, Side};
+use crate::core::layout::{chunk_tokens_field, cut, Block, BlockGrid, ChunkRule, Layout, PerSide, Piece, Side, SIDES};
 use crate::core::representation::Representation;
 use crate::error::{GradCacheError, Result};
-
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::Queries => 0,
-        Side::Passages => 1,
-    }
-}
 
 /// One encoder chunk of a side, as the plan cut it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,12 +69,12 @@ impl ChunkPiece {
 pub struct Plan {
     /// Per side, the order items are chunked in (position → item), when
     /// chunks are cut from the items sorted by length.
-    orders: [Option<Vec<usize>>; 2],
+    orders: PerSide<Option<Vec<usize>>>,
     /// Per side, the replay stream of the first chunk (non-zero for one
     /// process's share of a batch split across processes).
-    first_streams: [usize; 2],
+    first_streams: PerSide<usize>,
     /// Per side, each chunk and whether it is retained.
-    chunks: [Vec<(Piece, bool)>; 2],
+    chunks: PerSide<Vec<(Piece, bool)>>,
     grid: BlockGrid,
 }
 
@@ -168,15 +161,17 @@ impl Plan {
     /// # Errors
     /// As [`sort_lengths`] and [`ChunkRule::cut`].
     pub fn layout_of<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<Plan> {
-        let lengths = [sort_lengths(config, Side::Queries, queries)?, sort_lengths(config, Side::Passages, passages)?];
-        Plan::sharded(config, [&[queries.len()], &[passages.len()]], [lengths[0].as_deref(), lengths[1].as_deref()])
+        let lengths = PerSide::new(sort_lengths(config, Side::Queries, queries)?, sort_lengths(config, Side::Passages, passages)?);
+        Plan::sharded(config, PerSide::new(&[queries.len()], &[passages.len()]), lengths.as_ref().map(|l| l.as_deref()))
     }
 
     /// The same plan with the first `counts` chunks of each side and
     /// blocks retained (the rest not).
     fn retaining(mut self, counts: RetainCounts) -> Plan {
-        for (chunks, keep) in self.chunks.iter_mut().zip([counts.query_chunks, counts.passage_chunks]) {
-            for (i, (_, r)) in chunks.iter_mut().enumerate() {
+        let keeps = PerSide::new(counts.query_chunks, counts.passage_chunks);
+        for side in SIDES {
+            let keep = keeps[side];
+            for (i, (_, r)) in self.chunks[side].iter_mut().enumerate() {
                 *r = i < keep;
             }
         }
@@ -188,9 +183,9 @@ impl Plan {
     pub fn with_retained(layout: &Layout, n: usize, m: usize, counts: RetainCounts) -> Plan {
         let unretained = |total, size| cut(total, size).into_iter().map(|p| (p, false)).collect();
         Plan {
-            orders: [None, None],
-            first_streams: [0, 0],
-            chunks: [unretained(n, layout.query_chunk_size), unretained(m, layout.passage_chunk_size)],
+            orders: PerSide::default(),
+            first_streams: PerSide::default(),
+            chunks: PerSide::new(unretained(n, layout.query_chunk_size), unretained(m, layout.passage_chunk_size)),
             grid: layout.grid(n, m),
         }
         .retaining(counts)
@@ -224,13 +219,12 @@ impl Plan {
     /// # Errors
     /// [`GradCacheError::InvalidConfig`] when a side sorts and has no
     /// lengths, or lengths of another count than its shards add up to.
-    pub fn sharded(config: &StepConfig, shards: [&[usize]; 2], lengths: [Option<&[usize]>; 2]) -> Result<Plan> {
-        let mut orders: [Option<Vec<usize>>; 2] = [None, None];
-        let mut chunks: [Vec<(Piece, bool)>; 2] = [Vec::new(), Vec::new()];
-        for side in [Side::Queries, Side::Passages] {
-            let s = side_index(side);
-            let total: usize = shards[s].iter().sum();
-            let lengths = match (config.sorts(side), lengths[s]) {
+    pub fn sharded(config: &StepConfig, shards: PerSide<&[usize]>, lengths: PerSide<Option<&[usize]>>) -> Result<Plan> {
+        let mut orders: PerSide<Option<Vec<usize>>> = PerSide::default();
+        let mut chunks: PerSide<Vec<(Piece, bool)>> = PerSide::default();
+        for side in SIDES {
+            let total: usize = shards[side].iter().sum();
+            let lengths = match (config.sorts(side), lengths[side]) {
                 (false, _) => None,
                 (true, Some(l)) if l.len() == total => Some(l),
                 (true, _) => {
@@ -239,7 +233,7 @@ impl Plan {
             };
             let mut order = Vec::with_capacity(total);
             let mut offset = 0;
-            for &items in shards[s] {
+            for &items in shards[side] {
                 // Longest first; stable, so equal lengths keep batch order.
                 let sorted: Option<Vec<usize>> = lengths.map(|l| {
                     let mut own: Vec<usize> = (offset..offset + items).collect();
@@ -248,14 +242,14 @@ impl Plan {
                 });
                 let sorted_lengths: Option<Vec<usize>> = sorted.as_ref().zip(lengths).map(|(o, l)| o.iter().map(|&i| l[i]).collect());
                 let pieces = config.chunk_rule(side).cut(side, items, sorted_lengths.as_deref())?;
-                chunks[s].extend(pieces.into_iter().map(|p| (Piece { start: offset + p.start, len: p.len }, false)));
+                chunks[side].extend(pieces.into_iter().map(|p| (Piece { start: offset + p.start, len: p.len }, false)));
                 order.extend(sorted.unwrap_or_default());
                 offset += items;
             }
-            orders[s] = lengths.map(|_| order);
+            orders[side] = lengths.map(|_| order);
         }
-        let (n, m) = (shards[0].iter().sum(), shards[1].iter().sum());
-        Ok(Plan { orders, first_streams: [0, 0], chunks, grid: config.layout.grid(n, m) })
+        let (n, m) = (shards.queries.iter().sum(), shards.passages.iter().sum());
+        Ok(Plan { orders, first_streams: PerSide::default(), chunks, grid: config.layout.grid(n, m) })
     }
 
     /// Process `r`'s share of a [`Plan::sharded`] plan, cut like a batch of
@@ -266,9 +260,10 @@ impl Plan {
     /// # Panics
     /// When `own` reaches past the plan's items of a side (a caller's bug:
     /// the pieces come from the same shards as the plan).
-    pub fn share(&self, own: [Piece; 2]) -> Plan {
+    pub fn share(&self, own: PerSide<Piece>) -> Plan {
         let mut share = self.clone();
-        for (s, &o) in own.iter().enumerate() {
+        for s in SIDES {
+            let o = own[s];
             let inside = |p: &Piece| p.start >= o.start && p.start < o.start + o.len;
             share.first_streams[s] = self.first_streams[s] + self.chunks[s].iter().take_while(|(p, _)| !inside(p)).count();
             share.chunks[s] = self.chunks[s]
@@ -283,15 +278,17 @@ impl Plan {
 
     /// The same plan with each side's items chunked in `orders` (position
     /// → item; `None`: the batch's order), as [`Plan::length_orders`] gives.
-    pub fn with_orders(mut self, orders: [Option<Vec<usize>>; 2]) -> Plan {
+    pub fn with_orders(mut self, orders: PerSide<Option<Vec<usize>>>) -> Plan {
         self.orders = orders;
         self
     }
 
     /// The same layout with nothing retained.
     pub fn without_retained(mut self) -> Plan {
-        for (_, r) in self.chunks.iter_mut().flatten() {
-            *r = false;
+        for side in SIDES {
+            for (_, r) in &mut self.chunks[side] {
+                *r = false;
+            }
         }
         self.grid.retained = 0;
         self
@@ -310,20 +307,19 @@ impl Plan {
     ///
     /// # Errors
     /// As [`Plan::layout_of`].
-    pub fn length_orders<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<[Option<Vec<usize>>; 2]> {
+    pub fn length_orders<Q: Chunk, P: Chunk>(config: &StepConfig, queries: &Q, passages: &P) -> Result<PerSide<Option<Vec<usize>>>> {
         Ok(Plan::layout_of(config, queries, passages)?.orders)
     }
 
     /// The encoder chunks of a side, cut: each with its stream, its items
     /// and whether it is retained.
     pub fn chunks(&self, side: Side) -> Vec<ChunkPiece> {
-        let s = side_index(side);
-        let order = self.orders[s].as_ref();
-        self.chunks[s]
+        let order = self.orders[side].as_ref();
+        self.chunks[side]
             .iter()
             .enumerate()
             .map(|(i, &(piece, retained))| ChunkPiece {
-                stream: self.first_streams[s] + i,
+                stream: self.first_streams[side] + i,
                 piece,
                 retained,
                 items: order.map(|o| o[piece.start..piece.start + piece.len].to_vec()),
@@ -334,12 +330,12 @@ impl Plan {
     /// Each chunk of a side as its piece and whether it is retained, without
     /// cutting anything: what a budget's estimate reads, many times a step.
     pub(crate) fn chunk_pieces(&self, side: Side) -> &[(Piece, bool)] {
-        &self.chunks[side_index(side)]
+        &self.chunks[side]
     }
 
     /// Marks chunk `i` of a side retained or not (what a budget keeps).
     pub(crate) fn set_chunk_retained(&mut self, side: Side, i: usize, retained: bool) {
-        self.chunks[side_index(side)][i].1 = retained;
+        self.chunks[side][i].1 = retained;
     }
 
     /// Keeps the first `n` head blocks (what a budget keeps).
@@ -353,7 +349,7 @@ impl Plan {
     /// # Errors
     /// libtorch errors.
     pub fn in_batch_order(&self, side: Side, chunked: Representation) -> Result<Representation> {
-        match &self.orders[side_index(side)] {
+        match &self.orders[side] {
             Some(order) => {
                 let mut inverse = vec![0i64; order.len()];
                 for (position, &item) in order.iter().enumerate() {
@@ -389,8 +385,8 @@ impl Plan {
     pub fn retained(&self) -> RetainCounts {
         let kept = |c: &[(Piece, bool)]| c.iter().filter(|(_, r)| *r).count();
         RetainCounts {
-            query_chunks: kept(&self.chunks[0]),
-            passage_chunks: kept(&self.chunks[1]),
+            query_chunks: kept(&self.chunks.queries),
+            passage_chunks: kept(&self.chunks.passages),
             head_blocks: self.grid.retained.min(self.grid.len()),
         }
     }
@@ -400,7 +396,7 @@ impl Plan {
         fn largest(pieces: impl Iterator<Item = Piece>) -> usize {
             pieces.map(|p| p.len).max().unwrap_or(0)
         }
-        let [q, p] = &self.chunks;
+        let (q, p) = (&self.chunks.queries, &self.chunks.passages);
         crate::core::output::StepSizes {
             num_queries: self.grid.rows.iter().map(|r| r.len).sum(),
             num_passages: self.grid.cols.iter().map(|c| c.len).sum(),
@@ -427,9 +423,9 @@ mod tests {
         );
         // Rank 1 of [6, 5] queries: its chunks follow rank 0's three.
         let config = StepConfig { layout: Layout::from_chunk_size(2), ..StepConfig::default() };
-        let sharded = Plan::sharded(&config, [&[6, 5], &[5]], [None, None]).unwrap();
+        let sharded = Plan::sharded(&config, PerSide::new(&[6, 5], &[5]), PerSide::default()).unwrap();
         let plan = sharded
-            .share([Piece { start: 6, len: 5 }, Piece { start: 0, len: 5 }])
+            .share(PerSide::new(Piece { start: 6, len: 5 }, Piece { start: 0, len: 5 }))
             .retaining(RetainCounts { query_chunks: 1, ..Default::default() });
         let q = plan.chunks(Side::Queries);
         assert_eq!(q.iter().map(|c| (c.stream, c.retained)).collect::<Vec<_>>(), [(3, true), (4, false), (5, false)]);
@@ -437,7 +433,8 @@ mod tests {
 
     #[test]
     fn a_sorted_side_hands_out_its_items_and_puts_rows_back() {
-        let plan = Plan::with_retained(&Layout::from_chunk_size(2), 3, 1, RetainCounts::default()).with_orders([Some(vec![2, 0, 1]), None]);
+        let plan = Plan::with_retained(&Layout::from_chunk_size(2), 3, 1, RetainCounts::default())
+            .with_orders(PerSide::new(Some(vec![2, 0, 1]), None));
         let chunks = plan.chunks(Side::Queries);
         let rows = tch::Tensor::from_slice(&[10i64, 11, 12]);
         assert_eq!(Vec::<i64>::try_from(chunks[0].rows(&rows).unwrap()).unwrap(), [12, 10]);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::core::batch::Chunk;
 use crate::core::config::RetainCounts;
 use crate::core::encoder::Encoder;
-use crate::core::layout::{cut, Side};
+use crate::core::layout::{cut, PerSide, Side};
 use crate::core::output::{PhaseTimings, StepOutput};
 use crate::core::passes::{checked_loss_value, encode_all};
 use crate::core::plan::{sort_lengths, Plan};
@@ -71,8 +71,9 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
             return Err(GradCacheError::InvalidConfig { field: "shards", reason: "must add up to the batch's queries and passages" });
         }
         let seeds = ReplaySeeds::draw()?;
-        let lengths = [sort_lengths(&self.config, Side::Queries, queries)?, sort_lengths(&self.config, Side::Passages, passages)?];
-        let plan = Plan::sharded(&self.config, [query_shards, passage_shards], [lengths[0].as_deref(), lengths[1].as_deref()])?;
+        let lengths =
+            PerSide::new(sort_lengths(&self.config, Side::Queries, queries)?, sort_lengths(&self.config, Side::Passages, passages)?);
+        let plan = Plan::sharded(&self.config, PerSide::new(query_shards, passage_shards), lengths.as_ref().map(|l| l.as_deref()))?;
         let (loss, timings, plan) = self.full_graph(queries, passages, targets, &seeds, &plan, 1.0)?;
         seeds.finish();
         Ok(StepOutput {

@@ -18,7 +18,7 @@ use crate::core::budget::{BudgetState, CostModel};
 use crate::core::config::StepConfig;
 use crate::core::encoder::Encoder;
 use crate::core::head::{RepresentationGradients, ScoringHead};
-use crate::core::layout::Side;
+use crate::core::layout::{PerSide, Side};
 use crate::core::loss::ContrastiveLoss;
 use crate::core::model::StepModel;
 use crate::core::output::{BudgetReport, PhaseTimings, StepOutput};
@@ -47,7 +47,7 @@ pub struct Representations {
     /// V.
     pub passages: Representation,
     /// Per side, the graph of each retained chunk (for the encoder pass).
-    kept: [Vec<Option<Representation>>; 2],
+    kept: PerSide<Vec<Option<Representation>>>,
 }
 
 /// The score matrix of the score pass (with the graphs of the blocks the
@@ -292,7 +292,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         let pass = || {
             let (u, kept_u) = encode_all(self.query_encoder, queries, plan, Side::Queries, seeds, fwd)?;
             let (v, kept_v) = encode_all(self.passage_encoder, passages, plan, Side::Passages, seeds, fwd)?;
-            Ok(Representations { queries: u, passages: v, kept: [kept_u, kept_v] })
+            Ok(Representations { queries: u, passages: v, kept: PerSide::new(kept_u, kept_v) })
         };
         // Retained chunks run with autograd among chunks without: each
         // region then casts its own weights.
@@ -433,8 +433,7 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
         plan: &Plan,
         seeds: &ReplaySeeds,
     ) -> Result<()> {
-        let [kept_u, kept_v] = std::mem::take(&mut reps.kept);
-        backprop_kept(plan, [(Side::Queries, kept_u, &grads.queries), (Side::Passages, kept_v, &grads.passages)])?;
+        backprop_kept(plan, std::mem::take(&mut reps.kept), PerSide::new(&grads.queries, &grads.passages))?;
         let how = Rerun { plan, seeds, fwd: self.config.forward(), replay: self.config.replay() };
         how.fwd.precision.casting_once(|| {
             backprop_recomputed(self.query_encoder, queries, Side::Queries, &reps.queries, &grads.queries, how)?;
