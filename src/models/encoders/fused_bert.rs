@@ -13,46 +13,9 @@ use rust_bert::bert::BertConfig;
 use rust_bert::Activation;
 use tch::{nn, Kind, Tensor};
 
+use super::layers::{LayerNorm, Linear};
 use crate::error::{GradCacheError, Result};
 use crate::models::pretrained::PositionIds;
-
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    /// BERT's initialisation: weights N(0, σ), biases 0.
-    fn new(p: nn::Path, input: i64, output: i64, sigma: f64) -> Result<Self> {
-        let init = nn::Init::Randn { mean: 0.0, stdev: sigma };
-        Ok(Linear { weight: p.f_var("weight", &[output, input], init)?, bias: p.f_var("bias", &[output], nn::Init::Const(0.0))? })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, Some(&self.bias))?)
-    }
-}
-
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(p: nn::Path, dim: i64, eps: f64) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: p.f_var("weight", &[dim], nn::Init::Const(1.0))?,
-            bias: p.f_var("bias", &[dim], nn::Init::Const(0.0))?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let d = *x.size().last().unwrap_or(&0);
-        Ok(x.f_layer_norm([d], Some(&self.weight), Some(&self.bias), self.eps, true)?)
-    }
-}
 
 struct Layer {
     query: Linear,
@@ -100,21 +63,21 @@ impl FusedBert {
             let l = p / "encoder" / "layer" / i;
             let (attn, out) = (&l / "attention", &l / "output");
             layers.push(Layer {
-                query: Linear::new(&attn / "self" / "query", d, d, sigma)?,
-                key: Linear::new(&attn / "self" / "key", d, d, sigma)?,
-                value: Linear::new(&attn / "self" / "value", d, d, sigma)?,
-                attention_output: Linear::new(&attn / "output" / "dense", d, d, sigma)?,
-                attention_norm: LayerNorm::new(&attn / "output" / "LayerNorm", d, layer_norm_eps)?,
-                intermediate: Linear::new(&l / "intermediate" / "dense", d, config.intermediate_size, sigma)?,
-                output: Linear::new(&out / "dense", config.intermediate_size, d, sigma)?,
-                output_norm: LayerNorm::new(&out / "LayerNorm", d, layer_norm_eps)?,
+                query: Linear::new(&attn / "self" / "query", d, d, true, sigma)?,
+                key: Linear::new(&attn / "self" / "key", d, d, true, sigma)?,
+                value: Linear::new(&attn / "self" / "value", d, d, true, sigma)?,
+                attention_output: Linear::new(&attn / "output" / "dense", d, d, true, sigma)?,
+                attention_norm: LayerNorm::new(&attn / "output" / "LayerNorm", d, true, layer_norm_eps)?,
+                intermediate: Linear::new(&l / "intermediate" / "dense", d, config.intermediate_size, true, sigma)?,
+                output: Linear::new(&out / "dense", config.intermediate_size, d, true, sigma)?,
+                output_norm: LayerNorm::new(&out / "LayerNorm", d, true, layer_norm_eps)?,
             });
         }
         Ok(FusedBert {
             word: (&e / "word_embeddings").f_var("weight", &[config.vocab_size, d], normal)?,
             position: (&e / "position_embeddings").f_var("weight", &[config.max_position_embeddings, d], normal)?,
             token_type: (&e / "token_type_embeddings").f_var("weight", &[config.type_vocab_size, d], normal)?,
-            embedding_norm: LayerNorm::new(&e / "LayerNorm", d, layer_norm_eps)?,
+            embedding_norm: LayerNorm::new(&e / "LayerNorm", d, true, layer_norm_eps)?,
             layers,
             heads: config.num_attention_heads,
             hidden_dropout: config.hidden_dropout_prob,
@@ -130,6 +93,32 @@ impl FusedBert {
             Activation::relu => x.f_relu()?,
             _ => x.f_gelu("none")?,
         })
+    }
+
+    /// A layer's self-attention and its residual norm.
+    ///
+    /// # Shapes
+    /// `x`: `[n, L, d]`; `keys`: `[n, 1, 1, L]` bool; returns `[n, L, d]`.
+    fn attention(&self, layer: &Layer, x: &Tensor, keys: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, len, d) = x.size3()?;
+        let split = |t: Tensor| -> Result<Tensor> { Ok(t.f_view([n, len, self.heads, d / self.heads])?.f_transpose(1, 2)?) };
+        let p_attention = if train { self.attention_dropout } else { 0.0 };
+        let (q, k, v) = (split(layer.query.forward(x)?)?, split(layer.key.forward(x)?)?, split(layer.value.forward(x)?)?);
+        let context = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(keys), p_attention, false, None)?
+            .f_transpose(1, 2)?
+            .f_reshape([n, len, d])?;
+        let attended = layer.attention_output.forward(&context)?.f_dropout(self.hidden_dropout, train)?;
+        layer.attention_norm.forward(&attended.f_add(x)?)
+    }
+
+    /// A layer's feed-forward block and its residual norm.
+    ///
+    /// # Shapes
+    /// `[n, L, d]` → `[n, L, d]`.
+    fn feed_forward(&self, layer: &Layer, a: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = self.activate(&layer.intermediate.forward(a)?)?;
+        let out = layer.output.forward(&hidden)?.f_dropout(self.hidden_dropout, train)?;
+        layer.output_norm.forward(&out.f_add(a)?)
     }
 
     /// Token states.
@@ -157,19 +146,9 @@ impl FusedBert {
         // padded, fails through tch 0.17 with libtorch 2.4: the absent mask
         // arrives as an undefined tensor that SDPA's input check rejects.)
         let keys = mask.f_ne(0)?.f_view([n, 1, 1, len])?;
-        let d = *x.size().last().unwrap_or(&0);
-        let split = |t: Tensor| -> Result<Tensor> { Ok(t.f_view([n, len, self.heads, d / self.heads])?.f_transpose(1, 2)?) };
-        let p_attention = if train { self.attention_dropout } else { 0.0 };
         for layer in &self.layers {
-            let (q, k, v) = (split(layer.query.forward(&x)?)?, split(layer.key.forward(&x)?)?, split(layer.value.forward(&x)?)?);
-            let context = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(&keys), p_attention, false, None)?
-                .f_transpose(1, 2)?
-                .f_reshape([n, len, d])?;
-            let attended = layer.attention_output.forward(&context)?.f_dropout(self.hidden_dropout, train)?;
-            let a = layer.attention_norm.forward(&attended.f_add(&x)?)?;
-            let hidden = self.activate(&layer.intermediate.forward(&a)?)?;
-            let out = layer.output.forward(&hidden)?.f_dropout(self.hidden_dropout, train)?;
-            x = layer.output_norm.forward(&out.f_add(&a)?)?;
+            let attended = self.attention(layer, &x, &keys, train)?;
+            x = self.feed_forward(layer, &attended, train)?;
         }
         Ok(x)
     }

@@ -1,6 +1,7 @@
 //! Built-in encoders and the pooling they share.
 
 mod fused_bert;
+mod layers;
 mod modernbert;
 mod text_encoder;
 mod tiny;

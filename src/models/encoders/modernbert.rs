@@ -10,44 +10,9 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::layers::{LayerNorm, Linear};
 use crate::error::{GradCacheError, Result};
 use crate::models::pretrained::ModernBertConfig;
-
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(p: nn::Path, input: i64, output: i64, bias: bool, sigma: f64) -> Result<Self> {
-        let weight = p.f_var("weight", &[output, input], nn::Init::Randn { mean: 0.0, stdev: sigma })?;
-        let bias = if bias { Some(p.f_var("bias", &[output], nn::Init::Const(0.0))?) } else { None };
-        Ok(Linear { weight, bias })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
-    }
-}
-
-struct LayerNorm {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(p: nn::Path, dim: i64, bias: bool, eps: f64) -> Result<Self> {
-        let weight = p.f_var("weight", &[dim], nn::Init::Const(1.0))?;
-        let bias = if bias { Some(p.f_var("bias", &[dim], nn::Init::Const(0.0))?) } else { None };
-        Ok(LayerNorm { weight, bias, eps })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let d = *x.size().last().unwrap_or(&0);
-        Ok(x.f_layer_norm([d], Some(&self.weight), self.bias.as_ref(), self.eps, true)?)
-    }
-}
 
 struct Layer {
     /// Absent in layer 0, which reads the embeddings' norm.
@@ -165,6 +130,43 @@ impl ModernBert {
         Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
     }
 
+    /// A layer's pre-norm attention with rotary positions, added to `x`.
+    ///
+    /// # Shapes
+    /// `x`: `[n, L, d]`; `tables`: the rotary `cos`, `sin` `[1, 1, L, dh]`;
+    /// `allowed`: `[n or 1, 1, L or 1, L]` bool; returns `[n, L, d]`.
+    fn attention(&self, layer: &Layer, x: &Tensor, tables: &(Tensor, Tensor), allowed: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, len, d) = x.size3()?;
+        let dh = d / self.heads;
+        let rotate = |t: &Tensor| -> Result<Tensor> {
+            let halves = t.f_chunk(2, -1)?;
+            let rotated = Tensor::f_cat(&[&halves[1].f_neg()?, &halves[0]], -1)?;
+            Ok(t.f_mul(&tables.0)?.f_add(&rotated.f_mul(&tables.1)?)?)
+        };
+        let h = match &layer.attn_norm {
+            Some(norm) => norm.forward(x)?,
+            None => x.shallow_clone(),
+        };
+        // [n, L, 3, H, dh] → q, k, v as [n, H, L, dh].
+        let qkv = layer.wqkv.forward(&h)?.f_view([n, len, 3, self.heads, dh])?.f_permute([2, 0, 3, 1, 4])?;
+        let (q, k) = (rotate(&qkv.f_get(0)?)?, rotate(&qkv.f_get(1)?)?);
+        let p_attention = if train { self.attention_dropout } else { 0.0 };
+        let context = Tensor::f_scaled_dot_product_attention(&q, &k, &qkv.f_get(2)?, Some(allowed), p_attention, false, None)?
+            .f_transpose(1, 2)?
+            .f_reshape([n, len, d])?;
+        Ok(x.f_add(&layer.wo.forward(&context)?.f_dropout(self.attention_dropout, train)?)?)
+    }
+
+    /// A layer's pre-norm gated MLP, added to `x`.
+    ///
+    /// # Shapes
+    /// `[n, L, d]` → `[n, L, d]`.
+    fn feed_forward(&self, layer: &Layer, x: &Tensor, train: bool) -> Result<Tensor> {
+        let gated = layer.wi.forward(&layer.mlp_norm.forward(x)?)?.f_chunk(2, -1)?;
+        let inner = self.activate(&gated[0])?.f_mul(&gated[1])?.f_dropout(self.mlp_dropout, train)?;
+        Ok(x.f_add(&layer.mlp_wo.forward(&inner)?)?)
+    }
+
     /// Token states.
     ///
     /// # Shapes
@@ -190,29 +192,10 @@ impl ModernBert {
         let near = keys.f_logical_and(&distance.f_le(self.window)?.f_view([1, 1, len, len])?)?.f_logical_or(&itself)?;
         let global = Self::rotary(self.global_theta, len, dh, kind, device)?;
         let local = Self::rotary(self.local_theta, len, dh, kind, device)?;
-        let p_attention = if train { self.attention_dropout } else { 0.0 };
-        let rotate = |t: &Tensor, (cos, sin): &(Tensor, Tensor)| -> Result<Tensor> {
-            let halves = t.f_chunk(2, -1)?;
-            let rotated = Tensor::f_cat(&[&halves[1].f_neg()?, &halves[0]], -1)?;
-            Ok(t.f_mul(cos)?.f_add(&rotated.f_mul(sin)?)?)
-        };
         for layer in &self.layers {
-            let h = match &layer.attn_norm {
-                Some(norm) => norm.forward(&x)?,
-                None => x.shallow_clone(),
-            };
-            // [n, L, 3, H, dh] → q, k, v as [n, H, L, dh].
-            let qkv = layer.wqkv.forward(&h)?.f_view([n, len, 3, self.heads, dh])?.f_permute([2, 0, 3, 1, 4])?;
             let (tables, allowed) = if layer.global { (&global, &keys) } else { (&local, &near) };
-            let q = rotate(&qkv.f_get(0)?, tables)?;
-            let k = rotate(&qkv.f_get(1)?, tables)?;
-            let context = Tensor::f_scaled_dot_product_attention(&q, &k, &qkv.f_get(2)?, Some(allowed), p_attention, false, None)?
-                .f_transpose(1, 2)?
-                .f_reshape([n, len, d])?;
-            x = x.f_add(&layer.wo.forward(&context)?.f_dropout(self.attention_dropout, train)?)?;
-            let gated = layer.wi.forward(&layer.mlp_norm.forward(&x)?)?.f_chunk(2, -1)?;
-            let inner = self.activate(&gated[0])?.f_mul(&gated[1])?.f_dropout(self.mlp_dropout, train)?;
-            x = x.f_add(&layer.mlp_wo.forward(&inner)?)?;
+            x = self.attention(layer, &x, tables, allowed, train)?;
+            x = self.feed_forward(layer, &x, train)?;
         }
         self.final_norm.forward(&x)
     }
