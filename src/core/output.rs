@@ -24,6 +24,18 @@ pub struct PhaseTimings {
     pub encoder: Duration,
 }
 
+/// Runs `pass`, recording its wall time in `slot` (whether it succeeds or
+/// not).
+///
+/// # Errors
+/// `pass`'s.
+pub(crate) fn timed<T>(slot: &mut Duration, pass: impl FnOnce() -> crate::error::Result<T>) -> crate::error::Result<T> {
+    let started = std::time::Instant::now();
+    let out = pass();
+    *slot = started.elapsed();
+    out
+}
+
 impl PhaseTimings {
     /// The sum of all phases.
     pub fn total(&self) -> Duration {

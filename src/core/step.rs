@@ -8,8 +8,6 @@
 //! them in order. The step only fills gradients: zeroing them and the
 //! optimizer step stay with the caller.
 
-use std::time::Instant;
-
 use tch::{Device, Tensor};
 
 use crate::core::balance::{Balance, GateTotals};
@@ -21,7 +19,7 @@ use crate::core::head::{RepresentationGradients, ScoringHead};
 use crate::core::layout::{PerSide, Side};
 use crate::core::loss::ContrastiveLoss;
 use crate::core::model::StepModel;
-use crate::core::output::{BudgetReport, PhaseTimings, StepOutput};
+use crate::core::output::{timed, BudgetReport, PhaseTimings, StepOutput};
 use crate::core::passes::{
     backprop_kept, backprop_kept_blocks, backprop_recomputed, backprop_recomputed_blocks, checked_loss_value, closed_form_gradients,
     encode_all, has_closed_form, BlockTerms, GradientSums, Rerun,
@@ -203,49 +201,41 @@ impl<'m, QE: Encoder + ?Sized, PE: Encoder + ?Sized> GradCache<'m, QE, PE> {
     pub fn step(&mut self, queries: &QE::Input, passages: &PE::Input, targets: &Targets) -> Result<StepOutput> {
         self.check_batch(queries, passages, targets)?;
         let seeds = ReplaySeeds::draw()?;
-        let (mut plan, budget) = self.plan(queries, passages, &seeds)?;
-        let gpu = match (&budget, self.budget.device()) {
+        let (plan, budget) = self.plan(queries, passages, &seeds)?;
+        // A budget on a GPU is checked against the allocator's own peak.
+        let peak = match (&budget, self.budget.device()) {
             (Some(_), Some(device @ Device::Cuda(_))) => Some(crate::runtime::gpu::start_peak(device)?),
             _ => None,
         };
-        let mut timings = PhaseTimings::default();
-        let t = Instant::now();
-        let mut reps = self.representation_pass(queries, passages, &plan, &seeds)?;
-        if plan.retained().head_blocks > 0 && has_closed_form(self.head, self.config.precision, &reps.queries, &reps.passages)? {
-            // Its blocks never run a second time: keeping their graphs
-            // would only cost memory.
-            plan = plan.without_retained_blocks();
-        }
-        timings.representation = t.elapsed();
-        let plan = self.sized_blocks(plan, &reps.queries, &reps.passages)?;
-        let t = Instant::now();
-        let mut scores = self.score_pass(&reps, &plan, &seeds)?;
-        timings.score = t.elapsed();
-        let t = Instant::now();
-        let cache = self.distance_gradient_cache(&scores, targets)?;
-        timings.distance_gradient = t.elapsed();
-        let t = Instant::now();
-        let HeadPass { gradients: grads, closed_form: closed_form_head } = self.head_pass(&reps, &mut scores, &cache, &plan, &seeds)?;
-        timings.head = t.elapsed();
-        let t = Instant::now();
-        self.encoder_pass(queries, passages, &mut reps, &grads, &plan, &seeds)?;
-        crate::runtime::gpu::synchronize(scores.device());
-        timings.encoder = t.elapsed();
+        let mut t = PhaseTimings::default();
+        let mut reps = timed(&mut t.representation, || self.representation_pass(queries, passages, &plan, &seeds))?;
+        let plan = self.sized_blocks(self.without_needless_blocks(plan, &reps)?, &reps.queries, &reps.passages)?;
+        let mut scores = timed(&mut t.score, || self.score_pass(&reps, &plan, &seeds))?;
+        let cache = timed(&mut t.distance_gradient, || self.distance_gradient_cache(&scores, targets))?;
+        let head = timed(&mut t.head, || self.head_pass(&reps, &mut scores, &cache, &plan, &seeds))?;
+        timed(&mut t.encoder, || {
+            self.encoder_pass(queries, passages, &mut reps, &head.gradients, &plan, &seeds)?;
+            crate::runtime::gpu::synchronize(scores.device());
+            Ok(())
+        })?;
         seeds.finish();
-        let budget = match (budget, gpu) {
+        let budget = match (budget, peak) {
             (Some(b), Some(start)) => Some(BudgetReport { measured_peak_mb: Some(start.peak_mb()?), ..b }),
             (b, _) => b,
         };
-        let flops = crate::core::flops::count(
-            self.parts(),
-            &plan,
-            queries,
-            passages,
-            (&reps.queries, &reps.passages),
-            closed_form_head,
-            plan.blocks(),
-        )?;
-        Ok(StepOutput { loss: cache.loss, timings, sizes: plan.sizes(closed_form_head), retained: plan.retained(), budget, flops })
+        let reps = (&reps.queries, &reps.passages);
+        let flops = crate::core::flops::count(self.parts(), &plan, queries, passages, reps, head.closed_form, plan.blocks())?;
+        Ok(StepOutput { loss: cache.loss, timings: t, sizes: plan.sizes(head.closed_form), retained: plan.retained(), budget, flops })
+    }
+
+    /// `plan` without retained head blocks when the head's gradients come
+    /// in closed form: its blocks never run a second time, so keeping their
+    /// graphs would only cost memory.
+    fn without_needless_blocks(&self, plan: Plan, reps: &Representations) -> Result<Plan> {
+        if plan.retained().head_blocks > 0 && has_closed_form(self.head, self.config.precision, &reps.queries, &reps.passages)? {
+            return Ok(plan.without_retained_blocks());
+        }
+        Ok(plan)
     }
 
     /// `plan` with its head blocks sized by cost when the config asks for
