@@ -55,7 +55,7 @@ if seed0: print(row("`mol_residual` (seed 0)", seed0))
 for d in sorted(root.glob("mol_sweep_*-bf16")):
     rs = results(d)
     if rs: print(row(f"`{d.name.rsplit('-', 1)[0]}`", rs))
-print("\n## 400 steps (4× the budget; seed 0)\n")
+print("\n## 400 steps (4× the budget)\n")
 longer = [(d, results(d)) for d in sorted(pathlib.Path("runs/steps400").glob("*-bf16"))] if pathlib.Path("runs/steps400").is_dir() else []
 if not any(rs for _, rs in longer):
     print("Not run yet (`STEPS400=\"mol_residual cosine\" benchmarks/heads/mol_quality.sh`).")
@@ -63,3 +63,46 @@ else:
     print(head)
     for d, rs in longer:
         if rs: print(row(f"`{d.name.rsplit('-', 1)[0]}`, 400 steps", rs))
+
+# The same models on the WordNet BEIR export, beside the cross-encoder at 4x
+# (benchmarks/heads/cross_encoder.sh STEPS=400 PRECISION=bf16): MRR@10 of
+# each query's top 100 over the whole corpus, as `gradcache eval` measures it.
+def jsonl(path):
+    p = pathlib.Path(path)
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+rerank = jsonl("docs/results/cross_encoder/rerank.jsonl")
+wsd = jsonl("docs/results/cross_encoder/wsd.jsonl")
+ce400 = {r["tag"]: r for r in rerank if r["tag"].startswith("ce-steps400-")}
+mol400 = sorted(pathlib.Path("runs/steps400").glob("mol_residual-bf16/seed-*")) if pathlib.Path("runs/steps400").is_dir() else []
+if ce400 or mol400:
+    print("\nOn the WordNet BEIR export (each query against the whole corpus, the top 100 reranked; MRR@10, dev / test):\n")
+    print("| model, 400 steps | seeds | dev MRR@10 | test MRR@10 | dev WSD | test WSD |")
+    print("|---|---|---|---|---|---|")
+    def ev(run, split, stage):
+        f = run / f"eval-{split}-{stage}" / "metrics.json"
+        return json.loads(f.read_text()) if f.exists() else None
+    for label, stage, part in [("the MoL run's own encoder, cosine (first stage)", "cosine", "first_stage"),
+                               ("Mixture of Logits reranking that first stage's top 100", "cosine", "reranked"),
+                               ("Mixture of Logits as its own first stage (exact)", "head", "first_stage")]:
+        cells = []
+        for split in ["dev", "test"]:
+            ms = [m[part]["mrr10"] for m in (ev(r, split, stage) for r in mol400) if m]
+            cells.append(cell(ms))
+        n = len([r for r in mol400 if ev(r, "dev", stage)])
+        if n: print(f"| {label} | {n} | {cells[0]} | {cells[1]} | – | – |")
+    seeds = sorted({t.split()[0] for t in ce400})
+    for first in ["cosine-steps400"]:
+        dev = [r["reranked"]["mrr10"] for t, r in ce400.items() if f" dev {first}" in t]
+        test = [r["reranked"]["mrr10"] for t, r in ce400.items() if f" test {first}" in t]
+        fdev = [r["first_stage"]["mrr10"] for t, r in ce400.items() if f" dev {first}" in t]
+        ftest = [r["first_stage"]["mrr10"] for t, r in ce400.items() if f" test {first}" in t]
+        w = {sp: [r["wsd_accuracy"] for r in wsd if r["tag"].startswith("ce-steps400-") and r["tag"].endswith(f"{sp} wsd")] for sp in ["dev", "test"]}
+        if fdev:
+            print(f"| the 400-step cosine bi-encoder run (first stage) | {len(fdev)} | {cell(fdev)} | {cell(ftest)} | – | – |")
+        if dev:
+            print(f"| cross-encoder (MiniLM, sentence-transformers, bf16 autocast, the main job's batches), reranking that first stage's top 100 | "
+                  f"{len(dev)} | {cell(dev)} | {cell(test)} | {cell(w['dev'])} | {cell(w['test'])} |")
+    ce100 = [r["reranked"]["mrr10"] for r in rerank if r["tag"].startswith("ce-s") and " dev cosine-s" in r["tag"]]
+    if ce100:
+        print(f"| *for reference, 100 steps (f32, earlier recipe)*: cross-encoder reranking its bi-encoder's top 100 | {len(ce100)} | {cell(ce100)} | "
+              f"{cell([r['reranked']['mrr10'] for r in rerank if r['tag'].startswith('ce-s') and ' test cosine-s' in r['tag']])} | – | – |")
