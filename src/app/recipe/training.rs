@@ -74,21 +74,17 @@ pub(super) struct Trained {
     pub matmul: Option<crate::runtime::MatmulRate>,
 }
 
-/// Trains `o.scorer` as `r` says, in the run folder, from its start or its
-/// newest intact checkpoint; rank 0 evaluates, keeps the best model and
-/// writes the folder, the other processes train their share alike.
+/// The trainer over the run folder, new or resumed from its newest intact
+/// checkpoint (rank 0 writes the resolved config there first), and the best
+/// evaluation so far from the resumed log.
 ///
 /// # Errors
-/// A resume refused or without the best model so far; the step's and the
-/// trainer's errors; file errors.
-pub(super) fn train(r: &Resolved, o: &Opened, start: Start, world: &dyn Collective, say: &dyn Reporter) -> Result<Trained> {
+/// A resume refused, or without the best model so far; file errors.
+fn open_trainer<'v>(r: &Resolved, o: &'v Opened, start: Start, lead: bool, say: &dyn Reporter) -> Result<(Trainer<'v>, Best)> {
     let c = &r.c;
-    let (rank, ranks) = (world.rank(), world.world_size());
-    let lead = rank == 0;
-    let mut gc = GradCache::new(c.step.clone(), o.scorer.query_encoder(), o.scorer.passage_encoder(), o.scorer.head(), &c.loss)?;
     let run = fingerprint(c, &r.model)?;
     let resume = start == Start::Resume;
-    let mut trainer = if lead {
+    let trainer = if lead {
         Trainer::for_run(c.train.clone(), o.scorer.var_store(), &c.output_dir, resume, run)?
     } else {
         Trainer::follower(c.train.clone(), o.scorer.var_store(), &c.output_dir, resume, run)?
@@ -117,6 +113,23 @@ pub(super) fn train(r: &Resolved, o: &Opened, start: Start, world: &dyn Collecti
     if lead {
         best.require_bundle(&bundle)?;
     }
+    Ok((trainer, best))
+}
+
+/// Trains `o.scorer` as `r` says, in the run folder, from its start or its
+/// newest intact checkpoint; rank 0 evaluates, keeps the best model and
+/// writes the folder, the other processes train their share alike.
+///
+/// # Errors
+/// A resume refused or without the best model so far; the step's and the
+/// trainer's errors; file errors.
+pub(super) fn train(r: &Resolved, o: &Opened, start: Start, world: &dyn Collective, say: &dyn Reporter) -> Result<Trained> {
+    let c = &r.c;
+    let (rank, ranks) = (world.rank(), world.world_size());
+    let lead = rank == 0;
+    let mut gc = GradCache::new(c.step.clone(), o.scorer.query_encoder(), o.scorer.passage_encoder(), o.scorer.head(), &c.loss)?;
+    let (mut trainer, mut best) = open_trainer(r, o, start, lead, say)?;
+    let bundle = c.output_dir.join("model");
     // A third of a second, before training (bf16 runs several times
     // faster on bf16 units).
     let matmul = if lead {
