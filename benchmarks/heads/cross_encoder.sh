@@ -60,8 +60,10 @@ for seed in ${SEEDS:-0 1 2}; do
     if [ ! -f "$ce/summary.json" ]; then
         target/release/examples/common_write_batches --batches "$runs/batches-${variant}s$seed.jsonl" --seed "$seed" --steps "$steps" >&2
         log "cross-encoder, $steps steps, $precision, seed $seed"
+        # The summary line only once the run has finished (a killed run leaves its progress lines).
         ./.python benchmarks/heads/st_cross_encoder.py --batches "$runs/batches-${variant}s$seed.jsonl" --output "$ce" --seed "$seed" \
-            --precision "$precision" 2> "$ce.log" | tail -1 >> "$res/train.jsonl"
+            --precision "$precision" 2> "$ce.log" > "$ce.out"
+        tail -1 "$ce.out" >> "$res/train.jsonl"
     fi
     for split in ${SPLITS:-dev test}; do
         if ! grep -qF "\"tag\": \"ce-${variant}s$seed $split wsd\"" "$res/wsd.jsonl" 2>/dev/null; then
