@@ -16,6 +16,7 @@ use crate::core::loss::InfoNce;
 use crate::error::GradCacheError;
 use crate::models::encoders::TextEncoderConfig;
 use crate::models::heads::HeadConfig;
+use crate::models::weights::write_bytes_atomically;
 use crate::runtime::precision::Precision;
 
 /// The recipe's layout: blocks of 16 × 64 pairs, half the library's
@@ -350,4 +351,14 @@ pub enum Start {
     Resume,
     /// A new run in a folder that holds another (set one generation back).
     Overwrite,
+}
+
+/// Writes one of the run's JSON files (`config.json`, `results.json`),
+/// pretty-printed and atomically.
+///
+/// # Errors
+/// [`GradCacheError::Json`]; file errors.
+pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| GradCacheError::Json { path: path.to_path_buf(), source })?;
+    write_bytes_atomically(path, &bytes).map_err(Into::into)
 }

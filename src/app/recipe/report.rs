@@ -2,11 +2,9 @@
 //! models, and the summary the command line's table is printed from.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use serde::Serialize;
-
-use super::config::{chunk_note, RerankerConfig};
+use super::config::{chunk_note, write_json, RerankerConfig};
 use super::evaluation::sense_scores;
 use super::open::Opened;
 use super::preflight::Resolved;
@@ -16,8 +14,6 @@ use crate::app::error::Result;
 use crate::app::eval::ReferenceResults;
 use crate::app::reporter::Reporter;
 use crate::core::layout::{ChunkRule, Side};
-use crate::error::GradCacheError;
-use crate::models::weights::write_bytes_atomically;
 
 /// What a finished run left.
 #[derive(Debug, Clone)]
@@ -78,11 +74,6 @@ pub struct RunSummary {
     /// training ([`crate::runtime::matmul_gflops`] at
     /// [`crate::runtime::MATMUL_PROBE_SHAPE`]).
     pub rates: (crate::core::output::PassFlops, Option<crate::runtime::MatmulRate>),
-}
-
-pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| GradCacheError::Json { path: path.to_path_buf(), source })?;
-    write_bytes_atomically(path, &bytes).map_err(Into::into)
 }
 
 /// The run's header: what it trains on and evaluates, where, how the step

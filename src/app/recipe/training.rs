@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::best::Best;
-use super::config::{RerankerConfig, Start};
+use super::config::{write_json, RerankerConfig, Start};
 use super::data::batch;
 use super::open::Opened;
 use super::preflight::Resolved;
@@ -91,7 +91,7 @@ fn open_trainer<'v>(r: &Resolved, o: &'v Opened, start: Start, lead: bool, say: 
     };
     if lead {
         // Only a run that may use this folder records its config there.
-        super::report::write_json(&c.output_dir.join("config.json"), c)?;
+        write_json(&c.output_dir.join("config.json"), c)?;
     }
     for (path, why) in trainer.skipped_checkpoints() {
         say.warn(&format!("resume: skipped damaged checkpoint {}: {why}", path.display()));
