@@ -1,10 +1,10 @@
 //! The loops the step, the full-batch reference and the distributed step
 //! share. Encoder side: encode every chunk of a plan, and backpropagate a
-//! gradient over the side through the kept chunks ([`backprop_kept`]) and
-//! the recomputed ones ([`backprop_recomputed`]). Head side, the same split
-//! over blocks of pairs ([`backprop_kept_blocks`],
-//! [`backprop_recomputed_blocks`]) summed into ∂L/∂U and ∂L/∂V
-//! ([`GradientSums`]). Also the one-call backward of a sum of `y ⊙ g`
+//! gradient over the side through the kept chunks (`backprop_kept`) and
+//! the recomputed ones (`backprop_recomputed`). Head side, the same split
+//! over blocks of pairs (`backprop_kept_blocks`,
+//! `backprop_recomputed_blocks`) summed into ∂L/∂U and ∂L/∂V
+//! (`GradientSums`). Also the one-call backward of a sum of `y ⊙ g`
 //! terms.
 
 use tch::{Kind, Tensor};
