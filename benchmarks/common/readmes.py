@@ -6,7 +6,7 @@ Run it after committing new results:
 
     python3 benchmarks/common/readmes.py
 """
-import pathlib, re, subprocess
+import functools, pathlib, re, subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 B = ROOT / "benchmarks"
@@ -74,6 +74,7 @@ def git(*args):
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
+@functools.cache
 def last_run(result):
     out = git("log", "-1", "--format=%cs %h", "--", f"docs/results/{result}")
     return out or "not run yet"

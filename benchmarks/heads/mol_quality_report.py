@@ -84,12 +84,8 @@ if ce400 or mol400:
     for label, stage, part in [("the MoL run's own encoder, cosine (first stage)", "cosine", "first_stage"),
                                ("Mixture of Logits reranking that first stage's top 100", "cosine", "reranked"),
                                ("Mixture of Logits as its own first stage (exact)", "head", "first_stage")]:
-        cells = []
-        for split in ["dev", "test"]:
-            ms = [m[part]["mrr10"] for m in (ev(r, split, stage) for r in mol400) if m]
-            cells.append(cell(ms))
-        n = len([r for r in mol400 if ev(r, "dev", stage)])
-        if n: print(f"| {label} | {n} | {cells[0]} | {cells[1]} | – | – |")
+        ms = {split: [m[part]["mrr10"] for m in (ev(r, split, stage) for r in mol400) if m] for split in ["dev", "test"]}
+        if ms["dev"]: print(f"| {label} | {len(ms['dev'])} | {cell(ms['dev'])} | {cell(ms['test'])} | – | – |")
     seeds = sorted({t.split()[0] for t in ce400})
     for first in ["cosine-steps400"]:
         dev = [r["reranked"]["mrr10"] for t, r in ce400.items() if f" dev {first}" in t]

@@ -32,7 +32,8 @@ pub enum Split {
 }
 
 impl Split {
-    fn name(self) -> &'static str {
+    /// `train`, `dev` or `test`: the name in files and on the command line.
+    pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Dev => "dev",

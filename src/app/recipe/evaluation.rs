@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::config::RerankerConfig;
-use crate::app::data::wordnet::{SenseEval, Split, WordSenseData};
+use crate::app::data::wordnet::{SenseEval, WordSenseData};
 use crate::app::data::{Malformed, RetrievalSet};
 use crate::app::error::Result;
 use crate::app::eval::sense_metrics;
@@ -35,11 +35,7 @@ impl Evaluation {
     /// # Errors
     /// Reading errors of the BEIR folder.
     pub fn open(c: &RerankerConfig, task: &WordSenseData, say: &dyn Reporter) -> Result<Self> {
-        let split = match c.eval_split {
-            Split::Train => "train",
-            Split::Dev => "dev",
-            Split::Test => "test",
-        };
+        let split = c.eval_split.name();
         let eval_data = match &c.eval_data {
             Some(dir) => {
                 let malformed = if c.skip_malformed { Malformed::Skip } else { Malformed::Fail };

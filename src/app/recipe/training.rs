@@ -3,7 +3,7 @@
 //! evaluations in between, and the best model kept.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::best::Best;
 use super::config::{write_json, RerankerConfig, Start};
@@ -80,7 +80,14 @@ pub(super) struct Trained {
 ///
 /// # Errors
 /// A resume refused, or without the best model so far; file errors.
-fn open_trainer<'v>(r: &Resolved, o: &'v Opened, start: Start, lead: bool, say: &dyn Reporter) -> Result<(Trainer<'v>, Best)> {
+fn open_trainer<'v>(
+    r: &Resolved,
+    o: &'v Opened,
+    start: Start,
+    lead: bool,
+    bundle: &Path,
+    say: &dyn Reporter,
+) -> Result<(Trainer<'v>, Best)> {
     let c = &r.c;
     let run = fingerprint(c, &r.model)?;
     let resume = start == Start::Resume;
@@ -105,13 +112,12 @@ fn open_trainer<'v>(r: &Resolved, o: &'v Opened, start: Start, lead: bool, say: 
     // resumed run starts from the best its log holds up to its checkpoint,
     // as the uninterrupted run had it then; the evaluations it repeats are
     // the same (training is bit for bit), so it ends with the same choice.
-    let bundle = c.output_dir.join("model");
     let mut best = Best::new(r.selected.clone());
     for (step, metrics) in trainer.logged_evals() {
         best.offer(step, &metrics);
     }
     if lead {
-        best.require_bundle(&bundle)?;
+        best.require_bundle(bundle)?;
     }
     Ok((trainer, best))
 }
@@ -128,8 +134,8 @@ pub(super) fn train(r: &Resolved, o: &Opened, start: Start, world: &dyn Collecti
     let (rank, ranks) = (world.rank(), world.world_size());
     let lead = rank == 0;
     let mut gc = GradCache::new(c.step.clone(), o.scorer.query_encoder(), o.scorer.passage_encoder(), o.scorer.head(), &c.loss)?;
-    let (mut trainer, mut best) = open_trainer(r, o, start, lead, say)?;
     let bundle = c.output_dir.join("model");
+    let (mut trainer, mut best) = open_trainer(r, o, start, lead, &bundle, say)?;
     // A third of a second, before training (bf16 runs several times
     // faster on bf16 units).
     let matmul = if lead {
