@@ -484,6 +484,35 @@ fn the_console_output_of_a_run_stays_line_for_line() {
     assert_eq!(shown.lines().count(), want.lines().count(), "the console has other lines; all of it:\n{shown}");
 }
 
+/// `gradcache train` started outside the checkout still finds the embedded
+/// WordNet task and baselines (in the checkout it was built from) and says
+/// so in the run's resolved config; a missing model names the flag to pass.
+#[test]
+fn train_runs_from_a_folder_outside_the_checkout() {
+    let _serial = common::serial();
+    let dir = common::scratch("recipe-elsewhere");
+    common::tiny_bert_folder(&dir.join("bert"), 32, 4, 1, 0);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gradcache"))
+            .arg("train")
+            .args(args)
+            .current_dir(&dir)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--model-dir", "bert", "--batch-size", "3", "--precision", "f32", "--steps", "1", "--dev-queries", "6"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/train_reranker/config.json")).unwrap()).unwrap();
+    assert_eq!(config["data_dir"], serde_json::json!(repo().join("examples/data/wordnet")), "{config}");
+    assert_eq!(config["baselines"], serde_json::json!(repo().join("docs/results/heads/baselines.json")), "{config}");
+    assert_eq!(config["model_dir"], "bert", "a path the user gave stays as given");
+    let out = run(&["--model-dir", "nowhere", "--output-dir", "other"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("nowhere") && stderr.contains("model folder missing"), "{stderr}");
+}
+
 #[test]
 fn the_console_shape_masks_timings_and_keeps_words_and_counts() {
     let dir = std::path::Path::new("/tmp/x");

@@ -19,6 +19,29 @@ use crate::models::heads::HeadConfig;
 use crate::models::weights::write_bytes_atomically;
 use crate::runtime::precision::Precision;
 
+/// The committed fine-tuned baselines the recipe shows beside a run,
+/// relative to the checkout.
+pub const RECIPE_BASELINES: &str = "docs/results/heads/baselines.json";
+
+/// The checkout this binary was built from: where the embedded model, data
+/// and baselines are when the working directory does not hold them.
+const BUILT_FROM: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A default path of the gradcache checkout (the embedded model, the
+/// WordNet task, the baselines): as written when the working directory
+/// holds it (the runs on record name it so), else in the checkout the
+/// binary was built from, so that `gradcache train` runs from any folder.
+/// As written when neither holds it, and the error names that path.
+pub fn checkout_path(relative: &str) -> PathBuf {
+    let here = PathBuf::from(relative);
+    let built = Path::new(BUILT_FROM).join(relative);
+    if !here.exists() && built.exists() {
+        built
+    } else {
+        here
+    }
+}
+
 /// The recipe's layout: blocks of 16 × 64 pairs, half the library's
 /// ([`Layout::default`]), what the main job's memory figures and committed
 /// baselines were measured at; and chunks of 16 texts, which apply only
@@ -177,8 +200,8 @@ pub struct RerankerConfig {
 impl Default for RerankerConfig {
     fn default() -> Self {
         RerankerConfig {
-            model_dir: crate::models::pretrained::EMBEDDED_MODEL_DIR.into(),
-            data_dir: crate::app::data::wordnet::EMBEDDED_TASK_DIR.into(),
+            model_dir: checkout_path(crate::models::pretrained::EMBEDDED_MODEL_DIR),
+            data_dir: checkout_path(crate::app::data::wordnet::EMBEDDED_TASK_DIR),
             train_jsonl: None,
             skip_malformed: false,
             output_dir: "runs/train_reranker".into(),
@@ -193,7 +216,7 @@ impl Default for RerankerConfig {
             wordnet_eval: None,
             select_best: None,
             test_queries: 0,
-            baselines: Some("docs/results/heads/baselines.json".into()),
+            baselines: Some(checkout_path(RECIPE_BASELINES)),
             tied: true,
             encoder: TextEncoderConfig { normalize: RECIPE_NORMALIZE, ..TextEncoderConfig::default() },
             head: HeadConfig::default(),

@@ -27,8 +27,8 @@ mod report;
 mod training;
 
 pub use config::{
-    chunk_note, recipe_lr_multipliers, RerankerConfig, Start, RECIPE_CHECKPOINT_EVERY, RECIPE_CHUNK_TOKENS, RECIPE_LAYOUT,
-    RECIPE_LEARNING_RATE, RECIPE_NORMALIZE, RECIPE_OVERRIDES, RECIPE_PRECISION, RECIPE_TEMPERATURE,
+    checkout_path, chunk_note, recipe_lr_multipliers, RerankerConfig, Start, RECIPE_BASELINES, RECIPE_CHECKPOINT_EVERY,
+    RECIPE_CHUNK_TOKENS, RECIPE_LAYOUT, RECIPE_LEARNING_RATE, RECIPE_NORMALIZE, RECIPE_OVERRIDES, RECIPE_PRECISION, RECIPE_TEMPERATURE,
 };
 pub use data::{batch_texts, training_records};
 pub use report::{RunSummary, TrainReport};

@@ -59,7 +59,7 @@ pub(super) fn preflight(c: &RerankerConfig, start: Start, world: &dyn Collective
     world.barrier();
     if !c.model_dir.is_dir() {
         let why = if c.model_dir == RerankerConfig::default().model_dir {
-            "model folder missing: run scripts/gradcache.sh setup"
+            "model folder missing: run scripts/gradcache.sh setup in the gradcache checkout, or pass --model-dir"
         } else {
             "model folder missing (a BERT folder: config.json, vocab.txt, model.safetensors)"
         };
