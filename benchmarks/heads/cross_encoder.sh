@@ -18,8 +18,11 @@
 # folder and command, so either script reuses the other's run); tags and
 # folders carry "steps400". PRECISION (f32 by default, as the rows on record)
 # is the cross-encoder's: bf16 runs its step under torch's CPU autocast.
+# FIRST_STAGES ("pretrained cosine" by default) names the first stages whose
+# top 100 it reranks.
 #
 #   benchmarks/heads/cross_encoder.sh          (SEEDS="0 1 2" SPLITS="dev test" STEPS=100 PRECISION=f32 by default)
+#   STEPS=400 SEEDS=0 FIRST_STAGES=cosine benchmarks/heads/cross_encoder.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/gradcache.sh setup-bench
@@ -72,7 +75,8 @@ for seed in ${SEEDS:-0 1 2}; do
                 --run "$runs/first-pretrained-$split/run.trec" --wsd-only --tag "ce-${variant}s$seed $split wsd" 2>> "$ce.log" >> "$res/wsd.jsonl"
         fi
         first_stage "$cosine/model" "$cosine_name" "$split"
-        for first in pretrained "$cosine_name"; do
+        for first in ${FIRST_STAGES:-pretrained cosine}; do
+            [ "$first" = cosine ] && first="$cosine_name"
             tag="ce-${variant}s$seed $split $first"
             if grep -qF "\"tag\": \"$tag\"" "$res/rerank.jsonl" 2>/dev/null; then continue; fi
             log "reranking $first's top 100 on $split with the cross-encoder of seed $seed"

@@ -65,14 +65,15 @@ else:
         if rs: print(row(f"`{d.name.rsplit('-', 1)[0]}`, 400 steps", rs))
 
 # The same models on the WordNet BEIR export, beside the cross-encoder at 4x
-# (benchmarks/heads/cross_encoder.sh STEPS=400 PRECISION=bf16): MRR@10 of
+# (benchmarks/heads/cross_encoder.sh STEPS=400; the bf16 run did not learn,
+# docs/results/cross_encoder/autocast_check, so the row is f32): MRR@10 of
 # each query's top 100 over the whole corpus, as `gradcache eval` measures it.
 def jsonl(path):
     p = pathlib.Path(path)
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
 rerank = jsonl("docs/results/cross_encoder/rerank.jsonl")
 wsd = jsonl("docs/results/cross_encoder/wsd.jsonl")
-ce400 = {r["tag"]: r for r in rerank if r["tag"].startswith("ce-steps400-")}
+ce400 = {r["tag"]: r for r in rerank if r["tag"].startswith("ce-steps400-s")}
 mol400 = sorted(pathlib.Path("runs/steps400").glob("mol_residual-bf16/seed-*")) if pathlib.Path("runs/steps400").is_dir() else []
 if ce400 or mol400:
     print("\nOn the WordNet BEIR export (each query against the whole corpus, the top 100 reranked; MRR@10, dev / test):\n")
@@ -92,11 +93,11 @@ if ce400 or mol400:
         test = [r["reranked"]["mrr10"] for t, r in ce400.items() if f" test {first}" in t]
         fdev = [r["first_stage"]["mrr10"] for t, r in ce400.items() if f" dev {first}" in t]
         ftest = [r["first_stage"]["mrr10"] for t, r in ce400.items() if f" test {first}" in t]
-        w = {sp: [r["wsd_accuracy"] for r in wsd if r["tag"].startswith("ce-steps400-") and r["tag"].endswith(f"{sp} wsd")] for sp in ["dev", "test"]}
+        w = {sp: [r["wsd_accuracy"] for r in wsd if r["tag"].startswith("ce-steps400-s") and r["tag"].endswith(f"{sp} wsd")] for sp in ["dev", "test"]}
         if fdev:
             print(f"| the 400-step cosine bi-encoder run (first stage) | {len(fdev)} | {cell(fdev)} | {cell(ftest)} | – | – |")
         if dev:
-            print(f"| cross-encoder (MiniLM, sentence-transformers, bf16 autocast, the main job's batches), reranking that first stage's top 100 | "
+            print(f"| cross-encoder (MiniLM, sentence-transformers, f32, the main job's batches), reranking that first stage's top 100 | "
                   f"{len(dev)} | {cell(dev)} | {cell(test)} | {cell(w['dev'])} | {cell(w['test'])} |")
     ce100 = [r["reranked"]["mrr10"] for r in rerank if r["tag"].startswith("ce-s") and " dev cosine-s" in r["tag"]]
     if ce100:
