@@ -5,7 +5,7 @@ tuning sweep (seed 0) and the 400-step runs (seed 0).
 
     benchmarks/heads/mol_quality_report.py
 """
-import json, pathlib, statistics
+import json, pathlib, re, statistics
 def cell(xs):
     if not xs: return "–"
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
@@ -99,7 +99,9 @@ if ce400 or mol400:
         if dev:
             print(f"| cross-encoder (MiniLM, sentence-transformers, f32, the main job's batches), reranking that first stage's top 100 | "
                   f"{len(dev)} | {cell(dev)} | {cell(test)} | {cell(w['dev'])} | {cell(w['test'])} |")
-    ce100 = [r["reranked"]["mrr10"] for r in rerank if r["tag"].startswith("ce-s") and " dev cosine-s" in r["tag"]]
+    # The 100-step runs are tagged ce-sN (the longer ones ce-stepsM-sN).
+    at100 = lambda t, split: re.match(rf"ce-s\d+ {split} cosine-s\d+$", t)
+    ce100 = [r["reranked"]["mrr10"] for r in rerank if at100(r["tag"], "dev")]
     if ce100:
         print(f"| *for reference, 100 steps (f32, earlier recipe)*: cross-encoder reranking its bi-encoder's top 100 | {len(ce100)} | {cell(ce100)} | "
-              f"{cell([r['reranked']['mrr10'] for r in rerank if r['tag'].startswith('ce-s') and ' test cosine-s' in r['tag']])} | – | – |")
+              f"{cell([r['reranked']['mrr10'] for r in rerank if at100(r['tag'], 'test')])} | – | – |")
