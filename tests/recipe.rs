@@ -486,7 +486,8 @@ fn the_console_output_of_a_run_stays_line_for_line() {
 
 /// `gradcache train` started outside the checkout still finds the embedded
 /// WordNet task and baselines (in the checkout it was built from) and says
-/// so in the run's resolved config; a missing model names the flag to pass.
+/// so in the run's resolved config; a model folder that is not there is
+/// named in the error.
 #[test]
 fn train_runs_from_a_folder_outside_the_checkout() {
     let _serial = common::serial();

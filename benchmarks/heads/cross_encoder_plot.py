@@ -11,12 +11,14 @@ over seeds, the range over latency rounds.
 
 Needs matplotlib (scripts/gradcache.sh setup-bench installs it).
 """
-import argparse, json, math, re, statistics
+import argparse, json, math, statistics
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ce_tags import at_100_steps  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", default="docs/results/cross_encoder/mrr_vs_latency.png")
@@ -33,9 +35,9 @@ for name, label in [("cosine", "fine-tuned cosine"), ("max_sim", "fine-tuned Max
         sd = heads[name]["sd"]["mrr10"] if heads[name]["seeds"] > 1 else 0.0
         points.append((label, statistics.median(ms), (min(ms), max(ms)), heads[name]["mean"]["mrr10"], sd, heads[name]["seeds"]))
 ce_ms = [l["latency_ms_per_query"] for l in latency if "latency_ms_per_query" in l]
-# The 100-step runs (tags ce-sN; the longer ones are ce-stepsM-sN), as the heads' points.
+# The 100-step runs, as the heads' points.
 ce = [r["reranked"]["mrr10"] for r in rerank
-      if r["split"] == "dev" and re.match(r"ce-s\d+ ", r["tag"]) and r["tag"].split()[-1].startswith("cosine") and r.get("reranked")]
+      if r["split"] == "dev" and at_100_steps(r["tag"]) and r["tag"].split()[-1].startswith("cosine") and r.get("reranked")]
 if ce and ce_ms:
     points.append(("cross-encoder (reranking the fine-tuned cosine top 100)", statistics.median(ce_ms), (min(ce_ms), max(ce_ms)),
                    statistics.mean(ce), statistics.stdev(ce) if len(ce) > 1 else 0.0, len(ce)))

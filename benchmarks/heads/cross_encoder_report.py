@@ -18,7 +18,9 @@ its run (replacing a previous cross-encoder row).
 
     python3 benchmarks/heads/cross_encoder_report.py > docs/results/cross_encoder/summary.md
 """
-import json, os, re, statistics, sys
+import json, os, statistics, sys
+
+from ce_tags import at_100_steps
 
 CE_ROW = "cross-encoder (fine-tuned MiniLM)"
 
@@ -27,19 +29,16 @@ METRICS = ["top1", "top5", "top20", "mrr10", "ndcg10", "recall100"]
 HEAD = "| | seeds | Top-1 | Top-5 | Top-20 | MRR@10 | nDCG@10 | Recall@100 |\n|---|---|---|---|---|---|---|---|"
 
 
-def at_100_steps(r):
-    """This report is the 100-step baseline's: the longer runs (#34; tagged
-    ce-stepsN-sS, their summaries with another "steps") are
-    mol_quality_report.py's."""
-    if "tag" in r:
-        return re.match(r"ce-s\d+ ", r["tag"]) is not None
-    return r.get("steps", 100) == 100
+def of_100_steps(r):
+    """This report is the 100-step baseline's; the longer runs (#34) are
+    mol_quality_report.py's. Training summaries carry no tag but "steps"."""
+    return at_100_steps(r["tag"]) if "tag" in r else r.get("steps", 100) == 100
 
 
 def lines(name):
     path = os.path.join(res, name)
     rows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
-    return [r for r in rows if at_100_steps(r)] if name in ("rerank.jsonl", "wsd.jsonl", "train.jsonl") else rows
+    return [r for r in rows if of_100_steps(r)] if name in ("rerank.jsonl", "wsd.jsonl", "train.jsonl") else rows
 
 
 def cell(values):

@@ -5,7 +5,9 @@ tuning sweep (seed 0) and the 400-step runs (seed 0).
 
     benchmarks/heads/mol_quality_report.py
 """
-import json, pathlib, re, statistics
+import json, pathlib, statistics
+
+from ce_tags import at_100_steps
 def cell(xs):
     if not xs: return "–"
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
@@ -99,8 +101,7 @@ if ce400 or mol400:
         if dev:
             print(f"| cross-encoder (MiniLM, sentence-transformers, f32, the main job's batches), reranking that first stage's top 100 | "
                   f"{len(dev)} | {cell(dev)} | {cell(test)} | {cell(w['dev'])} | {cell(w['test'])} |")
-    # The 100-step runs are tagged ce-sN (the longer ones ce-stepsM-sN).
-    at100 = lambda t, split: re.match(rf"ce-s\d+ {split} cosine-s\d+$", t)
+    at100 = lambda t, split: at_100_steps(t) and f" {split} cosine-s" in t
     ce100 = [r["reranked"]["mrr10"] for r in rerank if at100(r["tag"], "dev")]
     if ce100:
         print(f"| *for reference, 100 steps (f32, earlier recipe)*: cross-encoder reranking its bi-encoder's top 100 | {len(ce100)} | {cell(ce100)} | "

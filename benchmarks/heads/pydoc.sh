@@ -4,8 +4,8 @@
 # (examples/data/pydoc, mined as docs/training.md does) for 30 steps of 32
 # queries (STEPS=120: 4x, runs in runs/heads-pydoc-steps120), 3 seeds,
 # then evaluated on its dev split as `gradcache eval` does: the fine-tuned
-# encoder's cosine (first stage) and the head's rerank of its top 100; for a Mixture of Logits head also the head as its own
-# first stage (exact). No model selection on dev. Runs in
+# encoder's cosine (first stage) and the head's rerank of its top 100; for
+# a Mixture of Logits head also the head as its own first stage (exact). No model selection on dev. Runs in
 # runs/heads-pydoc/NAME/seed-S; the table goes to
 # docs/results/heads_pydoc.md (benchmarks/heads/pydoc_report.py: every
 # budget run so far).
